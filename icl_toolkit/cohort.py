@@ -233,23 +233,41 @@ def _describe(err: dict[str, Any]) -> tuple[str, str]:
     return where, f"expected {expected}, found {_short(found)}"
 
 
-def _semantic_issues(p: Patient) -> list[tuple[str, str]]:
-    """Cross-field checks that a type check cannot express."""
+def _as_date(value: Any) -> dt.date | None:
+    if isinstance(value, str):
+        try:
+            return dt.date.fromisoformat(value) if len(value) == 10 else None
+        except ValueError:
+            return None
+    return None
+
+
+def _semantic_issues(obj: dict[str, Any]) -> list[tuple[str, str]]:
+    """Cross-field checks that a type check cannot express.
+
+    They run on the raw record, so they are reported even when other fields of
+    the same record are malformed (a field that does not parse is skipped here:
+    the type check already reports it).
+    """
     out: list[tuple[str, str]] = []
-    if p.index_date <= p.birth_date:
-        out.append(("index_date", f"expected a date after birth_date {p.birth_date}, found {p.index_date}"))
-    for i, e in enumerate(p.events):
-        if e.date < p.birth_date:
-            out.append((f"events[{i}].date",
-                        f"expected a date on or after birth_date {p.birth_date}, found {e.date}"))
-        if isinstance(e.value, float) and e.value != e.value:
-            out.append((f"events[{i}].value", "expected a number, found NaN"))
-    if p.label == 1 and p.outcome_date is None:
+    birth, index, outcome = (_as_date(obj.get(k)) for k in ("birth_date", "index_date", "outcome_date"))
+    if birth and index and index <= birth:
+        out.append(("index_date", f"expected a date after birth_date {birth}, found {index}"))
+    events = obj.get("events")
+    if birth and isinstance(events, list):
+        for i, e in enumerate(events):
+            d = _as_date(e.get("date")) if isinstance(e, dict) else None
+            if d and d < birth:
+                out.append((f"events[{i}].date", f"expected a date on or after birth_date {birth}, found {d}"))
+            v = e.get("value") if isinstance(e, dict) else None
+            if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
+                out.append((f"events[{i}].value", f"expected a finite number, found {v}"))
+    if obj.get("label") == 1 and obj.get("label") is not True and obj.get("outcome_date") is None:
         out.append(("outcome_date", "expected the onset date when label is 1, found null; "
                                     "add the date or set label to null if unknown"))
-    if p.outcome_date is not None and p.outcome_date <= p.index_date:
-        out.append(("outcome_date", f"expected a date after index_date {p.index_date}, "
-                                    f"found {p.outcome_date}; an outcome on or before the index "
+    if outcome and index and outcome <= index:
+        out.append(("outcome_date", f"expected a date after index_date {index}, "
+                                    f"found {outcome}; an outcome on or before the index "
                                     "date belongs to an excluded (prevalent) case"))
     return out
 
@@ -292,32 +310,29 @@ def _validate_stream(path: Path, keep: bool) -> tuple[ValidationReport, list[Pat
             report.issues.append(InputIssue(name, lineno, "-", f"expected UTF-8 text, found invalid byte at column {exc.start + 1}"))
             continue
         try:
+            obj = json.loads(text)
+        except ValueError as exc:
+            report.issues.append(InputIssue(name, lineno, "-", f"expected one JSON object per line, "
+                                                               f"found invalid JSON ({exc})"))
+            continue
+        if not isinstance(obj, dict):
+            report.issues.append(InputIssue(name, lineno, "-", f"expected a JSON object (one patient), "
+                                                               f"found {_short(obj)}"))
+            continue
+        p: Patient | None = None
+        problems: list[tuple[str, str]] = []
+        try:
             p = _PATIENT.validate_json(text)
         except ValidationError as exc:
-            errors = exc.errors(include_url=False)
-            if errors and errors[0].get("type") == "dataclass_type":
-                found = _short(json.loads(text))
-                report.issues.append(InputIssue(name, lineno, "-", f"expected a JSON object (one patient), found {found}"))
-                continue
-            described: list[tuple[str, str]] = []
-            for err in errors:
+            for err in exc.errors(include_url=False):
                 item = _describe(err)
-                if item not in described:
-                    described.append(item)
-            report.issues.extend(InputIssue(name, lineno, where, what) for where, what in described)
-            # a duplicate id is still worth reporting for an otherwise broken line
-            try:
-                pid = json.loads(text).get("patient_id")
-            except (ValueError, AttributeError):
-                pid = None
-            if isinstance(pid, str) and pid:
-                _check_duplicate(pid, lineno, seen, report, name)
-            continue
-        problems = _semantic_issues(p)
-        for where, what in problems:
-            report.issues.append(InputIssue(name, lineno, where, what))
-        dup = _check_duplicate(p.patient_id, lineno, seen, report, name)
-        if not problems and not dup:
+                if item not in problems:
+                    problems.append(item)
+        problems += _semantic_issues(obj)
+        report.issues.extend(InputIssue(name, lineno, where, what) for where, what in problems)
+        pid = obj.get("patient_id")
+        dup = isinstance(pid, str) and bool(pid) and _check_duplicate(pid, lineno, seen, report, name)
+        if p is not None and not problems and not dup:
             report.n_valid += 1
             report.n_events_after_index += sum(1 for e in p.events if e.date > p.index_date)
             if keep:

@@ -58,4 +58,7 @@ class CohortValidationError(IclError):
         head = "\n".join(str(i) for i in self.issues[:shown])
         more = len(self.issues) - shown
         tail = f"\n... and {more} more (run `icl data validate FILE` to list all)" if more > 0 else ""
-        super().__init__(f"{len(self.issues)} problem(s) in cohort input:\n{head}{tail}")
+        if len(self.issues) == 1:
+            super().__init__(head)
+        else:
+            super().__init__(f"{len(self.issues)} problems in cohort input:\n{head}{tail}")

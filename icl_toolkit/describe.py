@@ -1,0 +1,104 @@
+"""Summary statistics of a cohort: size, outcome rate, oracle AUROC, history and rationale lengths."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from icl_toolkit.cohort import Patient
+from icl_toolkit.serialize import condensed_profile, serialize_history, token_counter
+
+__all__ = ["describe_cohort", "oracle_auroc"]
+
+
+def _dist(values: Sequence[float]) -> dict[str, float] | None:
+    if not len(values):
+        return None
+    a = np.asarray(values, dtype=float)
+    return {"mean": round(float(a.mean()), 2), "median": round(float(np.median(a)), 2),
+            "p10": round(float(np.percentile(a, 10)), 2), "p90": round(float(np.percentile(a, 90)), 2),
+            "min": round(float(a.min()), 2), "max": round(float(a.max()), 2)}
+
+
+def oracle_auroc(patients: Sequence[Patient]) -> float | None:
+    """AUROC of the stored true risk (``metadata.true_risk``) against the labels, if every labelled patient has one."""
+    from sklearn.metrics import roc_auc_score
+
+    labelled = [p for p in patients if p.label is not None]
+    risks = [p.metadata.get("true_risk") for p in labelled]
+    if not labelled or any(not isinstance(r, (int, float)) for r in risks):
+        return None
+    y = [p.label for p in labelled]
+    if len(set(y)) < 2:
+        return None
+    return float(roc_auc_score(y, risks))
+
+
+def describe_cohort(patients: Sequence[Patient], *, tokens: bool = True,
+                    progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Statistics of a cohort as a JSON-ready dict.
+
+    Args:
+        patients: the cohort.
+        tokens: also count history tokens (default language model), profile
+            tokens (default embedder) and rationale tokens; slower.
+        progress: called with the number of patients processed, for a progress bar.
+    """
+    labels = [p.label for p in patients]
+    known = [y for y in labels if y is not None]
+    out: dict[str, Any] = {
+        "n": len(patients),
+        "n_labelled": len(known),
+        "n_positive": int(sum(known)),
+        "prevalence": round(sum(known) / len(known), 4) if known else None,
+        "oracle_auroc": None,
+        "female_fraction": round(sum(p.sex == "F" for p in patients) / max(1, len(patients)), 4),
+        "age_at_index": _dist([p.age_at_index for p in patients]),
+        "events_per_patient": _dist([len(p.history()) for p in patients]),
+        "history_years": _dist([(p.index_date - min(e.date for e in p.history())).days / 365.25
+                                for p in patients if p.history()]),
+        "events_after_index": sum(len(p.events) - len(p.history()) for p in patients),
+        "splits": {},
+    }
+    auc = oracle_auroc(patients)
+    out["oracle_auroc"] = round(auc, 4) if auc is not None else None
+    for name in ("train", "val", "test", None):
+        group = [p for p in patients if p.split == name]
+        if group and (name is not None or len(group) < len(patients)):
+            ys = [p.label for p in group if p.label is not None]
+            out["splits"][name or "none"] = {"n": len(group),
+                                             "prevalence": round(sum(ys) / len(ys), 4) if ys else None}
+    with_r = [p for p in patients if p.rationales is not None]
+    out["n_with_rationales"] = len(with_r)
+    out["rationale_words"] = {
+        "free_text": _dist([len(p.rationales.free_text.split()) for p in with_r if p.rationales.free_text]),
+        "stepwise": _dist([len(p.rationales.stepwise.split()) for p in with_r if p.rationales.stepwise]),
+    }
+    if tokens and patients:
+        from icl_toolkit.models import load_embedder_tokenizer, load_tokenizer
+
+        lm = token_counter(load_tokenizer("default"))
+        emb = token_counter(load_embedder_tokenizer("default"), special_tokens=True)
+        hist_tokens: list[int] = []
+        prof_tokens: list[int] = []
+        prof_cut = 0
+        step = 256
+        for start in range(0, len(patients), step):
+            chunk = patients[start:start + step]
+            hist_tokens += lm([serialize_history(p).text for p in chunk])
+            for p in chunk:
+                prof = condensed_profile(p, counter=emb)
+                prof_tokens.append(prof.n_tokens or 0)
+                prof_cut += prof.truncated
+            if progress is not None:
+                progress(len(chunk))
+        out["history_tokens"] = _dist(hist_tokens)
+        out["profile_tokens"] = _dist(prof_tokens)
+        out["profiles_shortened"] = prof_cut
+        out["rationale_tokens"] = {
+            "free_text": _dist(lm([p.rationales.free_text for p in with_r if p.rationales.free_text])),
+            "stepwise": _dist(lm([p.rationales.stepwise for p in with_r if p.rationales.stepwise])),
+        }
+    return out
