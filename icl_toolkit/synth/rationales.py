@@ -242,6 +242,11 @@ def _article(word: str) -> str:
     return "an" if word[:1] in "AEIOaeio" or word in ("HbA1c", "LDL") else "a"
 
 
+def _article_age(age: int) -> str:
+    """'an' before ages spoken with a vowel sound (an 80-year-old, an 18-year-old)."""
+    return "an" if str(age).startswith("8") or age in (11, 18) else "a"
+
+
 def _cap(s: str) -> str:
     return s[:1].upper() + s[1:]
 
@@ -338,7 +343,7 @@ def _stepwise(w: _Writer, findings: list[Finding], label: int | None) -> str:
     steps.append(w.pick(
         f"Age and sex: {w.age}-year-old {sex}; age is the strongest single risk factor for ADRD.",
         f"Demographics: {sex}, aged {w.age} at the index date, {'well into' if w.age >= 78 else 'within'} the ages where incidence climbs steeply.",
-        f"Start with the baseline: a {w.age}-year-old {sex} patient.",
+        f"Start with the baseline: {_article_age(w.age)} {w.age}-year-old {sex} patient.",
     ))
     if cognitive:
         steps.append(w.pick("Cognitive and prodromal signs: ", "Look for early cognitive signs: ", "Prodromal features: ")

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from icl_toolkit.cli import app
+from icl_toolkit.cohort import read_cohort
+
+runner = CliRunner()
+
+
+def test_synth_validate_stats_split(tmp_path: Path) -> None:
+    out = tmp_path / "c.jsonl"
+    r = runner.invoke(app, ["data", "synth", "--n", "300", "--seed", "1", "--out", str(out),
+                            "--split", "train=0.7,val=0.1,test=0.2"])
+    assert r.exit_code == 0, r.output
+    assert "wrote 300 patients" in r.output and "oracle AUROC" in r.output
+    r = runner.invoke(app, ["data", "validate", str(out)])
+    assert r.exit_code == 0 and "300 patients, no problems" in r.output
+    r = runner.invoke(app, ["data", "stats", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    stats = json.loads(r.stdout[r.stdout.index("{"):])
+    assert stats["n"] == 300 and 0.0 < stats["prevalence"] < 0.4
+    assert stats["oracle_auroc"] > 0.6 and stats["history_tokens"]["mean"] > 100
+    assert stats["splits"]["train"]["n"] == 210
+    assert stats["rationale_tokens"]["free_text"]["mean"] > 50
+    r = runner.invoke(app, ["data", "split", str(out), "--out-dir", str(tmp_path / "s")])
+    assert r.exit_code == 0, r.output
+    sizes = {name: len(read_cohort(tmp_path / "s" / f"{name}.jsonl")) for name in ("train", "val", "test")}
+    assert sizes == {"train": 210, "val": 30, "test": 60}
+
+
+def test_stats_table_without_tokens(tmp_path: Path) -> None:
+    out = tmp_path / "c.jsonl"
+    runner.invoke(app, ["data", "synth", "--n", "50", "--seed", "2", "--out", str(out)])
+    r = runner.invoke(app, ["data", "stats", str(out), "--no-tokens"])
+    assert r.exit_code == 0 and "oracle AUROC" in r.output and "prevalence" in r.output
+
+
+def test_bad_split_option_is_a_clean_error(tmp_path: Path) -> None:
+    r = runner.invoke(app, ["data", "synth", "--n", "10", "--out", str(tmp_path / "c.jsonl"), "--split", "train=2"])
+    assert r.exit_code != 0
+    assert not (tmp_path / "c.jsonl").exists()
+
+
+def _icl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("icl")
+    cmd = [str(exe), *args] if exe.exists() else [sys.executable, "-c", "from icl_toolkit.cli import main; main()", *args]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+
+
+def test_malformed_file_gets_line_numbered_errors_no_traceback(tmp_path: Path) -> None:
+    good = {"patient_id": "A", "sex": "F", "birth_date": "1940-01-01", "index_date": "2019-01-01", "events": []}
+    lines = [json.dumps(good), "{oops", json.dumps({**good, "patient_id": "B", "sex": "x", "label": 3}),
+             json.dumps(good)]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(lines) + "\n")
+    r = _icl("data", "validate", str(bad), cwd=tmp_path)
+    assert r.returncode == 1
+    err = r.stderr
+    assert f"{bad}:2: -: expected one JSON object per line" in err
+    assert f"{bad}:3: sex: expected 'F', 'M' or 'U', found 'x'" in err
+    assert f"{bad}:3: label: expected 0 or 1, found 3" in err
+    assert f"{bad}:4: patient_id: expected a unique id, found 'A' already used on line 1" in err
+    assert "Traceback" not in err + r.stdout
+    # reading commands refuse the same file with the same messages
+    r = _icl("data", "stats", str(bad), "--no-tokens", cwd=tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and f"{bad}:3: sex" in r.stderr
+    r = _icl("data", "validate", str(tmp_path / "missing.jsonl"), cwd=tmp_path)
+    assert r.returncode == 1 and "file not found" in r.stderr and "Traceback" not in r.stderr
