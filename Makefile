@@ -27,7 +27,7 @@ demo: $(STAMP)
 	mkdir -p $(DEMO_DIR)
 	$(VENV)/bin/icl data synth --n 2000 --seed 1 --out $(DEMO_DIR)/cohort.jsonl --split train=0.7,val=0.1,test=0.2
 	$(VENV)/bin/icl data validate $(DEMO_DIR)/cohort.jsonl
-	$(VENV)/bin/icl data stats $(DEMO_DIR)/cohort.jsonl
+	$(VENV)/bin/icl data stats $(DEMO_DIR)/cohort.jsonl --plot $(DEMO_DIR)/overview.png
 	$(VENV)/bin/icl data split $(DEMO_DIR)/cohort.jsonl --out-dir $(DEMO_DIR)/splits
 
 test: $(STAMP)

@@ -10,7 +10,7 @@ import numpy as np
 from icl_toolkit.cohort import Patient
 from icl_toolkit.serialize import condensed_profile, serialize_history, token_counter
 
-__all__ = ["describe_cohort", "oracle_auroc"]
+__all__ = ["describe_cohort", "oracle_auroc", "plot_cohort"]
 
 
 def _dist(values: Sequence[float]) -> dict[str, float] | None:
@@ -102,3 +102,44 @@ def describe_cohort(patients: Sequence[Patient], *, tokens: bool = True,
             "stepwise": _dist(lm([p.rationales.stepwise for p in with_r if p.rationales.stepwise])),
         }
     return out
+
+
+def plot_cohort(patients: Sequence[Patient], path: str, stats: dict[str, Any] | None = None) -> None:
+    """A one-page picture of a cohort: age, true risk, events and history length, by outcome.
+
+    Writes a PNG (or any format matplotlib knows from the suffix) to ``path``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = {"ADRD within 5 y": [p for p in patients if p.label == 1],
+              "no ADRD": [p for p in patients if p.label == 0]}
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    panels = [
+        ("age at index (years)", lambda p: p.age_at_index, axes[0, 0]),
+        ("true 5-year risk (metadata)", lambda p: p.metadata.get("true_risk"), axes[0, 1]),
+        ("events before the index date", lambda p: len(p.history()), axes[1, 0]),
+        ("years of history", lambda p: (p.index_date - min((e.date for e in p.history()), default=p.index_date)).days / 365.25,
+         axes[1, 1]),
+    ]
+    for title, value, ax in panels:
+        for name, group in groups.items():
+            xs = [value(p) for p in group]
+            xs = [x for x in xs if isinstance(x, (int, float))]
+            if xs:
+                ax.hist(xs, bins=30, alpha=0.55, density=True, label=f"{name} (n={len(group)})")
+        ax.set_title(title)
+        ax.set_ylabel("density")
+    axes[0, 0].legend(fontsize=8)
+    subtitle = ""
+    if stats is not None:
+        auc = stats.get("oracle_auroc")
+        prev = stats.get("prevalence")
+        subtitle = f"n={stats['n']}" + (f", prevalence {prev:.3f}" if prev is not None else "") \
+            + (f", oracle AUROC {auc:.3f}" if auc is not None else "")
+    fig.suptitle(f"Cohort overview  {subtitle}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -38,8 +38,10 @@ def test_synth_validate_stats_split(tmp_path: Path) -> None:
 def test_stats_table_without_tokens(tmp_path: Path) -> None:
     out = tmp_path / "c.jsonl"
     runner.invoke(app, ["data", "synth", "--n", "50", "--seed", "2", "--out", str(out)])
-    r = runner.invoke(app, ["data", "stats", str(out), "--no-tokens"])
+    png = tmp_path / "overview.png"
+    r = runner.invoke(app, ["data", "stats", str(out), "--no-tokens", "--plot", str(png)])
     assert r.exit_code == 0 and "oracle AUROC" in r.output and "prevalence" in r.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
 def test_bad_split_option_is_a_clean_error(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from icl_toolkit.cli._common import console, err_console, progress_bar
 from icl_toolkit.cohort import read_cohort, validate_cohort, write_cohort
-from icl_toolkit.describe import describe_cohort, oracle_auroc
+from icl_toolkit.describe import describe_cohort, oracle_auroc, plot_cohort
 from icl_toolkit.synth import SynthConfig, assign_splits, iter_synthetic_patients, parse_split
 
 app = typer.Typer(help="Make, check, describe and split cohort files (JSONL, one patient per line).",
@@ -76,6 +76,7 @@ def stats(
     file: Annotated[Path, typer.Argument(help="Cohort JSONL file.")],
     tokens: Annotated[bool, typer.Option(help="Count tokens (default model and embedder).")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the statistics as JSON.")] = False,
+    plot: Annotated[Optional[Path], typer.Option(help="Also draw age, true risk, events and history length by outcome to this PNG.")] = None,
 ) -> None:
     """Size, prevalence, oracle AUROC, events per patient, history and rationale lengths."""
     patients = read_cohort(file)
@@ -84,6 +85,9 @@ def stats(
             s = describe_cohort(patients, tokens=True, progress=advance)
     else:
         s = describe_cohort(patients, tokens=False)
+    if plot is not None:
+        plot_cohort(patients, str(plot), s)
+        err_console.print(f"wrote {plot}", highlight=False)
     if as_json:
         console.print_json(json.dumps(s))
         return

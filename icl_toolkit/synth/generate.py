@@ -19,12 +19,14 @@ from icl_toolkit.cohort import Event, Patient, Rationales
 from icl_toolkit.errors import ConfigError
 from icl_toolkit.synth import vocab
 from icl_toolkit.synth.rationales import write_rationales
-from icl_toolkit.synth.risk import Population, sample_population, true_risk
+from icl_toolkit.synth.risk import PRODROMAL_RR, RISK_FACTOR_RR, Population, sample_population, true_risk
 
 __all__ = ["SynthConfig", "generate_cohort", "iter_synthetic_patients", "parse_split", "assign_splits"]
 
 GENERATOR_VERSION = "icl-synth-1"
 _EPOCH = dt.date(1970, 1, 1)
+# what metadata.true_factors lists: risk factors that count in the model, and prodromal signals
+_RISK_KEYS = (*RISK_FACTOR_RR, *PRODROMAL_RR)
 _YEAR = 365.25
 
 
@@ -130,7 +132,7 @@ def _gauss(rng: random.Random, mu: float, sd: float, lo: float, hi: float) -> fl
     return min(hi, max(lo, rng.gauss(mu, sd)))
 
 
-def _visit_plan(rec: _Record, span: float, rate: float, age: float, n_visits: int) -> list[tuple[float, str]]:
+def _visit_plan(rec: _Record, span: float, age: float, n_visits: int) -> list[tuple[float, str]]:
     rng = rec.rng
     times = sorted((rng.uniform(0.02, span) for _ in range(n_visits)), reverse=True)
     times[0] = span  # the record starts with a visit
@@ -167,7 +169,7 @@ def _patient_events(pop: Population, i: int, rec: _Record) -> None:
     age = float(pop.age[i])
     female = bool(pop.female[i])
     n_visits = max(3, int(np.random.default_rng(rng.getrandbits(32)).poisson(pop.visit_rate[i] * span)))
-    visits = _visit_plan(rec, span, float(pop.visit_rate[i]), age, n_visits)
+    visits = _visit_plan(rec, span, age, n_visits)
     for t, kind in visits:
         rec.add(rec.date_at(t), "visit", vocab.VISITS[kind])
 
@@ -349,7 +351,7 @@ def _measurements(pop: Population, i: int, rec: _Record, visits: list[tuple[floa
             rec.add(d, "observation", vocab.SMOKING_STATUS, status)
         if active("social_isolation", t) and rng.random() < 0.12:
             rec.add(d, "observation", vocab.LIVES_ALONE)
-        if kind in ("office", "office_long") and dt.date(2000, 1, 1) <= d and d.month >= 10 and rng.random() < 0.5:
+        if kind in ("office", "office_long") and d.month >= 10 and rng.random() < 0.5:
             rec.add(d, "procedure", vocab.PROCEDURES["flu_vaccine"])
 
 
@@ -375,9 +377,7 @@ def iter_synthetic_patients(config: SynthConfig, progress: Callable[[int], None]
         birth = index - dt.timedelta(days=int(round(float(pop.age[i]) * _YEAR)))
         label = int(labels[i])
         outcome = index + dt.timedelta(days=max(1, int(onset_years[i] * _YEAR))) if label else None
-        factors = [k for k in (*vocab.CONDITIONS,) if k in pop.onset and pop.present[k][i]
-                   and (k not in ("hearing_loss", "vision_loss") or pop.risk_factor(k)[i])
-                   and k in _RISK_KEYS]
+        factors = [k for k in _RISK_KEYS if pop.present[k][i] and (k not in RISK_FACTOR_RR or pop.risk_factor(k)[i])]
         p = Patient(
             patient_id=f"S{config.seed}-{i + 1:0{width}d}",
             sex="F" if pop.female[i] else "M",
@@ -396,9 +396,6 @@ def iter_synthetic_patients(config: SynthConfig, progress: Callable[[int], None]
             progress(1)
         yield p
 
-
-_RISK_KEYS = frozenset(k for k in vocab.CONDITIONS
-                       if k in {s.key for s in vocab.RISK_FACTORS} | {s.key for s in vocab.PRODROMAL})
 
 
 def generate_cohort(config: SynthConfig) -> list[Patient]:
