@@ -341,7 +341,8 @@ def condensed_profile(patient: Patient, *, max_tokens: int = 256, tokenizer: Any
     The count includes the tokenizer's special tokens, so the embedder sees the
     whole text. ``dropped`` lists what did not fit.
     """
-    items, _ = fold_history(patient)
+    items, visits = fold_history(patient)
+    n_hist = sum(i.count for i in items) + len(visits)
     items = [i for i in items if not i.is_measure or i.flag]
     items.sort(key=lambda i: -i.priority())
     if counter is None:
@@ -356,6 +357,5 @@ def condensed_profile(patient: Patient, *, max_tokens: int = 256, tokenizer: Any
         return _render_profile(patient, sorted(keep, key=lambda i: ordered[id(i)]), nd)
 
     text, n, dropped = _fit(items, render, _profile_phrase, max_tokens, counter, "profile")
-    n_hist = sum(i.count for i in items)
     return Serialized(text, n, max_tokens, len(items), len(items) - len(dropped),
-                      [_profile_phrase(d) for d in dropped], n_hist, 0)
+                      [_profile_phrase(d) for d in dropped], n_hist, len(patient.events) - n_hist)

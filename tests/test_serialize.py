@@ -55,6 +55,7 @@ def test_nothing_after_the_index_date_reaches_text_or_profile(lm_tokenizer, embe
     assert s.n_events_after_index == sum(1 for e in p.events if e.date > INDEX)
     prof = condensed_profile(p, tokenizer=embedder_tokenizer)
     _assert_no_leak(prof.text)
+    assert (prof.n_events, prof.n_events_after_index) == (s.n_events, s.n_events_after_index)
     if budget is not None:
         assert s.n_tokens <= budget
 
