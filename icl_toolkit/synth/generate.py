@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from icl_toolkit.cohort import Event, Patient, Rationales
+from icl_toolkit.cohort import Event, Patient
 from icl_toolkit.errors import ConfigError
 from icl_toolkit.synth import vocab
 from icl_toolkit.synth.rationales import write_rationales
