@@ -222,8 +222,6 @@ def _describe(err: dict[str, Any]) -> tuple[str, str]:
         return where, "required field is missing; add it to the record"
     if kind in ("extra_forbidden", "unexpected_keyword_argument"):
         return where, f"unknown field (found {_short(found)}); remove it or fix its spelling"
-    if kind == "json_invalid":
-        return "-", f"expected one JSON object per line, found invalid JSON ({err.get('msg', '')})"
     msg = err.get("msg", "invalid value")
     expected = msg[len("Input should be "):] if msg.startswith("Input should be ") else msg
     if kind == "string_too_short":

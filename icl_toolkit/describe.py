@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from icl_toolkit.cohort import Patient
+from icl_toolkit.cohort import Event, Patient
 from icl_toolkit.serialize import condensed_profile, serialize_history, token_counter
 
 __all__ = ["describe_cohort", "oracle_auroc", "plot_cohort"]
@@ -20,6 +20,11 @@ def _dist(values: Sequence[float]) -> dict[str, float] | None:
     return {"mean": round(float(a.mean()), 2), "median": round(float(np.median(a)), 2),
             "p10": round(float(np.percentile(a, 10)), 2), "p90": round(float(np.percentile(a, 90)), 2),
             "min": round(float(a.min()), 2), "max": round(float(a.max()), 2)}
+
+
+def _history_years(p: Patient, hist: Sequence[Event]) -> float:
+    """Years from the first event of the history to the index date (0 for an empty history)."""
+    return (p.index_date - min((e.date for e in hist), default=p.index_date)).days / 365.25
 
 
 def oracle_auroc(patients: Sequence[Patient]) -> float | None:
@@ -47,6 +52,7 @@ def describe_cohort(patients: Sequence[Patient], *, tokens: bool = True,
         progress: called with the number of patients processed, for a progress bar.
     """
     labels = [p.label for p in patients]
+    hists = [p.history() for p in patients]
     known = [y for y in labels if y is not None]
     out: dict[str, Any] = {
         "n": len(patients),
@@ -56,10 +62,9 @@ def describe_cohort(patients: Sequence[Patient], *, tokens: bool = True,
         "oracle_auroc": None,
         "female_fraction": round(sum(p.sex == "F" for p in patients) / max(1, len(patients)), 4),
         "age_at_index": _dist([p.age_at_index for p in patients]),
-        "events_per_patient": _dist([len(p.history()) for p in patients]),
-        "history_years": _dist([(p.index_date - min(e.date for e in p.history())).days / 365.25
-                                for p in patients if p.history()]),
-        "events_after_index": sum(len(p.events) - len(p.history()) for p in patients),
+        "events_per_patient": _dist([len(h) for h in hists]),
+        "history_years": _dist([_history_years(p, h) for p, h in zip(patients, hists) if h]),
+        "events_after_index": sum(len(p.events) - len(h) for p, h in zip(patients, hists)),
         "splits": {},
     }
     auc = oracle_auroc(patients)
@@ -121,8 +126,7 @@ def plot_cohort(patients: Sequence[Patient], path: str, stats: dict[str, Any] | 
         ("age at index (years)", lambda p: p.age_at_index, axes[0, 0]),
         ("true 5-year risk (metadata)", lambda p: p.metadata.get("true_risk"), axes[0, 1]),
         ("events before the index date", lambda p: len(p.history()), axes[1, 0]),
-        ("years of history", lambda p: (p.index_date - min((e.date for e in p.history()), default=p.index_date)).days / 365.25,
-         axes[1, 1]),
+        ("years of history", lambda p: _history_years(p, p.history()), axes[1, 1]),
     ]
     for title, value, ax in panels:
         for name, group in groups.items():

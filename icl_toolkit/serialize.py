@@ -193,14 +193,13 @@ class Serialized:
         return bool(self.dropped)
 
 
-def _header(patient: Patient, visits: list[Event], n_events: int) -> list[str]:
+def _header(patient: Patient, items: list[Item], visits: list[Event]) -> list[str]:
     age = int(patient.age_at_index)
     lines = [f"Age at index: {age}. Sex: {_SEX.get(patient.sex, patient.sex)}."]
-    if n_events == 0 and not visits:
+    if not items and not visits:
         lines.append("Record: no events before the index date.")
         return lines
-    dates = [e.date for e in patient.history()]
-    span = _years(patient.index_date, min(dates)) if dates else 0.0
+    span = max([i.first for i in items] + [_years(patient.index_date, v.date) for v in visits])
     kinds: dict[str, int] = {}
     for v in visits:
         word = v.name.split(",")[0].lower().replace(" visit", "").replace("office or other outpatient", "office")
@@ -285,7 +284,7 @@ def serialize_history(patient: Patient, *, max_tokens: int | None = None, tokeni
     items, visits = fold_history(patient)
     n_hist = sum(i.count for i in items) + len(visits)
     after = len(patient.events) - n_hist
-    header = _header(patient, visits, n_hist)
+    header = _header(patient, items, visits)
     if max_tokens is None and tokenizer is None and counter is None:
         text = _render(header, items, 0)
         return Serialized(text, None, None, len(items), len(items), [], n_hist, after)
