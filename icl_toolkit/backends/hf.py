@@ -1,0 +1,221 @@
+"""The transformers backend: CPU and small-GPU scoring and generation.
+
+Scoring runs one forward pass per prompt and computes logits only at the answer
+slot (``logits_to_keep``), so a 2,000-token prompt costs one pass and a single
+vocabulary projection. Prompts are batched longest first (little padding) and
+the results come back in input order. Padding is on the left by default, with
+position ids counted from the first real token, so a padded batch gives the same
+numbers as each prompt run alone (tested to 1e-5); right padding is available
+and agrees.
+
+Choices are tokenised in context (prompt + choice, minus the prompt's tokens),
+so a leading space or a newline before the answer gives the token the model
+would produce there. When every choice is a single distinct token the answer
+slot's logits are enough; otherwise each multi-token choice is scored with one
+extra pass over prompt + choice (the sum of its tokens' log-probs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from icl_toolkit.backends import GenerationParams, as_batch, check_choices
+from icl_toolkit.errors import ConfigError
+from icl_toolkit.progress import progress_bar
+
+__all__ = ["HFBackend"]
+
+
+class HFBackend:
+    """A causal language model from transformers behind the backend contract.
+
+    Args:
+        model: ``"default"`` (embedded SmolLM2-135M-Instruct), a local checkpoint
+            folder, or a hub name in the local cache (see :mod:`icl_toolkit.models`).
+        device: torch device, e.g. ``"cpu"`` or ``"cuda"``.
+        dtype: ``float32`` (default), ``bfloat16`` or ``float16``.
+        batch_size: most prompts per forward pass.
+        batch_tokens: most padded tokens per forward pass (bounds memory).
+        padding_side: ``"left"`` (default) or ``"right"``; both give the same numbers.
+        max_context: context limit in tokens; default: the model's own.
+        progress: show a progress bar for batches of more than one prompt.
+    """
+
+    def __init__(self, model: str = "default", *, device: str = "cpu", dtype: str = "float32",
+                 batch_size: int = 8, batch_tokens: int = 16384, padding_side: str = "left",
+                 max_context: int | None = None, progress: bool = True) -> None:
+        from icl_toolkit.models import lm_id, load_lm
+
+        lm, tok = load_lm(model, device=device, dtype=dtype)
+        self._setup(lm, tok, lm_id(model), batch_size, batch_tokens, padding_side, max_context, progress)
+
+    @classmethod
+    def from_objects(cls, model: Any, tokenizer: Any, *, model_id: str, batch_size: int = 8,
+                     batch_tokens: int = 16384, padding_side: str = "left", max_context: int | None = None,
+                     progress: bool = False) -> HFBackend:
+        """Wrap an already loaded model and tokenizer (tests, notebooks, fine-tuning loops)."""
+        self = cls.__new__(cls)
+        self._setup(model.eval(), tokenizer, model_id, batch_size, batch_tokens, padding_side, max_context, progress)
+        return self
+
+    def _setup(self, model: Any, tokenizer: Any, model_id: str, batch_size: int, batch_tokens: int,
+               padding_side: str, max_context: int | None, progress: bool) -> None:
+        import torch
+
+        if batch_size < 1:
+            raise ConfigError(f"The 'batch_size' parameter must be an int >= 1. Got {batch_size!r} instead.")
+        if padding_side not in ("left", "right"):
+            raise ConfigError(f"The 'padding_side' parameter must be 'left' or 'right'. Got {padding_side!r}.")
+        self._torch = torch
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_id = model_id
+        self.batch_size = batch_size
+        self.batch_tokens = max(batch_tokens, 1)
+        self.padding_side = padding_side
+        self.progress = progress
+        own = int(getattr(model.config, "max_position_embeddings", 0) or 0) or 2048
+        self.max_context = min(max_context, own) if max_context else own
+        pad = tokenizer.pad_token_id
+        if pad is None:
+            pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+        self.pad_id = int(pad)
+        self.device = next(model.parameters()).device
+
+    # ------------------------------------------------------------------ tokenisation
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of a prompt; special tokens are added only when the text does not carry them."""
+        bos = self.tokenizer.bos_token
+        add = not (bos and text.startswith(bos))
+        return list(self.tokenizer(text, add_special_tokens=add).input_ids)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Prompt lengths in tokens, as :meth:`score` would see them."""
+        return [len(self.encode(t)) for t in texts]
+
+    def _continuation(self, prompt: str, ctx: list[int], choice: str) -> list[int]:
+        whole = self.encode(prompt + choice)
+        if len(whole) > len(ctx) and whole[: len(ctx)] == ctx:
+            return whole[len(ctx):]
+        # the choice merged with the prompt's last token: score the choice's own tokens
+        own = list(self.tokenizer(choice, add_special_tokens=False).input_ids)
+        if not own:
+            raise ConfigError(f"The answer choice {choice!r} encodes to no tokens.")
+        return own
+
+    def _check_length(self, i: int, n: int) -> None:
+        if n > self.max_context:
+            raise ConfigError(f"Prompt {i} has {n} tokens, more than the context limit of {self.max_context} "
+                              f"of {self.model_id}. Lower --k or the history budgets, or raise --max-context.")
+
+    # ------------------------------------------------------------------ batching
+
+    def _batches(self, lengths: list[int]) -> list[list[int]]:
+        order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+        batches: list[list[int]] = []
+        for i in order:
+            if batches and len(batches[-1]) < self.batch_size and \
+                    lengths[batches[-1][0]] * (len(batches[-1]) + 1) <= self.batch_tokens:
+                batches[-1].append(i)
+            else:
+                batches.append([i])
+        return batches
+
+    def _pad(self, seqs: list[list[int]], side: str) -> tuple[Any, Any, Any]:
+        torch = self._torch
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for r, s in enumerate(seqs):
+            sl = slice(width - len(s), width) if side == "left" else slice(0, len(s))
+            ids[r, sl] = torch.tensor(s, dtype=torch.long)
+            mask[r, sl] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        return ids.to(self.device), mask.to(self.device), positions.to(self.device)
+
+    def last_logprobs(self, seqs: list[list[int]]) -> Any:
+        """Log-softmax of the next-token logits after each sequence, shape ``[len(seqs), vocab]``."""
+        torch = self._torch
+        ids, mask, positions = self._pad(seqs, self.padding_side)
+        with torch.inference_mode():
+            if self.padding_side == "left":
+                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                    logits_to_keep=1).logits[:, -1, :]
+            else:
+                last = torch.tensor([len(s) - 1 for s in seqs], device=self.device)
+                keep, where = torch.unique(last, sorted=True, return_inverse=True)
+                out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                 logits_to_keep=keep).logits
+                logits = out[torch.arange(len(seqs), device=self.device), where, :]
+        return torch.log_softmax(logits.float(), dim=-1)
+
+    def _sequence_logprob(self, ctx: list[int], cont: list[int]) -> float:
+        torch = self._torch
+        ids = torch.tensor([ctx + cont], dtype=torch.long, device=self.device)
+        with torch.inference_mode():
+            logits = self.model(input_ids=ids, logits_to_keep=len(cont) + 1).logits[0, :-1, :]
+        lp = torch.log_softmax(logits.float(), dim=-1)
+        return float(lp[torch.arange(len(cont)), torch.tensor(cont)].sum())
+
+    # ------------------------------------------------------------------ contract
+
+    def score(self, prompts: str | Sequence[str], choices: Sequence[str]) -> list[float] | list[list[float]]:
+        """Log-probabilities of each choice after each prompt (see :mod:`icl_toolkit.backends`)."""
+        batch, single = as_batch(prompts)
+        choices = check_choices(choices)
+        ctxs = [self.encode(p) for p in batch]
+        for i, c in enumerate(ctxs):
+            self._check_length(i, len(c) + 1)
+        conts = [[self._continuation(p, c, ch) for ch in choices] for p, c in zip(batch, ctxs)]
+        out: list[list[float]] = [[0.0] * len(choices) for _ in batch]
+        fast = [i for i, cs in enumerate(conts) if all(len(x) == 1 for x in cs) and len({x[0] for x in cs}) == len(cs)]
+        slow = sorted(set(range(len(batch))) - set(fast))
+        with progress_bar(f"scoring ({self.model_id})", len(batch), self.progress and len(batch) > 1) as advance:
+            for group in self._batches([len(ctxs[i]) for i in fast]):
+                rows = [fast[g] for g in group]
+                lp = self.last_logprobs([ctxs[i] for i in rows]).cpu()
+                for r, i in enumerate(rows):
+                    out[i] = [float(lp[r, cont[0]]) for cont in conts[i]]
+                advance(len(rows))
+            for i in slow:
+                out[i] = [self._sequence_logprob(ctxs[i], cont) for cont in conts[i]]
+                advance(1)
+        return out[0] if single else out
+
+    def generate(self, prompts: str | Sequence[str], params: GenerationParams | None = None) -> str | list[str]:
+        """Continuations of each prompt (greedy unless ``params.temperature > 0``)."""
+        torch = self._torch
+        batch, single = as_batch(prompts)
+        params = params or GenerationParams()
+        ctxs = [self.encode(p) for p in batch]
+        for i, c in enumerate(ctxs):
+            self._check_length(i, len(c) + params.max_new_tokens)
+        texts: list[str] = [""] * len(batch)
+        torch.manual_seed(params.seed)
+        sampling: dict[str, Any] = {"do_sample": params.temperature > 0}
+        if params.temperature > 0:
+            sampling.update(temperature=params.temperature, top_p=params.top_p)
+        else:
+            sampling.update(temperature=None, top_p=None, top_k=None)
+        with progress_bar(f"generating ({self.model_id})", len(batch), self.progress and len(batch) > 1) as advance:
+            for group in self._batches([len(c) for c in ctxs]):
+                ids, mask, _ = self._pad([ctxs[i] for i in group], "left")
+                with torch.inference_mode():
+                    out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=params.max_new_tokens,
+                                              pad_token_id=self.pad_id, **sampling)
+                for r, i in enumerate(group):
+                    text = self.tokenizer.decode(out[r, ids.shape[1]:], skip_special_tokens=True)
+                    texts[i] = _cut(text, params.stop)
+                advance(len(group))
+        return texts[0] if single else texts
+
+
+def _cut(text: str, stop: Sequence[str]) -> str:
+    cut = len(text)
+    for s in stop:
+        j = text.find(s)
+        if j != -1:
+            cut = min(cut, j)
+    return text[:cut]

@@ -1,0 +1,273 @@
+"""The prompted predictor: retrieval + prompt + backend -> predictions with provenance.
+
+:class:`Predictor` follows the estimator contract: ``__init__`` stores settings,
+:meth:`Predictor.fit` attaches the demonstration pool (building or loading and
+checking its index) and returns self, :meth:`Predictor.predict_proba` returns
+one :class:`Prediction` per patient, and :meth:`Predictor.predict` derives hard
+labels from it. Using an unfitted predictor raises.
+
+Scoring modes:
+
+``score``
+    one forward pass per prompt; P(yes) is the probability of the "Yes" choice
+    normalised over the two choices at the answer slot.
+``reason``
+    the model first writes its reasoning (reason-first template, greedy, cut at
+    ``Answer:``), then the answer slot after ``Answer:`` is scored the same way.
+
+:class:`PredictionWriter` appends predictions to a JSONL file as they finish,
+with a metadata sidecar, so an interrupted run resumes without redoing or
+duplicating patients.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from icl_toolkit.artifacts import base_meta, check_meta, content_hash, read_json, write_json_atomic
+from icl_toolkit.backends import Backend, GenerationParams, choice_probabilities
+from icl_toolkit.cohort import Patient
+from icl_toolkit.errors import ConfigError
+from icl_toolkit.prompting import BuiltPrompt, PromptBuilder, PromptConfig
+from icl_toolkit.retrieve import DemoIndex, ProfileEmbedder, Retrieval, RetrievalCache, RetrievalConfig, Retriever
+
+__all__ = ["PredictConfig", "Prediction", "Predictor", "PredictionWriter"]
+
+
+class PredictConfig(BaseModel):
+    """Everything that decides a prediction besides the model and the data."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    prompt: PromptConfig = Field(default_factory=PromptConfig)
+    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    """Predicted label is 1 when P(yes) >= threshold."""
+
+
+@dataclass
+class Prediction:
+    """One patient's prediction and where it came from."""
+
+    patient_id: str
+    probability: float
+    predicted: int
+    label: int | None
+    demos: list[dict[str, Any]]
+    dropped_demos: list[dict[str, Any]]
+    truncated_items: dict[str, int]
+    prompt_tokens: int
+    prompt_hash: str
+    model_id: str
+    template: str
+    mode: str
+    reasoning: str | None = None
+    seconds: float = 0.0
+    logprobs: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _hits(hits: Sequence[Any]) -> list[dict[str, Any]]:
+    return [{"patient_id": h.patient_id, "score": h.score, "label": h.label} for h in hits]
+
+
+class Predictor:
+    """Prompted prediction with retrieved demonstrations.
+
+    Args:
+        backend: a backend (see :mod:`icl_toolkit.backends`).
+        config: retrieval, prompt and threshold settings.
+        embedder: profile embedder for retrieval (default: the embedded MiniLM, loaded at fit).
+        retrieval_cache: a JSON file of saved retrievals, reused when it matches and extended otherwise.
+        progress: show progress bars.
+    """
+
+    def __init__(self, backend: Backend, config: PredictConfig | None = None, *,
+                 embedder: ProfileEmbedder | None = None, retrieval_cache: str | Path | None = None,
+                 progress: bool = True) -> None:
+        self.backend = backend
+        self.config = config or PredictConfig()
+        self.embedder = embedder
+        self.retrieval_cache = retrieval_cache
+        self.progress = progress
+
+    # ------------------------------------------------------------------ fit
+
+    @property
+    def uses_demos(self) -> bool:
+        return self.config.prompt.demos != "none" and self.config.retrieval.k > 0
+
+    def fit(self, pool: Sequence[Patient], index: DemoIndex | str | Path | None = None, *,
+            index_kind: str = "exact", pool_name: str = "pool") -> Predictor:
+        """Attach the demonstration pool; build its index, or load ``index`` and check it matches."""
+        pool = list(pool)
+        self.pool_ = {p.patient_id: p for p in pool}
+        self.builder_ = PromptBuilder(self.backend.tokenizer, self.config.prompt, self.backend.max_context)
+        self.retriever_: Retriever | None = None
+        if self.uses_demos:
+            _check_pool(pool, self.config.prompt, pool_name)
+            if self.embedder is None:
+                self.embedder = ProfileEmbedder()
+            self.retriever_ = Retriever(self.config.retrieval, self.embedder).fit(
+                pool, index, index_kind=index_kind, progress=self.progress)
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "builder_"):
+            raise ConfigError("This Predictor is not fitted yet. Call fit(pool) first.")
+
+    # ------------------------------------------------------------------ retrieval
+
+    def retrieve(self, patients: Sequence[Patient]) -> list[Retrieval]:
+        """The demonstrations of each patient (from the retrieval cache when one is set)."""
+        self._check_fitted()
+        if self.retriever_ is None:
+            return [Retrieval(p.patient_id) for p in patients]
+        if self.retrieval_cache is None:
+            return self.retriever_.retrieve(patients, progress=self.progress)
+        cache = RetrievalCache.open(self.retrieval_cache, self.retriever_.cache_key())
+        out = cache.retrieve(self.retriever_, patients, progress=self.progress)
+        cache.save(self.retrieval_cache)
+        return out
+
+    # ------------------------------------------------------------------ prediction
+
+    def build_prompts(self, patients: Sequence[Patient], retrievals: Sequence[Retrieval]) -> list[BuiltPrompt]:
+        """Rendered and packed prompts (what the backend will see)."""
+        self._check_fitted()
+        return [self.builder_.build(p, r.hits, self.pool_) for p, r in zip(patients, retrievals)]
+
+    def predict_proba(self, patients: Patient | Sequence[Patient],
+                      retrievals: Sequence[Retrieval] | None = None) -> Prediction | list[Prediction]:
+        """One :class:`Prediction` per patient, in input order (a single patient gives a single one)."""
+        self._check_fitted()
+        single = isinstance(patients, Patient)
+        batch = [patients] if single else list(patients)
+        if retrievals is None:
+            retrievals = self.retrieve(batch)
+        elif len(retrievals) != len(batch):
+            raise ConfigError(f"Got {len(retrievals)} retrievals for {len(batch)} patients.")
+        start = time.perf_counter()
+        prompts = self.build_prompts(batch, retrievals)
+        texts = [bp.text for bp in prompts]
+        reasoning: list[str | None] = [None] * len(batch)
+        choices = prompts[0].choices if prompts else ["Yes", "No"]
+        if self.config.prompt.mode == "reason":
+            params = GenerationParams(max_new_tokens=self.config.prompt.reason_tokens, stop=("Answer:",))
+            reasoning = list(self.backend.generate(texts, params))
+            texts = [t + r.rstrip() + "\nAnswer:" for t, r in zip(texts, reasoning)]
+        logprobs = self.backend.score(texts, choices) if batch else []
+        each = (time.perf_counter() - start) / max(len(batch), 1)
+        out = []
+        for p, bp, lp, reason in zip(batch, prompts, logprobs, reasoning):
+            prob = choice_probabilities(lp)[0]
+            out.append(Prediction(
+                patient_id=p.patient_id, probability=round(prob, 6), predicted=int(prob >= self.config.threshold),
+                label=p.label, demos=_hits(bp.demos), dropped_demos=_hits(bp.dropped),
+                truncated_items=bp.truncated_items, prompt_tokens=bp.n_tokens, prompt_hash=bp.hash,
+                model_id=self.backend.model_id, template=bp.template, mode=self.config.prompt.mode,
+                reasoning=reason, seconds=round(each, 3), logprobs=[round(x, 5) for x in lp]))
+        return out[0] if single else out
+
+    def predict(self, patients: Sequence[Patient]) -> list[int]:
+        """Hard labels at the configured threshold."""
+        return [p.predicted for p in self.predict_proba(list(patients))]  # type: ignore[union-attr]
+
+    def iter_predict(self, patients: Sequence[Patient], chunk_size: int = 8) -> Iterator[list[Prediction]]:
+        """Retrieve for all patients, then yield predictions chunk by chunk (for streaming to disk)."""
+        patients = list(patients)
+        retrievals = self.retrieve(patients)
+        for start in range(0, len(patients), chunk_size):
+            yield self.predict_proba(patients[start:start + chunk_size], retrievals[start:start + chunk_size])  # type: ignore[misc]
+
+    def provenance(self, cohort: Sequence[Patient]) -> dict[str, Any]:
+        """What a predictions file depends on (for its metadata sidecar)."""
+        self._check_fitted()
+        return {"model_id": self.backend.model_id, "config": self.config.model_dump(),
+                "cohort_hash": content_hash(cohort), "pool_hash": content_hash(self.pool_.values()),
+                "embedder": self.embedder.id if self.embedder is not None and self.uses_demos else None}
+
+
+def _check_pool(pool: Sequence[Patient], prompt: PromptConfig, name: str) -> None:
+    unlabelled = [p.patient_id for p in pool if p.label is None]
+    if unlabelled:
+        raise ConfigError(f"{name}: {len(unlabelled)} pool patients have no label (first: {unlabelled[0]}); "
+                          "demonstrations need known outcomes. Remove them from the pool.")
+    if prompt.demos == "rationale":
+        missing = [p.patient_id for p in pool if p.rationales is None or
+                   not getattr(p.rationales, prompt.rationale).strip()]
+        if missing:
+            raise ConfigError(
+                f"{name}: {len(missing)} of {len(pool)} pool patients have no {prompt.rationale} rationale (first: "
+                f"{missing[0]}); --demos rationale needs them. Use --demos label, or generate rationales first.")
+
+
+# --------------------------------------------------------------------------- output file
+
+class PredictionWriter:
+    """Appends predictions to a JSONL file, one complete line at a time, resumable.
+
+    A sidecar ``<file>.meta.json`` records the provenance; resuming with other
+    settings, model, cohort or pool is an error. A half-written last line (a run
+    killed mid-write) is cut off on resume.
+    """
+
+    def __init__(self, path: str | Path, provenance: dict[str, Any], *, resume: bool = False,
+                 overwrite: bool = False) -> None:
+        self.path = Path(path)
+        self.meta_path = self.path.with_name(self.path.name + ".meta.json")
+        self.done: set[str] = set()
+        if self.path.exists() and not (resume or overwrite):
+            raise ConfigError(f"{self.path} already exists. Pass --resume to continue it or --overwrite to replace it.")
+        if resume and self.path.exists():
+            if self.meta_path.exists():
+                meta = read_json(self.meta_path, "predictions metadata")
+                check_meta(meta, provenance, what="predictions file", where=str(self.path),
+                           fix="Resume with the same settings, or write to another --out.")
+            self.done = self._scan()
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text("")
+        write_json_atomic(self.meta_path, base_meta("predictions") | provenance)
+
+    def _scan(self) -> set[str]:
+        data = self.path.read_bytes()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):  # a torn last line from an interrupted write
+            with open(self.path, "r+b") as fh:
+                fh.truncate(end)
+        done = set()
+        for lineno, line in enumerate(data[:end].splitlines(), 1):
+            if line.strip():
+                try:
+                    done.add(json.loads(line)["patient_id"])
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise ConfigError(f"{self.path}:{lineno}: not a prediction record; cannot resume this file. "
+                                      "Use --overwrite to start again.") from None
+        return done
+
+    def write(self, predictions: Sequence[Prediction]) -> None:
+        """Append complete lines and flush them to disk."""
+        if not predictions:
+            return
+        block = "".join(json.dumps(p.to_dict(), separators=(",", ":")) + "\n" for p in predictions)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(block)
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.done.update(p.patient_id for p in predictions)
+
+    def read_all(self) -> list[dict[str, Any]]:
+        """Every prediction record in the file."""
+        with open(self.path, encoding="utf-8") as fh:
+            return [json.loads(line) for line in fh if line.strip()]

@@ -1,0 +1,241 @@
+"""Prompt building: templates from ``prompts/``, demonstrations, chat template, context packing.
+
+Templates are Jinja files rendered in a sandboxed, immutable environment with
+strict undefined variables (a typo in a template is an error, not an empty
+string). Their variables are documented in ``prompts/README.md``.
+
+The user message is rendered from the task template (zero-shot, few-shot with
+rationales, few-shot label-only, or reason-first) and the system message from
+``system.j2``; when the model's tokenizer has a chat template, both go through
+it with the generation prompt added, so the answer slot is the start of the
+assistant's turn and the answer choices are ``"Yes"`` / ``"No"``. Without a chat
+template the prompt is system + user text ending in ``"Answer:"`` and the
+choices are ``" Yes"`` / ``" No"``.
+
+Context packing, in this order, so that the prompt fits the model's context:
+
+1. every demonstration's history is cut to ``demo_tokens`` and the query's to
+   ``query_tokens`` (by the serializer's documented drop policy);
+2. while the whole prompt (plus the room the answer needs) is too long, the
+   least similar demonstration is dropped;
+3. if the query alone still does not fit, that is an error naming the budgets.
+
+Everything cut is recorded on the :class:`BuiltPrompt`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from icl_toolkit.artifacts import text_hash
+from icl_toolkit.cohort import Patient
+from icl_toolkit.errors import ConfigError
+from icl_toolkit.retrieve import Hit
+from icl_toolkit.serialize import Serialized, serialize_history, token_counter
+
+__all__ = ["PromptConfig", "BuiltPrompt", "PromptBuilder", "prompts_dir", "TEMPLATES", "task_question"]
+
+TEMPLATES = {"none": "zero_shot", "rationale": "few_shot_rationale", "label": "few_shot_label"}
+REASON_TEMPLATE = "reason_first"
+SYSTEM_TEMPLATE = "system"
+
+
+def prompts_dir() -> Path:
+    """The folder of prompt templates: ``$ICL_PROMPTS`` or the repository's ``prompts/``."""
+    env = os.environ.get("ICL_PROMPTS")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "prompts"
+
+
+def task_question(horizon_years: float) -> str:
+    years = f"{horizon_years:g}"
+    return (f"Will this patient be diagnosed with Alzheimer's disease or a related dementia within "
+            f"{years} years after the index date?")
+
+
+class PromptConfig(BaseModel):
+    """How prompts are laid out and packed (validated; unknown fields rejected)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    demos: Literal["rationale", "label", "none"] = "rationale"
+    """What each demonstration shows: history + rationale + outcome, history + outcome, or no demos."""
+    rationale: Literal["free_text", "stepwise"] = "free_text"
+    """Which rationale of a demonstration to show."""
+    mode: Literal["score", "reason"] = "score"
+    """``score``: read P(yes) at the answer slot; ``reason``: the model reasons first (reason-first template)."""
+    template: str | None = None
+    """Template name in the prompts folder (without ``.j2``) or a file path; default chosen by demos/mode."""
+    order: Literal["similar-last", "similar-first", "random"] = "similar-last"
+    """Presentation order of demos; the default puts the most similar next to the query."""
+    demo_tokens: int = Field(200, ge=90)
+    """History budget per demonstration, in model tokens."""
+    query_tokens: int = Field(400, ge=90)
+    """History budget of the query patient, in model tokens."""
+    max_context: int | None = Field(None, ge=256)
+    """Context limit in tokens (default: the model's)."""
+    reserve_tokens: int = Field(8, ge=1)
+    """Room kept for the answer (score mode) on top of the prompt."""
+    reason_tokens: int = Field(160, ge=8, le=2048)
+    """Most tokens of reasoning in reason mode (also kept free in the context)."""
+    horizon_years: float = Field(5.0, gt=0)
+    """Outcome window length, shown in the prompt."""
+    seed: int = 0
+    """Seed of the ``random`` demo order."""
+
+
+@dataclass
+class BuiltPrompt:
+    """A rendered prompt and what packing did to fit it."""
+
+    text: str
+    n_tokens: int
+    choices: list[str]
+    demos: list[Hit]                      # in presentation order
+    dropped: list[Hit] = field(default_factory=list)
+    truncated_items: dict[str, int] = field(default_factory=dict)   # patient_id -> history items left out
+    template: str = ""
+
+    @property
+    def hash(self) -> str:
+        return text_hash(self.text)
+
+
+class PromptBuilder:
+    """Renders prompts for query patients with their chosen demonstrations.
+
+    Args:
+        tokenizer: the language model's tokenizer (token counts and chat template).
+        config: layout and packing settings.
+        max_context: the backend's context limit (``config.max_context`` wins when lower).
+    """
+
+    def __init__(self, tokenizer: Any, config: PromptConfig | None = None, max_context: int = 2048) -> None:
+        from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        self.config = config or PromptConfig()
+        self.tokenizer = tokenizer
+        limit = self.config.max_context or max_context
+        self.max_context = min(limit, max_context)
+        self._count = token_counter(tokenizer)
+        folder = prompts_dir()
+        name = self.config.template or (REASON_TEMPLATE if self.config.mode == "reason" else TEMPLATES[self.config.demos])
+        search = [str(folder)]
+        if Path(name).is_file():
+            search.insert(0, str(Path(name).resolve().parent))
+            name = Path(name).stem
+        env = ImmutableSandboxedEnvironment(loader=FileSystemLoader(search), undefined=StrictUndefined,
+                                            trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False,
+                                            autoescape=False)
+        try:
+            self._user = env.get_template(f"{name}.j2")
+            self._system = env.get_template(f"{SYSTEM_TEMPLATE}.j2")
+        except TemplateNotFound as exc:
+            raise ConfigError(f"Prompt template {exc.name!r} not found in {', '.join(search)}. Templates there: "
+                              f"{', '.join(sorted(p.stem for p in folder.glob('*.j2'))) or 'none'} "
+                              f"(set ICL_PROMPTS to another folder).") from None
+        self.template_name = name
+        self.chat = bool(getattr(tokenizer, "chat_template", None))
+        self._histories: dict[tuple[str, int], Serialized] = {}
+
+    # ------------------------------------------------------------------ pieces
+
+    @property
+    def choices(self) -> list[str]:
+        """The answer choices, yes first, as they follow the prompt."""
+        if self.config.mode == "reason" or not self.chat:
+            return [" Yes", " No"]
+        return ["Yes", "No"]
+
+    def history(self, patient: Patient, budget: int) -> Serialized:
+        """Serialised history under ``budget`` tokens (cached per patient and budget)."""
+        key = (patient.patient_id, budget)
+        if key not in self._histories:
+            if len(self._histories) > 50_000:
+                self._histories.clear()
+            self._histories[key] = serialize_history(patient, max_tokens=budget, counter=self._count)
+        return self._histories[key]
+
+    def _demo_vars(self, hit: Hit, patient: Patient) -> dict[str, Any]:
+        rationale = ""
+        if self.config.demos == "rationale" and patient.rationales is not None:
+            rationale = getattr(patient.rationales, self.config.rationale).strip()
+        return {"history": self.history(patient, self.config.demo_tokens).text, "rationale": rationale,
+                "outcome": "Yes" if hit.label == 1 else "No", "label": hit.label, "score": hit.score}
+
+    def _order(self, hits: list[Hit], query_id: str) -> list[Hit]:
+        by_sim = sorted(hits, key=lambda h: (-h.score, h.patient_id))
+        if self.config.order == "similar-first":
+            return by_sim
+        if self.config.order == "similar-last":
+            return by_sim[::-1]
+        shuffled = list(by_sim)
+        random.Random(f"{self.config.seed}:{query_id}").shuffle(shuffled)
+        return shuffled
+
+    def render(self, query: Patient, demos: Sequence[tuple[Hit, Patient]]) -> str:
+        """The full prompt text for ``query`` with the demos in the given order (no packing)."""
+        c = self.config
+        variables = {
+            "task": task_question(c.horizon_years),
+            "horizon_years": f"{c.horizon_years:g}",
+            "choices": ["Yes", "No"],
+            "query": {"history": self.history(query, c.query_tokens).text, "age": int(query.age_at_index),
+                      "sex": {"F": "female", "M": "male"}.get(query.sex, "unknown")},
+            "demos": [self._demo_vars(h, p) for h, p in demos],
+            "with_rationales": c.demos == "rationale",
+        }
+        system = self._system.render(**variables).strip()
+        user = self._user.render(**variables).strip()
+        if self.chat:
+            messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return f"{system}\n\n{user}\n" + ("" if c.mode == "reason" else "Answer:")
+
+    # ------------------------------------------------------------------ packing
+
+    def build(self, query: Patient, hits: Sequence[Hit], pool: dict[str, Patient]) -> BuiltPrompt:
+        """Render and pack the prompt of one query patient.
+
+        Args:
+            query: the patient to predict.
+            hits: its chosen demonstrations (any order; scores decide dropping).
+            pool: pool patients by id (the demos' records).
+
+        Raises:
+            ConfigError: when the query alone does not fit the context.
+        """
+        c = self.config
+        room = self.max_context - (c.reason_tokens + c.reserve_tokens if c.mode == "reason" else c.reserve_tokens)
+        kept = list(hits) if c.demos != "none" else []
+        dropped: list[Hit] = []
+        while True:
+            ordered = self._order(kept, query.patient_id)
+            text = self.render(query, [(h, pool[h.patient_id]) for h in ordered])
+            n = self._count([text])[0]
+            if n <= room:
+                break
+            if not kept:
+                raise ConfigError(
+                    f"The prompt of patient {query.patient_id} needs {n} tokens without any demonstration, more than "
+                    f"the {room} available (context {self.max_context}). Lower the query history budget "
+                    f"(--query-tokens, now {c.query_tokens}) or raise --max-context.")
+            weakest = min(kept, key=lambda h: (h.score, h.patient_id))
+            kept.remove(weakest)
+            dropped.append(weakest)
+        truncated = {}
+        q = self.history(query, c.query_tokens)
+        if q.dropped:
+            truncated[query.patient_id] = len(q.dropped)
+        for h in ordered:
+            s = self.history(pool[h.patient_id], c.demo_tokens)
+            if s.dropped:
+                truncated[h.patient_id] = len(s.dropped)
+        return BuiltPrompt(text, n, self.choices, ordered, dropped, truncated, self.template_name)

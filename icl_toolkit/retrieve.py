@@ -1,0 +1,446 @@
+"""Retrieval of demonstrations: profile embeddings, a faiss index, selection strategies.
+
+Data flow: each pool patient's condensed profile (:func:`~icl_toolkit.serialize.condensed_profile`,
+under the embedder's 256-token limit, pre-index events only) is embedded with a
+sentence-transformers model, normalised, and stored in a faiss inner-product
+index, so scores are cosine similarities. A query patient is embedded the same
+way and its demonstrations are chosen by a strategy:
+
+``similar``
+    the k most similar pool patients.
+``balanced``
+    the most similar positives and negatives under label quotas: half and half
+    (``balance="half"``, rounding toward negatives) or matched to the pool
+    prevalence (``balance="prevalence"``); when one class runs short the other
+    fills the gap.
+``mmr``
+    maximal marginal relevance: greedily the candidate maximising
+    ``lambda * sim(query, d) - (1 - lambda) * max sim(d, chosen)`` among the
+    ``max(4k, 20)`` most similar.
+``random``
+    k pool patients drawn uniformly, seeded per query (the same query gets the
+    same demonstrations whatever else is in the batch).
+
+Leakage guards, always on: a pool record with the query's ``patient_id`` is never
+a demonstration (also when the pool holds it several times). Optional temporal
+guard: a demonstration whose outcome window (index date + horizon) ends after the
+query's index date is dropped, so no demo's outcome lies in the query's future.
+
+Hits come back as plain data, sorted by score (most similar first); the prompt
+builder applies the presentation order. :class:`RetrievalCache` saves them so that
+several runs and models see identical demonstrations.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from icl_toolkit.artifacts import base_meta, check_meta, content_hash, read_json, write_json_atomic
+from icl_toolkit.cohort import Patient
+from icl_toolkit.errors import ConfigError
+from icl_toolkit.progress import progress_bar
+from icl_toolkit.serialize import PROFILE_VERSION, condensed_profile, token_counter
+
+__all__ = [
+    "STRATEGIES",
+    "ProfileEmbedder",
+    "DemoIndex",
+    "RetrievalConfig",
+    "Hit",
+    "Retrieval",
+    "Retriever",
+    "RetrievalCache",
+]
+
+STRATEGIES = ("similar", "balanced", "mmr", "random")
+INDEX_KINDS = ("exact", "hnsw")
+
+
+# --------------------------------------------------------------------------- embedding
+
+class ProfileEmbedder:
+    """Embeds patients' condensed profiles; normalised float32 vectors.
+
+    Args:
+        embedder: ``"default"`` (embedded all-MiniLM-L6-v2), a local folder or a
+            cached hub name; ignored when ``model`` is given.
+        model: an object with sentence-transformers' ``encode`` (e.g.
+            :class:`~icl_toolkit.testing.HashEmbedder`), used as is.
+        model_id: the id recorded in index metadata when ``model`` is given.
+        batch_size: texts per encoder batch.
+    """
+
+    def __init__(self, embedder: str = "default", *, model: Any = None, model_id: str | None = None,
+                 batch_size: int = 64, device: str = "cpu") -> None:
+        from icl_toolkit.models import embedder_id, load_embedder, load_embedder_tokenizer
+
+        if model is None:
+            self.model = load_embedder(embedder, device=device)
+            self.id = embedder_id(embedder)
+            self._counter = token_counter(load_embedder_tokenizer(embedder), special_tokens=True)
+            self.max_tokens = int(getattr(self.model, "max_seq_length", 256) or 256)
+        else:
+            self.model = model
+            self.id = model_id or type(model).__name__
+            self._counter = token_counter(load_embedder_tokenizer("default"), special_tokens=True)
+            self.max_tokens = 256
+        getdim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(getdim())
+        self.batch_size = batch_size
+
+    def profiles(self, patients: Sequence[Patient]) -> list[str]:
+        """The condensed profile text of each patient (what gets embedded)."""
+        return [condensed_profile(p, max_tokens=self.max_tokens, counter=self._counter).text for p in patients]
+
+    def embed(self, patients: Sequence[Patient], *, progress: bool = True, desc: str = "embedding profiles") -> np.ndarray:
+        """Normalised embeddings, shape ``[len(patients), dim]``, in input order."""
+        out = np.zeros((len(patients), self.dim), dtype=np.float32)
+        step = max(self.batch_size, 1)
+        with progress_bar(desc, len(patients), progress and len(patients) > step) as advance:
+            for start in range(0, len(patients), step):
+                chunk = patients[start:start + step]
+                vecs = self.model.encode(self.profiles(chunk), batch_size=step, normalize_embeddings=True,
+                                         show_progress_bar=False, convert_to_numpy=True)
+                out[start:start + len(chunk)] = np.asarray(vecs, dtype=np.float32)
+                advance(len(chunk))
+        return out
+
+
+# --------------------------------------------------------------------------- index
+
+@dataclass
+class DemoIndex:
+    """A faiss inner-product index over pool embeddings, with the pool ids and metadata."""
+
+    index: Any
+    ids: list[str]
+    meta: dict[str, Any]
+
+    META_FILE = "index.json"
+    INDEX_FILE = "index.faiss"
+
+    @classmethod
+    def build(cls, pool: Sequence[Patient], embedder: ProfileEmbedder, *, kind: str = "exact",
+              hnsw_m: int = 32, ef_construction: int = 80, ef_search: int = 128,
+              progress: bool = True) -> DemoIndex:
+        """Embed the pool and index it (``kind``: ``exact`` flat search, or ``hnsw`` for large pools)."""
+        import faiss
+
+        if kind not in INDEX_KINDS:
+            raise ConfigError(f"The 'kind' parameter must be one of {', '.join(INDEX_KINDS)}. Got {kind!r}.")
+        if not pool:
+            raise ConfigError("The demonstration pool is empty.")
+        vecs = embedder.embed(pool, progress=progress)
+        if kind == "exact":
+            index = faiss.IndexFlatIP(embedder.dim)
+        else:
+            index = faiss.IndexHNSWFlat(embedder.dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = ef_construction
+            index.hnsw.efSearch = ef_search
+        index.add(vecs)
+        meta = base_meta("demo-index") | {
+            "embedder": embedder.id, "dim": embedder.dim, "profile_version": PROFILE_VERSION,
+            "pool_hash": content_hash(pool), "n": len(pool), "kind": kind,
+            "hnsw": {"m": hnsw_m, "ef_construction": ef_construction, "ef_search": ef_search} if kind == "hnsw" else None,
+        }
+        return cls(index, [p.patient_id for p in pool], meta)
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``index.faiss`` and ``index.json`` (metadata and pool ids) into ``folder``."""
+        import faiss
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{self.INDEX_FILE}.tmp"
+        faiss.write_index(self.index, str(tmp))
+        tmp.replace(folder / self.INDEX_FILE)
+        write_json_atomic(folder / self.META_FILE, {"meta": self.meta, "ids": self.ids})
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> DemoIndex:
+        """Read an index saved by :meth:`save`."""
+        import faiss
+
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ConfigError(f"{folder}: no index folder here. Build one with `icl index build --pool POOL --out {folder}`.")
+        record = read_json(folder / cls.META_FILE, "demo index metadata")
+        if not (folder / cls.INDEX_FILE).is_file():
+            raise ConfigError(f"{folder / cls.INDEX_FILE}: missing. Rebuild the index with `icl index build`.")
+        index = faiss.read_index(str(folder / cls.INDEX_FILE))
+        meta, ids = record.get("meta", {}), record.get("ids", [])
+        if index.ntotal != len(ids) or index.d != meta.get("dim"):
+            raise ConfigError(f"{folder}: index.faiss holds {index.ntotal} vectors of dimension {index.d} but "
+                              f"index.json lists {len(ids)} ids of dimension {meta.get('dim')}. Rebuild the index.")
+        return cls(index, list(ids), meta)
+
+    def check(self, pool: Sequence[Patient], embedder: ProfileEmbedder, where: str = "index") -> None:
+        """Raise when the index was built from another pool, embedder or profile version."""
+        check_meta(self.meta, {"embedder": embedder.id, "dim": embedder.dim, "profile_version": PROFILE_VERSION,
+                               "pool_hash": content_hash(pool)},
+                   what="demo index", where=where,
+                   fix="Rebuild it with `icl index build --pool POOL --out DIR` for this pool and embedder.")
+        if self.ids != [p.patient_id for p in pool]:
+            raise ConfigError(f"{where}: the index lists its pool patients in another order than the pool file.")
+
+    def search(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """faiss ``(scores, rows)`` of the ``n`` nearest pool rows per query (row -1 = none)."""
+        n = min(n, self.index.ntotal)
+        return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), n)
+
+    def vectors(self, rows: Sequence[int]) -> np.ndarray:
+        """The stored vectors of some pool rows."""
+        return np.stack([self.index.reconstruct(int(r)) for r in rows]) if len(rows) else \
+            np.zeros((0, self.index.d), dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- selection
+
+class RetrievalConfig(BaseModel):
+    """How demonstrations are chosen (validated; unknown fields rejected)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    k: int = Field(4, ge=0, le=64)
+    """Number of demonstrations per query."""
+    strategy: Literal["similar", "balanced", "mmr", "random"] = "similar"
+    """Selection strategy (see the module docstring)."""
+    balance: Literal["half", "prevalence"] = "half"
+    """Label quotas of the ``balanced`` strategy."""
+    mmr_lambda: float = Field(0.7, ge=0.0, le=1.0)
+    """Relevance weight of ``mmr`` (1 = plain similarity, 0 = only diversity)."""
+    seed: int = 0
+    """Seed of the ``random`` strategy."""
+    temporal_guard: bool = False
+    """Drop demos whose outcome window ends after the query's index date."""
+    horizon_years: float = Field(5.0, gt=0)
+    """Length of the outcome window (for the temporal guard)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One chosen demonstration: pool patient id, cosine score, label, pool row."""
+
+    patient_id: str
+    score: float
+    label: int | None
+    row: int
+
+
+@dataclass(slots=True)
+class Retrieval:
+    """The demonstrations chosen for one query, most similar first."""
+
+    query_id: str
+    hits: list[Hit] = field(default_factory=list)
+
+
+def _window_end(index_date: dt.date, years: float) -> dt.date:
+    return index_date + dt.timedelta(days=round(years * 365.25))
+
+
+def _quotas(k: int, balance: str, prevalence: float) -> tuple[int, int]:
+    n_pos = k // 2 if balance == "half" else int(math.floor(k * prevalence + 0.5))
+    return n_pos, k - n_pos
+
+
+class Retriever:
+    """Chooses demonstrations for query patients from a fitted pool.
+
+    Follows the estimator contract: ``__init__`` stores settings, :meth:`fit`
+    builds or loads the index and returns self, :meth:`retrieve` raises when
+    the retriever is not fitted.
+    """
+
+    def __init__(self, config: RetrievalConfig | None = None, embedder: ProfileEmbedder | None = None) -> None:
+        self.config = config or RetrievalConfig()
+        self.embedder = embedder
+
+    def fit(self, pool: Sequence[Patient], index: DemoIndex | str | Path | None = None, *,
+            index_kind: str = "exact", progress: bool = True) -> Retriever:
+        """Attach the pool; load and check ``index`` or build one from the pool."""
+        if self.embedder is None:
+            self.embedder = ProfileEmbedder()
+        pool = list(pool)
+        if not pool:
+            raise ConfigError("The demonstration pool is empty.")
+        if self.config.k > len(pool):
+            raise ConfigError(f"The 'k' parameter ({self.config.k}) is larger than the demonstration pool "
+                              f"({len(pool)} patients). Lower --k or use a larger --pool.")
+        if index is None:
+            index = DemoIndex.build(pool, self.embedder, kind=index_kind, progress=progress)
+        elif not isinstance(index, DemoIndex):
+            where = str(index)
+            index = DemoIndex.load(index)
+            index.check(pool, self.embedder, where)
+        else:
+            index.check(pool, self.embedder)
+        self.pool_ = pool
+        self.index_ = index
+        self.labels_ = np.array([-1 if p.label is None else p.label for p in pool])
+        self.ids_ = np.array([p.patient_id for p in pool], dtype=object)
+        self.window_ends_ = np.array([_window_end(p.index_date, self.config.horizon_years) for p in pool])
+        known = self.labels_[self.labels_ >= 0]
+        self.prevalence_ = float(known.mean()) if len(known) else 0.0
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "index_"):
+            raise ConfigError("This Retriever is not fitted yet. Call fit(pool) first.")
+
+    def _eligible(self, query: Patient, rows: np.ndarray) -> np.ndarray:
+        ok = (rows >= 0)
+        ok[ok] &= self.ids_[rows[ok]] != query.patient_id
+        if self.config.temporal_guard:
+            ok[ok] &= self.window_ends_[rows[ok]] <= query.index_date
+        return rows[ok]
+
+    def _enough(self, rows: np.ndarray) -> bool:
+        c = self.config
+        if c.strategy == "balanced":
+            n_pos, n_neg = _quotas(c.k, c.balance, self.prevalence_)
+            labels = self.labels_[rows]
+            return int((labels == 1).sum()) >= n_pos and int((labels == 0).sum()) >= n_neg
+        need = max(4 * c.k, 20) if c.strategy == "mmr" else c.k
+        return len(rows) >= need
+
+    def _candidates(self, query: Patient, q: np.ndarray, scores: np.ndarray, rows: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """Eligible candidate rows with scores, widening the search until enough are found."""
+        total = self.index_.index.ntotal
+        n = len(rows)
+        while True:
+            keep = self._eligible(query, rows.copy())
+            pos = {r: s for r, s in zip(rows.tolist(), scores.tolist())}
+            if self._enough(keep) or n >= total:
+                return keep, np.array([pos[r] for r in keep.tolist()], dtype=np.float32)
+            n = min(total, n * 4)
+            s2, r2 = self.index_.search(q[None, :], n)
+            scores, rows = s2[0], r2[0]
+
+    def _select(self, query: Patient, q: np.ndarray, rows: np.ndarray, scores: np.ndarray) -> list[int]:
+        c = self.config
+        if c.strategy == "similar":
+            return list(range(min(c.k, len(rows))))
+        if c.strategy == "balanced":
+            labels = self.labels_[rows]
+            n_pos, n_neg = _quotas(c.k, c.balance, self.prevalence_)
+            pos = [i for i in range(len(rows)) if labels[i] == 1]
+            neg = [i for i in range(len(rows)) if labels[i] == 0]
+            take_pos, take_neg = pos[:n_pos], neg[:n_neg]
+            short = c.k - len(take_pos) - len(take_neg)
+            if short > 0:  # fill from whichever class has more left
+                rest = [i for i in range(len(rows)) if i not in set(take_pos) | set(take_neg)]
+                take_pos += rest[:short]
+            return sorted(take_pos + take_neg)
+        # mmr
+        pool_n = min(len(rows), max(4 * c.k, 20))
+        vecs = self.index_.vectors(rows[:pool_n])
+        rel = scores[:pool_n]
+        chosen: list[int] = []
+        max_sim = np.full(pool_n, -np.inf, dtype=np.float32)
+        for _ in range(min(c.k, pool_n)):
+            div = np.where(np.isfinite(max_sim), max_sim, 0.0)
+            value = c.mmr_lambda * rel - (1 - c.mmr_lambda) * div
+            value[chosen] = -np.inf
+            best = int(np.argmax(value))
+            chosen.append(best)
+            max_sim = np.maximum(max_sim, vecs @ vecs[best])
+        return sorted(chosen, key=lambda i: -rel[i])
+
+    def _random(self, query: Patient, q: np.ndarray) -> Retrieval:
+        c = self.config
+        import hashlib
+
+        digest = hashlib.sha256(f"{c.seed}:{query.patient_id}".encode()).digest()
+        rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+        order = rng.permutation(self.index_.index.ntotal)
+        rows = self._eligible(query, order)[: c.k]
+        scores = self.index_.vectors(rows) @ q if len(rows) else np.zeros(0)
+        hits = [self._hit(int(r), float(s)) for r, s in zip(rows, scores)]
+        return Retrieval(query.patient_id, sorted(hits, key=lambda h: -h.score))
+
+    def _hit(self, row: int, score: float) -> Hit:
+        label = int(self.labels_[row])
+        return Hit(str(self.ids_[row]), round(score, 6), None if label < 0 else label, row)
+
+    def retrieve(self, queries: Sequence[Patient], *, progress: bool = True) -> list[Retrieval]:
+        """Choose demonstrations for each query patient, in input order."""
+        self._check_fitted()
+        c = self.config
+        queries = list(queries)
+        if not queries:
+            return []
+        if c.k == 0:
+            return [Retrieval(p.patient_id) for p in queries]
+        qv = self.embedder.embed(queries, progress=progress, desc="embedding queries")
+        if c.strategy == "random":
+            return [self._random(p, qv[i]) for i, p in enumerate(queries)]
+        first = max(4 * c.k, 20) + 8 if c.strategy in ("mmr", "balanced") else c.k + 8
+        scores, rows = self.index_.search(qv, first)
+        out = []
+        for i, p in enumerate(queries):
+            cand_rows, cand_scores = self._candidates(p, qv[i], scores[i], rows[i])
+            picked = self._select(p, qv[i], cand_rows, cand_scores)
+            out.append(Retrieval(p.patient_id, [self._hit(int(cand_rows[j]), float(cand_scores[j])) for j in picked]))
+        return out
+
+    def cache_key(self) -> dict[str, Any]:
+        """What a retrieval depends on, for :class:`RetrievalCache`."""
+        self._check_fitted()
+        m = self.index_.meta
+        return {"pool_hash": m["pool_hash"], "embedder": m["embedder"], "profile_version": m["profile_version"],
+                "index_kind": m["kind"], "config": self.config.model_dump()}
+
+
+# --------------------------------------------------------------------------- cache
+
+class RetrievalCache:
+    """Saved retrievals (per query: ids, scores, labels), reused across runs and models.
+
+    The file records what the retrievals depend on (pool hash, embedder, index
+    kind, strategy settings); using it with other settings is an error.
+    """
+
+    def __init__(self, key: dict[str, Any], entries: dict[str, list[list[Any]]] | None = None) -> None:
+        self.key = key
+        self.entries = entries or {}
+
+    @classmethod
+    def open(cls, path: str | Path, key: dict[str, Any]) -> RetrievalCache:
+        """Load ``path`` when it exists (checking it matches ``key``), else start an empty cache."""
+        path = Path(path)
+        if not path.exists():
+            return cls(key)
+        record = read_json(path, "retrieval cache")
+        check_meta(record.get("key", {}), key, what="retrieval cache", where=str(path),
+                   fix="Use another --retrieval file, or delete this one to retrieve again.")
+        return cls(key, record.get("queries", {}))
+
+    def get(self, query_id: str) -> Retrieval | None:
+        raw = self.entries.get(query_id)
+        if raw is None:
+            return None
+        return Retrieval(query_id, [Hit(pid, float(s), lab, int(row)) for pid, s, lab, row in raw])
+
+    def put(self, retrievals: Iterable[Retrieval]) -> None:
+        for r in retrievals:
+            self.entries[r.query_id] = [[h.patient_id, h.score, h.label, h.row] for h in r.hits]
+
+    def save(self, path: str | Path) -> None:
+        write_json_atomic(path, base_meta("retrieval-cache") | {"key": self.key, "queries": self.entries})
+
+    def retrieve(self, retriever: Retriever, queries: Sequence[Patient], *, progress: bool = True) -> list[Retrieval]:
+        """Cached retrievals where present; the rest retrieved now and added."""
+        missing = [p for p in queries if p.patient_id not in self.entries]
+        self.put(retriever.retrieve(missing, progress=progress))
+        return [self.get(p.patient_id) for p in queries]  # type: ignore[misc]
