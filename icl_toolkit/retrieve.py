@@ -210,7 +210,7 @@ class RetrievalConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    k: int = Field(4, ge=0, le=64)
+    k: int = Field(4, ge=0, le=1024)
     """Number of demonstrations per query."""
     strategy: Literal["similar", "balanced", "mmr", "random"] = "similar"
     """Selection strategy (see the module docstring)."""

@@ -29,3 +29,31 @@ def embedder_tokenizer():
     from icl_toolkit.models import load_embedder_tokenizer
 
     return load_embedder_tokenizer("default")
+
+
+@pytest.fixture(scope="session")
+def tiny_backend_obj():
+    """The transformers backend over a tiny random Llama with the SmolLM2 tokenizer."""
+    from icl_toolkit.testing import tiny_backend
+
+    return tiny_backend(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random Llama saved as a local checkpoint folder (for the CLI)."""
+    from icl_toolkit.testing import tiny_llama
+
+    model, tok = tiny_llama(seed=0)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The embedded all-MiniLM-L6-v2 profile embedder (loaded once)."""
+    from icl_toolkit.retrieve import ProfileEmbedder
+
+    return ProfileEmbedder()

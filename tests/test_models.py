@@ -25,3 +25,39 @@ def test_local_folder_and_unknown_names(tmp_path, lm_tokenizer) -> None:
     assert tok("abc")["input_ids"] == lm_tokenizer("abc")["input_ids"]
     with pytest.raises(ModelNotFoundError, match="Unknown model 'no-such/model-xyz'"):
         load_tokenizer("no-such/model-xyz")
+
+
+def test_default_lm_converts_once_to_fp32_with_logit_parity() -> None:
+    import json
+
+    import torch
+
+    from icl_toolkit.models import PARITY_TOLERANCE, lm_id, load_lm, resolve_lm
+
+    folder = resolve_lm("default")
+    record = json.loads((folder / "icl-conversion.json").read_text())
+    assert record["parity_max_abs_logit_diff"] <= PARITY_TOLERANCE and record["dtype"] == "float32"
+    config = json.loads((folder / "config.json").read_text())
+    assert "quantization_config" not in config  # a plain checkpoint: savable and trainable
+    assert resolve_lm("default") == folder  # converted once, then reused
+    model, tok = load_lm("default")
+    assert lm_id("default") == "smollm2-135m-instruct"
+    assert next(model.parameters()).dtype == torch.float32
+    assert not getattr(model, "is_quantized", False)
+    with torch.no_grad():
+        out = model(**tok("Age at index: 78.", return_tensors="pt")).logits
+    assert torch.isfinite(out).all() and out.shape[-1] == model.config.vocab_size
+
+
+def test_local_checkpoint_and_unknown_lm(tiny_model_dir) -> None:
+    from icl_toolkit.models import load_lm, resolve_lm
+
+    assert resolve_lm(str(tiny_model_dir)) == tiny_model_dir
+    model, _ = load_lm(str(tiny_model_dir))
+    assert model.config.hidden_size == 64
+    with pytest.raises(ModelNotFoundError, match="Unknown model"):
+        resolve_lm("/no/such/folder")
+    with pytest.raises(ModelNotFoundError, match="Unknown embedder"):
+        from icl_toolkit.models import resolve_embedder
+
+        resolve_embedder("not-an-embedder")

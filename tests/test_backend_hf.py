@@ -1,0 +1,119 @@
+"""The transformers backend on a tiny random Llama: exact numbers, padding, batching, choices."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from icl_toolkit.backends import GenerationParams, choice_probabilities, get_backend_class, make_backend
+from icl_toolkit.errors import ConfigError
+
+PROMPTS = [
+    "<|im_start|>system\nYou judge dementia risk.<|im_end|>\n<|im_start|>user\nAge 80. Dx I10.<|im_end|>\n<|im_start|>assistant\n",
+    "Age at index: 71. Sex: male. Answer:",
+    "A longer record. " * 40 + "Will this patient develop dementia? Answer:",
+    "Short",
+]
+
+
+def _manual(backend, prompt, choice_ids):
+    ids = torch.tensor([backend.encode(prompt)])
+    with torch.no_grad():
+        logits = backend.model(input_ids=ids).logits[0, -1]
+    lp = torch.log_softmax(logits.float(), -1)
+    return [float(lp[i]) for i in choice_ids]
+
+
+def test_score_equals_manual_log_softmax(tiny_backend_obj):
+    b = tiny_backend_obj
+    tok = b.tokenizer
+    got = b.score(PROMPTS, ["Yes", "No"])
+    for prompt, row in zip(PROMPTS, got):
+        # the choice token is the one that follows the prompt in context
+        ids = [b.encode(prompt + c)[len(b.encode(prompt))] for c in ("Yes", "No")]
+        assert row == pytest.approx(_manual(b, prompt, ids), abs=1e-5)
+    assert tok(" Yes", add_special_tokens=False).input_ids[0] != tok("Yes", add_special_tokens=False).input_ids[0]
+
+
+def test_batched_equals_single_and_left_right_padding_agree(tiny_backend_obj):
+    b = tiny_backend_obj
+    single = [b.score(p, [" Yes", " No"]) for p in PROMPTS]
+    old = (b.batch_size, b.padding_side)
+    try:
+        b.batch_size = 4
+        left = b.score(PROMPTS, [" Yes", " No"])
+        b.padding_side = "right"
+        right = b.score(PROMPTS, [" Yes", " No"])
+    finally:
+        b.batch_size, b.padding_side = old
+    for s, lft, rgt in zip(single, left, right):
+        assert lft == pytest.approx(s, abs=1e-5)
+        assert rgt == pytest.approx(s, abs=1e-5)
+
+
+def test_input_order_is_restored_after_length_sorting(tiny_backend_obj):
+    b = tiny_backend_obj
+    forward = b.score(PROMPTS, ["Yes", "No"])
+    backward = b.score(PROMPTS[::-1], ["Yes", "No"])[::-1]
+    assert forward == backward
+
+
+def test_multi_token_choices_sum_their_tokens(tiny_backend_obj):
+    b = tiny_backend_obj
+    prompt = "Age at index: 71. Answer:"
+    choice = " Definitely not demented"
+    ctx = b.encode(prompt)
+    cont = b.encode(prompt + choice)[len(ctx):]
+    assert len(cont) > 1
+    ids = torch.tensor([ctx + cont])
+    with torch.no_grad():
+        lp = torch.log_softmax(b.model(input_ids=ids).logits[0].float(), -1)
+    expected = sum(float(lp[len(ctx) - 1 + j, t]) for j, t in enumerate(cont))
+    got = b.score(prompt, [" Yes", choice])
+    assert got[1] == pytest.approx(expected, abs=1e-4)
+    assert got[0] == pytest.approx(b.score(prompt, [" Yes", " No"])[0], abs=1e-5)
+
+
+def test_choice_probabilities_normalise_over_choices():
+    p = choice_probabilities([-1.0, -2.0])
+    assert sum(p) == pytest.approx(1.0) and p[0] > p[1]
+    assert choice_probabilities([-1000.0, -1001.0])[0] == pytest.approx(1 / (1 + pow(2.718281828, -1)), abs=1e-6)
+
+
+def test_generate_is_batched_greedy_and_cut_at_stop(tiny_backend_obj):
+    b = tiny_backend_obj
+    params = GenerationParams(max_new_tokens=6)
+    batch = b.generate(PROMPTS[:3], params)
+    assert isinstance(batch, list) and len(batch) == 3
+    assert [b.generate(p, params) for p in PROMPTS[:3]] == batch
+    text = batch[1]
+    if text:
+        cut = b.generate(PROMPTS[1], GenerationParams(max_new_tokens=6, stop=(text[-1],)))
+        assert text[-1] not in cut
+
+
+def test_bad_arguments_are_clear_errors(tiny_backend_obj):
+    b = tiny_backend_obj
+    with pytest.raises(ConfigError, match="choices"):
+        b.score("x", "Yes")
+    with pytest.raises(ConfigError, match="distinct"):
+        b.score("x", ["Yes", "Yes"])
+    with pytest.raises(ValueError):
+        GenerationParams(max_new_tokens=0)
+    with pytest.raises(ValueError):
+        GenerationParams(temprature=0.5)  # unknown fields are rejected
+
+
+def test_prompt_longer_than_context_is_an_error():
+    from icl_toolkit.testing import tiny_backend
+
+    b = tiny_backend(max_context=300)
+    with pytest.raises(ConfigError, match="context limit"):
+        b.score("word " * 400, ["Yes", "No"])
+
+
+def test_registry_is_lazy_and_suggests_names():
+    with pytest.raises(ConfigError, match="Did you mean 'hf'"):
+        get_backend_class("hff")
+    with pytest.raises(ConfigError, match="Available: hf, vllm"):
+        make_backend("llama.cpp")
