@@ -8,6 +8,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.icl-installed
 DEMO_DIR ?= demo_out
+DEMO_N ?= 100
 
 .PHONY: venv demo test test-all clean
 
@@ -29,6 +30,11 @@ demo: $(STAMP)
 	$(VENV)/bin/icl data validate $(DEMO_DIR)/cohort.jsonl
 	$(VENV)/bin/icl data stats $(DEMO_DIR)/cohort.jsonl --plot $(DEMO_DIR)/overview.png
 	$(VENV)/bin/icl data split $(DEMO_DIR)/cohort.jsonl --out-dir $(DEMO_DIR)/splits
+	$(VENV)/bin/icl index build --pool $(DEMO_DIR)/splits/train.jsonl --out $(DEMO_DIR)/index
+	$(VENV)/bin/icl predict --cohort $(DEMO_DIR)/splits/test.jsonl --limit $(DEMO_N) \
+		--pool $(DEMO_DIR)/splits/train.jsonl --index $(DEMO_DIR)/index \
+		--k 4 --strategy similar --demos rationale --model default \
+		--retrieval $(DEMO_DIR)/retrieval.json --out $(DEMO_DIR)/predictions.jsonl --resume
 
 test: $(STAMP)
 	$(PY) -m pytest -q

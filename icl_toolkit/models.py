@@ -240,7 +240,13 @@ def resolve_lm(model: str = "default") -> Path:
     """
     _offline_env()
     if model in _LM_ALIASES:
-        return _atomic_dir(cache_dir() / "models" / DEFAULT_LM / "fp32", _convert_gguf)
+        target = cache_dir() / "models" / DEFAULT_LM / "fp32"
+        if not target.is_dir():
+            from icl_toolkit.progress import stderr_console
+
+            stderr_console.print(f"converting the embedded SmolLM2-135M-Instruct GGUF to an fp32 checkpoint in "
+                                 f"{target} (once, about 20 s), with a logit-parity check", highlight=False)
+        return _atomic_dir(target, _convert_gguf)
     local = _resolve_local(model)
     if local is None or not (local / "config.json").is_file():
         raise _unknown("model", model)

@@ -13,7 +13,8 @@ Scoring modes:
     normalised over the two choices at the answer slot.
 ``reason``
     the model first writes its reasoning (reason-first template, greedy, cut at
-    ``Answer:``), then the answer slot after ``Answer:`` is scored the same way.
+    the answer prefix ``ADRD within 5 years:``), then the prefix is appended and
+    the answer slot after it is scored the same way.
 
 :class:`PredictionWriter` appends predictions to a JSONL file as they finish,
 with a metadata sidecar, so an interrupted run resumes without redoing or
@@ -161,11 +162,12 @@ class Predictor:
         prompts = self.build_prompts(batch, retrievals)
         texts = [bp.text for bp in prompts]
         reasoning: list[str | None] = [None] * len(batch)
-        choices = prompts[0].choices if prompts else ["Yes", "No"]
+        choices = list(self.builder_.choices)
         if self.config.prompt.mode == "reason":
-            params = GenerationParams(max_new_tokens=self.config.prompt.reason_tokens, stop=("Answer:",))
+            prefix = self.builder_.answer_prefix
+            params = GenerationParams(max_new_tokens=self.config.prompt.reason_tokens, stop=(prefix,))
             reasoning = list(self.backend.generate(texts, params))
-            texts = [t + r.rstrip() + "\nAnswer:" for t, r in zip(texts, reasoning)]
+            texts = [t + r.rstrip() + "\n" + prefix for t, r in zip(texts, reasoning)]
         logprobs = self.backend.score(texts, choices) if batch else []
         each = (time.perf_counter() - start) / max(len(batch), 1)
         out = []
@@ -194,6 +196,7 @@ class Predictor:
         """What a predictions file depends on (for its metadata sidecar)."""
         self._check_fitted()
         return {"model_id": self.backend.model_id, "config": self.config.model_dump(),
+                "templates_hash": self.builder_.templates_hash,
                 "cohort_hash": content_hash(cohort), "pool_hash": content_hash(self.pool_.values()),
                 "embedder": self.embedder.id if self.embedder is not None and self.uses_demos else None}
 

@@ -7,10 +7,17 @@ string). Their variables are documented in ``prompts/README.md``.
 The user message is rendered from the task template (zero-shot, few-shot with
 rationales, few-shot label-only, or reason-first) and the system message from
 ``system.j2``; when the model's tokenizer has a chat template, both go through
-it with the generation prompt added, so the answer slot is the start of the
-assistant's turn and the answer choices are ``"Yes"`` / ``"No"``. Without a chat
-template the prompt is system + user text ending in ``"Answer:"`` and the
-choices are ``" Yes"`` / ``" No"``.
+it with the generation prompt added. The assistant's turn then starts with the
+answer prefix from ``answer.j2`` (``"ADRD within 5 years:"``), the same words
+that end every demonstration, and the answer slot right after it is scored for
+the choices ``" Yes"`` / ``" No"``. Mirroring the demos' outcome line matters:
+with the answer slot at the bare start of the assistant's turn, SmolLM2-135M
+gave P(yes) 0.27 after four "Yes" demos and 0.34 after four "No" demos (it
+did not follow them); with the prefix, 0.68 and 0.05. Without a chat template
+the prompt is system + user text + newline + answer prefix. In reason mode the
+prompt stops at the start of the assistant's turn; the model writes its
+reasoning, which is cut at the answer prefix, and the prefix is then appended
+and scored.
 
 Context packing, in this order, so that the prompt fits the model's context:
 
@@ -38,13 +45,14 @@ from icl_toolkit.artifacts import text_hash
 from icl_toolkit.cohort import Patient
 from icl_toolkit.errors import ConfigError
 from icl_toolkit.retrieve import Hit
-from icl_toolkit.serialize import Serialized, serialize_history, token_counter
+from icl_toolkit.serialize import Serialized, mentioned_in, serialize_history, token_counter
 
 __all__ = ["PromptConfig", "BuiltPrompt", "PromptBuilder", "prompts_dir", "TEMPLATES", "task_question"]
 
 TEMPLATES = {"none": "zero_shot", "rationale": "few_shot_rationale", "label": "few_shot_label"}
 REASON_TEMPLATE = "reason_first"
 SYSTEM_TEMPLATE = "system"
+ANSWER_TEMPLATE = "answer"
 
 
 def prompts_dir() -> Path:
@@ -137,37 +145,50 @@ class PromptBuilder:
         try:
             self._user = env.get_template(f"{name}.j2")
             self._system = env.get_template(f"{SYSTEM_TEMPLATE}.j2")
+            self._answer = env.get_template(f"{ANSWER_TEMPLATE}.j2")
         except TemplateNotFound as exc:
             raise ConfigError(f"Prompt template {exc.name!r} not found in {', '.join(search)}. Templates there: "
                               f"{', '.join(sorted(p.stem for p in folder.glob('*.j2'))) or 'none'} "
                               f"(set ICL_PROMPTS to another folder).") from None
         self.template_name = name
+        sources = [env.loader.get_source(env, t.name)[0] for t in (self._system, self._user, self._answer)]
+        self.templates_hash = text_hash("\0".join(sources))
         self.chat = bool(getattr(tokenizer, "chat_template", None))
         self._histories: dict[tuple[str, int], Serialized] = {}
 
     # ------------------------------------------------------------------ pieces
 
-    @property
-    def choices(self) -> list[str]:
-        """The answer choices, yes first, as they follow the prompt."""
-        if self.config.mode == "reason" or not self.chat:
-            return [" Yes", " No"]
-        return ["Yes", "No"]
+    choices = [" Yes", " No"]
+    """The answer choices, yes first, as they follow the answer prefix."""
 
-    def history(self, patient: Patient, budget: int) -> Serialized:
-        """Serialised history under ``budget`` tokens (cached per patient and budget)."""
-        key = (patient.patient_id, budget)
+    @property
+    def answer_prefix(self) -> str:
+        """The words that open the answer (and end every demo): ``"ADRD within 5 years:"``."""
+        return self._answer.render(horizon_years=f"{self.config.horizon_years:g}").strip()
+
+    def history(self, patient: Patient, budget: int, *, demo: bool = False) -> Serialized:
+        """Serialised history under ``budget`` tokens (cached per patient, budget and role).
+
+        A demonstration's history keeps the items its free-text rationale cites
+        before all others, so the reasoning shown refers to what is shown; this
+        holds for label-only demos too, so the two demo settings see the same
+        histories and differ only in the rationale.
+        """
+        key = (patient.patient_id, budget, demo)
         if key not in self._histories:
             if len(self._histories) > 50_000:
                 self._histories.clear()
-            self._histories[key] = serialize_history(patient, max_tokens=budget, counter=self._count)
+            prefer = None
+            if demo and patient.rationales is not None and patient.rationales.free_text:
+                prefer = mentioned_in(patient.rationales.free_text)
+            self._histories[key] = serialize_history(patient, max_tokens=budget, counter=self._count, prefer=prefer)
         return self._histories[key]
 
     def _demo_vars(self, hit: Hit, patient: Patient) -> dict[str, Any]:
         rationale = ""
         if self.config.demos == "rationale" and patient.rationales is not None:
             rationale = getattr(patient.rationales, self.config.rationale).strip()
-        return {"history": self.history(patient, self.config.demo_tokens).text, "rationale": rationale,
+        return {"history": self.history(patient, self.config.demo_tokens, demo=True).text, "rationale": rationale,
                 "outcome": "Yes" if hit.label == 1 else "No", "label": hit.label, "score": hit.score}
 
     def _order(self, hits: list[Hit], query_id: str) -> list[Hit]:
@@ -191,13 +212,15 @@ class PromptBuilder:
                       "sex": {"F": "female", "M": "male"}.get(query.sex, "unknown")},
             "demos": [self._demo_vars(h, p) for h, p in demos],
             "with_rationales": c.demos == "rationale",
+            "answer_prefix": self.answer_prefix,
         }
         system = self._system.render(**variables).strip()
         user = self._user.render(**variables).strip()
+        answer = "" if c.mode == "reason" else self.answer_prefix
         if self.chat:
             messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return f"{system}\n\n{user}\n" + ("" if c.mode == "reason" else "Answer:")
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + answer
+        return f"{system}\n\n{user}\n" + answer
 
     # ------------------------------------------------------------------ packing
 
@@ -235,7 +258,7 @@ class PromptBuilder:
         if q.dropped:
             truncated[query.patient_id] = len(q.dropped)
         for h in ordered:
-            s = self.history(pool[h.patient_id], c.demo_tokens)
+            s = self.history(pool[h.patient_id], c.demo_tokens, demo=True)
             if s.dropped:
                 truncated[h.patient_id] = len(s.dropped)
-        return BuiltPrompt(text, n, self.choices, ordered, dropped, truncated, self.template_name)
+        return BuiltPrompt(text, n, list(self.choices), ordered, dropped, truncated, self.template_name)

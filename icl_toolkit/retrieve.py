@@ -104,13 +104,16 @@ class ProfileEmbedder:
         """Normalised embeddings, shape ``[len(patients), dim]``, in input order."""
         out = np.zeros((len(patients), self.dim), dtype=np.float32)
         step = max(self.batch_size, 1)
+        texts = self.profiles(patients)
+        # longest first over the whole set, so each batch pads to similar lengths
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         with progress_bar(desc, len(patients), progress and len(patients) > step) as advance:
-            for start in range(0, len(patients), step):
-                chunk = patients[start:start + step]
-                vecs = self.model.encode(self.profiles(chunk), batch_size=step, normalize_embeddings=True,
+            for start in range(0, len(order), step):
+                rows = order[start:start + step]
+                vecs = self.model.encode([texts[i] for i in rows], batch_size=step, normalize_embeddings=True,
                                          show_progress_bar=False, convert_to_numpy=True)
-                out[start:start + len(chunk)] = np.asarray(vecs, dtype=np.float32)
-                advance(len(chunk))
+                out[rows] = np.asarray(vecs, dtype=np.float32)
+                advance(len(rows))
         return out
 
 

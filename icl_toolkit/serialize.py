@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +62,7 @@ __all__ = [
     "serialize_history",
     "condensed_profile",
     "token_counter",
+    "mentioned_in",
 ]
 
 HISTORY_VERSION = "history-v1"
@@ -238,7 +240,8 @@ def _upper(bound: float) -> float:
 
 
 def _fit(items: list[Item], render: Callable[[list[Item], int], str], line_of: Callable[[Item], str],
-         budget: int, count: TokenCounter, what: str) -> tuple[str, int, list[Item]]:
+         budget: int, count: TokenCounter, what: str,
+         priority: Callable[[Item], float] = Item.priority) -> tuple[str, int, list[Item]]:
     """Keep the highest-priority items that fit ``budget`` tokens; return text, tokens, dropped."""
     text = render(items, 0)
     n = count([text])[0]
@@ -248,7 +251,7 @@ def _fit(items: list[Item], render: Callable[[list[Item], int], str], line_of: C
     if base > budget:
         raise ConfigError(f"The token budget for the {what} must be at least {base} tokens (the fixed lines "
                           f"alone need that many). Got {budget} instead.")
-    ranked = sorted(items, key=lambda i: -i.priority())
+    ranked = sorted(items, key=lambda i: -priority(i))
     costs = count([line_of(i) for i in ranked])
     kept: list[Item] = []
     used = base
@@ -265,8 +268,27 @@ def _fit(items: list[Item], render: Callable[[list[Item], int], str], line_of: C
         kept.pop()  # lowest priority of those kept
 
 
+def mentioned_in(text: str) -> Callable[[Item], bool]:
+    """A predicate: is this item named in ``text`` (by code, measurement name or drug name)?"""
+    low = text.lower()
+    words = set(re.findall(r"[a-z0-9][a-z0-9.]*[a-z0-9]", low))
+
+    def named(it: Item) -> bool:
+        if it.code.lower() in words:
+            return True
+        if it.is_measure:
+            return it.display_name.lower() in low
+        if it.kind == "medication":
+            first = it.name.split()[0].lower() if it.name else ""
+            return len(first) > 3 and first in words
+        return False
+
+    return named
+
+
 def serialize_history(patient: Patient, *, max_tokens: int | None = None, tokenizer: Any = None,
-                      counter: TokenCounter | None = None) -> Serialized:
+                      counter: TokenCounter | None = None, prefer: Callable[[Item], bool] | None = None
+                      ) -> Serialized:
     """A patient's history before the index date as prompt text.
 
     Args:
@@ -274,6 +296,9 @@ def serialize_history(patient: Patient, *, max_tokens: int | None = None, tokeni
         max_tokens: token budget for the text, or None for no limit.
         tokenizer: tokenizer to count with (default: the embedded language model's).
         counter: a token counting function instead of a tokenizer.
+        prefer: items for which this returns True are kept before all others when
+            the text must be cut (used for demonstrations: the items their
+            rationale cites, see :func:`mentioned_in`).
 
     Returns:
         The text with its token count and the items dropped to fit, if any.
@@ -294,8 +319,9 @@ def serialize_history(patient: Patient, *, max_tokens: int | None = None, tokeni
         return Serialized(text, count([text])[0], None, len(items), len(items), [], n_hist, after)
     if max_tokens < 1:
         raise ConfigError(f"The 'max_tokens' parameter must be an int >= 1 or None. Got {max_tokens!r} instead.")
+    rank = Item.priority if prefer is None else (lambda i: i.priority() + (100.0 if prefer(i) else 0.0))
     text, n, dropped = _fit(items, lambda keep, nd: _render(header, keep, nd), Item.line, max_tokens, count,
-                            "history")
+                            "history", rank)
     return Serialized(text, n, max_tokens, len(items), len(items) - len(dropped),
                       [d.line()[2:] for d in dropped], n_hist, after)
 

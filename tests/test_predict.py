@@ -50,7 +50,7 @@ def test_predict_proba_records_provenance(tiny_backend_obj, hash_embedder, small
                      progress=False).fit(pool)
     out = pred.predict_proba(test)
     assert len(out) == 10
-    direct = tiny_backend_obj.score(pred.build_prompts(test, pred.retrieve(test))[0].text, ["Yes", "No"])
+    direct = tiny_backend_obj.score(pred.build_prompts(test, pred.retrieve(test))[0].text, [" Yes", " No"])
     for p, r in zip(test, out):
         assert r.patient_id == p.patient_id and 0.0 < r.probability < 1.0
         assert r.predicted == int(r.probability >= 0.5) and r.label == p.label
@@ -177,3 +177,24 @@ def test_writer_refuses_to_clobber(tmp_path):
     path.write_text("")
     with pytest.raises(ConfigError, match="--overwrite"):
         PredictionWriter(path, {"model_id": "m"})
+
+
+def test_embedded_model_follows_its_demonstrations(small_cohort):
+    """With the default prompt layout, SmolLM2 says "Yes" more after "Yes" demos than after "No" demos."""
+    from icl_toolkit.backends import choice_probabilities
+    from icl_toolkit.backends.hf import HFBackend
+    from icl_toolkit.prompting import PromptBuilder
+    from icl_toolkit.retrieve import Hit
+
+    backend = HFBackend("default", progress=False)
+    builder = PromptBuilder(backend.tokenizer, PromptConfig(demos="label", demo_tokens=120, query_tokens=150),
+                            backend.max_context)
+    pool = {p.patient_id: p for p in small_cohort[:100]}
+    query = small_cohort[150]
+    probs = {}
+    for label in (0, 1):
+        group = [p for p in pool.values() if p.label == label][:3]
+        hits = [Hit(p.patient_id, 0.9 - 0.01 * i, label, i) for i, p in enumerate(group)]
+        bp = builder.build(query, hits, pool)
+        probs[label] = choice_probabilities(backend.score(bp.text, bp.choices))[0]
+    assert probs[1] > probs[0] + 0.2, probs

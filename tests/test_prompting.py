@@ -26,7 +26,9 @@ def test_every_template_renders_with_the_chat_template(lm_tokenizer, setup):
         for mode in ("score", "reason"):
             b = PromptBuilder(lm_tokenizer, PromptConfig(demos=demos, mode=mode), max_context=8192)
             bp = b.build(query, hits, pool)
-            assert bp.text.startswith("<|im_start|>system\n") and bp.text.endswith("<|im_start|>assistant\n")
+            assert bp.text.startswith("<|im_start|>system\n")
+            ending = "<|im_start|>assistant\n" + ("" if mode == "reason" else "ADRD within 5 years:")
+            assert bp.text.endswith(ending)
             assert "Age at index" in bp.text and "Alzheimer" in bp.text
             assert bp.n_tokens == len(lm_tokenizer(bp.text).input_ids)
             n_examples = bp.text.count("Example ")
@@ -36,7 +38,9 @@ def test_every_template_renders_with_the_chat_template(lm_tokenizer, setup):
             if demos == "rationale":
                 first = pool[bp.demos[0].patient_id].rationales.free_text.strip()
                 assert first in bp.text
-            assert bp.choices == ([" Yes", " No"] if mode == "reason" else ["Yes", "No"])
+            assert bp.choices == [" Yes", " No"]
+            if mode == "reason":
+                assert '"ADRD within 5 years: Yes"' in bp.text
             assert bp.template == ("reason_first" if mode == "reason" else
                                    {"rationale": "few_shot_rationale", "label": "few_shot_label",
                                     "none": "zero_shot"}[demos])
@@ -80,7 +84,8 @@ def test_history_budgets_are_applied_and_cuts_recorded(lm_tokenizer, setup):
     assert bp.truncated_items  # with these budgets something is cut
     for pid, n in bp.truncated_items.items():
         budget = 150 if pid == query.patient_id else 120
-        assert b.history(query if pid == query.patient_id else pool[pid], budget).n_tokens <= budget
+        demo = pid != query.patient_id
+        assert b.history(pool[pid] if demo else query, budget, demo=demo).n_tokens <= budget
         assert n > 0
 
 
@@ -121,5 +126,25 @@ def test_without_a_chat_template_the_prompt_ends_in_answer(lm_tokenizer, setup):
     plain = copy.copy(lm_tokenizer)
     plain.chat_template = None
     bp = PromptBuilder(plain, PromptConfig(), 8192).build(query, hits, pool)
-    assert bp.text.endswith("Answer:") and bp.choices == [" Yes", " No"]
+    assert bp.text.endswith("\nADRD within 5 years:") and bp.choices == [" Yes", " No"]
     assert "<|im_start|>" not in bp.text
+
+
+def test_demo_histories_keep_what_their_rationale_cites(lm_tokenizer, small_cohort):
+    from icl_toolkit.serialize import fold_history, mentioned_in, serialize_history
+
+    counter = PromptBuilder(lm_tokenizer, PromptConfig(), 8192)._count
+    kept_cited, kept_plain, n = 0, 0, 0
+    for p in small_cohort[:40]:
+        cited = mentioned_in(p.rationales.free_text)
+        items, _ = fold_history(p)
+        names = [it.line()[2:] for it in items if cited(it)]
+        if not names:
+            continue
+        n += len(names)
+        plain = serialize_history(p, max_tokens=150, counter=counter)
+        pref = serialize_history(p, max_tokens=150, counter=counter, prefer=cited)
+        assert pref.n_tokens <= 150
+        kept_cited += sum(x not in pref.dropped for x in names)
+        kept_plain += sum(x not in plain.dropped for x in names)
+    assert n > 40 and kept_cited > kept_plain
