@@ -154,11 +154,11 @@ class PromptBuilder:
         sources = [env.loader.get_source(env, t.name)[0] for t in (self._system, self._user, self._answer)]
         self.templates_hash = text_hash("\0".join(sources))
         self.chat = bool(getattr(tokenizer, "chat_template", None))
-        self._histories: dict[tuple[str, int], Serialized] = {}
+        self._histories: dict[tuple[str, int, bool], Serialized] = {}
 
     # ------------------------------------------------------------------ pieces
 
-    choices = [" Yes", " No"]
+    choices: tuple[str, ...] = (" Yes", " No")
     """The answer choices, yes first, as they follow the answer prefix."""
 
     @property
