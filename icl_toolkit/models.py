@@ -28,7 +28,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from icl_toolkit.errors import ModelNotFoundError
+from icl_toolkit.errors import ConfigError, ModelNotFoundError
 
 __all__ = [
     "DEFAULT_LM",
@@ -253,12 +253,16 @@ def resolve_lm(model: str = "default") -> Path:
     return local
 
 
+def _model_id(name: str, aliases: dict[str, str], default: str) -> str:
+    if name in aliases:
+        return default
+    local = Path(name).expanduser()
+    return str(local.resolve()) if local.is_dir() else name
+
+
 def lm_id(model: str = "default") -> str:
     """A stable, human-readable id of a language model for provenance records."""
-    if model in _LM_ALIASES:
-        return DEFAULT_LM
-    local = Path(model).expanduser()
-    return str(local.resolve()) if local.is_dir() else model
+    return _model_id(model, _LM_ALIASES, DEFAULT_LM)
 
 
 def load_lm(model: str = "default", *, device: str = "cpu", dtype: str = "float32") -> tuple[Any, Any]:
@@ -269,7 +273,7 @@ def load_lm(model: str = "default", *, device: str = "cpu", dtype: str = "float3
     folder = resolve_lm(model)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
     if torch_dtype is None:
-        raise ModelNotFoundError(f"The 'dtype' parameter must be one of float32, bfloat16, float16. Got {dtype!r}.")
+        raise ConfigError(f"The 'dtype' parameter must be one of float32, bfloat16, float16. Got {dtype!r}.")
     try:
         lm = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype, local_files_only=True)
         tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
@@ -293,10 +297,7 @@ def resolve_embedder(embedder: str = "default") -> Path:
 
 def embedder_id(embedder: str = "default") -> str:
     """A stable id of an embedder for index metadata."""
-    if embedder in _EMB_ALIASES:
-        return DEFAULT_EMBEDDER
-    local = Path(embedder).expanduser()
-    return str(local.resolve()) if local.is_dir() else embedder
+    return _model_id(embedder, _EMB_ALIASES, DEFAULT_EMBEDDER)
 
 
 def load_embedder(embedder: str = "default", *, device: str = "cpu") -> Any:

@@ -185,10 +185,12 @@ class Predictor:
         """Hard labels at the configured threshold."""
         return [p.predicted for p in self.predict_proba(list(patients))]  # type: ignore[union-attr]
 
-    def iter_predict(self, patients: Sequence[Patient], chunk_size: int = 8) -> Iterator[list[Prediction]]:
-        """Retrieve for all patients, then yield predictions chunk by chunk (for streaming to disk)."""
+    def iter_predict(self, patients: Sequence[Patient], chunk_size: int = 8,
+                     retrievals: Sequence[Retrieval] | None = None) -> Iterator[list[Prediction]]:
+        """Retrieve for all patients (unless given), then yield predictions chunk by chunk (for streaming to disk)."""
         patients = list(patients)
-        retrievals = self.retrieve(patients)
+        if retrievals is None:
+            retrievals = self.retrieve(patients)
         for start in range(0, len(patients), chunk_size):
             yield self.predict_proba(patients[start:start + chunk_size], retrievals[start:start + chunk_size])  # type: ignore[misc]
 

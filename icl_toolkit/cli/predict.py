@@ -147,13 +147,12 @@ def predict(
     todo = [p for p in patients if p.patient_id not in writer.done]
     if writer.done:
         err_console.print(f"resuming {out}: {len(writer.done)} done, {len(todo)} to go", highlight=False)
-    retrievals = predictor.retrieve(todo)
+    retrievals = predictor.retrieve(todo)  # before the bar below: its own progress bar cannot nest in it
     lm.progress = False
     with progress_bar("predicting", len(todo)) as advance:
-        for start_at in range(0, len(todo), chunk_size):
-            chunk = slice(start_at, start_at + chunk_size)
-            writer.write(predictor.predict_proba(todo[chunk], retrievals[chunk]))
-            advance(len(todo[chunk]))
+        for chunk in predictor.iter_predict(todo, chunk_size=chunk_size, retrievals=retrievals):
+            writer.write(chunk)
+            advance(len(chunk))
     records = [r for r in writer.read_all() if r["patient_id"] in {p.patient_id for p in patients}]
     console.print(f"wrote {len(records)} predictions to {out} in {time.perf_counter() - start:.1f}s", highlight=False)
     for r in records[:show]:
