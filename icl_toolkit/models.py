@@ -42,6 +42,7 @@ __all__ = [
     "resolve_lm",
     "lm_id",
     "load_lm",
+    "checkpoint_meta",
     "resolve_embedder",
     "embedder_id",
     "load_embedder",
@@ -248,9 +249,28 @@ def resolve_lm(model: str = "default") -> Path:
                                  f"{target} (once, about 20 s), with a logit-parity check", highlight=False)
         return _atomic_dir(target, _convert_gguf)
     local = _resolve_local(model)
-    if local is None or not (local / "config.json").is_file():
+    if local is None or not ((local / "config.json").is_file() or (local / ADAPTER_CONFIG).is_file()):
         raise _unknown("model", model)
     return local
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+CHECKPOINT_META = "icl-checkpoint.json"
+
+
+def checkpoint_meta(model: str) -> dict[str, Any] | None:
+    """The ``icl-checkpoint.json`` of a fine-tuned checkpoint folder (``None`` for other models)."""
+    if model in _LM_ALIASES:
+        return None
+    local = Path(model).expanduser()
+    meta = local / CHECKPOINT_META
+    if not meta.is_file():
+        return None
+    try:
+        return json.loads(meta.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{meta}: unreadable checkpoint metadata ({exc}). Re-run icl finetune into this "
+                          "folder, or delete the file.") from None
 
 
 def _model_id(name: str, aliases: dict[str, str], default: str) -> str:
@@ -274,12 +294,29 @@ def load_lm(model: str = "default", *, device: str = "cpu", dtype: str = "float3
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
     if torch_dtype is None:
         raise ConfigError(f"The 'dtype' parameter must be one of float32, bfloat16, float16. Got {dtype!r}.")
+    if (folder / ADAPTER_CONFIG).is_file():
+        return _load_adapter(folder, device, dtype)
     try:
         lm = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype, local_files_only=True)
         tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(f"Cannot load a causal language model from {folder}: {exc}") from None
     return lm.to(device).eval(), tok
+
+
+def _load_adapter(folder: Path, device: str, dtype: str) -> tuple[Any, Any]:
+    """A LoRA adapter folder from ``icl finetune --lora``: its base model with the adapter merged in."""
+    meta = checkpoint_meta(str(folder))
+    if meta is None or not meta.get("base"):
+        raise ModelNotFoundError(f"{folder} holds a LoRA adapter but no {CHECKPOINT_META} naming its base model; "
+                                 "only adapters written by icl finetune --lora can be loaded by path.")
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise ConfigError(f"{folder} is a LoRA adapter; loading it needs peft: pip install peft") from None
+    base, tok = load_lm(meta["base"], device=device, dtype=dtype)
+    merged = PeftModel.from_pretrained(base, str(folder), is_trainable=False).merge_and_unload()
+    return merged.to(device).eval(), tok
 
 
 # --------------------------------------------------------------------------- embedder

@@ -167,7 +167,7 @@ class Predictor:
             prefix = self.builder_.answer_prefix
             params = GenerationParams(max_new_tokens=self.config.prompt.reason_tokens, stop=(prefix,))
             reasoning = list(self.backend.generate(texts, params))
-            texts = [t + r.rstrip() + "\n" + prefix for t, r in zip(texts, reasoning)]
+            texts = [t + (r.rstrip() + "\n" if r.strip() else "") + prefix for t, r in zip(texts, reasoning)]
         logprobs = self.backend.score(texts, choices) if batch else []
         each = (time.perf_counter() - start) / max(len(batch), 1)
         out = []

@@ -19,11 +19,15 @@ stderr_console = Console(stderr=True, soft_wrap=True)
 
 @contextmanager
 def progress_bar(desc: str, total: int, enabled: bool = True) -> Iterator[Callable[..., None]]:
-    """A rich progress bar on stderr; yields ``advance(n=1)``."""
+    """A rich progress bar on stderr; yields ``advance(n=1, note=None)`` (``note`` is shown after ``desc``)."""
     if not enabled:
-        yield lambda n=1: None
+        yield lambda n=1, note=None: None
         return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=stderr_console, transient=False) as bar:
         task = bar.add_task(desc, total=total)
-        yield lambda n=1: bar.advance(task, n)
+
+        def advance(n: int = 1, note: str | None = None) -> None:
+            bar.update(task, advance=n, description=f"{desc} {note}" if note else desc)
+
+        yield advance

@@ -57,3 +57,29 @@ def minilm():
     from icl_toolkit.retrieve import ProfileEmbedder
 
     return ProfileEmbedder()
+
+
+@pytest.fixture(scope="session")
+def hash_embedder():
+    """A fast deterministic bag-of-words profile embedder (no model)."""
+    from icl_toolkit.retrieve import ProfileEmbedder
+    from icl_toolkit.testing import HashEmbedder
+
+    return ProfileEmbedder(model=HashEmbedder(), model_id="hash-64")
+
+
+def _invoke(args):
+    """Exit code and output of the ``icl`` CLI; library errors (which ``main`` prints) are part of the output."""
+    from typer.testing import CliRunner
+
+    from icl_toolkit.cli import app
+
+    res = CliRunner().invoke(app, [str(a) for a in args])
+    exc = res.exception
+    text = res.output + ("" if exc is None or isinstance(exc, SystemExit) else str(exc))
+    return res.exit_code, text
+
+
+@pytest.fixture(scope="session")
+def invoke():
+    return _invoke

@@ -12,24 +12,9 @@ from icl_toolkit.cohort import write_cohort
 from icl_toolkit.errors import ConfigError
 from icl_toolkit.predict import PredictConfig, PredictionWriter, Predictor
 from icl_toolkit.prompting import PromptConfig
-from icl_toolkit.retrieve import ProfileEmbedder, RetrievalConfig
-from icl_toolkit.testing import HashEmbedder
+from icl_toolkit.retrieve import RetrievalConfig
 
 runner = CliRunner()
-
-
-def _invoke(args):
-    """Exit code and output; library errors (which `main` prints) are part of the output."""
-    res = runner.invoke(app, args)
-    exc = res.exception
-    text = res.output + ("" if exc is None or isinstance(exc, SystemExit) else str(exc))
-    return res.exit_code, text
-
-
-@pytest.fixture(scope="module")
-def hash_embedder():
-    return ProfileEmbedder(model=HashEmbedder(), model_id="hash-64")
-
 
 @pytest.fixture(scope="module")
 def files(small_cohort, tmp_path_factory):
@@ -109,7 +94,7 @@ def test_icl_predict_end_to_end(files, tiny_model_dir, tmp_path):
     assert [r["probability"] for r in again] == pytest.approx([r["probability"] for r in records], abs=1e-6)
 
 
-def test_interrupt_and_resume_gives_every_patient_exactly_once(files, tiny_model_dir, tmp_path, monkeypatch):
+def test_interrupt_and_resume_gives_every_patient_exactly_once(files, tiny_model_dir, tmp_path, monkeypatch, invoke):
     from icl_toolkit.backends.hf import HFBackend
 
     out = tmp_path / "preds.jsonl"
@@ -130,14 +115,14 @@ def test_interrupt_and_resume_gives_every_patient_exactly_once(files, tiny_model
     with open(out, "a") as fh:  # a torn line, as from a kill during a write
         fh.write('{"patient_id": "S11-0')
     monkeypatch.setattr(HFBackend, "score", real_score)
-    code, text = _invoke(_predict_args(files, tiny_model_dir, out, "--chunk-size", "4"))
+    code, text = invoke(_predict_args(files, tiny_model_dir, out, "--chunk-size", "4"))
     assert code == 1 and "--resume" in text
     res = runner.invoke(app, _predict_args(files, tiny_model_dir, out, "--chunk-size", "4", "--resume"))
     assert res.exit_code == 0, res.output
     ids = [json.loads(line)["patient_id"] for line in out.read_text().splitlines()]
     assert len(ids) == 30 and len(set(ids)) == 30
     # resuming with other settings is refused
-    code, text = _invoke(_predict_args(files, tiny_model_dir, out, "--k", "3", "--resume"))
+    code, text = invoke(_predict_args(files, tiny_model_dir, out, "--k", "3", "--resume"))
     assert code == 1 and "does not match" in text
 
 
@@ -146,13 +131,13 @@ def test_interrupt_and_resume_gives_every_patient_exactly_once(files, tiny_model
     (["--strategy", "nearest"], "nearest"),
     (["--demo-tokens", "10"], "--demo-tokens"),
 ])
-def test_bad_options_give_one_line_errors(files, tiny_model_dir, tmp_path, extra, message):
-    code, text = _invoke(_predict_args(files, tiny_model_dir, tmp_path / "p.jsonl", *extra))
+def test_bad_options_give_one_line_errors(files, tiny_model_dir, tmp_path, extra, message, invoke):
+    code, text = invoke(_predict_args(files, tiny_model_dir, tmp_path / "p.jsonl", *extra))
     assert code != 0 and message in text
     assert "Traceback" not in text
 
 
-def test_unreadable_cohort_and_missing_rationales(files, tiny_model_dir, tmp_path, small_cohort):
+def test_unreadable_cohort_and_missing_rationales(files, tiny_model_dir, tmp_path, small_cohort, invoke):
     import dataclasses
     import subprocess
     import sys
@@ -161,7 +146,7 @@ def test_unreadable_cohort_and_missing_rationales(files, tiny_model_dir, tmp_pat
     bad.write_text('{"patient_id": "x"}\n')
     args = _predict_args(files, tiny_model_dir, tmp_path / "p.jsonl")
     args[args.index("--cohort") + 1] = str(bad)
-    code, text = _invoke(args)
+    code, text = invoke(args)
     assert code != 0 and "bad.jsonl:1" in text
     pool = tmp_path / "norat.jsonl"
     write_cohort([dataclasses.replace(p, rationales=None) for p in small_cohort[:50]], pool)

@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from icl_toolkit.cli import data, index, predict
+from icl_toolkit.cli import compare, data, finetune, index, predict
 from icl_toolkit.cli._common import err_console
 from icl_toolkit.errors import IclError
 
@@ -26,6 +26,8 @@ app = typer.Typer(
 app.add_typer(data.app, name="data")
 app.add_typer(index.app, name="index")
 app.command(name="predict")(predict.predict)
+app.command(name="finetune")(finetune.finetune)
+app.command(name="compare")(compare.compare)
 
 
 @app.callback()

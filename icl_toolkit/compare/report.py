@@ -1,0 +1,237 @@
+"""Outputs of a comparison: results table (CSV, Markdown), plots and a report with a model card per arm."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from icl_toolkit.compare.stats import METRICS, Entry
+
+__all__ = ["write_tables", "plot_roc", "plot_auroc_vs_k", "plot_calibration", "write_report"]
+
+_LABELS = {"auroc": "AUROC", "auprc": "AUPRC", "brier": "Brier", "ece": "ECE", "f1": "F1"}
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and np.isnan(x)):
+        return "-"
+    return f"{x:.{digits}f}"
+
+
+def _p(p: float | None) -> str:
+    if p is None:
+        return "ref"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _ci(row: dict[str, Any], m: str) -> str:
+    return f"{_fmt(row[m])} ({_fmt(row[m + '_lo'])}-{_fmt(row[m + '_hi'])})"
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The results as a Markdown table: metrics with 95% CIs, AUROC difference to the reference, DeLong p."""
+    head = ["arm", *(f"{_LABELS[m]} (95% CI)" for m in METRICS), "ΔAUROC vs ref (95% CI)", "DeLong p"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        name = r["name"] if r["kind"] == "arm" else f"*{r['name']}* (baseline)"
+        delta = "-" if r["p_value"] is None else \
+            f"{r['delta_auroc']:+.3f} ({r['delta_lo']:+.3f} to {r['delta_hi']:+.3f})"
+        lines.append("| " + " | ".join([name, *(_ci(r, m) for m in METRICS), delta, _p(r["p_value"])]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    fields: list[str] = []
+    for r in rows:
+        fields.extend(k for k in r if k not in fields)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
+
+
+def write_tables(out: Path, rows: Sequence[dict[str, Any]], subgroups: Sequence[dict[str, Any]]) -> None:
+    """``results.csv``, ``results.md`` and ``subgroups.csv`` in ``out``."""
+    _write_csv(out / "results.csv", rows)
+    (out / "results.md").write_text(markdown_table(rows), encoding="utf-8")
+    _write_csv(out / "subgroups.csv", subgroups)
+
+
+# --------------------------------------------------------------------------- plots
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _style(e: Entry) -> dict[str, Any]:
+    return {"linestyle": "--", "linewidth": 1.2} if e.kind == "baseline" else {"linewidth": 1.6}
+
+
+def plot_roc(path: Path, entries: Sequence[Entry], y: np.ndarray, rows: Sequence[dict[str, Any]]) -> None:
+    """ROC curves of every arm and baseline, AUROC in the legend."""
+    from sklearn.metrics import roc_curve
+
+    plt = _plt()
+    auroc = {r["name"]: r["auroc"] for r in rows}
+    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    cmap = plt.get_cmap("tab20")
+    for i, e in enumerate(entries):
+        fpr, tpr, _ = roc_curve(y, e.test)
+        ax.plot(fpr, tpr, color=cmap(i % 20), label=f"{e.name} ({auroc[e.name]:.3f})", **_style(e))
+    ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(f"ROC on {len(y)} test patients ({int(y.sum())} cases)")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_auroc_vs_k(path: Path, rows: Sequence[dict[str, Any]]) -> bool:
+    """AUROC against k (95% CI bars) per (checkpoint, demos, strategy, mode); k=0 is the same
+    checkpoint and mode without demos. Baselines are horizontal lines. False when no arm has demos."""
+    arms = [r for r in rows if r["kind"] == "arm"]
+    if not any(r["demos"] != "none" for r in arms):
+        return False
+    plt = _plt()
+    zero = {(r["checkpoint"], r["mode"]): r for r in arms if r["demos"] == "none"}
+    series: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+    for r in arms:
+        if r["demos"] != "none":
+            series[(r["checkpoint"], r["demos"], r["strategy"], r["mode"])].append(r)
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    cmap = plt.get_cmap("tab10")
+    for i, (key, pts) in enumerate(sorted(series.items())):
+        pts = sorted(pts, key=lambda r: r["k"])
+        if key[::3] in zero:
+            pts = [zero[key[::3]], *pts]
+        ks = [r["k"] for r in pts]
+        vals = np.array([r["auroc"] for r in pts])
+        err = np.array([[v - r["auroc_lo"] for v, r in zip(vals, pts)], [r["auroc_hi"] - v for v, r in zip(vals, pts)]])
+        offset = (i - len(series) / 2) * 0.06
+        ax.errorbar(np.array(ks) + offset, vals, yerr=err, marker="o", capsize=3, color=cmap(i % 10),
+                    label=f"{key[0]}, {key[1]} demos, {key[2]}, {key[3]}")
+    for j, r in enumerate(x for x in rows if x["kind"] == "baseline"):
+        ax.axhline(r["auroc"], linestyle=":", linewidth=1, color=plt.get_cmap("Dark2")(j % 8))
+        ax.annotate(r["name"], (ax.get_xlim()[1], r["auroc"]), fontsize=7, ha="right", va="bottom")
+    ax.axhline(0.5, color="grey", linewidth=0.8)
+    ax.set_xlabel("demonstrations k (0 = none)")
+    ax.set_ylabel("AUROC (95% bootstrap CI)")
+    ax.set_title("AUROC against the number of demonstrations")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_calibration(path: Path, entries: Sequence[Entry], y: np.ndarray, n_bins: int = 5) -> None:
+    """Reliability curves (quantile bins) of every arm and baseline."""
+    from sklearn.calibration import calibration_curve
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 6.5))
+    cmap = plt.get_cmap("tab20")
+    for i, e in enumerate(entries):
+        frac, mean = calibration_curve(y, np.clip(e.test, 0, 1), n_bins=n_bins, strategy="quantile")
+        ax.plot(mean, frac, marker="o", markersize=3, color=cmap(i % 20), label=e.name, **_style(e))
+    ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8)
+    ax.set_xlabel(f"mean predicted probability ({n_bins} quantile bins)")
+    ax.set_ylabel("observed share with ADRD")
+    ax.set_title("Calibration")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- report
+
+def _model_card(r: dict[str, Any], subgroups: Sequence[dict[str, Any]], info: dict[str, Any],
+                reference: str) -> list[str]:
+    lines = [f"### {r['name']}", ""]
+    if r["kind"] == "arm":
+        ckpt = info.get("checkpoint_meta")
+        model = f"`{r['checkpoint']}` = `{info.get('model_id', '?')}`"
+        if ckpt:
+            model += (f"; {ckpt['target']} SFT of `{ckpt['base_id']}` ({'LoRA' if ckpt.get('lora') else 'weights'}), "
+                      f"{ckpt['n_train']} training patients (data hash `{ckpt['train_hash'][:12]}`), "
+                      f"{ckpt['steps']} steps, train loss {ckpt['first_train_loss']:.3f} -> "
+                      f"{ckpt['final_train_loss']:.3f}")
+        demos = "none" if r["demos"] == "none" else f"{r['k']} {r['demos']} demos chosen by `{r['strategy']}` retrieval"
+        lines += ["- **Model**: " + model,
+                  f"- **Prompting**: {demos}; `{r['mode']}` mode (template `{info.get('template', '?')}`); "
+                  f"mean prompt {info.get('mean_prompt_tokens', 0):.0f} tokens, "
+                  f"{info.get('seconds_per_patient', 0):.2f} s per patient"]
+    else:
+        lines += [f"- **Model**: baseline: {info.get('description', r['name'])}"]
+    lines += [
+        "- **Intended use**: research comparison of prompting and fine-tuning for five-year ADRD onset from coded "
+        "histories. Not a clinical decision tool; not validated on real patients.",
+        f"- **Data**: {r['n']} test patients ({r['cases']} cases), the same for every arm; threshold "
+        f"{r['threshold']:.3f} ({r['threshold_from']}).",
+        "- **Metrics (95% bootstrap CI)**: " + "; ".join(f"{_LABELS[m]} {_ci(r, m)}" for m in METRICS),
+    ]
+    if r["p_value"] is not None:
+        lines.append(f"- **Against `{reference}`**: ΔAUROC {r['delta_auroc']:+.3f} "
+                     f"({r['delta_lo']:+.3f} to {r['delta_hi']:+.3f}), DeLong p = {_p(r['p_value'])}")
+    lines.append(f"- **Calibration**: ECE {_fmt(r['ece'])}, mean predicted {r['mean_probability']:.3f} against "
+                 f"observed {r['cases'] / r['n']:.3f}")
+    lines += ["", "| subgroup | n | prevalence | AUROC | AUPRC | Brier | ECE | F1 |", "|---|---|---|---|---|---|---|---|"]
+    for g in subgroups:
+        if g["name"] == r["name"]:
+            lines.append(f"| {g['group']} = {g['value']} | {g['n']} | {_fmt(g['prevalence'])} | {_fmt(g['auroc'])} | "
+                         f"{_fmt(g['auprc'])} | {_fmt(g['brier'])} | {_fmt(g['ece'])} | {_fmt(g['f1'])} |")
+    limits = []
+    if r["cases"] < 30:
+        limits.append(f"only {r['cases']} cases: intervals are wide and small differences are noise")
+    if r["p_value"] is not None and r["p_value"] >= 0.05:
+        limits.append(f"not distinguishable from `{reference}` at the 5% level")
+    if r["threshold_from"] != "validation":
+        limits.append("F1 at a fixed 0.5 threshold (no validation split given)")
+    if r["kind"] == "arm" and r["demos"] != "none":
+        limits.append("demonstrations come from the pool's synthetic rationales and may not transfer to real notes")
+    limits.append("evaluated on the cohort given; subgroup metrics rest on few patients")
+    lines += ["", "- **Limitations**: " + "; ".join(limits) + ".", ""]
+    return lines
+
+
+def write_report(out: Path, rows: Sequence[dict[str, Any]], subgroups: Sequence[dict[str, Any]],
+                 infos: dict[str, dict[str, Any]], context: dict[str, Any], plots: Sequence[str]) -> Path:
+    """``report.md``: settings, the results table, plots and a model card per arm and baseline."""
+    ref = context["reference"]
+    lines = [
+        "# Comparison report", "",
+        f"Generated {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')} by icl-toolkit {context['version']}.", "",
+        "## Data and settings", "",
+        f"- Test: `{context['test_file']}`, first {context['n_test']} patients ({context['cases']} cases), "
+        f"content hash `{context['test_hash'][:12]}`",
+        f"- Demonstration pool / baseline training: `{context['pool_file']}`, {context['n_pool']} patients, hash "
+        f"`{context['pool_hash'][:12]}`",
+        f"- Validation (thresholds for F1): " + (f"`{context['val_file']}`, {context['n_val']} patients"
+                                                 if context.get("val_file") else "none (F1 at 0.5)"),
+        f"- Bootstrap: {context['bootstrap']} stratified resamples, seed {context['seed']}; DeLong tests are paired, "
+        f"against `{ref}`",
+        f"- Shared prompt settings: `{context['prompt']}`; retrieval settings: `{context['retrieval']}`", "",
+        "## Results", "", markdown_table(rows),
+        "## Plots", "",
+        *[f"![{p}]({p})" for p in plots], "",
+        "## Model cards", "",
+    ]
+    for r in rows:
+        lines += _model_card(r, subgroups, infos.get(r["name"], {}), ref)
+    path = out / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path

@@ -1,0 +1,315 @@
+"""Running a comparison: shared retrieval, every arm's predictions (resumable), baselines, statistics, outputs.
+
+Layout of the output folder::
+
+    results/
+      index/                      the pool's demo index (built once)
+      retrieval/<strategy>-k<k>.json   cached retrievals, shared by every arm with that strategy and k
+      arms/<arm>.jsonl            test predictions of each arm (+ .val.jsonl for validation, + .meta.json)
+      baselines/<name>.jsonl      baseline probabilities on the same patients
+      results.csv / results.md    metrics with 95% CIs, ΔAUROC and DeLong p against the reference arm
+      subgroups.csv               the metrics by sex and age band
+      roc.png, auroc_vs_k.png, calibration.png
+      report.md                   settings, table, plots, a model card per arm
+
+Every arm sees the same test patients in the same order, and arms with the same
+strategy and k read the same cached retrieval, so two arms differ only in the
+checkpoint, the demo content or the scoring mode they name. Predictions are
+appended as they finish; a rerun skips finished arms without loading their
+model and resumes a half-finished one where it stopped.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.metadata as md
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from icl_toolkit.artifacts import content_hash, write_json_atomic
+from icl_toolkit.backends import Backend
+from icl_toolkit.cohort import Patient
+from icl_toolkit.compare import baselines as bl
+from icl_toolkit.compare.config import Arm, CompareConfig
+from icl_toolkit.compare.report import plot_auroc_vs_k, plot_calibration, plot_roc, write_report, write_tables
+from icl_toolkit.compare.stats import Entry, evaluate
+from icl_toolkit.errors import ConfigError
+from icl_toolkit.models import checkpoint_meta
+from icl_toolkit.predict import PredictConfig, PredictionWriter, Predictor
+from icl_toolkit.progress import progress_bar, stderr_console
+from icl_toolkit.prompting import PromptConfig
+from icl_toolkit.retrieve import DemoIndex, ProfileEmbedder, Retrieval, RetrievalCache, RetrievalConfig, Retriever
+
+__all__ = ["Comparison", "CompareResult"]
+
+BackendFactory = Callable[[str, str], Backend]
+"""(checkpoint name, model path or name) -> a loaded backend."""
+
+
+@dataclass
+class CompareResult:
+    """What a comparison produced."""
+
+    out: Path
+    rows: list[dict[str, Any]]
+    subgroups: list[dict[str, Any]]
+    report: Path
+    ran: list[str]        # arms predicted (fully or partly) in this call
+    skipped: list[str]    # arms already complete
+
+
+def _done_ids(path: Path) -> set[str]:
+    if not path.exists():
+        return set()
+    done = set()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            done.add(json.loads(line)["patient_id"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a torn last line; the writer cuts it on resume
+    return done
+
+
+class Comparison:
+    """Runs the arms of a :class:`CompareConfig` and the baselines on the same patients.
+
+    Args:
+        config: the comparison.
+        out: output folder (created; reused and resumed when it exists).
+        embedder: profile embedder for retrieval (default: the embedded MiniLM).
+        backend_factory: builds a backend per checkpoint (default: the configured backend).
+        progress: show progress bars.
+    """
+
+    def __init__(self, config: CompareConfig, out: str | Path, *, embedder: ProfileEmbedder | None = None,
+                 backend_factory: BackendFactory | None = None, progress: bool = True) -> None:
+        self.config = config
+        self.out = Path(out)
+        self.embedder = embedder
+        self.backend_factory = backend_factory or self._default_backend
+        self.progress = progress
+
+    # ------------------------------------------------------------------ pieces
+
+    def _default_backend(self, name: str, model: str) -> Backend:
+        from icl_toolkit.backends import make_backend, resolve_backend_name
+
+        c = self.config
+        kwargs: dict[str, Any] = {"model": model, "device": c.device, "progress": False}
+        if c.batch_size or c.device == "cpu":
+            kwargs["batch_size"] = c.batch_size or 1
+        return make_backend(resolve_backend_name(c.backend), **kwargs)
+
+    def _retrieval_config(self, k: int, strategy: str) -> RetrievalConfig:
+        return RetrievalConfig(k=k, strategy=strategy, seed=self.config.seed, **self.config.retrieval)
+
+    def _prompt_config(self, arm: Arm) -> PromptConfig:
+        template = arm.template
+        meta = checkpoint_meta(self.config.checkpoints[arm.checkpoint])
+        if template is None and meta and arm.mode == "reason" and arm.demos == "none":
+            template = meta.get("prompt", {}).get("template")  # reason as it was trained to
+        demos = "none" if arm.demos == "none" else arm.demos
+        return PromptConfig(demos=demos, mode=arm.mode, template=template, rationale=arm.rationale,  # type: ignore[arg-type]
+                            seed=self.config.seed, **self.config.prompt)
+
+    def _index(self, pool: Sequence[Patient]) -> DemoIndex:
+        folder = self.out / "index"
+        assert self.embedder is not None
+        if (folder / DemoIndex.META_FILE).exists():
+            index = DemoIndex.load(folder)
+            index.check(pool, self.embedder, str(folder))
+            return index
+        index = DemoIndex.build(pool, self.embedder, kind=self.config.index_kind, progress=self.progress)
+        index.save(folder)
+        return index
+
+    def _retrievals(self, keys: set[tuple[str, int]], pool: Sequence[Patient], index: DemoIndex,
+                    queries: Sequence[Patient]) -> dict[tuple[str, int], dict[str, Retrieval]]:
+        out = {}
+        for strategy, k in sorted(keys):
+            retriever = Retriever(self._retrieval_config(k, strategy), self.embedder).fit(pool, index)
+            path = self.out / "retrieval" / f"{strategy}-k{k}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cache = RetrievalCache.open(path, retriever.cache_key())
+            found = cache.retrieve(retriever, queries, progress=self.progress)
+            cache.save(path)
+            out[(strategy, k)] = {r.query_id: r for r in found}
+        return out
+
+    def _arm_paths(self, arm: Arm) -> tuple[Path, Path]:
+        folder = self.out / "arms"
+        return folder / f"{arm.slug}.jsonl", folder / f"{arm.slug}.val.jsonl"
+
+    def _pending(self, arm: Arm, test: Sequence[Patient], val: Sequence[Patient]) -> int:
+        path, vpath = self._arm_paths(arm)
+        done, vdone = _done_ids(path), _done_ids(vpath)
+        return sum(p.patient_id not in done for p in test) + sum(p.patient_id not in vdone for p in val)
+
+    def _run_arm(self, arm: Arm, backend: Backend, pool: Sequence[Patient], index: DemoIndex | None,
+                 test: Sequence[Patient], val: Sequence[Patient],
+                 retrievals: dict[tuple[str, int], dict[str, Retrieval]], advance: Callable[..., None]) -> None:
+        config = PredictConfig(retrieval=self._retrieval_config(max(arm.k, 1), arm.strategy if arm.k else "similar"),
+                               prompt=self._prompt_config(arm))
+        predictor = Predictor(backend, config, embedder=self.embedder, progress=False).fit(pool, index)
+        found = retrievals.get(arm.retrieval_key) if arm.retrieval_key else None
+        for cohort, path in zip((test, val), self._arm_paths(arm)):
+            if not cohort:
+                continue
+            provenance = predictor.provenance(cohort) | {"arm": arm.model_dump()}
+            writer = PredictionWriter(path, provenance, resume=True)
+            todo = [p for p in cohort if p.patient_id not in writer.done]
+            rets = [found[p.patient_id] for p in todo] if found else [Retrieval(p.patient_id) for p in todo]
+            for chunk in predictor.iter_predict(todo, chunk_size=8, retrievals=rets):
+                writer.write(chunk)
+                advance(len(chunk))
+
+    # ------------------------------------------------------------------ run
+
+    def run(self, test: Sequence[Patient], pool: Sequence[Patient], val: Sequence[Patient] | None = None, *,
+            names: dict[str, str] | None = None) -> CompareResult:
+        """Predict every arm, compute the baselines and statistics, write the outputs.
+
+        Args:
+            test: test patients (the first ``limit`` are used).
+            pool: demonstration pool and training data of the baselines.
+            val: validation patients for the F1 thresholds (first ``val_limit``).
+            names: file names of the cohorts, for the report.
+        """
+        c = self.config
+        names = names or {}
+        test = list(test)[:c.limit] if c.limit else list(test)
+        val = (list(val)[:c.val_limit] if c.val_limit else list(val)) if val else []
+        pool = list(pool)
+        overlap = {p.patient_id for p in pool} & {p.patient_id for p in [*test, *val]}
+        if overlap:
+            raise ConfigError(f"{len(overlap)} test or validation patients are also in the pool (first: "
+                              f"{sorted(overlap)[0]}); they would see their own outcome. Use disjoint splits.")
+        arms = c.arms()
+        self.out.mkdir(parents=True, exist_ok=True)
+        keys = {a.retrieval_key for a in arms if a.retrieval_key}
+        if "knn" in c.baselines and not keys:
+            keys.add(("similar", 4))
+        index = None
+        retrievals: dict[tuple[str, int], dict[str, Retrieval]] = {}
+        if keys:
+            if self.embedder is None:
+                self.embedder = ProfileEmbedder()
+            index = self._index(pool)
+            retrievals = self._retrievals(keys, pool, index, [*test, *val])
+
+        ran, skipped = [], []
+        by_ckpt: dict[str, list[Arm]] = {}
+        for arm in arms:
+            by_ckpt.setdefault(arm.checkpoint, []).append(arm)
+        for ckpt, group in by_ckpt.items():
+            todo = [(a, self._pending(a, test, val)) for a in group]
+            skipped += [a.name for a, n in todo if n == 0]
+            todo = [(a, n) for a, n in todo if n > 0]
+            if not todo:
+                continue
+            backend = self.backend_factory(ckpt, c.checkpoints[ckpt])
+            for arm, n in todo:
+                position = arms.index(arm) + 1
+                with progress_bar(f"arm {position}/{len(arms)}: {arm.name}", n, self.progress) as advance:
+                    self._run_arm(arm, backend, pool, index, test, val, retrievals, advance)
+                ran.append(arm.name)
+            del backend
+            gc.collect()
+        return self._finish(arms, test, val, pool, retrievals, names, ran, skipped)
+
+    # ------------------------------------------------------------------ outputs
+
+    def _read_arm(self, arm: Arm, cohort: Sequence[Patient], path: Path) -> tuple[list[float], list[dict[str, Any]]]:
+        records = {}
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                r = json.loads(line)
+                records[r["patient_id"]] = r
+        missing = [p.patient_id for p in cohort if p.patient_id not in records]
+        if missing:
+            raise ConfigError(f"{path}: no prediction for {len(missing)} patients (first {missing[0]}); rerun "
+                              "icl compare to finish the arm.")
+        rows = [records[p.patient_id] for p in cohort]
+        return [r["probability"] for r in rows], rows
+
+    def _finish(self, arms: list[Arm], test: list[Patient], val: list[Patient], pool: list[Patient],
+                retrievals: dict[tuple[str, int], dict[str, Retrieval]], names: dict[str, str],
+                ran: list[str], skipped: list[str]) -> CompareResult:
+        c = self.config
+        entries: list[Entry] = []
+        infos: dict[str, dict[str, Any]] = {}
+        for arm in arms:
+            path, vpath = self._arm_paths(arm)
+            probs, records = self._read_arm(arm, test, path)
+            vprobs = self._read_arm(arm, val, vpath)[0] if val else None
+            info = {"checkpoint": arm.checkpoint, "demos": arm.demos, "k": arm.k, "strategy": arm.strategy,
+                    "mode": arm.mode}
+            entries.append(Entry(arm.name, "arm", probs, vprobs, info))
+            meta = checkpoint_meta(c.checkpoints[arm.checkpoint])
+            infos[arm.name] = {"model_id": records[0]["model_id"], "template": records[0]["template"],
+                               "mean_prompt_tokens": float(np.mean([r["prompt_tokens"] for r in records])),
+                               "seconds_per_patient": float(np.mean([r["seconds"] for r in records])),
+                               "checkpoint_meta": meta}
+        entries += self._baselines(test, val, pool, retrievals, infos)
+        y = np.array([p.label for p in test])
+        rows, subgroups = evaluate(entries, test, val or None, reference=c.reference_arm,
+                                   n_resamples=c.bootstrap, seed=c.seed)
+        write_tables(self.out, rows, subgroups)
+        plots = ["roc.png", "calibration.png"]
+        plot_roc(self.out / "roc.png", entries, y, rows)
+        plot_calibration(self.out / "calibration.png", entries, y)
+        if plot_auroc_vs_k(self.out / "auroc_vs_k.png", rows):
+            plots.insert(1, "auroc_vs_k.png")
+        context = {
+            "reference": c.reference_arm, "version": md.version("icl-toolkit"),
+            "test_file": names.get("test", "test"), "n_test": len(test), "cases": int(y.sum()),
+            "test_hash": content_hash(test), "pool_file": names.get("pool", "pool"), "n_pool": len(pool),
+            "pool_hash": content_hash(pool), "val_file": names.get("val") if val else None, "n_val": len(val),
+            "bootstrap": c.bootstrap, "seed": c.seed, "prompt": c.prompt, "retrieval": c.retrieval,
+        }
+        report = write_report(self.out, rows, subgroups, infos, context, plots)
+        write_json_atomic(self.out / "summary.json", {"context": context, "results": rows})
+        return CompareResult(self.out, rows, subgroups, report, ran, skipped)
+
+    def _baselines(self, test: list[Patient], val: list[Patient], pool: list[Patient],
+                   retrievals: dict[tuple[str, int], dict[str, Retrieval]],
+                   infos: dict[str, dict[str, Any]]) -> list[Entry]:
+        folder = self.out / "baselines"
+        folder.mkdir(parents=True, exist_ok=True)
+        out: list[Entry] = []
+
+        def add(name: str, description: str, probs: list[float], vprobs: list[float] | None) -> None:
+            out.append(Entry(name, "baseline", probs, vprobs, {"checkpoint": "-", "demos": "-", "k": 0,
+                                                               "strategy": "-", "mode": "-"}))
+            infos[name] = {"description": description}
+            with open(folder / f"{name.replace(' ', '_').replace('=', '').replace(',', '')}.jsonl", "w") as fh:
+                for p, prob in zip(test, probs):
+                    fh.write(json.dumps({"patient_id": p.patient_id, "probability": prob, "label": p.label}) + "\n")
+
+        for kind in self.config.baselines:
+            if kind == "logreg":
+                model = bl.fit_logreg(pool)
+                add("logreg codes+age+sex", "logistic regression on a binary bag of pre-index codes, age and sex, "
+                    f"fit on the {len(pool)} pool patients", bl.predict_logreg(model, test),
+                    bl.predict_logreg(model, val) if val else None)
+            elif kind == "age":
+                model = bl.fit_age_only(pool)
+                add("age only", f"logistic regression on age, fit on the {len(pool)} pool patients",
+                    bl.predict_age(model, test), bl.predict_age(model, val) if val else None)
+            elif kind == "knn":
+                for (strategy, k), found in sorted(retrievals.items()):
+                    add(f"kNN vote {strategy} k={k}", f"share of positive outcomes among the same {k} neighbours "
+                        f"({strategy} retrieval) the demonstration arms show",
+                        bl.knn_vote([found[p.patient_id] for p in test]),
+                        bl.knn_vote([found[p.patient_id] for p in val]) if val else None)
+            elif kind == "oracle":
+                risk = bl.oracle_risk(test)
+                if risk is not None:
+                    add("oracle true risk", "the true risk the synthetic generator drew each outcome from "
+                        "(an upper reference, not a model)", risk, bl.oracle_risk(val) if val else None)
+        return out

@@ -1,0 +1,72 @@
+"""Statistics of every arm and baseline on the same test patients.
+
+Per entry: AUROC, AUPRC, Brier, ECE and F1 at the threshold that maximises F1
+on the validation split (0.5 when there is none), each with a seeded stratified
+bootstrap 95% interval; the paired DeLong test of its AUROC against the
+reference arm's; and the same point metrics by sex and age band.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from icl_toolkit.cohort import Patient
+from icl_toolkit.metrics import age_band, bootstrap_ci, choose_threshold, delong_test, subgroup_metrics
+
+__all__ = ["Entry", "evaluate", "METRICS"]
+
+METRICS = ("auroc", "auprc", "brier", "ece", "f1")
+
+
+@dataclass
+class Entry:
+    """Predictions of one arm or baseline on the test (and validation) patients, in cohort order."""
+
+    name: str
+    kind: str                                     # "arm" or "baseline"
+    test: list[float]
+    val: list[float] | None = None
+    info: dict[str, Any] = field(default_factory=dict)   # checkpoint, demos, k, strategy, mode, ...
+
+
+def evaluate(entries: Sequence[Entry], test: Sequence[Patient], val: Sequence[Patient] | None, *,
+             reference: str, n_resamples: int = 1000, seed: int = 0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Result rows (one per entry) and subgroup rows (per entry, grouping and value).
+
+    Raises:
+        ValueError: the test patients lack labels of either class, or an entry's length differs.
+    """
+    y = np.array([p.label for p in test])
+    if any(p.label is None for p in test) or len(set(y.tolist())) < 2:
+        raise ValueError("The comparison needs test patients with known labels of both classes.")
+    yv = np.array([p.label for p in val]) if val else None
+    by_name = {e.name: e for e in entries}
+    ref = by_name[reference]
+    groups = {"sex": [p.sex for p in test], "age_band": [age_band(p.age_at_index) for p in test]}
+    rows, subgroups = [], []
+    for e in entries:
+        if len(e.test) != len(y):
+            raise ValueError(f"{e.name}: {len(e.test)} test predictions for {len(y)} patients.")
+        p = np.asarray(e.test, dtype=float)
+        has_val = yv is not None and e.val is not None and len(set(yv.tolist())) == 2
+        threshold = choose_threshold(yv, e.val) if has_val else 0.5
+        ci = bootstrap_ci(y, p, n_resamples=n_resamples, seed=seed, threshold=threshold, metrics=METRICS)
+        row: dict[str, Any] = {"name": e.name, "kind": e.kind} | e.info | {
+            "n": int(len(y)), "cases": int(y.sum()), "threshold": round(threshold, 6),
+            "threshold_from": "validation" if has_val else "fixed 0.5"}
+        for m in METRICS:
+            row[m], row[f"{m}_lo"], row[f"{m}_hi"] = ci[m]["value"], ci[m]["lo"], ci[m]["hi"]
+        row["mean_probability"] = float(p.mean())
+        if e.name == reference:
+            row.update(delta_auroc=0.0, delta_lo=0.0, delta_hi=0.0, p_value=None)
+        else:
+            d = delong_test(y, p, ref.test)
+            row.update(delta_auroc=d.difference, delta_lo=d.ci_low, delta_hi=d.ci_high, p_value=d.p_value)
+        rows.append(row)
+        for g in subgroup_metrics(y, p, groups, threshold):
+            subgroups.append({"name": e.name, "kind": e.kind} | g)
+    return rows, subgroups
