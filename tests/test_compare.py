@@ -1,0 +1,217 @@
+"""The comparison: arms config, a tiny compare end to end (shared retrieval, baselines, statistics,
+outputs), resume after an interruption, and `icl compare`."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from icl_toolkit.cohort import write_cohort
+from icl_toolkit.compare import Comparison, CompareConfig, load_compare_config
+from icl_toolkit.errors import ConfigError
+from icl_toolkit.finetune import FinetuneConfig, Finetuner
+from icl_toolkit.metrics import delong_test
+
+ARMS = """
+reference = "base / none / score"
+bootstrap = 200
+val_limit = 12
+baselines = ["logreg", "knn", "age", "oracle"]
+
+[checkpoints]
+base = "{base}"
+sft = "{sft}"
+
+[prompt]
+query_tokens = 120
+demo_tokens = 100
+reason_tokens = 8
+
+[[arm]]
+checkpoint = "base"
+demos = ["none", "label", "rationale"]
+k = 2
+
+[[arm]]
+checkpoint = "sft"
+demos = "none"
+k = [2, 3]
+mode = ["score", "reason"]
+"""
+
+
+@pytest.fixture(scope="module")
+def data(small_cohort):
+    rest = small_cohort[200:]
+    cases = [p for p in rest if p.label == 1][:8]
+    controls = [p for p in rest if p.label == 0][:12]
+    test = [p for p in rest if p in cases or p in controls]
+    others = [p for p in rest if p not in test]
+    val = [p for p in others if p.label == 1][:4] + [p for p in others if p.label == 0][:8]
+    return small_cohort[:200], test, val
+
+
+@pytest.fixture(scope="module")
+def setup(data, tiny_model_dir, tmp_path_factory):
+    pool, test, val = data
+    folder = tmp_path_factory.mktemp("compare")
+    Finetuner(FinetuneConfig(target="rationale", max_steps=2, batch_size=4, query_tokens=120), base=str(tiny_model_dir),
+              progress=False).fit(pool[:8], folder / "sft")
+    (folder / "arms.toml").write_text(ARMS.format(base=tiny_model_dir, sft="sft"))
+    for name, cohort in (("pool", pool), ("test", test), ("val", val)):
+        write_cohort(cohort, folder / f"{name}.jsonl")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def run(setup, data, hash_embedder):
+    pool, test, val = data
+    config, _ = load_compare_config(setup / "arms.toml")
+    result = Comparison(config, setup / "out", embedder=hash_embedder, progress=False).run(test, pool, val)
+    return config, result
+
+
+def test_arms_expand_and_collapse(setup):
+    config, _ = load_compare_config(setup / "arms.toml")
+    names = [a.name for a in config.arms()]
+    # demos "none" has no k: sft's k list collapses, its modes do not
+    assert names == ["base / none / score", "base / label k=2 similar / score", "base / rationale k=2 similar / score",
+                     "sft / none / score", "sft / none / reason"]
+    assert config.checkpoints["sft"] == str(setup / "sft")  # relative to the config file
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[[arm]]\ncheckpoint = "base"\nk = 0\n', r"\[\[arm\]\] #1.k: .*between 1 and 1024"),
+    ('[[arm]]\ncheckpoint = "nope"\n', "checkpoint 'nope' is not in \\[checkpoints\\]"),
+    ('reference = "x"\n[[arm]]\n', "reference = 'x' is not an arm"),
+    ('[[arm]]\nmode = "fast"\n', r"\[\[arm\]\] #1.mode"),
+    ('[[arm]]\ndemos = ["label", "none"]\nname = "a"\n', "expands to 2 arms"),
+    ('[retrieval]\nk = 3\n[[arm]]\n', "per \\[\\[arm\\]\\]"),
+    ('[[arm]\n', "not valid TOML"),
+])
+def test_bad_configs_name_the_field(tmp_path, text, message):
+    path = tmp_path / "arms.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_compare_config(path)
+
+
+def test_tiny_compare_end_to_end(run, data):
+    config, result = run
+    pool, test, val = data
+    out = result.out
+    rows = {r["name"]: r for r in result.rows}
+    arms = [a.name for a in config.arms()]
+    assert list(rows)[:len(arms)] == arms
+    assert {"logreg codes+age+sex", "age only", "kNN vote similar k=2", "oracle true risk"} <= set(rows)
+    y = np.array([p.label for p in test])
+    ids = [p.patient_id for p in test]
+    preds = {}
+    for arm in config.arms():
+        records = [json.loads(x) for x in (out / "arms" / f"{arm.slug}.jsonl").read_text().splitlines()]
+        assert sorted(r["patient_id"] for r in records) == sorted(ids)  # the same test patients everywhere
+        by_id = {r["patient_id"]: r for r in records}
+        preds[arm.name] = by_id
+        assert len((out / "arms" / f"{arm.slug}.val.jsonl").read_text().splitlines()) == 12
+    # the two demo arms read the same cached retrieval: the same neighbours for every patient
+    lab, rat = preds["base / label k=2 similar / score"], preds["base / rationale k=2 similar / score"]
+    for pid in ids:
+        assert [d["patient_id"] for d in lab[pid]["demos"]] == [d["patient_id"] for d in rat[pid]["demos"]]
+        assert len(lab[pid]["demos"]) == 2
+    # the kNN baseline votes over exactly those neighbours
+    knn = [np.mean([d["label"] for d in lab[pid]["demos"]]) for pid in ids]
+    assert rows["kNN vote similar k=2"]["auroc"] == pytest.approx(_auroc(y, knn))
+    # the oracle is the generator's risk
+    assert rows["oracle true risk"]["auroc"] == pytest.approx(_auroc(y, [p.metadata["true_risk"] for p in test]))
+    # statistics: reference has no test; others agree with a direct DeLong call
+    ref = preds["base / none / score"]
+    assert rows["base / none / score"]["p_value"] is None
+    other = "sft / none / reason"
+    d = delong_test(y, [preds[other][pid]["probability"] for pid in ids], [ref[pid]["probability"] for pid in ids])
+    assert rows[other]["p_value"] == pytest.approx(d.p_value) and rows[other]["delta_auroc"] == pytest.approx(d.difference)
+    for r in result.rows:
+        assert r["auroc_lo"] <= r["auroc"] <= r["auroc_hi"] and r["threshold_from"] == "validation"
+    # the reason arm of the rationale checkpoint used the template it was trained on and wrote reasoning
+    first = preds["sft / none / reason"][ids[0]]
+    assert first["template"] == "zero_shot" and first["reasoning"] is not None
+    # outputs
+    with open(out / "results.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == len(result.rows)
+    with open(out / "subgroups.csv") as fh:
+        groups = {(r["name"], r["group"]) for r in csv.DictReader(fh)}
+    assert ("sft / none / score", "sex") in groups and ("age only", "age_band") in groups
+    md = (out / "results.md").read_text()
+    assert md.count("\n") == len(result.rows) + 2 and "DeLong p" in md
+    report = (out / "report.md").read_text()
+    for name in rows:
+        assert f"### {name}" in report
+    assert "Intended use" in report and "Limitations" in report and "rationale SFT of" in report
+    for plot in ("roc.png", "auroc_vs_k.png", "calibration.png"):
+        assert (out / plot).stat().st_size > 10_000
+
+
+def _auroc(y, p):
+    from sklearn.metrics import roc_auc_score
+
+    return roc_auc_score(y, p)
+
+
+def test_rerun_skips_finished_arms_and_resumes_a_torn_one(run, data, setup, hash_embedder, monkeypatch):
+    config, first = run
+    pool, test, val = data
+    out = first.out
+    arm = config.arms()[2]
+    path = out / "arms" / f"{arm.slug}.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:7]) + lines[7][:25])  # killed mid-write
+    loads = []
+    from icl_toolkit.compare import run as run_mod
+
+    real = run_mod.Comparison._default_backend
+    monkeypatch.setattr(run_mod.Comparison, "_default_backend", lambda self, n, m: loads.append(n) or real(self, n, m))
+    again = Comparison(config, out, embedder=hash_embedder, progress=False).run(test, pool, val)
+    assert again.ran == [arm.name] and loads == ["base"]
+    assert len(again.skipped) == len(config.arms()) - 1
+    assert [json.loads(x)["patient_id"] for x in path.read_text().splitlines()].count(test[0].patient_id) == 1
+    before = {r["name"]: r["auroc"] for r in first.rows}
+    after = {r["name"]: r["auroc"] for r in again.rows}
+    assert after == pytest.approx(before, abs=1e-6)
+
+
+def test_changed_settings_are_refused_on_resume(run, data, hash_embedder):
+    config, first = run
+    pool, test, val = data
+    changed = CompareConfig.model_validate(config.model_dump() | {"prompt": {"query_tokens": 130, "demo_tokens": 100,
+                                                                             "reason_tokens": 8}})
+    # force one arm to be pending so its settings are checked
+    arm = changed.arms()[0]
+    path = first.out / "arms" / f"{arm.slug}.jsonl"
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:3]))
+    with pytest.raises(ConfigError, match="query_tokens"):
+        Comparison(changed, first.out, embedder=hash_embedder, progress=False).run(test, pool, val)
+
+
+def test_overlapping_pool_is_refused(data, setup, hash_embedder, tmp_path):
+    pool, test, val = data
+    config, _ = load_compare_config(setup / "arms.toml")
+    with pytest.raises(ConfigError, match="also in the pool"):
+        Comparison(config, tmp_path, embedder=hash_embedder, progress=False).run(test, pool + test[:1], val)
+
+
+def test_icl_compare_cli(setup, tiny_model_dir, invoke, tmp_path):
+    (tmp_path / "arms.toml").write_text(
+        f'bootstrap = 100\nbaselines = ["age"]\n[checkpoints]\nbase = "{tiny_model_dir}"\n'
+        '[prompt]\nquery_tokens = 120\n[[arm]]\ncheckpoint = "base"\n')
+    args = ["compare", "--config", tmp_path / "arms.toml", "--test", setup / "test.jsonl", "--pool",
+            setup / "pool.jsonl", "--out", tmp_path / "res", "--limit", "20", "--no-progress"]
+    code, text = invoke(args)
+    assert code == 0, text
+    assert "base / none / score" in text and "age only" in text and "F1 at 0.5" not in text
+    assert "1 arms predicted" in text
+    code, text = invoke(args)
+    assert code == 0 and "0 arms predicted, 1 already complete" in text
+    rows = list(csv.DictReader(open(tmp_path / "res" / "results.csv")))
+    assert rows[0]["threshold_from"] == "fixed 0.5" and rows[0]["n"] == "20"
