@@ -9,8 +9,12 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.icl-installed
 DEMO_DIR ?= demo_out
 DEMO_N ?= 100
+RECIPE_DIR ?= recipe_out
+RESULTS ?= results/paper_design
+SFT_N ?= 160
+SFT_ARGS ?= --limit $(SFT_N) --train-layers 8 --epochs 1 --lr 1e-4 --batch-size 8 --query-tokens 160 --val-limit 24 --seed 0
 
-.PHONY: venv demo test test-all clean
+.PHONY: venv demo paper test test-all clean
 
 venv: $(STAMP)
 
@@ -35,6 +39,25 @@ demo: $(STAMP)
 		--pool $(DEMO_DIR)/splits/train.jsonl --index $(DEMO_DIR)/index \
 		--k 4 --strategy similar --demos rationale --model default \
 		--retrieval $(DEMO_DIR)/retrieval.json --out $(DEMO_DIR)/predictions.jsonl --resume
+
+# The paper's design on the synthetic cohort (about 35 min on 2 cores): three SFT checkpoints
+# (label, rationale, step-by-step), then every arm of recipes/paper_design.toml and the
+# baselines. Finished checkpoints and arms are kept, so an interrupted run picks up where it stopped.
+paper: $(STAMP)
+	mkdir -p $(RECIPE_DIR)
+	test -f $(RECIPE_DIR)/splits/test.jsonl || { \
+		$(VENV)/bin/icl data synth --n 2000 --seed 1 --out $(RECIPE_DIR)/cohort.jsonl --split train=0.7,val=0.1,test=0.2 && \
+		$(VENV)/bin/icl data split $(RECIPE_DIR)/cohort.jsonl --out-dir $(RECIPE_DIR)/splits; }
+	for t in label rationale stepwise; do \
+		test -f $(RECIPE_DIR)/ckpt/$$t/icl-checkpoint.json || $(VENV)/bin/icl finetune --target $$t \
+			--train $(RECIPE_DIR)/splits/train.jsonl --val $(RECIPE_DIR)/splits/val.jsonl \
+			--out $(RECIPE_DIR)/ckpt/$$t $(SFT_ARGS) || exit 1; \
+	done
+	mkdir -p $(RESULTS)
+	for t in label rationale stepwise; do cp $(RECIPE_DIR)/ckpt/$$t/loss_curve.png $(RESULTS)/sft_$${t}_loss.png; \
+		cp $(RECIPE_DIR)/ckpt/$$t/icl-checkpoint.json $(RESULTS)/sft_$${t}_checkpoint.json; done
+	$(VENV)/bin/icl compare --config recipes/paper_design.toml --test $(RECIPE_DIR)/splits/test.jsonl \
+		--pool $(RECIPE_DIR)/splits/train.jsonl --val $(RECIPE_DIR)/splits/val.jsonl --out $(RESULTS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

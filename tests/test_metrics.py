@@ -91,3 +91,23 @@ def test_subgroups_and_age_bands(scores):
                                                         ("age_band", "<70")]
     assert sum(r["n"] for r in rows if r["group"] == "sex") == len(y)
     assert age_band(69.9) == "<70" and age_band(70) == "70-79" and age_band(85) == "80+"
+
+
+def test_delong_on_a_hand_checked_case():
+    """Two cases, three controls, worked on paper.
+
+    A: cases 0.9, 0.6; controls 0.7, 0.2, 0.1 -> V10 = (1, 2/3), V01 = (1/2, 1, 1), AUROC 5/6.
+    B: cases 0.8, 0.3; controls 0.5, 0.4, 0.1 -> V10 = (1, 1/3), V01 = (1/2, 1/2, 1), AUROC 2/3.
+    S10: var A 1/18, var B 2/9, cov 1/9; S01: var A 1/12, var B 1/12, cov 1/24.
+    Var(A - B) = (1/18 + 2/9 - 2/9) / 2 + (1/12 + 1/12 - 1/12) / 3 = 1/18; z = (1/6) / sqrt(1/18) = 1/sqrt(2).
+    """
+    from scipy.stats import norm
+
+    y = [1, 1, 0, 0, 0]
+    res = delong_test(y, [0.9, 0.6, 0.7, 0.2, 0.1], [0.8, 0.3, 0.5, 0.4, 0.1])
+    assert res.auroc_a == pytest.approx(5 / 6) and res.auroc_b == pytest.approx(2 / 3)
+    assert res.se == pytest.approx(np.sqrt(1 / 18))
+    assert res.z == pytest.approx(1 / np.sqrt(2))
+    assert res.p_value == pytest.approx(2 * norm.sf(1 / np.sqrt(2)))  # 0.4795
+    half = norm.ppf(0.975) * np.sqrt(1 / 18)
+    assert (res.ci_low, res.ci_high) == pytest.approx((1 / 6 - half, 1 / 6 + half))

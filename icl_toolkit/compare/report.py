@@ -220,7 +220,7 @@ def write_report(out: Path, rows: Sequence[dict[str, Any]], subgroups: Sequence[
         f"content hash `{context['test_hash'][:12]}`",
         f"- Demonstration pool / baseline training: `{context['pool_file']}`, {context['n_pool']} patients, hash "
         f"`{context['pool_hash'][:12]}`",
-        f"- Validation (thresholds for F1): " + (f"`{context['val_file']}`, {context['n_val']} patients"
+        "- Validation (thresholds for F1): " + (f"`{context['val_file']}`, {context['n_val']} patients"
                                                  if context.get("val_file") else "none (F1 at 0.5)"),
         f"- Bootstrap: {context['bootstrap']} stratified resamples, seed {context['seed']}; DeLong tests are paired, "
         f"against `{ref}`",

@@ -41,7 +41,7 @@ from icl_toolkit.compare.stats import Entry, evaluate
 from icl_toolkit.errors import ConfigError
 from icl_toolkit.models import checkpoint_meta
 from icl_toolkit.predict import PredictConfig, PredictionWriter, Predictor
-from icl_toolkit.progress import progress_bar, stderr_console
+from icl_toolkit.progress import progress_bar
 from icl_toolkit.prompting import PromptConfig
 from icl_toolkit.retrieve import DemoIndex, ProfileEmbedder, Retrieval, RetrievalCache, RetrievalConfig, Retriever
 
