@@ -43,6 +43,7 @@ __all__ = [
     "lm_id",
     "load_lm",
     "checkpoint_meta",
+    "trained_template",
     "resolve_embedder",
     "embedder_id",
     "load_embedder",
@@ -302,6 +303,19 @@ def load_lm(model: str = "default", *, device: str = "cpu", dtype: str = "float3
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(f"Cannot load a causal language model from {folder}: {exc}") from None
     return lm.to(device).eval(), tok
+
+
+def trained_template(model: str, mode: str, demos: str) -> str | None:
+    """The prompt template a fine-tuned checkpoint was trained on, when it should reason with it.
+
+    A checkpoint from ``icl finetune`` learned to write (its rationale, then the
+    answer) after the zero-shot prompt, so in reason mode without demos it gets
+    that prompt rather than ``reason_first.j2``. ``None`` for anything else.
+    """
+    meta = checkpoint_meta(model)
+    if meta is None or mode != "reason" or demos != "none":
+        return None
+    return meta.get("prompt", {}).get("template")
 
 
 def _load_adapter(folder: Path, device: str, dtype: str) -> tuple[Any, Any]:

@@ -126,6 +126,15 @@ def test_icl_finetune_cli(small_cohort, tiny_model_dir, tmp_path, invoke):
     assert "stepwise SFT" in text and "2 steps" in text and "validation loss" in text
     meta = json.loads((tmp_path / "ckpt" / "icl-checkpoint.json").read_text())
     assert meta["target"] == "stepwise" and meta["base"] == str(tiny_model_dir) and meta["steps"] == 2
+    # the checkpoint predicts both ways; in reason mode it gets the prompt it was trained on
+    for mode, template in (("reason", "zero_shot"), ("score", "zero_shot")):
+        preds = tmp_path / f"{mode}.jsonl"
+        code, text = invoke(["predict", "--cohort", tmp_path / "val.jsonl", "--model", tmp_path / "ckpt", "--demos",
+                             "none", "--mode", mode, "--limit", "2", "--out", preds])
+        assert code == 0, text
+        records = [json.loads(x) for x in preds.read_text().splitlines()]
+        assert [r["template"] for r in records] == [template] * 2
+        assert (records[0]["reasoning"] is not None) == (mode == "reason")
     code, text = invoke(args)
     assert code == 1 and "already exists" in text and "--overwrite" in text
     code, text = invoke(args[:-1] + ["--lr", "-1", "--no-progress"])

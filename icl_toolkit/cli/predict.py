@@ -105,7 +105,7 @@ def predict(
     seed: Annotated[int, typer.Option(help="Seed of random selection and random order.")] = 0,
     temporal_guard: Annotated[bool, typer.Option(help="Drop demos whose outcome window ends after the patient's index date.")] = False,
     horizon_years: Annotated[float, typer.Option(help="Outcome window in years.")] = 5.0,
-    template: Annotated[Optional[str], typer.Option(help="Prompt template name in prompts/ or a .j2 file.")] = None,
+    template: Annotated[Optional[str], typer.Option(help="Prompt template name in prompts/ or a .j2 file (default: by --demos and --mode; a fine-tuned checkpoint reasons with the prompt it was trained on).")] = None,
     demo_tokens: Annotated[int, typer.Option(help="History budget per demo (tokens).")] = 200,
     query_tokens: Annotated[int, typer.Option(help="History budget of the patient (tokens).")] = 400,
     max_context: Annotated[Optional[int], typer.Option(help="Context limit (default: the model's).")] = None,
@@ -122,6 +122,9 @@ def predict(
     from icl_toolkit.metrics import summary
     from icl_toolkit.predict import PredictionWriter, Predictor
 
+    from icl_toolkit.models import trained_template
+
+    template = template or trained_template(model, mode.value, "none" if k == 0 else demos.value)
     config = _config(k=k, strategy=strategy.value, balance=balance, mmr_lambda=mmr_lambda, seed=seed,
                      temporal_guard=temporal_guard, horizon_years=horizon_years, demos=demos.value,
                      rationale=rationale, mode=mode.value, template=template, order=order.value,

@@ -39,7 +39,7 @@ from icl_toolkit.compare.config import Arm, CompareConfig
 from icl_toolkit.compare.report import plot_auroc_vs_k, plot_calibration, plot_roc, write_report, write_tables
 from icl_toolkit.compare.stats import Entry, evaluate
 from icl_toolkit.errors import ConfigError
-from icl_toolkit.models import checkpoint_meta
+from icl_toolkit.models import checkpoint_meta, trained_template
 from icl_toolkit.predict import PredictConfig, PredictionWriter, Predictor
 from icl_toolkit.progress import progress_bar
 from icl_toolkit.prompting import PromptConfig
@@ -109,10 +109,7 @@ class Comparison:
         return RetrievalConfig(k=k, strategy=strategy, seed=self.config.seed, **self.config.retrieval)
 
     def _prompt_config(self, arm: Arm) -> PromptConfig:
-        template = arm.template
-        meta = checkpoint_meta(self.config.checkpoints[arm.checkpoint])
-        if template is None and meta and arm.mode == "reason" and arm.demos == "none":
-            template = meta.get("prompt", {}).get("template")  # reason as it was trained to
+        template = arm.template or trained_template(self.config.checkpoints[arm.checkpoint], arm.mode, arm.demos)
         demos = "none" if arm.demos == "none" else arm.demos
         return PromptConfig(demos=demos, mode=arm.mode, template=template, rationale=arm.rationale,  # type: ignore[arg-type]
                             seed=self.config.seed, **self.config.prompt)
