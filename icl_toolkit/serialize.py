@@ -247,10 +247,12 @@ def _fit(items: list[Item], render: Callable[[list[Item], int], str], line_of: C
     n = count([text])[0]
     if n <= budget:
         return text, n, []
-    base = count([render([], 1)])[0]
-    if base > budget:
-        raise ConfigError(f"The token budget for the {what} must be at least {base} tokens (the fixed lines "
+    # the fixed lines with the longest "[N items left out]" note: what is left when every item goes
+    floor = count([render([], len(items))])[0]
+    if floor > budget:
+        raise ConfigError(f"The token budget for the {what} must be at least {floor} tokens (the fixed lines "
                           f"alone need that many). Got {budget} instead.")
+    base = count([render([], 1)])[0]
     ranked = sorted(items, key=lambda i: -priority(i))
     costs = count([line_of(i) for i in ranked])
     kept: list[Item] = []

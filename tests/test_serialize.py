@@ -47,7 +47,12 @@ def _assert_no_leak(text: str) -> None:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(patients(), st.one_of(st.none(), st.integers(120, 400)))
 def test_nothing_after_the_index_date_reaches_text_or_profile(lm_tokenizer, embedder_tokenizer, p, budget) -> None:
-    s = serialize_history(p, max_tokens=budget, tokenizer=lm_tokenizer)
+    try:
+        s = serialize_history(p, max_tokens=budget, tokenizer=lm_tokenizer)
+    except ConfigError as exc:  # a long header can need more than the smallest budgets drawn
+        need = re.search(r"at least (\d+) tokens", str(exc))
+        assert need and budget is not None and int(need.group(1)) > budget
+        return
     _assert_no_leak(s.text)
     for line in s.dropped:
         _assert_no_leak(line)
