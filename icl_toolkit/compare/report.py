@@ -24,6 +24,12 @@ def _fmt(x: Any, digits: int = 3) -> str:
     return f"{x:.{digits}f}"
 
 
+def _short(digest: str) -> str:
+    """``sha256:0123456789ab`` (the first 12 hex digits)."""
+    algo, _, hexd = digest.partition(":")
+    return f"{algo}:{hexd[:12]}" if hexd else digest[:12]
+
+
 def _p(p: float | None) -> str:
     if p is None:
         return "ref"
@@ -167,7 +173,7 @@ def _model_card(r: dict[str, Any], subgroups: Sequence[dict[str, Any]], info: di
         model = f"`{r['checkpoint']}` = `{info.get('model_id', '?')}`"
         if ckpt:
             model += (f"; {ckpt['target']} SFT of `{ckpt['base_id']}` ({'LoRA' if ckpt.get('lora') else 'weights'}), "
-                      f"{ckpt['n_train']} training patients (data hash `{ckpt['train_hash'][:12]}`), "
+                      f"{ckpt['n_train']} training patients (data hash `{_short(ckpt['train_hash'])}`), "
                       f"{ckpt['steps']} steps, train loss {ckpt['first_train_loss']:.3f} -> "
                       f"{ckpt['final_train_loss']:.3f}")
         demos = "none" if r["demos"] == "none" else f"{r['k']} {r['demos']} demos chosen by `{r['strategy']}` retrieval"
@@ -217,9 +223,9 @@ def write_report(out: Path, rows: Sequence[dict[str, Any]], subgroups: Sequence[
         f"Generated {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')} by icl-toolkit {context['version']}.", "",
         "## Data and settings", "",
         f"- Test: `{context['test_file']}`, first {context['n_test']} patients ({context['cases']} cases), "
-        f"content hash `{context['test_hash'][:12]}`",
+        f"content hash `{_short(context['test_hash'])}`",
         f"- Demonstration pool / baseline training: `{context['pool_file']}`, {context['n_pool']} patients, hash "
-        f"`{context['pool_hash'][:12]}`",
+        f"`{_short(context['pool_hash'])}`",
         "- Validation (thresholds for F1): " + (f"`{context['val_file']}`, {context['n_val']} patients"
                                                  if context.get("val_file") else "none (F1 at 0.5)"),
         f"- Bootstrap: {context['bootstrap']} stratified resamples, seed {context['seed']}; DeLong tests are paired, "

@@ -133,8 +133,10 @@ class Comparison:
             path = self.out / "retrieval" / f"{strategy}-k{k}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             cache = RetrievalCache.open(path, retriever.cache_key())
+            known = len(cache.entries)
             found = cache.retrieve(retriever, queries, progress=self.progress)
-            cache.save(path)
+            if len(cache.entries) != known or not path.exists():
+                cache.save(path)
             out[(strategy, k)] = {r.query_id: r for r in found}
         return out
 
