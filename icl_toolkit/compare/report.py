@@ -80,6 +80,16 @@ def _plt() -> Any:
     return plt
 
 
+def _save(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+
+
 def _style(e: Entry) -> dict[str, Any]:
     return {"linestyle": "--", "linewidth": 1.2} if e.kind == "baseline" else {"linewidth": 1.6}
 
@@ -96,13 +106,8 @@ def plot_roc(path: Path, entries: Sequence[Entry], y: np.ndarray, rows: Sequence
         fpr, tpr, _ = roc_curve(y, e.test)
         ax.plot(fpr, tpr, color=cmap(i % 20), label=f"{e.name} ({auroc[e.name]:.3f})", **_style(e))
     ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8)
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
-    ax.set_title(f"ROC on {len(y)} test patients ({int(y.sum())} cases)")
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, ax, path, "false positive rate", "true positive rate",
+          f"ROC on {len(y)} test patients ({int(y.sum())} cases)")
 
 
 def plot_auroc_vs_k(path: Path, rows: Sequence[dict[str, Any]]) -> bool:
@@ -133,13 +138,8 @@ def plot_auroc_vs_k(path: Path, rows: Sequence[dict[str, Any]]) -> bool:
         ax.axhline(r["auroc"], linestyle=":", linewidth=1, color=plt.get_cmap("Dark2")(j % 8))
         ax.annotate(r["name"], (ax.get_xlim()[1], r["auroc"]), fontsize=7, ha="right", va="bottom")
     ax.axhline(0.5, color="grey", linewidth=0.8)
-    ax.set_xlabel("demonstrations k (0 = none)")
-    ax.set_ylabel("AUROC (95% bootstrap CI)")
-    ax.set_title("AUROC against the number of demonstrations")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, ax, path, "demonstrations k (0 = none)", "AUROC (95% bootstrap CI)",
+          "AUROC against the number of demonstrations")
     return True
 
 
@@ -154,13 +154,8 @@ def plot_calibration(path: Path, entries: Sequence[Entry], y: np.ndarray, n_bins
         frac, mean = calibration_curve(y, np.clip(e.test, 0, 1), n_bins=n_bins, strategy="quantile")
         ax.plot(mean, frac, marker="o", markersize=3, color=cmap(i % 20), label=e.name, **_style(e))
     ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8)
-    ax.set_xlabel(f"mean predicted probability ({n_bins} quantile bins)")
-    ax.set_ylabel("observed share with ADRD")
-    ax.set_title("Calibration")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, ax, path, f"mean predicted probability ({n_bins} quantile bins)", "observed share with ADRD",
+          "Calibration")
 
 
 # --------------------------------------------------------------------------- report
