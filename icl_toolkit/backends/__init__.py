@@ -39,6 +39,9 @@ __all__ = [
     "make_backend",
     "resolve_backend_name",
     "choice_probabilities",
+    "encode_prompt",
+    "continuation_ids",
+    "cut_at_stop",
 ]
 
 
@@ -121,6 +124,34 @@ def choice_probabilities(logprobs: Sequence[float]) -> list[float]:
     exps = [math.exp(lp - top) for lp in logprobs]
     total = sum(exps)
     return [e / total for e in exps]
+
+
+def encode_prompt(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of a prompt; special tokens are added only when the text does not carry them."""
+    bos = tokenizer.bos_token
+    return list(tokenizer(text, add_special_tokens=not (bos and text.startswith(bos))).input_ids)
+
+
+def continuation_ids(tokenizer: Any, prompt: str, ctx: list[int], choice: str) -> list[int]:
+    """The tokens ``choice`` adds after ``prompt`` (tokenised in context, as the model would read it)."""
+    whole = encode_prompt(tokenizer, prompt + choice)
+    if len(whole) > len(ctx) and whole[: len(ctx)] == ctx:
+        return whole[len(ctx):]
+    # the choice merged with the prompt's last token: score the choice's own tokens
+    own = list(tokenizer(choice, add_special_tokens=False).input_ids)
+    if not own:
+        raise ConfigError(f"The answer choice {choice!r} encodes to no tokens.")
+    return own
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """``text`` up to the first of the ``stop`` strings (which is removed)."""
+    cut = len(text)
+    for s in stop:
+        j = text.find(s)
+        if j != -1:
+            cut = min(cut, j)
+    return text[:cut]
 
 
 def as_batch(prompts: str | Sequence[str]) -> tuple[list[str], bool]:

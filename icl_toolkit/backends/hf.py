@@ -20,7 +20,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from icl_toolkit.backends import GenerationParams, as_batch, check_choices
+from icl_toolkit.backends import (
+    GenerationParams,
+    as_batch,
+    check_choices,
+    continuation_ids,
+    cut_at_stop,
+    encode_prompt,
+)
 from icl_toolkit.errors import ConfigError
 from icl_toolkit.progress import progress_bar
 
@@ -92,23 +99,14 @@ class HFBackend:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of a prompt; special tokens are added only when the text does not carry them."""
-        bos = self.tokenizer.bos_token
-        add = not (bos and text.startswith(bos))
-        return list(self.tokenizer(text, add_special_tokens=add).input_ids)
+        return encode_prompt(self.tokenizer, text)
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Prompt lengths in tokens, as :meth:`score` would see them."""
         return [len(self.encode(t)) for t in texts]
 
     def _continuation(self, prompt: str, ctx: list[int], choice: str) -> list[int]:
-        whole = self.encode(prompt + choice)
-        if len(whole) > len(ctx) and whole[: len(ctx)] == ctx:
-            return whole[len(ctx):]
-        # the choice merged with the prompt's last token: score the choice's own tokens
-        own = list(self.tokenizer(choice, add_special_tokens=False).input_ids)
-        if not own:
-            raise ConfigError(f"The answer choice {choice!r} encodes to no tokens.")
-        return own
+        return continuation_ids(self.tokenizer, prompt, ctx, choice)
 
     def _check_length(self, i: int, n: int) -> None:
         if n > self.max_context:
@@ -213,15 +211,7 @@ class HFBackend:
                                               pad_token_id=self.pad_id, **sampling)
                 for r, i in enumerate(group):
                     text = self.tokenizer.decode(out[r, ids.shape[1]:], skip_special_tokens=True)
-                    texts[i] = _cut(text, params.stop)
+                    texts[i] = cut_at_stop(text, params.stop)
                 advance(len(group))
         return texts[0] if single else texts
 
-
-def _cut(text: str, stop: Sequence[str]) -> str:
-    cut = len(text)
-    for s in stop:
-        j = text.find(s)
-        if j != -1:
-            cut = min(cut, j)
-    return text[:cut]
