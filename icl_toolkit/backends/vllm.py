@@ -53,7 +53,8 @@ class VLLMBackend:
         model: ``"default"`` (embedded SmolLM2-135M-Instruct), a checkpoint folder or a cached hub name.
         dtype: engine dtype (``auto``, ``float32``, ``bfloat16``, ``float16``).
         max_model_len: context limit of the engine (default: the model's).
-        gpu_memory_utilization: share of GPU memory the engine may take.
+        gpu_memory_utilization: share of GPU memory the engine may take (default 0.85); on the CPU
+            build it is the share of host memory (default 0.3: the KV cache needs little for small models).
         tensor_parallel_size: GPUs to shard the model over.
         enforce_eager: skip graph capture/compilation (faster start; default on for CPU).
         seed: engine seed.
@@ -62,7 +63,7 @@ class VLLMBackend:
     """
 
     def __init__(self, model: str = "default", *, dtype: str = "auto", max_model_len: int | None = None,
-                 gpu_memory_utilization: float = 0.85, tensor_parallel_size: int = 1,
+                 gpu_memory_utilization: float | None = None, tensor_parallel_size: int = 1,
                  enforce_eager: bool | None = None, seed: int = 0, progress: bool = True,
                  device: str | None = None, batch_size: int | None = None, **engine_kwargs: Any) -> None:
         vllm = _import_vllm()
@@ -81,8 +82,7 @@ class VLLMBackend:
                                       enforce_eager=enforce_eager, tensor_parallel_size=tensor_parallel_size)
         if max_model_len:
             kwargs["max_model_len"] = max_model_len
-        if on_gpu:
-            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        kwargs["gpu_memory_utilization"] = gpu_memory_utilization or (0.85 if on_gpu else 0.3)
         kwargs.update(engine_kwargs)
         self._vllm = vllm
         self.llm = vllm.LLM(**kwargs)
