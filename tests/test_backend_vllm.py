@@ -77,3 +77,19 @@ def test_vllm_generation_is_batched_and_cut_at_stop(engines, prompts):
     # greedy decoding: the same first words as transformers
     ref = hf.generate(prompts[:4], params)
     assert sum(a.split()[:3] == b.split()[:3] for a, b in zip(out, ref)) >= 3
+
+
+@pytest.mark.skipif(HAS_VLLM, reason="vLLM is installed here")
+def test_icl_predict_backend_vllm_without_vllm_says_how_to_install(small_cohort, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from icl_toolkit.cohort import write_cohort
+
+    write_cohort(small_cohort[:3], tmp_path / "c.jsonl")
+    icl = Path(sys.executable).parent / "icl"
+    res = subprocess.run([str(icl), "predict", "--cohort", str(tmp_path / "c.jsonl"), "--demos", "none", "--out",
+                          str(tmp_path / "p.jsonl"), "--backend", "vllm"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert 'pip install "icl-toolkit[gpu]"' in res.stderr  # printed literally, not eaten as markup

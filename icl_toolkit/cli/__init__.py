@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
 from icl_toolkit.cli import compare, data, finetune, index, predict
 from icl_toolkit.cli._common import err_console
@@ -40,7 +41,7 @@ def main() -> None:
     try:
         app()
     except IclError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True)
         sys.exit(1)
     except OSError as exc:
         where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
