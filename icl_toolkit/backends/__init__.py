@@ -25,6 +25,7 @@ import difflib
 import importlib
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -42,6 +43,9 @@ __all__ = [
     "encode_prompt",
     "continuation_ids",
     "cut_at_stop",
+    "encode_checked",
+    "plan_scoring",
+    "ScoringPlan",
 ]
 
 
@@ -142,6 +146,39 @@ def continuation_ids(tokenizer: Any, prompt: str, ctx: list[int], choice: str) -
     if not own:
         raise ConfigError(f"The answer choice {choice!r} encodes to no tokens.")
     return own
+
+
+def encode_checked(tokenizer: Any, prompts: Sequence[str], room: int, max_context: int,
+                   model_id: str) -> list[list[int]]:
+    """Each prompt's token ids, raising when a prompt plus ``room`` new tokens exceeds ``max_context``."""
+    ctxs = [encode_prompt(tokenizer, p) for p in prompts]
+    for i, c in enumerate(ctxs):
+        if len(c) + room > max_context:
+            raise ConfigError(f"Prompt {i} has {len(c) + room} tokens, more than the context limit of {max_context} "
+                              f"of {model_id}. Lower --k or the history budgets, or raise --max-context.")
+    return ctxs
+
+
+@dataclass
+class ScoringPlan:
+    """What :meth:`Backend.score` needs: prompt ids, each choice's tokens in context, and which prompts
+    can be read off one next-token distribution (``fast``: every choice one distinct token) and which
+    need the log-probability of a token sequence (``slow``)."""
+
+    ctxs: list[list[int]]
+    conts: list[list[list[int]]]
+    fast: list[int]
+    slow: list[int]
+
+
+def plan_scoring(tokenizer: Any, prompts: Sequence[str], choices: Sequence[str], max_context: int,
+                 model_id: str) -> ScoringPlan:
+    """Encode ``prompts`` (checking length) and tokenise every choice in context."""
+    ctxs = encode_checked(tokenizer, prompts, 1, max_context, model_id)
+    conts = [[continuation_ids(tokenizer, p, c, ch) for ch in choices] for p, c in zip(prompts, ctxs)]
+    fast = [i for i, cs in enumerate(conts) if all(len(x) == 1 for x in cs) and len({x[0] for x in cs}) == len(cs)]
+    quick = set(fast)
+    return ScoringPlan(ctxs, conts, fast, [i for i in range(len(prompts)) if i not in quick])
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:

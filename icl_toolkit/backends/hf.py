@@ -24,9 +24,10 @@ from icl_toolkit.backends import (
     GenerationParams,
     as_batch,
     check_choices,
-    continuation_ids,
     cut_at_stop,
+    encode_checked,
     encode_prompt,
+    plan_scoring,
 )
 from icl_toolkit.errors import ConfigError
 from icl_toolkit.progress import progress_bar
@@ -105,14 +106,6 @@ class HFBackend:
         """Prompt lengths in tokens, as :meth:`score` would see them."""
         return [len(self.encode(t)) for t in texts]
 
-    def _continuation(self, prompt: str, ctx: list[int], choice: str) -> list[int]:
-        return continuation_ids(self.tokenizer, prompt, ctx, choice)
-
-    def _check_length(self, i: int, n: int) -> None:
-        if n > self.max_context:
-            raise ConfigError(f"Prompt {i} has {n} tokens, more than the context limit of {self.max_context} "
-                              f"of {self.model_id}. Lower --k or the history budgets, or raise --max-context.")
-
     # ------------------------------------------------------------------ batching
 
     def _batches(self, lengths: list[int], size: int | None = None) -> list[list[int]]:
@@ -169,13 +162,9 @@ class HFBackend:
         """Log-probabilities of each choice after each prompt (see :mod:`icl_toolkit.backends`)."""
         batch, single = as_batch(prompts)
         choices = check_choices(choices)
-        ctxs = [self.encode(p) for p in batch]
-        for i, c in enumerate(ctxs):
-            self._check_length(i, len(c) + 1)
-        conts = [[self._continuation(p, c, ch) for ch in choices] for p, c in zip(batch, ctxs)]
+        plan = plan_scoring(self.tokenizer, batch, choices, self.max_context, self.model_id)
+        ctxs, conts, fast, slow = plan.ctxs, plan.conts, plan.fast, plan.slow
         out: list[list[float]] = [[0.0] * len(choices) for _ in batch]
-        fast = [i for i, cs in enumerate(conts) if all(len(x) == 1 for x in cs) and len({x[0] for x in cs}) == len(cs)]
-        slow = sorted(set(range(len(batch))) - set(fast))
         with progress_bar(f"scoring ({self.model_id})", len(batch), self.progress and len(batch) > 1) as advance:
             for group in self._batches([len(ctxs[i]) for i in fast]):
                 rows = [fast[g] for g in group]
@@ -193,9 +182,7 @@ class HFBackend:
         torch = self._torch
         batch, single = as_batch(prompts)
         params = params or GenerationParams()
-        ctxs = [self.encode(p) for p in batch]
-        for i, c in enumerate(ctxs):
-            self._check_length(i, len(c) + params.max_new_tokens)
+        ctxs = encode_checked(self.tokenizer, batch, params.max_new_tokens, self.max_context, self.model_id)
         texts: list[str] = [""] * len(batch)
         torch.manual_seed(params.seed)
         sampling: dict[str, Any] = {"do_sample": params.temperature > 0}

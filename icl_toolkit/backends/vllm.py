@@ -25,9 +25,10 @@ from icl_toolkit.backends import (
     GenerationParams,
     as_batch,
     check_choices,
-    continuation_ids,
     cut_at_stop,
+    encode_checked,
     encode_prompt,
+    plan_scoring,
 )
 from icl_toolkit.errors import ConfigError
 
@@ -100,11 +101,6 @@ class VLLMBackend:
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return [len(self.encode(t)) for t in texts]
 
-    def _check_length(self, i: int, n: int) -> None:
-        if n > self.max_context:
-            raise ConfigError(f"Prompt {i} has {n} tokens, more than the context limit of {self.max_context} "
-                              f"of {self.model_id}. Lower --k or the history budgets, or raise --max-context.")
-
     def _run(self, token_lists: list[list[int]], params: list[Any]) -> list[Any]:
         prompts = [{"prompt_token_ids": ids} for ids in token_lists]
         return self.llm.generate(prompts, params, use_tqdm=self.progress and len(prompts) > 1)
@@ -116,13 +112,9 @@ class VLLMBackend:
         SamplingParams = self._vllm.SamplingParams
         batch, single = as_batch(prompts)
         choices = check_choices(choices)
-        ctxs = [self.encode(p) for p in batch]
-        for i, c in enumerate(ctxs):
-            self._check_length(i, len(c) + 1)
-        conts = [[continuation_ids(self.tokenizer, p, c, ch) for ch in choices] for p, c in zip(batch, ctxs)]
+        plan = plan_scoring(self.tokenizer, batch, choices, self.max_context, self.model_id)
+        ctxs, conts, fast, slow = plan.ctxs, plan.conts, plan.fast, plan.slow
         out: list[list[float]] = [[0.0] * len(choices) for _ in batch]
-        fast = [i for i, cs in enumerate(conts) if all(len(x) == 1 for x in cs) and len({x[0] for x in cs}) == len(cs)]
-        slow = [i for i in range(len(batch)) if i not in set(fast)]
         if fast:
             params = [SamplingParams(max_tokens=1, temperature=0.0, detokenize=False,
                                      logprob_token_ids=[cont[0] for cont in conts[i]]) for i in fast]
@@ -146,9 +138,7 @@ class VLLMBackend:
         """Continuations of each prompt, batched by the engine (greedy unless ``params.temperature > 0``)."""
         batch, single = as_batch(prompts)
         params = params or GenerationParams()
-        ctxs = [self.encode(p) for p in batch]
-        for i, c in enumerate(ctxs):
-            self._check_length(i, len(c) + params.max_new_tokens)
+        ctxs = encode_checked(self.tokenizer, batch, params.max_new_tokens, self.max_context, self.model_id)
         sampling = self._vllm.SamplingParams(
             max_tokens=params.max_new_tokens, temperature=params.temperature,
             top_p=params.top_p if params.temperature > 0 else 1.0, seed=params.seed,
