@@ -46,7 +46,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from icl_toolkit.artifacts import base_meta, content_hash, write_json_atomic
 from icl_toolkit.cohort import Patient
 from icl_toolkit.errors import ConfigError
-from icl_toolkit.models import CHECKPOINT_META
+from icl_toolkit.backends import encode_prompt
+from icl_toolkit.models import CHECKPOINT_META, lm_id
 from icl_toolkit.progress import progress_bar
 from icl_toolkit.prompting import PromptBuilder, PromptConfig
 
@@ -118,11 +119,6 @@ class SFTExample:
         return sum(1 for x in self.labels if x != IGNORE)
 
 
-def _encode(tokenizer: Any, text: str) -> list[int]:
-    bos = tokenizer.bos_token
-    return list(tokenizer(text, add_special_tokens=not (bos and text.startswith(bos))).input_ids)
-
-
 def _target_text(patient: Patient, target: str, answer: str, where: str) -> str:
     if target == "label":
         return answer
@@ -153,8 +149,8 @@ def build_examples(patients: Sequence[Patient], tokenizer: Any, target: str = "l
             raise ConfigError(f"{where}: patient {p.patient_id} has no label; SFT needs known outcomes.")
         answer = f"{prefix} {'Yes' if p.label == 1 else 'No'}"
         prompt = builder.render(p, [])
-        ids_prompt = _encode(tokenizer, prompt)
-        ids = _encode(tokenizer, prompt + _target_text(p, target, answer, where) + end)
+        ids_prompt = encode_prompt(tokenizer, prompt)
+        ids = encode_prompt(tokenizer, prompt + _target_text(p, target, answer, where) + end)
         cut = 0  # the prompt's tokens are the common prefix (the prompt ends at a newline, so BPE agrees)
         while cut < min(len(ids), len(ids_prompt)) and ids[cut] == ids_prompt[cut]:
             cut += 1
@@ -355,7 +351,7 @@ class Finetuner:
         meta = base_meta("checkpoint") | {
             "target": c.target,
             "base": self.base,
-            "base_id": _base_id(self.base),
+            "base_id": lm_id(self.base),
             "lora": c.lora,
             "config": c.model_dump() | {"lr": c.learning_rate},
             "prompt": {"template": SFT_TEMPLATE, "query_tokens": c.query_tokens, "horizon_years": c.horizon_years},
@@ -390,12 +386,6 @@ class Finetuner:
             shutil.rmtree(out)
         tmp.rename(out)
         return out
-
-
-def _base_id(base: str) -> str:
-    from icl_toolkit.models import lm_id
-
-    return lm_id(base)
 
 
 def _write_history(folder: Path, history: list[dict[str, Any]], meta: dict[str, Any]) -> None:

@@ -63,16 +63,19 @@ class CompareResult:
     skipped: list[str]    # arms already complete
 
 
-def _done_ids(path: Path) -> set[str]:
+def _records(path: Path) -> dict[str, dict[str, Any]]:
+    """Prediction records of an arm file by patient id ({} when absent); a torn last line is skipped
+    (the writer cuts it when the arm resumes)."""
     if not path.exists():
-        return set()
-    done = set()
+        return {}
+    out = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            done.add(json.loads(line)["patient_id"])
+            record = json.loads(line)
+            out[record["patient_id"]] = record
         except (json.JSONDecodeError, KeyError, TypeError):
-            continue  # a torn last line; the writer cuts it on resume
-    return done
+            continue
+    return out
 
 
 class Comparison:
@@ -146,7 +149,7 @@ class Comparison:
 
     def _pending(self, arm: Arm, test: Sequence[Patient], val: Sequence[Patient]) -> int:
         path, vpath = self._arm_paths(arm)
-        done, vdone = _done_ids(path), _done_ids(vpath)
+        done, vdone = _records(path), _records(vpath)
         return sum(p.patient_id not in done for p in test) + sum(p.patient_id not in vdone for p in val)
 
     def _run_arm(self, arm: Arm, backend: Backend, pool: Sequence[Patient], index: DemoIndex | None,
@@ -223,12 +226,8 @@ class Comparison:
 
     # ------------------------------------------------------------------ outputs
 
-    def _read_arm(self, arm: Arm, cohort: Sequence[Patient], path: Path) -> tuple[list[float], list[dict[str, Any]]]:
-        records = {}
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                r = json.loads(line)
-                records[r["patient_id"]] = r
+    def _read_arm(self, cohort: Sequence[Patient], path: Path) -> tuple[list[float], list[dict[str, Any]]]:
+        records = _records(path)
         missing = [p.patient_id for p in cohort if p.patient_id not in records]
         if missing:
             raise ConfigError(f"{path}: no prediction for {len(missing)} patients (first {missing[0]}); rerun "
@@ -244,8 +243,8 @@ class Comparison:
         infos: dict[str, dict[str, Any]] = {}
         for arm in arms:
             path, vpath = self._arm_paths(arm)
-            probs, records = self._read_arm(arm, test, path)
-            vprobs = self._read_arm(arm, val, vpath)[0] if val else None
+            probs, records = self._read_arm(test, path)
+            vprobs = self._read_arm(val, vpath)[0] if val else None
             info = {"checkpoint": arm.checkpoint, "demos": arm.demos, "k": arm.k, "strategy": arm.strategy,
                     "mode": arm.mode}
             entries.append(Entry(arm.name, "arm", probs, vprobs, info))
