@@ -78,7 +78,7 @@ $(VLLM_STAMP): pyproject.toml Makefile
 	touch $(VLLM_STAMP)
 
 test-vllm: $(VLLM_STAMP)
-	$(VLLM_VENV)/bin/python -m pytest -q -s -m vllm tests/test_backend_vllm.py
+	VLLM_LOGGING_LEVEL=WARNING $(VLLM_VENV)/bin/python -m pytest -q -s -m vllm tests/test_backend_vllm.py
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ""

@@ -295,7 +295,7 @@ def load_lm(model: str = "default", *, device: str = "cpu", dtype: str = "float3
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
     if torch_dtype is None:
         raise ConfigError(f"The 'dtype' parameter must be one of float32, bfloat16, float16. Got {dtype!r}.")
-    if (folder / ADAPTER_CONFIG).is_file():
+    if is_adapter(folder):
         return _load_adapter(folder, device, dtype)
     try:
         lm = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype, local_files_only=True)
@@ -318,17 +318,35 @@ def trained_template(model: str, mode: str, demos: str) -> str | None:
     return meta.get("prompt", {}).get("template")
 
 
-def _load_adapter(folder: Path, device: str, dtype: str) -> tuple[Any, Any]:
-    """A LoRA adapter folder from ``icl finetune --lora``: its base model with the adapter merged in."""
+def is_adapter(folder: Path) -> bool:
+    """Whether a model folder holds a LoRA adapter (rather than full weights)."""
+    return (folder / ADAPTER_CONFIG).is_file()
+
+
+def adapter_base(folder: Path) -> str:
+    """The base model an adapter from ``icl finetune --lora`` was trained on (its ``icl-checkpoint.json``
+    field ``base``), checked against the recorded ``base_id`` so that a moved or replaced base is caught."""
     meta = checkpoint_meta(str(folder))
     if meta is None or not meta.get("base"):
         raise ModelNotFoundError(f"{folder} holds a LoRA adapter but no {CHECKPOINT_META} naming its base model; "
                                  "only adapters written by icl finetune --lora can be loaded by path.")
+    base = str(meta["base"])
+    recorded = meta.get("base_id")
+    if recorded and lm_id(base) != recorded:
+        raise ModelNotFoundError(f"{folder / CHECKPOINT_META}: field 'base' is {base!r}, which now resolves to "
+                                 f"{lm_id(base)!r}, but the adapter was trained on {recorded!r} (field 'base_id'). "
+                                 f"Point 'base' at the model it was trained on.")
+    return base
+
+
+def _load_adapter(folder: Path, device: str, dtype: str) -> tuple[Any, Any]:
+    """A LoRA adapter folder from ``icl finetune --lora``: its base model with the adapter merged in."""
+    base_name = adapter_base(folder)
     try:
         from peft import PeftModel
     except ImportError:
         raise ConfigError(f"{folder} is a LoRA adapter; loading it needs peft: pip install peft") from None
-    base, tok = load_lm(meta["base"], device=device, dtype=dtype)
+    base, tok = load_lm(base_name, device=device, dtype=dtype)
     merged = PeftModel.from_pretrained(base, str(folder), is_trainable=False).merge_and_unload()
     return merged.to(device).eval(), tok
 

@@ -115,5 +115,36 @@ def test_prompt_longer_than_context_is_an_error():
 def test_registry_is_lazy_and_suggests_names():
     with pytest.raises(ConfigError, match="Did you mean 'hf'"):
         get_backend_class("hff")
-    with pytest.raises(ConfigError, match="Available: hf, vllm"):
+    with pytest.raises(ConfigError, match="Available: hf, openai, vllm"):
         make_backend("llama.cpp")
+
+
+def test_engine_options_map_to_each_backend_and_refuse_what_it_does_not_use():
+    from icl_toolkit.backends.options import EngineOptions, backend_kwargs
+
+    assert backend_kwargs("hf", EngineOptions()) == {"device": "cpu", "dtype": "float32", "batch_size": 1}
+    assert backend_kwargs("hf", EngineOptions(device="cuda", dtype="bfloat16", max_model_len=4096)) == {
+        "device": "cuda", "dtype": "bfloat16", "batch_size": 8, "max_context": 4096}
+    vl = backend_kwargs("vllm", EngineOptions(backend="vllm", dtype="float16", gpu_memory_utilization=0.5,
+                                              tensor_parallel_size=2, max_lora_rank=16))
+    assert vl == {"dtype": "float16", "max_model_len": None, "gpu_memory_utilization": 0.5,
+                  "tensor_parallel_size": 2, "max_lora_rank": 16}
+    with pytest.raises(ConfigError, match="gpu-memory-utilization is for vllm; tensor-parallel-size is for vllm"):
+        backend_kwargs("hf", EngineOptions(gpu_memory_utilization=0.5, tensor_parallel_size=2))
+    with pytest.raises(ConfigError, match="device is for hf"):
+        backend_kwargs("vllm", EngineOptions(backend="vllm", device="cuda:1"))
+    with pytest.raises(ConfigError, match="url is for openai"):
+        backend_kwargs("hf", EngineOptions(url="http://x/v1"))
+
+
+def test_icl_predict_engine_flags_are_checked_against_the_backend(small_cohort, tmp_path, invoke):
+    from icl_toolkit.cohort import write_cohort
+
+    write_cohort(small_cohort[:2], tmp_path / "c.jsonl")
+    base = ["predict", "--cohort", tmp_path / "c.jsonl", "--demos", "none", "--out", tmp_path / "p.jsonl"]
+    code, text = invoke(base + ["--tensor-parallel-size", "2"])
+    assert code == 1 and "tensor-parallel-size is for vllm" in text
+    code, text = invoke(base + ["--backend", "openai"])
+    assert code == 1 and "--url http://HOST:PORT/v1" in text
+    code, text = invoke(base + ["--gpu-memory-utilization", "1.5"])
+    assert code == 2  # out of range: a usage error before anything loads

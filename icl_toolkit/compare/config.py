@@ -17,6 +17,10 @@ An ``arms.toml`` looks like::
     query_tokens = 256
     demo_tokens = 160
 
+    [engine]                               # as icl predict's flags (default: hf on the CPU)
+    backend = "vllm"
+    dtype = "bfloat16"
+
     [[arm]]                                # a list in any field expands to every combination
     checkpoint = ["base", "label_sft"]
     demos = ["none", "label", "rationale"]
@@ -36,8 +40,9 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from icl_toolkit.backends.options import EngineOptions
 from icl_toolkit.errors import ConfigError
 
 __all__ = ["ArmSpec", "Arm", "CompareConfig", "load_compare_config", "BASELINES"]
@@ -124,15 +129,30 @@ class CompareConfig(BaseModel):
     """Bootstrap resamples for the confidence intervals."""
     seed: int = 0
     """Seed of the bootstrap (and of the retrieval's random choices)."""
-    backend: Literal["hf", "vllm", "auto"] = "hf"
-    device: str = "cpu"
-    batch_size: int | None = Field(None, ge=1)
-    """Prompts per scoring pass (default 1 on CPU, 8 on GPU)."""
+    engine: EngineOptions = Field(default_factory=EngineOptions)
+    """The ``[engine]`` table: backend and engine settings, as the flags of ``icl predict`` (``backend``,
+    ``device``, ``batch_size``, ``dtype``, ``max_model_len``, ``gpu_memory_utilization``,
+    ``tensor_parallel_size``, ``max_lora_rank``, ``url``, ``served_model``). ``backend``, ``device`` and
+    ``batch_size`` may also stand at the top level."""
     index_kind: Literal["exact", "hnsw"] = "exact"
     retrieval: dict[str, Any] = Field(default_factory=dict)
     """Shared retrieval settings (``balance``, ``mmr_lambda``, ``temporal_guard``, ``horizon_years``)."""
     prompt: dict[str, Any] = Field(default_factory=dict)
     """Shared prompt settings (``demo_tokens``, ``query_tokens``, ``reason_tokens``, ``order``, ...)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _engine_shorthand(cls, data: Any) -> Any:
+        if isinstance(data, dict) and {"backend", "device", "batch_size"} & set(data):
+            data = dict(data)
+            engine = dict(data.get("engine") or {})
+            for key in ("backend", "device", "batch_size"):
+                if key in data:
+                    if key in engine:
+                        raise ValueError(f"{key} is set both at the top level and in [engine]; keep one")
+                    engine[key] = data.pop(key)
+            data["engine"] = engine
+        return data
 
     @field_validator("retrieval")
     @classmethod

@@ -100,13 +100,9 @@ class Comparison:
     # ------------------------------------------------------------------ pieces
 
     def _default_backend(self, name: str, model: str) -> Backend:
-        from icl_toolkit.backends import make_backend, resolve_backend_name
+        from icl_toolkit.backends.options import open_backend
 
-        c = self.config
-        kwargs: dict[str, Any] = {"model": model, "device": c.device, "progress": False}
-        if c.batch_size or c.device == "cpu":
-            kwargs["batch_size"] = c.batch_size or 1
-        return make_backend(resolve_backend_name(c.backend), **kwargs)
+        return open_backend(model, self.config.engine, progress=False)
 
     def _retrieval_config(self, k: int, strategy: str) -> RetrievalConfig:
         return RetrievalConfig(k=k, strategy=strategy, seed=self.config.seed, **self.config.retrieval)

@@ -1,0 +1,164 @@
+"""The backend contract against a running OpenAI-compatible server (``vllm serve``), over plain HTTP.
+
+For teams that keep one inference server and several clients. Prompts are
+encoded locally with the model's own tokenizer (the same rule as the other
+backends) and sent as token ids to the completions endpoint, so the server
+reads exactly the tokens the transformers backend would.
+
+Scoring is exact, not read off a top-k list: each (prompt, choice) pair is sent
+as prompt + choice tokens with ``echo: true, logprobs: 0, max_tokens: 1``, and
+the server returns the log-probability of every prompt token; the choice's
+log-probability is the sum over its tokens. The server's prefix cache makes the
+shared prompt of the two choices cost one pass. Sequences go in batches
+(``batch_size`` per request), which the server batches again.
+
+The API key, when the server wants one (``vllm serve --api-key``), comes from
+the environment: ``ICL_OPENAI_API_KEY``, else ``OPENAI_API_KEY``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from icl_toolkit.backends import (
+    GenerationParams,
+    as_batch,
+    check_choices,
+    cut_at_stop,
+    encode_checked,
+    encode_prompt,
+    plan_scoring,
+)
+from icl_toolkit.errors import ConfigError
+from icl_toolkit.progress import progress_bar
+
+__all__ = ["OpenAIBackend"]
+
+
+class OpenAIBackend:
+    """A model served by an OpenAI-compatible completions API (vLLM's ``vllm serve``).
+
+    Args:
+        model: the local model the server runs (``"default"``, a checkpoint folder or a cached hub
+            name): its tokenizer encodes prompts and its id goes into provenance records.
+        url: base URL of the API, e.g. ``http://127.0.0.1:8000/v1``.
+        served_model: the model's name on the server (default: the only model it serves).
+        max_context: context limit (default: the server's ``max_model_len``).
+        batch_size: sequences per HTTP request.
+        timeout: seconds to wait for one request.
+        api_key: bearer token (default: ``ICL_OPENAI_API_KEY`` or ``OPENAI_API_KEY`` from the environment).
+        progress: show a progress bar over requests.
+        transport: an ``httpx`` transport (tests).
+    """
+
+    def __init__(self, model: str = "default", *, url: str, served_model: str | None = None,
+                 max_context: int | None = None, batch_size: int = 32, timeout: float = 600.0,
+                 api_key: str | None = None, progress: bool = True, transport: httpx.BaseTransport | None = None) -> None:
+        from icl_toolkit.models import lm_id, load_tokenizer
+
+        self.url = url.rstrip("/")
+        key = api_key or os.environ.get("ICL_OPENAI_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.client = httpx.Client(base_url=self.url, timeout=timeout, headers=headers, transport=transport)
+        self.tokenizer = load_tokenizer(model)
+        self.model_id = lm_id(model)
+        self.batch_size = max(int(batch_size), 1)
+        self.progress = progress
+        served = self._request("GET", "/models").get("data")
+        if not isinstance(served, list) or not served:
+            raise ConfigError(f"The server at {self.url} lists no models at /models.")
+        names = [m.get("id") for m in served]
+        if served_model is None:
+            if len(names) > 1:
+                raise ConfigError(f"The server at {self.url} serves {len(names)} models ({', '.join(map(str, names))});"
+                                  " choose one with --served-model.")
+            served_model = names[0]
+        elif served_model not in names:
+            raise ConfigError(f"The server at {self.url} does not serve {served_model!r}; it serves "
+                              f"{', '.join(map(str, names))}.")
+        self.served_model = str(served_model)
+        entry = served[names.index(served_model)]
+        self.max_context = int(max_context or entry.get("max_model_len") or 2048)
+
+    # ------------------------------------------------------------------ HTTP
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        try:
+            resp = self.client.request(method, path, json=body)
+        except httpx.TransportError as exc:
+            raise ConfigError(f"Cannot reach the model server at {self.url}{path}: {exc}. Start it (vllm serve MODEL "
+                              "--port PORT) or check --url.") from None
+        if resp.status_code == 401:
+            raise ConfigError(f"The model server at {self.url} refused the request (401): set ICL_OPENAI_API_KEY "
+                              "to the key it was started with.")
+        if resp.status_code >= 400:
+            raise ConfigError(f"The model server at {self.url}{path} answered {resp.status_code}: "
+                              f"{resp.text[:400]}")
+        try:
+            data = resp.json()
+        except ValueError:
+            raise ConfigError(f"The model server at {self.url}{path} answered with something other than JSON: "
+                              f"{resp.text[:200]!r}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"The model server at {self.url}{path} answered with an unexpected shape: {data!r:.200}")
+        return data
+
+    def _complete(self, token_lists: list[list[int]], **fields: Any) -> list[dict[str, Any]]:
+        """One completion choice per prompt, in prompt order, over as many requests as the batch size needs."""
+        out: list[dict[str, Any]] = []
+        steps = range(0, len(token_lists), self.batch_size)
+        with progress_bar(f"requests to {self.url}", len(steps), self.progress and len(steps) > 1) as advance:
+            for start in steps:
+                chunk = token_lists[start:start + self.batch_size]
+                data = self._request("POST", "/completions", {"model": self.served_model, "prompt": chunk, **fields})
+                choices = data.get("choices")
+                if not isinstance(choices, list) or len(choices) != len(chunk):
+                    raise ConfigError(f"The model server at {self.url} returned {len(choices or [])} completions for "
+                                      f"{len(chunk)} prompts.")
+                out += sorted(choices, key=lambda c: c.get("index", 0))
+                advance(1)
+        return out
+
+    # ------------------------------------------------------------------ contract
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of a prompt, by the same rule as the transformers backend."""
+        return encode_prompt(self.tokenizer, text)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return [len(self.encode(t)) for t in texts]
+
+    def score(self, prompts: str | Sequence[str], choices: Sequence[str]) -> list[float] | list[list[float]]:
+        """Log-probabilities of each choice after each prompt, from the server's echoed prompt log-probs."""
+        batch, single = as_batch(prompts)
+        choices = check_choices(choices)
+        plan = plan_scoring(self.tokenizer, batch, choices, self.max_context, self.model_id)
+        seqs, where = [], []
+        for i, (ctx, conts) in enumerate(zip(plan.ctxs, plan.conts)):
+            for j, cont in enumerate(conts):
+                seqs.append(ctx + cont)
+                where.append((i, j, len(ctx)))
+        results = self._complete(seqs, max_tokens=1, temperature=0.0, echo=True, logprobs=0)
+        out: list[list[float]] = [[0.0] * len(choices) for _ in batch]
+        for (i, j, start), seq, res in zip(where, seqs, results):
+            lps = (res.get("logprobs") or {}).get("token_logprobs")
+            if not isinstance(lps, list) or len(lps) < len(seq) or any(v is None for v in lps[start:len(seq)]):
+                raise ConfigError(f"The model server at {self.url} did not echo the prompt's log-probabilities "
+                                  "(needs a server that supports echo with logprobs, such as vllm serve).")
+            out[i][j] = float(sum(lps[start:len(seq)]))
+        return out[0] if single else out
+
+    def generate(self, prompts: str | Sequence[str], params: GenerationParams | None = None) -> str | list[str]:
+        """Continuations of each prompt (greedy unless ``params.temperature > 0``), cut at the stop strings."""
+        batch, single = as_batch(prompts)
+        params = params or GenerationParams()
+        ctxs = encode_checked(self.tokenizer, batch, params.max_new_tokens, self.max_context, self.model_id)
+        results = self._complete(ctxs, max_tokens=params.max_new_tokens, temperature=params.temperature,
+                                 top_p=params.top_p if params.temperature > 0 else 1.0, seed=params.seed,
+                                 **({"stop": list(params.stop)} if params.stop else {}))
+        texts = [cut_at_stop(str(r.get("text", "")), params.stop) for r in results]
+        return texts[0] if single else texts

@@ -1,0 +1,169 @@
+"""The openai backend: the backend contract over an OpenAI-compatible completions API.
+
+The real server (vllm serve) is exercised by ``make test-vllm``. Here a reference
+server, written in the test over the tiny random Llama, answers the completions
+protocol the way vLLM documents it (prompt token ids, echo with logprobs), so the
+client's request layout and response reading are checked against exact numbers,
+and its errors are checked against a closed port and bad answers.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from icl_toolkit.backends import GenerationParams
+from icl_toolkit.errors import ConfigError
+
+SERVED = "tiny"
+
+
+class ReferenceServer:
+    """``/v1/models`` and ``/v1/completions`` over a transformers model, with request logging."""
+
+    def __init__(self, model, tokenizer, *, models=(SERVED,), key=None, broken=None):
+        self.model, self.tok, self.models, self.key, self.broken = model, tokenizer, models, key, broken
+        self.requests: list[dict] = []
+
+    def _token_logprobs(self, ids: list[int]) -> tuple[list, int, float]:
+        with torch.no_grad():
+            logits = self.model(torch.tensor([ids])).logits[0].float()
+        logp = torch.log_softmax(logits, -1)
+        echoed = [None] + [float(logp[t - 1, ids[t]]) for t in range(1, len(ids))]
+        nxt = int(logp[-1].argmax())
+        return echoed, nxt, float(logp[-1, nxt])
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if self.key and request.headers.get("authorization") != f"Bearer {self.key}":
+            return httpx.Response(401, json={"error": "unauthorized"})
+        if request.url.path.endswith("/models"):
+            return httpx.Response(200, json={"data": [{"id": m, "max_model_len": 4096} for m in self.models]})
+        body = json.loads(request.content)
+        self.requests.append(body)
+        if self.broken == "count":
+            return httpx.Response(200, json={"choices": []})
+        if self.broken == "no-echo":
+            return httpx.Response(200, json={"choices": [{"index": i, "text": "x", "logprobs": None}
+                                                         for i in range(len(body["prompt"]))]})
+        choices = []
+        for i, ids in enumerate(body["prompt"]):
+            if body.get("echo"):
+                echoed, nxt, lp = self._token_logprobs(ids)
+                choices.append({"index": i, "text": self.tok.decode([nxt]),
+                                "logprobs": {"token_logprobs": echoed + [lp]}})
+            else:
+                out = self.model.generate(torch.tensor([ids]), max_new_tokens=body["max_tokens"], do_sample=False,
+                                          pad_token_id=self.tok.pad_token_id)
+                choices.append({"index": i, "text": self.tok.decode(out[0, len(ids):], skip_special_tokens=True)})
+        return httpx.Response(200, json={"choices": choices[::-1]})  # out of order on purpose
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from icl_toolkit.testing import tiny_llama
+
+    return tiny_llama(seed=0)
+
+
+@pytest.fixture()
+def client(tiny, tiny_model_dir):
+    from icl_toolkit.backends.openai_api import OpenAIBackend
+
+    server = ReferenceServer(*tiny)
+    backend = OpenAIBackend(str(tiny_model_dir), url="http://model.test/v1", batch_size=3, progress=False,
+                            transport=httpx.MockTransport(server))
+    return backend, server
+
+
+PROMPTS = ["Question: will this patient develop dementia?\nAnswer:", "History: 2015 hypertension\nAnswer:",
+           "A longer prompt about falls, depression and hearing loss.\nAnswer:"]
+
+
+def test_scores_are_the_exact_echoed_logprobs_of_the_choice_tokens(client, tiny_backend_obj):
+    backend, server = client
+    got = np.array(backend.score(PROMPTS, [" Yes", " No"]))
+    ref = np.array(tiny_backend_obj.score(PROMPTS, [" Yes", " No"]))
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+    # two sequences per prompt (prompt + each choice), sent as token ids with echo, in batches of 3
+    sent = [seq for body in server.requests for seq in body["prompt"]]
+    assert len(sent) == 6 and [len(b["prompt"]) for b in server.requests] == [3, 3]
+    assert all(b["echo"] is True and b["logprobs"] == 0 and b["model"] == SERVED for b in server.requests)
+    assert sent[0][:-1] == backend.encode(PROMPTS[0])
+    # multi-token choices: the sum over their tokens
+    multi = backend.score(PROMPTS[0], [" Yes, within five years", " No"])
+    np.testing.assert_allclose(multi, tiny_backend_obj.score(PROMPTS[0], [" Yes, within five years", " No"]),
+                               atol=1e-4)
+
+
+def test_generation_matches_greedy_transformers_and_is_cut_at_stop(client, tiny_backend_obj):
+    backend, _ = client
+    params = GenerationParams(max_new_tokens=8, stop=("\n",))
+    assert backend.generate(PROMPTS, params) == tiny_backend_obj.generate(PROMPTS, params)
+    assert isinstance(backend.generate(PROMPTS[0], params), str)
+
+
+def test_api_key_from_the_environment(tiny, tiny_model_dir, monkeypatch):
+    from icl_toolkit.backends.openai_api import OpenAIBackend
+
+    server = ReferenceServer(*tiny, key="s3cret")
+    monkeypatch.delenv("ICL_OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(ConfigError, match="401.*ICL_OPENAI_API_KEY"):
+        OpenAIBackend(str(tiny_model_dir), url="http://model.test/v1", transport=httpx.MockTransport(server))
+    monkeypatch.setenv("ICL_OPENAI_API_KEY", "s3cret")
+    backend = OpenAIBackend(str(tiny_model_dir), url="http://model.test/v1", transport=httpx.MockTransport(server))
+    assert backend.served_model == SERVED and backend.max_context == 4096
+
+
+def test_server_problems_are_one_line_errors(tiny, tiny_model_dir):
+    from icl_toolkit.backends.openai_api import OpenAIBackend
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ConfigError, match=f"Cannot reach the model server at http://127.0.0.1:{port}/v1"):
+        OpenAIBackend(str(tiny_model_dir), url=f"http://127.0.0.1:{port}/v1", timeout=5)
+
+    two = ReferenceServer(*tiny, models=("a", "b"))
+    with pytest.raises(ConfigError, match="serves 2 models .*--served-model"):
+        OpenAIBackend(str(tiny_model_dir), url="http://m/v1", transport=httpx.MockTransport(two))
+    with pytest.raises(ConfigError, match="does not serve 'c'"):
+        OpenAIBackend(str(tiny_model_dir), url="http://m/v1", served_model="c", transport=httpx.MockTransport(two))
+
+    for broken, message in (("count", "returned 0 completions for 2 prompts"), ("no-echo", "did not echo")):
+        server = ReferenceServer(*tiny, broken=broken)
+        backend = OpenAIBackend(str(tiny_model_dir), url="http://m/v1", transport=httpx.MockTransport(server),
+                                progress=False)
+        with pytest.raises(ConfigError, match=message):
+            backend.score(PROMPTS[0], [" Yes", " No"])
+
+
+def test_engine_options_reach_the_openai_backend_and_predict_runs_on_it(tiny, tiny_model_dir, small_cohort,
+                                                                         hash_embedder):
+    from icl_toolkit.backends.options import EngineOptions, backend_kwargs
+    from icl_toolkit.backends.openai_api import OpenAIBackend
+    from icl_toolkit.predict import PredictConfig, Predictor
+    from icl_toolkit.prompting import PromptConfig
+    from icl_toolkit.retrieve import RetrievalConfig
+
+    with pytest.raises(ConfigError, match="needs the server's URL"):
+        backend_kwargs("openai", EngineOptions(backend="openai"))
+    kw = backend_kwargs("openai", EngineOptions(backend="openai", url="http://m/v1", batch_size=4))
+    backend = OpenAIBackend(str(tiny_model_dir), **kw, progress=False,
+                            transport=httpx.MockTransport(ReferenceServer(*tiny)))
+    cfg = PredictConfig(retrieval=RetrievalConfig(k=1), prompt=PromptConfig(demos="label", query_tokens=120,
+                                                                            demo_tokens=100))
+    remote = Predictor(backend, cfg, embedder=hash_embedder, progress=False).fit(small_cohort[:60])
+    from icl_toolkit.backends.hf import HFBackend
+
+    local = Predictor(HFBackend.from_objects(*tiny, model_id=backend.model_id), cfg, embedder=hash_embedder,
+                      progress=False).fit(small_cohort[:60])
+    a = remote.predict_proba(small_cohort[60:64])
+    b = local.predict_proba(small_cohort[60:64])
+    assert [r.prompt_hash for r in a] == [r.prompt_hash for r in b]
+    np.testing.assert_allclose([r.probability for r in a], [r.probability for r in b], atol=1e-5)
