@@ -53,6 +53,7 @@ __all__ = [
     "STRATEGIES",
     "ProfileEmbedder",
     "DemoIndex",
+    "faiss_index",
     "RetrievalConfig",
     "Hit",
     "Retrieval",
@@ -119,6 +120,24 @@ class ProfileEmbedder:
 
 # --------------------------------------------------------------------------- index
 
+def faiss_index(vecs: np.ndarray, kind: str = "exact", *, hnsw_m: int = 32, ef_construction: int = 80,
+                ef_search: int = 128) -> Any:
+    """A faiss inner-product index over normalised ``vecs`` (``exact``: flat; ``hnsw``: a graph)."""
+    import faiss
+
+    if kind not in INDEX_KINDS:
+        raise ConfigError(f"The 'kind' parameter must be one of {', '.join(INDEX_KINDS)}. Got {kind!r}.")
+    dim = int(vecs.shape[1])
+    if kind == "exact":
+        index = faiss.IndexFlatIP(dim)
+    else:
+        index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = ef_construction
+        index.hnsw.efSearch = ef_search
+    index.add(np.ascontiguousarray(vecs, dtype=np.float32))
+    return index
+
+
 @dataclass
 class DemoIndex:
     """A faiss inner-product index over pool embeddings, with the pool ids and metadata."""
@@ -135,20 +154,12 @@ class DemoIndex:
               hnsw_m: int = 32, ef_construction: int = 80, ef_search: int = 128,
               progress: bool = True) -> DemoIndex:
         """Embed the pool and index it (``kind``: ``exact`` flat search, or ``hnsw`` for large pools)."""
-        import faiss
-
         if kind not in INDEX_KINDS:
             raise ConfigError(f"The 'kind' parameter must be one of {', '.join(INDEX_KINDS)}. Got {kind!r}.")
         if not pool:
             raise ConfigError("The demonstration pool is empty.")
         vecs = embedder.embed(pool, progress=progress)
-        if kind == "exact":
-            index = faiss.IndexFlatIP(embedder.dim)
-        else:
-            index = faiss.IndexHNSWFlat(embedder.dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efConstruction = ef_construction
-            index.hnsw.efSearch = ef_search
-        index.add(vecs)
+        index = faiss_index(vecs, kind, hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search)
         meta = base_meta("demo-index") | {
             "embedder": embedder.id, "dim": embedder.dim, "profile_version": PROFILE_VERSION,
             "pool_hash": content_hash(pool), "n": len(pool), "kind": kind,

@@ -31,3 +31,31 @@ def test_gpu_throughput_quick_on_the_hf_backend(tmp_path: Path, tiny_model_dir: 
     assert float(rows[1]["mean_prompt_tokens"]) > float(rows[0]["mean_prompt_tokens"])
     assert all(int(row["generated_tokens"]) > 0 for row in rows[2:])
     assert "cores" in rows[0]["machine"] and out.with_suffix(".png").stat().st_size > 0
+
+
+def test_demo_sweep_quick(tmp_path: Path, tiny_model_dir: Path) -> None:
+    out = tmp_path / "sweep.csv"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "demo_sweep.py"), "--quick", "--models", str(tiny_model_dir),
+           "--bootstrap", "100", "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = list(csv.DictReader(out.open()))
+    keys = [(row["content"], row["strategy"], row["k"]) for row in rows]
+    assert keys[0] == ("none", "-", "0") and len(keys) == 1 + 5 * 2  # k=0, then 5 curves at k=1,2
+    assert {c for c, _, _ in keys[1:]} == {"rationale", "label", "shuffled"}
+    assert all(float(row["auroc_lo"]) <= float(row["auroc"]) <= float(row["auroc_hi"]) for row in rows)
+    preds = list(csv.DictReader((tmp_path / "sweep_predictions.csv").open()))
+    assert len(preds) == 8 * len(rows)
+    by = {(p["content"], p["strategy"], p["k"], p["patient_id"]): p for p in preds}
+    ids = {p["patient_id"] for p in preds}
+    # nested sets: more demos, longer prompts; the shuffled control shows the same demos with other labels
+    for content, strategy in {(c, s) for c, s, _ in keys[1:]}:
+        assert all(int(by[(content, strategy, "2", i)]["prompt_tokens"]) >
+                   int(by[(content, strategy, "1", i)]["prompt_tokens"]) for i in ids)
+    assert all(by[("label", "similar", "2", i)]["prompt_tokens"] == by[("shuffled", "similar", "2", i)]["prompt_tokens"]
+               for i in ids)
+    assert any(by[("label", "similar", "2", i)]["probability"] != by[("shuffled", "similar", "2", i)]["probability"]
+               for i in ids)
+    # a rerun finds every configuration done and predicts nothing again
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "11 configurations, 11 already done" in r.stdout

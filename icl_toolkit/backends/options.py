@@ -37,7 +37,8 @@ class EngineOptions(BaseModel):
     max_model_len: int | None = Field(None, ge=16)
     """Context limit in tokens (default: the model's)."""
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
-    """vllm: share of GPU memory the engine may take (on the CPU build: of host memory)."""
+    """vllm: share of GPU memory the engine may take (default 0.85; on the CPU build a share of host memory,
+    counting everything the process holds; unset there means a fixed 2 GiB KV cache)."""
     tensor_parallel_size: int = Field(1, ge=1)
     """vllm: GPUs to shard the model over."""
     max_lora_rank: int = Field(0, ge=0, le=512)

@@ -52,6 +52,9 @@ INSTALL_HINT = 'pip install "icl-toolkit[gpu]"'
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 """The ranks vLLM's LoRA config accepts as ``max_lora_rank``."""
 
+CPU_KV_CACHE_BYTES = 2 << 30
+"""KV cache of the CPU build unless a memory share is given (2 GiB: 16k+ tokens of a small model)."""
+
 _ENGINE: dict[str, Any] = {}
 """The process's engine: ``key`` (model and engine options), ``llm``, ``lora_rank`` (0: LoRA off)."""
 _LORA_IDS: dict[str, int] = {}
@@ -119,7 +122,8 @@ class VLLMBackend:
         dtype: engine dtype (``auto``, ``float32``, ``bfloat16``, ``float16``).
         max_model_len: context limit of the engine (default: the model's).
         gpu_memory_utilization: share of GPU memory the engine may take (default 0.85); on the CPU
-            build it is the share of host memory (default 0.3: the KV cache needs little for small models).
+            build a share of host memory, counting all the process holds (default there: no share but a
+            fixed 2 GiB KV cache, which does not fail when the process also holds other models).
         tensor_parallel_size: GPUs to shard the model over.
         enforce_eager: skip graph capture/compilation (faster start; default on for CPU).
         seed: engine seed.
@@ -149,7 +153,12 @@ class VLLMBackend:
                                       enforce_eager=enforce_eager, tensor_parallel_size=tensor_parallel_size)
         if max_model_len:
             kwargs["max_model_len"] = max_model_len
-        kwargs["gpu_memory_utilization"] = gpu_memory_utilization or (0.85 if on_gpu else 0.3)
+        if gpu_memory_utilization or on_gpu:
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization or 0.85
+        else:
+            # the CPU build counts the whole process's memory against a share of host memory, so a share
+            # fails once the process holds other models; a fixed KV cache does not
+            kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
         kwargs.update(engine_kwargs)
         self._vllm = vllm
         self._key = tuple(sorted((k, repr(v)) for k, v in kwargs.items()))

@@ -95,7 +95,7 @@ def predict(
     device: Annotated[Optional[str], typer.Option(help="torch device of the hf backend (default cpu).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="hf: prompts per forward pass (default: 1 on CPU, 8 on GPU); openai: sequences per request.")] = None,
     dtype: Annotated[DType, typer.Option(help="Weights dtype (auto: float32 on hf, the model's own on vllm).")] = DType.auto,
-    gpu_memory_utilization: Annotated[Optional[float], typer.Option(min=0.01, max=1.0, help="vllm: share of GPU memory for the engine (default 0.85; on the CPU build a share of host memory, default 0.3).")] = None,
+    gpu_memory_utilization: Annotated[Optional[float], typer.Option(min=0.01, max=1.0, help="vllm: share of GPU memory for the engine (default 0.85; on the CPU build a share of host memory, default: a fixed 2 GiB KV cache).")] = None,
     tensor_parallel_size: Annotated[int, typer.Option(min=1, help="vllm: GPUs to shard the model over.")] = 1,
     url: Annotated[Optional[str], typer.Option(help="openai: the server's base URL, e.g. http://127.0.0.1:8000/v1.")] = None,
     served_model: Annotated[Optional[str], typer.Option(help="openai: the model's name on the server (default: its only one).")] = None,

@@ -1,0 +1,259 @@
+"""How many demonstrations help? AUROC (bootstrap 95% CI), prompt tokens and latency against k.
+
+    .venv/bin/python benchmarks/demo_sweep.py                       # full run (about an hour on 2 cores)
+    .venv/bin/python benchmarks/demo_sweep.py --models default,recipe_out/ckpt/label   # + the label-SFT checkpoint
+    .venv/bin/python benchmarks/demo_sweep.py --quick --models PATH  # seconds, for the smoke test
+
+The cohort is the one of `make demo` and `make paper` (2,000 synthetic patients,
+seed 1, splits 70/10/20): the pool is the train split, the test patients are the
+first ``--n`` of the test split. Every configuration scores the same patients.
+
+Axes:
+
+* k in {0, 1, 2, 4, 8, 16}; 16 only for the base model's rationale and label
+  curves with the similar strategy (k = 16 costs as much as all smaller k
+  together on 2 cores). A fine-tuned checkpoint gets the rationale and label
+  curves (similar) up to k = 8.
+* Nested demonstration sets: each patient's demos are retrieved once at the
+  largest k, and k uses the first k of that list, so the demos at k are a subset
+  of those at k+1. For ``balanced`` the list alternates cases and controls (each
+  by similarity), so every prefix is as balanced as it can be.
+* Content: ``rationale`` (history + rationale + outcome), ``label`` (history +
+  outcome) and ``shuffled`` (label-only demos whose shown outcomes are the pool's
+  labels randomly permuted: the control of Min et al. 2022; same demos, wrong
+  answers at the pool's base rate).
+* Strategy: ``similar``, ``balanced``, and ``random`` with seeds 0, 1, 2
+  (label content; the content comparison uses the similar strategy).
+
+Prompts use compact budgets (query history 160 tokens, each demo 100) so that
+k = 16 fits SmolLM2's context and a run fits an hour on 2 cores. Finished
+configurations are kept in the predictions file and skipped on a rerun
+(``--fresh`` starts over). Writes demo_sweep.csv (one row per configuration),
+demo_sweep_predictions.csv (every probability) and demo_sweep.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+from _common import RESULTS, machine, write_csv  # noqa: E402
+
+from icl_toolkit.backends import choice_probabilities  # noqa: E402
+from icl_toolkit.backends.options import EngineOptions, open_backend  # noqa: E402
+from icl_toolkit.metrics import bootstrap_ci, summary  # noqa: E402
+from icl_toolkit.progress import progress_bar  # noqa: E402
+from icl_toolkit.prompting import PromptBuilder, PromptConfig  # noqa: E402
+from icl_toolkit.retrieve import DemoIndex, ProfileEmbedder, Retriever, RetrievalConfig  # noqa: E402
+from icl_toolkit.synth import SynthConfig, assign_splits, generate_cohort, parse_split  # noqa: E402
+
+QUERY_TOKENS, DEMO_TOKENS = 160, 100
+
+
+def cohort(n_test: int, quick: bool) -> tuple[list, list]:
+    """(pool, test) of the `make demo` cohort (or a small one for --quick)."""
+    patients = generate_cohort(SynthConfig(n=300 if quick else 2000, seed=1))
+    names = assign_splits([p.label for p in patients], parse_split("train=0.7,val=0.1,test=0.2"), 0)
+    pool = [p for p, s in zip(patients, names) if s == "train"]
+    test = [p for p, s in zip(patients, names) if s == "test"]
+    if quick:  # a handful of patients, but both outcomes
+        return pool, [p for p in test if p.label == 1][:n_test // 2] + [p for p in test if p.label == 0][:n_test // 2]
+    return pool, test[:n_test]
+
+
+def nested(hits: list, strategy: str) -> list:
+    """The retrieval list in the order prefixes are taken (balanced: cases and controls alternate)."""
+    if strategy != "balanced":
+        return list(hits)
+    pos = [h for h in hits if h.label == 1]
+    neg = [h for h in hits if h.label != 1]
+    out = []
+    for i in range(max(len(pos), len(neg))):
+        out += [x[i] for x in (pos, neg) if i < len(x)]
+    return out
+
+
+def configurations(quick: bool, base: bool) -> list[tuple[str, str, int]]:
+    """(content, strategy, seed) of every curve (a fine-tuned checkpoint gets the two content curves)."""
+    out = [("rationale", "similar", 0), ("label", "similar", 0)]
+    if not base:
+        return out
+    out += [("shuffled", "similar", 0), ("label", "balanced", 0)]
+    return out + [("label", "random", s) for s in ((0,) if quick else (0, 1, 2))]
+
+
+def largest_k(content: str, strategy: str, base: bool, ks: list[int]) -> int:
+    """k = 16 costs as much as all smaller k together: only the base model's rationale and label curves get it."""
+    return max(ks) if base and strategy == "similar" and content != "shuffled" else max(k for k in ks if k <= 8)
+
+
+def model_name(model: str) -> str:
+    return "base" if model == "default" else f"{Path(model).name} SFT"
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(2, len(models), figsize=(6 * len(models), 8), squeeze=False)
+    for col, m in enumerate(models):
+        ax, ax2 = axes[0, col], axes[1, col]
+        sub = [r for r in rows if r["model"] == m]
+        curves = list(dict.fromkeys((r["content"], r["strategy"]) for r in sub if r["k"] > 0))
+        for content, strategy in curves:
+            pts = sorted({r["k"] for r in sub if (r["content"], r["strategy"]) == (content, strategy)})
+            zero = [r for r in sub if r["k"] == 0]
+            mean, lo, hi, tok = [], [], [], []
+            for k in pts:
+                rs = [r for r in sub if r["k"] == k and (r["content"], r["strategy"]) == (content, strategy)]
+                mean.append(np.mean([r["auroc"] for r in rs]))
+                lo.append(np.mean([r["auroc_lo"] for r in rs]))
+                hi.append(np.mean([r["auroc_hi"] for r in rs]))
+                tok.append(np.mean([r["mean_prompt_tokens"] for r in rs]))
+            if zero:
+                pts, mean = [0] + pts, [zero[0]["auroc"]] + mean
+                lo, hi = [zero[0]["auroc_lo"]] + lo, [zero[0]["auroc_hi"]] + hi
+                tok = [zero[0]["mean_prompt_tokens"]] + tok
+            label = f"{content}, {strategy}" + (" (mean of seeds)" if strategy == "random" else "")
+            line = ax.plot(pts, mean, marker="o", label=label)[0]
+            ax.fill_between(pts, lo, hi, color=line.get_color(), alpha=0.08)
+            lat = [np.mean([r["seconds_per_prompt"] for r in sub if r["k"] == k and
+                            ((r["content"], r["strategy"]) == (content, strategy) or k == 0)]) for k in pts]
+            ax2.plot(tok, lat, marker="o", color=line.get_color(), label=label)
+        ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xticks([0, 1, 2, 4, 8, 16])
+        ax.set_xticklabels(["0", "1", "2", "4", "8", "16"])
+        n, cases = sub[0]["n"], sub[0]["cases"]
+        ax.set(title=f"{m}: AUROC vs demonstrations\n({n} patients, {cases} cases; bands: bootstrap 95% CI)",
+               xlabel="demonstrations k (nested sets)", ylabel="AUROC")
+        ax.legend(fontsize=7)
+        ax2.set(title=f"{m}: latency vs prompt length", xlabel="mean prompt tokens", ylabel="seconds per prompt")
+        ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="default", help="comma-separated: default and/or checkpoint folders")
+    ap.add_argument("--n", type=int, default=60, help="test patients")
+    ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--quick", action="store_true", help="8 patients, a 210-patient pool, k in {0, 1, 2}")
+    ap.add_argument("--fresh", action="store_true", help="ignore finished configurations in the predictions file")
+    ap.add_argument("--out", type=Path, default=RESULTS / "demo_sweep.csv")
+    args = ap.parse_args()
+    n = 8 if args.quick else args.n
+    ks = [0, 1, 2] if args.quick else [0, 1, 2, 4, 8, 16]
+    where = machine()
+    print(f"machine: {where}", flush=True)
+    pool, test = cohort(n, args.quick)
+    labels = [p.label for p in test]
+    rng = np.random.default_rng(0)
+    shuffled = dict(zip([p.patient_id for p in pool], rng.permutation([p.label for p in pool]).tolist()))
+    by_id = {p.patient_id: p for p in pool}
+
+    embedder = ProfileEmbedder()
+    index = DemoIndex.build(pool, embedder, progress=False)
+    kmax = max(ks)
+    lists: dict[tuple[str, int], list[list]] = {}
+    for _, strategy, seed in configurations(args.quick, True):
+        if (strategy, seed) not in lists:
+            r = Retriever(RetrievalConfig(k=kmax, strategy=strategy, seed=seed), embedder).fit(pool, index,
+                                                                                              progress=False)
+            lists[(strategy, seed)] = [nested(x.hits, strategy) for x in r.retrieve(test, progress=False)]
+
+    pred_path = args.out.with_name(args.out.stem + "_predictions.csv")
+    done: dict[tuple, list[float]] = {}
+    if pred_path.exists() and not args.fresh:
+        with pred_path.open() as fh:
+            for row in csv.DictReader(fh):
+                key = (row["model"], row["content"], row["strategy"], int(row["seed"]), int(row["k"]))
+                done.setdefault(key, []).append(float(row["probability"]))
+        done = {k: v for k, v in done.items() if len(v) == len(test)}
+    else:
+        pred_path.parent.mkdir(parents=True, exist_ok=True)
+        with pred_path.open("w", newline="") as fh:
+            csv.writer(fh).writerow(["model", "content", "strategy", "seed", "k", "patient_id", "label",
+                                     "probability", "prompt_tokens", "seconds"])
+
+    plan = []
+    for model in args.models.split(","):
+        name = model_name(model)
+        plan.append((model, name, "none", "-", 0, 0))
+        base = model == "default" or args.quick  # --quick runs every curve, whatever the model
+        for content, strategy, seed in configurations(args.quick, base):
+            for k in ks[1:]:
+                if k <= largest_k(content, strategy, base, ks):
+                    plan.append((model, name, content, strategy, seed, k))
+    todo = [p for p in plan if (p[1], p[2], p[3], p[4], p[5]) not in done]
+    print(f"{len(plan)} configurations, {len(plan) - len(todo)} already done", flush=True)
+    backend, loaded = None, None
+    with progress_bar("configurations", len(todo)) as advance:
+        for model, name, content, strategy, seed, k in todo:
+            if loaded != model:
+                backend, loaded = None, None
+                backend = open_backend(model, EngineOptions(), progress=False)
+                loaded = model
+            demos = {"none": "none", "shuffled": "label"}.get(content, content)
+            builder = PromptBuilder(backend.tokenizer, PromptConfig(demos=demos, query_tokens=QUERY_TOKENS,
+                                                                    demo_tokens=DEMO_TOKENS), backend.max_context)
+            hits = lists[(strategy, seed)] if k else [[] for _ in test]
+            if content == "shuffled":  # the same demos, each shown with a permuted pool label
+                hits = [[dataclasses.replace(h, label=int(shuffled[h.patient_id])) for h in hs] for hs in hits]
+            probs, rows = [], []
+            for p, h in zip(test, hits):
+                start = time.perf_counter()
+                bp = builder.build(p, h[:k], by_id)
+                prob = choice_probabilities(backend.score(bp.text, builder.choices))[0]
+                secs = time.perf_counter() - start
+                probs.append(prob)
+                rows.append([name, content, strategy, seed, k, p.patient_id, p.label, f"{prob:.6f}", bp.n_tokens,
+                             f"{secs:.3f}"])
+            with pred_path.open("a", newline="") as fh:
+                csv.writer(fh).writerows(rows)
+            done[(name, content, strategy, seed, k)] = probs
+            advance(1, f"{name} {content} {strategy}{seed if strategy == 'random' else ''} k={k}: "
+                       f"AUROC {summary(labels, probs)['auroc'] or float('nan'):.3f}")
+
+    tokens: dict[tuple, list[tuple[int, float]]] = {}
+    with pred_path.open() as fh:
+        for row in csv.DictReader(fh):
+            key = (row["model"], row["content"], row["strategy"], int(row["seed"]), int(row["k"]))
+            tokens.setdefault(key, []).append((int(row["prompt_tokens"]), float(row["seconds"])))
+    out = []
+    cases = int(sum(labels))
+    for (name, content, strategy, seed, k), probs in done.items():
+        ci = bootstrap_ci(labels, probs, n_resamples=args.bootstrap, seed=0, metrics=("auroc",))["auroc"]
+        m = summary(labels, probs)
+        tk = tokens[(name, content, strategy, seed, k)][-len(test):]
+        out.append({"model": name, "content": content, "strategy": strategy, "seed": seed, "k": k, "n": len(test),
+                    "cases": cases, "auroc": round(ci["value"], 4), "auroc_lo": round(ci["lo"], 4),
+                    "auroc_hi": round(ci["hi"], 4), "auprc": round(m["auprc"], 4), "brier": round(m["brier"], 4),
+                    "mean_prompt_tokens": round(float(np.mean([t for t, _ in tk])), 1),
+                    "seconds_per_prompt": round(float(np.mean([s for _, s in tk])), 3), "machine": where})
+    order = {key: i for i, key in enumerate((p[1], p[2], p[3], p[4], p[5]) for p in plan)}
+    out.sort(key=lambda r: order.get((r["model"], r["content"], r["strategy"], r["seed"], r["k"]), 1 << 30))
+    write_csv(args.out, out)
+    _plot(out, args.out.with_suffix(".png"))
+    print(f"{'model':14s} {'content':9s} {'strategy':9s} {'k':>3s} {'AUROC (95% CI)':>22s} {'tokens':>7s} {'s/prompt':>8s}")
+    for r in out:
+        strat = r["strategy"] + (str(r["seed"]) if r["strategy"] == "random" else "")
+        print(f"{r['model']:14s} {r['content']:9s} {strat:9s} {r['k']:3d} {r['auroc']:.3f} "
+              f"({r['auroc_lo']:.3f}-{r['auroc_hi']:.3f}) {r['mean_prompt_tokens']:7.0f} {r['seconds_per_prompt']:8.3f}")
+    print(f"wrote {args.out}, {pred_path.name} and {args.out.with_suffix('.png').name}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""Scoring throughput: the toolkit against the naive way, and against the model's raw forward pass.
+
+    .venv/bin/python benchmarks/scoring_throughput.py                 # full run (about 8 min on 2 cores)
+    .venv/bin/python benchmarks/scoring_throughput.py --quick --model PATH   # seconds, for the smoke test
+    python benchmarks/scoring_throughput.py --backend vllm --device cuda     # on a GPU: the toolkit on vLLM
+
+Three arms on the same prompts, one after another in one run, each in its own
+child process (so each one's peak memory is its own; loading is not timed):
+
+* ``toolkit``: ``Predictor.predict_proba`` end to end: retrieval (index loaded
+  beforehand), prompt building, scoring of " Yes"/" No" at the answer slot,
+  bookkeeping. Gives probabilities.
+* ``naive``: what a user would otherwise write, as generation-based few-shot
+  tools do: per patient a transformers ``text-generation`` pipeline call with
+  the same model and prompt, ``max_new_tokens=16``, greedy, then Yes/No parsed
+  from the text. Gives hard labels only (an unparseable answer counts as No).
+* ``raw``: the model's forward pass alone over the same token ids, the same
+  batch size and the same one-slot output as the toolkit's hf backend
+  (``logits_to_keep=1``), nothing else around it.
+
+Targets (issue 6): the toolkit at least 80% of the raw forward pass's tokens/s
+(retrieval, prompt building and bookkeeping cost under a fifth); on a GPU with
+``--backend vllm``, at least 10x the naive way. Prompts: ``--n`` test patients
+of the `make demo` cohort with k=4 rationale demos (similar), compact budgets.
+Writes scoring_throughput.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import re
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import RESULTS, machine, write_csv  # noqa: E402
+
+K, QUERY_TOKENS, DEMO_TOKENS = 4, 160, 100
+ANSWER = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
+
+
+def _data(n: int, quick: bool) -> tuple[list, list]:
+    from icl_toolkit.synth import SynthConfig, assign_splits, generate_cohort, parse_split
+
+    patients = generate_cohort(SynthConfig(n=300 if quick else 2000, seed=1))
+    names = assign_splits([p.label for p in patients], parse_split("train=0.7,val=0.1,test=0.2"), 0)
+    pool = [p for p, s in zip(patients, names) if s == "train"]
+    test = [p for p, s in zip(patients, names) if s == "test"]
+    if quick:
+        return pool, [p for p in test if p.label == 1][:n // 2] + [p for p in test if p.label == 0][:n - n // 2]
+    return pool, test[:n]
+
+
+def _config():
+    from icl_toolkit.predict import PredictConfig
+    from icl_toolkit.prompting import PromptConfig
+    from icl_toolkit.retrieve import RetrievalConfig
+
+    return PredictConfig(retrieval=RetrievalConfig(k=K), prompt=PromptConfig(
+        demos="rationale", query_tokens=QUERY_TOKENS, demo_tokens=DEMO_TOKENS))
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def arm_toolkit(model: str, engine: dict, n: int, quick: bool, index_dir: str) -> dict:
+    from icl_toolkit.backends.options import EngineOptions, open_backend
+    from icl_toolkit.predict import Predictor
+
+    pool, test = _data(n, quick)
+    backend = open_backend(model, EngineOptions(**engine), progress=False)
+    predictor = Predictor(backend, _config(), progress=False).fit(pool, index_dir)
+    predictor.predict_proba(test[:1])  # warm-up (first-call allocations)
+    start = time.perf_counter()
+    preds = predictor.predict_proba(test)
+    secs = time.perf_counter() - start
+    return {"seconds": secs, "tokens": sum(p.prompt_tokens for p in preds), "peak_mb": _peak_mb(),
+            "scores": [p.probability for p in preds], "labels": [p.label for p in preds]}
+
+
+def arm_naive(model: str, device: str, texts: list[str], labels: list[int]) -> dict:
+    from transformers import pipeline
+
+    from icl_toolkit.models import load_lm
+
+    lm, tok = load_lm(model, device=device)
+    gen = pipeline("text-generation", model=lm, tokenizer=tok, device=lm.device)
+    gen(texts[0], max_new_tokens=16, do_sample=False, return_full_text=False)  # warm-up
+    start = time.perf_counter()
+    answers = [gen(t, max_new_tokens=16, do_sample=False, return_full_text=False)[0]["generated_text"] for t in texts]
+    secs = time.perf_counter() - start
+    parsed = [ANSWER.search(a) for a in answers]
+    hard = [1 if m and m.group(1).lower() == "yes" else 0 for m in parsed]
+    return {"seconds": secs, "peak_mb": _peak_mb(), "scores": hard, "labels": labels,
+            "unparsed": sum(m is None for m in parsed)}
+
+
+def arm_raw(model: str, device: str, ids: list[list[int]]) -> dict:
+    import torch
+
+    from icl_toolkit.models import load_lm
+
+    lm, _ = load_lm(model, device=device)
+    with torch.inference_mode():
+        lm(torch.tensor([ids[0]], device=device), logits_to_keep=1)  # warm-up
+        start = time.perf_counter()
+        for seq in ids:  # batch size 1, as the toolkit's hf backend on CPU
+            lm(torch.tensor([seq], device=device), logits_to_keep=1)
+        secs = time.perf_counter() - start
+    return {"seconds": secs, "tokens": sum(len(s) for s in ids), "peak_mb": _peak_mb()}
+
+
+def _in_child(fn, *args) -> dict:
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, args)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--n", type=int, default=48, help="test patients (prompts)")
+    ap.add_argument("--backend", default="hf", choices=["hf", "vllm"], help="backend of the toolkit arm")
+    ap.add_argument("--device", default="cpu", help="device of the naive and raw arms (and of hf)")
+    ap.add_argument("--quick", action="store_true", help="4 patients, a 210-patient pool")
+    ap.add_argument("--out", type=Path, default=RESULTS / "scoring_throughput.csv")
+    args = ap.parse_args()
+    n = 4 if args.quick else args.n
+    where = machine()
+    print(f"machine: {where}", flush=True)
+
+    from icl_toolkit.backends import encode_prompt
+    from icl_toolkit.backends.hf import HFBackend
+    from icl_toolkit.metrics import summary
+    from icl_toolkit.predict import Predictor
+    from icl_toolkit.retrieve import DemoIndex, ProfileEmbedder
+
+    pool, test = _data(n, args.quick)
+    labels = [p.label for p in test]
+    shape = HFBackend(args.model, progress=False)  # on the CPU: only its tokenizer and context limit are used
+    tok = shape.tokenizer
+    with tempfile.TemporaryDirectory() as tmp:
+        embedder = ProfileEmbedder()
+        DemoIndex.build(pool, embedder, progress=False).save(tmp)
+        # the exact prompts the toolkit will score, for the naive and raw arms
+        shaper = Predictor(shape, _config(), embedder=embedder, progress=False).fit(pool, tmp)
+        texts = [bp.text for bp in shaper.build_prompts(test, shaper.retrieve(test))]
+        ids = [encode_prompt(tok, t) for t in texts]
+        del shape, shaper
+        engine = {"backend": args.backend} | ({"device": args.device} if args.backend == "hf" else {})
+        print(f"{len(texts)} prompts, {sum(map(len, ids)):,} tokens; running naive, toolkit, raw", flush=True)
+        naive = _in_child(arm_naive, args.model, args.device, texts, labels)
+        toolkit = _in_child(arm_toolkit, args.model, engine, n, args.quick, tmp)
+        raw = _in_child(arm_raw, args.model, args.device, ids)
+    assert toolkit["labels"] == labels
+    tokens = raw["tokens"]
+    rows = []
+    for name, res, what in (("naive generate+parse", naive, "hard labels"), ("toolkit", toolkit, "probabilities"),
+                            ("raw forward pass", raw, "-")):
+        auroc = summary(labels, res["scores"])["auroc"] if "scores" in res else None
+        rows.append({"arm": name, "backend": args.backend if name == "toolkit" else "hf", "prompts": len(texts),
+                     "prompt_tokens": tokens, "seconds": round(res["seconds"], 2),
+                     "prompts_per_s": round(len(texts) / res["seconds"], 3),
+                     "tokens_per_s": round(tokens / res["seconds"], 1),
+                     "speedup_vs_naive": round(naive["seconds"] / res["seconds"], 2),
+                     "fraction_of_raw": round(raw["seconds"] / res["seconds"], 3),
+                     "auroc": "" if auroc is None else round(auroc, 4), "output": what,
+                     "unparsed_answers": naive["unparsed"] if name.startswith("naive") else "",
+                     "peak_rss_mb": round(res["peak_mb"]), "machine": where})
+    write_csv(args.out, rows)
+    print(f"{'arm':22s} {'prompts/s':>9s} {'tokens/s':>9s} {'x naive':>8s} {'of raw':>7s} {'AUROC':>6s} {'peak MB':>8s}")
+    for r in rows:
+        print(f"{r['arm']:22s} {r['prompts_per_s']:9.3f} {r['tokens_per_s']:9.1f} {r['speedup_vs_naive']:8.2f} "
+              f"{r['fraction_of_raw']:7.3f} {str(r['auroc']):>6s} {r['peak_rss_mb']:8d}")
+    print(f"naive answers without a parseable Yes/No: {naive['unparsed']} of {len(texts)}")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
