@@ -6,12 +6,13 @@ index against exact search, at pool sizes of 10k, 100k and 1M; plus end-to-end e
 
 Targets (issue 6) at 1M: recall@8 >= 0.95 and p99 < 5 ms per query on 2 cores.
 
-Vectors: 384-d (the embedder's width), L2-normalised, drawn from a mixture of
-2,000 Gaussian clusters (unit centres, per-coordinate noise 0.06 before
-normalising), so that neighbourhoods have structure as real embeddings do.
-Queries are fresh draws from the same mixture, not pool members. Isotropic
-random vectors, which have no neighbourhood structure and are the worst case
-for any approximate index, are run at 100k as a reference row.
+Vectors: 384-d (the embedder's width), L2-normalised, drawn from a Gaussian
+fitted to real profile embeddings (the mean and covariance of the MiniLM
+embeddings of ``--real`` synthetic patients), so that the random vectors have
+the spread and low intrinsic dimension of real embeddings at any pool size.
+Queries are fresh draws, not pool members. Isotropic random vectors, which
+have no such structure and are the worst case for any approximate index, are
+run at 100k as a reference row.
 
 The indexes are the toolkit's own (``retrieve.faiss_index``, as ``icl index
 build --kind``): ``exact`` (flat inner product) and ``hnsw`` (M 32,
@@ -42,12 +43,12 @@ from icl_toolkit.synth import SynthConfig, generate_cohort  # noqa: E402
 DIM, K = 384, 8
 
 
-def mixture(n: int, rng: np.random.Generator, centres: np.ndarray, noise: float = 0.06) -> np.ndarray:
-    """``n`` normalised draws from the Gaussian mixture around ``centres``, in chunks (bounded memory)."""
-    out = np.empty((n, centres.shape[1]), dtype=np.float32)
+def fitted(n: int, rng: np.random.Generator, mean: np.ndarray, chol: np.ndarray) -> np.ndarray:
+    """``n`` normalised draws from N(mean, chol chol^T), in chunks (bounded memory)."""
+    out = np.empty((n, len(mean)), dtype=np.float32)
     for start in range(0, n, 100_000):
         m = min(100_000, n - start)
-        x = centres[rng.integers(0, len(centres), m)] + rng.normal(0, noise, (m, centres.shape[1])).astype(np.float32)
+        x = (rng.standard_normal((m, len(mean))).astype(np.float32) @ chol.T) + mean
         out[start:start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
     return out
 
@@ -107,19 +108,16 @@ def bench_vectors(name: str, pool: np.ndarray, queries: np.ndarray, efs: list[in
     return rows
 
 
-def bench_real(n: int, where: str, advance) -> tuple[list[dict], dict]:
-    """HNSW recall on real profile embeddings of ``n`` synthetic patients, and embedding throughput."""
-    patients = generate_cohort(SynthConfig(n=n + 200, seed=11, rationales=False))
+def embed_real(n: int, where: str) -> tuple[np.ndarray, dict]:
+    """Profile embeddings of ``n`` synthetic patients (embedded MiniLM), and the end-to-end throughput."""
+    patients = generate_cohort(SynthConfig(n=n, seed=11, rationales=False))
     embedder = ProfileEmbedder()
     embedder.embed(patients[:16], progress=False)  # warm-up
     t = time.perf_counter()
     vecs = embedder.embed(patients, progress=False)
     secs = time.perf_counter() - t
-    throughput = {"n": len(patients), "seconds": round(secs, 2), "patients_per_s": round(len(patients) / secs, 1),
+    return vecs, {"n": len(patients), "seconds": round(secs, 2), "patients_per_s": round(len(patients) / secs, 1),
                   "machine": where}
-    advance(1, f"embedded {len(patients):,} patients")
-    rows = bench_vectors("MiniLM profiles", vecs[:n], vecs[n:], [64, 128], where, advance)
-    return rows, throughput
 
 
 def _plot(rows: list[dict], path: Path) -> None:
@@ -129,7 +127,7 @@ def _plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    mix = [r for r in rows if r["data"].startswith("mixture")]
+    mix = [r for r in rows if r["data"].startswith("fitted")]
     for ef in sorted({r["ef_search"] for r in mix if r["index"] == "hnsw"}):
         sub = [r for r in mix if r["ef_search"] == ef]
         axes[0].plot([r["n"] for r in sub], [r["p99_ms"] for r in sub], marker="o", label=f"hnsw ef={ef}")
@@ -163,27 +161,28 @@ def main() -> None:
     efs = [int(x) for x in args.ef.split(",")]
     where = machine()
     print(f"machine: {where}", flush=True)
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(2000, DIM)).astype(np.float32)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    queries = mixture(args.queries, rng, centres)
     rows: list[dict] = []
     iso_n = min(100_000, max(sizes))
-    with progress_bar("benchmarks", 2 * len(sizes) + 2 + 3) as advance:
+    with progress_bar("benchmarks", 2 * len(sizes) + 5) as advance:
+        real, throughput = embed_real(args.real + args.queries, where)
+        advance(1, f"embedded {len(real):,} patients")
+        rows += bench_vectors("MiniLM profiles", real[:args.real], real[args.real:], efs, where, advance)
+        mean = real.mean(axis=0)
+        chol = np.linalg.cholesky(np.cov(real, rowvar=False) + 1e-6 * np.eye(DIM)).astype(np.float32)
+        rng = np.random.default_rng(0)
+        queries = fitted(args.queries, rng, mean, chol)
         for n in sizes:
-            rows += bench_vectors("mixture (2,000 clusters)", mixture(n, np.random.default_rng(n), centres), queries,
-                                  efs, where, advance)
+            rows += bench_vectors("fitted Gaussian", fitted(n, np.random.default_rng(n), mean, chol), queries, efs,
+                                  where, advance)
         rows += bench_vectors("isotropic random", isotropic(iso_n, np.random.default_rng(1)),
                               isotropic(args.queries, np.random.default_rng(2)), efs, where, advance)
-        real_rows, throughput = bench_real(args.real, where, advance)
-        rows += real_rows
     write_csv(args.out, rows)
     write_csv(args.out.with_name(args.out.stem + "_embedding.csv"), [throughput])
     _plot(rows, args.out.with_suffix(".png"))
-    print(f"{'data':26s} {'n':>9s} {'index':6s} {'ef':>4s} {'build s':>8s} {'MB':>7s} {'p50 ms':>7s} {'p99 ms':>7s} "
+    print(f"{'data':18s} {'n':>9s} {'index':6s} {'ef':>4s} {'build s':>8s} {'MB':>7s} {'p50 ms':>7s} {'p99 ms':>7s} "
           f"{'recall@8':>8s}")
     for r in rows:
-        print(f"{r['data']:26s} {r['n']:9,d} {r['index']:6s} {str(r['ef_search']):>4s} {r['build_s']:8.2f} "
+        print(f"{r['data']:18s} {r['n']:9,d} {r['index']:6s} {str(r['ef_search']):>4s} {r['build_s']:8.2f} "
               f"{r['index_mb']:7.1f} {r['p50_ms']:7.3f} {r['p99_ms']:7.3f} {r['recall_at_8']:8.4f}")
     print(f"embedding: {throughput['n']:,} patients in {throughput['seconds']} s = "
           f"{throughput['patients_per_s']} patients/s (profile text + MiniLM)")

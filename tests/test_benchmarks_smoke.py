@@ -59,3 +59,37 @@ def test_demo_sweep_quick(tmp_path: Path, tiny_model_dir: Path) -> None:
     # a rerun finds every configuration done and predicts nothing again
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and "11 configurations, 11 already done" in r.stdout
+
+
+def test_retrieval_scale_quick(tmp_path: Path) -> None:
+    out = tmp_path / "retrieval.csv"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "retrieval_scale.py"), "--quick", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = list(csv.DictReader(out.open()))
+    assert {row["data"] for row in rows} == {"MiniLM profiles", "fitted Gaussian", "isotropic random"}
+    assert sorted({int(row["n"]) for row in rows if row["data"] == "fitted Gaussian"}) == [2000, 10000]
+    exact = [row for row in rows if row["index"] == "exact"]
+    assert all(float(row["recall_at_8"]) == 1.0 for row in exact)
+    hnsw = [row for row in rows if row["index"] == "hnsw"]
+    assert all(0 < float(row["recall_at_8"]) <= 1 and float(row["p50_ms"]) <= float(row["p99_ms"]) for row in hnsw)
+    # a larger efSearch explores more of the graph: recall does not fall (up to graph-build noise)
+    for data, n in {(row["data"], row["n"]) for row in hnsw}:
+        recalls = [float(row["recall_at_8"]) for row in hnsw if (row["data"], row["n"]) == (data, n)]
+        assert recalls[-1] >= recalls[0] - 0.02
+    emb = list(csv.DictReader((tmp_path / "retrieval_embedding.csv").open()))
+    assert int(emb[0]["n"]) == 500 and float(emb[0]["patients_per_s"]) > 0
+
+
+def test_scoring_throughput_quick(tmp_path: Path, tiny_model_dir: Path) -> None:
+    out = tmp_path / "scoring.csv"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scoring_throughput.py"), "--quick", "--model",
+                        str(tiny_model_dir), "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = {row["arm"]: row for row in csv.DictReader(out.open())}
+    assert set(rows) == {"naive generate+parse", "toolkit", "raw forward pass"}
+    assert len({row["prompt_tokens"] for row in rows.values()}) == 1  # the same prompts in every arm
+    assert float(rows["raw forward pass"]["fraction_of_raw"]) == 1.0
+    assert float(rows["naive generate+parse"]["speedup_vs_naive"]) == 1.0
+    assert rows["toolkit"]["output"] == "probabilities" and rows["naive generate+parse"]["output"] == "hard labels"
+    assert all(int(row["peak_rss_mb"]) > 0 and float(row["prompts_per_s"]) > 0 for row in rows.values())
