@@ -1,7 +1,7 @@
 """Retrieval at scale: index build time, memory, query latency (p50, p99) and recall@8 of the approximate
 index against exact search, at pool sizes of 10k, 100k and 1M; plus end-to-end embedding throughput.
 
-    .venv/bin/python benchmarks/retrieval_scale.py            # full run (about 15 min on 2 cores)
+    .venv/bin/python benchmarks/retrieval_scale.py            # full run (about 18 min on 2 cores)
     .venv/bin/python benchmarks/retrieval_scale.py --quick    # seconds, for the smoke test
 
 Targets (issue 6) at 1M: recall@8 >= 0.95 and p99 < 5 ms per query on 2 cores.
@@ -16,7 +16,7 @@ run at 100k as a reference row.
 
 The indexes are the toolkit's own (``retrieve.faiss_index``, as ``icl index
 build --kind``): ``exact`` (flat inner product) and ``hnsw`` (M 32,
-efConstruction 80) at several efSearch values; the toolkit's default is 128.
+efConstruction 80) at several efSearch values; the toolkit's default is 256.
 Latency is per single query, as a service sees it: 1,000 queries one at a time,
 each timed. Memory is the serialised index size. Real-embedding rows embed
 synthetic patients' profiles with the embedded MiniLM (patients/s includes

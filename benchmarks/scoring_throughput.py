@@ -1,6 +1,6 @@
 """Scoring throughput: the toolkit against the naive way, and against the model's raw forward pass.
 
-    .venv/bin/python benchmarks/scoring_throughput.py                 # full run (about 8 min on 2 cores)
+    .venv/bin/python benchmarks/scoring_throughput.py                 # full run (about 9.5 min on 2 cores)
     .venv/bin/python benchmarks/scoring_throughput.py --quick --model PATH   # seconds, for the smoke test
     python benchmarks/scoring_throughput.py --backend vllm --device cuda     # on a GPU: the toolkit on vLLM
 

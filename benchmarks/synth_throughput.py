@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
-import platform
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from icl_toolkit.cohort import validate_cohort, write_cohort
-from icl_toolkit.serialize import serialize_history
-from icl_toolkit.synth import SynthConfig, generate_cohort
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-RESULTS = Path(__file__).parent / "results"
+from _common import RESULTS, machine as machine_info  # noqa: E402
+
+from icl_toolkit.cohort import validate_cohort, write_cohort  # noqa: E402
+from icl_toolkit.serialize import serialize_history  # noqa: E402
+from icl_toolkit.synth import SynthConfig, generate_cohort  # noqa: E402
 
 
 def main() -> None:
@@ -53,7 +54,7 @@ def main() -> None:
         rows.append(("serialize histories (no budget)", time.perf_counter() - t))
     total = sum(s for _, s in rows[:2])
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    machine = machine_info()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("w", newline="") as fh:
         w = csv.writer(fh)

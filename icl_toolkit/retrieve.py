@@ -121,7 +121,7 @@ class ProfileEmbedder:
 # --------------------------------------------------------------------------- index
 
 def faiss_index(vecs: np.ndarray, kind: str = "exact", *, hnsw_m: int = 32, ef_construction: int = 80,
-                ef_search: int = 128) -> Any:
+                ef_search: int = 256) -> Any:
     """A faiss inner-product index over normalised ``vecs`` (``exact``: flat; ``hnsw``: a graph)."""
     import faiss
 
@@ -151,7 +151,7 @@ class DemoIndex:
 
     @classmethod
     def build(cls, pool: Sequence[Patient], embedder: ProfileEmbedder, *, kind: str = "exact",
-              hnsw_m: int = 32, ef_construction: int = 80, ef_search: int = 128,
+              hnsw_m: int = 32, ef_construction: int = 80, ef_search: int = 256,
               progress: bool = True) -> DemoIndex:
         """Embed the pool and index it (``kind``: ``exact`` flat search, or ``hnsw`` for large pools)."""
         if kind not in INDEX_KINDS:
