@@ -93,3 +93,16 @@ def test_scoring_throughput_quick(tmp_path: Path, tiny_model_dir: Path) -> None:
     assert float(rows["naive generate+parse"]["speedup_vs_naive"]) == 1.0
     assert rows["toolkit"]["output"] == "probabilities" and rows["naive generate+parse"]["output"] == "hard labels"
     assert all(int(row["peak_rss_mb"]) > 0 and float(row["prompts_per_s"]) > 0 for row in rows.values())
+
+
+def test_serve_load_quick(tmp_path: Path, tiny_model_dir: Path) -> None:
+    out = tmp_path / "load.csv"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "serve_load.py"), "--quick", "--model",
+                        str(tiny_model_dir), "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = list(csv.DictReader(out.open()))
+    assert [(row["batching"], row["clients"]) for row in rows] == [("False", "1"), ("False", "4"), ("True", "1"),
+                                                                   ("True", "4")]
+    assert all(int(row["requests"]) == 8 and int(row["errors"]) == 0 for row in rows)
+    assert all(float(row["p50_ms"]) <= float(row["p99_ms"]) for row in rows)
+    assert float(rows[0]["x_one_at_a_time"]) == 1.0

@@ -11,7 +11,7 @@ import sys
 import typer
 from rich.markup import escape
 
-from icl_toolkit.cli import compare, data, finetune, index, predict
+from icl_toolkit.cli import compare, data, finetune, index, predict, serve
 from icl_toolkit.cli._common import err_console
 from icl_toolkit.errors import IclError
 
@@ -29,6 +29,7 @@ app.add_typer(index.app, name="index")
 app.command(name="predict")(predict.predict)
 app.command(name="finetune")(finetune.finetune)
 app.command(name="compare")(compare.compare)
+app.command(name="serve")(serve.serve)
 
 
 @app.callback()

@@ -11,7 +11,24 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
-from icl_toolkit.cli._common import BackendName, DType, console, engine_options, err_console, progress_bar
+from icl_toolkit.cli._common import (
+    BackendName,
+    BackendOpt,
+    BatchSizeOpt,
+    DeviceOpt,
+    DType,
+    DTypeOpt,
+    GpuMemoryOpt,
+    MaxContextOpt,
+    ModelOpt,
+    ServedModelOpt,
+    TensorParallelOpt,
+    UrlOpt,
+    console,
+    engine_options,
+    err_console,
+    progress_bar,
+)
 from icl_toolkit.errors import ConfigError
 
 
@@ -90,15 +107,15 @@ def predict(
     demos: Annotated[Demos, typer.Option(help="rationale: history+rationale+outcome; label: history+outcome; none: zero-shot.")] = Demos.rationale,
     rationale: Annotated[str, typer.Option(help="free_text or stepwise rationales in demos.")] = "free_text",
     mode: Annotated[Mode, typer.Option(help="score: P(yes) at the answer slot; reason: reasoning first, then score.")] = Mode.score,
-    model: Annotated[str, typer.Option(help="'default' (embedded SmolLM2-135M-Instruct), a checkpoint folder or a cached hub name.")] = "default",
-    backend: Annotated[BackendName, typer.Option(help="hf (transformers), vllm (offline engine), openai (a running vllm serve at --url), or auto (vllm with a GPU, else hf).")] = BackendName.hf,
-    device: Annotated[Optional[str], typer.Option(help="torch device of the hf backend (default cpu).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="hf: prompts per forward pass (default: 1 on CPU, 8 on GPU); openai: sequences per request.")] = None,
-    dtype: Annotated[DType, typer.Option(help="Weights dtype (auto: float32 on hf, the model's own on vllm).")] = DType.auto,
-    gpu_memory_utilization: Annotated[Optional[float], typer.Option(min=0.01, max=1.0, help="vllm: share of GPU memory for the engine (default 0.85; on the CPU build a share of host memory, default: a fixed 2 GiB KV cache).")] = None,
-    tensor_parallel_size: Annotated[int, typer.Option(min=1, help="vllm: GPUs to shard the model over.")] = 1,
-    url: Annotated[Optional[str], typer.Option(help="openai: the server's base URL, e.g. http://127.0.0.1:8000/v1.")] = None,
-    served_model: Annotated[Optional[str], typer.Option(help="openai: the model's name on the server (default: its only one).")] = None,
+    model: ModelOpt = "default",
+    backend: BackendOpt = BackendName.hf,
+    device: DeviceOpt = None,
+    batch_size: BatchSizeOpt = None,
+    dtype: DTypeOpt = DType.auto,
+    gpu_memory_utilization: GpuMemoryOpt = None,
+    tensor_parallel_size: TensorParallelOpt = 1,
+    url: UrlOpt = None,
+    served_model: ServedModelOpt = None,
     threshold: Annotated[float, typer.Option(help="Predicted label is 1 when P(yes) >= threshold.")] = 0.5,
     order: Annotated[Order, typer.Option(help="Demo order in the prompt.")] = Order.similar_last,
     balance: Annotated[str, typer.Option(help="Quotas of --strategy balanced: half or prevalence.")] = "half",
@@ -109,7 +126,7 @@ def predict(
     template: Annotated[Optional[str], typer.Option(help="Prompt template name in prompts/ or a .j2 file (default: by --demos and --mode; a fine-tuned checkpoint reasons with the prompt it was trained on).")] = None,
     demo_tokens: Annotated[int, typer.Option(help="History budget per demo (tokens).")] = 200,
     query_tokens: Annotated[int, typer.Option(help="History budget of the patient (tokens).")] = 400,
-    max_context: Annotated[Optional[int], typer.Option("--max-context", "--max-model-len", help="Context limit of prompts and engine (default: the model's).")] = None,
+    max_context: MaxContextOpt = None,
     retrieval: Annotated[Optional[Path], typer.Option(help="Retrieval cache JSON: reused when it matches, written otherwise.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,

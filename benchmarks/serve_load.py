@@ -1,0 +1,175 @@
+"""Load on `icl serve`: throughput and p50/p99 latency at 1, 4, 16 and 64 concurrent clients, with and without
+micro-batching. Bounded and loopback only: the script starts the server itself on 127.0.0.1, sends a fixed
+number of requests per level (one patient each) and stops a level at its time limit.
+
+    .venv/bin/python benchmarks/serve_load.py                         # embedded SmolLM2, zero-shot
+    .venv/bin/python benchmarks/serve_load.py --k 2 --requests 64
+    .venv/bin/python benchmarks/serve_load.py --quick --model PATH    # seconds, for the smoke test
+
+Both servers get the same patients (test split of the `make demo` cohort) and the
+same settings; only ``--batching`` differs. Writes serve_load.csv and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+from _common import RESULTS, machine, write_csv  # noqa: E402
+
+LEVELS = (1, 4, 16, 64)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(args: argparse.Namespace, pool: Path, batching: bool) -> tuple[subprocess.Popen, str]:
+    import httpx
+
+    port = _free_port()
+    icl = Path(sys.executable).parent / "icl"
+    cmd = [str(icl), "serve", "--pool", str(pool), "--model", args.model, "--host", "127.0.0.1", "--port", str(port),
+           "--query-tokens", "160", "--demo-tokens", "100", "--max-batch", str(args.max_batch),
+           "--max-wait-ms", str(args.max_wait_ms), "--log-level", "warning",
+           "--batching" if batching else "--no-batching"]
+    if args.batch_size:
+        cmd += ["--batch-size", str(args.batch_size)]
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"icl serve exited: {server.stderr.read()[-2000:]}")
+        try:
+            if httpx.get(base + "/health", timeout=2).status_code == 200:
+                return server, base
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    server.kill()
+    raise SystemExit("icl serve did not become ready in 10 minutes")
+
+
+async def _level(base: str, bodies: list[dict], clients: int, limit_s: float) -> dict:
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    queue: asyncio.Queue[dict] = asyncio.Queue()
+    for b in bodies:
+        queue.put_nowait(b)
+    stop_at = time.perf_counter() + limit_s
+
+    async def client(http: httpx.AsyncClient) -> None:
+        nonlocal errors
+        while time.perf_counter() < stop_at:
+            try:
+                body = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            t = time.perf_counter()
+            r = await http.post(base + "/v1/predict", json=body, timeout=limit_s + 60)
+            latencies.append(time.perf_counter() - t)
+            errors += r.status_code != 200
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(limits=limits) as http:
+        start = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(clients)))
+        wall = time.perf_counter() - start
+    lat = np.array(latencies) * 1000
+    return {"clients": clients, "requests": len(latencies), "errors": errors, "seconds": round(wall, 2),
+            "requests_per_s": round(len(latencies) / wall, 3),
+            "p50_ms": round(float(np.percentile(lat, 50)), 1), "p99_ms": round(float(np.percentile(lat, 99)), 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--k", type=int, default=0, help="demonstrations per patient")
+    ap.add_argument("--requests", type=int, default=128, help="requests per concurrency level")
+    ap.add_argument("--limit-s", type=float, default=300, help="time limit per level")
+    ap.add_argument("--max-batch", type=int, default=16)
+    ap.add_argument("--max-wait-ms", type=float, default=10)
+    ap.add_argument("--batch-size", type=int, default=None, help="hf backend prompts per forward pass")
+    ap.add_argument("--quick", action="store_true", help="levels 1 and 4, 8 requests each")
+    ap.add_argument("--out", type=Path, default=RESULTS / "serve_load.csv")
+    args = ap.parse_args()
+    levels = (1, 4) if args.quick else LEVELS
+    n = 8 if args.quick else args.requests
+    where = machine()
+    print(f"machine: {where}", flush=True)
+
+    from icl_toolkit.cohort import _PATIENT, write_cohort
+    from icl_toolkit.synth import SynthConfig, assign_splits, generate_cohort, parse_split
+
+    patients = generate_cohort(SynthConfig(n=300 if args.quick else 2000, seed=1))
+    names = assign_splits([p.label for p in patients], parse_split("train=0.7,val=0.1,test=0.2"), 0)
+    pool = [p for p, s in zip(patients, names) if s == "train"]
+    test = [p for p, s in zip(patients, names) if s == "test"]
+    bodies = [{"patients": [json.loads(_PATIENT.dump_json(test[i % len(test)], warnings=False))],
+               "options": {"k": args.k, "demos": "label" if args.k else "none"}} for i in range(n)]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        pool_path = Path(tmp) / "pool.jsonl"
+        write_cohort(pool, pool_path)
+        for batching in (False, True):
+            server, base = _start(args, pool_path, batching)
+            try:
+                asyncio.run(_level(base, bodies[:2], 1, args.limit_s))  # warm-up
+                for clients in levels:
+                    r = asyncio.run(_level(base, bodies, clients, args.limit_s))
+                    rows.append({"batching": batching, **r, "k": args.k, "model": args.model,
+                                 "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "machine": where})
+                    print(f"batching={batching!s:5s} clients={clients:3d} {r['requests_per_s']:8.2f} req/s "
+                          f"p50 {r['p50_ms']:8.1f} ms p99 {r['p99_ms']:8.1f} ms errors {r['errors']}", flush=True)
+            finally:
+                server.terminate()
+                server.wait(60)
+    one = next(r["requests_per_s"] for r in rows if not r["batching"] and r["clients"] == 1)
+    for r in rows:
+        r["x_one_at_a_time"] = round(r["requests_per_s"] / one, 2)
+    write_csv(args.out, rows)
+    _plot(rows, args.out.with_suffix(".png"))
+    print(f"wrote {args.out} and {args.out.with_suffix('.png').name}")
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for batching in (False, True):
+        sub = [r for r in rows if r["batching"] == batching]
+        label = "micro-batching" if batching else "one at a time"
+        axes[0].plot([r["clients"] for r in sub], [r["requests_per_s"] for r in sub], marker="o", label=label)
+        axes[1].plot([r["clients"] for r in sub], [r["p99_ms"] for r in sub], marker="o", label=f"{label} p99")
+        axes[1].plot([r["clients"] for r in sub], [r["p50_ms"] for r in sub], marker=".", ls="--",
+                     label=f"{label} p50")
+    axes[0].set(xscale="log", xlabel="concurrent clients", ylabel="requests / s", title="throughput")
+    axes[1].set(xscale="log", yscale="log", xlabel="concurrent clients", ylabel="ms", title="latency")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""``icl serve``: the prompted predictor behind an HTTP API (FastAPI on uvicorn; the ``serve`` extra)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from icl_toolkit.cli._common import (
+    BackendName,
+    BackendOpt,
+    BatchSizeOpt,
+    DeviceOpt,
+    DType,
+    DTypeOpt,
+    GpuMemoryOpt,
+    MaxContextOpt,
+    ModelOpt,
+    ServedModelOpt,
+    TensorParallelOpt,
+    UrlOpt,
+    engine_options,
+    err_console,
+)
+from icl_toolkit.errors import ConfigError
+
+
+def serve(
+    pool: Annotated[Optional[Path], typer.Option(help="Demonstration pool (cohort JSONL with labels).")] = None,
+    index: Annotated[Optional[Path], typer.Option(help="Index folder from `icl index build` over --pool (built at start-up if absent).")] = None,
+    model: ModelOpt = "default",
+    backend: BackendOpt = BackendName.hf,
+    device: DeviceOpt = None,
+    batch_size: BatchSizeOpt = None,
+    dtype: DTypeOpt = DType.auto,
+    gpu_memory_utilization: GpuMemoryOpt = None,
+    tensor_parallel_size: TensorParallelOpt = 1,
+    url: UrlOpt = None,
+    served_model: ServedModelOpt = None,
+    max_context: MaxContextOpt = None,
+    query_tokens: Annotated[int, typer.Option(help="History budget of the patient (tokens).")] = 400,
+    demo_tokens: Annotated[int, typer.Option(help="History budget per demo (tokens).")] = 200,
+    host: Annotated[str, typer.Option(help="Address to bind (loopback by default; 0.0.0.0 exposes the service).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
+    max_batch: Annotated[int, typer.Option(min=1, help="Most patients per backend batch (micro-batching).")] = 16,
+    max_wait_ms: Annotated[float, typer.Option(min=0, help="How long a batch waits for more patients (ms).")] = 10.0,
+    batching: Annotated[bool, typer.Option(help="Coalesce concurrent requests into backend batches.")] = True,
+    max_patients: Annotated[int, typer.Option(min=1, help="Most patients per request (413 above).")] = 64,
+    max_body_mb: Annotated[float, typer.Option(min=0.001, help="Largest request body in MB (413 above).")] = 8.0,
+    log_level: Annotated[str, typer.Option(help="Log level (request ids and timings; never patient data).")] = "info",
+) -> None:
+    """Serve `icl predict`'s predictor over HTTP: POST /v1/predict, GET /health, GET /v1/info, /docs."""
+    try:
+        import uvicorn
+    except ImportError:
+        raise ConfigError('icl serve needs FastAPI and uvicorn: pip install "icl-toolkit[serve]"') from None
+    from icl_toolkit.backends.options import open_backend
+    from icl_toolkit.cohort import read_cohort
+    from icl_toolkit.predict import PredictConfig
+    from icl_toolkit.prompting import PromptConfig
+    from icl_toolkit.retrieve import DemoIndex
+    from icl_toolkit.serve.app import ServerSettings, create_app
+    from icl_toolkit.serve.service import BatchSettings, PredictionService
+
+    if index is not None and pool is None:
+        raise ConfigError("--index needs the --pool it was built from (the demos' records come from the pool).")
+    options = engine_options(backend=backend, device=device, batch_size=batch_size, dtype=dtype,
+                             max_model_len=max_context, url=url, served_model=served_model,
+                             gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size)
+    config = PredictConfig(prompt=PromptConfig(query_tokens=query_tokens, demo_tokens=demo_tokens,
+                                               max_context=max_context))
+    demo_pool = read_cohort(pool) if pool is not None else []  # read before binding: a bad file fails here
+    loaded_index = DemoIndex.load(index) if index is not None else None
+    if loaded_index is not None:
+        from icl_toolkit.retrieve import ProfileEmbedder
+
+        loaded_index.check(demo_pool, ProfileEmbedder(), where=str(index))
+
+    def load() -> PredictionService:
+        lm = open_backend(model, options, progress=False)
+        return PredictionService(lm, demo_pool, loaded_index, config,
+                                 batching=BatchSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, enabled=batching))
+
+    settings = ServerSettings(api_key=os.environ.get("ICL_API_KEY") or None, max_patients=max_patients,
+                              max_body_bytes=int(max_body_mb * (1 << 20)))
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err_console.print(f"warning: binding {host}: the service is reachable from other machines"
+                          + ("" if settings.api_key else " and ICL_API_KEY is not set (no authentication)"),
+                          highlight=False)
+    uvicorn.run(create_app(load, settings), host=host, port=port, log_level=log_level.lower(),
+                timeout_graceful_shutdown=30)

@@ -1,0 +1,230 @@
+"""``icl serve``: validation, auth and limits in-process; micro-batching under concurrency; a real server."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from icl_toolkit.cohort import _PATIENT  # noqa: E402
+from icl_toolkit.predict import PredictConfig, Predictor  # noqa: E402
+from icl_toolkit.prompting import PromptConfig  # noqa: E402
+from icl_toolkit.retrieve import RetrievalConfig  # noqa: E402
+from icl_toolkit.serve.app import ServerSettings, create_app  # noqa: E402
+from icl_toolkit.serve.service import BatchSettings, PredictionService  # noqa: E402
+
+CONFIG = PredictConfig(retrieval=RetrievalConfig(k=2), prompt=PromptConfig(query_tokens=120, demo_tokens=100))
+KEY = "test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def as_json(p) -> dict:
+    return json.loads(_PATIENT.dump_json(p, warnings=False))
+
+
+@pytest.fixture(scope="module")
+def service(tiny_backend_obj, small_cohort, hash_embedder):
+    return PredictionService(tiny_backend_obj, small_cohort[:100], None, CONFIG, embedder=hash_embedder,
+                             batching=BatchSettings(max_batch=8, max_wait_ms=20))
+
+
+@pytest.fixture(scope="module")
+def offline(tiny_backend_obj, small_cohort, hash_embedder):
+    """icl predict's predictor over the same pool and settings."""
+    return Predictor(tiny_backend_obj, CONFIG, embedder=hash_embedder, progress=False).fit(small_cohort[:100])
+
+
+def _ready(client: TestClient) -> None:
+    for _ in range(400):
+        if client.get("/health").status_code == 200:
+            return
+        time.sleep(0.05)
+    raise AssertionError(client.get("/health").json())
+
+
+@pytest.fixture()
+def client(service):
+    app = create_app(lambda: service, ServerSettings(api_key=KEY, max_patients=5, max_body_bytes=1 << 20))
+    with TestClient(app) as c:
+        _ready(c)
+        yield c
+
+
+def test_predictions_equal_icl_predict_and_carry_its_record(client, offline, small_cohort):
+    patients = small_cohort[100:104]
+    r = client.post("/v1/predict", headers=AUTH, json={"patients": [as_json(p) for p in patients],
+                                                        "options": {"k": 2, "return_prompt": True}})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["request_id"] == r.headers["x-request-id"]
+    ref = offline.predict_proba(patients)
+    got = body["predictions"]
+    assert [g["patient_id"] for g in got] == [p.patient_id for p in patients]
+    np.testing.assert_allclose([g["probability"] for g in got], [x.probability for x in ref], atol=1e-5)
+    assert [g["prompt_hash"] for g in got] == [x.prompt_hash for x in ref]
+    assert [[d["patient_id"] for d in g["demos"]] for g in got] == [[d["patient_id"] for d in x.demos] for x in ref]
+    from icl_toolkit.artifacts import text_hash
+
+    assert all(text_hash(g["prompt"]) == g["prompt_hash"] for g in got)
+    # threshold is per request; zero-shot needs no demos
+    r = client.post("/v1/predict", headers=AUTH, json={"patients": [as_json(patients[0])],
+                                                        "options": {"k": 0, "threshold": 0.0}})
+    assert r.status_code == 200 and r.json()["predictions"][0]["predicted"] == 1
+    zero = r.json()["predictions"][0]
+    assert zero["demos"] == [] and zero["prompt"] is None
+
+
+def test_auth_validation_and_limits(client, small_cohort):
+    one = {"patients": [as_json(small_cohort[100])]}
+    assert client.post("/v1/predict", json=one).status_code == 401
+    assert client.post("/v1/predict", json=one, headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert client.get("/health").status_code == 200  # open, for load balancers
+
+    bad = as_json(small_cohort[100])
+    bad["sex"] = "x"
+    bad["events"][1]["date"] = "not a date"
+    r = client.post("/v1/predict", headers=AUTH, json={"patients": [bad], "options": {"k": -1}})
+    assert r.status_code == 422
+    fields = {d["field"] for d in r.json()["detail"]}
+    assert {"patients[0].sex", "patients[0].events[1].date", "options.k"} <= fields
+    assert all("input" not in d for d in r.json()["detail"])  # the patient's values are not echoed back
+
+    r = client.post("/v1/predict", headers=AUTH, json={"patients": [as_json(p) for p in small_cohort[100:106]]})
+    assert r.status_code == 413 and "limit is 5" in r.json()["error"]
+    r = client.post("/v1/predict", headers=AUTH, content=b"{" + b" " * (1 << 20) + b"}")
+    assert r.status_code == 413
+    r = client.post("/v1/predict", headers=AUTH, content=b"not json")
+    assert r.status_code == 422
+
+
+def test_info_and_openapi(client):
+    info = client.get("/v1/info", headers=AUTH).json()
+    assert info["pool_size"] == 100 and info["model_id"] == "tiny-llama-0" and info["batching"]["max_batch"] == 8
+    spec = client.get("/openapi.json").json()
+    assert "/v1/predict" in spec["paths"] and "Patient" in spec["components"]["schemas"]
+    assert spec["components"]["schemas"]["PredictRequest"]["properties"]["patients"]["items"]["$ref"] == \
+        "#/components/schemas/Patient"
+
+
+def test_health_is_not_ready_until_loaded(service):
+    gate = threading.Event()
+
+    def slow_load():
+        gate.wait(10)
+        return service
+
+    with TestClient(create_app(slow_load)) as c:
+        r = c.get("/health")
+        assert r.status_code == 503 and r.json()["status"] == "loading"
+        assert c.post("/v1/predict", json={"patients": []}).status_code in (422, 503)
+        gate.set()
+        _ready(c)
+
+    def broken():
+        raise RuntimeError("no such model")
+
+    with TestClient(create_app(broken)) as c:
+        for _ in range(100):
+            if c.get("/health").json()["status"] == "failed":
+                break
+            time.sleep(0.02)
+        assert c.get("/health").json() == {"status": "failed", "detail": "RuntimeError: no such model"}
+
+
+def test_concurrent_requests_are_batched_and_a_failure_stays_in_its_request(client, service, offline, small_cohort,
+                                                                            monkeypatch):
+    patients = small_cohort[100:132]
+    batches_before = service.batches
+    real = service.predict_now
+
+    def flaky(batch, options):
+        if any(p.patient_id == patients[5].patient_id for p in batch):
+            raise RuntimeError("backend exploded")
+        return real(batch, options)
+
+    monkeypatch.setattr(service, "predict_now", flaky)
+
+    def ask(p):
+        r = client.post("/v1/predict", headers=AUTH, json={"patients": [as_json(p)], "options": {"k": 2}})
+        return p, r
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(ask, patients))
+    ref = {x.patient_id: x.probability for x in offline.predict_proba([p for p in patients if p is not patients[5]])}
+    for p, r in answers:
+        if p is patients[5]:
+            assert r.status_code == 500 and r.json()["request_id"] == r.headers["x-request-id"]
+            assert "Traceback" not in r.text and "exploded" not in r.text
+        else:
+            assert r.status_code == 200, r.text
+            assert abs(r.json()["predictions"][0]["probability"] - ref[p.patient_id]) < 1e-5
+    # coalesced: fewer backend batches than requests (the failing batch is retried one by one)
+    assert service.batches - batches_before < len(patients)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_real_server_answers_http_like_icl_predict(tiny_model_dir, small_cohort, tmp_path):
+    import httpx
+
+    from icl_toolkit.cohort import write_cohort
+
+    write_cohort(small_cohort[:80], tmp_path / "pool.jsonl")
+    write_cohort(small_cohort[80:84], tmp_path / "q.jsonl")
+    icl = Path(sys.executable).parent / "icl"
+    common = ["--pool", str(tmp_path / "pool.jsonl"), "--model", str(tiny_model_dir), "--query-tokens", "120",
+              "--demo-tokens", "100"]
+    res = subprocess.run([str(icl), "predict", "--cohort", str(tmp_path / "q.jsonl"), "--out",
+                          str(tmp_path / "p.jsonl"), "--k", "2", *common], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    offline = [json.loads(x) for x in open(tmp_path / "p.jsonl")]
+    port = _free_port()
+    # a batch waits up to 1 s for company, so a request is surely in flight when SIGTERM comes below
+    server = subprocess.Popen([str(icl), "serve", *common, "--port", str(port), "--max-wait-ms", "1000"],
+                              stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(600):
+            assert server.poll() is None, server.stdout.read()
+            try:
+                if httpx.get(base + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        payload = {"patients": [as_json(p) for p in small_cohort[80:84]], "options": {"k": 2}}
+        r = httpx.post(base + "/v1/predict", json=payload, timeout=120)
+        assert r.status_code == 200, r.text
+        got = r.json()["predictions"]
+        assert [g["prompt_hash"] for g in got] == [o["prompt_hash"] for o in offline]
+        np.testing.assert_allclose([g["probability"] for g in got], [o["probability"] for o in offline], atol=1e-5)
+        # graceful shutdown: a request in flight when SIGTERM arrives is still answered
+        in_flight: dict = {}
+        sender = threading.Thread(target=lambda: in_flight.setdefault(
+            "r", httpx.post(base + "/v1/predict", json=payload, timeout=120)))
+        sender.start()
+        time.sleep(0.4)
+        server.terminate()
+        sender.join(120)
+        assert in_flight["r"].status_code == 200 and len(in_flight["r"].json()["predictions"]) == 4
+    finally:
+        server.terminate()
+        out, _ = server.communicate(timeout=60)
+    assert server.returncode == 0 or server.returncode == -15
+    assert "POST /v1/predict 200" in out and small_cohort[80].patient_id not in out  # ids and timings, no patient data
