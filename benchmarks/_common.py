@@ -49,6 +49,22 @@ def machine() -> str:
     return f"{hw}; Python {platform.python_version()}; " + ", ".join(versions)
 
 
+def demo_cohort(n_test: int | None = None, *, quick: bool = False) -> tuple[list, list]:
+    """``(pool, test)`` of the `make demo` / `make paper` cohort: 2,000 synthetic patients (seed 1), splits
+    70/10/20; the pool is the train split, ``test`` the first ``n_test`` of the test split. ``quick``: a
+    300-patient cohort, and a test set of ``n_test`` patients with both outcomes (half cases)."""
+    from icl_toolkit.synth import SynthConfig, assign_splits, generate_cohort, parse_split
+
+    patients = generate_cohort(SynthConfig(n=300 if quick else 2000, seed=1))
+    names = assign_splits([p.label for p in patients], parse_split("train=0.7,val=0.1,test=0.2"), 0)
+    pool = [p for p, s in zip(patients, names) if s == "train"]
+    test = [p for p, s in zip(patients, names) if s == "test"]
+    if quick and n_test is not None:
+        half = n_test // 2
+        return pool, [p for p in test if p.label == 1][:half] + [p for p in test if p.label == 0][:n_test - half]
+    return pool, test[:n_test]
+
+
 def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
     """Write ``rows`` (dicts with the same keys) to ``path``, creating its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)

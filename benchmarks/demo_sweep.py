@@ -45,7 +45,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from _common import RESULTS, machine, write_csv  # noqa: E402
+from _common import RESULTS, demo_cohort, machine, write_csv  # noqa: E402
 
 from icl_toolkit.backends import choice_probabilities  # noqa: E402
 from icl_toolkit.backends.options import EngineOptions, open_backend  # noqa: E402
@@ -53,20 +53,8 @@ from icl_toolkit.metrics import bootstrap_ci, summary  # noqa: E402
 from icl_toolkit.progress import progress_bar  # noqa: E402
 from icl_toolkit.prompting import PromptBuilder, PromptConfig  # noqa: E402
 from icl_toolkit.retrieve import DemoIndex, ProfileEmbedder, Retriever, RetrievalConfig  # noqa: E402
-from icl_toolkit.synth import SynthConfig, assign_splits, generate_cohort, parse_split  # noqa: E402
 
 QUERY_TOKENS, DEMO_TOKENS = 160, 100
-
-
-def cohort(n_test: int, quick: bool) -> tuple[list, list]:
-    """(pool, test) of the `make demo` cohort (or a small one for --quick)."""
-    patients = generate_cohort(SynthConfig(n=300 if quick else 2000, seed=1))
-    names = assign_splits([p.label for p in patients], parse_split("train=0.7,val=0.1,test=0.2"), 0)
-    pool = [p for p, s in zip(patients, names) if s == "train"]
-    test = [p for p, s in zip(patients, names) if s == "test"]
-    if quick:  # a handful of patients, but both outcomes
-        return pool, [p for p in test if p.label == 1][:n_test // 2] + [p for p in test if p.label == 0][:n_test // 2]
-    return pool, test[:n_test]
 
 
 def nested(hits: list, strategy: str) -> list:
@@ -93,6 +81,26 @@ def configurations(quick: bool, base: bool) -> list[tuple[str, str, int]]:
 def largest_k(content: str, strategy: str, base: bool, ks: list[int]) -> int:
     """k = 16 costs as much as all smaller k together: only the base model's label-only curve (similar) gets it."""
     return max(ks) if base and strategy == "similar" and content == "label" else max(k for k in ks if k <= 8)
+
+
+Key = tuple  # (model name, content, strategy, seed, k)
+
+
+def read_predictions(path: Path) -> dict[Key, dict[str, tuple[float, int, float]]]:
+    """Per configuration, per patient: (probability, prompt tokens, seconds); a later row replaces an earlier one
+    (a configuration torn by an interruption and run again)."""
+    out: dict[Key, dict[str, tuple[float, int, float]]] = {}
+    with path.open() as fh:
+        for row in csv.DictReader(fh):
+            key = (row["model"], row["content"], row["strategy"], int(row["seed"]), int(row["k"]))
+            out.setdefault(key, {})[row["patient_id"]] = (float(row["probability"]), int(row["prompt_tokens"]),
+                                                          float(row["seconds"]))
+    return out
+
+
+def complete(preds: dict[Key, dict], ids: list[str]) -> dict[Key, dict]:
+    """The configurations that have a prediction for every test patient."""
+    return {key: rows for key, rows in preds.items() if all(i in rows for i in ids)}
 
 
 def model_name(model: str) -> str:
@@ -159,7 +167,7 @@ def main() -> None:
     ks = [0, 1, 2] if args.quick else [0, 1, 2, 4, 8, 16]
     where = machine()
     print(f"machine: {where}", flush=True)
-    pool, test = cohort(n, args.quick)
+    pool, test = demo_cohort(n, quick=args.quick)
     labels = [p.label for p in test]
     rng = np.random.default_rng(0)
     shuffled = dict(zip([p.patient_id for p in pool], rng.permutation([p.label for p in pool]).tolist()))
@@ -176,14 +184,11 @@ def main() -> None:
             lists[(strategy, seed)] = [nested(x.hits, strategy) for x in r.retrieve(test, progress=False)]
 
     pred_path = args.out.with_name(args.out.stem + "_predictions.csv")
-    done: dict[tuple, list[float]] = {}
+    ids = [p.patient_id for p in test]
     if pred_path.exists() and not args.fresh:
-        with pred_path.open() as fh:
-            for row in csv.DictReader(fh):
-                key = (row["model"], row["content"], row["strategy"], int(row["seed"]), int(row["k"]))
-                done.setdefault(key, []).append(float(row["probability"]))
-        done = {k: v for k, v in done.items() if len(v) == len(test)}
+        done = set(complete(read_predictions(pred_path), ids))
     else:
+        done = set()
         pred_path.parent.mkdir(parents=True, exist_ok=True)
         with pred_path.open("w", newline="") as fh:
             csv.writer(fh).writerow(["model", "content", "strategy", "seed", "k", "patient_id", "label",
@@ -224,26 +229,20 @@ def main() -> None:
                              f"{secs:.3f}"])
             with pred_path.open("a", newline="") as fh:
                 csv.writer(fh).writerows(rows)
-            done[(name, content, strategy, seed, k)] = probs
             advance(1, f"{name} {content} {strategy}{seed if strategy == 'random' else ''} k={k}: "
                        f"AUROC {summary(labels, probs)['auroc'] or float('nan'):.3f}")
 
-    tokens: dict[tuple, list[tuple[int, float]]] = {}
-    with pred_path.open() as fh:
-        for row in csv.DictReader(fh):
-            key = (row["model"], row["content"], row["strategy"], int(row["seed"]), int(row["k"]))
-            tokens.setdefault(key, []).append((int(row["prompt_tokens"]), float(row["seconds"])))
     out = []
     cases = int(sum(labels))
-    for (name, content, strategy, seed, k), probs in done.items():
+    for (name, content, strategy, seed, k), rows in complete(read_predictions(pred_path), ids).items():
+        probs = [rows[i][0] for i in ids]
         ci = bootstrap_ci(labels, probs, n_resamples=args.bootstrap, seed=0, metrics=("auroc",))["auroc"]
         m = summary(labels, probs)
-        tk = tokens[(name, content, strategy, seed, k)][-len(test):]
         out.append({"model": name, "content": content, "strategy": strategy, "seed": seed, "k": k, "n": len(test),
                     "cases": cases, "auroc": round(ci["value"], 4), "auroc_lo": round(ci["lo"], 4),
                     "auroc_hi": round(ci["hi"], 4), "auprc": round(m["auprc"], 4), "brier": round(m["brier"], 4),
-                    "mean_prompt_tokens": round(float(np.mean([t for t, _ in tk])), 1),
-                    "seconds_per_prompt": round(float(np.mean([s for _, s in tk])), 3), "machine": where})
+                    "mean_prompt_tokens": round(float(np.mean([rows[i][1] for i in ids])), 1),
+                    "seconds_per_prompt": round(float(np.mean([rows[i][2] for i in ids])), 3), "machine": where})
     order = {key: i for i, key in enumerate((p[1], p[2], p[3], p[4], p[5]) for p in plan)}
     out.sort(key=lambda r: order.get((r["model"], r["content"], r["strategy"], r["seed"], r["k"]), 1 << 30))
     write_csv(args.out, out)

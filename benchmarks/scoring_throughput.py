@@ -38,22 +38,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS, machine, write_csv  # noqa: E402
+from _common import RESULTS, demo_cohort, machine, write_csv  # noqa: E402
 
 K, QUERY_TOKENS, DEMO_TOKENS = 4, 160, 100
 ANSWER = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
-
-
-def _data(n: int, quick: bool) -> tuple[list, list]:
-    from icl_toolkit.synth import SynthConfig, assign_splits, generate_cohort, parse_split
-
-    patients = generate_cohort(SynthConfig(n=300 if quick else 2000, seed=1))
-    names = assign_splits([p.label for p in patients], parse_split("train=0.7,val=0.1,test=0.2"), 0)
-    pool = [p for p, s in zip(patients, names) if s == "train"]
-    test = [p for p, s in zip(patients, names) if s == "test"]
-    if quick:
-        return pool, [p for p in test if p.label == 1][:n // 2] + [p for p in test if p.label == 0][:n - n // 2]
-    return pool, test[:n]
 
 
 def _config():
@@ -73,7 +61,7 @@ def arm_toolkit(model: str, engine: dict, n: int, quick: bool, index_dir: str) -
     from icl_toolkit.backends.options import EngineOptions, open_backend
     from icl_toolkit.predict import Predictor
 
-    pool, test = _data(n, quick)
+    pool, test = demo_cohort(n, quick=quick)
     backend = open_backend(model, EngineOptions(**engine), progress=False)
     predictor = Predictor(backend, _config(), progress=False).fit(pool, index_dir)
     predictor.predict_proba(test[:1])  # warm-up (first-call allocations)
@@ -140,7 +128,7 @@ def main() -> None:
     from icl_toolkit.predict import Predictor
     from icl_toolkit.retrieve import DemoIndex, ProfileEmbedder
 
-    pool, test = _data(n, args.quick)
+    pool, test = demo_cohort(n, quick=args.quick)
     labels = [p.label for p in test]
     shape = HFBackend(args.model, progress=False)  # on the CPU: only its tokenizer and context limit are used
     tok = shape.tokenizer

@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from _common import RESULTS, machine, write_csv  # noqa: E402
+from _common import RESULTS, demo_cohort, machine, write_csv  # noqa: E402
 
 LEVELS = (1, 4, 16, 64)
 
@@ -114,12 +114,7 @@ def main() -> None:
     print(f"machine: {where}", flush=True)
 
     from icl_toolkit.cohort import _PATIENT, write_cohort
-    from icl_toolkit.synth import SynthConfig, assign_splits, generate_cohort, parse_split
-
-    patients = generate_cohort(SynthConfig(n=300 if args.quick else 2000, seed=1))
-    names = assign_splits([p.label for p in patients], parse_split("train=0.7,val=0.1,test=0.2"), 0)
-    pool = [p for p, s in zip(patients, names) if s == "train"]
-    test = [p for p, s in zip(patients, names) if s == "test"]
+    pool, test = demo_cohort(quick=args.quick)
     bodies = [{"patients": [json.loads(_PATIENT.dump_json(test[i % len(test)], warnings=False))],
                "options": {"k": args.k, "demos": "label" if args.k else "none"}} for i in range(n)]
     rows = []

@@ -62,8 +62,8 @@ def backend_kwargs(name: str, options: EngineOptions) -> dict[str, Any]:
     Raises:
         ConfigError: an option was set that backend ``name`` does not use, or a required one is missing.
     """
-    set_here = {f for f in options.model_fields_set if f != "backend"}
-    set_here = {f for f in set_here if getattr(options, f) != EngineOptions.model_fields[f].default}
+    set_here = {f for f, info in EngineOptions.model_fields.items()
+                if f != "backend" and getattr(options, f) != info.default}
     unused = sorted(set_here - _ONLY[name])
     if unused:
         users = {f: sorted(b for b, fs in _ONLY.items() if f in fs) for f in unused}

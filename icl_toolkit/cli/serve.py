@@ -61,7 +61,7 @@ def serve(
     from icl_toolkit.cohort import read_cohort
     from icl_toolkit.predict import PredictConfig
     from icl_toolkit.prompting import PromptConfig
-    from icl_toolkit.retrieve import DemoIndex
+    from icl_toolkit.retrieve import DemoIndex, ProfileEmbedder
     from icl_toolkit.serve.app import ServerSettings, create_app
     from icl_toolkit.serve.service import BatchSettings, PredictionService
 
@@ -73,15 +73,14 @@ def serve(
     config = PredictConfig(prompt=PromptConfig(query_tokens=query_tokens, demo_tokens=demo_tokens,
                                                max_context=max_context))
     demo_pool = read_cohort(pool) if pool is not None else []  # read before binding: a bad file fails here
+    embedder = ProfileEmbedder() if demo_pool else None
     loaded_index = DemoIndex.load(index) if index is not None else None
     if loaded_index is not None:
-        from icl_toolkit.retrieve import ProfileEmbedder
-
-        loaded_index.check(demo_pool, ProfileEmbedder(), where=str(index))
+        loaded_index.check(demo_pool, embedder, where=str(index))
 
     def load() -> PredictionService:
         lm = open_backend(model, options, progress=False)
-        return PredictionService(lm, demo_pool, loaded_index, config,
+        return PredictionService(lm, demo_pool, loaded_index, config, embedder=embedder,
                                  batching=BatchSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, enabled=batching))
 
     settings = ServerSettings(api_key=os.environ.get("ICL_API_KEY") or None, max_patients=max_patients,

@@ -91,11 +91,13 @@ class PredictionService:
     def predict_now(self, patients: Sequence[Patient], options: PredictOptions) -> list[dict[str, Any]]:
         """Predict synchronously (in the calling thread), as ``icl predict`` would."""
         predictor = self.predictor(options)
-        preds = predictor.predict_proba(list(patients))
+        patients = list(patients)
+        retrievals = predictor.retrieve(patients)
+        preds = predictor.predict_proba(patients, retrievals)
         out = []
         prompts = None
-        if options.return_prompt:
-            prompts = [bp.text for bp in predictor.build_prompts(patients, predictor.retrieve(patients))]
+        if options.return_prompt:  # the same retrievals: demos are chosen once
+            prompts = [bp.text for bp in predictor.build_prompts(patients, retrievals)]
         for i, p in enumerate(preds):
             rec = p.to_dict()
             rec["predicted"] = int(p.probability >= options.threshold)
