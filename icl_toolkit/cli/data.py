@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
@@ -138,3 +138,83 @@ def split_cmd(
         if group:
             n = write_cohort(group, out_dir / f"{name}.jsonl")
             console.print(f"{out_dir / f'{name}.jsonl'}: {n} patients", highlight=False)
+
+
+@app.command("from-omop")
+def from_omop(
+    source: Annotated[Path, typer.Option(help="A folder of OMOP CDM CSV files (PERSON.csv, ...) or a DuckDB / SQLite database file.")],
+    out: Annotated[Path, typer.Option(help="Output cohort JSONL file; a summary goes beside it (<out>.summary.json).")],
+    window_years: Annotated[float, typer.Option(help="Prediction window after the index date, in years.")] = 5.0,
+    min_age: Annotated[float, typer.Option(help="Age at the index date, at least.")] = 60.0,
+    min_history_years: Annotated[float, typer.Option(help="Continuous observation before the index date, at least (years).")] = 1.0,
+    index_date: Annotated[str, typer.Option(help="'first-eligible' (first date meeting --min-age and --min-history-years) or 'fixed:YYYY-MM-DD' (the same date for everyone).")] = "first-eligible",
+    outcome: Annotated[Optional[Path], typer.Option(help="Outcome concept set as TOML/JSON (fields: name, snomed_codes, concept_ids, icd10_prefixes, include_descendants); default ADRD.")] = None,
+    as_of: Annotated[Optional[str], typer.Option(help="Data extraction date YYYY-MM-DD; records dated after it are dropped (default today).")] = None,
+    keep_outside_observation: Annotated[bool, typer.Option(help="Keep events dated outside every observation period (dropped by default).")] = False,
+    split: Annotated[Optional[str], typer.Option(help="Also assign splits, e.g. train=0.7,test=0.3 (stratified by label).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for --split.")] = 0,
+) -> None:
+    """Build a cohort from OMOP CDM tables: index date, outcome label, history before the index date."""
+    import datetime as dt
+
+    from icl_toolkit.artifacts import base_meta, write_json_atomic
+    from icl_toolkit.errors import ConfigError
+    from icl_toolkit.omop import build_cohort, config_from_options, load_outcome, open_source
+
+    try:
+        as_of_date = dt.date.fromisoformat(as_of) if as_of else None
+    except ValueError:
+        raise ConfigError(f"--as-of: expected a date YYYY-MM-DD (got {as_of!r}).") from None
+    config = config_from_options(window_years, index_date, min_age, min_history_years,
+                                 load_outcome(outcome) if outcome else None, as_of_date, keep_outside_observation)
+    fractions = parse_split(split) if split else None
+    start = time.perf_counter()
+    with err_console.status(f"reading {source}"):
+        with open_source(source) as src:
+            patients, summary = build_cohort(src, config)
+    if fractions:
+        for p, name in zip(patients, assign_splits([p.label for p in patients], fractions, seed)):
+            p.split = name
+    write_cohort(patients, out)
+    summary_path = out.with_name(out.name + ".summary.json")
+    write_json_atomic(summary_path, {"meta": {**base_meta("omop-cohort"), "config": config.model_dump(mode="json")},
+                                     "summary": summary.as_dict()})
+    _print_omop_summary(summary)
+    console.print(f"wrote {summary.n_patients} patients ({summary.n_cases} cases, {summary.n_controls} controls, "
+                  f"{summary.n_censored} censored left out) to {out} in {time.perf_counter() - start:.1f}s; "
+                  f"summary in {summary_path}", highlight=False)
+
+
+def _print_omop_summary(s: Any) -> None:
+    t = Table(title=f"OMOP tables read from {s.source}")
+    for col in ("table", "rows", "kept", "dropped (why)", "repaired"):
+        t.add_column(col, overflow="fold")
+    for name, r in s.tables.items():
+        dropped = "; ".join(f"{n} {why}" for why, n in r.dropped.items())
+        if r.rejected:
+            dropped = "; ".join(x for x in (f"{r.rejected} unreadable lines", dropped) if x)
+        t.add_row(name, str(r.read + r.rejected), str(r.kept), dropped or "-",
+                  "; ".join(f"{n} {why}" for why, n in r.repaired.items()) or "-")
+    console.print(t)
+    if s.missing_tables:
+        console.print(f"tables not present (skipped): {', '.join(s.missing_tables)}", highlight=False)
+    for line in s.rejected_lines:
+        err_console.print(f"unreadable line {line}", highlight=False, markup=False)
+    o = s.outcome
+    routes = ", ".join(f"{n} by {r}" for r, n in o["records_by_route"].items()) or "none"
+    console.print(f"outcome {o['name']}: {o['standard_concepts']} standard concepts ({o['with_descendants']} with "
+                  f"descendants), {o['icd10_source_concepts']} ICD-10 source concepts; {o['records']} records "
+                  f"({routes}) for {o['persons_with_a_record']} persons", highlight=False)
+    a = Table(title=f"Cohort: {s.n_persons} persons")
+    a.add_column("step")
+    a.add_column("persons", justify="right")
+    for why, n in s.attrition:
+        a.add_row(f"excluded: {why}", str(n))
+    a.add_row("cases (label 1)", str(s.n_cases))
+    a.add_row("controls (label 0)", str(s.n_controls))
+    console.print(a)
+    events = ", ".join(f"{k} {n}" for k, n in sorted(s.events_written.items(), key=lambda kv: -kv[1]))
+    console.print(f"events written (on or before the index date): {events or 'none'}; "
+                  f"{s.events_after_index} later events left out"
+                  + (f"; {s.no_history} patients have no events before the index date" if s.no_history else ""),
+                  highlight=False)
