@@ -30,7 +30,6 @@ import re
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -356,7 +355,8 @@ def _clean_events(src: OmopSource, cfg: OmopConfig, table: str, report: TableRep
             SELECT {c('person_id')} AS raw_pid, {_id(c('person_id'))} AS pid, {_date(*(c(x) for x in spec['dates']))} AS d,
                    TRY_CAST({c(spec['concept'])} AS BIGINT) AS cid, {sv} AS sv,
                    TRY_CAST({opt('scid')} AS BIGINT) AS scid, TRY_CAST({opt('vnum')} AS DOUBLE) AS vnum,
-                   {opt('vtext')} AS vtext, TRY_CAST({opt('vcid')} AS BIGINT) AS vcid,
+                   COALESCE({opt('vtext')}, CASE WHEN TRY_CAST({opt('vnum')} AS DOUBLE) IS NULL THEN {opt('vnum')} END)
+                       AS vtext, {opt('vnum')} AS vnum_raw, TRY_CAST({opt('vcid')} AS BIGINT) AS vcid,
                    TRY_CAST({opt('ucid')} AS BIGINT) AS ucid, {opt('usv')} AS usv
             FROM raw_{table})
         SELECT t.*, '{spec['kind']}' AS kind, {_problems(problems)} AS problem
@@ -365,7 +365,9 @@ def _clean_events(src: OmopSource, cfg: OmopConfig, table: str, report: TableRep
     for reason, cond in (("concept_id 0 or missing: named by its source concept or value",
                           "(cid IS NULL OR cid = 0)"),
                          ("concept_id not in the concept table: named by source concept, value or id",
-                          "cid <> 0 AND cid NOT IN (SELECT concept_id FROM concept)")):
+                          "cid <> 0 AND cid NOT IN (SELECT concept_id FROM concept)"),
+                         ("value_as_number not a number: kept as text",
+                          "vnum IS NULL AND vnum_raw IS NOT NULL")):
         n = src.con.execute(f"SELECT count(*) FROM ev_{table} WHERE problem IS NULL AND {cond}").fetchone()[0]
         if n:
             report.repaired[reason] = n

@@ -111,7 +111,7 @@ def _attach_csv(src: OmopSource, folder: Path) -> None:
             raise ConfigError(f"{path}: cannot be read as a CSV table ({first}). "
                               "Check that it is a comma- or tab-separated file with a header line.") from None
         src.tables[table] = str(path)
-        for line, err in src.con.execute(f"SELECT line, error_message FROM rejects_{table} ORDER BY line").fetchall():
+        for line, err in src.con.execute(f"SELECT line, min(error_message) FROM rejects_{table} GROUP BY line ORDER BY line").fetchall():
             src.rejected.append(RejectedRow(table, str(path), int(line), str(err).splitlines()[0]))
 
 
