@@ -2,7 +2,9 @@
 
 A rationale's checkable claims are pulled out of its text:
 
-- **codes**: ICD-10-CM shaped tokens (``G31.84``, ``I10``, ``W19.XXXA``);
+- **codes**: ICD-10-CM shaped tokens (``G31.84``, ``I10``, ``W19.XXXA``),
+  LOINC shaped tokens (``4548-4``) and long numeric codes of six or more digits
+  (SNOMED CT, as OMOP data carries them: ``26929004``);
 - **dates**: ISO dates (``2019-03-14``) and month-year dates (``March 2019``);
 - **values**: a measurement name followed by a number (``HbA1c of 7.4``,
   ``MoCA score of 22``) and numbers with a clinical unit (``152 mmHg``);
@@ -11,8 +13,8 @@ A rationale's checkable claims are pulled out of its text:
 
 Each claim is grounded when the history (events dated on or before the index
 date) holds a matching item: the same code; an event on that date or in that
-month; a measurement of that kind, or with that unit, whose value rounds to
-the cited number; a medication event with that drug.
+month; a measurement of that kind (by code or by name), or with that unit, whose
+value rounds to the cited number; a medication event naming that drug.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ __all__ = ["Claim", "GroundingReport", "extract_claims", "check_grounding"]
 _MONTHS = {m: i for i, m in enumerate(("january", "february", "march", "april", "may", "june", "july", "august",
                                        "september", "october", "november", "december"), start=1)}
 _ICD = re.compile(r"(?<![\w.-])([A-TV-Z][0-9][0-9A-Z](?:\.[0-9A-Z]{1,4})?)(?![\w-])")
+_LOINC = re.compile(r"(?<![\w.-])(\d{3,5}-\d)(?![\w-])")
+_NUMERIC_CODE = re.compile(r"(?<![\w.,-])(\d{6,18})(?![\w.,-])")
 _ISO = re.compile(r"\b(\d{4})-(\d{2})-(\d{2})\b")
 _MONTH_YEAR = re.compile(r"\b(" + "|".join(_MONTHS) + r")\s+(\d{4})\b", re.IGNORECASE)
 _UNITS = sorted({m.unit for m in vocab.MEASURES.values() if m.unit != "{score}"}, key=len, reverse=True)
@@ -87,6 +91,9 @@ def extract_claims(text: str) -> list[tuple[str, str, int, tuple]]:
         if any(before.endswith(w) for w in _NOT_CODES):
             continue
         out.append(("code", m.group(1), m.start(), (m.group(1),)))
+    for pattern in (_LOINC, _NUMERIC_CODE):
+        for m in pattern.finditer(text):
+            out.append(("code", m.group(1), m.start(), (m.group(1),)))
     date_spans: list[tuple[int, int]] = []
     for m in _ISO.finditer(text):
         date_spans.append(m.span())
@@ -128,10 +135,13 @@ def _grounded(kind: str, parsed: tuple, hist: list[Event]) -> bool:
         if key.startswith("unit:"):
             unit = key[5:]
             return any(e.unit == unit and _matches_number(e.value, cited) for e in hist)
-        code = vocab.MEASURES[key].code.code
-        return any(e.code == code and _matches_number(e.value, cited) for e in hist)
+        spec = vocab.MEASURES[key]
+        names = [n.lower() for n in (spec.short, *spec.aliases)]
+        return any((e.code == spec.code.code or any(n in e.name.lower() for n in names))
+                   and _matches_number(e.value, cited) for e in hist)
     if kind == "drug":
-        return any(e.kind == "medication" and e.name.lower().split(" ")[0] == parsed[0] for e in hist)
+        word = re.compile(r"\b" + re.escape(parsed[0]) + r"\b")
+        return any(e.kind == "medication" and word.search(e.name.lower()) for e in hist)
     raise ValueError(f"unknown claim kind {kind!r}")
 
 

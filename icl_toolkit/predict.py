@@ -220,7 +220,8 @@ def _check_pool(pool: Sequence[Patient], prompt: PromptConfig, name: str) -> Non
 # --------------------------------------------------------------------------- output file
 
 class PredictionWriter:
-    """Appends predictions to a JSONL file, one complete line at a time, resumable.
+    """Appends records (predictions, or any ``kind`` with ``patient_id`` and ``to_dict()``) to a JSONL file, one
+    complete line at a time, resumable.
 
     A sidecar ``<file>.meta.json`` records the provenance; resuming with other
     settings, model, cohort or pool is an error. A half-written last line (a run
@@ -228,22 +229,23 @@ class PredictionWriter:
     """
 
     def __init__(self, path: str | Path, provenance: dict[str, Any], *, resume: bool = False,
-                 overwrite: bool = False) -> None:
+                 overwrite: bool = False, kind: str = "predictions") -> None:
         self.path = Path(path)
+        self.kind = kind
         self.meta_path = self.path.with_name(self.path.name + ".meta.json")
         self.done: set[str] = set()
         if self.path.exists() and not (resume or overwrite):
             raise ConfigError(f"{self.path} already exists. Pass --resume to continue it or --overwrite to replace it.")
         if resume and self.path.exists():
             if self.meta_path.exists():
-                meta = read_json(self.meta_path, "predictions metadata")
-                check_meta(meta, provenance, what="predictions file", where=str(self.path),
+                meta = read_json(self.meta_path, f"{kind} metadata")
+                check_meta(meta, provenance, what=f"{kind} file", where=str(self.path),
                            fix="Resume with the same settings, or write to another --out.")
             self.done = self._scan()
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.write_text("")
-        write_json_atomic(self.meta_path, base_meta("predictions") | provenance)
+        write_json_atomic(self.meta_path, base_meta(kind) | provenance)
 
     def _scan(self) -> set[str]:
         data = self.path.read_bytes()
@@ -257,7 +259,7 @@ class PredictionWriter:
                 try:
                     done.add(json.loads(line)["patient_id"])
                 except (json.JSONDecodeError, KeyError, TypeError):
-                    raise ConfigError(f"{self.path}:{lineno}: not a prediction record; cannot resume this file. "
+                    raise ConfigError(f"{self.path}:{lineno}: not a {self.kind} record; cannot resume this file. "
                                       "Use --overwrite to start again.") from None
         return done
 

@@ -47,7 +47,8 @@ from icl_toolkit.errors import ConfigError
 from icl_toolkit.retrieve import Hit
 from icl_toolkit.serialize import Serialized, mentioned_in, serialize_history, token_counter
 
-__all__ = ["PromptConfig", "BuiltPrompt", "PromptBuilder", "prompts_dir", "TEMPLATES", "task_question"]
+__all__ = ["PromptConfig", "BuiltPrompt", "PromptBuilder", "prompts_dir", "load_templates", "TEMPLATES",
+           "task_question"]
 
 TEMPLATES = {"none": "zero_shot", "rationale": "few_shot_rationale", "label": "few_shot_label"}
 REASON_TEMPLATE = "reason_first"
@@ -59,6 +60,33 @@ def prompts_dir() -> Path:
     """The folder of prompt templates: ``$ICL_PROMPTS`` or the repository's ``prompts/``."""
     env = os.environ.get("ICL_PROMPTS")
     return Path(env) if env else Path(__file__).resolve().parent.parent / "prompts"
+
+
+def load_templates(*names: str, extra_dir: str | Path | None = None) -> tuple[list[Any], str]:
+    """Templates ``NAME.j2`` from :func:`prompts_dir` (``extra_dir`` searched first) in the sandboxed environment.
+
+    Returns:
+        The templates, in the order asked, and a hash of their sources.
+
+    Raises:
+        ConfigError: a template is not there (the message lists the ones that are).
+    """
+    from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    folder = prompts_dir()
+    search = [str(extra_dir), str(folder)] if extra_dir is not None else [str(folder)]
+    env = ImmutableSandboxedEnvironment(loader=FileSystemLoader(search), undefined=StrictUndefined,
+                                        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False,
+                                        autoescape=False)
+    try:
+        templates = [env.get_template(f"{n}.j2") for n in names]
+    except TemplateNotFound as exc:
+        raise ConfigError(f"Prompt template {exc.name!r} not found in {', '.join(search)}. Templates there: "
+                          f"{', '.join(sorted(p.stem for p in folder.glob('*.j2'))) or 'none'} "
+                          f"(set ICL_PROMPTS to another folder).") from None
+    sources = [env.loader.get_source(env, t.name)[0] for t in templates]
+    return templates, text_hash("\0".join(sources))
 
 
 def task_question(horizon_years: float) -> str:
@@ -125,34 +153,19 @@ class PromptBuilder:
     """
 
     def __init__(self, tokenizer: Any, config: PromptConfig | None = None, max_context: int = 2048) -> None:
-        from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
         self.config = config or PromptConfig()
         self.tokenizer = tokenizer
         limit = self.config.max_context or max_context
         self.max_context = min(limit, max_context)
         self._count = token_counter(tokenizer)
-        folder = prompts_dir()
         name = self.config.template or (REASON_TEMPLATE if self.config.mode == "reason" else TEMPLATES[self.config.demos])
-        search = [str(folder)]
+        extra = None
         if Path(name).is_file():
-            search.insert(0, str(Path(name).resolve().parent))
+            extra = Path(name).resolve().parent
             name = Path(name).stem
-        env = ImmutableSandboxedEnvironment(loader=FileSystemLoader(search), undefined=StrictUndefined,
-                                            trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False,
-                                            autoescape=False)
-        try:
-            self._user = env.get_template(f"{name}.j2")
-            self._system = env.get_template(f"{SYSTEM_TEMPLATE}.j2")
-            self._answer = env.get_template(f"{ANSWER_TEMPLATE}.j2")
-        except TemplateNotFound as exc:
-            raise ConfigError(f"Prompt template {exc.name!r} not found in {', '.join(search)}. Templates there: "
-                              f"{', '.join(sorted(p.stem for p in folder.glob('*.j2'))) or 'none'} "
-                              f"(set ICL_PROMPTS to another folder).") from None
+        (self._system, self._user, self._answer), self.templates_hash = load_templates(
+            SYSTEM_TEMPLATE, name, ANSWER_TEMPLATE, extra_dir=extra)
         self.template_name = name
-        sources = [env.loader.get_source(env, t.name)[0] for t in (self._system, self._user, self._answer)]
-        self.templates_hash = text_hash("\0".join(sources))
         self.chat = bool(getattr(tokenizer, "chat_template", None))
         self._histories: dict[tuple[str, int, bool], Serialized] = {}
 

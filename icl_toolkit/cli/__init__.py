@@ -11,7 +11,7 @@ import sys
 import typer
 from rich.markup import escape
 
-from icl_toolkit.cli import compare, data, finetune, index, predict, serve
+from icl_toolkit.cli import compare, data, finetune, index, predict, rationales, serve
 from icl_toolkit.cli._common import err_console
 from icl_toolkit.errors import IclError
 
@@ -26,6 +26,7 @@ app = typer.Typer(
 )
 app.add_typer(data.app, name="data")
 app.add_typer(index.app, name="index")
+app.add_typer(rationales.app, name="rationales")
 app.command(name="predict")(predict.predict)
 app.command(name="finetune")(finetune.finetune)
 app.command(name="compare")(compare.compare)

@@ -1,0 +1,121 @@
+"""``icl rationales``: teacher-written rationales for a labelled cohort, with a grounding check."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from icl_toolkit.cli._common import (
+    BackendName,
+    BackendOpt,
+    BatchSizeOpt,
+    DeviceOpt,
+    DType,
+    DTypeOpt,
+    GpuMemoryOpt,
+    MaxContextOpt,
+    ModelOpt,
+    ServedModelOpt,
+    TensorParallelOpt,
+    UrlOpt,
+    console,
+    engine_options,
+    err_console,
+    progress_bar,
+)
+from icl_toolkit.errors import ConfigError
+
+app = typer.Typer(help="Teacher-written rationales for cohorts without them.", no_args_is_help=True)
+
+
+@app.command()
+def generate(
+    cohort: Annotated[Path, typer.Option(help="Labelled cohort JSONL (e.g. from `icl data from-omop`).")],
+    out: Annotated[Path, typer.Option(help="Output cohort JSONL with rationales; the raw generations go to <out>.generations.jsonl.")],
+    model: ModelOpt = "default",
+    backend: BackendOpt = BackendName.hf,
+    device: DeviceOpt = None,
+    batch_size: BatchSizeOpt = None,
+    dtype: DTypeOpt = DType.auto,
+    gpu_memory_utilization: GpuMemoryOpt = None,
+    tensor_parallel_size: TensorParallelOpt = 1,
+    url: UrlOpt = None,
+    served_model: ServedModelOpt = None,
+    max_context: MaxContextOpt = None,
+    styles: Annotated[str, typer.Option(help="Comma-separated: free_text, stepwise.")] = "free_text,stepwise",
+    max_new_tokens: Annotated[int, typer.Option(help="Longest rationale in tokens.")] = 200,
+    temperature: Annotated[float, typer.Option(help="0: greedy (reproducible).")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Sampling seed (with --temperature > 0).")] = 0,
+    history_tokens: Annotated[int, typer.Option(help="History budget shown to the teacher (tokens).")] = 700,
+    horizon_years: Annotated[float, typer.Option(help="Outcome window of the cohort's labels, in years.")] = 5.0,
+    drop_ungrounded: Annotated[bool, typer.Option(help="Leave out rationales whose grounded share of claims is below --min-grounded.")] = False,
+    min_grounded: Annotated[float, typer.Option(min=0.0, max=1.0, help="With --drop-ungrounded: the share of claims that must be in the history.")] = 1.0,
+    chunk_size: Annotated[int, typer.Option(min=1, help="Patients per batched generation call (and per save).")] = 8,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Only the first N patients (the output holds only them).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run (reuses <out>.generations.jsonl).")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Start again, replacing earlier generations.")] = False,
+) -> None:
+    """Have a teacher model explain each patient's known outcome, check the rationales' grounding, write the cohort."""
+    from pydantic import ValidationError
+
+    from icl_toolkit.artifacts import content_hash
+    from icl_toolkit.backends.options import open_backend
+    from icl_toolkit.cohort import read_cohort, write_cohort
+    from icl_toolkit.predict import PredictionWriter
+    from icl_toolkit.rationales import RationaleTeacher, TeacherConfig, TeacherRecord, apply_rationales
+
+    try:
+        config = TeacherConfig(styles=tuple(s.strip() for s in styles.split(",") if s.strip()),
+                               max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                               history_tokens=history_tokens, horizon_years=horizon_years)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']} (got {err.get('input')!r}).") from None
+    start = time.perf_counter()
+    patients = read_cohort(cohort)
+    cohort_hash = content_hash(patients)  # of the whole file, so that a run with --limit can be resumed without it
+    if limit:
+        patients = patients[:limit]
+    labelled = [p for p in patients if p.label is not None]
+    if not labelled:
+        raise ConfigError(f"{cohort}: no patient has a label; a teacher explains known outcomes.")
+    lm = open_backend(model, engine_options(backend=backend, device=device, batch_size=batch_size, dtype=dtype,
+                                            max_model_len=max_context, url=url, served_model=served_model,
+                                            gpu_memory_utilization=gpu_memory_utilization,
+                                            tensor_parallel_size=tensor_parallel_size))
+    teacher = RationaleTeacher(lm, config)
+    generations = out.with_name(out.name + ".generations.jsonl")
+    writer = PredictionWriter(generations, teacher.provenance() | {"cohort": cohort_hash},
+                              resume=resume, overwrite=overwrite, kind="teacher generations")
+    todo = [p for p in labelled if p.patient_id not in writer.done]
+    if writer.done:
+        err_console.print(f"resuming {generations}: {len(writer.done)} done, {len(todo)} to go", highlight=False)
+    lm.progress = False
+    with progress_bar(f"writing rationales ({lm.model_id})", len(todo)) as advance:
+        for chunk in teacher.iter_generate(todo, chunk_size=chunk_size):
+            writer.write(chunk)
+            advance(len(chunk))
+    records = [TeacherRecord.from_dict(r) for r in writer.read_all()]
+    result, summary = apply_rationales(patients, records, drop_ungrounded=drop_ungrounded, min_grounded=min_grounded)
+    write_cohort(result, out)
+
+    console.print(f"grounding of {len(records)} patients' rationales (claims: codes, drugs, values, dates):",
+                  highlight=False)
+    for style, s in summary.items():
+        frac = "no checkable claims" if s.grounded_fraction is None else f"grounded share {s.grounded_fraction:.1%}"
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(s.ungrounded_by_kind.items())) or "none"
+        console.print(f"  {style}: {s.rationales} rationales, {s.claims} claims, {frac}; "
+                      f"{s.fully_grounded}/{s.rationales} fully grounded; ungrounded claims by kind: {kinds}; "
+                      f"left out: {s.dropped} below --min-grounded, {s.empty} empty", highlight=False)
+    n_with = sum(1 for p in result if p.rationales is not None)
+    skipped = len(patients) - len(labelled)
+    console.print(f"wrote {len(result)} patients ({n_with} with rationales"
+                  + (f", {skipped} unlabelled left without" if skipped else "")
+                  + f") to {out} in {time.perf_counter() - start:.1f}s; generations in {generations}", highlight=False)
+    example = next((r for r in records if any(r.texts.values())), None)
+    if example is not None:
+        style = next(s for s in config.styles if example.texts.get(s))
+        console.print(f"patient {example.patient_id} ({style}): {example.texts[style]}", highlight=False)

@@ -1,0 +1,196 @@
+"""Teacher-written rationales for cohorts that come without them, with a grounding check.
+
+A teacher model (any backend) reads a labelled patient's history before the
+index date and its **known** outcome, and explains the outcome: a free-text
+paragraph and a step-by-step version (templates ``prompts/teacher_system.j2``
+and ``prompts/teacher_rationale.j2``). Every rationale then goes through
+:func:`icl_toolkit.grounding.check_grounding`: codes, drugs, values and dates it
+cites must be in the history. The raw generations and their grounding are kept
+(``<out>.generations.jsonl``, resumable); the cohort written carries the
+rationales, without the ungrounded ones when asked.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from icl_toolkit.backends import Backend, GenerationParams
+from icl_toolkit.cohort import Patient, Rationales
+from icl_toolkit.grounding import check_grounding
+from icl_toolkit.prompting import load_templates
+from icl_toolkit.serialize import serialize_history, token_counter
+
+__all__ = ["TeacherConfig", "TeacherRecord", "RationaleTeacher", "GroundingSummary", "apply_rationales"]
+
+Style = Literal["free_text", "stepwise"]
+SYSTEM_TEMPLATE = "teacher_system"
+USER_TEMPLATE = "teacher_rationale"
+_SEX = {"F": "female", "M": "male"}
+_LEAD = re.compile(r"^(?:reasoning|rationale|explanation)\s*:\s*", re.IGNORECASE)
+
+
+class TeacherConfig(BaseModel):
+    """How the teacher writes (validated; unknown fields are rejected)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    styles: tuple[Style, ...] = Field(("free_text", "stepwise"), min_length=1)
+    """Which rationales to write."""
+    max_new_tokens: int = Field(200, ge=16, le=4096)
+    """Longest rationale, in tokens."""
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    """0: greedy decoding (reproducible)."""
+    seed: int = 0
+    history_tokens: int = Field(700, ge=32)
+    """Token budget of the history shown to the teacher (the serializer's drop policy cuts it)."""
+    horizon_years: float = Field(5.0, gt=0)
+    """Outcome window, as in the cohort's labels."""
+
+
+@dataclass
+class TeacherRecord:
+    """One patient's generations and their grounding, as kept in ``<out>.generations.jsonl``."""
+
+    patient_id: str
+    texts: dict[str, str]
+    grounding: dict[str, dict[str, Any]]        # style -> {"claims": n, "ungrounded": [{"kind", "text"}]}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"patient_id": self.patient_id, "texts": self.texts, "grounding": self.grounding}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TeacherRecord":
+        return cls(d["patient_id"], d["texts"], d["grounding"])
+
+
+def _clean(text: str) -> str:
+    return _LEAD.sub("", text.strip()).strip()
+
+
+class RationaleTeacher:
+    """Writes rationales for labelled patients with a backend.
+
+    Args:
+        backend: the teacher model (``generate`` is used).
+        config: styles, lengths, history budget.
+    """
+
+    def __init__(self, backend: Backend, config: TeacherConfig | None = None) -> None:
+        self.backend = backend
+        self.config = config or TeacherConfig()
+        (self._system, self._user), self.templates_hash = load_templates(SYSTEM_TEMPLATE, USER_TEMPLATE)
+        self._count = token_counter(backend.tokenizer)
+        self.chat = bool(getattr(backend.tokenizer, "chat_template", None))
+
+    def prompt(self, patient: Patient, style: str) -> str:
+        """The teacher's prompt for one patient and style (the patient must be labelled)."""
+        if patient.label is None:
+            raise ValueError(f"patient {patient.patient_id} has no label: a teacher explains a known outcome")
+        c = self.config
+        history = serialize_history(patient, max_tokens=c.history_tokens, counter=self._count).text
+        variables = {"history": history, "label": patient.label, "horizon_years": f"{c.horizon_years:g}",
+                     "style": style, "age": int(patient.age_at_index), "sex": _SEX.get(patient.sex, "unknown")}
+        system = self._system.render(**variables).strip()
+        user = self._user.render(**variables).strip()
+        if self.chat:
+            messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+            return self.backend.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return f"{system}\n\n{user}\n\n"
+
+    def provenance(self) -> dict[str, Any]:
+        return {"teacher_model": self.backend.model_id, "teacher_config": self.config.model_dump(mode="json"),
+                "templates_hash": self.templates_hash}
+
+    def generate(self, patients: Sequence[Patient]) -> list[TeacherRecord]:
+        """Rationales for ``patients`` in one batched backend call, with their grounding."""
+        c = self.config
+        jobs = [(p, s) for p in patients for s in c.styles]
+        params = GenerationParams(max_new_tokens=c.max_new_tokens, temperature=c.temperature, seed=c.seed)
+        texts = self.backend.generate([self.prompt(p, s) for p, s in jobs], params) if jobs else []
+        records: dict[str, TeacherRecord] = {p.patient_id: TeacherRecord(p.patient_id, {}, {}) for p in patients}
+        for (p, style), text in zip(jobs, texts):
+            text = _clean(text)
+            report = check_grounding(text, p)
+            rec = records[p.patient_id]
+            rec.texts[style] = text
+            rec.grounding[style] = {"claims": len(report.claims),
+                                    "ungrounded": [{"kind": x.kind, "text": x.text} for x in report.ungrounded]}
+        return [records[p.patient_id] for p in patients]
+
+    def iter_generate(self, patients: Sequence[Patient], chunk_size: int = 8) -> Iterator[list[TeacherRecord]]:
+        """:meth:`generate` chunk by chunk, so that callers can save and report as they go."""
+        for start in range(0, len(patients), chunk_size):
+            yield self.generate(patients[start:start + chunk_size])
+
+
+@dataclass
+class GroundingSummary:
+    """Grounding over all rationales of one style."""
+
+    rationales: int = 0
+    empty: int = 0
+    claims: int = 0
+    ungrounded_claims: int = 0
+    fully_grounded: int = 0
+    dropped: int = 0
+    ungrounded_by_kind: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def grounded_fraction(self) -> float | None:
+        """Share of checkable claims that are in the history (None when there were none)."""
+        return 1.0 - self.ungrounded_claims / self.claims if self.claims else None
+
+
+def apply_rationales(patients: Sequence[Patient], records: Sequence[TeacherRecord], *,
+                     drop_ungrounded: bool = False, min_grounded: float = 1.0
+                     ) -> tuple[list[Patient], dict[str, GroundingSummary]]:
+    """Patients with the teacher's rationales set, and the grounding summary per style.
+
+    A rationale is dropped (left out of the patient's record) when it is empty,
+    or, with ``drop_ungrounded``, when the share of its claims found in the
+    history is below ``min_grounded`` (1.0: every claim must be grounded).
+    Patients without a record are returned unchanged, and rationales of styles the
+    teacher did not write are kept as they were. Each patient's metadata
+    gets ``rationale_grounding`` (claims and ungrounded claims per style).
+    """
+    by_id = {r.patient_id: r for r in records}
+    summary: dict[str, GroundingSummary] = {}
+    out: list[Patient] = []
+    for p in patients:
+        rec = by_id.get(p.patient_id)
+        if rec is None:
+            out.append(p)
+            continue
+        old = p.rationales
+        kept: dict[str, str | None] = {"free_text": old.free_text if old else None,
+                                       "stepwise": old.stepwise if old else None}
+        for style, text in rec.texts.items():
+            kept[style] = None  # the teacher's version replaces the record's, or nothing does
+            g = rec.grounding[style]
+            s = summary.setdefault(style, GroundingSummary())
+            s.rationales += 1
+            n_bad = len(g["ungrounded"])
+            s.claims += g["claims"]
+            s.ungrounded_claims += n_bad
+            for claim in g["ungrounded"]:
+                s.ungrounded_by_kind[claim["kind"]] = s.ungrounded_by_kind.get(claim["kind"], 0) + 1
+            if not n_bad:
+                s.fully_grounded += 1
+            if not text:
+                s.empty += 1
+                continue
+            fraction = 1.0 - n_bad / g["claims"] if g["claims"] else 1.0
+            if drop_ungrounded and fraction < min_grounded:
+                s.dropped += 1
+                continue
+            kept[style] = text
+        rationales = Rationales(**kept) if any(kept.values()) else None
+        meta = dict(p.metadata)
+        meta["rationale_grounding"] = rec.grounding
+        out.append(replace(p, rationales=rationales, metadata=meta))
+    return out, summary
