@@ -162,7 +162,7 @@ observation_period_id,person_id,observation_period_start_date,observation_period
 2,2,1995-01-01,2020-01-01,0
 3,3,1995-01-01,2010-06-30,0
 4,6,1995-01-01,2019-01-01,0
-5,7,1995-01-01,2015-01-01,0
+5,7,1995-01-01,2012-02-01,0
 6,8,1995-01-01,not-a-date,0
 7,x9,1995-01-01,2019-01-01,0
 """)
@@ -314,6 +314,29 @@ def test_database_sources_equal_the_csv_folder(messy: Path, tmp_path: Path, kind
         got, _ = build_cohort(src, _messy_config())
     assert [(p.patient_id, p.label, p.index_date, len(p.events)) for p in got] == \
            [(p.patient_id, p.label, p.index_date, len(p.events)) for p in want]
+
+
+def test_missing_key_columns(messy: Path):
+    (messy / "DRUG_EXPOSURE.csv").write_text("drug_exposure_id,person_id,drug_exposure_start_date\n1,1,2005-03-01\n")
+    with open_source(messy) as src:
+        _, summary = build_cohort(src, _messy_config())
+    assert "drug_exposure (no column drug_concept_id)" in summary.missing_tables
+    assert "drug_exposure" not in summary.tables
+    (messy / "PERSON.csv").write_text("person_id,birth_year\n1,1940\n")
+    with pytest.raises(ConfigError, match=r"PERSON.csv: the person table has no column year_of_birth"):
+        open_source(messy)
+
+
+def test_binary_junk_in_place_of_a_table(messy: Path):
+    (messy / "DEATH.csv").write_bytes(b"\x00\xff\xfe" * 50 + b"\n\x00,\"")
+    with open_source(messy) as src:
+        patients, summary = build_cohort(src, _messy_config())
+    assert any(t.startswith("death (no column person_id") for t in summary.missing_tables)
+    # without the death table, person 7 (who died without ADRD) is censored instead of a control
+    assert [p.patient_id for p in patients] == ["1", "2"] and dict(summary.attrition)["censored"] == 2
+    (messy / "PERSON.csv").write_bytes(b"\x00\xff\xfe" * 50)
+    with pytest.raises(ConfigError, match="PERSON.csv"):
+        open_source(messy)
 
 
 def test_missing_required_table_is_a_clear_error(messy: Path):

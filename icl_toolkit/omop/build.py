@@ -534,8 +534,9 @@ def build_cohort(src: OmopSource, config: OmopConfig | None = None,
     cfg = config or OmopConfig()
     con = src.con
     summary = ImportSummary(src.location, src.kind)
-    summary.missing_tables = [t for t in ("drug_exposure", "procedure_occurrence", "measurement", "visit_occurrence",
-                                          "observation", "death", "concept", "concept_ancestor") if not src.has(t)]
+    summary.missing_tables = [t + (f" ({src.skipped[t]})" if t in src.skipped else "")
+                              for t in ("drug_exposure", "procedure_occurrence", "measurement", "visit_occurrence",
+                                        "observation", "death", "concept", "concept_ancestor") if not src.has(t)]
     by_file: dict[str, int] = {}
     for r in src.rejected:
         by_file[r.table] = by_file.get(r.table, 0) + 1

@@ -23,13 +23,27 @@ from typing import Any
 
 from icl_toolkit.errors import ConfigError, IclError
 
-__all__ = ["CDM_TABLES", "REQUIRED_TABLES", "OmopSource", "RejectedRow", "open_source", "column_or_null"]
+__all__ = ["CDM_TABLES", "REQUIRED_TABLES", "KEY_COLUMNS", "OmopSource", "RejectedRow", "open_source", "column_or_null"]
 
 # Tables the importer reads; the first three must be present.
 REQUIRED_TABLES = ("person", "observation_period", "condition_occurrence")
 CDM_TABLES = REQUIRED_TABLES + ("drug_exposure", "procedure_occurrence", "measurement", "visit_occurrence",
                                 "observation", "death", "concept", "concept_ancestor")
 _SUFFIXES = (".csv", ".csv.gz", ".tsv", ".txt")
+# Columns without which a table cannot be used at all.
+KEY_COLUMNS: dict[str, tuple[str, ...]] = {
+    "person": ("person_id", "year_of_birth"),
+    "observation_period": ("person_id", "observation_period_start_date", "observation_period_end_date"),
+    "condition_occurrence": ("person_id", "condition_concept_id", "condition_start_date"),
+    "drug_exposure": ("person_id", "drug_concept_id", "drug_exposure_start_date"),
+    "procedure_occurrence": ("person_id", "procedure_concept_id", "procedure_date"),
+    "measurement": ("person_id", "measurement_concept_id", "measurement_date"),
+    "visit_occurrence": ("person_id", "visit_concept_id", "visit_start_date"),
+    "observation": ("person_id", "observation_concept_id", "observation_date"),
+    "death": ("person_id", "death_date"),
+    "concept": ("concept_id", "concept_name", "vocabulary_id", "concept_code"),
+    "concept_ancestor": ("ancestor_concept_id", "descendant_concept_id"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +66,7 @@ class OmopSource:
     tables: dict[str, str] = field(default_factory=dict)       # table -> where it came from
     columns: dict[str, set[str]] = field(default_factory=dict)  # table -> lower-case column names
     rejected: list[RejectedRow] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)      # table -> why it was not used
     _tmp: Any = None
 
     def has(self, table: str) -> bool:
@@ -181,6 +196,17 @@ def open_source(location: str | Path) -> OmopSource:
             _attach_duckdb(src, path)
     for table in src.tables:
         src.columns[table] = {d[0].lower() for d in con.execute(f"SELECT * FROM raw_{table} LIMIT 0").description}
+    for table in list(src.tables):
+        lacking = [c for c in KEY_COLUMNS[table] if c not in src.columns[table]]
+        if not lacking:
+            continue
+        where = src.tables[table]
+        if table in REQUIRED_TABLES:
+            src.close()
+            raise ConfigError(f"{where}: the {table} table has no column {', '.join(lacking)} (columns: "
+                              f"{', '.join(sorted(src.columns[table]))}). Rename the columns to the OMOP CDM names.")
+        src.skipped[table] = f"no column {', '.join(lacking)}"
+        del src.tables[table]
     missing = [t for t in REQUIRED_TABLES if t not in src.tables]
     if missing:
         src.close()
