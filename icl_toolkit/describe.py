@@ -110,7 +110,7 @@ def describe_cohort(patients: Sequence[Patient], *, tokens: bool = True,
 
 
 def plot_cohort(patients: Sequence[Patient], path: str, stats: dict[str, Any] | None = None) -> None:
-    """A one-page picture of a cohort: age, true risk, events and history length, by outcome.
+    """A one-page picture of a cohort: age, true risk (or recent visits), events and history length, by outcome.
 
     Writes a PNG (or any format matplotlib knows from the suffix) to ``path``.
     """
@@ -122,9 +122,13 @@ def plot_cohort(patients: Sequence[Patient], path: str, stats: dict[str, Any] | 
     groups = {"ADRD within 5 y": [p for p in patients if p.label == 1],
               "no ADRD": [p for p in patients if p.label == 0]}
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    has_risk = any(isinstance(p.metadata.get("true_risk"), (int, float)) for p in patients)
     panels = [
         ("age at index (years)", lambda p: p.age_at_index, axes[0, 0]),
-        ("true 5-year risk (metadata)", lambda p: p.metadata.get("true_risk"), axes[0, 1]),
+        ("true 5-year risk (metadata)", lambda p: p.metadata.get("true_risk"), axes[0, 1]) if has_risk else
+        ("visits in the last 5 years before the index date",
+         lambda p: sum(1 for e in p.history() if e.kind == "visit" and (p.index_date - e.date).days <= 5 * 365.25),
+         axes[0, 1]),
         ("events before the index date", lambda p: len(p.history()), axes[1, 0]),
         ("years of history", lambda p: _history_years(p, p.history()), axes[1, 1]),
     ]
