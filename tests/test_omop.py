@@ -218,6 +218,13 @@ person_id,death_date
     return d
 
 
+def _read_messy(folder: Path) -> list:
+    # a helper, so that no DuckDB object outlives it in the test's frame (duckdb 2.0 reports objects
+    # still alive at interpreter exit as "nanobind: leaked ...")
+    with open_source(folder) as src:
+        return build_cohort(src, _messy_config())[0]
+
+
 def _messy_config(**kw) -> OmopConfig:
     return OmopConfig(as_of=dt.date(2026, 1, 1), index=IndexRule(rule="fixed:2008-01-01", min_age=60, min_history_years=2), **kw)
 
@@ -288,8 +295,7 @@ def test_outside_observation_dropped_unless_kept(messy: Path):
 
 @pytest.mark.parametrize("kind", ["duckdb", "sqlite"])
 def test_database_sources_equal_the_csv_folder(messy: Path, tmp_path: Path, kind: str):
-    with open_source(messy) as src:
-        want, _ = build_cohort(src, _messy_config())
+    want = _read_messy(messy)
     db = tmp_path / f"omop_source.{kind}"
     names = [p.stem for p in messy.glob("*.csv")]
     if kind == "duckdb":
@@ -390,10 +396,15 @@ def test_cli_from_omop(messy: Path, tmp_path: Path):
 
     out = tmp_path / "cohort.jsonl"
     r = CliRunner().invoke(app, ["data", "from-omop", "--source", str(messy), "--out", str(out),
-                                 "--index-date", "fixed:2008-01-01", "--min-history-years", "2", "--as-of", "2026-01-01"])
+                                 "--index-date", "fixed:2008-01-01", "--min-history-years", "2", "--as-of", "2026-01-01",
+                                 "--split", "train=0.5,test=0.5"])
     assert r.exit_code == 0, r.output
     assert "cases (label 1)" in r.output and "unreadable line" in r.output
-    assert [p.patient_id for p in read_cohort(out)] == ["1", "2", "7"]
+    written = read_cohort(out)
+    assert [p.patient_id for p in written] == ["1", "2", "7"]
+    assert {p.split for p in written} == {"train", "test"}
+    want = _read_messy(messy)  # streamed to the file: the same records as read into a list
+    assert [(p.events, p.label) for p in written] == [(p.events, p.label) for p in want]
     meta = json.loads((tmp_path / "cohort.jsonl.summary.json").read_text())
     assert meta["summary"]["cases"] == 2 and meta["meta"]["config"]["index"]["rule"] == "fixed:2008-01-01"
     r = CliRunner().invoke(app, ["data", "from-omop", "--source", str(messy), "--out", str(out), "--index-date", "soon"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -159,7 +160,7 @@ def from_omop(
 
     from icl_toolkit.artifacts import base_meta, write_json_atomic
     from icl_toolkit.errors import ConfigError
-    from icl_toolkit.omop import build_cohort, config_from_options, load_outcome, open_source
+    from icl_toolkit.omop import config_from_options, load_outcome, open_source, prepare_cohort
 
     try:
         as_of_date = dt.date.fromisoformat(as_of) if as_of else None
@@ -169,13 +170,21 @@ def from_omop(
                                  load_outcome(outcome) if outcome else None, as_of_date, keep_outside_observation)
     fractions = parse_split(split) if split else None
     start = time.perf_counter()
-    with err_console.status(f"reading {source}"):
-        with open_source(source) as src:
-            patients, summary = build_cohort(src, config)
-    if fractions:
-        for p, name in zip(patients, assign_splits([p.label for p in patients], fractions, seed)):
-            p.split = name
-    write_cohort(patients, out)
+    with open_source(source) as src:
+        with err_console.status(f"reading {source}"):
+            cohort = prepare_cohort(src, config)
+        summary = cohort.summary
+        splits = assign_splits(cohort.labels, fractions, seed) if fractions else None
+
+        def patients() -> Iterator[Any]:
+            for i, p in enumerate(cohort):
+                if splits is not None:
+                    p.split = splits[i]
+                advance()
+                yield p
+
+        with progress_bar("writing patients", len(cohort)) as advance:
+            write_cohort(patients(), out)
     summary_path = out.with_name(out.name + ".summary.json")
     write_json_atomic(summary_path, {"meta": {**base_meta("omop-cohort"), "config": config.model_dump(mode="json")},
                                      "summary": summary.as_dict()})

@@ -28,7 +28,7 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +41,7 @@ from icl_toolkit.omop.source import OmopSource, column_or_null
 from icl_toolkit.synth.vocab import MEASURES
 
 __all__ = ["IndexRule", "OmopConfig", "ImportSummary", "TableReport", "Candidate", "label_person", "place_index",
-           "add_years", "build_cohort", "config_from_options"]
+           "add_years", "prepare_cohort", "build_cohort", "OmopCohort", "config_from_options"]
 
 _FIXED = re.compile(r"^fixed:(\d{4}-\d{2}-\d{2})$")
 _VITAL_CODES = {m.code.code for m in MEASURES.values() if m.kind == "vital"}
@@ -519,17 +519,16 @@ def _write_temp_csv(rows: list[tuple[Any, ...]], header: tuple[str, ...]) -> str
     return path
 
 
-def build_cohort(src: OmopSource, config: OmopConfig | None = None,
-                 progress: Callable[[int], None] | None = None) -> tuple[list[Patient], ImportSummary]:
-    """Read an open OMOP source into cohort records (see the module docstring for the steps).
+def prepare_cohort(src: OmopSource, config: OmopConfig | None = None) -> "OmopCohort":
+    """Clean, name, find outcomes, place index dates and label (see the module docstring for the steps).
 
     Args:
-        src: from :func:`~icl_toolkit.omop.source.open_source`.
+        src: from :func:`~icl_toolkit.omop.source.open_source` (keep it open while reading the result).
         config: window, index rule, outcome definition, as-of date.
-        progress: called with the number of patients finished, as they are.
 
     Returns:
-        The patients (ordered by person id) and the summary of what was read, dropped and why.
+        The selected persons with their labels and the summary; iterate it for the
+        patients with their events, streamed (memory holds one patient at a time).
     """
     cfg = config or OmopConfig()
     con = src.con
@@ -593,29 +592,63 @@ def build_cohort(src: OmopSource, config: OmopConfig | None = None,
     summary.events_after_index = con.execute(
         "SELECT count(*) FROM ev JOIN cohort USING (pid) WHERE ev.d > cohort.index_date").fetchone()[0]
 
-    events: dict[int, list[Event]] = {}
-    cur = con.execute(f"SELECT n.* FROM ({_NAMED_EVENTS}) n JOIN cohort k ON k.pid = n.pid "
-                      "WHERE n.d <= k.index_date ORDER BY n.pid, n.d, n.kind, n.code")
-    while rows := cur.fetchmany(50_000):
-        for pid, d, kind, code, system, name, vnum, vtext, unit in rows:
-            value: Any = vnum if vnum is not None else vtext
-            ev = _event(kind, d, code, system, name, value, unit if value is not None else None)
-            events.setdefault(pid, []).append(ev)
-            summary.events_written[ev.kind] = summary.events_written.get(ev.kind, 0) + 1
+    return OmopCohort(con, chosen, summary)
 
-    patients: list[Patient] = []
-    for cand, index, period, label, outcome_date in chosen:
-        evs = events.pop(cand.pid, [])
-        if not evs:
-            summary.no_history += 1
-        patients.append(Patient(
-            patient_id=str(cand.pid), sex=cand.sex, birth_date=cand.birth, index_date=index, events=evs,
-            label=label, outcome_date=outcome_date,
-            metadata={"source": "omop", "observation_start": period[0].isoformat(),
-                      "observation_end": period[1].isoformat()}))
-        if progress is not None:
-            progress(1)
-    return patients, summary
+
+@dataclass
+class OmopCohort:
+    """The selected persons, ready to be read as patients one at a time (events streamed from DuckDB).
+
+    ``labels`` is known before iterating (for splits); the summary's event counts
+    are complete once iteration has finished.
+    """
+
+    con: Any
+    chosen: list[tuple[Candidate, dt.date, tuple[dt.date, dt.date], int, dt.date | None]]
+    summary: ImportSummary
+
+    @property
+    def labels(self) -> list[int]:
+        return [c[3] for c in self.chosen]
+
+    def __len__(self) -> int:
+        return len(self.chosen)
+
+    def _rows(self) -> Iterator[tuple[Any, ...]]:
+        cur = self.con.execute(f"SELECT n.* FROM ({_NAMED_EVENTS}) n JOIN cohort k ON k.pid = n.pid "
+                               "WHERE n.d <= k.index_date ORDER BY n.pid, n.d, n.kind, n.code")
+        while rows := cur.fetchmany(50_000):
+            yield from rows
+
+    def __iter__(self) -> Iterator[Patient]:
+        summary = self.summary
+        summary.events_written, summary.no_history = {}, 0
+        rows = self._rows()
+        row = next(rows, None)
+        for cand, index, period, label, outcome_date in self.chosen:   # both ordered by person id
+            evs: list[Event] = []
+            while row is not None and row[0] <= cand.pid:
+                pid, d, kind, code, system, name, vnum, vtext, unit = row
+                if pid == cand.pid:
+                    value: Any = vnum if vnum is not None else vtext
+                    ev = _event(kind, d, code, system, name, value, unit if value is not None else None)
+                    evs.append(ev)
+                    summary.events_written[ev.kind] = summary.events_written.get(ev.kind, 0) + 1
+                row = next(rows, None)
+            if not evs:
+                summary.no_history += 1
+            yield Patient(
+                patient_id=str(cand.pid), sex=cand.sex, birth_date=cand.birth, index_date=index, events=evs,
+                label=label, outcome_date=outcome_date,
+                metadata={"source": "omop", "observation_start": period[0].isoformat(),
+                          "observation_end": period[1].isoformat()})
+
+
+def build_cohort(src: OmopSource, config: OmopConfig | None = None) -> tuple[list[Patient], ImportSummary]:
+    """:func:`prepare_cohort`, read into a list: the patients (ordered by person id) and the summary."""
+    cohort = prepare_cohort(src, config)
+    patients = list(cohort)
+    return patients, cohort.summary
 
 
 def config_from_options(window_years: float, index_rule: str, min_age: float, min_history_years: float,
