@@ -82,6 +82,20 @@ def test_vllm_generation_is_batched_and_cut_at_stop(engines, prompts):
     assert sum(a.split()[:3] == b.split()[:3] for a, b in zip(out, ref)) >= 3
 
 
+@pytest.mark.vllm
+def test_teacher_rationales_on_vllm_equal_transformers(engines, small_cohort):
+    from icl_toolkit.rationales import RationaleTeacher, TeacherConfig
+
+    hf, vl = engines
+    config = TeacherConfig(max_new_tokens=40, history_tokens=300)
+    patients = [p for p in small_cohort if p.label is not None][:3]
+    a = RationaleTeacher(hf, config).generate(patients)
+    b = RationaleTeacher(vl, config).generate(patients)
+    # fp32 on both sides and greedy decoding: the same texts, hence the same grounding
+    assert [r.texts for r in a] == [r.texts for r in b]
+    assert [r.grounding for r in a] == [r.grounding for r in b]
+
+
 @pytest.mark.skipif(HAS_VLLM, reason="vLLM is installed here")
 def test_icl_predict_backend_vllm_without_vllm_says_how_to_install(small_cohort, tmp_path):
     import subprocess
