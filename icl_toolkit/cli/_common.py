@@ -12,7 +12,8 @@ from rich.console import Console
 from icl_toolkit.errors import ConfigError
 from icl_toolkit.progress import progress_bar, stderr_console
 
-__all__ = ["console", "err_console", "progress_bar", "BackendName", "DType", "engine_options", "BackendOpt", "DeviceOpt",
+__all__ = ["console", "err_console", "progress_bar", "BackendName", "DType", "flag_error", "engine_options",
+           "engine_options_from", "ENGINE_FLAGS", "BackendOpt", "DeviceOpt",
            "BatchSizeOpt", "DTypeOpt", "GpuMemoryOpt", "TensorParallelOpt", "UrlOpt", "ServedModelOpt",
            "MaxContextOpt", "ModelOpt"]
 
@@ -34,6 +35,17 @@ class DType(str, Enum):
     float16 = "float16"
 
 
+def flag_error(exc: ValidationError, flags: dict[str, str] | None = None) -> ConfigError:
+    """A one-line error naming the command-line flag behind a config field that failed validation.
+
+    The flag is ``--field-name``, or ``flags[field]`` where a flag is named otherwise.
+    """
+    err = exc.errors()[0]
+    name = next((str(x) for x in reversed(err["loc"]) if isinstance(x, str)), "-")
+    flag = (flags or {}).get(name, "--" + name.replace("_", "-"))
+    return ConfigError(f"{flag}: {err['msg']} (got {err.get('input')!r}).")
+
+
 def engine_options(**flags: Any) -> Any:
     """:class:`~icl_toolkit.backends.options.EngineOptions` from CLI flags (unset flags stay unset)."""
     from icl_toolkit.backends.options import EngineOptions
@@ -42,11 +54,21 @@ def engine_options(**flags: Any) -> Any:
     try:
         return EngineOptions(**given)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ConfigError(f"--{str(err['loc'][-1]).replace('_', '-')}: {err['msg']} (got {err.get('input')!r}).") from None
+        raise flag_error(exc) from None
 
 
-# The engine flags of every predicting command (icl predict, icl serve), defined once.
+# The parameter names of the engine flags below, as every predicting command declares them.
+ENGINE_FLAGS = ("backend", "device", "batch_size", "dtype", "max_context", "url", "served_model",
+                "gpu_memory_utilization", "tensor_parallel_size")
+
+
+def engine_options_from(params: dict[str, Any]) -> Any:
+    """:func:`engine_options` from a command's parameters (its ``locals()``): the engine flags among them."""
+    flags = {("max_model_len" if k == "max_context" else k): params[k] for k in ENGINE_FLAGS}
+    return engine_options(**flags)
+
+
+# The engine flags of every predicting command (icl predict, icl serve, icl rationales generate), defined once.
 ModelOpt = Annotated[str, typer.Option(help="'default' (embedded SmolLM2-135M-Instruct), a checkpoint or LoRA adapter folder, or a cached hub name.")]
 BackendOpt = Annotated[BackendName, typer.Option(help="hf (transformers), vllm (offline engine), openai (a running vllm serve at --url), or auto (vllm with a GPU, else hf).")]
 DeviceOpt = Annotated[Optional[str], typer.Option(help="torch device of the hf backend (default cpu).")]

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from icl_toolkit.cli._common import console, err_console, progress_bar
+from icl_toolkit.cli._common import console, err_console, flag_error, progress_bar
 from icl_toolkit.cohort import read_cohort, validate_cohort, write_cohort
 from icl_toolkit.describe import describe_cohort, oracle_auroc, plot_cohort
 from icl_toolkit.synth import SynthConfig, assign_splits, iter_synthetic_patients, parse_split
@@ -160,14 +160,21 @@ def from_omop(
 
     from icl_toolkit.artifacts import base_meta, write_json_atomic
     from icl_toolkit.errors import ConfigError
-    from icl_toolkit.omop import config_from_options, load_outcome, open_source, prepare_cohort
+    from pydantic import ValidationError
+
+    from icl_toolkit.omop import IndexRule, OmopConfig, load_outcome, open_source, prepare_cohort
 
     try:
         as_of_date = dt.date.fromisoformat(as_of) if as_of else None
     except ValueError:
         raise ConfigError(f"--as-of: expected a date YYYY-MM-DD (got {as_of!r}).") from None
-    config = config_from_options(window_years, index_date, min_age, min_history_years,
-                                 load_outcome(outcome) if outcome else None, as_of_date, keep_outside_observation)
+    given = {"outcome": load_outcome(outcome) if outcome else None, "as_of": as_of_date}
+    try:
+        config = OmopConfig(window_years=window_years, keep_outside_observation=keep_outside_observation,
+                            index=IndexRule(rule=index_date, min_age=min_age, min_history_years=min_history_years),
+                            **{k: v for k, v in given.items() if v is not None})
+    except ValidationError as exc:
+        raise flag_error(exc, {"rule": "--index-date"}) from None
     fractions = parse_split(split) if split else None
     start = time.perf_counter()
     with open_source(source) as src:

@@ -9,8 +9,7 @@ from typing import Annotated, Optional
 import typer
 from pydantic import ValidationError
 
-from icl_toolkit.cli._common import console
-from icl_toolkit.errors import ConfigError
+from icl_toolkit.cli._common import console, flag_error
 
 
 class Target(str, Enum):
@@ -48,8 +47,7 @@ def finetune(
                                 seed=seed, lora=lora, lora_r=lora_r, lora_alpha=2 * lora_r, train_layers=train_layers,
                                 query_tokens=query_tokens, val_limit=val_limit)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ConfigError(f"--{str(err['loc'][-1]).replace('_', '-')}: {err['msg']} (got {err.get('input')!r}).") from None
+        raise flag_error(exc) from None
     patients = read_cohort(train)
     if limit:
         patients = patients[:limit]

@@ -25,8 +25,9 @@ from icl_toolkit.cli._common import (
     TensorParallelOpt,
     UrlOpt,
     console,
-    engine_options,
+    engine_options_from,
     err_console,
+    flag_error,
     progress_bar,
 )
 from icl_toolkit.errors import ConfigError
@@ -74,9 +75,7 @@ def _config(**kw: Any) -> Any:
                                 horizon_years=kw["horizon_years"], seed=kw["seed"]),
             threshold=kw["threshold"])
     except ValidationError as exc:
-        err = exc.errors()[0]
-        name = "--" + str(err["loc"][-1]).replace("_", "-")
-        raise ConfigError(f"{name}: {err['msg']} (got {err.get('input')!r}).") from None
+        raise flag_error(exc) from None
 
 
 def _print_example(record: dict[str, Any]) -> None:
@@ -135,6 +134,7 @@ def predict(
     show: Annotated[int, typer.Option(min=0, help="Print this many predictions with their demonstrations.")] = 1,
 ) -> None:
     """Predict ADRD onset for each patient with retrieved demonstrations; print metrics when labels are known."""
+    params = dict(locals())  # the flags as given, before any local is added
     from icl_toolkit.backends.options import open_backend
     from icl_toolkit.cohort import read_cohort
     from icl_toolkit.metrics import summary
@@ -156,10 +156,7 @@ def predict(
     if limit:
         patients = patients[:limit]
     demo_pool = read_cohort(pool) if pool is not None else []
-    lm = open_backend(model, engine_options(backend=backend, device=device, batch_size=batch_size, dtype=dtype,
-                                            max_model_len=max_context, url=url, served_model=served_model,
-                                            gpu_memory_utilization=gpu_memory_utilization,
-                                            tensor_parallel_size=tensor_parallel_size))
+    lm = open_backend(model, engine_options_from(params))
     predictor = Predictor(lm, config, retrieval_cache=retrieval).fit(demo_pool, index, pool_name=str(pool))
     writer = PredictionWriter(out, predictor.provenance(patients), resume=resume, overwrite=overwrite)
     todo = [p for p in patients if p.patient_id not in writer.done]

@@ -22,8 +22,9 @@ from icl_toolkit.cli._common import (
     TensorParallelOpt,
     UrlOpt,
     console,
-    engine_options,
+    engine_options_from,
     err_console,
+    flag_error,
     progress_bar,
 )
 from icl_toolkit.errors import ConfigError
@@ -59,6 +60,7 @@ def generate(
     overwrite: Annotated[bool, typer.Option(help="Start again, replacing earlier generations.")] = False,
 ) -> None:
     """Have a teacher model explain each patient's known outcome, check the rationales' grounding, write the cohort."""
+    params = dict(locals())  # the flags as given, before any local is added
     from pydantic import ValidationError
 
     from icl_toolkit.artifacts import content_hash
@@ -72,8 +74,7 @@ def generate(
                                max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
                                history_tokens=history_tokens, horizon_years=horizon_years)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ConfigError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']} (got {err.get('input')!r}).") from None
+        raise flag_error(exc) from None
     start = time.perf_counter()
     patients = read_cohort(cohort)
     cohort_hash = content_hash(patients)  # of the whole file, so that a run with --limit can be resumed without it
@@ -82,10 +83,7 @@ def generate(
     labelled = [p for p in patients if p.label is not None]
     if not labelled:
         raise ConfigError(f"{cohort}: no patient has a label; a teacher explains known outcomes.")
-    lm = open_backend(model, engine_options(backend=backend, device=device, batch_size=batch_size, dtype=dtype,
-                                            max_model_len=max_context, url=url, served_model=served_model,
-                                            gpu_memory_utilization=gpu_memory_utilization,
-                                            tensor_parallel_size=tensor_parallel_size))
+    lm = open_backend(model, engine_options_from(params))
     teacher = RationaleTeacher(lm, config)
     generations = out.with_name(out.name + ".generations.jsonl")
     writer = PredictionWriter(generations, teacher.provenance() | {"cohort": cohort_hash},

@@ -22,7 +22,7 @@ from icl_toolkit.cli._common import (
     ServedModelOpt,
     TensorParallelOpt,
     UrlOpt,
-    engine_options,
+    engine_options_from,
     err_console,
 )
 from icl_toolkit.errors import ConfigError
@@ -53,6 +53,7 @@ def serve(
     log_level: Annotated[str, typer.Option(help="Log level (request ids and timings; never patient data).")] = "info",
 ) -> None:
     """Serve `icl predict`'s predictor over HTTP: POST /v1/predict, GET /health, GET /v1/info, /docs."""
+    params = dict(locals())  # the flags as given, before any local is added
     try:
         import uvicorn
     except ImportError:
@@ -67,9 +68,7 @@ def serve(
 
     if index is not None and pool is None:
         raise ConfigError("--index needs the --pool it was built from (the demos' records come from the pool).")
-    options = engine_options(backend=backend, device=device, batch_size=batch_size, dtype=dtype,
-                             max_model_len=max_context, url=url, served_model=served_model,
-                             gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size)
+    options = engine_options_from(params)
     config = PredictConfig(prompt=PromptConfig(query_tokens=query_tokens, demo_tokens=demo_tokens,
                                                max_context=max_context))
     demo_pool = read_cohort(pool) if pool is not None else []  # read before binding: a bad file fails here

@@ -13,11 +13,10 @@ from icl_toolkit.omop.build import (
     OmopCohort,
     OmopConfig,
     build_cohort,
-    config_from_options,
     prepare_cohort,
 )
 from icl_toolkit.omop.outcome import ADRD, OutcomeDefinition, load_outcome
 from icl_toolkit.omop.source import OmopSource, open_source
 
 __all__ = ["ADRD", "OutcomeDefinition", "load_outcome", "OmopSource", "open_source", "IndexRule", "OmopConfig",
-           "ImportSummary", "OmopCohort", "prepare_cohort", "build_cohort", "config_from_options"]
+           "ImportSummary", "OmopCohort", "prepare_cohort", "build_cohort"]

@@ -35,13 +35,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from icl_toolkit.cohort import Event, Patient
-from icl_toolkit.errors import ConfigError
 from icl_toolkit.omop.outcome import ADRD, OutcomeDefinition, normalize_code
 from icl_toolkit.omop.source import OmopSource, column_or_null
 from icl_toolkit.synth.vocab import MEASURES
 
 __all__ = ["IndexRule", "OmopConfig", "ImportSummary", "TableReport", "Candidate", "label_person", "place_index",
-           "add_years", "prepare_cohort", "build_cohort", "OmopCohort", "config_from_options"]
+           "add_years", "prepare_cohort", "build_cohort", "OmopCohort"]
 
 _FIXED = re.compile(r"^fixed:(\d{4}-\d{2}-\d{2})$")
 _VITAL_CODES = {m.code.code for m in MEASURES.values() if m.kind == "vital"}
@@ -650,28 +649,3 @@ def build_cohort(src: OmopSource, config: OmopConfig | None = None) -> tuple[lis
     patients = list(cohort)
     return patients, cohort.summary
 
-
-def config_from_options(window_years: float, index_rule: str, min_age: float, min_history_years: float,
-                        outcome: OutcomeDefinition | None, as_of: dt.date | None,
-                        keep_outside_observation: bool) -> OmopConfig:
-    """An :class:`OmopConfig` from command-line values, with option names in the errors."""
-    from pydantic import ValidationError
-
-    try:
-        rule = IndexRule(rule=index_rule, min_age=min_age, min_history_years=min_history_years)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        flag = {"rule": "--index-date", "min_age": "--min-age", "min_history_years": "--min-history-years"}
-        raise ConfigError(f"{flag.get(str(err['loc'][0]), str(err['loc'][0]))}: {err['msg']} "
-                          f"(got {err.get('input')!r}).") from None
-    kwargs: dict[str, Any] = {"window_years": window_years, "index": rule,
-                              "keep_outside_observation": keep_outside_observation}
-    if outcome is not None:
-        kwargs["outcome"] = outcome
-    if as_of is not None:
-        kwargs["as_of"] = as_of
-    try:
-        return OmopConfig(**kwargs)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ConfigError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']} (got {err.get('input')!r}).") from None
