@@ -184,7 +184,8 @@ def _problems(cases: list[tuple[str, str]]) -> str:
     return "CASE " + " ".join(f"WHEN {cond} THEN '{reason}'" for cond, reason in cases) + " END"
 
 
-def _count(con: Any, table: str, report: TableReport) -> None:
+def _count(con: Any, table: str, report: TableReport, repairs: dict[str, str] | None = None) -> None:
+    """Fill ``report`` from a cleaned table: rows per problem, and kept rows matching each repair's condition."""
     rows = con.execute(f"SELECT problem, count(*) FROM {table} GROUP BY problem ORDER BY 2 DESC").fetchall()
     for problem, n in rows:
         report.read += n
@@ -192,6 +193,10 @@ def _count(con: Any, table: str, report: TableReport) -> None:
             report.kept += n
         else:
             report.dropped[problem] = n
+    for reason, cond in (repairs or {}).items():
+        n = con.execute(f"SELECT count(*) FROM {table} WHERE problem IS NULL AND ({cond})").fetchone()[0]
+        if n:
+            report.repaired[reason] = n
 
 
 def _clean_persons(src: OmopSource, cfg: OmopConfig, report: TableReport) -> None:
@@ -220,10 +225,7 @@ def _clean_persons(src: OmopSource, cfg: OmopConfig, report: TableReport) -> Non
                            (f"birth > DATE '{cfg.as_of}' OR year(birth) < 1850", "birth date before 1850 or after the as-of date"),
                            ("dup > 1", "duplicate person_id (first row kept)")])} AS problem
         FROM b""")
-    _count(src.con, "person_t", report)
-    n = src.con.execute("SELECT count(*) FROM person_t WHERE problem IS NULL AND birth_guessed").fetchone()[0]
-    if n:
-        report.repaired["birth month or day missing (mid-month / 1 July used)"] = n
+    _count(src.con, "person_t", report, {"birth month or day missing (mid-month / 1 July used)": "birth_guessed"})
     src.con.execute("CREATE TEMP TABLE person AS SELECT pid, birth, sex FROM person_t WHERE problem IS NULL")
 
 
@@ -240,10 +242,7 @@ def _clean_periods(src: OmopSource, cfg: OmopConfig, report: TableReport) -> Non
                            ("t.e < t.s", "ends before it starts"),
                            (f"t.s > DATE '{cfg.as_of}'", "starts after the as-of date")])} AS problem
         FROM t LEFT JOIN person p ON p.pid = t.pid""")
-    _count(src.con, "period_t", report)
-    n = src.con.execute("SELECT count(*) FROM period_t WHERE problem IS NULL AND clipped").fetchone()[0]
-    if n:
-        report.repaired["end after the as-of date (cut back to it)"] = n
+    _count(src.con, "period_t", report, {"end after the as-of date (cut back to it)": "clipped"})
     src.con.execute("CREATE TEMP TABLE period AS SELECT pid, s, e FROM period_t WHERE problem IS NULL")
 
 
@@ -275,17 +274,14 @@ def _clean_concepts(src: OmopSource, report: TableReport | None, ancestor: Table
         src.con.execute(f"""
             CREATE TEMP TABLE concept_t AS
             WITH t AS (SELECT {_id(c('concept_id'))} AS concept_id, {c('concept_name')} AS concept_name,
-                              {c('vocabulary_id')} AS vocabulary_id, {c('concept_code')} AS concept_code,
-                              {c('concept_id')} AS raw_id FROM raw_concept),
+                              {c('vocabulary_id')} AS vocabulary_id, {c('concept_code')} AS concept_code
+                       FROM raw_concept),
             u AS (SELECT *, row_number() OVER (PARTITION BY concept_id) AS dup FROM t)
             SELECT concept_id, concept_name, vocabulary_id, concept_code,
                    {_problems([("concept_id IS NULL", "concept_id missing or not a whole number"),
                                ("dup > 1", "duplicate concept_id (first row kept)")])} AS problem
             FROM u""")
-        _count(src.con, "concept_t", report)
-        n = src.con.execute("SELECT count(*) FROM concept_t WHERE problem IS NULL AND concept_name IS NULL").fetchone()[0]
-        if n:
-            report.repaired["concept_name missing (named by code or id)"] = n
+        _count(src.con, "concept_t", report, {"concept_name missing (named by code or id)": "concept_name IS NULL"})
         src.con.execute("CREATE TEMP TABLE concept AS SELECT concept_id, concept_name, vocabulary_id, concept_code "
                         "FROM concept_t WHERE problem IS NULL")
     if ancestor is None:
@@ -294,10 +290,10 @@ def _clean_concepts(src: OmopSource, report: TableReport | None, ancestor: Table
         c = column_or_null(src, "concept_ancestor")
         src.con.execute(f"""
             CREATE TEMP TABLE ancestor_t AS
-            SELECT {_id(c('ancestor_concept_id'))} AS a, {_id(c('descendant_concept_id'))} AS d FROM raw_concept_ancestor""")
-        src.con.execute("ALTER TABLE ancestor_t ADD COLUMN problem VARCHAR")
-        src.con.execute("UPDATE ancestor_t SET problem = 'concept id missing or not a whole number' "
-                        "WHERE a IS NULL OR d IS NULL")
+            WITH t AS (SELECT {_id(c('ancestor_concept_id'))} AS a, {_id(c('descendant_concept_id'))} AS d
+                       FROM raw_concept_ancestor)
+            SELECT a, d, {_problems([("a IS NULL OR d IS NULL", "concept id missing or not a whole number")])} AS problem
+            FROM t""")
         _count(src.con, "ancestor_t", ancestor)
         src.con.execute("CREATE TEMP TABLE concept_ancestor AS SELECT a, d FROM ancestor_t WHERE problem IS NULL")
 
@@ -360,16 +356,11 @@ def _clean_events(src: OmopSource, cfg: OmopConfig, table: str, report: TableRep
             FROM raw_{table})
         SELECT t.*, '{spec['kind']}' AS kind, {_problems(problems)} AS problem
         FROM t LEFT JOIN person p ON p.pid = t.pid""")
-    _count(src.con, f"ev_{table}", report)
-    for reason, cond in (("concept_id 0 or missing: named by its source concept or value",
-                          "(cid IS NULL OR cid = 0)"),
-                         ("concept_id not in the concept table: named by source concept, value or id",
-                          "cid <> 0 AND cid NOT IN (SELECT concept_id FROM concept)"),
-                         ("value_as_number not a number: kept as text",
-                          "vnum IS NULL AND vnum_raw IS NOT NULL")):
-        n = src.con.execute(f"SELECT count(*) FROM ev_{table} WHERE problem IS NULL AND {cond}").fetchone()[0]
-        if n:
-            report.repaired[reason] = n
+    _count(src.con, f"ev_{table}", report, {
+        "concept_id 0 or missing: named by its source concept or value": "cid IS NULL OR cid = 0",
+        "concept_id not in the concept table: named by source concept, value or id":
+            "cid <> 0 AND cid NOT IN (SELECT concept_id FROM concept)",
+        "value_as_number not a number: kept as text": "vnum IS NULL AND vnum_raw IS NOT NULL"})
 
 
 # --------------------------------------------------------------------------- outcome (SQL)

@@ -151,23 +151,23 @@ def _attach_sqlite(src: OmopSource, path: Path) -> None:
     except sqlite3.DatabaseError as exc:
         raise ConfigError(f"{path}: cannot be opened as a SQLite database ({exc}).") from None
     src._tmp = tempfile.TemporaryDirectory(prefix="icl-omop-")
+    exported: dict[str, str] = {}
     try:
         for name in names:
             table = name.lower()
-            if table not in CDM_TABLES or table in src.tables:
+            if table not in CDM_TABLES or table in exported:
                 continue
             cur = db.execute(f'SELECT * FROM "{name}"')
-            out = Path(src._tmp.name) / f"{table}.csv"
-            with open(out, "w", newline="", encoding="utf-8") as fh:
+            with open(Path(src._tmp.name) / f"{table}.csv", "w", newline="", encoding="utf-8") as fh:
                 w = csv.writer(fh)
                 w.writerow([d[0] for d in cur.description])
                 while rows := cur.fetchmany(10_000):
                     w.writerows(rows)
-            src.con.execute(f"CREATE TABLE raw_{table} AS SELECT * FROM read_csv({_quote(out)}, header=true, "
-                            "all_varchar=true, auto_detect=true)")
-            src.tables[table] = f"{path}:{name}"
+            exported[table] = name
     finally:
         db.close()
+    _attach_csv(src, Path(src._tmp.name))  # then read like any CSV folder
+    src.tables = {table: f"{path}:{exported[table]}" for table in src.tables}
 
 
 def open_source(location: str | Path) -> OmopSource:
