@@ -105,6 +105,14 @@ def test_sample_fixed_index_date_matches_independent_sql():
     assert {p.index_date for p in patients} == {dt.date(2012, 1, 1)}
 
 
+def test_sample_import_is_deterministic(sample_first_eligible):
+    from icl_toolkit.artifacts import content_hash
+
+    with open_source(SAMPLE) as src:  # a second import: the same records, events in the same order
+        again, _ = build_cohort(src, OmopConfig(as_of=AS_OF, index=IndexRule(min_age=70, min_history_years=1)))
+    assert content_hash(again) == content_hash(sample_first_eligible[0])
+
+
 def test_sample_no_event_after_index_and_labels_consistent(sample_first_eligible):
     patients, _ = sample_first_eligible
     for p in patients:

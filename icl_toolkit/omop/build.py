@@ -606,7 +606,9 @@ class OmopCohort:
 
     def _rows(self) -> Iterator[tuple[Any, ...]]:
         cur = self.con.execute(f"SELECT n.* FROM ({_NAMED_EVENTS}) n JOIN cohort k ON k.pid = n.pid "
-                               "WHERE n.d <= k.index_date ORDER BY n.pid, n.d, n.kind, n.code")
+                               # every column, so that ties cannot come out in another order on the next run
+                               "WHERE n.d <= k.index_date ORDER BY n.pid, n.d, n.kind, n.code, n.system, n.name, "
+                               "n.vnum, n.vtext, n.unit")
         while rows := cur.fetchmany(50_000):
             yield from rows
 
