@@ -45,9 +45,9 @@ from icl_toolkit.artifacts import text_hash
 from icl_toolkit.cohort import Patient
 from icl_toolkit.errors import ConfigError
 from icl_toolkit.retrieve import Hit
-from icl_toolkit.serialize import Serialized, mentioned_in, serialize_history, token_counter
+from icl_toolkit.serialize import Serialized, mentioned_in, serialize_history, sex_word, token_counter
 
-__all__ = ["PromptConfig", "BuiltPrompt", "PromptBuilder", "prompts_dir", "load_templates", "TEMPLATES",
+__all__ = ["PromptConfig", "BuiltPrompt", "PromptBuilder", "prompts_dir", "load_templates", "chat_prompt", "TEMPLATES",
            "task_question"]
 
 TEMPLATES = {"none": "zero_shot", "rationale": "few_shot_rationale", "label": "few_shot_label"}
@@ -87,6 +87,15 @@ def load_templates(*names: str, extra_dir: str | Path | None = None) -> tuple[li
                           f"(set ICL_PROMPTS to another folder).") from None
     sources = [env.loader.get_source(env, t.name)[0] for t in templates]
     return templates, text_hash("\0".join(sources))
+
+
+def chat_prompt(tokenizer: Any, system: str, user: str) -> str:
+    """A system and a user message as the model expects them: through its chat template with the generation
+    prompt added, or ``system + blank line + user + newline`` for a model without one."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return f"{system}\n\n{user}\n"
 
 
 def task_question(horizon_years: float) -> str:
@@ -166,7 +175,6 @@ class PromptBuilder:
         (self._system, self._user, self._answer), self.templates_hash = load_templates(
             SYSTEM_TEMPLATE, name, ANSWER_TEMPLATE, extra_dir=extra)
         self.template_name = name
-        self.chat = bool(getattr(tokenizer, "chat_template", None))
         self._histories: dict[tuple[str, int, bool], Serialized] = {}
 
     # ------------------------------------------------------------------ pieces
@@ -222,7 +230,7 @@ class PromptBuilder:
             "horizon_years": f"{c.horizon_years:g}",
             "choices": ["Yes", "No"],
             "query": {"history": self.history(query, c.query_tokens).text, "age": int(query.age_at_index),
-                      "sex": {"F": "female", "M": "male"}.get(query.sex, "unknown")},
+                      "sex": sex_word(query.sex)},
             "demos": [self._demo_vars(h, p) for h, p in demos],
             "with_rationales": c.demos == "rationale",
             "answer_prefix": self.answer_prefix,
@@ -230,10 +238,7 @@ class PromptBuilder:
         system = self._system.render(**variables).strip()
         user = self._user.render(**variables).strip()
         answer = "" if c.mode == "reason" else self.answer_prefix
-        if self.chat:
-            messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + answer
-        return f"{system}\n\n{user}\n" + answer
+        return chat_prompt(self.tokenizer, system, user) + answer
 
     # ------------------------------------------------------------------ packing
 

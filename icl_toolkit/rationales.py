@@ -22,15 +22,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from icl_toolkit.backends import Backend, GenerationParams
 from icl_toolkit.cohort import Patient, Rationales
 from icl_toolkit.grounding import check_grounding
-from icl_toolkit.prompting import load_templates
-from icl_toolkit.serialize import serialize_history, token_counter
+from icl_toolkit.prompting import chat_prompt, load_templates
+from icl_toolkit.serialize import serialize_history, sex_word, token_counter
 
 __all__ = ["TeacherConfig", "TeacherRecord", "RationaleTeacher", "GroundingSummary", "apply_rationales"]
 
 Style = Literal["free_text", "stepwise"]
 SYSTEM_TEMPLATE = "teacher_system"
 USER_TEMPLATE = "teacher_rationale"
-_SEX = {"F": "female", "M": "male"}
 _LEAD = re.compile(r"^(?:reasoning|rationale|explanation)\s*:\s*", re.IGNORECASE)
 
 
@@ -85,7 +84,6 @@ class RationaleTeacher:
         self.config = config or TeacherConfig()
         (self._system, self._user), self.templates_hash = load_templates(SYSTEM_TEMPLATE, USER_TEMPLATE)
         self._count = token_counter(backend.tokenizer)
-        self.chat = bool(getattr(backend.tokenizer, "chat_template", None))
 
     def prompt(self, patient: Patient, style: str) -> str:
         """The teacher's prompt for one patient and style (the patient must be labelled)."""
@@ -94,13 +92,10 @@ class RationaleTeacher:
         c = self.config
         history = serialize_history(patient, max_tokens=c.history_tokens, counter=self._count).text
         variables = {"history": history, "label": patient.label, "horizon_years": f"{c.horizon_years:g}",
-                     "style": style, "age": int(patient.age_at_index), "sex": _SEX.get(patient.sex, "unknown")}
+                     "style": style, "age": int(patient.age_at_index), "sex": sex_word(patient.sex)}
         system = self._system.render(**variables).strip()
         user = self._user.render(**variables).strip()
-        if self.chat:
-            messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-            return self.backend.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return f"{system}\n\n{user}\n\n"
+        return chat_prompt(self.backend.tokenizer, system, user)
 
     def provenance(self) -> dict[str, Any]:
         return {"teacher_model": self.backend.model_id, "teacher_config": self.config.model_dump(mode="json"),

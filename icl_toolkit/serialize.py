@@ -63,6 +63,7 @@ __all__ = [
     "condensed_profile",
     "token_counter",
     "mentioned_in",
+    "sex_word",
 ]
 
 HISTORY_VERSION = "history-v1"
@@ -77,6 +78,11 @@ _BY_CODE = {m.code.code: m for m in MEASURES.values()}
 _SEX = {"F": "female", "M": "male", "U": "unknown"}
 
 TokenCounter = Callable[[Sequence[str]], list[int]]
+
+
+def sex_word(sex: str) -> str:
+    """``F`` -> ``female``, ``M`` -> ``male``, anything else -> ``unknown``."""
+    return _SEX.get(sex, "unknown")
 
 
 def token_counter(tokenizer: Any, special_tokens: bool = False) -> TokenCounter:
