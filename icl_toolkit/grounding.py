@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass, field
 
 from icl_toolkit.cohort import Event, Patient
-from icl_toolkit.synth import vocab
+from icl_toolkit.vocabulary import DRUG_NAMES, MEASURES
 
 __all__ = ["Claim", "GroundingReport", "extract_claims", "check_grounding"]
 
@@ -35,14 +35,14 @@ _LOINC = re.compile(r"(?<![\w.-])(\d{3,5}-\d)(?![\w-])")
 _NUMERIC_CODE = re.compile(r"(?<![\w.,-])(\d{6,18})(?![\w.,-])")
 _ISO = re.compile(r"\b(\d{4})-(\d{2})-(\d{2})\b")
 _MONTH_YEAR = re.compile(r"\b(" + "|".join(_MONTHS) + r")\s+(\d{4})\b", re.IGNORECASE)
-_UNITS = sorted({m.unit for m in vocab.MEASURES.values() if m.unit != "{score}"}, key=len, reverse=True)
+_UNITS = sorted({m.unit for m in MEASURES.values() if m.unit != "{score}"}, key=len, reverse=True)
 _UNIT_VALUE = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)\s?(" + "|".join(re.escape(u) for u in _UNITS) + r")(?![\w/])")
 _NAMED: list[tuple[re.Pattern[str], str]] = []
-for _m in vocab.MEASURES.values():
+for _m in MEASURES.values():
     for _name in sorted({_m.short, *_m.aliases}, key=len, reverse=True):
         _NAMED.append((re.compile(r"(?<!\w)" + re.escape(_name) + r"(?!\w)[^\d.;()\[\]]{0,40}?(?<![\w.])(\d+(?:\.\d+)?)(?![\d-])",
                                   re.IGNORECASE), _m.key))
-_DRUG = re.compile(r"\b(" + "|".join(sorted(vocab.ALL_DRUG_NAMES, key=len, reverse=True)) + r")\b", re.IGNORECASE)
+_DRUG = re.compile(r"\b(" + "|".join(sorted(DRUG_NAMES, key=len, reverse=True)) + r")\b", re.IGNORECASE)
 _NOT_CODES = ("vitamin ",)
 
 
@@ -135,7 +135,7 @@ def _grounded(kind: str, parsed: tuple, hist: list[Event]) -> bool:
         if key.startswith("unit:"):
             unit = key[5:]
             return any(e.unit == unit and _matches_number(e.value, cited) for e in hist)
-        spec = vocab.MEASURES[key]
+        spec = MEASURES[key]
         names = [n.lower() for n in (spec.short, *spec.aliases)]
         return any((e.code == spec.code.code or any(n in e.name.lower() for n in names))
                    and _matches_number(e.value, cited) for e in hist)

@@ -51,7 +51,7 @@ from typing import Any
 
 from icl_toolkit.cohort import Event, Patient
 from icl_toolkit.errors import ConfigError
-from icl_toolkit.synth.vocab import MEASURES
+from icl_toolkit.vocabulary import MEASURE_BY_CODE
 
 __all__ = [
     "HISTORY_VERSION",
@@ -74,7 +74,6 @@ _PREFIX = {"diagnosis": "Dx", "medication": "Rx", "procedure": "Proc", "observat
 _KIND_WEIGHT = {"diagnosis": 3.0, "observation": 2.5, "lab": 2.0, "vital": 2.0, "medication": 1.5, "procedure": 1.0}
 _KIND_ORDER = {"diagnosis": 0, "medication": 1, "procedure": 2, "observation": 3, "lab": 4, "vital": 5}
 _PERIODS = ((5.0, "More than 5 years before:"), (1.0, "1 to 5 years before:"), (-1.0, "Last 12 months:"))
-_BY_CODE = {m.code.code: m for m in MEASURES.values()}
 _SEX = {"F": "female", "M": "male", "U": "unknown"}
 
 TokenCounter = Callable[[Sequence[str]], list[int]]
@@ -117,12 +116,12 @@ class Item:
 
     @property
     def display_name(self) -> str:
-        spec = _BY_CODE.get(self.code)
+        spec = MEASURE_BY_CODE.get(self.code)
         return spec.short if spec else self.name
 
     @property
     def flag(self) -> str:
-        spec = _BY_CODE.get(self.code)
+        spec = MEASURE_BY_CODE.get(self.code)
         if not spec or not self.values:
             return ""
         v = self.values[-1]

@@ -97,3 +97,23 @@ def test_rationales_know_the_outcome(cohort_5000) -> None:
     for p in neg:
         last = p.rationales.stepwise.splitlines()[-1].lower()
         assert "no adrd" in last or "none was diagnosed" in last
+
+
+def test_grounding_knows_every_synthetic_drug():
+    from icl_toolkit.synth.vocab import ANTICHOLINERGIC_DRUGS, SYNTH_DRUG_NAMES
+    from icl_toolkit.vocabulary import DRUG_NAMES
+
+    assert SYNTH_DRUG_NAMES, "the generator prescribes drugs"
+    assert not (SYNTH_DRUG_NAMES | ANTICHOLINERGIC_DRUGS) - DRUG_NAMES
+
+
+def test_real_data_path_does_not_import_the_synthetic_generator():
+    """The vocabulary sits at the bottom: serialize, grounding and the OMOP import load without icl_toolkit.synth."""
+    import subprocess
+    import sys
+
+    code = ("import sys, icl_toolkit.serialize, icl_toolkit.grounding, icl_toolkit.omop.build, icl_toolkit.vocabulary;"
+            "bad = sorted(m for m in sys.modules if m.startswith('icl_toolkit.synth'));"
+            "print(','.join(bad))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == ""

@@ -37,13 +37,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from icl_toolkit.cohort import Event, Patient
 from icl_toolkit.omop.outcome import ADRD, OutcomeDefinition, normalize_code
 from icl_toolkit.omop.source import OmopSource, column_or_null
-from icl_toolkit.synth.vocab import MEASURES
+from icl_toolkit.vocabulary import VITAL_CODES
 
 __all__ = ["IndexRule", "OmopConfig", "ImportSummary", "TableReport", "Candidate", "label_person", "place_index",
            "add_years", "prepare_cohort", "build_cohort", "OmopCohort"]
 
 _FIXED = re.compile(r"^fixed:(\d{4}-\d{2}-\d{2})$")
-_VITAL_CODES = {m.code.code for m in MEASURES.values() if m.kind == "vital"}
 _VITAL_WORDS = re.compile(r"blood pressure|heart rate|pulse|body weight|body height|body mass index|bmi\b|"
                           r"respiratory rate|body temperature|oxygen saturation", re.IGNORECASE)
 
@@ -478,7 +477,7 @@ def _candidates(con: Any) -> Iterator[Candidate]:
 # --------------------------------------------------------------------------- events -> patients
 
 def _event(kind: str, d: dt.date, code: str, system: str, name: str, value: Any, unit: str | None) -> Event:
-    if kind == "lab" and (code in _VITAL_CODES or _VITAL_WORDS.search(name)):
+    if kind == "lab" and (code in VITAL_CODES or _VITAL_WORDS.search(name)):
         kind = "vital"
     return Event(date=d, kind=kind, code=code, system=system, name=name, value=value, unit=unit)
 

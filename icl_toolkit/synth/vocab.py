@@ -1,4 +1,4 @@
-"""Clinical vocabulary of the synthetic cohort: conditions, drugs, measurements, procedures.
+"""Clinical vocabulary of the synthetic cohort: conditions, drugs, procedures (measurements and the code record\ncome from :mod:`icl_toolkit.vocabulary`, which every data path shares).
 
 Codes are real code-system identifiers (ICD-10-CM for diagnoses, RxNorm
 ingredient concepts for drugs, LOINC for labs, vitals and assessments, CPT and
@@ -9,7 +9,9 @@ code list to reuse without review.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from icl_toolkit.vocabulary import MEASURES, Code, MeasureSpec, drug_stem, loinc
 
 __all__ = [
     "Code",
@@ -24,15 +26,8 @@ __all__ = [
     "PROCEDURES",
     "OBSERVATIONS",
     "ANTICHOLINERGIC_DRUGS",
-    "ALL_DRUG_NAMES",
+    "SYNTH_DRUG_NAMES",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class Code:
-    code: str
-    system: str
-    name: str
 
 
 def icd(code: str, name: str) -> Code:
@@ -201,52 +196,6 @@ NOISE: tuple[ConditionSpec, ...] = (
 CONDITIONS: dict[str, ConditionSpec] = {c.key: c for c in (*RISK_FACTORS, *PRODROMAL, *NOISE)}
 
 
-@dataclass(frozen=True, slots=True)
-class MeasureSpec:
-    """A lab, vital sign or scored assessment and how its value is shown."""
-
-    key: str
-    kind: str          # lab | vital | observation
-    code: Code
-    unit: str
-    decimals: int
-    low: float | None = None      # below this is flagged low
-    high: float | None = None     # above this is flagged high
-    short: str = ""               # short display name in text ("HbA1c")
-    aliases: tuple[str, ...] = field(default=())
-
-
-def loinc(code: str, name: str) -> Code:
-    return Code(code, "LOINC", name)
-
-
-MEASURES: dict[str, MeasureSpec] = {m.key: m for m in (
-    MeasureSpec("hba1c", "lab", loinc("4548-4", "Hemoglobin A1c/Hemoglobin.total in Blood"), "%", 1,
-                None, 6.4, "HbA1c", ("A1c", "hemoglobin A1c")),
-    MeasureSpec("ldl", "lab", loinc("13457-7", "Cholesterol in LDL [Mass/volume] in Serum or Plasma by calculation"),
-                "mg/dL", 0, None, 159, "LDL", ("LDL cholesterol", "LDL-C")),
-    MeasureSpec("egfr", "lab", loinc("98979-8", "Glomerular filtration rate/1.73 sq M.predicted [CKD-EPI 2021]"),
-                "mL/min/1.73m2", 0, 60, None, "eGFR", ()),
-    MeasureSpec("tsh", "lab", loinc("3016-3", "Thyrotropin [Units/volume] in Serum or Plasma"), "mIU/L", 2,
-                0.4, 4.5, "TSH", ()),
-    MeasureSpec("b12", "lab", loinc("2132-9", "Cobalamin (Vitamin B12) [Mass/volume] in Serum or Plasma"), "pg/mL", 0,
-                200, None, "vitamin B12", ("B12",)),
-    MeasureSpec("hemoglobin", "lab", loinc("718-7", "Hemoglobin [Mass/volume] in Blood"), "g/dL", 1,
-                12.0, None, "hemoglobin", ()),
-    MeasureSpec("sbp", "vital", loinc("8480-6", "Systolic blood pressure"), "mmHg", 0, None, 139,
-                "systolic blood pressure", ("systolic BP", "systolic pressure", "SBP")),
-    MeasureSpec("dbp", "vital", loinc("8462-4", "Diastolic blood pressure"), "mmHg", 0, None, 89,
-                "diastolic blood pressure", ("diastolic BP", "DBP")),
-    MeasureSpec("bmi", "vital", loinc("39156-5", "Body mass index (BMI) [Ratio]"), "kg/m2", 1, 18.5, 29.9,
-                "BMI", ("body mass index",)),
-    MeasureSpec("moca", "observation", loinc("72172-0", "Montreal Cognitive Assessment [MoCA] total score"),
-                "{score}", 0, 26, None, "MoCA", ("MoCA score",)),
-    MeasureSpec("phq9", "observation", loinc("44261-6", "Patient Health Questionnaire 9 item (PHQ-9) total score"),
-                "{score}", 0, None, 9, "PHQ-9", ()),
-    MeasureSpec("auditc", "observation", loinc("75626-2", "Total score [AUDIT-C]"), "{score}", 0, None, 4,
-                "AUDIT-C", ()),
-)}
-
 SMOKING_STATUS = loinc("72166-2", "Tobacco smoking status")
 LIVES_ALONE = Code("105529008", "SNOMED", "Lives alone")
 
@@ -275,18 +224,5 @@ PROCEDURES: dict[str, Code] = {
 }
 
 
-def _drug_stem(name: str) -> str:
-    return name.split(" ")[0].lower()
-
-
-ALL_DRUG_NAMES: frozenset[str] = frozenset(
-    _drug_stem(d.name) for spec in CONDITIONS.values() for d in spec.drugs
-) | ANTICHOLINERGIC_DRUGS | frozenset({
-    # drugs a teacher might mention without the patient having them; the
-    # grounding check must catch these too
-    "donepezil", "memantine", "rivastigmine", "galantamine", "lecanemab", "aducanumab", "donanemab",
-    "quetiapine", "risperidone", "haloperidol", "lorazepam", "clonazepam", "diazepam", "alprazolam",
-    "warfarin", "clopidogrel", "metoprolol", "furosemide", "prednisone", "citalopram", "fluoxetine",
-    "duloxetine", "venlafaxine", "mirtazapine", "bupropion", "rosuvastatin", "pravastatin",
-    "glipizide", "sitagliptin", "empagliflozin", "semaglutide", "carbidopa", "levodopa",
-})
+SYNTH_DRUG_NAMES: frozenset[str] = frozenset(drug_stem(d.name) for spec in CONDITIONS.values() for d in spec.drugs)
+"""First words of every drug the generator prescribes."""  # every one is in icl_toolkit.vocabulary.DRUG_NAMES (tested), so grounding knows them
