@@ -417,3 +417,37 @@ def test_cli_from_omop(messy: Path, tmp_path: Path):
     assert meta["summary"]["cases"] == 2 and meta["meta"]["config"]["index"]["rule"] == "fixed:2008-01-01"
     r = CliRunner().invoke(app, ["data", "from-omop", "--source", str(messy), "--out", str(out), "--index-date", "soon"])
     assert r.exit_code != 0
+
+
+def test_whole_number_floats_are_ids_and_fractions_are_not(messy: Path):
+    """Exports that store ids as DOUBLE (the OHDSI Eunomia set: ANCESTOR_CONCEPT_ID 4180628.0) keep their rows;
+    a true fraction is dropped, never rounded to another concept."""
+    _write(messy, "CONCEPT_ANCESTOR.csv", """
+ancestor_concept_id,descendant_concept_id,min_levels_of_separation,max_levels_of_separation
+4182210.0,4182210.0,0,0
+4182210.0,999001.00,1,1
+4182210,4182210.5,1,1
+""")
+    text = (messy / "CONDITION_OCCURRENCE.csv").read_text()
+    (messy / "CONDITION_OCCURRENCE.csv").write_text(text.replace("2,1,999001,2012-04-01", "2,1.0,999001.0,2012-04-01")
+                                                    .replace("12,7,201826,", "12,7,201826.5,"))
+    with open_source(messy) as src:
+        patients, summary = build_cohort(src, _messy_config())
+    by_id = {p.patient_id: p for p in patients}
+    # the dementia subtype is still found through concept_ancestor (it was dropped as "not a whole number")
+    assert (by_id["1"].label, by_id["1"].outcome_date) == (1, dt.date(2012, 4, 1))
+    assert summary.tables["concept_ancestor"].kept == 2
+    assert summary.tables["concept_ancestor"].dropped == {"concept id missing or not a whole number": 1}
+    # 201826.5 is not concept 201827 or 201826: the record has no concept, so it is named by its source value
+    p7 = [e for e in by_id["7"].events if e.kind == "diagnosis"]
+    assert [(e.code, e.system) for e in p7] == [("E11.9", "source")]
+
+
+def test_year_zero_dates_are_not_dates(messy: Path):
+    """DuckDB reads 0000-01-01 as 1 BC, which no Python date holds: it is a bad date, counted, not a traceback."""
+    text = (messy / "OBSERVATION_PERIOD.csv").read_text()
+    (messy / "OBSERVATION_PERIOD.csv").write_text(text.replace("4,6,1995-01-01,2019-01-01", "4,6,0000-01-01,2019-01-01"))
+    with open_source(messy) as src:
+        patients, summary = build_cohort(src, _messy_config())
+    assert summary.tables["observation_period"].dropped["date missing or not a date"] == 2
+    assert "6" not in {p.patient_id for p in patients}

@@ -169,14 +169,20 @@ class ImportSummary:
 # --------------------------------------------------------------------------- cleaning (SQL)
 
 def _id(expr: str) -> str:
-    return f"CASE WHEN regexp_full_match({expr}, '[0-9]+') THEN TRY_CAST({expr} AS BIGINT) END"
+    """A whole number, or NULL. Exports that store ids as DOUBLE write ``4180628.0``: a whole-number float is
+    accepted, a true fraction (``1.5``) is not (a plain cast would round it to another concept)."""
+    return (f"CASE WHEN regexp_full_match(trim({expr}), '[0-9]+(\\.0*)?') "
+            f"THEN TRY_CAST(regexp_replace(trim({expr}), '\\.0*$', '') AS BIGINT) END")
 
 
 def _date(*exprs: str) -> str:
+    """The first of ``exprs`` that is a date (ISO or ``YYYYMMDD``) in years 1-9999, or NULL (DuckDB reads
+    ``0000-01-01`` as 1 BC, which no Python date can hold)."""
     parts = []
     for e in exprs:
         parts += [f"TRY_CAST({e} AS DATE)", f"TRY_CAST(TRY_STRPTIME({e}, '%Y%m%d') AS DATE)"]
-    return "COALESCE(" + ", ".join(parts) + ")"
+    first = "COALESCE(" + ", ".join(parts) + ")"
+    return f"(CASE WHEN {first} BETWEEN DATE '0001-01-01' AND DATE '9999-12-31' THEN {first} END)"
 
 
 def _problems(cases: list[tuple[str, str]]) -> str:
@@ -205,7 +211,7 @@ def _clean_persons(src: OmopSource, cfg: OmopConfig, report: TableReport) -> Non
         CREATE TEMP TABLE person_t AS
         WITH t AS (
             SELECT {c('person_id')} AS raw_pid, {pid} AS pid, {yob} AS yob, {mob} AS mob, {dob} AS dob,
-                   {_date(c('birth_datetime'))} AS bdt, TRY_CAST({c('gender_concept_id')} AS BIGINT) AS gender,
+                   {_date(c('birth_datetime'))} AS bdt, {_id(c('gender_concept_id'))} AS gender,
                    upper(left({c('gender_source_value')}, 1)) AS gsv, row_number() OVER () AS rn
             FROM raw_person),
         b AS (
@@ -347,11 +353,11 @@ def _clean_events(src: OmopSource, cfg: OmopConfig, table: str, report: TableRep
         CREATE TEMP TABLE ev_{table} AS
         WITH t AS (
             SELECT {c('person_id')} AS raw_pid, {_id(c('person_id'))} AS pid, {_date(*(c(x) for x in spec['dates']))} AS d,
-                   TRY_CAST({c(spec['concept'])} AS BIGINT) AS cid, {sv} AS sv,
-                   TRY_CAST({opt('scid')} AS BIGINT) AS scid, TRY_CAST({opt('vnum')} AS DOUBLE) AS vnum,
+                   {_id(c(spec['concept']))} AS cid, {sv} AS sv,
+                   {_id(opt('scid'))} AS scid, TRY_CAST({opt('vnum')} AS DOUBLE) AS vnum,
                    COALESCE({opt('vtext')}, CASE WHEN TRY_CAST({opt('vnum')} AS DOUBLE) IS NULL THEN {opt('vnum')} END)
-                       AS vtext, {opt('vnum')} AS vnum_raw, TRY_CAST({opt('vcid')} AS BIGINT) AS vcid,
-                   TRY_CAST({opt('ucid')} AS BIGINT) AS ucid, {opt('usv')} AS usv
+                       AS vtext, {opt('vnum')} AS vnum_raw, {_id(opt('vcid'))} AS vcid,
+                   {_id(opt('ucid'))} AS ucid, {opt('usv')} AS usv
             FROM raw_{table})
         SELECT t.*, '{spec['kind']}' AS kind, {_problems(problems)} AS problem
         FROM t LEFT JOIN person p ON p.pid = t.pid""")
