@@ -1,4 +1,4 @@
-"""Prompt building: templates from ``prompts/``, demonstrations, chat template, context packing.
+"""Prompt building: templates from ``icl_toolkit/prompts/`` (package data), demonstrations, chat template, context packing.
 
 Templates are Jinja files rendered in a sandboxed, immutable environment with
 strict undefined variables (a typo in a template is an error, not an empty
@@ -32,6 +32,7 @@ Everything cut is recorded on the :class:`BuiltPrompt`.
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 import random
 from collections.abc import Sequence
@@ -57,34 +58,43 @@ ANSWER_TEMPLATE = "answer"
 
 
 def prompts_dir() -> Path:
-    """The folder of prompt templates: ``$ICL_PROMPTS`` or the repository's ``prompts/``."""
+    """The folder of the templates shipped with the package (``icl_toolkit/prompts``, package data)."""
+    return Path(str(importlib.resources.files("icl_toolkit") / "prompts"))
+
+
+def user_prompts_dir() -> Path | None:
+    """``$ICL_PROMPTS``: a folder of templates searched before the shipped ones (a file there overrides the
+    shipped file of the same name; the rest still come from the package)."""
     env = os.environ.get("ICL_PROMPTS")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "prompts"
+    return Path(env).expanduser() if env else None
 
 
 def load_templates(*names: str, extra_dir: str | Path | None = None) -> tuple[list[Any], str]:
-    """Templates ``NAME.j2`` from :func:`prompts_dir` (``extra_dir`` searched first) in the sandboxed environment.
+    """Templates ``NAME.j2`` in the sandboxed environment: from ``extra_dir``, then ``$ICL_PROMPTS``, then the
+    templates shipped in the package (read through :mod:`importlib.resources`, so an installed wheel has them).
 
     Returns:
         The templates, in the order asked, and a hash of their sources.
 
     Raises:
-        ConfigError: a template is not there (the message lists the ones that are).
+        ConfigError: a template is not there (the message lists the ones that are), or it is not valid Jinja.
     """
-    from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound
+    from jinja2 import ChoiceLoader, FileSystemLoader, PackageLoader, StrictUndefined, TemplateNotFound
+    from jinja2.exceptions import TemplateSyntaxError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    folder = prompts_dir()
-    search = [str(extra_dir), str(folder)] if extra_dir is not None else [str(folder)]
-    env = ImmutableSandboxedEnvironment(loader=FileSystemLoader(search), undefined=StrictUndefined,
-                                        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False,
-                                        autoescape=False)
+    folders = [str(f) for f in (extra_dir, user_prompts_dir()) if f is not None]
+    loader = ChoiceLoader([FileSystemLoader(folders), PackageLoader("icl_toolkit", "prompts")])
+    env = ImmutableSandboxedEnvironment(loader=loader, undefined=StrictUndefined, trim_blocks=True,
+                                        lstrip_blocks=True, keep_trailing_newline=False, autoescape=False)
     try:
         templates = [env.get_template(f"{n}.j2") for n in names]
     except TemplateNotFound as exc:
-        raise ConfigError(f"Prompt template {exc.name!r} not found in {', '.join(search)}. Templates there: "
-                          f"{', '.join(sorted(p.stem for p in folder.glob('*.j2'))) or 'none'} "
-                          f"(set ICL_PROMPTS to another folder).") from None
+        known = sorted(t[:-3] for t in env.list_templates(extensions=["j2"]))
+        raise ConfigError(f"Prompt template {exc.name!r} not found in {', '.join([*folders, 'the package'])}. "
+                          f"Templates there: {', '.join(known) or 'none'} (or give a path to a .j2 file).") from None
+    except TemplateSyntaxError as exc:
+        raise ConfigError(f"{exc.filename or exc.name}:{exc.lineno}: not a valid template: {exc.message}.") from None
     sources = [env.loader.get_source(env, t.name)[0] for t in templates]
     return templates, text_hash("\0".join(sources))
 
