@@ -33,8 +33,7 @@ from _common import RESULTS, gpu_name, machine, write_csv  # noqa: E402
 from icl_toolkit.backends.options import EngineOptions, open_backend  # noqa: E402
 from icl_toolkit.predict import PredictConfig, Predictor  # noqa: E402
 from icl_toolkit.progress import progress_bar  # noqa: E402
-from icl_toolkit.prompting import PromptConfig  # noqa: E402
-from icl_toolkit.retrieve import ProfileEmbedder, RetrievalConfig  # noqa: E402
+from icl_toolkit.retrieve import ProfileEmbedder  # noqa: E402
 from icl_toolkit.synth import SynthConfig, generate_cohort  # noqa: E402
 
 
@@ -69,10 +68,10 @@ def main() -> None:
     ap.add_argument("--k", default="0,2,4,8", help="demonstration counts")
     ap.add_argument("--modes", default="score,reason")
     ap.add_argument("--reason-tokens", type=int, default=128)
-    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--dtype", default=None, help="hf, vllm: weights dtype (default: the backend's)")
     ap.add_argument("--device", default=None, help="hf backend device")
     ap.add_argument("--batch-size", type=int, default=None, help="hf backend scoring batch")
-    ap.add_argument("--max-model-len", type=int, default=None)
+    ap.add_argument("--max-context", type=int, default=None, help="context limit (vLLM's max_model_len)")
     ap.add_argument("--gpu-memory-utilization", type=float, default=None)
     ap.add_argument("--url", default=None, help="openai backend server URL")
     ap.add_argument("--pool", type=int, default=1000, help="demonstration pool size")
@@ -84,7 +83,7 @@ def main() -> None:
     ks = [int(x) for x in args.k.split(",")]
     modes = args.modes.split(",")
     opts = {k: v for k, v in dict(backend=args.backend, dtype=args.dtype, device=args.device,
-                                  batch_size=args.batch_size, max_model_len=args.max_model_len,
+                                  batch_size=args.batch_size, max_context=args.max_context,
                                   gpu_memory_utilization=args.gpu_memory_utilization, url=args.url).items()
             if v is not None}
     where = machine()
@@ -98,10 +97,8 @@ def main() -> None:
     with progress_bar("configurations", len(ks) * len(modes)) as advance:
         for mode in modes:
             for k in ks:
-                demos = "none" if k == 0 else "rationale"
-                cfg = PredictConfig(retrieval=RetrievalConfig(k=max(k, 1)),
-                                    prompt=PromptConfig(demos=demos, mode=mode, reason_tokens=args.reason_tokens,
-                                                        query_tokens=400, demo_tokens=200))
+                cfg = PredictConfig.from_options(k=k, demos="rationale", mode=mode, reason_tokens=args.reason_tokens,
+                                                 query_tokens=400, demo_tokens=200)
                 predictor = Predictor(backend, cfg, embedder=embedder, progress=False).fit(pool)
                 retrievals = predictor.retrieve(test)
                 predictor.predict_proba(test[:2], retrievals[:2])  # warm-up: compilation, caches

@@ -18,6 +18,7 @@ from typing import Any
 
 from icl_toolkit.cohort import Patient, patient_to_dict
 from icl_toolkit.errors import ConfigError
+from icl_toolkit.files import keep_mode, os_error
 
 __all__ = ["content_hash", "text_hash", "base_meta", "write_json_atomic", "read_json", "check_meta", "ArtifactMismatch"]
 
@@ -49,16 +50,22 @@ def base_meta(kind: str) -> dict[str, Any]:
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write JSON through a temporary file and a rename, so readers never see half a file."""
+    """Write JSON through a temporary file and a rename, so readers never see half a file (the mode of a file
+    replaced is kept)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=1)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=1)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        keep_mode(path, tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise os_error(exc, path, "writing") from None
 
 
 def read_json(path: str | os.PathLike[str], what: str) -> Any:
@@ -71,6 +78,13 @@ def read_json(path: str | os.PathLike[str], what: str) -> Any:
         raise ConfigError(f"{path}: no {what} here (file not found).") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}:{exc.lineno}: not a valid {what} ({exc.msg}). Rebuild it.") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a valid {what} (not UTF-8 text: invalid byte at offset {exc.start}). "
+                          "Rebuild it.") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not a valid {what} (JSON nested too deeply to read). Rebuild it.") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: a folder, not a {what} file.") from None
 
 
 def check_meta(meta: Mapping[str, Any], expected: Mapping[str, Any], *, what: str, where: str, fix: str) -> None:

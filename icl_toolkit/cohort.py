@@ -33,7 +33,8 @@ from typing import Any, Literal, get_args
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from typing_extensions import Annotated
 
-from icl_toolkit.errors import CohortValidationError, InputIssue
+from icl_toolkit.errors import CohortValidationError, IclError, InputIssue
+from icl_toolkit.files import keep_mode, os_error
 
 __all__ = [
     "EVENT_KINDS",
@@ -161,7 +162,7 @@ def write_cohort(patients: Iterable[Patient], path: str | os.PathLike[str]) -> i
 
     The records go to a temporary file beside ``path`` which is renamed over it
     once complete and flushed to disk; if anything fails (or the process is
-    interrupted) the target is left as it was.
+    interrupted) the target is left as it was. A replaced file keeps its mode.
 
     Returns:
         The number of records written.
@@ -178,12 +179,15 @@ def write_cohort(patients: Iterable[Patient], path: str | os.PathLike[str]) -> i
                 n += 1
             fh.flush()
             os.fsync(fh.fileno())
+        keep_mode(target, tmp)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError) and not isinstance(exc, IclError):
+            raise os_error(exc, target, "writing the cohort") from None
         raise
     return n
 
@@ -218,6 +222,8 @@ def _describe(err: dict[str, Any]) -> tuple[str, str]:
     if len(loc) > 1 and loc[-1] in _UNION_TAGS:
         return _loc_to_field(loc[:-1]), f"expected {_UNION_TAGS[loc[-1]]}, found {_short(found)}"
     where = _loc_to_field(loc)
+    if kind == "json_invalid":
+        return "-", f"expected one JSON object per line, found invalid JSON ({err.get('msg', '')})"
     if kind == "missing":
         return where, "required field is missing; add it to the record"
     if kind in ("extra_forbidden", "unexpected_keyword_argument"):
@@ -312,6 +318,10 @@ def _validate_stream(path: Path, keep: bool) -> tuple[ValidationReport, list[Pat
         except ValueError as exc:
             report.issues.append(InputIssue(name, lineno, "-", f"expected one JSON object per line, "
                                                                f"found invalid JSON ({exc})"))
+            continue
+        except RecursionError:
+            report.issues.append(InputIssue(name, lineno, "-", "expected one patient record, found JSON nested "
+                                                               "too deeply to read (thousands of levels)"))
             continue
         if not isinstance(obj, dict):
             report.issues.append(InputIssue(name, lineno, "-", f"expected a JSON object (one patient), "

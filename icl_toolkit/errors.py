@@ -14,6 +14,7 @@ __all__ = [
     "CohortValidationError",
     "ConfigError",
     "ModelNotFoundError",
+    "FileAccessError",
 ]
 
 
@@ -27,6 +28,10 @@ class ConfigError(IclError, ValueError):
 
 class ModelNotFoundError(IclError):
     """A model name or path could not be resolved without the network."""
+
+
+class FileAccessError(IclError, OSError):
+    """A file could not be read or written (full disk, read-only target, ...); the message names the file."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass, field
 
 from icl_toolkit.cohort import Event, Patient
+from icl_toolkit.errors import ConfigError
 from icl_toolkit.vocabulary import DRUG_NAMES, MEASURES
 
 __all__ = ["Claim", "GroundingReport", "extract_claims", "check_grounding"]
@@ -142,7 +143,7 @@ def _grounded(kind: str, parsed: tuple, hist: list[Event]) -> bool:
     if kind == "drug":
         word = re.compile(r"\b" + re.escape(parsed[0]) + r"\b")
         return any(e.kind == "medication" and word.search(e.name.lower()) for e in hist)
-    raise ValueError(f"unknown claim kind {kind!r}")
+    raise ConfigError(f"unknown claim kind {kind!r}")
 
 
 def check_grounding(text: str, patient: Patient) -> GroundingReport:

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from icl_toolkit.errors import ConfigError
+
 __all__ = [
     "summary",
     "expected_calibration_error",
@@ -39,9 +41,9 @@ def _arrays(labels: Sequence[int], probabilities: Sequence[float]) -> tuple[np.n
     y = np.asarray(labels, dtype=int)
     p = np.asarray(probabilities, dtype=float)
     if y.shape != p.shape:
-        raise ValueError(f"labels and probabilities differ in length ({len(y)} vs {len(p)}).")
+        raise ConfigError(f"labels and probabilities differ in length ({len(y)} vs {len(p)}).")
     if len(y) and not set(np.unique(y)) <= {0, 1}:
-        raise ValueError("labels must be 0 or 1.")
+        raise ConfigError("labels must be 0 or 1.")
     return y, p
 
 
@@ -119,11 +121,11 @@ def bootstrap_ci(labels: Sequence[int], probabilities: Sequence[float], *, n_res
     from sklearn.metrics import average_precision_score, f1_score
 
     if n_resamples < 1:
-        raise ValueError(f"The 'n_resamples' parameter must be an int >= 1. Got {n_resamples!r} instead.")
+        raise ConfigError(f"The 'n_resamples' parameter must be an int >= 1. Got {n_resamples!r} instead.")
     y, p = _arrays(labels, probabilities)
     pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
     if not len(pos) or not len(neg):
-        raise ValueError("bootstrap_ci needs both cases and controls.")
+        raise ConfigError("bootstrap_ci needs both cases and controls.")
     rng = np.random.default_rng(seed)
     rows = np.concatenate([rng.choice(pos, (n_resamples, len(pos))), rng.choice(neg, (n_resamples, len(neg)))], axis=1)
     yr, pr = y[rows], p[rows]
@@ -142,7 +144,7 @@ def bootstrap_ci(labels: Sequence[int], probabilities: Sequence[float], *, n_res
         elif name in per:
             values = np.array([per[name](r) for r in range(n_resamples)])
         else:
-            raise ValueError(f"Unknown metric {name!r}. Available: auroc, {', '.join(per)}.")
+            raise ConfigError(f"Unknown metric {name!r}. Available: auroc, {', '.join(per)}.")
         lo, hi = np.quantile(values, [tail, 1 - tail])
         out[name] = {"value": float(point[name]), "lo": float(lo), "hi": float(hi)}
     return out
@@ -184,7 +186,7 @@ def delong_test(labels: Sequence[int], prob_a: Sequence[float], prob_b: Sequence
     pos, neg = y == 1, y == 0
     m, n = int(pos.sum()), int(neg.sum())
     if m < 2 or n < 2:
-        raise ValueError("delong_test needs at least two cases and two controls.")
+        raise ConfigError("delong_test needs at least two cases and two controls.")
     auc_a, v10a, v01a = _midrank_components(a[pos], a[neg])
     auc_b, v10b, v01b = _midrank_components(b[pos], b[neg])
     s10 = np.cov(np.vstack([v10a, v10b]))
@@ -215,7 +217,7 @@ def subgroup_metrics(labels: Sequence[int], probabilities: Sequence[float], grou
     for name, values in groups.items():
         values = np.asarray(values, dtype=object)
         if len(values) != len(y):
-            raise ValueError(f"group {name!r} has {len(values)} values for {len(y)} patients.")
+            raise ConfigError(f"group {name!r} has {len(values)} values for {len(y)} patients.")
         for value in sorted(set(values.tolist())):
             sel = values == value
             rows.append({"group": name, "value": value} | point_metrics(y[sel], p[sel], threshold))

@@ -16,42 +16,28 @@ Scoring modes:
     the answer prefix ``ADRD within 5 years:``), then the prefix is appended and
     the answer slot after it is scored the same way.
 
-:class:`PredictionWriter` appends predictions to a JSONL file as they finish,
-with a metadata sidecar, so an interrupted run resumes without redoing or
-duplicating patients.
+The settings come as one :class:`~icl_toolkit.spec.PredictConfig` (the spec every
+front end builds); :func:`icl_toolkit.run.run_resumable` streams predictions to a
+file, resumably.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from icl_toolkit.artifacts import base_meta, check_meta, content_hash, read_json, write_json_atomic
+from icl_toolkit.artifacts import content_hash
 from icl_toolkit.backends import Backend, GenerationParams, choice_probabilities
 from icl_toolkit.cohort import Patient
 from icl_toolkit.errors import ConfigError
 from icl_toolkit.prompting import BuiltPrompt, PromptBuilder, PromptConfig
-from icl_toolkit.retrieve import DemoIndex, ProfileEmbedder, Retrieval, RetrievalCache, RetrievalConfig, Retriever
+from icl_toolkit.retrieve import DemoIndex, ProfileEmbedder, Retrieval, RetrievalCache, Retriever
+from icl_toolkit.spec import PredictConfig
 
-__all__ = ["PredictConfig", "Prediction", "Predictor", "PredictionWriter"]
-
-
-class PredictConfig(BaseModel):
-    """Everything that decides a prediction besides the model and the data."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
-    prompt: PromptConfig = Field(default_factory=PromptConfig)
-    threshold: float = Field(0.5, ge=0.0, le=1.0)
-    """Predicted label is 1 when P(yes) >= threshold."""
+__all__ = ["PredictConfig", "Prediction", "Predictor"]
 
 
 @dataclass
@@ -106,7 +92,7 @@ class Predictor:
 
     @property
     def uses_demos(self) -> bool:
-        return self.config.prompt.demos != "none" and self.config.retrieval.k > 0
+        return self.config.uses_demos
 
     def fit(self, pool: Sequence[Patient], index: DemoIndex | str | Path | None = None, *,
             index_kind: str = "exact", pool_name: str = "pool") -> Predictor:
@@ -215,66 +201,3 @@ def _check_pool(pool: Sequence[Patient], prompt: PromptConfig, name: str) -> Non
             raise ConfigError(
                 f"{name}: {len(missing)} of {len(pool)} pool patients have no {prompt.rationale} rationale (first: "
                 f"{missing[0]}); --demos rationale needs them. Use --demos label, or generate rationales first.")
-
-
-# --------------------------------------------------------------------------- output file
-
-class PredictionWriter:
-    """Appends records (predictions, or any ``kind`` with ``patient_id`` and ``to_dict()``) to a JSONL file, one
-    complete line at a time, resumable.
-
-    A sidecar ``<file>.meta.json`` records the provenance; resuming with other
-    settings, model, cohort or pool is an error. A half-written last line (a run
-    killed mid-write) is cut off on resume.
-    """
-
-    def __init__(self, path: str | Path, provenance: dict[str, Any], *, resume: bool = False,
-                 overwrite: bool = False, kind: str = "predictions") -> None:
-        self.path = Path(path)
-        self.kind = kind
-        self.meta_path = self.path.with_name(self.path.name + ".meta.json")
-        self.done: set[str] = set()
-        if self.path.exists() and not (resume or overwrite):
-            raise ConfigError(f"{self.path} already exists. Pass --resume to continue it or --overwrite to replace it.")
-        if resume and self.path.exists():
-            if self.meta_path.exists():
-                meta = read_json(self.meta_path, f"{kind} metadata")
-                check_meta(meta, provenance, what=f"{kind} file", where=str(self.path),
-                           fix="Resume with the same settings, or write to another --out.")
-            self.done = self._scan()
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text("")
-        write_json_atomic(self.meta_path, base_meta(kind) | provenance)
-
-    def _scan(self) -> set[str]:
-        data = self.path.read_bytes()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):  # a torn last line from an interrupted write
-            with open(self.path, "r+b") as fh:
-                fh.truncate(end)
-        done = set()
-        for lineno, line in enumerate(data[:end].splitlines(), 1):
-            if line.strip():
-                try:
-                    done.add(json.loads(line)["patient_id"])
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    raise ConfigError(f"{self.path}:{lineno}: not a {self.kind} record; cannot resume this file. "
-                                      "Use --overwrite to start again.") from None
-        return done
-
-    def write(self, predictions: Sequence[Prediction]) -> None:
-        """Append complete lines and flush them to disk."""
-        if not predictions:
-            return
-        block = "".join(json.dumps(p.to_dict(), separators=(",", ":")) + "\n" for p in predictions)
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(block)
-            fh.flush()
-            os.fsync(fh.fileno())
-        self.done.update(p.patient_id for p in predictions)
-
-    def read_all(self) -> list[dict[str, Any]]:
-        """Every prediction record in the file."""
-        with open(self.path, encoding="utf-8") as fh:
-            return [json.loads(line) for line in fh if line.strip()]

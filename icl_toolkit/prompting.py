@@ -48,8 +48,14 @@ from icl_toolkit.errors import ConfigError
 from icl_toolkit.retrieve import Hit
 from icl_toolkit.serialize import Serialized, mentioned_in, serialize_history, sex_word, token_counter
 
-__all__ = ["PromptConfig", "BuiltPrompt", "PromptBuilder", "prompts_dir", "load_templates", "chat_prompt", "TEMPLATES",
+__all__ = ["Demos", "Mode", "Order", "RationaleStyle", "PromptConfig", "BuiltPrompt", "PromptBuilder", "prompts_dir", "load_templates", "chat_prompt", "TEMPLATES",
            "task_question"]
+
+Demos = Literal["rationale", "label", "none"]
+"""What each demonstration shows: history + rationale + outcome, history + outcome, or no demos."""
+Mode = Literal["score", "reason"]
+Order = Literal["similar-last", "similar-first", "random"]
+RationaleStyle = Literal["free_text", "stepwise"]
 
 TEMPLATES = {"none": "zero_shot", "rationale": "few_shot_rationale", "label": "few_shot_label"}
 REASON_TEMPLATE = "reason_first"
@@ -119,15 +125,15 @@ class PromptConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    demos: Literal["rationale", "label", "none"] = "rationale"
+    demos: Demos = "rationale"
     """What each demonstration shows: history + rationale + outcome, history + outcome, or no demos."""
-    rationale: Literal["free_text", "stepwise"] = "free_text"
+    rationale: RationaleStyle = "free_text"
     """Which rationale of a demonstration to show."""
-    mode: Literal["score", "reason"] = "score"
+    mode: Mode = "score"
     """``score``: read P(yes) at the answer slot; ``reason``: the model reasons first (reason-first template)."""
     template: str | None = None
     """Template name in the prompts folder (without ``.j2``) or a file path; default chosen by demos/mode."""
-    order: Literal["similar-last", "similar-first", "random"] = "similar-last"
+    order: Order = "similar-last"
     """Presentation order of demos; the default puts the most similar next to the query."""
     demo_tokens: int = Field(200, ge=90)
     """History budget per demonstration, in model tokens."""

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from icl_toolkit.backends import Backend, GenerationParams
 from icl_toolkit.cohort import Patient, Rationales
+from icl_toolkit.errors import ConfigError
 from icl_toolkit.grounding import check_grounding
 from icl_toolkit.prompting import chat_prompt, load_templates
 from icl_toolkit.serialize import serialize_history, sex_word, token_counter
@@ -64,7 +65,11 @@ class TeacherRecord:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TeacherRecord":
-        return cls(d["patient_id"], d["texts"], d["grounding"])
+        texts, grounding = d.get("texts"), d.get("grounding")
+        if not isinstance(texts, dict) or not isinstance(grounding, dict) or set(texts) != set(grounding):
+            raise ConfigError(f"the teacher generations record of patient {d.get('patient_id')!r} lacks its texts "
+                              "or their grounding; start the generations again with --overwrite.")
+        return cls(d["patient_id"], texts, grounding)
 
 
 def _clean(text: str) -> str:
@@ -88,7 +93,7 @@ class RationaleTeacher:
     def prompt(self, patient: Patient, style: str) -> str:
         """The teacher's prompt for one patient and style (the patient must be labelled)."""
         if patient.label is None:
-            raise ValueError(f"patient {patient.patient_id} has no label: a teacher explains a known outcome")
+            raise ConfigError(f"patient {patient.patient_id} has no label: a teacher explains a known outcome")
         c = self.config
         history = serialize_history(patient, max_tokens=c.history_tokens, counter=self._count).text
         variables = {"history": history, "label": patient.label, "horizon_years": f"{c.horizon_years:g}",

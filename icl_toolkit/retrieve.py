@@ -38,7 +38,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -50,7 +50,10 @@ from icl_toolkit.progress import progress_bar
 from icl_toolkit.serialize import PROFILE_VERSION, condensed_profile, token_counter
 
 __all__ = [
+    "Strategy",
     "STRATEGIES",
+    "Balance",
+    "IndexKind",
     "ProfileEmbedder",
     "DemoIndex",
     "faiss_index",
@@ -61,8 +64,12 @@ __all__ = [
     "RetrievalCache",
 ]
 
-STRATEGIES = ("similar", "balanced", "mmr", "random")
-INDEX_KINDS = ("exact", "hnsw")
+Strategy = Literal["similar", "balanced", "mmr", "random"]
+"""How demonstrations are chosen (see the module docstring); the one place the strategies are listed."""
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+Balance = Literal["half", "prevalence"]
+IndexKind = Literal["exact", "hnsw"]
+INDEX_KINDS: tuple[str, ...] = get_args(IndexKind)
 
 
 # --------------------------------------------------------------------------- embedding
@@ -226,9 +233,9 @@ class RetrievalConfig(BaseModel):
 
     k: int = Field(4, ge=0, le=1024)
     """Number of demonstrations per query."""
-    strategy: Literal["similar", "balanced", "mmr", "random"] = "similar"
+    strategy: Strategy = "similar"
     """Selection strategy (see the module docstring)."""
-    balance: Literal["half", "prevalence"] = "half"
+    balance: Balance = "half"
     """Label quotas of the ``balanced`` strategy."""
     mmr_lambda: float = Field(0.7, ge=0.0, le=1.0)
     """Relevance weight of ``mmr`` (1 = plain similarity, 0 = only diversity)."""

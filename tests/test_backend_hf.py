@@ -122,19 +122,48 @@ def test_registry_is_lazy_and_suggests_names():
 def test_engine_options_map_to_each_backend_and_refuse_what_it_does_not_use():
     from icl_toolkit.backends.options import EngineOptions, backend_kwargs
 
-    assert backend_kwargs("hf", EngineOptions()) == {"device": "cpu", "dtype": "float32", "batch_size": 1}
-    assert backend_kwargs("hf", EngineOptions(device="cuda", dtype="bfloat16", max_model_len=4096)) == {
-        "device": "cuda", "dtype": "bfloat16", "batch_size": 8, "max_context": 4096}
+    # only what was given is passed on: each backend's constructor holds its own defaults
+    assert backend_kwargs("hf", EngineOptions()) == {}
+    assert backend_kwargs("hf", EngineOptions(device="cuda", dtype="bfloat16", max_context=4096)) == {
+        "device": "cuda", "dtype": "bfloat16", "max_context": 4096}
     vl = backend_kwargs("vllm", EngineOptions(backend="vllm", dtype="float16", gpu_memory_utilization=0.5,
-                                              tensor_parallel_size=2, max_lora_rank=16))
-    assert vl == {"dtype": "float16", "max_model_len": None, "gpu_memory_utilization": 0.5,
+                                              tensor_parallel_size=2, max_lora_rank=16, max_context=2048))
+    assert vl == {"dtype": "float16", "max_context": 2048, "gpu_memory_utilization": 0.5,
                   "tensor_parallel_size": 2, "max_lora_rank": 16}
     with pytest.raises(ConfigError, match="gpu-memory-utilization is for vllm; tensor-parallel-size is for vllm"):
         backend_kwargs("hf", EngineOptions(gpu_memory_utilization=0.5, tensor_parallel_size=2))
     with pytest.raises(ConfigError, match="device is for hf"):
         backend_kwargs("vllm", EngineOptions(backend="vllm", device="cuda:1"))
+    # vLLM used to take device and batch_size and drop them silently; now they are refused like the rest
+    with pytest.raises(ConfigError, match="batch-size is for hf and openai"):
+        backend_kwargs("vllm", EngineOptions(backend="vllm", batch_size=4))
     with pytest.raises(ConfigError, match="url is for openai"):
         backend_kwargs("hf", EngineOptions(url="http://x/v1"))
+    with pytest.raises(ConfigError, match="dtype is for hf and vllm"):
+        backend_kwargs("openai", EngineOptions(backend="openai", url="http://x/v1", dtype="bfloat16"))
+
+
+def test_each_backend_declares_its_options_as_constructor_arguments():
+    import inspect
+
+    from icl_toolkit.backends import BACKENDS, BaseBackend, get_backend_class
+    from icl_toolkit.backends.hf import HFBackend
+    from icl_toolkit.backends.options import EngineOptions
+
+    fields = set(EngineOptions.model_fields) - {"backend"}
+    covered = set()
+    for name in BACKENDS:
+        cls = get_backend_class(name)
+        assert issubclass(cls, BaseBackend)
+        params = inspect.signature(cls.__init__).parameters
+        declared = set(cls.engine_options)
+        assert declared <= fields and declared <= set(params), (name, declared - set(params))
+        # an engine option the backend does not declare is not silently swallowed by its constructor
+        assert not (fields - declared) & set(params), (name, (fields - declared) & set(params))
+        covered |= declared
+    assert covered == fields
+    defaults = inspect.signature(HFBackend.__init__).parameters
+    assert defaults["device"].default == "cpu" and defaults["dtype"].default == "float32"
 
 
 def test_icl_predict_engine_flags_are_checked_against_the_backend(small_cohort, tmp_path, invoke):

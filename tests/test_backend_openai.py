@@ -151,8 +151,10 @@ def test_engine_options_reach_the_openai_backend_and_predict_runs_on_it(tiny, ti
     from icl_toolkit.prompting import PromptConfig
     from icl_toolkit.retrieve import RetrievalConfig
 
+    from icl_toolkit.backends.options import open_backend
+
     with pytest.raises(ConfigError, match="needs the server's URL"):
-        backend_kwargs("openai", EngineOptions(backend="openai"))
+        open_backend(str(tiny_model_dir), EngineOptions(backend="openai"))
     kw = backend_kwargs("openai", EngineOptions(backend="openai", url="http://m/v1", batch_size=4))
     backend = OpenAIBackend(str(tiny_model_dir), **kw, progress=False,
                             transport=httpx.MockTransport(ReferenceServer(*tiny)))

@@ -30,7 +30,7 @@ def engines():
 
     # LoRA on from the start, so that adapters later in this file join this engine without a restart
     return HFBackend("default", batch_size=1, progress=False), VLLMBackend(
-        "default", dtype="float32", max_model_len=2048, max_lora_rank=8, progress=False)
+        "default", dtype="float32", max_context=2048, max_lora_rank=8, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,7 @@ def test_lora_adapters_are_chosen_per_request_on_one_engine(engines, prompts, ad
     sub = prompts[:8]
     base_p = _p_yes(vl, sub)
     for target, folder in adapters.items():
-        for on_engine in (vl.with_adapter(folder), VLLMBackend(str(folder), dtype="float32", max_model_len=2048,
+        for on_engine in (vl.with_adapter(folder), VLLMBackend(str(folder), dtype="float32", max_context=2048,
                                                                 progress=False)):
             assert on_engine.llm is engine  # same engine: the base model was not loaded again
             got = _p_yes(on_engine, sub)
@@ -238,7 +238,7 @@ def test_full_checkpoint_gets_its_own_engine(engines, prompts, small_cohort, tmp
     _, vl = engines
     cfg = FinetuneConfig(target="label", max_steps=2, batch_size=4, lr=1e-3, train_layers=2, query_tokens=120)
     Finetuner(cfg, base="default", progress=False).fit(small_cohort[:8], tmp_path / "full")
-    full = VLLMBackend(str(tmp_path / "full"), dtype="float32", max_model_len=2048, progress=False)
+    full = VLLMBackend(str(tmp_path / "full"), dtype="float32", max_context=2048, progress=False)
     with pytest.raises(ConfigError, match="was released"):
         vl.llm  # one engine per process: the base engine made room for the checkpoint's
     sub = prompts[:8]
@@ -260,7 +260,7 @@ def test_icl_predict_backend_vllm(small_cohort, tmp_path):
     release_engine()  # the CLI starts its own
     write_cohort(small_cohort[:4], tmp_path / "c.jsonl")
     icl = Path(sys.executable).parent / "icl"
-    common = ["predict", "--cohort", str(tmp_path / "c.jsonl"), "--demos", "none", "--max-model-len", "2048",
+    common = ["predict", "--cohort", str(tmp_path / "c.jsonl"), "--demos", "none", "--max-context", "2048",
               "--query-tokens", "200"]
     for backend, extra in (("vllm", ["--dtype", "float32"]), ("hf", [])):
         res = subprocess.run([str(icl), *common, "--backend", backend, "--out", str(tmp_path / f"{backend}.jsonl"),

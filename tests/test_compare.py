@@ -91,7 +91,7 @@ def test_arms_expand_and_collapse(setup):
     ('[[arm]]\ndemos = ["label", "none"]\nname = "a"\n', "expands to 2 arms"),
     ('[retrieval]\nk = 3\n[[arm]]\n', "per \\[\\[arm\\]\\]"),
     ('[[arm]\n', "not valid TOML"),
-    ('[engine]\ndtype = "fp8"\n[[arm]]\n', r"engine.dtype: .*'auto', 'float32'"),
+    ('[engine]\ndtype = "fp8"\n[[arm]]\n', r"\[engine\].dtype: .*'auto', 'float32'"),
     ('backend = "vllm"\n[engine]\nbackend = "hf"\n[[arm]]\n', "backend is set both at the top level and in \\[engine\\]"),
 ])
 def test_bad_configs_name_the_field(tmp_path, text, message):

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from icl_toolkit.cli import app
 from icl_toolkit.cohort import write_cohort
 from icl_toolkit.errors import ConfigError
-from icl_toolkit.predict import PredictConfig, PredictionWriter, Predictor
+from icl_toolkit.predict import PredictConfig, Predictor
 from icl_toolkit.prompting import PromptConfig
 from icl_toolkit.retrieve import RetrievalConfig
 
@@ -158,10 +158,12 @@ def test_unreadable_cohort_and_missing_rationales(files, tiny_model_dir, tmp_pat
 
 
 def test_writer_refuses_to_clobber(tmp_path):
+    from icl_toolkit.run import OutputFile
+
     path = tmp_path / "p.jsonl"
     path.write_text("")
     with pytest.raises(ConfigError, match="--overwrite"):
-        PredictionWriter(path, {"model_id": "m"})
+        OutputFile(path, {"model_id": "m"})
 
 
 def test_embedded_model_follows_its_demonstrations(small_cohort):

@@ -17,6 +17,14 @@ A backend wraps one language model and offers two batch methods:
 Backends are registered as ``"module:Class"`` strings and imported only when
 chosen, so vLLM is imported only by those who ask for it. A missing optional
 dependency names the extra to install.
+
+:class:`BaseBackend` holds what every backend shares: the one-or-many
+convention, the checks of prompts, choices and lengths, the scoring plan (each
+choice tokenised in context), cutting generations at stop strings, ``encode``
+and ``count_tokens``. A backend implements only ``_score(plan)`` and
+``_generate(ctxs, params)``, and declares in ``engine_options`` which engine
+options (:class:`~icl_toolkit.backends.options.EngineOptions`) it accepts; its
+constructor holds their defaults. Any other option set for it is refused.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import importlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -34,6 +42,7 @@ from icl_toolkit.errors import ConfigError
 
 __all__ = [
     "Backend",
+    "BaseBackend",
     "GenerationParams",
     "BACKENDS",
     "get_backend_class",
@@ -180,6 +189,55 @@ def plan_scoring(tokenizer: Any, prompts: Sequence[str], choices: Sequence[str],
     fast = [i for i, cs in enumerate(conts) if all(len(x) == 1 for x in cs) and len({x[0] for x in cs}) == len(cs)]
     quick = set(fast)
     return ScoringPlan(ctxs, conts, fast, [i for i in range(len(prompts)) if i not in quick])
+
+
+class BaseBackend:
+    """The shared part of every backend (see the module docstring).
+
+    Subclasses set ``model_id``, ``tokenizer``, ``max_context`` and ``progress`` in their constructor and
+    implement :meth:`_score` and :meth:`_generate`.
+    """
+
+    engine_options: ClassVar[tuple[str, ...]] = ()
+    """The :class:`~icl_toolkit.backends.options.EngineOptions` fields this backend takes as constructor
+    arguments (with its own defaults); any other option set for it is refused."""
+
+    model_id: str
+    tokenizer: Any
+    max_context: int
+    progress: bool = True
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of a prompt; special tokens are added only when the text does not carry them."""
+        return encode_prompt(self.tokenizer, text)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Prompt lengths in tokens, as :meth:`score` would see them."""
+        return [len(self.encode(t)) for t in texts]
+
+    def score(self, prompts: str | Sequence[str], choices: Sequence[str]) -> list[float] | list[list[float]]:
+        """Log-probabilities of each choice after each prompt (see :mod:`icl_toolkit.backends`)."""
+        batch, single = as_batch(prompts)
+        choices = check_choices(choices)
+        plan = plan_scoring(self.tokenizer, batch, choices, self.max_context, self.model_id)
+        out = self._score(plan, len(choices)) if batch else []
+        return out[0] if single else out
+
+    def generate(self, prompts: str | Sequence[str], params: GenerationParams | None = None) -> str | list[str]:
+        """Continuations of each prompt (greedy unless ``params.temperature > 0``), cut at the stop strings."""
+        batch, single = as_batch(prompts)
+        params = params or GenerationParams()
+        ctxs = encode_checked(self.tokenizer, batch, params.max_new_tokens, self.max_context, self.model_id)
+        texts = [cut_at_stop(t, params.stop) for t in self._generate(ctxs, params)] if batch else []
+        return texts[0] if single else texts
+
+    def _score(self, plan: ScoringPlan, n_choices: int) -> list[list[float]]:
+        """Choice log-probs of every prompt of ``plan`` (``plan.fast``: one next-token distribution each)."""
+        raise NotImplementedError
+
+    def _generate(self, ctxs: list[list[int]], params: GenerationParams) -> list[str]:
+        """The decoded continuation of each prompt's token ids (stop strings are cut by the caller)."""
+        raise NotImplementedError
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:

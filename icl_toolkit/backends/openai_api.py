@@ -19,27 +19,18 @@ the environment: ``ICL_OPENAI_API_KEY``, else ``OPENAI_API_KEY``.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from typing import Any
 
 import httpx
 
-from icl_toolkit.backends import (
-    GenerationParams,
-    as_batch,
-    check_choices,
-    cut_at_stop,
-    encode_checked,
-    encode_prompt,
-    plan_scoring,
-)
+from icl_toolkit.backends import BaseBackend, GenerationParams, ScoringPlan
 from icl_toolkit.errors import ConfigError
 from icl_toolkit.progress import progress_bar
 
 __all__ = ["OpenAIBackend"]
 
 
-class OpenAIBackend:
+class OpenAIBackend(BaseBackend):
     """A model served by an OpenAI-compatible completions API (vLLM's ``vllm serve``).
 
     Args:
@@ -48,25 +39,30 @@ class OpenAIBackend:
         url: base URL of the API, e.g. ``http://127.0.0.1:8000/v1``.
         served_model: the model's name on the server (default: the only model it serves).
         max_context: context limit (default: the server's ``max_model_len``).
-        batch_size: sequences per HTTP request.
+        batch_size: sequences per HTTP request (default 32).
         timeout: seconds to wait for one request.
         api_key: bearer token (default: ``ICL_OPENAI_API_KEY`` or ``OPENAI_API_KEY`` from the environment).
         progress: show a progress bar over requests.
         transport: an ``httpx`` transport (tests).
     """
 
-    def __init__(self, model: str = "default", *, url: str, served_model: str | None = None,
-                 max_context: int | None = None, batch_size: int = 32, timeout: float = 600.0,
+    engine_options = ("url", "served_model", "max_context", "batch_size")
+
+    def __init__(self, model: str = "default", *, url: str | None = None, served_model: str | None = None,
+                 max_context: int | None = None, batch_size: int | None = None, timeout: float = 600.0,
                  api_key: str | None = None, progress: bool = True, transport: httpx.BaseTransport | None = None) -> None:
         from icl_toolkit.models import lm_id, load_tokenizer
 
+        if not url:
+            raise ConfigError("The openai backend needs the server's URL: --url http://HOST:PORT/v1 (start the "
+                              "server with: vllm serve MODEL).")
         self.url = url.rstrip("/")
         key = api_key or os.environ.get("ICL_OPENAI_API_KEY") or os.environ.get("OPENAI_API_KEY")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.client = httpx.Client(base_url=self.url, timeout=timeout, headers=headers, transport=transport)
         self.tokenizer = load_tokenizer(model)
         self.model_id = lm_id(model)
-        self.batch_size = max(int(batch_size), 1)
+        self.batch_size = max(int(batch_size or 32), 1)
         self.progress = progress
         served = self._request("GET", "/models").get("data")
         if not isinstance(served, list) or not served:
@@ -125,40 +121,25 @@ class OpenAIBackend:
 
     # ------------------------------------------------------------------ contract
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of a prompt, by the same rule as the transformers backend."""
-        return encode_prompt(self.tokenizer, text)
-
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        return [len(self.encode(t)) for t in texts]
-
-    def score(self, prompts: str | Sequence[str], choices: Sequence[str]) -> list[float] | list[list[float]]:
-        """Log-probabilities of each choice after each prompt, from the server's echoed prompt log-probs."""
-        batch, single = as_batch(prompts)
-        choices = check_choices(choices)
-        plan = plan_scoring(self.tokenizer, batch, choices, self.max_context, self.model_id)
+    def _score(self, plan: ScoringPlan, n_choices: int) -> list[list[float]]:
+        """Choice log-probs from the server's echoed prompt log-probs."""
         seqs, where = [], []
         for i, (ctx, conts) in enumerate(zip(plan.ctxs, plan.conts)):
             for j, cont in enumerate(conts):
                 seqs.append(ctx + cont)
                 where.append((i, j, len(ctx)))
         results = self._complete(seqs, max_tokens=1, temperature=0.0, echo=True, logprobs=0)
-        out: list[list[float]] = [[0.0] * len(choices) for _ in batch]
+        out: list[list[float]] = [[0.0] * n_choices for _ in plan.ctxs]
         for (i, j, start), seq, res in zip(where, seqs, results):
             lps = (res.get("logprobs") or {}).get("token_logprobs")
             if not isinstance(lps, list) or len(lps) < len(seq) or any(v is None for v in lps[start:len(seq)]):
                 raise ConfigError(f"The model server at {self.url} did not echo the prompt's log-probabilities "
                                   "(needs a server that supports echo with logprobs, such as vllm serve).")
             out[i][j] = float(sum(lps[start:len(seq)]))
-        return out[0] if single else out
+        return out
 
-    def generate(self, prompts: str | Sequence[str], params: GenerationParams | None = None) -> str | list[str]:
-        """Continuations of each prompt (greedy unless ``params.temperature > 0``), cut at the stop strings."""
-        batch, single = as_batch(prompts)
-        params = params or GenerationParams()
-        ctxs = encode_checked(self.tokenizer, batch, params.max_new_tokens, self.max_context, self.model_id)
+    def _generate(self, ctxs: list[list[int]], params: GenerationParams) -> list[str]:
         results = self._complete(ctxs, max_tokens=params.max_new_tokens, temperature=params.temperature,
                                  top_p=params.top_p if params.temperature > 0 else 1.0, seed=params.seed,
                                  **({"stop": list(params.stop)} if params.stop else {}))
-        texts = [cut_at_stop(str(r.get("text", "")), params.stop) for r in results]
-        return texts[0] if single else texts
+        return [str(r.get("text", "")) for r in results]

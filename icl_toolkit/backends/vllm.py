@@ -30,19 +30,10 @@ from __future__ import annotations
 import gc
 import json
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from icl_toolkit.backends import (
-    GenerationParams,
-    as_batch,
-    check_choices,
-    cut_at_stop,
-    encode_checked,
-    encode_prompt,
-    plan_scoring,
-)
+from icl_toolkit.backends import BaseBackend, GenerationParams, ScoringPlan
 from icl_toolkit.errors import ConfigError
 
 __all__ = ["VLLMBackend", "INSTALL_HINT", "release_engine"]
@@ -113,14 +104,14 @@ def _adapter_rank(folder: Path) -> int:
     return fit[0]
 
 
-class VLLMBackend:
+class VLLMBackend(BaseBackend):
     """A causal language model on the vLLM engine.
 
     Args:
         model: ``"default"`` (embedded SmolLM2-135M-Instruct), a checkpoint folder, a LoRA adapter
             folder from ``icl finetune --lora`` (served on its base model's engine) or a cached hub name.
         dtype: engine dtype (``auto``, ``float32``, ``bfloat16``, ``float16``).
-        max_model_len: context limit of the engine (default: the model's).
+        max_context: context limit of the engine (vLLM's ``max_model_len``; default: the model's).
         gpu_memory_utilization: share of GPU memory the engine may take (default 0.85); on the CPU
             build a share of host memory, counting all the process holds (default there: no share but a
             fixed 2 GiB KV cache, which does not fail when the process also holds other models).
@@ -133,10 +124,12 @@ class VLLMBackend:
         engine_kwargs: further ``vllm.LLM`` arguments.
     """
 
-    def __init__(self, model: str = "default", *, dtype: str = "auto", max_model_len: int | None = None,
+    engine_options = ("dtype", "max_context", "gpu_memory_utilization", "tensor_parallel_size", "max_lora_rank")
+
+    def __init__(self, model: str = "default", *, dtype: str = "auto", max_context: int | None = None,
                  gpu_memory_utilization: float | None = None, tensor_parallel_size: int = 1,
                  enforce_eager: bool | None = None, seed: int = 0, max_lora_rank: int = 0, progress: bool = True,
-                 device: str | None = None, batch_size: int | None = None, **engine_kwargs: Any) -> None:
+                 **engine_kwargs: Any) -> None:
         vllm = _import_vllm()
         from icl_toolkit.models import adapter_base, is_adapter, lm_id, resolve_lm
 
@@ -151,8 +144,8 @@ class VLLMBackend:
             enforce_eager = not on_gpu
         kwargs: dict[str, Any] = dict(model=str(engine_folder), dtype=dtype, enable_prefix_caching=True, seed=seed,
                                       enforce_eager=enforce_eager, tensor_parallel_size=tensor_parallel_size)
-        if max_model_len:
-            kwargs["max_model_len"] = max_model_len
+        if max_context:
+            kwargs["max_model_len"] = max_context
         if gpu_memory_utilization or on_gpu:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization or 0.85
         else:
@@ -211,29 +204,18 @@ class VLLMBackend:
         other.lora = self._lora_request(folder)
         return other
 
-    # ------------------------------------------------------------------ helpers
-
-    def encode(self, text: str) -> list[int]:
-        """Token ids of a prompt, by the same rule as the transformers backend."""
-        return encode_prompt(self.tokenizer, text)
-
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        return [len(self.encode(t)) for t in texts]
+    # ------------------------------------------------------------------ contract
 
     def _run(self, token_lists: list[list[int]], params: list[Any]) -> list[Any]:
         prompts = [{"prompt_token_ids": ids} for ids in token_lists]
         return self.llm.generate(prompts, params, use_tqdm=self.progress and len(prompts) > 1,
                                  lora_request=self.lora)
-    # ------------------------------------------------------------------ contract
 
-    def score(self, prompts: str | Sequence[str], choices: Sequence[str]) -> list[float] | list[list[float]]:
-        """Log-probabilities of each choice after each prompt (one engine call for the single-token case)."""
+    def _score(self, plan: ScoringPlan, n_choices: int) -> list[list[float]]:
+        """Choice log-probs (one engine call for the single-token case)."""
         SamplingParams = self._vllm.SamplingParams
-        batch, single = as_batch(prompts)
-        choices = check_choices(choices)
-        plan = plan_scoring(self.tokenizer, batch, choices, self.max_context, self.model_id)
         ctxs, conts, fast, slow = plan.ctxs, plan.conts, plan.fast, plan.slow
-        out: list[list[float]] = [[0.0] * len(choices) for _ in batch]
+        out: list[list[float]] = [[0.0] * n_choices for _ in ctxs]
         if fast:
             params = [SamplingParams(max_tokens=1, temperature=0.0, detokenize=False,
                                      logprob_token_ids=[cont[0] for cont in conts[i]]) for i in fast]
@@ -254,17 +236,11 @@ class VLLMBackend:
                       for token in wanted]
             for (i, j), token, res in zip(where, wanted, self._run(seqs, params)):
                 out[i][j] += float(res.outputs[0].logprobs[0][token].logprob)
-        return out[0] if single else out
+        return out
 
-    def generate(self, prompts: str | Sequence[str], params: GenerationParams | None = None) -> str | list[str]:
-        """Continuations of each prompt, batched by the engine (greedy unless ``params.temperature > 0``)."""
-        batch, single = as_batch(prompts)
-        params = params or GenerationParams()
-        ctxs = encode_checked(self.tokenizer, batch, params.max_new_tokens, self.max_context, self.model_id)
+    def _generate(self, ctxs: list[list[int]], params: GenerationParams) -> list[str]:
         sampling = self._vllm.SamplingParams(
             max_tokens=params.max_new_tokens, temperature=params.temperature,
             top_p=params.top_p if params.temperature > 0 else 1.0, seed=params.seed,
             stop=list(params.stop) or None, skip_special_tokens=True)
-        results = self._run(ctxs, [sampling] * len(ctxs))
-        texts = [cut_at_stop(r.outputs[0].text, params.stop) for r in results]
-        return texts[0] if single else texts
+        return [r.outputs[0].text for r in self._run(ctxs, [sampling] * len(ctxs))]

@@ -2,37 +2,23 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import Annotated, Any, Optional
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 
+from icl_toolkit.backends.options import BackendChoice, DTypeChoice
 from icl_toolkit.errors import ConfigError
 from icl_toolkit.progress import progress_bar, stderr_console
 
-__all__ = ["console", "err_console", "progress_bar", "BackendName", "DType", "flag_error", "engine_options",
-           "engine_options_from", "ENGINE_FLAGS", "BackendOpt", "DeviceOpt",
+__all__ = ["console", "err_console", "progress_bar", "flag_error", "engine_options",
+           "engine_options_from", "spec_from_flags", "ENGINE_FLAGS", "BackendOpt", "DeviceOpt",
            "BatchSizeOpt", "DTypeOpt", "GpuMemoryOpt", "TensorParallelOpt", "UrlOpt", "ServedModelOpt",
            "MaxContextOpt", "ModelOpt"]
 
 console = Console(soft_wrap=True)
 err_console = stderr_console
-
-
-class BackendName(str, Enum):
-    hf = "hf"
-    vllm = "vllm"
-    openai = "openai"
-    auto = "auto"
-
-
-class DType(str, Enum):
-    auto = "auto"
-    float32 = "float32"
-    bfloat16 = "bfloat16"
-    float16 = "float16"
 
 
 def flag_error(exc: ValidationError, flags: dict[str, str] | None = None) -> ConfigError:
@@ -50,9 +36,20 @@ def engine_options(**flags: Any) -> Any:
     """:class:`~icl_toolkit.backends.options.EngineOptions` from CLI flags (unset flags stay unset)."""
     from icl_toolkit.backends.options import EngineOptions
 
-    given = {k: (v.value if isinstance(v, Enum) else v) for k, v in flags.items() if v is not None}
+    given = {k: v for k, v in flags.items() if v is not None}
     try:
         return EngineOptions(**given)
+    except ValidationError as exc:
+        raise flag_error(exc) from None
+
+
+def spec_from_flags(model: str, **flags: Any) -> Any:
+    """The validated :class:`~icl_toolkit.spec.PredictConfig` of these flags for ``model`` (a bad value is the
+    flag's one-line error)."""
+    from icl_toolkit.spec import PredictConfig
+
+    try:
+        return PredictConfig.from_options(**flags).for_model(model)
     except ValidationError as exc:
         raise flag_error(exc) from None
 
@@ -64,18 +61,17 @@ ENGINE_FLAGS = ("backend", "device", "batch_size", "dtype", "max_context", "url"
 
 def engine_options_from(params: dict[str, Any]) -> Any:
     """:func:`engine_options` from a command's parameters (its ``locals()``): the engine flags among them."""
-    flags = {("max_model_len" if k == "max_context" else k): params[k] for k in ENGINE_FLAGS}
-    return engine_options(**flags)
+    return engine_options(**{k: params[k] for k in ENGINE_FLAGS})
 
 
 # The engine flags of every predicting command (icl predict, icl serve, icl rationales generate), defined once.
 ModelOpt = Annotated[str, typer.Option(help="'default' (embedded SmolLM2-135M-Instruct), a checkpoint or LoRA adapter folder, or a cached hub name.")]
-BackendOpt = Annotated[BackendName, typer.Option(help="hf (transformers), vllm (offline engine), openai (a running vllm serve at --url), or auto (vllm with a GPU, else hf).")]
+BackendOpt = Annotated[BackendChoice, typer.Option(help="hf (transformers), vllm (offline engine), openai (a running vllm serve at --url), or auto (vllm with a GPU, else hf).")]
 DeviceOpt = Annotated[Optional[str], typer.Option(help="torch device of the hf backend (default cpu).")]
 BatchSizeOpt = Annotated[Optional[int], typer.Option(min=1, help="hf: prompts per forward pass (default: 1 on CPU, 8 on GPU); openai: sequences per request.")]
-DTypeOpt = Annotated[DType, typer.Option(help="Weights dtype (auto: float32 on hf, the model's own on vllm).")]
+DTypeOpt = Annotated[Optional[DTypeChoice], typer.Option(help="hf, vllm: weights dtype (auto: float32 on hf, the model's own on vllm).")]
 GpuMemoryOpt = Annotated[Optional[float], typer.Option(min=0.01, max=1.0, help="vllm: share of GPU memory for the engine (default 0.85; on the CPU build a share of host memory, default: a fixed 2 GiB KV cache).")]
-TensorParallelOpt = Annotated[int, typer.Option(min=1, help="vllm: GPUs to shard the model over.")]
+TensorParallelOpt = Annotated[Optional[int], typer.Option(min=1, help="vllm: GPUs to shard the model over (default 1).")]
 UrlOpt = Annotated[Optional[str], typer.Option(help="openai: the server's base URL, e.g. http://127.0.0.1:8000/v1.")]
 ServedModelOpt = Annotated[Optional[str], typer.Option(help="openai: the model's name on the server (default: its only one).")]
-MaxContextOpt = Annotated[Optional[int], typer.Option("--max-context", "--max-model-len", help="Context limit of prompts and engine (default: the model's).")]
+MaxContextOpt = Annotated[Optional[int], typer.Option(help="Context limit of prompts and engine, in tokens (vLLM's max_model_len; default: the model's).")]

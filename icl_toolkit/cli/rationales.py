@@ -9,11 +9,9 @@ from typing import Annotated, Optional
 import typer
 
 from icl_toolkit.cli._common import (
-    BackendName,
     BackendOpt,
     BatchSizeOpt,
     DeviceOpt,
-    DType,
     DTypeOpt,
     GpuMemoryOpt,
     MaxContextOpt,
@@ -25,7 +23,6 @@ from icl_toolkit.cli._common import (
     engine_options_from,
     err_console,
     flag_error,
-    progress_bar,
 )
 from icl_toolkit.errors import ConfigError
 
@@ -37,12 +34,12 @@ def generate(
     cohort: Annotated[Path, typer.Option(help="Labelled cohort JSONL (e.g. from `icl data from-omop`).")],
     out: Annotated[Path, typer.Option(help="Output cohort JSONL with rationales; the raw generations go to <out>.generations.jsonl.")],
     model: ModelOpt = "default",
-    backend: BackendOpt = BackendName.hf,
+    backend: BackendOpt = "hf",
     device: DeviceOpt = None,
     batch_size: BatchSizeOpt = None,
-    dtype: DTypeOpt = DType.auto,
+    dtype: DTypeOpt = None,
     gpu_memory_utilization: GpuMemoryOpt = None,
-    tensor_parallel_size: TensorParallelOpt = 1,
+    tensor_parallel_size: TensorParallelOpt = None,
     url: UrlOpt = None,
     served_model: ServedModelOpt = None,
     max_context: MaxContextOpt = None,
@@ -66,8 +63,8 @@ def generate(
     from icl_toolkit.artifacts import content_hash
     from icl_toolkit.backends.options import open_backend
     from icl_toolkit.cohort import read_cohort, write_cohort
-    from icl_toolkit.predict import PredictionWriter
     from icl_toolkit.rationales import RationaleTeacher, TeacherConfig, TeacherRecord, apply_rationales
+    from icl_toolkit.run import OutputFile, check_output, run_resumable
 
     try:
         config = TeacherConfig(styles=tuple(s.strip() for s in styles.split(",") if s.strip()),
@@ -75,6 +72,10 @@ def generate(
                                history_tokens=history_tokens, horizon_years=horizon_years)
     except ValidationError as exc:
         raise flag_error(exc) from None
+    generations = out.with_name(out.name + ".generations.jsonl")
+    inputs = {"--cohort": cohort}
+    check_output(out, overwrite=True, kind="cohort", inputs=inputs)  # the cohort file is replaced at the end
+    check_output(generations, resume=resume, overwrite=overwrite, kind="teacher generations", inputs=inputs)
     start = time.perf_counter()
     patients = read_cohort(cohort)
     cohort_hash = content_hash(patients)  # of the whole file, so that a run with --limit can be resumed without it
@@ -85,18 +86,14 @@ def generate(
         raise ConfigError(f"{cohort}: no patient has a label; a teacher explains known outcomes.")
     lm = open_backend(model, engine_options_from(params))
     teacher = RationaleTeacher(lm, config)
-    generations = out.with_name(out.name + ".generations.jsonl")
-    writer = PredictionWriter(generations, teacher.provenance() | {"cohort": cohort_hash},
-                              resume=resume, overwrite=overwrite, kind="teacher generations")
-    todo = [p for p in labelled if p.patient_id not in writer.done]
-    if writer.done:
-        err_console.print(f"resuming {generations}: {len(writer.done)} done, {len(todo)} to go", highlight=False)
+    output = OutputFile(generations, teacher.provenance() | {"cohort": cohort_hash}, resume=resume,
+                        overwrite=overwrite, kind="teacher generations", inputs=inputs)
     lm.progress = False
-    with progress_bar(f"writing rationales ({lm.model_id})", len(todo)) as advance:
-        for chunk in teacher.iter_generate(todo, chunk_size=chunk_size):
-            writer.write(chunk)
-            advance(len(chunk))
-    records = [TeacherRecord.from_dict(r) for r in writer.read_all()]
+    run_resumable(labelled, teacher.generate, output, chunk_size=chunk_size,
+                  desc=f"writing rationales ({lm.model_id})",
+                  on_resume=lambda done, todo: err_console.print(f"resuming {generations}: {done} done, {todo} to go",
+                                                                 highlight=False))
+    records = [TeacherRecord.from_dict(r) for r in output.records()]
     result, summary = apply_rationales(patients, records, drop_ungrounded=drop_ungrounded, min_grounded=min_grounded)
     write_cohort(result, out)
 

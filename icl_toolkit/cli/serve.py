@@ -10,11 +10,9 @@ from typing import Annotated, Optional
 import typer
 
 from icl_toolkit.cli._common import (
-    BackendName,
     BackendOpt,
     BatchSizeOpt,
     DeviceOpt,
-    DType,
     DTypeOpt,
     GpuMemoryOpt,
     MaxContextOpt,
@@ -24,6 +22,7 @@ from icl_toolkit.cli._common import (
     UrlOpt,
     engine_options_from,
     err_console,
+    spec_from_flags,
 )
 from icl_toolkit.errors import ConfigError
 
@@ -32,12 +31,12 @@ def serve(
     pool: Annotated[Optional[Path], typer.Option(help="Demonstration pool (cohort JSONL with labels).")] = None,
     index: Annotated[Optional[Path], typer.Option(help="Index folder from `icl index build` over --pool (built at start-up if absent).")] = None,
     model: ModelOpt = "default",
-    backend: BackendOpt = BackendName.hf,
+    backend: BackendOpt = "hf",
     device: DeviceOpt = None,
     batch_size: BatchSizeOpt = None,
-    dtype: DTypeOpt = DType.auto,
+    dtype: DTypeOpt = None,
     gpu_memory_utilization: GpuMemoryOpt = None,
-    tensor_parallel_size: TensorParallelOpt = 1,
+    tensor_parallel_size: TensorParallelOpt = None,
     url: UrlOpt = None,
     served_model: ServedModelOpt = None,
     max_context: MaxContextOpt = None,
@@ -60,8 +59,6 @@ def serve(
         raise ConfigError('icl serve needs FastAPI and uvicorn: pip install "icl-toolkit[serve]"') from None
     from icl_toolkit.backends.options import open_backend
     from icl_toolkit.cohort import read_cohort
-    from icl_toolkit.predict import PredictConfig
-    from icl_toolkit.prompting import PromptConfig
     from icl_toolkit.retrieve import DemoIndex, ProfileEmbedder
     from icl_toolkit.serve.app import ServerSettings, create_app
     from icl_toolkit.serve.service import BatchSettings, PredictionService
@@ -69,8 +66,7 @@ def serve(
     if index is not None and pool is None:
         raise ConfigError("--index needs the --pool it was built from (the demos' records come from the pool).")
     options = engine_options_from(params)
-    config = PredictConfig(prompt=PromptConfig(query_tokens=query_tokens, demo_tokens=demo_tokens,
-                                               max_context=max_context))
+    config = spec_from_flags(model, query_tokens=query_tokens, demo_tokens=demo_tokens, max_context=max_context)
     demo_pool = read_cohort(pool) if pool is not None else []  # read before binding: a bad file fails here
     embedder = ProfileEmbedder() if demo_pool else None
     loaded_index = DemoIndex.load(index) if index is not None else None

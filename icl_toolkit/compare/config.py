@@ -34,23 +34,39 @@ only there collapse into one arm. Arm names default to
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from icl_toolkit.backends.options import EngineOptions
 from icl_toolkit.errors import ConfigError
+from icl_toolkit.prompting import PromptConfig
+from icl_toolkit.retrieve import IndexKind, RetrievalConfig
+from icl_toolkit.spec import Demos, Mode, PredictConfig, RationaleStyle, Strategy
 
 __all__ = ["ArmSpec", "Arm", "CompareConfig", "load_compare_config", "BASELINES"]
 
-BASELINES = ("logreg", "knn", "age", "oracle")
-DemosT = Literal["none", "label", "rationale"]
-ModeT = Literal["score", "reason"]
-StrategyT = Literal["similar", "balanced", "mmr", "random"]
+Baseline = Literal["logreg", "knn", "age", "oracle"]
+BASELINES: tuple[str, ...] = get_args(Baseline)
+PER_ARM = {"retrieval": ("k", "strategy", "seed"), "prompt": ("demos", "mode", "template", "rationale", "seed")}
+"""Options set per ``[[arm]]`` (or, for ``seed``, at the top level), never in the shared tables."""
+
+
+def _shared_section(model: type[BaseModel], name: str) -> type[BaseModel]:
+    """The spec section ``model`` without its per-arm fields: the same field definitions (types, ranges,
+    defaults, docs), so a shared table is validated exactly as the spec validates that section."""
+    fields = {f: (info.annotation, info) for f, info in model.model_fields.items() if f not in PER_ARM[name]}
+    return create_model(f"Shared{name.title()}", __config__=ConfigDict(extra="forbid", frozen=True),
+                        __doc__=f"The [{name}] table of arms.toml.", **fields)  # type: ignore[call-overload]
+
+
+SharedRetrieval = _shared_section(RetrievalConfig, "retrieval")
+SharedPrompt = _shared_section(PromptConfig, "prompt")
 
 
 def _listify(value: Any) -> list[Any]:
@@ -66,11 +82,11 @@ class ArmSpec(BaseModel):
     """Name of the arm (only for a spec that expands to one arm)."""
     checkpoint: str | list[str] = "base"
     """Name(s) from ``[checkpoints]``."""
-    demos: DemosT | list[DemosT] = "none"
+    demos: Demos | list[Demos] = "none"
     k: int | list[int] = 4
-    strategy: StrategyT | list[StrategyT] = "similar"
-    mode: ModeT | list[ModeT] = "score"
-    rationale: Literal["free_text", "stepwise"] = "free_text"
+    strategy: Strategy | list[Strategy] = "similar"
+    mode: Mode | list[Mode] = "score"
+    rationale: RationaleStyle = "free_text"
     """Which rationale rationale-demos show."""
     template: str | None = None
     """Prompt template override (default: by demos and mode; a fine-tuned checkpoint in reason mode
@@ -92,12 +108,18 @@ class Arm(BaseModel):
 
     name: str
     checkpoint: str
-    demos: DemosT
+    demos: Demos
     k: int
     strategy: str
-    mode: ModeT
-    rationale: str = "free_text"
+    mode: Mode
+    rationale: RationaleStyle = "free_text"
     template: str | None = None
+
+    def options(self) -> dict[str, Any]:
+        """This arm's prediction options (the spec's names); an arm without demos has no k or strategy."""
+        out: dict[str, Any] = {"demos": self.demos, "mode": self.mode, "rationale": self.rationale,
+                               "template": self.template}
+        return out | ({"k": 0} if self.demos == "none" else {"k": self.k, "strategy": self.strategy})
 
     @property
     def slug(self) -> str:
@@ -120,7 +142,7 @@ class CompareConfig(BaseModel):
     arm: list[ArmSpec] = Field(min_length=1)
     reference: str | None = None
     """Name of the reference arm for the paired DeLong tests (default: the first arm)."""
-    baselines: list[Literal["logreg", "knn", "age", "oracle"]] = Field(default_factory=lambda: list(BASELINES))
+    baselines: list[Baseline] = Field(default_factory=lambda: list(BASELINES))
     limit: int | None = Field(None, ge=1)
     """Use the first N test patients (the same N for every arm)."""
     val_limit: int | None = Field(None, ge=1)
@@ -131,14 +153,16 @@ class CompareConfig(BaseModel):
     """Seed of the bootstrap (and of the retrieval's random choices)."""
     engine: EngineOptions = Field(default_factory=EngineOptions)
     """The ``[engine]`` table: backend and engine settings, as the flags of ``icl predict`` (``backend``,
-    ``device``, ``batch_size``, ``dtype``, ``max_model_len``, ``gpu_memory_utilization``,
+    ``device``, ``batch_size``, ``dtype``, ``max_context``, ``gpu_memory_utilization``,
     ``tensor_parallel_size``, ``max_lora_rank``, ``url``, ``served_model``). ``backend``, ``device`` and
     ``batch_size`` may also stand at the top level."""
-    index_kind: Literal["exact", "hnsw"] = "exact"
-    retrieval: dict[str, Any] = Field(default_factory=dict)
-    """Shared retrieval settings (``balance``, ``mmr_lambda``, ``temporal_guard``, ``horizon_years``)."""
-    prompt: dict[str, Any] = Field(default_factory=dict)
-    """Shared prompt settings (``demo_tokens``, ``query_tokens``, ``reason_tokens``, ``order``, ...)."""
+    index_kind: IndexKind = "exact"
+    retrieval: SharedRetrieval = Field(default_factory=lambda: SharedRetrieval())
+    """Shared retrieval settings (``balance``, ``mmr_lambda``, ``temporal_guard``, ``horizon_years``), validated
+    as the spec's retrieval section when the file is loaded."""
+    prompt: SharedPrompt = Field(default_factory=lambda: SharedPrompt())
+    """Shared prompt settings (``demo_tokens``, ``query_tokens``, ``reason_tokens``, ``order``, ``max_context``,
+    ...), validated as the spec's prompt section when the file is loaded."""
 
     @model_validator(mode="before")
     @classmethod
@@ -154,21 +178,19 @@ class CompareConfig(BaseModel):
             data["engine"] = engine
         return data
 
-    @field_validator("retrieval")
-    @classmethod
-    def _retrieval(cls, value: dict[str, Any]) -> dict[str, Any]:
-        bad = set(value) & {"k", "strategy", "seed"}
-        if bad:
-            raise ValueError(f"set {', '.join(sorted(bad))} per [[arm]] (or the top-level seed), not in [retrieval]")
-        return value
+    def shared_options(self) -> dict[str, Any]:
+        """The options every arm shares: ``[retrieval]`` and ``[prompt]`` as written, and the seed."""
+        return {**self.retrieval.model_dump(exclude_unset=True), **self.prompt.model_dump(exclude_unset=True),
+                "seed": self.seed}
 
-    @field_validator("prompt")
-    @classmethod
-    def _prompt(cls, value: dict[str, Any]) -> dict[str, Any]:
-        bad = set(value) & {"demos", "mode", "template", "rationale"}
-        if bad:
-            raise ValueError(f"set {', '.join(sorted(bad))} per [[arm]], not in [prompt]")
-        return value
+    def spec(self, arm: Arm) -> PredictConfig:
+        """The prediction spec of one arm (its model's trained template resolved)."""
+        return PredictConfig.from_options(**self.shared_options(), **arm.options()).for_model(
+            self.checkpoints[arm.checkpoint])
+
+    def retrieval_config(self, strategy: str, k: int) -> RetrievalConfig:
+        """The retrieval settings of ``strategy`` and ``k`` under the shared settings (one cache per pair)."""
+        return PredictConfig.from_options(**self.shared_options(), demos="label", k=k, strategy=strategy).retrieval
 
     def arms(self) -> list[Arm]:
         """Every concrete arm, in spec order, without duplicates."""
@@ -211,6 +233,36 @@ class CompareConfig(BaseModel):
         return self.reference or self.arms()[0].name
 
 
+_TABLES: dict[str, type[BaseModel]] = {"prompt": SharedPrompt, "retrieval": SharedRetrieval,
+                                        "engine": EngineOptions, "arm": ArmSpec}
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    """A validation error's location as the file writes it: ``[prompt].demo_tokens``, ``[[arm]] #2.k``."""
+    if not loc:
+        return "-"
+    head, rest = str(loc[0]), [str(x) for x in loc[1:]]
+    if head == "arm" and rest and rest[0].isdigit():
+        return ".".join([f"[[arm]] #{int(rest[0]) + 1}", *rest[1:]])
+    if head in _TABLES and rest:
+        return ".".join([f"[{head}]", *rest])
+    return ".".join([head, *rest])
+
+
+def _problem(err: dict[str, Any]) -> str:
+    """A validation error's message; an unknown key lists the known ones of its table."""
+    loc = err["loc"]
+    if err["type"] == "extra_forbidden":
+        table = str(loc[0]) if len(loc) > 1 else ""
+        if str(loc[-1]) in PER_ARM.get(table, ()):
+            return f"set {loc[-1]} per [[arm]]{' (seed at the top level)' if loc[-1] == 'seed' else ''}, not in [{table}]"
+        known = list(_TABLES.get(table, CompareConfig).model_fields)
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return f"unknown key; {hint}known keys here: {', '.join(known)}"
+    return f"{err['msg']} (got {err.get('input')!r})"
+
+
 def load_compare_config(path: str | Path) -> tuple[CompareConfig, Path]:
     """Read and validate ``arms.toml``; checkpoint folders are resolved relative to it.
 
@@ -223,16 +275,19 @@ def load_compare_config(path: str | Path) -> tuple[CompareConfig, Path]:
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no comparison config here (file not found).") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a comparison config (not UTF-8 text: invalid byte at offset {exc.start}). "
+                          "Save it as UTF-8 TOML.") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}.") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML (nested too deeply to read).") from None
     try:
         config = CompareConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = ".".join(str(x) for x in err["loc"])
-            loc = re.sub(r"^arm\.(\d+)", lambda m: f"[[arm]] #{int(m.group(1)) + 1}", loc)
-            problems.append(f"{path}: {loc}: {err['msg']} (got {err.get('input')!r})")
+        problems = [f"{path}: {_where(err['loc'])}: {_problem(err)}" for err in exc.errors()]
         raise ConfigError("Invalid comparison config:\n" + "\n".join(problems)) from None
     base = path.resolve().parent
     resolved = {}
@@ -240,5 +295,10 @@ def load_compare_config(path: str | Path) -> tuple[CompareConfig, Path]:
         local = (base / target).expanduser()
         resolved[name] = str(local) if not Path(target).is_absolute() and local.exists() else target
     config.checkpoints = resolved
-    config.arms()  # validate the expansion now
+    for arm in config.arms():  # validate the expansion and every arm's spec now, before anything is built
+        try:
+            config.spec(arm)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise ConfigError(f"{path}: arm {arm.name!r}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
     return config, base

@@ -39,11 +39,11 @@ from icl_toolkit.compare.config import Arm, CompareConfig
 from icl_toolkit.compare.report import plot_auroc_vs_k, plot_calibration, plot_roc, write_report, write_tables
 from icl_toolkit.compare.stats import Entry, evaluate
 from icl_toolkit.errors import ConfigError
-from icl_toolkit.models import checkpoint_meta, trained_template
-from icl_toolkit.predict import PredictConfig, PredictionWriter, Predictor
+from icl_toolkit.models import checkpoint_meta
+from icl_toolkit.predict import Predictor
 from icl_toolkit.progress import progress_bar
-from icl_toolkit.prompting import PromptConfig
-from icl_toolkit.retrieve import DemoIndex, ProfileEmbedder, Retrieval, RetrievalCache, RetrievalConfig, Retriever
+from icl_toolkit.retrieve import DemoIndex, ProfileEmbedder, Retrieval, RetrievalCache, Retriever
+from icl_toolkit.run import OutputFile, predict_to_file, read_records
 
 __all__ = ["Comparison", "CompareResult"]
 
@@ -61,21 +61,6 @@ class CompareResult:
     report: Path
     ran: list[str]        # arms predicted (fully or partly) in this call
     skipped: list[str]    # arms already complete
-
-
-def _records(path: Path) -> dict[str, dict[str, Any]]:
-    """Prediction records of an arm file by patient id ({} when absent); a torn last line is skipped
-    (the writer cuts it when the arm resumes)."""
-    if not path.exists():
-        return {}
-    out = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-            out[record["patient_id"]] = record
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue
-    return out
 
 
 class Comparison:
@@ -104,15 +89,6 @@ class Comparison:
 
         return open_backend(model, self.config.engine, progress=False)
 
-    def _retrieval_config(self, k: int, strategy: str) -> RetrievalConfig:
-        return RetrievalConfig(k=k, strategy=strategy, seed=self.config.seed, **self.config.retrieval)
-
-    def _prompt_config(self, arm: Arm) -> PromptConfig:
-        template = arm.template or trained_template(self.config.checkpoints[arm.checkpoint], arm.mode, arm.demos)
-        demos = "none" if arm.demos == "none" else arm.demos
-        return PromptConfig(demos=demos, mode=arm.mode, template=template, rationale=arm.rationale,  # type: ignore[arg-type]
-                            seed=self.config.seed, **self.config.prompt)
-
     def _index(self, pool: Sequence[Patient]) -> DemoIndex:
         folder = self.out / "index"
         assert self.embedder is not None
@@ -128,7 +104,7 @@ class Comparison:
                     queries: Sequence[Patient]) -> dict[tuple[str, int], dict[str, Retrieval]]:
         out = {}
         for strategy, k in sorted(keys):
-            retriever = Retriever(self._retrieval_config(k, strategy), self.embedder).fit(pool, index)
+            retriever = Retriever(self.config.retrieval_config(strategy, k), self.embedder).fit(pool, index)
             path = self.out / "retrieval" / f"{strategy}-k{k}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             cache = RetrievalCache.open(path, retriever.cache_key())
@@ -145,26 +121,19 @@ class Comparison:
 
     def _pending(self, arm: Arm, test: Sequence[Patient], val: Sequence[Patient]) -> int:
         path, vpath = self._arm_paths(arm)
-        done, vdone = _records(path), _records(vpath)
+        done = {r["patient_id"] for r in read_records(path)}
+        vdone = {r["patient_id"] for r in read_records(vpath)}
         return sum(p.patient_id not in done for p in test) + sum(p.patient_id not in vdone for p in val)
 
     def _run_arm(self, arm: Arm, backend: Backend, pool: Sequence[Patient], index: DemoIndex | None,
                  test: Sequence[Patient], val: Sequence[Patient],
                  retrievals: dict[tuple[str, int], dict[str, Retrieval]], advance: Callable[..., None]) -> None:
-        config = PredictConfig(retrieval=self._retrieval_config(max(arm.k, 1), arm.strategy if arm.k else "similar"),
-                               prompt=self._prompt_config(arm))
-        predictor = Predictor(backend, config, embedder=self.embedder, progress=False).fit(pool, index)
-        found = retrievals.get(arm.retrieval_key) if arm.retrieval_key else None
+        predictor = Predictor(backend, self.config.spec(arm), embedder=self.embedder, progress=False).fit(pool, index)
+        found = retrievals.get(arm.retrieval_key, {}) if arm.retrieval_key else {}
         for cohort, path in zip((test, val), self._arm_paths(arm)):
-            if not cohort:
-                continue
-            provenance = predictor.provenance(cohort) | {"arm": arm.model_dump()}
-            writer = PredictionWriter(path, provenance, resume=True)
-            todo = [p for p in cohort if p.patient_id not in writer.done]
-            rets = [found[p.patient_id] for p in todo] if found else [Retrieval(p.patient_id) for p in todo]
-            for chunk in predictor.iter_predict(todo, chunk_size=8, retrievals=rets):
-                writer.write(chunk)
-                advance(len(chunk))
+            if cohort:
+                output = OutputFile(path, predictor.provenance(cohort) | {"arm": arm.model_dump()}, resume=True)
+                predict_to_file(predictor, cohort, output, retrievals=found, progress=False, advance=advance)
 
     # ------------------------------------------------------------------ run
 
@@ -223,7 +192,7 @@ class Comparison:
     # ------------------------------------------------------------------ outputs
 
     def _read_arm(self, cohort: Sequence[Patient], path: Path) -> tuple[list[float], list[dict[str, Any]]]:
-        records = _records(path)
+        records = {r["patient_id"]: r for r in read_records(path)}
         missing = [p.patient_id for p in cohort if p.patient_id not in records]
         if missing:
             raise ConfigError(f"{path}: no prediction for {len(missing)} patients (first {missing[0]}); rerun "
@@ -264,7 +233,8 @@ class Comparison:
             "test_file": names.get("test", "test"), "n_test": len(test), "cases": int(y.sum()),
             "test_hash": content_hash(test), "pool_file": names.get("pool", "pool"), "n_pool": len(pool),
             "pool_hash": content_hash(pool), "val_file": names.get("val") if val else None, "n_val": len(val),
-            "bootstrap": c.bootstrap, "seed": c.seed, "prompt": c.prompt, "retrieval": c.retrieval,
+            "bootstrap": c.bootstrap, "seed": c.seed, "prompt": c.prompt.model_dump(exclude_unset=True),
+            "retrieval": c.retrieval.model_dump(exclude_unset=True),
         }
         report = write_report(self.out, rows, subgroups, infos, context, plots)
         write_json_atomic(self.out / "summary.json", {"context": context, "results": rows})

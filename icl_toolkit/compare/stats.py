@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from icl_toolkit.cohort import Patient
+from icl_toolkit.errors import ConfigError
 from icl_toolkit.metrics import age_band, bootstrap_ci, choose_threshold, delong_test, subgroup_metrics
 
 __all__ = ["Entry", "evaluate", "METRICS"]
@@ -42,7 +43,7 @@ def evaluate(entries: Sequence[Entry], test: Sequence[Patient], val: Sequence[Pa
     """
     y = np.array([p.label for p in test])
     if any(p.label is None for p in test) or len(set(y.tolist())) < 2:
-        raise ValueError("The comparison needs test patients with known labels of both classes.")
+        raise ConfigError("The comparison needs test patients with known labels of both classes.")
     yv = np.array([p.label for p in val]) if val else None
     by_name = {e.name: e for e in entries}
     ref = by_name[reference]
@@ -50,7 +51,7 @@ def evaluate(entries: Sequence[Entry], test: Sequence[Patient], val: Sequence[Pa
     rows, subgroups = [], []
     for e in entries:
         if len(e.test) != len(y):
-            raise ValueError(f"{e.name}: {len(e.test)} test predictions for {len(y)} patients.")
+            raise ConfigError(f"{e.name}: {len(e.test)} test predictions for {len(y)} patients.")
         p = np.asarray(e.test, dtype=float)
         has_val = yv is not None and e.val is not None and len(set(yv.tolist())) == 2
         threshold = choose_threshold(yv, e.val) if has_val else 0.5

@@ -13,20 +13,23 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from icl_toolkit.cohort import Patient
+from icl_toolkit.spec import Demos, Strategy
 
 __all__ = ["PredictOptions", "PredictRequest", "PredictionOut", "PredictResponse", "Info", "Health", "ErrorOut"]
 
 
 class PredictOptions(BaseModel):
-    """Per-request settings; the rest (templates, budgets, model) is fixed when the server starts."""
+    """Per-request settings, a part of the prediction spec (:mod:`icl_toolkit.spec`, same names and types);
+    the rest (templates, budgets, model) is fixed when the server starts. Types are strict: ``"k": "4"`` or
+    ``"return_prompt": 0`` are refused, not coerced."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     k: int = Field(4, ge=0, le=64)
     """Demonstrations per patient (0: zero-shot)."""
-    strategy: Literal["similar", "balanced", "mmr", "random"] = "similar"
+    strategy: Strategy = "similar"
     """How demonstrations are chosen from the pool."""
-    demos: Literal["rationale", "label", "none"] = "rationale"
+    demos: Demos = "rationale"
     """Demonstration content: history + rationale + outcome, history + outcome, or none."""
     threshold: float = Field(0.5, ge=0.0, le=1.0)
     """``predicted`` is 1 when the probability is at least this."""

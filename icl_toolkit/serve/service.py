@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from icl_toolkit.cohort import Patient
-from icl_toolkit.predict import PredictConfig, Predictor
-from icl_toolkit.retrieve import DemoIndex, RetrievalConfig
+from icl_toolkit.errors import ConfigError
+from icl_toolkit.predict import Predictor
+from icl_toolkit.retrieve import DemoIndex
+from icl_toolkit.spec import PredictConfig
 from icl_toolkit.serve.schemas import PredictOptions
 
 __all__ = ["PredictionService", "BatchSettings"]
@@ -65,7 +67,7 @@ class PredictionService:
         self.index = index if index is not None or not self.pool else DemoIndex.build(self.pool, self.embedder,
                                                                                          progress=False)
         self.batching = batching or BatchSettings()
-        self._predictors: dict[tuple, Predictor] = {}
+        self._predictors: dict[PredictConfig, Predictor] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._queue: asyncio.Queue[_Item] | None = None
         self._worker: asyncio.Task | None = None
@@ -73,20 +75,17 @@ class PredictionService:
 
     # ------------------------------------------------------------------ predictors
 
+    def spec(self, options: PredictOptions) -> PredictConfig:
+        """The prediction spec of a request: the server's spec with the request's k, strategy and demos."""
+        return PredictConfig.from_options(base=self.config, k=options.k, strategy=options.strategy, demos=options.demos)
+
     def predictor(self, options: PredictOptions) -> Predictor:
-        """The fitted predictor for these options (cached; fitting reuses the loaded index)."""
-        demos = "none" if options.k == 0 else options.demos
-        key = (options.k if demos != "none" else 0, options.strategy, demos)
-        if key not in self._predictors:
-            c = self.config
-            cfg = c.model_copy(update={
-                "retrieval": RetrievalConfig(**(c.retrieval.model_dump() | {"k": max(options.k, 1),
-                                                                            "strategy": options.strategy})),
-                "prompt": c.prompt.model_copy(update={"demos": demos}),
-            })
-            self._predictors[key] = Predictor(self.backend, cfg, embedder=self.embedder, progress=False).fit(
+        """The fitted predictor for these options (cached by spec; fitting reuses the loaded index)."""
+        config = self.spec(options)
+        if config not in self._predictors:
+            self._predictors[config] = Predictor(self.backend, config, embedder=self.embedder, progress=False).fit(
                 self.pool, self.index)
-        return self._predictors[key]
+        return self._predictors[config]
 
     def predict_now(self, patients: Sequence[Patient], options: PredictOptions) -> list[dict[str, Any]]:
         """Predict synchronously (in the calling thread), as ``icl predict`` would."""
@@ -131,7 +130,7 @@ class PredictionService:
         exception in its place."""
         loop = asyncio.get_running_loop()
         if self._executor is None:
-            raise RuntimeError("PredictionService.start() was not called")
+            raise ConfigError("PredictionService.start() was not called")
         if not self.batching.enabled or self._queue is None:
             try:
                 return list(await loop.run_in_executor(self._executor, self.predict_now, patients, options))

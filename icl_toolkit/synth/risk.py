@@ -31,6 +31,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from icl_toolkit.errors import ConfigError
+
 __all__ = [
     "AGE_OR_PER_5Y",
     "FEMALE_OR",
@@ -268,7 +270,7 @@ def risk_logit(pop: Population) -> np.ndarray:
 def intercept_for(prevalence: float) -> float:
     """The intercept ``b0`` that gives mean risk ``prevalence`` on a fixed reference sample."""
     if not 0.0 < prevalence < 1.0:
-        raise ValueError(f"prevalence must be in (0, 1), got {prevalence}")
+        raise ConfigError(f"prevalence must be in (0, 1), got {prevalence}")
     z = risk_logit(sample_population(100_000, np.random.default_rng(20240731)))
     lo, hi = -20.0, 20.0
     for _ in range(80):
