@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from typing import Annotated, Any, Optional
 
 import typer
@@ -12,10 +15,8 @@ from icl_toolkit.backends.options import BackendChoice, DTypeChoice
 from icl_toolkit.errors import ConfigError
 from icl_toolkit.progress import progress_bar, stderr_console
 
-__all__ = ["console", "err_console", "progress_bar", "flag_error", "engine_options",
-           "engine_options_from", "spec_from_flags", "ENGINE_FLAGS", "BackendOpt", "DeviceOpt",
-           "BatchSizeOpt", "DTypeOpt", "GpuMemoryOpt", "TensorParallelOpt", "UrlOpt", "ServedModelOpt",
-           "MaxContextOpt", "ModelOpt"]
+__all__ = ["console", "err_console", "progress_bar", "flag_error", "engine_options", "spec_from_flags",
+           "with_engine_flags", "ENGINE_FLAGS", "ModelOpt"]
 
 console = Console(soft_wrap=True)
 err_console = stderr_console
@@ -54,17 +55,6 @@ def spec_from_flags(model: str, **flags: Any) -> Any:
         raise flag_error(exc) from None
 
 
-# The parameter names of the engine flags below, as every predicting command declares them.
-ENGINE_FLAGS = ("backend", "device", "batch_size", "dtype", "max_context", "url", "served_model",
-                "gpu_memory_utilization", "tensor_parallel_size")
-
-
-def engine_options_from(params: dict[str, Any]) -> Any:
-    """:func:`engine_options` from a command's parameters (its ``locals()``): the engine flags among them."""
-    return engine_options(**{k: params[k] for k in ENGINE_FLAGS})
-
-
-# The engine flags of every predicting command (icl predict, icl serve, icl rationales generate), defined once.
 ModelOpt = Annotated[str, typer.Option(help="'default' (embedded SmolLM2-135M-Instruct), a checkpoint or LoRA adapter folder, or a cached hub name.")]
 BackendOpt = Annotated[BackendChoice, typer.Option(help="hf (transformers), vllm (offline engine), openai (a running vllm serve at --url), or auto (vllm with a GPU, else hf).")]
 DeviceOpt = Annotated[Optional[str], typer.Option(help="torch device of the hf backend (default cpu).")]
@@ -75,3 +65,33 @@ TensorParallelOpt = Annotated[Optional[int], typer.Option(min=1, help="vllm: GPU
 UrlOpt = Annotated[Optional[str], typer.Option(help="openai: the server's base URL, e.g. http://127.0.0.1:8000/v1.")]
 ServedModelOpt = Annotated[Optional[str], typer.Option(help="openai: the model's name on the server (default: its only one).")]
 MaxContextOpt = Annotated[Optional[int], typer.Option(help="Context limit of prompts and engine, in tokens (vLLM's max_model_len; default: the model's).")]
+
+# The engine flags of every predicting command (icl predict, icl serve, icl rationales generate), defined once:
+# (name, annotation, default). @with_engine_flags adds them to a command.
+ENGINE_FLAGS: tuple[tuple[str, Any, Any], ...] = (
+    ("backend", BackendOpt, "hf"), ("device", DeviceOpt, None), ("batch_size", BatchSizeOpt, None),
+    ("dtype", DTypeOpt, None), ("max_context", MaxContextOpt, None),
+    ("gpu_memory_utilization", GpuMemoryOpt, None), ("tensor_parallel_size", TensorParallelOpt, None),
+    ("url", UrlOpt, None), ("served_model", ServedModelOpt, None),
+)
+
+
+def with_engine_flags(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a command the engine flags (``--backend``, ``--device``, ``--dtype``, ``--max-context``, ...): Typer
+    sees them as the command's own options, and the command receives them as one validated
+    :class:`~icl_toolkit.backends.options.EngineOptions` argument named ``engine``."""
+    sig = inspect.signature(command, eval_str=True)
+    own = [p for p in sig.parameters.values() if p.name != "engine"]
+    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=ann, default=default)
+             for name, ann, default in ENGINE_FLAGS]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> Any:
+        flags = {name: kwargs.pop(name) for name, _, _ in ENGINE_FLAGS}
+        return command(engine=engine_options(**flags), **kwargs)
+
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + added
+    wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    del wrapper.__wrapped__  # Typer must read the signature above, not the command's own
+    return wrapper

@@ -10,21 +10,13 @@ import typer
 from rich.table import Table
 
 from icl_toolkit.cli._common import (
-    BackendOpt,
-    BatchSizeOpt,
-    DeviceOpt,
-    DTypeOpt,
-    GpuMemoryOpt,
-    MaxContextOpt,
     ModelOpt,
-    ServedModelOpt,
-    TensorParallelOpt,
-    UrlOpt,
     console,
-    engine_options_from,
     err_console,
     spec_from_flags,
+    with_engine_flags,
 )
+from icl_toolkit.backends.options import EngineOptions
 from icl_toolkit.errors import ConfigError
 from icl_toolkit.spec import Balance, Demos, Mode, Order, RationaleStyle, Strategy
 
@@ -46,6 +38,7 @@ def _print_example(record: dict[str, Any]) -> None:
         console.print(f"reasoning: {record['reasoning'].strip()}", highlight=False)
 
 
+@with_engine_flags
 def predict(
     cohort: Annotated[Path, typer.Option(help="Patients to predict (cohort JSONL).")],
     out: Annotated[Path, typer.Option(help="Output JSONL, one prediction per patient, appended as they finish.")],
@@ -57,14 +50,6 @@ def predict(
     rationale: Annotated[RationaleStyle, typer.Option(help="Which rationale demos show.")] = "free_text",
     mode: Annotated[Mode, typer.Option(help="score: P(yes) at the answer slot; reason: reasoning first, then score.")] = "score",
     model: ModelOpt = "default",
-    backend: BackendOpt = "hf",
-    device: DeviceOpt = None,
-    batch_size: BatchSizeOpt = None,
-    dtype: DTypeOpt = None,
-    gpu_memory_utilization: GpuMemoryOpt = None,
-    tensor_parallel_size: TensorParallelOpt = None,
-    url: UrlOpt = None,
-    served_model: ServedModelOpt = None,
     threshold: Annotated[float, typer.Option(help="Predicted label is 1 when P(yes) >= threshold.")] = 0.5,
     order: Annotated[Order, typer.Option(help="Demo order in the prompt.")] = "similar-last",
     balance: Annotated[Balance, typer.Option(help="Quotas of --strategy balanced.")] = "half",
@@ -75,16 +60,16 @@ def predict(
     template: Annotated[Optional[str], typer.Option(help="Prompt template name in prompts/ or a .j2 file (default: by --demos and --mode; a fine-tuned checkpoint reasons with the prompt it was trained on).")] = None,
     demo_tokens: Annotated[int, typer.Option(help="History budget per demo (tokens).")] = 200,
     query_tokens: Annotated[int, typer.Option(help="History budget of the patient (tokens).")] = 400,
-    max_context: MaxContextOpt = None,
     retrieval: Annotated[Optional[Path], typer.Option(help="Retrieval cache JSON: reused when it matches, written otherwise.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Predict only the first N patients.")] = None,
     chunk_size: Annotated[int, typer.Option(min=1, help="Patients scored between two writes to --out.")] = 8,
     show: Annotated[int, typer.Option(min=0, help="Print this many predictions with their demonstrations.")] = 1,
+    *,
+    engine: EngineOptions,
 ) -> None:
     """Predict ADRD onset for each patient with retrieved demonstrations; print metrics when labels are known."""
-    params = dict(locals())  # the flags as given, before any local is added
     from icl_toolkit.backends.options import open_backend
     from icl_toolkit.cohort import read_cohort
     from icl_toolkit.metrics import summary
@@ -94,7 +79,7 @@ def predict(
     config = spec_from_flags(model, k=k, strategy=strategy, balance=balance, mmr_lambda=mmr_lambda, seed=seed,
                              temporal_guard=temporal_guard, horizon_years=horizon_years, demos=demos,
                              rationale=rationale, mode=mode, template=template, order=order, demo_tokens=demo_tokens,
-                             query_tokens=query_tokens, max_context=max_context, threshold=threshold)
+                             query_tokens=query_tokens, max_context=engine.max_context, threshold=threshold)
     if pool is None and config.uses_demos:
         raise ConfigError("--pool is required for demonstrations (or use --demos none / --k 0 for zero-shot).")
     if index is not None and pool is None:
@@ -106,7 +91,7 @@ def predict(
     if limit:
         patients = patients[:limit]
     demo_pool = read_cohort(pool) if pool is not None else []
-    lm = open_backend(model, engine_options_from(params))
+    lm = open_backend(model, engine)
     predictor = Predictor(lm, config, retrieval_cache=retrieval).fit(demo_pool, index, pool_name=str(pool))
     output = OutputFile(out, predictor.provenance(patients), resume=resume, overwrite=overwrite, inputs=inputs)
     lm.progress = False

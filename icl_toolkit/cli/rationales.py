@@ -9,40 +9,24 @@ from typing import Annotated, Optional
 import typer
 
 from icl_toolkit.cli._common import (
-    BackendOpt,
-    BatchSizeOpt,
-    DeviceOpt,
-    DTypeOpt,
-    GpuMemoryOpt,
-    MaxContextOpt,
     ModelOpt,
-    ServedModelOpt,
-    TensorParallelOpt,
-    UrlOpt,
     console,
-    engine_options_from,
     err_console,
     flag_error,
+    with_engine_flags,
 )
+from icl_toolkit.backends.options import EngineOptions
 from icl_toolkit.errors import ConfigError
 
 app = typer.Typer(help="Teacher-written rationales for cohorts without them.", no_args_is_help=True)
 
 
 @app.command()
+@with_engine_flags
 def generate(
     cohort: Annotated[Path, typer.Option(help="Labelled cohort JSONL (e.g. from `icl data from-omop`).")],
     out: Annotated[Path, typer.Option(help="Output cohort JSONL with rationales; the raw generations go to <out>.generations.jsonl.")],
     model: ModelOpt = "default",
-    backend: BackendOpt = "hf",
-    device: DeviceOpt = None,
-    batch_size: BatchSizeOpt = None,
-    dtype: DTypeOpt = None,
-    gpu_memory_utilization: GpuMemoryOpt = None,
-    tensor_parallel_size: TensorParallelOpt = None,
-    url: UrlOpt = None,
-    served_model: ServedModelOpt = None,
-    max_context: MaxContextOpt = None,
     styles: Annotated[str, typer.Option(help="Comma-separated: free_text, stepwise.")] = "free_text,stepwise",
     max_new_tokens: Annotated[int, typer.Option(help="Longest rationale in tokens.")] = 200,
     temperature: Annotated[float, typer.Option(help="0: greedy (reproducible).")] = 0.0,
@@ -55,9 +39,10 @@ def generate(
     limit: Annotated[Optional[int], typer.Option(min=1, help="Only the first N patients (the output holds only them).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run (reuses <out>.generations.jsonl).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Start again, replacing earlier generations.")] = False,
+    *,
+    engine: EngineOptions,
 ) -> None:
     """Have a teacher model explain each patient's known outcome, check the rationales' grounding, write the cohort."""
-    params = dict(locals())  # the flags as given, before any local is added
     from pydantic import ValidationError
 
     from icl_toolkit.artifacts import content_hash
@@ -84,7 +69,7 @@ def generate(
     labelled = [p for p in patients if p.label is not None]
     if not labelled:
         raise ConfigError(f"{cohort}: no patient has a label; a teacher explains known outcomes.")
-    lm = open_backend(model, engine_options_from(params))
+    lm = open_backend(model, engine)
     teacher = RationaleTeacher(lm, config)
     output = OutputFile(generations, teacher.provenance() | {"cohort": cohort_hash}, resume=resume,
                         overwrite=overwrite, kind="teacher generations", inputs=inputs)

@@ -10,36 +10,20 @@ from typing import Annotated, Optional
 import typer
 
 from icl_toolkit.cli._common import (
-    BackendOpt,
-    BatchSizeOpt,
-    DeviceOpt,
-    DTypeOpt,
-    GpuMemoryOpt,
-    MaxContextOpt,
     ModelOpt,
-    ServedModelOpt,
-    TensorParallelOpt,
-    UrlOpt,
-    engine_options_from,
     err_console,
     spec_from_flags,
+    with_engine_flags,
 )
+from icl_toolkit.backends.options import EngineOptions
 from icl_toolkit.errors import ConfigError
 
 
+@with_engine_flags
 def serve(
     pool: Annotated[Optional[Path], typer.Option(help="Demonstration pool (cohort JSONL with labels).")] = None,
     index: Annotated[Optional[Path], typer.Option(help="Index folder from `icl index build` over --pool (built at start-up if absent).")] = None,
     model: ModelOpt = "default",
-    backend: BackendOpt = "hf",
-    device: DeviceOpt = None,
-    batch_size: BatchSizeOpt = None,
-    dtype: DTypeOpt = None,
-    gpu_memory_utilization: GpuMemoryOpt = None,
-    tensor_parallel_size: TensorParallelOpt = None,
-    url: UrlOpt = None,
-    served_model: ServedModelOpt = None,
-    max_context: MaxContextOpt = None,
     query_tokens: Annotated[int, typer.Option(help="History budget of the patient (tokens).")] = 400,
     demo_tokens: Annotated[int, typer.Option(help="History budget per demo (tokens).")] = 200,
     host: Annotated[str, typer.Option(help="Address to bind (loopback by default; 0.0.0.0 exposes the service).")] = "127.0.0.1",
@@ -50,9 +34,10 @@ def serve(
     max_patients: Annotated[int, typer.Option(min=1, help="Most patients per request (413 above).")] = 64,
     max_body_mb: Annotated[float, typer.Option(min=0.001, help="Largest request body in MB (413 above).")] = 8.0,
     log_level: Annotated[str, typer.Option(help="Log level (request ids and timings; never patient data).")] = "info",
+    *,
+    engine: EngineOptions,
 ) -> None:
     """Serve `icl predict`'s predictor over HTTP: POST /v1/predict, GET /health, GET /v1/info, /docs."""
-    params = dict(locals())  # the flags as given, before any local is added
     try:
         import uvicorn
     except ImportError:
@@ -65,8 +50,7 @@ def serve(
 
     if index is not None and pool is None:
         raise ConfigError("--index needs the --pool it was built from (the demos' records come from the pool).")
-    options = engine_options_from(params)
-    config = spec_from_flags(model, query_tokens=query_tokens, demo_tokens=demo_tokens, max_context=max_context)
+    config = spec_from_flags(model, query_tokens=query_tokens, demo_tokens=demo_tokens, max_context=engine.max_context)
     demo_pool = read_cohort(pool) if pool is not None else []  # read before binding: a bad file fails here
     embedder = ProfileEmbedder() if demo_pool else None
     loaded_index = DemoIndex.load(index) if index is not None else None
@@ -74,7 +58,7 @@ def serve(
         loaded_index.check(demo_pool, embedder, where=str(index))
 
     def load() -> PredictionService:
-        lm = open_backend(model, options, progress=False)
+        lm = open_backend(model, engine, progress=False)
         return PredictionService(lm, demo_pool, loaded_index, config, embedder=embedder,
                                  batching=BatchSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, enabled=batching))
 

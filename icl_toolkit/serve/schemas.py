@@ -8,11 +8,14 @@ of cohort JSONL records.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import dataclasses
+from dataclasses import MISSING
+from typing import Any, Literal, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from icl_toolkit.cohort import Patient
+from icl_toolkit.predict import Prediction
 from icl_toolkit.spec import Demos, Strategy
 
 __all__ = ["PredictOptions", "PredictRequest", "PredictionOut", "PredictResponse", "Info", "Health", "ErrorOut"]
@@ -46,25 +49,19 @@ class PredictRequest(BaseModel):
     options: PredictOptions = Field(default_factory=PredictOptions)
 
 
-class PredictionOut(BaseModel):
-    """One patient's prediction: the same record as a line of ``icl predict``'s output."""
+def _prediction_out() -> type[BaseModel]:
+    """The response record: every field of :class:`icl_toolkit.predict.Prediction` (a line of ``icl predict``'s
+    output), plus the prompt text when asked for."""
+    hints = get_type_hints(Prediction)
+    fields: dict[str, Any] = {f.name: (hints[f.name], ... if f.default is MISSING and f.default_factory is MISSING
+                                       else (f.default if f.default is not MISSING else f.default_factory()))
+                              for f in dataclasses.fields(Prediction)}
+    return create_model("PredictionOut", __doc__="One patient's prediction: the same record as a line of icl "
+                        "predict's output (prompt: the exact prompt text, with return_prompt).",
+                        **fields, prompt=(str | None, None))
 
-    patient_id: str
-    probability: float
-    predicted: int
-    label: int | None
-    demos: list[dict[str, Any]]
-    dropped_demos: list[dict[str, Any]]
-    truncated_items: dict[str, int]
-    prompt_tokens: int
-    prompt_hash: str
-    model_id: str
-    template: str
-    mode: str
-    reasoning: str | None = None
-    seconds: float
-    logprobs: list[float]
-    prompt: str | None = None
+
+PredictionOut = _prediction_out()
 
 
 class PredictResponse(BaseModel):
