@@ -34,6 +34,7 @@ several runs and models see identical demonstrations.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -194,11 +195,21 @@ class DemoIndex:
         folder = Path(folder)
         if not folder.is_dir():
             raise ConfigError(f"{folder}: no index folder here. Build one with `icl index build --pool POOL --out {folder}`.")
+        rebuild = f"Rebuild it with `icl index build --pool POOL --out {folder}`."
         record = read_json(folder / cls.META_FILE, "demo index metadata")
+        meta = record.get("meta") if isinstance(record, dict) else None
+        ids = record.get("ids") if isinstance(record, dict) else None
+        if not isinstance(meta, dict) or not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise ConfigError(f"{folder / cls.META_FILE}: not a demo index metadata record (expected an object with "
+                              f"'meta' and a list of pool ids 'ids'). {rebuild}")
         if not (folder / cls.INDEX_FILE).is_file():
-            raise ConfigError(f"{folder / cls.INDEX_FILE}: missing. Rebuild the index with `icl index build`.")
-        index = faiss.read_index(str(folder / cls.INDEX_FILE))
-        meta, ids = record.get("meta", {}), record.get("ids", [])
+            raise ConfigError(f"{folder / cls.INDEX_FILE}: missing. {rebuild}")
+        try:
+            index = faiss.read_index(str(folder / cls.INDEX_FILE))
+        except RuntimeError as exc:  # faiss reports a damaged or truncated file as a RuntimeError
+            first = str(exc).strip().splitlines()[-1][:160] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"{folder / cls.INDEX_FILE}: not a readable faiss index, damaged or truncated "
+                              f"({first}). {rebuild}") from None
         if index.ntotal != len(ids) or index.d != meta.get("dim"):
             raise ConfigError(f"{folder}: index.faiss holds {index.ntotal} vectors of dimension {index.d} but "
                               f"index.json lists {len(ids)} ids of dimension {meta.get('dim')}. Rebuild the index.")
@@ -266,7 +277,11 @@ class Retrieval:
 
 
 def _window_end(index_date: dt.date, years: float) -> dt.date:
-    return index_date + dt.timedelta(days=round(years * 365.25))
+    """The end of the outcome window (the last representable date when it would fall past year 9999)."""
+    try:
+        return index_date + dt.timedelta(days=round(years * 365.25))
+    except OverflowError:
+        return dt.date.max
 
 
 def _quotas(k: int, balance: str, prevalence: float) -> tuple[int, int]:
@@ -425,6 +440,12 @@ class Retriever:
 
 # --------------------------------------------------------------------------- cache
 
+def _valid_hit(h: Any) -> bool:
+    return (isinstance(h, list) and len(h) == 4 and isinstance(h[0], str) and isinstance(h[1], int | float)
+            and not isinstance(h[1], bool) and h[2] in (0, 1, None) and not isinstance(h[2], bool)
+            and isinstance(h[3], int) and not isinstance(h[3], bool))
+
+
 class RetrievalCache:
     """Saved retrievals (per query: ids, scores, labels), reused across runs and models.
 
@@ -435,6 +456,7 @@ class RetrievalCache:
     def __init__(self, key: dict[str, Any], entries: dict[str, list[list[Any]]] | None = None) -> None:
         self.key = key
         self.entries = entries or {}
+        self.path = "retrieval cache"
 
     @classmethod
     def open(cls, path: str | Path, key: dict[str, Any]) -> RetrievalCache:
@@ -443,9 +465,19 @@ class RetrievalCache:
         if not path.exists():
             return cls(key)
         record = read_json(path, "retrieval cache")
-        check_meta(record.get("key", {}), key, what="retrieval cache", where=str(path),
-                   fix="Use another --retrieval file, or delete this one to retrieve again.")
-        return cls(key, record.get("queries", {}))
+        fix = "Use another --retrieval file, or delete this one to retrieve again."
+        if not isinstance(record, dict) or not isinstance(record.get("key"), dict) \
+                or not isinstance(record.get("queries", {}), dict):
+            raise ConfigError(f"{path}: not a retrieval cache (expected an object with 'key' and 'queries'). {fix}")
+        check_meta(record["key"], key, what="retrieval cache", where=str(path), fix=fix)
+        queries = record.get("queries", {})
+        for qid, hits in queries.items():
+            if not isinstance(hits, list) or not all(_valid_hit(h) for h in hits):
+                raise ConfigError(f"{path}: queries.{qid}: expected a list of [pool id, score, label 0/1/null, pool "
+                                  f"row] entries, found {json.dumps(hits)[:120]}. {fix}")
+        cache = cls(key, queries)
+        cache.path = str(path)
+        return cache
 
     def get(self, query_id: str) -> Retrieval | None:
         raw = self.entries.get(query_id)
@@ -461,7 +493,18 @@ class RetrievalCache:
         write_json_atomic(path, base_meta("retrieval-cache") | {"key": self.key, "queries": self.entries})
 
     def retrieve(self, retriever: Retriever, queries: Sequence[Patient], *, progress: bool = True) -> list[Retrieval]:
-        """Cached retrievals where present; the rest retrieved now and added."""
+        """Cached retrievals where present; the rest retrieved now and added.
+
+        Raises:
+            ConfigError: a cached demonstration that is not the pool patient at its row (an edited cache).
+        """
+        retriever._check_fitted()
+        for p in queries:
+            for pid, _, _, row in self.entries.get(p.patient_id, ()):
+                if not (0 <= row < len(retriever.ids_)) or retriever.ids_[row] != pid:
+                    raise ConfigError(f"{self.path}: queries.{p.patient_id}: demonstration {pid!r} (row {row}) is not "
+                                      "in the pool at that row; the cache was edited or made for another pool. "
+                                      "Delete it to retrieve again.")
         missing = [p for p in queries if p.patient_id not in self.entries]
         self.put(retriever.retrieve(missing, progress=progress))
         return [self.get(p.patient_id) for p in queries]  # type: ignore[misc]

@@ -1,11 +1,15 @@
 """The ``icl`` command line: Typer apps, one module per command group, thin over the library.
 
-Library errors (:class:`~icl_toolkit.errors.IclError`) and unreadable files end
-as a one-paragraph message on stderr and a non-zero exit, never a traceback.
+Library errors (:class:`~icl_toolkit.errors.IclError`) and unreadable or
+unwritable files end as a one-paragraph message on stderr (naming the file and
+what to do) and exit code 1; anything else is a bug, reported as one line that
+names the command and how to report it, with exit code 2 (``ICL_DEBUG=1``
+shows the traceback). Never a traceback by default.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -14,6 +18,7 @@ from rich.markup import escape
 from icl_toolkit.cli import compare, data, finetune, index, predict, rationales, serve
 from icl_toolkit.cli._common import err_console
 from icl_toolkit.errors import IclError
+from icl_toolkit.files import describe_os_error
 
 __all__ = ["app", "main"]
 
@@ -38,17 +43,40 @@ def _root() -> None:
     """icl-toolkit: cohorts, retrieval of demonstrations, prompted prediction."""
 
 
+def _command(argv: list[str]) -> str:
+    """The command being run (``predict``, ``data validate``), for messages."""
+    words = []
+    for arg in argv:
+        if arg.startswith("-") or len(words) == 2:
+            break
+        words.append(arg)
+    group = app.registered_groups
+    if words and words[0] not in {g.name for g in group}:
+        words = words[:1]
+    return " ".join(["icl", *words])
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
+    sys.exit(code)
+
+
 def main() -> None:
-    """Entry point of the ``icl`` console script."""
+    """Entry point of the ``icl`` console script: errors end as one paragraph on stderr, never a traceback."""
     try:
         app()
     except IclError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True)
-        sys.exit(1)
+        _fail(str(exc))
     except OSError as exc:
-        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
-        err_console.print(f"[bold red]error:[/] cannot access{where}: {exc.strerror or exc}", highlight=False)
-        sys.exit(1)
+        _fail(describe_os_error(exc))
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: a bug, said as one line
+        if os.environ.get("ICL_DEBUG"):
+            raise
+        detail = (str(exc).strip().splitlines() or [""])[0][:200]
+        _fail(f"{_command(sys.argv[1:])} stopped on an internal error ({type(exc).__name__}{': ' + detail if detail else ''}). "
+              "This is a bug in icl-toolkit, not in your input: please report it to the icl-toolkit maintainers "
+              "(issue tracker) with the command line and this message; run again with ICL_DEBUG=1 to print the "
+              "traceback for the report.", code=2)

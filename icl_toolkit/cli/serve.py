@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
@@ -17,6 +17,8 @@ from icl_toolkit.cli._common import (
 )
 from icl_toolkit.backends.options import EngineOptions
 from icl_toolkit.errors import ConfigError
+
+LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 
 
 @with_engine_flags
@@ -33,7 +35,7 @@ def serve(
     batching: Annotated[bool, typer.Option(help="Coalesce concurrent requests into backend batches.")] = True,
     max_patients: Annotated[int, typer.Option(min=1, help="Most patients per request (413 above).")] = 64,
     max_body_mb: Annotated[float, typer.Option(min=0.001, help="Largest request body in MB (413 above).")] = 8.0,
-    log_level: Annotated[str, typer.Option(help="Log level (request ids and timings; never patient data).")] = "info",
+    log_level: Annotated[LogLevel, typer.Option(help="Log level (request ids and timings; never patient data).")] = "info",
     *,
     engine: EngineOptions,
 ) -> None:
@@ -64,7 +66,7 @@ def serve(
 
     settings = ServerSettings(api_key=os.environ.get("ICL_API_KEY") or None, max_patients=max_patients,
                               max_body_bytes=int(max_body_mb * (1 << 20)))
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(level="DEBUG" if log_level == "trace" else log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if host not in ("127.0.0.1", "localhost", "::1"):
         err_console.print(f"warning: binding {host}: the service is reachable from other machines"
                           + ("" if settings.api_key else " and ICL_API_KEY is not set (no authentication)"),
