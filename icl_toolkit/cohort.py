@@ -47,6 +47,7 @@ __all__ = [
     "iter_cohort",
     "write_cohort",
     "patient_to_dict",
+    "record_issues",
 ]
 
 EventKind = Literal["diagnosis", "medication", "procedure", "lab", "vital", "visit", "observation"]
@@ -246,8 +247,11 @@ def _as_date(value: Any) -> dt.date | None:
     return None
 
 
-def _semantic_issues(obj: dict[str, Any]) -> list[tuple[str, str]]:
-    """Cross-field checks that a type check cannot express.
+def record_issues(obj: dict[str, Any]) -> list[tuple[str, str]]:
+    """Cross-field checks that a type check cannot express, as ``(field, "expected ..., found ...")`` pairs.
+
+    The one set of record rules for every way a patient comes in: cohort files (:func:`read_cohort`,
+    :func:`validate_cohort`) and ``icl serve`` requests apply it to each raw JSON record.
 
     They run on the raw record, so they are reported even when other fields of
     the same record are malformed (a field that does not parse is skipped here:
@@ -336,7 +340,7 @@ def _validate_stream(path: Path, keep: bool) -> tuple[ValidationReport, list[Pat
                 item = _describe(err)
                 if item not in problems:
                     problems.append(item)
-        problems += _semantic_issues(obj)
+        problems += record_issues(obj)
         report.issues.extend(InputIssue(name, lineno, where, what) for where, what in problems)
         pid = obj.get("patient_id")
         dup = isinstance(pid, str) and bool(pid) and _check_duplicate(pid, lineno, seen, report, name)

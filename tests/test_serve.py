@@ -228,3 +228,188 @@ def test_real_server_answers_http_like_icl_predict(tiny_model_dir, small_cohort,
         out, _ = server.communicate(timeout=60)
     assert server.returncode == 0 or server.returncode == -15
     assert "POST /v1/predict 200" in out and small_cohort[80].patient_id not in out  # ids and timings, no patient data
+
+
+# --------------------------------------------------------------------------- bad input and pressure (issue 15)
+
+def test_requests_follow_the_cohort_files_rules(client, small_cohort):
+    """The request schema is the cohort format: the same cross-field rules, field by field."""
+    import datetime as dt
+
+    case = next(p for p in small_cohort[100:] if p.label == 1)
+    bad = [as_json(case) | {"outcome_date": None},                                           # label 1, no onset
+           as_json(case) | {"outcome_date": str(case.index_date - dt.timedelta(days=30))},   # onset before index
+           as_json(small_cohort[101]) | {"index_date": as_json(small_cohort[101])["birth_date"]}]  # index at birth
+    inf = as_json(small_cohort[102])
+    inf["events"][0]["value"] = float("inf")
+    r = client.post("/v1/predict", headers=AUTH | {"Content-Type": "application/json"},
+                    content=json.dumps({"patients": bad + [inf]}).encode())  # json.dumps writes Infinity
+    assert r.status_code == 422, r.text
+    fields = {d["field"] for d in r.json()["detail"]}
+    assert {"patients[0].outcome_date", "patients[1].outcome_date", "patients[2].index_date",
+            "patients[3].events[0].value"} <= fields
+
+
+def test_options_are_strict(client, small_cohort):
+    one = [as_json(small_cohort[100])]
+    for options in ({"k": "4"}, {"return_prompt": 0}, {"threshold": "0.5"}, {"k": 2.0}):
+        r = client.post("/v1/predict", headers=AUTH, json={"patients": one, "options": options})
+        assert r.status_code == 422, (options, r.text)
+        assert r.json()["detail"][0]["field"].startswith("options.")
+
+
+def test_per_request_cost_is_capped(service, small_cohort):
+    settings = ServerSettings(api_key=KEY, max_patients=10, max_k=4, max_demos=12, max_request_tokens=3000)
+    with TestClient(create_app(lambda: service, settings)) as c:
+        _ready(c)
+        one = [as_json(small_cohort[100])]
+        r = c.post("/v1/predict", headers=AUTH, json={"patients": one, "options": {"k": 5}})
+        assert r.status_code == 422 and r.json()["detail"][0]["field"] == "options.k"
+        r = c.post("/v1/predict", headers=AUTH, json={"patients": one * 4, "options": {"k": 4}})
+        assert r.status_code == 413 and "16 demonstrations" in r.json()["error"]
+        r = c.post("/v1/predict", headers=AUTH, json={"patients": [as_json(p) for p in small_cohort[100:110]],
+                                                      "options": {"k": 1}})
+        assert r.status_code == 413 and "prompt tokens" in r.json()["error"]
+        assert c.get("/v1/info", headers=AUTH).json()["limits"]["max_request_tokens"] == 3000
+
+
+class SlowService(PredictionService):
+    """The real service with a backend that takes ``delay`` seconds per patient (a loaded GPU, say)."""
+
+    delay = 0.25
+
+    def predict_now(self, patients, options):
+        time.sleep(self.delay * len(patients))
+        return super().predict_now(patients, options)
+
+
+@pytest.fixture()
+def live(tiny_backend_obj, small_cohort, hash_embedder, caplog):
+    """Start a real uvicorn server (in a thread) over a slow service; yields a function that starts one."""
+    import logging
+
+    import httpx
+
+    from icl_toolkit.serve.app import make_server
+
+    caplog.set_level(logging.INFO)
+    started = []
+
+    def start(*, max_queue=256, max_batch=1, grace=30.0, settings=None):
+        service = SlowService(tiny_backend_obj, small_cohort[:100], None, CONFIG, embedder=hash_embedder,
+                              batching=BatchSettings(max_batch=max_batch, max_wait_ms=5, max_queue=max_queue))
+        app = create_app(lambda: service, settings or ServerSettings())
+        port = _free_port()
+        server = make_server(app, port=port, grace_seconds=grace, log_config=None)
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(400):
+            try:
+                if httpx.get(base + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        started.append((server, thread))
+        return server, thread, base, service
+
+    yield start
+    for server, thread in started:
+        server.should_exit = True
+        thread.join(60)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+    for word in ("Traceback", "CancelledError", "ClientDisconnect", "Exception in ASGI"):
+        assert word not in text
+
+
+def test_overload_is_refused_at_once_and_admitted_requests_stay_bounded(live, small_cohort):
+    import httpx
+
+    server, thread, base, service = live(max_queue=4)
+    body = {"patients": [as_json(small_cohort[100])], "options": {"k": 1}}
+
+    def ask(i):
+        t0 = time.perf_counter()
+        r = httpx.post(base + "/v1/predict", json=body, timeout=60)
+        return r, time.perf_counter() - t0
+
+    with ThreadPoolExecutor(24) as pool:
+        answers = list(pool.map(ask, range(24)))
+    ok = [(r, s) for r, s in answers if r.status_code == 200]
+    busy = [(r, s) for r, s in answers if r.status_code == 503]
+    assert len(ok) + len(busy) == 24 and ok and busy
+    # refused at once with a JSON body, a request id and a Retry-After; admitted ones wait at most the queue's length
+    assert all(s < 1.0 and int(r.headers["retry-after"]) >= 1 and r.json()["request_id"] == r.headers["x-request-id"]
+               for r, s in busy)
+    assert max(s for _, s in ok) < (4 + 1) * SlowService.delay + 2.0
+    assert service.refused == len(busy)
+
+
+def test_work_of_a_client_that_went_away_is_dropped(live, small_cohort):
+    import httpx
+
+    server, thread, base, service = live(max_queue=64)
+    body = {"patients": [as_json(p) for p in small_cohort[100:112]], "options": {"k": 1}}  # 12 x 0.25 s
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(base + "/v1/predict", json=body, timeout=0.6)  # gives up after about 2 patients
+    for _ in range(100):
+        if service.dropped:
+            break
+        time.sleep(0.05)
+    assert service.dropped >= 8  # its remaining patients left the queue unscored
+    time.sleep(3 * SlowService.delay)
+    assert service.queued == 0
+    t0 = time.perf_counter()
+    r = httpx.post(base + "/v1/predict", json={"patients": body["patients"][:1]}, timeout=30)
+    assert r.status_code == 200 and time.perf_counter() - t0 < 2.0  # a new request does not wait for the old one
+
+
+def test_client_that_disconnects_mid_body_leaves_no_traceback(live, small_cohort):
+    import httpx
+
+    server, thread, base, service = live()
+    port = int(base.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 5000\r\n\r\n{\"patients\": [")
+        time.sleep(0.3)
+    time.sleep(0.5)
+    r = httpx.post(base + "/v1/predict", json={"patients": [as_json(small_cohort[100])]}, timeout=30)
+    assert r.status_code == 200  # the server goes on; the fixture checks the log holds no traceback
+
+
+def test_sigterm_with_a_backlog_longer_than_the_grace_period(live, small_cohort):
+    import signal
+
+    import httpx
+
+    server, thread, base, service = live(max_queue=64, grace=4.0)
+    body = {"patients": [as_json(small_cohort[100])], "options": {"k": 1}}
+    answers: list = []
+
+    def ask(i):
+        try:
+            answers.append(httpx.post(base + "/v1/predict", json=body, timeout=60))
+        except httpx.TransportError as exc:
+            answers.append(exc)
+
+    senders = [threading.Thread(target=ask, args=(i,)) for i in range(40)]  # 40 x 0.25 s = 10 s of work
+    for t in senders:
+        t.start()
+    time.sleep(1.0)
+    t0 = time.perf_counter()
+    server.handle_exit(signal.SIGTERM, None)
+    for t in senders:
+        t.join(30)
+    thread.join(30)
+    took = time.perf_counter() - t0
+    assert not thread.is_alive() and took < 4.0 + 1.5, took  # exited within the grace period
+    assert len(answers) == 40 and all(isinstance(r, httpx.Response) for r in answers), answers
+    codes = [r.status_code for r in answers]
+    assert set(codes) <= {200, 503} and 200 in codes and 503 in codes
+    for r in answers:
+        if r.status_code == 503:
+            assert r.headers["content-type"] == "application/json"
+            assert r.json()["request_id"] == r.headers["x-request-id"] and "shutting down" in r.json()["error"]

@@ -35,19 +35,24 @@ def serve(
     batching: Annotated[bool, typer.Option(help="Coalesce concurrent requests into backend batches.")] = True,
     max_patients: Annotated[int, typer.Option(min=1, help="Most patients per request (413 above).")] = 64,
     max_body_mb: Annotated[float, typer.Option(min=0.001, help="Largest request body in MB (413 above).")] = 8.0,
+    max_queue: Annotated[int, typer.Option(min=1, help="Most patients waiting to be scored; a request that does not fit gets 503 with Retry-After.")] = 256,
+    max_k: Annotated[int, typer.Option(min=0, help="Most demonstrations per patient a request may ask for (422 above).")] = 16,
+    max_demos: Annotated[int, typer.Option(min=1, help="Most demonstrations per request, patients x k (413 above).")] = 256,
+    max_request_tokens: Annotated[int, typer.Option(min=1, help="Most prompt tokens per request, estimated from the history budgets (413 above).")] = 200_000,
+    grace_seconds: Annotated[float, typer.Option(min=1, help="On SIGTERM: answer every request within this many seconds (finish, or 503 for what is still queued), then exit.")] = 30.0,
     log_level: Annotated[LogLevel, typer.Option(help="Log level (request ids and timings; never patient data).")] = "info",
     *,
     engine: EngineOptions,
 ) -> None:
     """Serve `icl predict`'s predictor over HTTP: POST /v1/predict, GET /health, GET /v1/info, /docs."""
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401
     except ImportError:
         raise ConfigError('icl serve needs FastAPI and uvicorn: pip install "icl-toolkit[serve]"') from None
     from icl_toolkit.backends.options import open_backend
     from icl_toolkit.cohort import read_cohort
     from icl_toolkit.retrieve import DemoIndex, ProfileEmbedder
-    from icl_toolkit.serve.app import ServerSettings, create_app
+    from icl_toolkit.serve.app import ServerSettings, create_app, make_server
     from icl_toolkit.serve.service import BatchSettings, PredictionService
 
     if index is not None and pool is None:
@@ -62,14 +67,16 @@ def serve(
     def load() -> PredictionService:
         lm = open_backend(model, engine, progress=False)
         return PredictionService(lm, demo_pool, loaded_index, config, embedder=embedder,
-                                 batching=BatchSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, enabled=batching))
+                                 batching=BatchSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, enabled=batching,
+                                                        max_queue=max_queue))
 
     settings = ServerSettings(api_key=os.environ.get("ICL_API_KEY") or None, max_patients=max_patients,
-                              max_body_bytes=int(max_body_mb * (1 << 20)))
+                              max_body_bytes=int(max_body_mb * (1 << 20)), max_k=max_k, max_demos=max_demos,
+                              max_request_tokens=max_request_tokens)
     logging.basicConfig(level="DEBUG" if log_level == "trace" else log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if host not in ("127.0.0.1", "localhost", "::1"):
         err_console.print(f"warning: binding {host}: the service is reachable from other machines"
                           + ("" if settings.api_key else " and ICL_API_KEY is not set (no authentication)"),
                           highlight=False)
-    uvicorn.run(create_app(load, settings), host=host, port=port, log_level=log_level.lower(),
-                timeout_graceful_shutdown=30)
+    make_server(create_app(load, settings), host=host, port=port, log_level=log_level,
+                grace_seconds=grace_seconds).run()

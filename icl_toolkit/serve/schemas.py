@@ -78,10 +78,12 @@ class Info(BaseModel):
     pool_size: int
     limits: dict[str, Any]
     batching: dict[str, Any]
+    queue: dict[str, Any] = Field(default_factory=dict)
+    """Patients waiting now, patients dropped because their client went away, requests refused (queue full)."""
 
 
 class Health(BaseModel):
-    status: Literal["ready", "loading", "failed"]
+    status: Literal["ready", "loading", "failed", "stopping"]
     detail: str | None = None
 
 

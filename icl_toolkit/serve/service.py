@@ -1,4 +1,4 @@
-"""The service object behind ``icl serve``: a loaded predictor and a micro-batcher.
+"""The service object behind ``icl serve``: a loaded predictor and a bounded micro-batcher.
 
 Concurrent requests are coalesced: each patient of each request goes into one
 queue; a single worker takes up to ``max_batch`` patients, waiting at most
@@ -7,24 +7,54 @@ strategy, demos) and runs each group through the same :class:`Predictor` as
 ``icl predict``, in one worker thread (the backend is not shared between
 threads). A group that fails is retried patient by patient, so one bad patient
 fails only its own request; the others batched with it are answered.
+
+Under pressure:
+
+- **The queue is bounded** (``max_queue`` patients waiting). A request that
+  does not fit is refused at once (:class:`Overloaded`, answered 503 with
+  ``Retry-After`` from the measured time per patient), so admitted requests keep
+  a bounded wait instead of every request waiting minutes.
+- **Work whose client is gone is dropped**: when a request is cancelled (its
+  client disconnected), its patients still waiting are taken out of the queue
+  and never scored.
+- **Shutdown within a grace period**: :meth:`PredictionService.begin_shutdown`
+  (on SIGTERM) refuses new work, lets the worker finish what it can, and at the
+  deadline fails every patient still waiting with :class:`ShuttingDown`
+  (answered 503 with the request id), so every request gets an answer before
+  the server's grace period ends and the process exits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import time
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from icl_toolkit.cohort import Patient
-from icl_toolkit.errors import ConfigError
+from icl_toolkit.errors import ConfigError, IclError
 from icl_toolkit.predict import Predictor
 from icl_toolkit.retrieve import DemoIndex
-from icl_toolkit.spec import PredictConfig
 from icl_toolkit.serve.schemas import PredictOptions
+from icl_toolkit.spec import PredictConfig
 
-__all__ = ["PredictionService", "BatchSettings"]
+__all__ = ["PredictionService", "BatchSettings", "Overloaded", "ShuttingDown"]
+
+
+class Overloaded(IclError):
+    """The queue has no room for a request's patients; retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ShuttingDown(IclError):
+    """The service is stopping: the request was not (fully) scored."""
 
 
 @dataclass(frozen=True)
@@ -34,26 +64,29 @@ class BatchSettings:
     max_wait_ms: float = 10.0
     """How long the first patient of a batch waits for others."""
     enabled: bool = True
-    """False: every request runs alone, as it arrives (for comparison)."""
+    """False: every request runs alone, in arrival order (for comparison)."""
+    max_queue: int = 256
+    """Most patients waiting to be scored; a request that would exceed it is refused (503)."""
 
 
-@dataclass
+@dataclass(eq=False)
 class _Item:
     patient: Patient
     options: PredictOptions
+    request: int
     future: asyncio.Future = field(repr=False)
 
 
 class PredictionService:
-    """Holds the backend, pool, index and predictors; predicts with micro-batching.
+    """Holds the backend, pool, index and predictors; predicts with bounded micro-batching.
 
     Args:
         backend: a loaded backend (see :mod:`icl_toolkit.backends`).
         pool: the demonstration pool.
         index: its index (built when ``None``).
-        config: the base prediction config; requests override k, strategy and demos.
+        config: the server's prediction spec; requests override k, strategy and demos.
         embedder: profile embedder (default: the embedded MiniLM).
-        batching: micro-batching settings.
+        batching: micro-batching and queue settings.
     """
 
     def __init__(self, backend: Any, pool: Sequence[Patient], index: DemoIndex | None, config: PredictConfig,
@@ -69,9 +102,16 @@ class PredictionService:
         self.batching = batching or BatchSettings()
         self._predictors: dict[PredictConfig, Predictor] = {}
         self._executor: ThreadPoolExecutor | None = None
-        self._queue: asyncio.Queue[_Item] | None = None
+        self._queue: deque[_Item] = deque()
+        self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
+        self._requests = 0
+        self._stopping = False
+        self._cutoff: asyncio.TimerHandle | None = None
+        self.seconds_per_patient = 0.5  # running mean of the backend's time per patient, for Retry-After
         self.batches = 0
+        self.dropped = 0      # patients taken out of the queue because their client went away
+        self.refused = 0      # requests refused because the queue was full
 
     # ------------------------------------------------------------------ predictors
 
@@ -87,16 +127,23 @@ class PredictionService:
                 self.pool, self.index)
         return self._predictors[config]
 
+    def request_tokens(self, n_patients: int, options: PredictOptions) -> int:
+        """An upper estimate of the prompt tokens a request costs, from the server's history budgets (what a
+        per-request cost limit is checked against before any work)."""
+        p = self.spec(options).prompt
+        k = self.spec(options).retrieval.k
+        return n_patients * (p.query_tokens + k * p.demo_tokens + 150 * (k + 1))
+
     def predict_now(self, patients: Sequence[Patient], options: PredictOptions) -> list[dict[str, Any]]:
         """Predict synchronously (in the calling thread), as ``icl predict`` would."""
         predictor = self.predictor(options)
         patients = list(patients)
         retrievals = predictor.retrieve(patients)
         preds = predictor.predict_proba(patients, retrievals)
-        out = []
         prompts = None
         if options.return_prompt:  # the same retrievals: demos are chosen once
             prompts = [bp.text for bp in predictor.build_prompts(patients, retrievals)]
+        out = []
         for i, p in enumerate(preds):
             rec = p.to_dict()
             rec["predicted"] = int(p.probability >= options.threshold)
@@ -105,67 +152,131 @@ class PredictionService:
             out.append(rec)
         return out
 
-    # ------------------------------------------------------------------ batching
+    # ------------------------------------------------------------------ queue
+
+    @property
+    def queued(self) -> int:
+        """Patients waiting to be scored."""
+        return len(self._queue)
+
+    def retry_after(self) -> int:
+        """Seconds after which the queue has likely drained (at least 1, at most 300)."""
+        return int(min(300, max(1, math.ceil(self.queued * self.seconds_per_patient))))
 
     async def start(self) -> None:
         """Start the batch worker in the running event loop (again after :meth:`stop`)."""
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="icl-backend")
-        self._queue = asyncio.Queue()
+        self._stopping = False
+        self._wake = asyncio.Event()
         self._worker = asyncio.create_task(self._run(), name="icl-batcher")
 
+    def begin_shutdown(self, drain_seconds: float) -> None:
+        """Refuse new work; fail what is still waiting after ``drain_seconds`` (the worker finishes its batch)."""
+        if self._stopping:
+            return
+        self._stopping = True
+        loop = asyncio.get_running_loop()
+        self._cutoff = loop.call_later(max(drain_seconds, 0.0), self._fail_waiting,
+                                       ShuttingDown("the server is shutting down; this request was not scored"))
+        if self._wake is not None:
+            self._wake.set()
+
+    def _fail_waiting(self, exc: Exception) -> None:
+        while self._queue:
+            it = self._queue.popleft()
+            if not it.future.done():
+                it.future.set_exception(exc)
+
     async def stop(self) -> None:
-        """Finish what is queued, then stop the worker."""
-        if self._queue is not None:
-            await self._queue.join()
+        """Stop at once: fail what is waiting, stop the worker, release the backend thread (without waiting)."""
+        self._stopping = True
+        if self._cutoff is not None:
+            self._cutoff.cancel()
+        self._fail_waiting(ShuttingDown("the server stopped; this request was not scored"))
         if self._worker is not None:
             self._worker.cancel()
-        self._queue = self._worker = None
+            try:
+                await self._worker
+            except asyncio.CancelledError:
+                pass
+        self._worker = None
         if self._executor is not None:
-            self._executor.shutdown(wait=True)
+            self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
 
     async def predict(self, patients: Sequence[Patient], options: PredictOptions) -> list[dict[str, Any] | Exception]:
         """Predictions for one request's patients, batched with concurrent requests; a failed patient gives its
-        exception in its place."""
-        loop = asyncio.get_running_loop()
-        if self._executor is None:
+        exception in its place.
+
+        Raises:
+            Overloaded: the queue has no room for these patients (nothing was queued).
+            ShuttingDown: the service is stopping.
+        """
+        if self._executor is None or self._wake is None:
             raise ConfigError("PredictionService.start() was not called")
-        if not self.batching.enabled or self._queue is None:
+        if self._stopping:
+            raise ShuttingDown("the server is shutting down; send the request to another instance or retry later")
+        if self.queued + len(patients) > self.batching.max_queue:
+            self.refused += 1
+            raise Overloaded(f"the server is busy ({self.queued} patients queued, room for "
+                             f"{self.batching.max_queue}); retry later", self.retry_after())
+        loop = asyncio.get_running_loop()
+        self._requests += 1
+        items = [_Item(p, options, self._requests, loop.create_future()) for p in patients]
+        self._queue.extend(items)
+        self._wake.set()
+        try:
+            return list(await asyncio.gather(*(it.future for it in items), return_exceptions=True))
+        except asyncio.CancelledError:  # the client went away: its patients still waiting are never scored
+            for it in items:
+                if not it.future.done():
+                    it.future.cancel()
+                try:
+                    self._queue.remove(it)
+                    self.dropped += 1
+                except ValueError:
+                    pass  # already taken by the worker
+            raise
+
+    async def _next_batch(self) -> list[_Item]:
+        assert self._wake is not None
+        loop = asyncio.get_running_loop()
+        while not self._queue:
+            self._wake.clear()
+            await self._wake.wait()
+        if not self.batching.enabled:  # one request at a time, as it arrived
+            first = self._queue[0].request
+            batch = []
+            while self._queue and self._queue[0].request == first:
+                batch.append(self._queue.popleft())
+            return batch
+        deadline = loop.time() + self.batching.max_wait_ms / 1000
+        while len(self._queue) < self.batching.max_batch and not self._stopping:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            self._wake.clear()
             try:
-                return list(await loop.run_in_executor(self._executor, self.predict_now, patients, options))
-            except Exception as exc:  # noqa: BLE001 - reported per request by the route
-                return [exc] * len(patients)
-        items = [_Item(p, options, loop.create_future()) for p in patients]
-        for it in items:
-            self._queue.put_nowait(it)
-        return list(await asyncio.gather(*(it.future for it in items), return_exceptions=True))
+                await asyncio.wait_for(self._wake.wait(), remaining)
+            except asyncio.TimeoutError:
+                break
+        return [self._queue.popleft() for _ in range(min(len(self._queue), self.batching.max_batch))]
 
     async def _run(self) -> None:
-        assert self._queue is not None
         loop = asyncio.get_running_loop()
         while True:
-            first = await self._queue.get()
-            batch = [first]
-            deadline = loop.time() + self.batching.max_wait_ms / 1000
-            while len(batch) < self.batching.max_batch:
-                timeout = deadline - loop.time()
-                if timeout <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), timeout))
-                except asyncio.TimeoutError:
-                    break
+            batch = [it for it in await self._next_batch() if not it.future.done()]
             groups: dict[PredictOptions, list[_Item]] = {}
             for it in batch:
                 groups.setdefault(it.options, []).append(it)
             for options, group in groups.items():
                 await self._run_group(loop, options, group)
-            for _ in batch:
-                self._queue.task_done()
 
     async def _run_group(self, loop: asyncio.AbstractEventLoop, options: PredictOptions, group: list[_Item]) -> None:
         self.batches += 1
+        assert self._executor is not None
+        start = time.perf_counter()
         try:
             results = await loop.run_in_executor(self._executor, self.predict_now, [i.patient for i in group], options)
         except Exception as exc:  # noqa: BLE001 - isolate the failure: retry one by one
@@ -176,6 +287,8 @@ class PredictionService:
             for it in group:
                 await self._run_group(loop, options, [it])
             return
+        each = (time.perf_counter() - start) / len(group)
+        self.seconds_per_patient = 0.8 * self.seconds_per_patient + 0.2 * each
         for it, res in zip(group, results):
             if not it.future.done():
                 it.future.set_result(res)
