@@ -8,6 +8,15 @@ number of requests per level (one patient each) and stops a level at its time li
 
 Both servers get the same patients (test split of the `make demo` cohort) and the
 same settings; only ``--batching`` differs. Writes serve_load.csv and .png.
+
+``--overload`` asks another question: more queued work than the server can do, and clients that give up.
+``--overload-clients`` clients send requests back to back for ``--overload-s`` seconds; a quarter of them
+give up after ``--give-up-s`` (and disconnect). The same load runs against a server with a bounded queue
+(``--max-queue``) and one with an effectively unbounded queue; writes serve_overload.csv: for each, the
+latency of admitted requests, how fast refused requests were told (503 + Retry-After), how many patients the
+server dropped because their client had gone, and throughput.
+
+    .venv/bin/python benchmarks/serve_load.py --overload                 # about 2 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -36,7 +45,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(args: argparse.Namespace, pool: Path, batching: bool) -> tuple[subprocess.Popen, str]:
+def _start(args: argparse.Namespace, pool: Path, batching: bool, extra: tuple[str, ...] = ()
+           ) -> tuple[subprocess.Popen, str]:
     import httpx
 
     port = _free_port()
@@ -47,6 +57,7 @@ def _start(args: argparse.Namespace, pool: Path, batching: bool) -> tuple[subpro
            "--batching" if batching else "--no-batching"]
     if args.batch_size:
         cmd += ["--batch-size", str(args.batch_size)]
+    cmd += list(extra)
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 600
@@ -96,6 +107,74 @@ async def _level(base: str, bodies: list[dict], clients: int, limit_s: float) ->
             "p50_ms": round(float(np.percentile(lat, 50)), 1), "p99_ms": round(float(np.percentile(lat, 99)), 1)}
 
 
+async def _overload(base: str, bodies: list[dict], clients: int, seconds: float, give_up_s: float) -> dict:
+    """Closed-loop clients for ``seconds``: each sends one request after another; every fourth client gives up
+    on a request after ``give_up_s`` and disconnects. Returns latencies by outcome."""
+    import httpx
+
+    admitted: list[float] = []
+    refused: list[float] = []
+    gave_up = errors = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def client(i: int) -> None:
+        nonlocal gave_up, errors
+        impatient = i % 4 == 0
+        async with httpx.AsyncClient() as http:  # one connection per client, so giving up closes it
+            n = 0
+            while time.perf_counter() < stop_at:
+                body = bodies[(i + n * clients) % len(bodies)]
+                n += 1
+                t = time.perf_counter()
+                try:
+                    r = await http.post(base + "/v1/predict", json=body, timeout=give_up_s if impatient else 600)
+                except httpx.TimeoutException:
+                    gave_up += 1
+                    continue
+                took = time.perf_counter() - t
+                if r.status_code == 200:
+                    admitted.append(took)
+                elif r.status_code == 503:
+                    refused.append(took)
+                    await asyncio.sleep(0.2)  # a client that honours Retry-After would wait longer
+                else:
+                    errors += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client(i) for i in range(clients)))
+    wall = time.perf_counter() - start
+    info = httpx.get(base + "/v1/info", timeout=10).json()["queue"]
+
+    def pct(xs: list[float], q: float) -> float | None:
+        return round(float(np.percentile(np.array(xs) * 1000, q)), 1) if xs else None
+
+    return {"clients": clients, "seconds": round(wall, 1), "admitted": len(admitted), "refused": len(refused),
+            "gave_up": gave_up, "errors": errors, "dropped_patients": info["dropped"],
+            "admitted_per_s": round(len(admitted) / wall, 3), "admitted_p50_ms": pct(admitted, 50),
+            "admitted_p99_ms": pct(admitted, 99), "admitted_max_ms": pct(admitted, 100),
+            "refused_p99_ms": pct(refused, 99)}
+
+
+def _run_overload(args: argparse.Namespace, pool_path: Path, bodies: list[dict], where: str) -> None:
+    rows = []
+    for queue in (args.max_queue, 100_000):
+        server, base = _start(args, pool_path, True, ("--max-queue", str(queue)))
+        try:
+            asyncio.run(_level(base, bodies[:2], 1, args.limit_s))  # warm-up
+            r = asyncio.run(_overload(base, bodies, args.overload_clients, args.overload_s, args.give_up_s))
+        finally:
+            server.terminate()
+            server.wait(60)
+        rows.append({"max_queue": queue if queue < 100_000 else "unbounded", **r, "give_up_s": args.give_up_s,
+                     "k": args.k, "model": args.model, "machine": where})
+        print(f"max_queue={rows[-1]['max_queue']!s:9s} admitted {r['admitted']:4d} (p50 {r['admitted_p50_ms']} ms, "
+              f"p99 {r['admitted_p99_ms']} ms) refused {r['refused']:4d} (p99 {r['refused_p99_ms']} ms) gave up "
+              f"{r['gave_up']:3d}, dropped {r['dropped_patients']} patients, errors {r['errors']}", flush=True)
+    out = args.out.with_name(args.out.stem.replace("serve_load", "serve_overload") + ".csv")
+    write_csv(out, rows)
+    print(f"wrote {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="default")
@@ -105,7 +184,12 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--max-wait-ms", type=float, default=10)
     ap.add_argument("--batch-size", type=int, default=None, help="hf backend prompts per forward pass")
-    ap.add_argument("--quick", action="store_true", help="levels 1 and 4, 8 requests each")
+    ap.add_argument("--quick", action="store_true", help="levels 1 and 4, 8 requests each (overload: 6 s)")
+    ap.add_argument("--overload", action="store_true", help="the overload run instead of the levels (see above)")
+    ap.add_argument("--max-queue", type=int, default=8, help="overload: the bounded server's queue (patients)")
+    ap.add_argument("--overload-clients", type=int, default=32)
+    ap.add_argument("--overload-s", type=float, default=45.0)
+    ap.add_argument("--give-up-s", type=float, default=3.0, help="overload: when impatient clients give up")
     ap.add_argument("--out", type=Path, default=RESULTS / "serve_load.csv")
     args = ap.parse_args()
     levels = (1, 4) if args.quick else LEVELS
@@ -121,6 +205,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         pool_path = Path(tmp) / "pool.jsonl"
         write_cohort(pool, pool_path)
+        if args.overload:
+            if args.quick:
+                args.overload_s, args.overload_clients, args.give_up_s = 6.0, 12, 1.0
+            _run_overload(args, pool_path, bodies, where)
+            return
         for batching in (False, True):
             server, base = _start(args, pool_path, batching)
             try:

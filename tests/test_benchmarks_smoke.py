@@ -106,3 +106,13 @@ def test_serve_load_quick(tmp_path: Path, tiny_model_dir: Path) -> None:
     assert all(int(row["requests"]) == 8 and int(row["errors"]) == 0 for row in rows)
     assert all(float(row["p50_ms"]) <= float(row["p99_ms"]) for row in rows)
     assert float(rows[0]["x_one_at_a_time"]) == 1.0
+
+
+def test_serve_overload_quick(tmp_path: Path, tiny_model_dir: Path) -> None:
+    out = tmp_path / "serve_load.csv"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "serve_load.py"), "--quick", "--overload",
+                        "--model", str(tiny_model_dir), "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = list(csv.DictReader((tmp_path / "serve_overload.csv").open()))
+    assert [row["max_queue"] for row in rows] == ["8", "unbounded"]
+    assert all(int(row["errors"]) == 0 and int(row["admitted"]) > 0 for row in rows)
