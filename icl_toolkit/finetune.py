@@ -50,6 +50,7 @@ from icl_toolkit.backends import encode_prompt
 from icl_toolkit.models import CHECKPOINT_META, lm_id
 from icl_toolkit.progress import progress_bar
 from icl_toolkit.prompting import PromptBuilder, PromptConfig
+from icl_toolkit.spec import PredictConfig
 
 __all__ = ["FinetuneConfig", "SFTExample", "build_examples", "sft_prompt_config", "Finetuner", "FinetuneResult",
            "TARGETS"]
@@ -101,9 +102,10 @@ class FinetuneConfig(BaseModel):
 
 
 def sft_prompt_config(query_tokens: int = 256, horizon_years: float = 5.0) -> PromptConfig:
-    """The prompt layout SFT trains on: zero-shot, ending at the start of the assistant's turn."""
-    return PromptConfig(demos="none", mode="reason", template=SFT_TEMPLATE, query_tokens=query_tokens,
-                        horizon_years=horizon_years)
+    """The prompt layout SFT trains on: zero-shot, ending at the start of the assistant's turn (the spec's
+    prompt section, so it is exactly what prediction renders for the same options)."""
+    return PredictConfig.from_options(k=0, mode="reason", template=SFT_TEMPLATE, query_tokens=query_tokens,
+                                      horizon_years=horizon_years).prompt
 
 
 @dataclass

@@ -211,6 +211,11 @@ def create_app(load: Callable[[], PredictionService], settings: ServerSettings |
                   "schema": {"$ref": "#/components/schemas/PredictRequest"}}}}})
     async def predict(request: Request) -> Any:
         rid = request.state.request_id
+        service: PredictionService | None = state["service"]
+        if service is not None and state.get("started") and service.queued >= service.batching.max_queue:
+            service.refused += 1  # full: refuse before reading and validating the body, which costs CPU too
+            return _error(503, rid, f"the server is busy ({service.queued} patients queued); retry later",
+                          headers={"Retry-After": str(service.retry_after())})
         body = await request.body()  # ClientDisconnect / _BodyTooLarge are answered by RequestContext
         try:
             req = PredictRequest.model_validate_json(body)
@@ -230,7 +235,6 @@ def create_app(load: Callable[[], PredictionService], settings: ServerSettings |
                                                          "msg": f"k is at most {settings.max_k} on this server"}])
         if n > settings.max_patients:
             return _error(413, rid, f"{n} patients in one request; the limit is {settings.max_patients}")
-        service: PredictionService | None = state["service"]
         if state["status"] == "stopping":
             return _error(503, rid, "the server is shutting down", headers={"Retry-After": "5"})
         if service is None or not state.get("started"):
