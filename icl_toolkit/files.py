@@ -51,6 +51,7 @@ _ADVICE = {
     errno.ENOENT: "no such file or folder: check the path",
     errno.ENOTDIR: "a part of the path is a file, not a folder: check the path",
     errno.EISDIR: "it is a folder, not a file: name a file",
+    errno.EEXIST: "a file is in the way where a folder is needed: choose another path or move the file",
     errno.EMFILE: "too many open files: raise the limit (ulimit -n) and run again",
 }
 

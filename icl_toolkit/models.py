@@ -42,6 +42,7 @@ __all__ = [
     "resolve_lm",
     "lm_id",
     "load_lm",
+    "check_device",
     "checkpoint_meta",
     "trained_template",
     "resolve_embedder",
@@ -286,11 +287,36 @@ def lm_id(model: str = "default") -> str:
     return _model_id(model, _LM_ALIASES, DEFAULT_LM)
 
 
+def check_device(device: str) -> str:
+    """``device`` when torch can use it here; otherwise a one-line error saying why (checked before any load).
+
+    Raises:
+        ConfigError: not a torch device name, or a CUDA device on a machine or torch build without one.
+    """
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"--device: {device!r} is not a torch device; use cpu, cuda or cuda:N.") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            raise ConfigError(f"--device {device}: no CUDA GPU is visible here (torch {torch.__version__}, {build}). "
+                              "Use --device cpu, or run on a machine with a GPU.")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible.")
+    elif parsed.type not in ("cpu", "mps", "xpu"):
+        raise ConfigError(f"--device: {device!r} is not supported; use cpu, cuda or cuda:N.")
+    return device
+
+
 def load_lm(model: str = "default", *, device: str = "cpu", dtype: str = "float32") -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` for inference, in eval mode on ``device``."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_device(device)
     folder = resolve_lm(model)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
     if torch_dtype is None:

@@ -186,6 +186,9 @@ class PromptBuilder:
         name = self.config.template or (REASON_TEMPLATE if self.config.mode == "reason" else TEMPLATES[self.config.demos])
         extra = None
         if Path(name).is_file():
+            if Path(name).suffix != ".j2":
+                raise ConfigError(f"--template {name}: a template file is a Jinja file ending in .j2; give one, or "
+                                  "the name of a template in icl_toolkit/prompts (without .j2).")
             extra = Path(name).resolve().parent
             name = Path(name).stem
         (self._system, self._user, self._answer), self.templates_hash = load_templates(

@@ -47,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from icl_toolkit.artifacts import base_meta, check_meta, content_hash, read_json, write_json_atomic
 from icl_toolkit.cohort import Patient
 from icl_toolkit.errors import ConfigError
+from icl_toolkit.files import keep_mode
 from icl_toolkit.progress import progress_bar
 from icl_toolkit.serialize import PROFILE_VERSION, condensed_profile, token_counter
 
@@ -183,6 +184,7 @@ class DemoIndex:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{self.INDEX_FILE}.tmp"
         faiss.write_index(self.index, str(tmp))
+        keep_mode(folder / self.INDEX_FILE, tmp)
         tmp.replace(folder / self.INDEX_FILE)
         write_json_atomic(folder / self.META_FILE, {"meta": self.meta, "ids": self.ids})
         return folder

@@ -258,3 +258,22 @@ def test_library_errors_derive_from_the_toolkit_error():
     with pytest.raises(IclError):
         evaluate([Entry("a", "arm", [0.1], None, {})], [], None, reference="a")
     assert issubclass(ConfigError, IclError)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--device", "nonsense"), "--device: 'nonsense' is not a torch device"),
+    (("--device", "cuda:7"), "--device cuda:7: "),
+    (("--template", "pool.jsonl"), "a template file is a Jinja file ending in .j2"),
+])
+def test_device_and_template_mistakes_found_by_a_second_corpus(files, tmp_path, icl, tiny_model_dir, extra,
+                                                               message, monkeypatch):
+    monkeypatch.chdir(files)
+    code, text = icl(*_predict(files, tiny_model_dir, tmp_path / "p.jsonl", *extra))
+    assert code == 1 and message in text
+    assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_a_file_where_a_folder_is_needed(small_cohort, tmp_path, icl):
+    write_cohort(small_cohort[:20], tmp_path / "c.jsonl")
+    code, text = icl("data", "split", tmp_path / "c.jsonl", "--out-dir", tmp_path / "c.jsonl")
+    assert code == 1 and "a file is in the way where a folder is needed" in text

@@ -173,6 +173,22 @@ def test_concurrent_requests_are_batched_and_a_failure_stays_in_its_request(clie
     assert service.batches - batches_before < len(patients)
 
 
+def _wait_healthy(base: str, alive, seconds: float = 60.0) -> None:
+    """Wait until ``base/health`` answers 200; ``alive()`` must stay truthy (the server has not exited)."""
+    import httpx
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        assert alive() is True, alive()
+        try:
+            if httpx.get(base + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{base} did not become healthy in {seconds} s")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -200,14 +216,7 @@ def test_real_server_answers_http_like_icl_predict(tiny_model_dir, small_cohort,
                               stderr=subprocess.STDOUT, text=True)
     try:
         base = f"http://127.0.0.1:{port}"
-        for _ in range(600):
-            assert server.poll() is None, server.stdout.read()
-            try:
-                if httpx.get(base + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+        _wait_healthy(base, alive=lambda: server.poll() is None or server.stdout.read())
         payload = {"patients": [as_json(p) for p in small_cohort[80:84]], "options": {"k": 2}}
         r = httpx.post(base + "/v1/predict", json=payload, timeout=120)
         assert r.status_code == 200, r.text
@@ -304,13 +313,7 @@ def live(tiny_backend_obj, small_cohort, hash_embedder, caplog):
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         base = f"http://127.0.0.1:{port}"
-        for _ in range(400):
-            try:
-                if httpx.get(base + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
+        _wait_healthy(base, alive=thread.is_alive)
         started.append((server, thread))
         return server, thread, base, service
 
