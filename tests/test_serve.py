@@ -297,7 +297,6 @@ def live(tiny_backend_obj, small_cohort, hash_embedder, caplog):
     """Start a real uvicorn server (in a thread) over a slow service; yields a function that starts one."""
     import logging
 
-    import httpx
 
     from icl_toolkit.serve.app import make_server
 
