@@ -12,8 +12,10 @@ rationales, without the ungrounded ones when asked.
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -26,7 +28,8 @@ from icl_toolkit.grounding import check_grounding
 from icl_toolkit.prompting import chat_prompt, load_templates
 from icl_toolkit.serialize import serialize_history, sex_word, token_counter
 
-__all__ = ["TeacherConfig", "TeacherRecord", "RationaleTeacher", "GroundingSummary", "apply_rationales"]
+__all__ = ["TeacherConfig", "TeacherRecord", "RationaleTeacher", "GroundingSummary", "apply_rationales",
+           "generate_rationales_file", "RationaleRun"]
 
 Style = Literal["free_text", "stepwise"]
 SYSTEM_TEMPLATE = "teacher_system"
@@ -194,3 +197,53 @@ def apply_rationales(patients: Sequence[Patient], records: Sequence[TeacherRecor
         meta["rationale_grounding"] = rec.grounding
         out.append(replace(p, rationales=rationales, metadata=meta))
     return out, summary
+
+
+@dataclass
+class RationaleRun:
+    """What :func:`generate_rationales_file` did."""
+
+    patients: list[Patient]                     # the cohort written (with rationales where kept)
+    records: list[TeacherRecord]                # every generation, with its grounding
+    summary: dict[str, GroundingSummary]        # per style
+    labelled: int                               # patients the teacher explained (the rest have no label)
+    generations: Path                           # <out>.generations.jsonl, the resumable raw output
+
+
+def generate_rationales_file(cohort: str | os.PathLike[str], out: str | os.PathLike[str],
+                             config: TeacherConfig | None = None, *, model: str = "default", engine: Any = None,
+                             drop_ungrounded: bool = False, min_grounded: float = 1.0, chunk_size: int = 8,
+                             limit: int | None = None, resume: bool = False, overwrite: bool = False,
+                             on_resume: Callable[[int, int], None] | None = None) -> RationaleRun:
+    """``icl rationales generate`` as a function: a teacher explains each labelled patient of a cohort file; the
+    raw generations go through the run loop into ``<out>.generations.jsonl`` (resumable), and the cohort with the
+    (grounded) rationales is written to ``out``."""
+    from icl_toolkit.artifacts import content_hash
+    from icl_toolkit.backends.options import open_backend
+    from icl_toolkit.cohort import read_cohort, write_cohort
+    from icl_toolkit.run import OutputFile, check_output, run_resumable
+
+    config = config or TeacherConfig()
+    out = Path(out)
+    generations = out.with_name(out.name + ".generations.jsonl")
+    inputs = {"--cohort": cohort}
+    check_output(out, overwrite=True, kind="cohort", inputs=inputs)  # the cohort file is replaced at the end
+    check_output(generations, resume=resume, overwrite=overwrite, kind="teacher generations", inputs=inputs)
+    patients = read_cohort(cohort)
+    cohort_hash = content_hash(patients)  # of the whole file, so that a run with --limit can be resumed without it
+    if limit:
+        patients = patients[:limit]
+    labelled = [p for p in patients if p.label is not None]
+    if not labelled:
+        raise ConfigError(f"{cohort}: no patient has a label; a teacher explains known outcomes.")
+    lm = open_backend(model, engine)
+    teacher = RationaleTeacher(lm, config)
+    output = OutputFile(generations, teacher.provenance() | {"cohort": cohort_hash}, resume=resume,
+                        overwrite=overwrite, kind="teacher generations", inputs=inputs)
+    lm.progress = False
+    run_resumable(labelled, teacher.generate, output, chunk_size=chunk_size,
+                  desc=f"writing rationales ({lm.model_id})", on_resume=on_resume)
+    records = [TeacherRecord.from_dict(r) for r in output.records()]
+    result, summary = apply_rationales(patients, records, drop_ungrounded=drop_ungrounded, min_grounded=min_grounded)
+    write_cohort(result, out)
+    return RationaleRun(result, records, summary, len(labelled), generations)

@@ -38,7 +38,8 @@ from icl_toolkit.errors import ConfigError
 from icl_toolkit.files import check_not_input, keep_mode, os_error
 from icl_toolkit.progress import progress_bar
 
-__all__ = ["read_records", "check_output", "OutputFile", "run_resumable", "predict_to_file", "RunResult"]
+__all__ = ["read_records", "check_output", "OutputFile", "run_resumable", "predict_to_file", "predict_cohort_file",
+           "RunResult"]
 
 T = TypeVar("T")
 
@@ -269,3 +270,38 @@ def predict_to_file(predictor: Any, patients: Sequence[Any], output: OutputFile,
 
     return run_resumable(patients, produce, output, chunk_size=chunk_size, desc="predicting", progress=progress,
                          prepare=prepare, advance=advance, on_resume=on_resume)
+
+
+def predict_cohort_file(cohort: str | os.PathLike[str], out: str | os.PathLike[str], config: Any, *,
+                        model: str = "default", engine: Any = None, pool: str | os.PathLike[str] | None = None,
+                        index: str | os.PathLike[str] | None = None,
+                        retrieval: str | os.PathLike[str] | None = None, resume: bool = False, overwrite: bool = False,
+                        limit: int | None = None, chunk_size: int = 8,
+                        on_resume: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
+    """``icl predict`` as a function: the patients of a cohort file predicted into ``out`` with ``config`` (a
+    :class:`~icl_toolkit.spec.PredictConfig`) by ``model`` on ``engine``; returns the records of those patients.
+
+    Everything that can be checked without loading is checked first (the pool a demo setting needs, the output
+    rules), so a mistake costs no model load and touches no file.
+    """
+    from icl_toolkit.backends.options import open_backend
+    from icl_toolkit.cohort import read_cohort
+    from icl_toolkit.predict import Predictor
+
+    if pool is None and config.uses_demos:
+        raise ConfigError("--pool is required for demonstrations (or use --demos none / --k 0 for zero-shot).")
+    if index is not None and pool is None:
+        raise ConfigError("--index needs the --pool it was built from (the demos' records come from the pool).")
+    inputs = {"--cohort": cohort, "--pool": pool, "--retrieval": retrieval}
+    check_output(out, resume=resume, overwrite=overwrite, inputs=inputs)
+    patients = read_cohort(cohort)
+    if limit:
+        patients = patients[:limit]
+    demo_pool = read_cohort(pool) if pool is not None else []
+    lm = open_backend(model, engine)
+    predictor = Predictor(lm, config, retrieval_cache=retrieval).fit(demo_pool, index, pool_name=str(pool))
+    output = OutputFile(out, predictor.provenance(patients), resume=resume, overwrite=overwrite, inputs=inputs)
+    lm.progress = False
+    predict_to_file(predictor, patients, output, chunk_size=chunk_size, on_resume=on_resume)
+    wanted = {p.patient_id for p in patients}
+    return [r for r in output.records() if r["patient_id"] in wanted]

@@ -26,10 +26,15 @@ def test_the_strategy_list_is_spelled_out_once():
 def test_one_run_loop_appends_records():
     assert _where(r"""open\([^)]*["']a["']""") == ["run.py"]
     assert _where(r"def run_resumable\(") == ["run.py"]
-    for front_end in ("cli/predict.py", "cli/rationales.py", "compare/run.py"):
-        text = _sources()[front_end]
-        assert "run_resumable" in text or "predict_to_file" in text, front_end
-        assert ".write(" not in text or front_end == "compare/run.py"  # compare writes baselines, not records
+    # icl predict, icl rationales generate and icl compare's arms all go through it
+    src = _sources()
+    assert "predict_to_file(" in src["run.py"].split("def predict_cohort_file(")[1]
+    assert "run_resumable(" in src["rationales.py"].split("def generate_rationales_file(")[1]
+    assert "predict_to_file(" in src["compare/run.py"]
+    # the commands only parse flags and print
+    assert "predict_cohort_file(" in src["cli/predict.py"] and "generate_rationales_file(" in src["cli/rationales.py"]
+    for command in ("cli/predict.py", "cli/rationales.py"):
+        assert "read_cohort" not in src[command] and "open_backend" not in src[command], command
 
 
 def test_the_spec_is_built_in_one_place():

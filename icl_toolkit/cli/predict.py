@@ -17,7 +17,6 @@ from icl_toolkit.cli._common import (
     with_engine_flags,
 )
 from icl_toolkit.backends.options import EngineOptions
-from icl_toolkit.errors import ConfigError
 from icl_toolkit.spec import Balance, Demos, Mode, Order, RationaleStyle, Strategy
 
 def _print_example(record: dict[str, Any]) -> None:
@@ -70,35 +69,18 @@ def predict(
     engine: EngineOptions,
 ) -> None:
     """Predict ADRD onset for each patient with retrieved demonstrations; print metrics when labels are known."""
-    from icl_toolkit.backends.options import open_backend
-    from icl_toolkit.cohort import read_cohort
     from icl_toolkit.metrics import summary
-    from icl_toolkit.predict import Predictor
-    from icl_toolkit.run import OutputFile, check_output, predict_to_file
+    from icl_toolkit.run import predict_cohort_file
 
     config = spec_from_flags(model, k=k, strategy=strategy, balance=balance, mmr_lambda=mmr_lambda, seed=seed,
                              temporal_guard=temporal_guard, horizon_years=horizon_years, demos=demos,
                              rationale=rationale, mode=mode, template=template, order=order, demo_tokens=demo_tokens,
                              query_tokens=query_tokens, max_context=engine.max_context, threshold=threshold)
-    if pool is None and config.uses_demos:
-        raise ConfigError("--pool is required for demonstrations (or use --demos none / --k 0 for zero-shot).")
-    if index is not None and pool is None:
-        raise ConfigError("--index needs the --pool it was built from (the demos' records come from the pool).")
-    inputs = {"--cohort": cohort, "--pool": pool, "--retrieval": retrieval}
-    check_output(out, resume=resume, overwrite=overwrite, inputs=inputs)  # before anything is loaded
     start = time.perf_counter()
-    patients = read_cohort(cohort)
-    if limit:
-        patients = patients[:limit]
-    demo_pool = read_cohort(pool) if pool is not None else []
-    lm = open_backend(model, engine)
-    predictor = Predictor(lm, config, retrieval_cache=retrieval).fit(demo_pool, index, pool_name=str(pool))
-    output = OutputFile(out, predictor.provenance(patients), resume=resume, overwrite=overwrite, inputs=inputs)
-    lm.progress = False
-    predict_to_file(predictor, patients, output, chunk_size=chunk_size, on_resume=lambda done, todo: err_console.print(
-        f"resuming {out}: {done} done, {todo} to go", highlight=False))
-    wanted = {p.patient_id for p in patients}
-    records = [r for r in output.records() if r["patient_id"] in wanted]
+    records = predict_cohort_file(
+        cohort, out, config, model=model, engine=engine, pool=pool, index=index, retrieval=retrieval, resume=resume,
+        overwrite=overwrite, limit=limit, chunk_size=chunk_size,
+        on_resume=lambda done, todo: err_console.print(f"resuming {out}: {done} done, {todo} to go", highlight=False))
     console.print(f"wrote {len(records)} predictions to {out} in {time.perf_counter() - start:.1f}s", highlight=False)
     for r in records[:show]:
         _print_example(r)

@@ -16,7 +16,6 @@ from icl_toolkit.cli._common import (
     with_engine_flags,
 )
 from icl_toolkit.backends.options import EngineOptions
-from icl_toolkit.errors import ConfigError
 
 app = typer.Typer(help="Teacher-written rationales for cohorts without them.", no_args_is_help=True)
 
@@ -45,11 +44,7 @@ def generate(
     """Have a teacher model explain each patient's known outcome, check the rationales' grounding, write the cohort."""
     from pydantic import ValidationError
 
-    from icl_toolkit.artifacts import content_hash
-    from icl_toolkit.backends.options import open_backend
-    from icl_toolkit.cohort import read_cohort, write_cohort
-    from icl_toolkit.rationales import RationaleTeacher, TeacherConfig, TeacherRecord, apply_rationales
-    from icl_toolkit.run import OutputFile, check_output, run_resumable
+    from icl_toolkit.rationales import TeacherConfig, generate_rationales_file
 
     try:
         config = TeacherConfig(styles=tuple(s.strip() for s in styles.split(",") if s.strip()),
@@ -57,31 +52,13 @@ def generate(
                                history_tokens=history_tokens, horizon_years=horizon_years)
     except ValidationError as exc:
         raise flag_error(exc) from None
-    generations = out.with_name(out.name + ".generations.jsonl")
-    inputs = {"--cohort": cohort}
-    check_output(out, overwrite=True, kind="cohort", inputs=inputs)  # the cohort file is replaced at the end
-    check_output(generations, resume=resume, overwrite=overwrite, kind="teacher generations", inputs=inputs)
     start = time.perf_counter()
-    patients = read_cohort(cohort)
-    cohort_hash = content_hash(patients)  # of the whole file, so that a run with --limit can be resumed without it
-    if limit:
-        patients = patients[:limit]
-    labelled = [p for p in patients if p.label is not None]
-    if not labelled:
-        raise ConfigError(f"{cohort}: no patient has a label; a teacher explains known outcomes.")
-    lm = open_backend(model, engine)
-    teacher = RationaleTeacher(lm, config)
-    output = OutputFile(generations, teacher.provenance() | {"cohort": cohort_hash}, resume=resume,
-                        overwrite=overwrite, kind="teacher generations", inputs=inputs)
-    lm.progress = False
-    run_resumable(labelled, teacher.generate, output, chunk_size=chunk_size,
-                  desc=f"writing rationales ({lm.model_id})",
-                  on_resume=lambda done, todo: err_console.print(f"resuming {generations}: {done} done, {todo} to go",
-                                                                 highlight=False))
-    records = [TeacherRecord.from_dict(r) for r in output.records()]
-    result, summary = apply_rationales(patients, records, drop_ungrounded=drop_ungrounded, min_grounded=min_grounded)
-    write_cohort(result, out)
-
+    done = generate_rationales_file(
+        cohort, out, config, model=model, engine=engine, drop_ungrounded=drop_ungrounded, min_grounded=min_grounded,
+        chunk_size=chunk_size, limit=limit, resume=resume, overwrite=overwrite,
+        on_resume=lambda n, todo: err_console.print(f"resuming {out}.generations.jsonl: {n} done, {todo} to go",
+                                                    highlight=False))
+    records, summary, result = done.records, done.summary, done.patients
     console.print(f"grounding of {len(records)} patients' rationales (claims: codes, drugs, values, dates):",
                   highlight=False)
     for style, s in summary.items():
@@ -91,10 +68,10 @@ def generate(
                       f"{s.fully_grounded}/{s.rationales} fully grounded; ungrounded claims by kind: {kinds}; "
                       f"left out: {s.dropped} below --min-grounded, {s.empty} empty", highlight=False)
     n_with = sum(1 for p in result if p.rationales is not None)
-    skipped = len(patients) - len(labelled)
+    skipped = len(result) - done.labelled
     console.print(f"wrote {len(result)} patients ({n_with} with rationales"
                   + (f", {skipped} unlabelled left without" if skipped else "")
-                  + f") to {out} in {time.perf_counter() - start:.1f}s; generations in {generations}", highlight=False)
+                  + f") to {out} in {time.perf_counter() - start:.1f}s; generations in {done.generations}", highlight=False)
     example = next((r for r in records if any(r.texts.values())), None)
     if example is not None:
         style = next(s for s in config.styles if example.texts.get(s))
