@@ -74,7 +74,8 @@ class Predictor:
     Args:
         backend: a backend (see :mod:`icl_toolkit.backends`).
         config: retrieval, prompt and threshold settings.
-        embedder: profile embedder for retrieval (default: the embedded MiniLM, loaded at fit).
+        embedder: profile embedder for the dense and hybrid retrievers (default: the embedded MiniLM, loaded at fit
+            when the configured retriever needs it).
         retrieval_cache: a JSON file of saved retrievals, reused when it matches and extended otherwise.
         progress: show progress bars.
     """
@@ -103,8 +104,6 @@ class Predictor:
         self.retriever_: Retriever | None = None
         if self.uses_demos:
             _check_pool(pool, self.config.prompt, pool_name)
-            if self.embedder is None:
-                self.embedder = ProfileEmbedder()
             self.retriever_ = Retriever(self.config.retrieval, self.embedder).fit(
                 pool, index, index_kind=index_kind, progress=self.progress)
         return self
@@ -183,10 +182,10 @@ class Predictor:
     def provenance(self, cohort: Sequence[Patient]) -> dict[str, Any]:
         """What a predictions file depends on (for its metadata sidecar)."""
         self._check_fitted()
-        return {"model_id": self.backend.model_id, "config": self.config.model_dump(),
+        return {"model_id": self.backend.model_id, "config": self.config.model_dump(mode="json"),
                 "templates_hash": self.builder_.templates_hash,
                 "cohort_hash": content_hash(cohort), "pool_hash": content_hash(self.pool_.values()),
-                "embedder": self.embedder.id if self.embedder is not None and self.uses_demos else None}
+                "embedder": self.retriever_.representation_.embedder_id if self.retriever_ is not None else None}
 
 
 def _check_pool(pool: Sequence[Patient], prompt: PromptConfig, name: str) -> None:

@@ -42,13 +42,14 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from icl_toolkit.artifacts import base_meta, check_meta, content_hash, read_json, write_json_atomic
 from icl_toolkit.cohort import Patient
 from icl_toolkit.errors import ConfigError
 from icl_toolkit.files import keep_mode
 from icl_toolkit.progress import progress_bar
+from icl_toolkit.retrievers import RetrieverKind, make_representation, needs_embedder
 from icl_toolkit.serialize import PROFILE_VERSION, condensed_profile, token_counter
 
 __all__ = [
@@ -147,37 +148,61 @@ def faiss_index(vecs: np.ndarray, kind: str = "exact", *, hnsw_m: int = 32, ef_c
     return index
 
 
+def _as_representation(rep: Any) -> Any:
+    """A :class:`~icl_toolkit.retrievers.PatientRepresentation`; a bare :class:`ProfileEmbedder` means dense."""
+    from icl_toolkit.retrievers import DenseBlock, PatientRepresentation
+
+    if isinstance(rep, PatientRepresentation):
+        return rep
+    return PatientRepresentation("dense", [DenseBlock(rep)], [1.0])
+
+
+def _describe(meta: dict[str, Any]) -> dict[str, Any]:
+    """The retriever an index was built with; an index from before retrievers had kinds is a dense one."""
+    if isinstance(meta.get("retriever"), dict):
+        return meta["retriever"]
+    return {"kind": "dense", "dense": {"weight": 1.0, "embedder": meta.get("embedder"),
+                                       "profile_version": meta.get("profile_version")}}
+
+
 @dataclass
 class DemoIndex:
-    """A faiss inner-product index over pool embeddings, with the pool ids and metadata."""
+    """A faiss inner-product index over the pool's retriever vectors, with the pool ids, the retriever's fitted
+    state and metadata."""
 
     index: Any
     ids: list[str]
     meta: dict[str, Any]
+    state: dict[str, np.ndarray] = field(default_factory=dict)
 
     META_FILE = "index.json"
     INDEX_FILE = "index.faiss"
+    STATE_FILE = "retriever.npz"
 
     @classmethod
-    def build(cls, pool: Sequence[Patient], embedder: ProfileEmbedder, *, kind: str = "exact",
+    def build(cls, pool: Sequence[Patient], representation: Any, *, kind: str = "exact",
               hnsw_m: int = 32, ef_construction: int = 80, ef_search: int = 256,
               progress: bool = True) -> DemoIndex:
-        """Embed the pool and index it (``kind``: ``exact`` flat search, or ``hnsw`` for large pools)."""
+        """Fit the retriever on the pool and index the pool's vectors (``kind``: ``exact`` flat search, or
+        ``hnsw`` for large pools). ``representation``: a retriever from
+        :func:`~icl_toolkit.retrievers.make_representation`, or a :class:`ProfileEmbedder` (dense)."""
         if kind not in INDEX_KINDS:
             raise ConfigError(f"The 'kind' parameter must be one of {', '.join(INDEX_KINDS)}. Got {kind!r}.")
         if not pool:
             raise ConfigError("The demonstration pool is empty.")
-        vecs = embedder.embed(pool, progress=progress)
+        rep = _as_representation(representation)
+        vecs = rep.fit(pool, progress=progress).pool_vectors()
         index = faiss_index(vecs, kind, hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search)
         meta = base_meta("demo-index") | {
-            "embedder": embedder.id, "dim": embedder.dim, "profile_version": PROFILE_VERSION,
-            "pool_hash": content_hash(pool), "n": len(pool), "kind": kind,
+            "retriever": rep.describe(), "embedder": rep.embedder_id, "dim": int(vecs.shape[1]),
+            "profile_version": PROFILE_VERSION, "pool_hash": content_hash(pool), "n": len(pool), "kind": kind,
             "hnsw": {"m": hnsw_m, "ef_construction": ef_construction, "ef_search": ef_search} if kind == "hnsw" else None,
         }
-        return cls(index, [p.patient_id for p in pool], meta)
+        return cls(index, [p.patient_id for p in pool], meta, rep.state())
 
     def save(self, folder: str | Path) -> Path:
-        """Write ``index.faiss`` and ``index.json`` (metadata and pool ids) into ``folder``."""
+        """Write ``index.faiss``, ``index.json`` (metadata and pool ids) and the retriever's fitted state
+        (``retriever.npz``) into ``folder``."""
         import faiss
 
         folder = Path(folder)
@@ -186,12 +211,19 @@ class DemoIndex:
         faiss.write_index(self.index, str(tmp))
         keep_mode(folder / self.INDEX_FILE, tmp)
         tmp.replace(folder / self.INDEX_FILE)
+        if self.state:
+            tmp = folder / f".{self.STATE_FILE}.tmp.npz"
+            np.savez(tmp, **self.state)
+            keep_mode(folder / self.STATE_FILE, tmp)
+            tmp.replace(folder / self.STATE_FILE)
+        else:
+            (folder / self.STATE_FILE).unlink(missing_ok=True)
         write_json_atomic(folder / self.META_FILE, {"meta": self.meta, "ids": self.ids})
         return folder
 
     @classmethod
     def load(cls, folder: str | Path) -> DemoIndex:
-        """Read an index saved by :meth:`save`."""
+        """Read an index saved by :meth:`save` (an index saved before retrievers had kinds loads as dense)."""
         import faiss
 
         folder = Path(folder)
@@ -215,16 +247,42 @@ class DemoIndex:
         if index.ntotal != len(ids) or index.d != meta.get("dim"):
             raise ConfigError(f"{folder}: index.faiss holds {index.ntotal} vectors of dimension {index.d} but "
                               f"index.json lists {len(ids)} ids of dimension {meta.get('dim')}. Rebuild the index.")
-        return cls(index, list(ids), meta)
+        state: dict[str, np.ndarray] = {}
+        if (folder / cls.STATE_FILE).is_file():
+            try:
+                with np.load(folder / cls.STATE_FILE, allow_pickle=False) as npz:
+                    state = {k: npz[k] for k in npz.files}
+            except (OSError, ValueError, EOFError) as exc:
+                raise ConfigError(f"{folder / cls.STATE_FILE}: not a readable retriever state ({exc}). {rebuild}") \
+                    from None
+        meta = dict(meta)
+        meta["retriever"] = _describe(meta)
+        return cls(index, list(ids), meta, state)
 
-    def check(self, pool: Sequence[Patient], embedder: ProfileEmbedder, where: str = "index") -> None:
-        """Raise when the index was built from another pool, embedder or profile version."""
-        check_meta(self.meta, {"embedder": embedder.id, "dim": embedder.dim, "profile_version": PROFILE_VERSION,
-                               "pool_hash": content_hash(pool)},
-                   what="demo index", where=where,
-                   fix="Rebuild it with `icl index build --pool POOL --out DIR` for this pool and embedder.")
+    def check(self, pool: Sequence[Patient], representation: Any, where: str = "index") -> None:
+        """Raise when the index was built from another pool, or with another retriever or other retriever settings
+        (embedder, weights, features, ...), naming the field; then give ``representation`` the index's fitted
+        state, so queries are mapped as the pool was."""
+        rep = _as_representation(representation)
+        fix = ("Rebuild it with `icl index build --pool POOL --out DIR` with these retriever settings, or use the "
+               "settings it was built with (icl index info shows them).")
+        built, now = _describe(self.meta), rep.describe()
+        if built.get("kind") != now["kind"]:
+            check_meta({"retriever": built.get("kind")}, {"retriever": now["kind"]}, what="demo index", where=where,
+                       fix=fix)
+        check_meta({f"retriever.{k}": v for k, v in built.items()}, {f"retriever.{k}": v for k, v in now.items()},
+                   what="demo index", where=where, fix=fix)
+        check_meta(self.meta, {"pool_hash": content_hash(pool)}, what="demo index", where=where, fix=fix)
         if self.ids != [p.patient_id for p in pool]:
             raise ConfigError(f"{where}: the index lists its pool patients in another order than the pool file.")
+        if self.state or now["kind"] != "dense":
+            try:
+                rep.load_state(self.state)
+            except KeyError as exc:
+                raise ConfigError(f"{where}: the retriever state ({self.STATE_FILE}) lacks {exc}. {fix}") from None
+        if rep.dim != self.index.d:
+            raise ConfigError(f"{where}: the index holds vectors of dimension {self.index.d}, the retriever makes "
+                              f"{rep.dim}. {fix}")
 
     def search(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """faiss ``(scores, rows)`` of the ``n`` nearest pool rows per query (row -1 = none)."""
@@ -258,6 +316,26 @@ class RetrievalConfig(BaseModel):
     """Drop demos whose outcome window ends after the query's index date."""
     horizon_years: float = Field(5.0, gt=0)
     """Length of the outcome window (for the temporal guard)."""
+    retriever: RetrieverKind = "prognostic"
+    """What "similar" means: ``dense`` (MiniLM profile), ``sparse`` (TF-IDF over codes), ``hybrid`` (dense +
+    sparse + age/sex/history) or ``prognostic`` (similar learned risk, then similar findings); see
+    :mod:`icl_toolkit.retrievers`."""
+    hybrid_weights: tuple[float, float, float] = (0.4, 0.4, 0.2)
+    """``hybrid``: weights of the dense, sparse and structured similarities."""
+    prognostic_weight: float = Field(0.5, ge=0.0, le=1.0)
+    """``prognostic``: share of the similarity that is closeness in learned risk (the rest: sparse 3/4, structured
+    1/4)."""
+    prognostic_bandwidth: float = Field(0.1, gt=0.0, le=5.0)
+    """``prognostic``: width of the risk kernel, in units of the pool's spread of risk scores."""
+    folds: int = Field(5, ge=2, le=50)
+    """``prognostic``: cross-fitting folds (each pool patient is scored by a model that never saw its label)."""
+
+    @field_validator("hybrid_weights")
+    @classmethod
+    def _weights(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(w < 0 for w in value) or sum(value) <= 0:
+            raise ValueError(f"hybrid weights must be >= 0 and not all 0, got {value}")
+        return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,28 +383,30 @@ class Retriever:
 
     def fit(self, pool: Sequence[Patient], index: DemoIndex | str | Path | None = None, *,
             index_kind: str = "exact", progress: bool = True) -> Retriever:
-        """Attach the pool; load and check ``index`` or build one from the pool."""
-        if self.embedder is None:
+        """Attach the pool; load and check ``index`` (built with the same retriever and settings) or build one."""
+        c = self.config
+        if self.embedder is None and needs_embedder(c.retriever, c.hybrid_weights):
             self.embedder = ProfileEmbedder()
         pool = list(pool)
         if not pool:
             raise ConfigError("The demonstration pool is empty.")
-        if self.config.k > len(pool):
-            raise ConfigError(f"The 'k' parameter ({self.config.k}) is larger than the demonstration pool "
+        if c.k > len(pool):
+            raise ConfigError(f"The 'k' parameter ({c.k}) is larger than the demonstration pool "
                               f"({len(pool)} patients). Lower --k or use a larger --pool.")
+        rep = make_representation(c, self.embedder)
         if index is None:
-            index = DemoIndex.build(pool, self.embedder, kind=index_kind, progress=progress)
-        elif not isinstance(index, DemoIndex):
-            where = str(index)
-            index = DemoIndex.load(index)
-            index.check(pool, self.embedder, where)
+            index = DemoIndex.build(pool, rep, kind=index_kind, progress=progress)
         else:
-            index.check(pool, self.embedder)
+            where = str(index) if not isinstance(index, DemoIndex) else "index"
+            if not isinstance(index, DemoIndex):
+                index = DemoIndex.load(index)
+            index.check(pool, rep, where)
         self.pool_ = pool
         self.index_ = index
+        self.representation_ = rep
         self.labels_ = np.array([-1 if p.label is None else p.label for p in pool])
         self.ids_ = np.array([p.patient_id for p in pool], dtype=object)
-        self.window_ends_ = np.array([_window_end(p.index_date, self.config.horizon_years) for p in pool])
+        self.window_ends_ = np.array([_window_end(p.index_date, c.horizon_years) for p in pool])
         known = self.labels_[self.labels_ >= 0]
         self.prevalence_ = float(known.mean()) if len(known) else 0.0
         return self
@@ -420,7 +500,7 @@ class Retriever:
             return []
         if c.k == 0:
             return [Retrieval(p.patient_id) for p in queries]
-        qv = self.embedder.embed(queries, progress=progress, desc="embedding queries")
+        qv = self.representation_.transform(queries, progress=progress)
         if c.strategy == "random":
             return [self._random(p, qv[i]) for i, p in enumerate(queries)]
         first = max(4 * c.k, 20) + 8 if c.strategy in ("mmr", "balanced") else c.k + 8
@@ -436,8 +516,8 @@ class Retriever:
         """What a retrieval depends on, for :class:`RetrievalCache`."""
         self._check_fitted()
         m = self.index_.meta
-        return {"pool_hash": m["pool_hash"], "embedder": m["embedder"], "profile_version": m["profile_version"],
-                "index_kind": m["kind"], "config": self.config.model_dump()}
+        return {"pool_hash": m["pool_hash"], "retriever": _describe(m), "index_kind": m["kind"],
+                "config": self.config.model_dump(mode="json")}
 
 
 # --------------------------------------------------------------------------- cache

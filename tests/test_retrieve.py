@@ -50,7 +50,7 @@ def _brute(emb, pool, q, k, exclude=None):
 
 def test_similar_equals_brute_force_cosine_top_k(data):
     pool, queries, emb = data
-    r = Retriever(RetrievalConfig(k=6), emb).fit(pool, progress=False)
+    r = Retriever(RetrievalConfig(retriever="dense", k=6), emb).fit(pool, progress=False)
     for q, got in zip(queries, r.retrieve(queries, progress=False)):
         ids, scores = _brute(emb, pool, q, 6)
         assert [h.patient_id for h in got.hits] == ids
@@ -61,13 +61,13 @@ def test_self_is_never_retrieved_even_with_duplicates_in_pool(data):
     pool, _, emb = data
     # every query is in the pool, and the first ten are in it three times
     dup_pool = pool + pool[:10] + pool[:10]
-    r = Retriever(RetrievalConfig(k=5), emb).fit(dup_pool, progress=False)
+    r = Retriever(RetrievalConfig(retriever="dense", k=5), emb).fit(dup_pool, progress=False)
     queries = pool[:40]
     for q, got in zip(queries, r.retrieve(queries, progress=False)):
         assert q.patient_id not in [h.patient_id for h in got.hits]
         assert len(got.hits) == 5
     for strategy in ("balanced", "mmr", "random"):
-        r = Retriever(RetrievalConfig(k=5, strategy=strategy), emb).fit(dup_pool, progress=False)
+        r = Retriever(RetrievalConfig(retriever="dense", k=5, strategy=strategy), emb).fit(dup_pool, progress=False)
         for q, got in zip(queries, r.retrieve(queries, progress=False)):
             assert q.patient_id not in [h.patient_id for h in got.hits], strategy
 
@@ -75,7 +75,7 @@ def test_self_is_never_retrieved_even_with_duplicates_in_pool(data):
 @pytest.mark.parametrize("balance,k", [("half", 4), ("half", 5), ("prevalence", 8)])
 def test_balanced_quotas_hold(data, balance, k):
     pool, queries, emb = data
-    r = Retriever(RetrievalConfig(k=k, strategy="balanced", balance=balance), emb).fit(pool, progress=False)
+    r = Retriever(RetrievalConfig(retriever="dense", k=k, strategy="balanced", balance=balance), emb).fit(pool, progress=False)
     prevalence = np.mean([p.label for p in pool])
     n_pos = k // 2 if balance == "half" else int(np.floor(k * prevalence + 0.5))
     for got in r.retrieve(queries, progress=False):
@@ -89,7 +89,7 @@ def test_balanced_quotas_hold(data, balance, k):
 def test_balanced_fills_from_the_other_class_when_one_runs_short(data):
     pool, queries, emb = data
     few_pos = [p for p in pool if p.label == 0] + [p for p in pool if p.label == 1][:1]
-    r = Retriever(RetrievalConfig(k=4, strategy="balanced"), emb).fit(few_pos, progress=False)
+    r = Retriever(RetrievalConfig(retriever="dense", k=4, strategy="balanced"), emb).fit(few_pos, progress=False)
     for got in r.retrieve(queries[:10], progress=False):
         labels = [h.label for h in got.hits]
         assert len(labels) == 4 and labels.count(1) == 1
@@ -97,11 +97,11 @@ def test_balanced_fills_from_the_other_class_when_one_runs_short(data):
 
 def test_mmr_lambda_one_is_plain_similarity_and_lower_lambda_diversifies(data):
     pool, queries, emb = data
-    plain = Retriever(RetrievalConfig(k=5), emb).fit(pool, progress=False).retrieve(queries, progress=False)
-    mmr1 = Retriever(RetrievalConfig(k=5, strategy="mmr", mmr_lambda=1.0), emb).fit(pool, progress=False)
+    plain = Retriever(RetrievalConfig(retriever="dense", k=5), emb).fit(pool, progress=False).retrieve(queries, progress=False)
+    mmr1 = Retriever(RetrievalConfig(retriever="dense", k=5, strategy="mmr", mmr_lambda=1.0), emb).fit(pool, progress=False)
     assert [[h.patient_id for h in r.hits] for r in mmr1.retrieve(queries, progress=False)] == \
         [[h.patient_id for h in r.hits] for r in plain]
-    mmr = Retriever(RetrievalConfig(k=5, strategy="mmr", mmr_lambda=0.3), emb).fit(pool, progress=False)
+    mmr = Retriever(RetrievalConfig(retriever="dense", k=5, strategy="mmr", mmr_lambda=0.3), emb).fit(pool, progress=False)
     div_plain, div_mmr = [], []
     for a, b in zip(plain, mmr.retrieve(queries, progress=False)):
         for hits, acc in ((a.hits, div_plain), (b.hits, div_mmr)):
@@ -113,17 +113,17 @@ def test_mmr_lambda_one_is_plain_similarity_and_lower_lambda_diversifies(data):
 
 def test_random_is_seeded_per_query(data):
     pool, queries, emb = data
-    r = Retriever(RetrievalConfig(k=4, strategy="random", seed=3), emb).fit(pool, progress=False)
+    r = Retriever(RetrievalConfig(retriever="dense", k=4, strategy="random", seed=3), emb).fit(pool, progress=False)
     a = r.retrieve(queries, progress=False)
     b = r.retrieve(queries[::-1], progress=False)[::-1]
     assert [[h.patient_id for h in x.hits] for x in a] == [[h.patient_id for h in x.hits] for x in b]
-    other = Retriever(RetrievalConfig(k=4, strategy="random", seed=4), emb).fit(pool, progress=False)
+    other = Retriever(RetrievalConfig(retriever="dense", k=4, strategy="random", seed=4), emb).fit(pool, progress=False)
     assert [x.hits for x in other.retrieve(queries, progress=False)] != [x.hits for x in a]
 
 
 def test_temporal_guard_drops_demos_whose_window_ends_after_the_query_index(data):
     pool, queries, emb = data
-    r = Retriever(RetrievalConfig(k=4, temporal_guard=True), emb).fit(pool, progress=False)
+    r = Retriever(RetrievalConfig(retriever="dense", k=4, temporal_guard=True), emb).fit(pool, progress=False)
     by_id = {p.patient_id: p for p in pool}
     late = [dataclasses.replace(q, index_date=q.index_date + dt.timedelta(days=365 * 6)) for q in queries]
     n_hits = 0
@@ -141,23 +141,23 @@ def test_index_round_trip_and_mismatch_errors(data, tmp_path):
     index.save(tmp_path / "idx")
     loaded = DemoIndex.load(tmp_path / "idx")
     assert loaded.meta["pool_hash"] == index.meta["pool_hash"] and loaded.ids == index.ids
-    a = Retriever(RetrievalConfig(k=3), emb).fit(pool, tmp_path / "idx").retrieve(queries, progress=False)
-    b = Retriever(RetrievalConfig(k=3), emb).fit(pool, index).retrieve(queries, progress=False)
+    a = Retriever(RetrievalConfig(retriever="dense", k=3), emb).fit(pool, tmp_path / "idx").retrieve(queries, progress=False)
+    b = Retriever(RetrievalConfig(retriever="dense", k=3), emb).fit(pool, index).retrieve(queries, progress=False)
     assert [x.hits for x in a] == [x.hits for x in b]
     with pytest.raises(ArtifactMismatch, match="pool_hash"):
-        Retriever(RetrievalConfig(k=3), emb).fit(pool[:-1], tmp_path / "idx")
+        Retriever(RetrievalConfig(retriever="dense", k=3), emb).fit(pool[:-1], tmp_path / "idx")
     other = VectorEmbedder(emb.vectors)
     other.id = "another-embedder"
     with pytest.raises(ArtifactMismatch, match="embedder"):
-        Retriever(RetrievalConfig(k=3), other).fit(pool, tmp_path / "idx")
+        Retriever(RetrievalConfig(retriever="dense", k=3), other).fit(pool, tmp_path / "idx")
     with pytest.raises(ConfigError, match="no index folder"):
         DemoIndex.load(tmp_path / "missing")
 
 
 def test_hnsw_recall_against_exact(data):
     pool, queries, emb = data
-    exact = Retriever(RetrievalConfig(k=8), emb).fit(pool, progress=False).retrieve(queries, progress=False)
-    hnsw = Retriever(RetrievalConfig(k=8), emb).fit(pool, index_kind="hnsw", progress=False).retrieve(queries, progress=False)
+    exact = Retriever(RetrievalConfig(retriever="dense", k=8), emb).fit(pool, progress=False).retrieve(queries, progress=False)
+    hnsw = Retriever(RetrievalConfig(retriever="dense", k=8), emb).fit(pool, index_kind="hnsw", progress=False).retrieve(queries, progress=False)
     recall = np.mean([len({h.patient_id for h in a.hits} & {h.patient_id for h in b.hits}) / 8
                       for a, b in zip(exact, hnsw)])
     assert recall >= 0.95
@@ -166,12 +166,12 @@ def test_hnsw_recall_against_exact(data):
 def test_k_larger_than_pool_is_an_error(data):
     pool, _, emb = data
     with pytest.raises(ConfigError, match="larger than the demonstration pool"):
-        Retriever(RetrievalConfig(k=10), emb).fit(pool[:5])
+        Retriever(RetrievalConfig(retriever="dense", k=10), emb).fit(pool[:5])
 
 
 def test_retrieval_cache_reuse_and_mismatch(data, tmp_path):
     pool, queries, emb = data
-    r = Retriever(RetrievalConfig(k=4, strategy="random", seed=1), emb).fit(pool, progress=False)
+    r = Retriever(RetrievalConfig(retriever="dense", k=4, strategy="random", seed=1), emb).fit(pool, progress=False)
     path = tmp_path / "ret.json"
     cache = RetrievalCache.open(path, r.cache_key())
     first = cache.retrieve(r, queries[:20], progress=False)
@@ -179,14 +179,14 @@ def test_retrieval_cache_reuse_and_mismatch(data, tmp_path):
     again = RetrievalCache.open(path, r.cache_key())
     assert set(again.entries) == {q.patient_id for q in queries[:20]}
     assert [x.hits for x in again.retrieve(r, queries[:20], progress=False)] == [x.hits for x in first]
-    r2 = Retriever(RetrievalConfig(k=4, strategy="random", seed=2), emb).fit(pool, progress=False)
+    r2 = Retriever(RetrievalConfig(retriever="dense", k=4, strategy="random", seed=2), emb).fit(pool, progress=False)
     with pytest.raises(ArtifactMismatch, match="retrieval cache"):
         RetrievalCache.open(path, r2.cache_key())
 
 
 def test_real_embedder_profiles_retrieve_similar_patients(small_cohort, minilm):
     pool, queries = small_cohort[:200], small_cohort[200:230]
-    r = Retriever(RetrievalConfig(k=4), minilm).fit(pool, progress=False)
+    r = Retriever(RetrievalConfig(retriever="dense", k=4), minilm).fit(pool, progress=False)
     got = r.retrieve(queries, progress=False)
     assert minilm.dim == 384 and all(len(x.hits) == 4 for x in got)
     assert all(-1.0 <= h.score <= 1.0001 for x in got for h in x.hits)

@@ -13,10 +13,11 @@ from rich.console import Console
 
 from icl_toolkit.backends.options import BackendChoice, DTypeChoice
 from icl_toolkit.errors import ConfigError
+from icl_toolkit.retrievers import RetrieverKind
 from icl_toolkit.progress import progress_bar, stderr_console
 
 __all__ = ["console", "err_console", "progress_bar", "flag_error", "engine_options", "spec_from_flags",
-           "with_engine_flags", "ENGINE_FLAGS", "ModelOpt"]
+           "with_engine_flags", "ENGINE_FLAGS", "ModelOpt", "with_retriever_flags", "retriever_options"]
 
 console = Console(soft_wrap=True)
 err_console = stderr_console
@@ -76,22 +77,58 @@ ENGINE_FLAGS: tuple[tuple[str, Any, Any], ...] = (
 )
 
 
-def with_engine_flags(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Give a command the engine flags (``--backend``, ``--device``, ``--dtype``, ``--max-context``, ...): Typer
-    sees them as the command's own options, and the command receives them as one validated
-    :class:`~icl_toolkit.backends.options.EngineOptions` argument named ``engine``."""
-    sig = inspect.signature(command, eval_str=True)
-    own = [p for p in sig.parameters.values() if p.name != "engine"]
-    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=ann, default=default)
-             for name, ann, default in ENGINE_FLAGS]
+def _with_flags(param: str, flags: tuple[tuple[str, Any, Any], ...],
+                build: Callable[..., Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A decorator giving a command a group of flags (``(name, annotation, default)``): Typer sees them as the
+    command's own options, and the command receives ``build(**flags)`` as one argument named ``param``."""
 
-    @functools.wraps(command)
-    def wrapper(**kwargs: Any) -> Any:
-        flags = {name: kwargs.pop(name) for name, _, _ in ENGINE_FLAGS}
-        return command(engine=engine_options(**flags), **kwargs)
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        sig = inspect.signature(command, eval_str=True)
+        own = [p for p in sig.parameters.values() if p.name != param]
+        added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=ann, default=default)
+                 for name, ann, default in flags]
 
-    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + added
-    wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {p.name: p.annotation for p in params}
-    del wrapper.__wrapped__  # Typer must read the signature above, not the command's own
-    return wrapper
+        @functools.wraps(command)
+        def wrapper(**kwargs: Any) -> Any:
+            given = {name: kwargs.pop(name) for name, _, _ in flags}
+            return command(**{param: build(**given)}, **kwargs)
+
+        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + added
+        wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        del wrapper.__wrapped__  # Typer must read the signature above, not the command's own
+        return wrapper
+
+    return decorate
+
+
+with_engine_flags = _with_flags("engine", ENGINE_FLAGS, engine_options)
+"""Give a command the engine flags (``--backend``, ``--device``, ``--dtype``, ``--max-context``, ...); it
+receives them as one validated :class:`~icl_toolkit.backends.options.EngineOptions` argument named ``engine``."""
+
+
+def retriever_options(retriever: str | None = None, prognostic_weight: float | None = None,
+                      hybrid_weights: str | None = None) -> dict[str, Any]:
+    """The retriever flags as spec options (unset flags are left out, so the spec's defaults apply)."""
+    out: dict[str, Any] = {"retriever": retriever, "prognostic_weight": prognostic_weight}
+    if hybrid_weights is not None:
+        try:
+            weights = tuple(float(x) for x in hybrid_weights.split(","))
+        except ValueError:
+            weights = ()
+        if len(weights) != 3:
+            raise ConfigError(f"--hybrid-weights: expected three numbers DENSE,SPARSE,STRUCTURED such as 0.4,0.4,0.2 "
+                              f"(got {hybrid_weights!r}).")
+        out["hybrid_weights"] = weights
+    return {k: v for k, v in out.items() if v is not None}
+
+
+RetrieverOpt = Annotated[Optional[RetrieverKind], typer.Option(help="What 'similar' means: dense (MiniLM profile), sparse (TF-IDF over codes), hybrid (dense + sparse + age/sex/history) or prognostic (similar learned risk, then similar findings; the default).")]
+RETRIEVER_FLAGS: tuple[tuple[str, Any, Any], ...] = (
+    ("retriever", RetrieverOpt, None),
+    ("prognostic_weight", Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="prognostic: share of the similarity that is closeness in learned risk (default 0.5).")], None),
+    ("hybrid_weights", Annotated[Optional[str], typer.Option(help="hybrid: weights DENSE,SPARSE,STRUCTURED (default 0.4,0.4,0.2).")], None),
+)
+
+with_retriever_flags = _with_flags("retriever_options", RETRIEVER_FLAGS, retriever_options)
+"""Give a command the retriever flags; it receives them as a dict of spec options named ``retriever_options``."""

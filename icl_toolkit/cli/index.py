@@ -1,52 +1,134 @@
-"""``icl index``: build and inspect demonstration indexes."""
+"""``icl index``: build, inspect and evaluate demonstration indexes."""
 
 from __future__ import annotations
 
 import json
 import time
-from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Optional
 
 import typer
+from rich.table import Table
 
-from icl_toolkit.cli._common import console
-from icl_toolkit.cohort import read_cohort
+from icl_toolkit.cli._common import console, spec_from_flags, with_retriever_flags
+from icl_toolkit.errors import ConfigError
+from icl_toolkit.retrieve import IndexKind
 
-app = typer.Typer(help="Build and inspect faiss indexes of demonstration pools.", no_args_is_help=True)
+app = typer.Typer(help="Build, inspect and evaluate faiss indexes of demonstration pools.", no_args_is_help=True)
+
+EmbedderOpt = Annotated[str, typer.Option(help="dense and hybrid: 'default' (embedded all-MiniLM-L6-v2), a local folder or a cached hub name.")]
 
 
-class IndexKind(str, Enum):
-    exact = "exact"
-    hnsw = "hnsw"
+def _embedder(name: str, retrieval: Any, batch_size: int = 64) -> Any:
+    from icl_toolkit.retrieve import ProfileEmbedder
+    from icl_toolkit.retrievers import needs_embedder
+
+    return ProfileEmbedder(name, batch_size=batch_size) if needs_embedder(retrieval.retriever,
+                                                                          retrieval.hybrid_weights) else None
 
 
 @app.command()
+@with_retriever_flags
 def build(
     pool: Annotated[Path, typer.Option(help="Demonstration pool (cohort JSONL with labels).")],
-    out: Annotated[Path, typer.Option(help="Output folder for index.faiss and index.json.")],
-    kind: Annotated[IndexKind, typer.Option(help="exact (flat inner product) or hnsw (approximate, for large pools).")] = IndexKind.exact,
-    embedder: Annotated[str, typer.Option(help="'default' (embedded all-MiniLM-L6-v2), a local folder or a cached hub name.")] = "default",
+    out: Annotated[Path, typer.Option(help="Output folder for index.faiss, index.json and retriever.npz.")],
+    kind: Annotated[IndexKind, typer.Option(help="exact (flat inner product) or hnsw (approximate, for large pools).")] = "exact",
+    embedder: EmbedderOpt = "default",
     batch_size: Annotated[int, typer.Option(min=1, help="Profiles per embedding batch.")] = 64,
     hnsw_m: Annotated[int, typer.Option(min=4, help="HNSW graph degree.")] = 32,
     ef_search: Annotated[int, typer.Option(min=8, help="HNSW search breadth (256: recall@8 0.98 at 1M vectors, p99 2.3 ms on 2 cores; see benchmarks).")] = 256,
+    *,
+    retriever_options: dict[str, Any],
 ) -> None:
-    """Embed the pool's condensed profiles and save a faiss index with its metadata."""
-    from icl_toolkit.retrieve import DemoIndex, ProfileEmbedder
+    """Fit the retriever on the pool and save a faiss index with the retriever's state and metadata."""
+    from icl_toolkit.cohort import read_cohort
+    from icl_toolkit.retrieve import DemoIndex
+    from icl_toolkit.retrievers import make_representation
 
+    retrieval = spec_from_flags("default", **retriever_options).retrieval
     start = time.perf_counter()
     patients = read_cohort(pool)
-    emb = ProfileEmbedder(embedder, batch_size=batch_size)
-    index = DemoIndex.build(patients, emb, kind=kind.value, hnsw_m=hnsw_m, ef_search=ef_search)
+    rep = make_representation(retrieval, _embedder(embedder, retrieval, batch_size))
+    index = DemoIndex.build(patients, rep, kind=kind, hnsw_m=hnsw_m, ef_search=ef_search)
     index.save(out)
-    console.print(f"indexed {len(patients)} patients from {pool} into {out} ({kind.value}, {emb.id}, "
-                  f"dim {emb.dim}) in {time.perf_counter() - start:.1f}s", highlight=False)
+    console.print(f"indexed {len(patients)} patients from {pool} into {out} ({kind}, {retrieval.retriever} retriever"
+                  + (f", {rep.embedder_id}" if rep.embedder_id else "") + f", dim {rep.dim}) in "
+                  f"{time.perf_counter() - start:.1f}s", highlight=False)
 
 
 @app.command()
 def info(folder: Annotated[Path, typer.Argument(help="Index folder.")]) -> None:
-    """Print an index's metadata."""
+    """Print an index's metadata (its retriever and settings, pool hash, size, kind)."""
     from icl_toolkit.retrieve import DemoIndex
 
     index = DemoIndex.load(folder)
     console.print_json(json.dumps(index.meta))
+
+
+@app.command("eval")
+@with_retriever_flags
+def evaluate(
+    pool: Annotated[Path, typer.Option(help="Demonstration pool (cohort JSONL with labels).")],
+    cohort: Annotated[Path, typer.Option(help="Query patients with labels (validation patients; keep the test split for the end).")],
+    retrievers: Annotated[str, typer.Option("--retrievers", help="Comma-separated retrievers to compare, or 'all' (default: all; with --index, its own).")] = "all",
+    k: Annotated[str, typer.Option(help="Comma-separated neighbour counts.")] = "1,2,4,8,16,64",
+    index: Annotated[Optional[Path], typer.Option(help="Evaluate this index (built over --pool with the --retriever settings).")] = None,
+    embedder: EmbedderOpt = "default",
+    bootstrap: Annotated[int, typer.Option(min=10, help="Bootstrap resamples for the 95% intervals.")] = 1000,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Only the first N query patients.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for retrieval_report.csv, .json and .png.")] = None,
+    *,
+    retriever_options: dict[str, Any],
+) -> None:
+    """How much outcome signal each retriever's neighbours carry: vote AUROC/AUPRC with CIs, purity, similarity,
+    latency, against the logistic-regression and age-only AUROC of the same patients."""
+    from icl_toolkit.cohort import read_cohort
+    from icl_toolkit.retrieval_report import evaluate_retrievers, plot_report
+    from icl_toolkit.retrievers import RETRIEVERS
+
+    try:
+        ks = [int(x) for x in k.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--k: expected comma-separated whole numbers such as 1,4,16 (got {k!r}).") from None
+    names = list(RETRIEVERS) if retrievers == "all" else [x.strip() for x in retrievers.split(",") if x.strip()]
+    if index is not None and retrievers == "all":  # the index's own retriever
+        from icl_toolkit.retrieve import DemoIndex
+
+        names = [DemoIndex.load(index).meta["retriever"]["kind"]]
+    unknown = [n for n in names if n not in RETRIEVERS]
+    if unknown or not names:
+        raise ConfigError(f"--retrievers: unknown {', '.join(unknown) or '(none given)'}; choose from "
+                          f"{', '.join(RETRIEVERS)} or 'all'.")
+    base = {key: v for key, v in retriever_options.items() if key != "retriever"}
+    configs = [spec_from_flags("default", **base, retriever=n).retrieval for n in names]
+    queries = read_cohort(cohort)[:limit] if limit else read_cohort(cohort)
+    demo_pool = read_cohort(pool)
+    emb = next((e for e in (_embedder(embedder, c) for c in configs) if e is not None), None)
+    report = evaluate_retrievers(demo_pool, queries, configs, ks=ks, embedder=emb, index=index, n_boot=bootstrap)
+
+    table = Table(title=f"neighbour vote on {report.n_queries} patients of {cohort} ({report.cases} cases), pool "
+                        f"{report.n_pool}", title_justify="left")
+    for col in ("retriever", "k", "vote AUROC (95% CI)", "AUPRC", "purity", "age gap", "sex match", "code overlap",
+                "query ms p50/p99"):
+        table.add_column(col, justify="left" if col == "retriever" else "right")
+    for r in report.rows:
+        table.add_row(r["retriever"], str(r["k"]), f"{r['auroc']:.3f} ({r['auroc_lo']:.3f}-{r['auroc_hi']:.3f})",
+                      f"{r['auprc']:.3f}", f"{r['purity']:.3f}", f"{r['age_gap']:.1f}", f"{r['sex_match']:.2f}",
+                      f"{r['code_overlap']:.3f}", f"{r['query_ms_p50']:.2f}/{r['query_ms_p99']:.2f}")
+    for ref in report.references:
+        table.add_row(f"[dim]{ref['reference']}[/]", "", f"{ref['auroc']:.3f} ({ref['auroc_lo']:.3f}-"
+                      f"{ref['auroc_hi']:.3f})", f"{ref['auprc']:.3f}", "", "", "", "", "")
+    console.print(table)
+    if out is not None:
+        import csv
+
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "retrieval_report.csv", "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(report.rows[0]))
+            writer.writeheader()
+            writer.writerows(report.rows)
+        from icl_toolkit.artifacts import write_json_atomic
+
+        write_json_atomic(out / "retrieval_report.json", report.to_dict() | {"pool": str(pool), "queries": str(cohort)})
+        plot_report(report, out / "retrieval_report.png")
+        console.print(f"wrote {out}/retrieval_report.csv, .json and .png", highlight=False)

@@ -15,6 +15,7 @@ from icl_toolkit.cli._common import (
     err_console,
     spec_from_flags,
     with_engine_flags,
+    with_retriever_flags,
 )
 from icl_toolkit.backends.options import EngineOptions
 from icl_toolkit.spec import Balance, Demos, Mode, Order, RationaleStyle, Strategy
@@ -38,6 +39,7 @@ def _print_example(record: dict[str, Any]) -> None:
 
 
 @with_engine_flags
+@with_retriever_flags
 def predict(
     cohort: Annotated[Path, typer.Option(help="Patients to predict (cohort JSONL).")],
     out: Annotated[Path, typer.Option(help="Output JSONL, one prediction per patient, appended as they finish.")],
@@ -67,6 +69,7 @@ def predict(
     show: Annotated[int, typer.Option(min=0, help="Print this many predictions with their demonstrations.")] = 1,
     *,
     engine: EngineOptions,
+    retriever_options: dict[str, Any],
 ) -> None:
     """Predict ADRD onset for each patient with retrieved demonstrations; print metrics when labels are known."""
     from icl_toolkit.metrics import summary
@@ -75,7 +78,8 @@ def predict(
     config = spec_from_flags(model, k=k, strategy=strategy, balance=balance, mmr_lambda=mmr_lambda, seed=seed,
                              temporal_guard=temporal_guard, horizon_years=horizon_years, demos=demos,
                              rationale=rationale, mode=mode, template=template, order=order, demo_tokens=demo_tokens,
-                             query_tokens=query_tokens, max_context=engine.max_context, threshold=threshold)
+                             query_tokens=query_tokens, max_context=engine.max_context, threshold=threshold,
+                             **retriever_options)
     start = time.perf_counter()
     records = predict_cohort_file(
         cohort, out, config, model=model, engine=engine, pool=pool, index=index, retrieval=retrieval, resume=resume,

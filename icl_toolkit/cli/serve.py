@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import typer
 
@@ -14,6 +14,7 @@ from icl_toolkit.cli._common import (
     err_console,
     spec_from_flags,
     with_engine_flags,
+    with_retriever_flags,
 )
 from icl_toolkit.backends.options import EngineOptions
 from icl_toolkit.errors import ConfigError
@@ -22,6 +23,7 @@ LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 
 
 @with_engine_flags
+@with_retriever_flags
 def serve(
     pool: Annotated[Optional[Path], typer.Option(help="Demonstration pool (cohort JSONL with labels).")] = None,
     index: Annotated[Optional[Path], typer.Option(help="Index folder from `icl index build` over --pool (built at start-up if absent).")] = None,
@@ -43,6 +45,7 @@ def serve(
     log_level: Annotated[LogLevel, typer.Option(help="Log level (request ids and timings; never patient data).")] = "info",
     *,
     engine: EngineOptions,
+    retriever_options: dict[str, Any],
 ) -> None:
     """Serve `icl predict`'s predictor over HTTP: POST /v1/predict, GET /health, GET /v1/info, /docs."""
     try:
@@ -52,17 +55,20 @@ def serve(
     from icl_toolkit.backends.options import open_backend
     from icl_toolkit.cohort import read_cohort
     from icl_toolkit.retrieve import DemoIndex, ProfileEmbedder
+    from icl_toolkit.retrievers import make_representation, needs_embedder
     from icl_toolkit.serve.app import ServerSettings, create_app, make_server
     from icl_toolkit.serve.service import BatchSettings, PredictionService
 
     if index is not None and pool is None:
         raise ConfigError("--index needs the --pool it was built from (the demos' records come from the pool).")
-    config = spec_from_flags(model, query_tokens=query_tokens, demo_tokens=demo_tokens, max_context=engine.max_context)
+    config = spec_from_flags(model, query_tokens=query_tokens, demo_tokens=demo_tokens, max_context=engine.max_context,
+                             **retriever_options)
     demo_pool = read_cohort(pool) if pool is not None else []  # read before binding: a bad file fails here
-    embedder = ProfileEmbedder() if demo_pool else None
+    r = config.retrieval
+    embedder = ProfileEmbedder() if demo_pool and needs_embedder(r.retriever, r.hybrid_weights) else None
     loaded_index = DemoIndex.load(index) if index is not None else None
-    if loaded_index is not None:
-        loaded_index.check(demo_pool, embedder, where=str(index))
+    if loaded_index is not None:  # the server's retriever settings must be the index's
+        loaded_index.check(demo_pool, make_representation(r, embedder), where=str(index))
 
     def load() -> PredictionService:
         lm = open_backend(model, engine, progress=False)

@@ -1,7 +1,8 @@
 """Baselines on the same test patients as the arms.
 
 - ``logreg``: logistic regression on a binary bag of codes (``system:code`` of
-  every pre-index event) plus age (standardised) and sex, fit on the pool;
+  every pre-index event but visits) plus age and sex, fit on the pool (the same
+  features as the prognostic retriever);
 - ``age``: logistic regression on age alone, fit on the pool;
 - ``knn``: the share of positive outcomes among the same retrieved neighbours
   the demonstration arms show (one baseline per retrieval used);
@@ -19,6 +20,7 @@ import numpy as np
 from icl_toolkit.cohort import Patient
 from icl_toolkit.errors import ConfigError
 from icl_toolkit.retrieve import Retrieval
+from icl_toolkit.retrievers import prognostic_features
 
 __all__ = ["bag_of_codes", "fit_logreg", "fit_age_only", "knn_vote", "oracle_risk"]
 
@@ -27,13 +29,10 @@ def _age(p: Patient) -> float:
     return (float(p.age_at_index) - 70.0) / 10.0
 
 
-def bag_of_codes(p: Patient, *, with_demographics: bool = True) -> dict[str, float]:
-    """Features of one patient: each code present before the index date, age and sex."""
-    feats: dict[str, float] = {f"{e.system}:{e.code}": 1.0 for e in p.events if e.date < p.index_date}
-    if with_demographics:
-        feats["age"] = _age(p)
-        feats["sex=F"] = 1.0 if p.sex == "F" else 0.0
-    return feats
+def bag_of_codes(p: Patient) -> dict[str, float]:
+    """Features of one patient: each code present on or before the index date (visits aside), age and sex; the
+    same features as the prognostic retriever's model (:func:`icl_toolkit.retrievers.prognostic_features`)."""
+    return prognostic_features(p)
 
 
 def _labels(pool: Sequence[Patient]) -> np.ndarray:

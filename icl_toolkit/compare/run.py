@@ -43,6 +43,7 @@ from icl_toolkit.models import checkpoint_meta
 from icl_toolkit.predict import Predictor
 from icl_toolkit.progress import progress_bar
 from icl_toolkit.retrieve import DemoIndex, ProfileEmbedder, Retrieval, RetrievalCache, Retriever
+from icl_toolkit.retrievers import make_representation, needs_embedder
 from icl_toolkit.run import OutputFile, predict_to_file, read_records
 
 __all__ = ["Comparison", "CompareResult"]
@@ -69,7 +70,7 @@ class Comparison:
     Args:
         config: the comparison.
         out: output folder (created; reused and resumed when it exists).
-        embedder: profile embedder for retrieval (default: the embedded MiniLM).
+        embedder: profile embedder for the dense and hybrid retrievers (default: the embedded MiniLM, when needed).
         backend_factory: builds a backend per checkpoint (default: the configured backend).
         progress: show progress bars.
     """
@@ -90,13 +91,14 @@ class Comparison:
         return open_backend(model, self.config.engine, progress=False)
 
     def _index(self, pool: Sequence[Patient]) -> DemoIndex:
+        """The pool's index for the comparison's retriever (built once into ``index/``, checked when reused)."""
         folder = self.out / "index"
-        assert self.embedder is not None
+        rep = make_representation(self.config.retrieval_config("similar", 1), self.embedder)
         if (folder / DemoIndex.META_FILE).exists():
             index = DemoIndex.load(folder)
-            index.check(pool, self.embedder, str(folder))
+            index.check(pool, rep, str(folder))
             return index
-        index = DemoIndex.build(pool, self.embedder, kind=self.config.index_kind, progress=self.progress)
+        index = DemoIndex.build(pool, rep, kind=self.config.index_kind, progress=self.progress)
         index.save(folder)
         return index
 
@@ -164,7 +166,8 @@ class Comparison:
         index = None
         retrievals: dict[tuple[str, int], dict[str, Retrieval]] = {}
         if keys:
-            if self.embedder is None:
+            shared = self.config.retrieval_config("similar", 1)
+            if self.embedder is None and needs_embedder(shared.retriever, shared.hybrid_weights):
                 self.embedder = ProfileEmbedder()
             index = self._index(pool)
             retrievals = self._retrievals(keys, pool, index, [*test, *val])

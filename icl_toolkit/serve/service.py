@@ -92,13 +92,16 @@ class PredictionService:
     def __init__(self, backend: Any, pool: Sequence[Patient], index: DemoIndex | None, config: PredictConfig,
                  *, embedder: Any = None, batching: BatchSettings | None = None) -> None:
         from icl_toolkit.retrieve import ProfileEmbedder
+        from icl_toolkit.retrievers import make_representation, needs_embedder
 
         self.backend = backend
         self.pool = list(pool)
         self.config = config
-        self.embedder = embedder or (ProfileEmbedder() if self.pool else None)
-        self.index = index if index is not None or not self.pool else DemoIndex.build(self.pool, self.embedder,
-                                                                                         progress=False)
+        r = config.retrieval
+        self.embedder = embedder or (ProfileEmbedder() if self.pool and needs_embedder(r.retriever, r.hybrid_weights)
+                                     else None)
+        self.index = index if index is not None or not self.pool else DemoIndex.build(
+            self.pool, make_representation(r, self.embedder), progress=False)
         self.batching = batching or BatchSettings()
         self._predictors: dict[PredictConfig, Predictor] = {}
         self._executor: ThreadPoolExecutor | None = None
