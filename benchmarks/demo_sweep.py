@@ -25,6 +25,13 @@ Axes:
   answers at the pool's base rate).
 * Strategy: ``similar``, ``balanced``, and ``random`` with seeds 0, 1, 2
   (label content; the content comparison uses the similar strategy).
+* Retriever (``--retrievers``, default ``dense,prognostic``): the curves above
+  come from ``dense`` (the MiniLM profile, the original retriever); every other
+  retriever gets the two content curves (rationale and label-only, similar), so
+  the new default stands beside the old one on the same patients.
+* Beside each configuration's AUROC, the AUROC of the vote of the very demos
+  it showed (the share of ADRD among them, by their true labels): the model's
+  value added over simply counting its demonstrations' outcomes, or its absence.
 
 Prompts use compact budgets (query history 160 tokens, each demo 100) so that
 k = 16 fits SmolLM2's context and a run fits an hour on 2 cores. Finished
@@ -53,6 +60,7 @@ from icl_toolkit.metrics import bootstrap_ci, summary  # noqa: E402
 from icl_toolkit.progress import progress_bar  # noqa: E402
 from icl_toolkit.prompting import PromptBuilder, PromptConfig  # noqa: E402
 from icl_toolkit.retrieve import DemoIndex, ProfileEmbedder, Retriever, RetrievalConfig  # noqa: E402
+from icl_toolkit.retrievers import make_representation  # noqa: E402
 
 QUERY_TOKENS, DEMO_TOKENS = 160, 100
 
@@ -69,10 +77,11 @@ def nested(hits: list, strategy: str) -> list:
     return out
 
 
-def configurations(quick: bool, base: bool) -> list[tuple[str, str, int]]:
-    """(content, strategy, seed) of every curve (a fine-tuned checkpoint gets the two content curves)."""
+def configurations(quick: bool, base: bool, retriever: str = "dense") -> list[tuple[str, str, int]]:
+    """(content, strategy, seed) of every curve (a fine-tuned checkpoint, or a retriever other than dense, gets the
+    two content curves)."""
     out = [("rationale", "similar", 0), ("label", "similar", 0)]
-    if not base:
+    if not base or retriever != "dense":
         return out
     out += [("shuffled", "similar", 0), ("label", "balanced", 0)]
     return out + [("label", "random", s) for s in ((0,) if quick else (0, 1, 2))]
@@ -83,7 +92,23 @@ def largest_k(content: str, strategy: str, base: bool, ks: list[int]) -> int:
     return max(ks) if base and strategy == "similar" and content == "label" else max(k for k in ks if k <= 8)
 
 
-Key = tuple  # (model name, content, strategy, seed, k)
+Key = tuple  # (model name, retriever, content, strategy, seed, k)
+COLUMNS = ["model", "retriever", "content", "strategy", "seed", "k", "patient_id", "label", "probability",
+           "prompt_tokens", "seconds"]
+
+
+def _upgrade(path: Path) -> None:
+    """A predictions file from before the retriever column: its demos came from the dense retriever."""
+    with path.open() as fh:
+        rows = list(csv.DictReader(fh))
+    if rows and "retriever" in rows[0]:
+        return
+    for row in rows:
+        row["retriever"] = "-" if row["k"] == "0" else "dense"
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def read_predictions(path: Path) -> dict[Key, dict[str, tuple[float, int, float]]]:
@@ -92,7 +117,7 @@ def read_predictions(path: Path) -> dict[Key, dict[str, tuple[float, int, float]
     out: dict[Key, dict[str, tuple[float, int, float]]] = {}
     with path.open() as fh:
         for row in csv.DictReader(fh):
-            key = (row["model"], row["content"], row["strategy"], int(row["seed"]), int(row["k"]))
+            key = (row["model"], row["retriever"], row["content"], row["strategy"], int(row["seed"]), int(row["k"]))
             out.setdefault(key, {})[row["patient_id"]] = (float(row["probability"]), int(row["prompt_tokens"]),
                                                           float(row["seconds"]))
     return out
@@ -118,13 +143,14 @@ def _plot(rows: list[dict], path: Path) -> None:
     for col, m in enumerate(models):
         ax, ax2 = axes[0, col], axes[1, col]
         sub = [r for r in rows if r["model"] == m]
-        curves = list(dict.fromkeys((r["content"], r["strategy"]) for r in sub if r["k"] > 0))
-        for content, strategy in curves:
-            pts = sorted({r["k"] for r in sub if (r["content"], r["strategy"]) == (content, strategy)})
+        curves = list(dict.fromkeys((r["retriever"], r["content"], r["strategy"]) for r in sub if r["k"] > 0))
+        for retriever, content, strategy in curves:
+            same = lambda r: (r["retriever"], r["content"], r["strategy"]) == (retriever, content, strategy)  # noqa: E731
+            pts = sorted({r["k"] for r in sub if same(r)})
             zero = [r for r in sub if r["k"] == 0]
             mean, lo, hi, tok = [], [], [], []
             for k in pts:
-                rs = [r for r in sub if r["k"] == k and (r["content"], r["strategy"]) == (content, strategy)]
+                rs = [r for r in sub if r["k"] == k and same(r)]
                 mean.append(np.mean([r["auroc"] for r in rs]))
                 lo.append(np.mean([r["auroc_lo"] for r in rs]))
                 hi.append(np.mean([r["auroc_hi"] for r in rs]))
@@ -133,11 +159,11 @@ def _plot(rows: list[dict], path: Path) -> None:
                 pts, mean = [0] + pts, [zero[0]["auroc"]] + mean
                 lo, hi = [zero[0]["auroc_lo"]] + lo, [zero[0]["auroc_hi"]] + hi
                 tok = [zero[0]["mean_prompt_tokens"]] + tok
-            label = f"{content}, {strategy}" + (" (mean of seeds)" if strategy == "random" else "")
-            line = ax.plot(pts, mean, marker="o", label=label)[0]
+            label = f"{retriever}: {content}, {strategy}" + (" (mean of seeds)" if strategy == "random" else "")
+            line = ax.plot(pts, mean, marker="o", label=label, ls="-" if retriever == "dense" else "--")[0]
             ax.fill_between(pts, lo, hi, color=line.get_color(), alpha=0.08)
-            lat = [np.mean([r["seconds_per_prompt"] for r in sub if r["k"] == k and
-                            ((r["content"], r["strategy"]) == (content, strategy) or k == 0)]) for k in pts]
+            lat = [np.mean([r["seconds_per_prompt"] for r in sub if r["k"] == k and (same(r) or k == 0)])
+                   for k in pts]
             ax2.plot(tok, lat, marker="o", color=line.get_color(), label=label)
         ax.axhline(0.5, color="grey", lw=0.8, ls=":")
         ax.set_xscale("symlog", linthresh=1)
@@ -161,6 +187,7 @@ def main() -> None:
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--quick", action="store_true", help="8 patients, a 210-patient pool, k in {0, 1, 2}")
     ap.add_argument("--fresh", action="store_true", help="ignore finished configurations in the predictions file")
+    ap.add_argument("--retrievers", default="dense,prognostic", help="comma-separated retrievers (dense first)")
     ap.add_argument("--out", type=Path, default=RESULTS / "demo_sweep.csv")
     args = ap.parse_args()
     n = 8 if args.quick else args.n
@@ -173,41 +200,45 @@ def main() -> None:
     shuffled = dict(zip([p.patient_id for p in pool], rng.permutation([p.label for p in pool]).tolist()))
     by_id = {p.patient_id: p for p in pool}
 
+    retrievers = [x.strip() for x in args.retrievers.split(",") if x.strip()]
     embedder = ProfileEmbedder()
-    index = DemoIndex.build(pool, embedder, progress=False)
     kmax = max(ks)
-    lists: dict[tuple[str, int], list[list]] = {}
-    for _, strategy, seed in configurations(args.quick, True):
-        if (strategy, seed) not in lists:
-            r = Retriever(RetrievalConfig(k=kmax, strategy=strategy, seed=seed), embedder).fit(pool, index,
-                                                                                              progress=False)
-            lists[(strategy, seed)] = [nested(x.hits, strategy) for x in r.retrieve(test, progress=False)]
+    lists: dict[tuple[str, str, int], list[list]] = {}
+    for retriever in retrievers:
+        base_cfg = RetrievalConfig(k=kmax, retriever=retriever)
+        index = DemoIndex.build(pool, make_representation(base_cfg, embedder), progress=False)
+        for _, strategy, seed in configurations(args.quick, True, retriever):
+            if (retriever, strategy, seed) not in lists:
+                cfg = base_cfg.model_copy(update={"strategy": strategy, "seed": seed})
+                r = Retriever(cfg, embedder).fit(pool, index, progress=False)
+                lists[(retriever, strategy, seed)] = [nested(x.hits, strategy) for x in r.retrieve(test, progress=False)]
 
     pred_path = args.out.with_name(args.out.stem + "_predictions.csv")
     ids = [p.patient_id for p in test]
     if pred_path.exists() and not args.fresh:
+        _upgrade(pred_path)
         done = set(complete(read_predictions(pred_path), ids))
     else:
         done = set()
         pred_path.parent.mkdir(parents=True, exist_ok=True)
         with pred_path.open("w", newline="") as fh:
-            csv.writer(fh).writerow(["model", "content", "strategy", "seed", "k", "patient_id", "label",
-                                     "probability", "prompt_tokens", "seconds"])
+            csv.writer(fh).writerow(COLUMNS)
 
     plan = []
     for model in args.models.split(","):
         name = model_name(model)
-        plan.append((model, name, "none", "-", 0, 0))
+        plan.append((model, name, "-", "none", "-", 0, 0))
         base = model == "default" or args.quick  # --quick runs every curve, whatever the model
-        for content, strategy, seed in configurations(args.quick, base):
-            for k in ks[1:]:
-                if k <= largest_k(content, strategy, base, ks):
-                    plan.append((model, name, content, strategy, seed, k))
-    todo = [p for p in plan if (p[1], p[2], p[3], p[4], p[5]) not in done]
+        for retriever in retrievers:
+            for content, strategy, seed in configurations(args.quick, base, retriever):
+                for k in ks[1:]:
+                    if k <= largest_k(content, strategy, base, ks):
+                        plan.append((model, name, retriever, content, strategy, seed, k))
+    todo = [p for p in plan if p[1:] not in done]
     print(f"{len(plan)} configurations, {len(plan) - len(todo)} already done", flush=True)
     backend, loaded = None, None
     with progress_bar("configurations", len(todo)) as advance:
-        for model, name, content, strategy, seed, k in todo:
+        for model, name, retriever, content, strategy, seed, k in todo:
             if loaded != model:
                 backend, loaded = None, None
                 backend = open_backend(model, EngineOptions(), progress=False)
@@ -215,7 +246,7 @@ def main() -> None:
             demos = {"none": "none", "shuffled": "label"}.get(content, content)
             builder = PromptBuilder(backend.tokenizer, PromptConfig(demos=demos, query_tokens=QUERY_TOKENS,
                                                                     demo_tokens=DEMO_TOKENS), backend.max_context)
-            hits = lists[(strategy, seed)] if k else [[] for _ in test]
+            hits = lists[(retriever, strategy, seed)] if k else [[] for _ in test]
             if content == "shuffled":  # the same demos, each shown with a permuted pool label
                 hits = [[dataclasses.replace(h, label=int(shuffled[h.patient_id])) for h in hs] for hs in hits]
             probs, rows = [], []
@@ -225,33 +256,45 @@ def main() -> None:
                 prob = choice_probabilities(backend.score(bp.text, builder.choices))[0]
                 secs = time.perf_counter() - start
                 probs.append(prob)
-                rows.append([name, content, strategy, seed, k, p.patient_id, p.label, f"{prob:.6f}", bp.n_tokens,
-                             f"{secs:.3f}"])
+                rows.append([name, retriever, content, strategy, seed, k, p.patient_id, p.label, f"{prob:.6f}",
+                             bp.n_tokens, f"{secs:.3f}"])
             with pred_path.open("a", newline="") as fh:
                 csv.writer(fh).writerows(rows)
-            advance(1, f"{name} {content} {strategy}{seed if strategy == 'random' else ''} k={k}: "
+            advance(1, f"{name} {retriever} {content} {strategy}{seed if strategy == 'random' else ''} k={k}: "
                        f"AUROC {summary(labels, probs)['auroc'] or float('nan'):.3f}")
 
     out = []
     cases = int(sum(labels))
-    for (name, content, strategy, seed, k), rows in complete(read_predictions(pred_path), ids).items():
+    for (name, retriever, content, strategy, seed, k), rows in complete(read_predictions(pred_path), ids).items():
         probs = [rows[i][0] for i in ids]
         ci = bootstrap_ci(labels, probs, n_resamples=args.bootstrap, seed=0, metrics=("auroc",))["auroc"]
         m = summary(labels, probs)
-        out.append({"model": name, "content": content, "strategy": strategy, "seed": seed, "k": k, "n": len(test),
-                    "cases": cases, "auroc": round(ci["value"], 4), "auroc_lo": round(ci["lo"], 4),
-                    "auroc_hi": round(ci["hi"], 4), "auprc": round(m["auprc"], 4), "brier": round(m["brier"], 4),
+        vote = {"vote_auroc": None, "vote_auroc_lo": None, "vote_auroc_hi": None}
+        if k and (retriever, strategy, seed) in lists:  # the vote of the very demos shown (their true labels)
+            votes = [float(np.mean([h.label for h in hs[:k]])) if hs[:k] else 0.0
+                     for hs in lists[(retriever, strategy, seed)]]
+            v = bootstrap_ci(labels, votes, n_resamples=args.bootstrap, seed=0, metrics=("auroc",))["auroc"]
+            vote = {"vote_auroc": round(v["value"], 4), "vote_auroc_lo": round(v["lo"], 4),
+                    "vote_auroc_hi": round(v["hi"], 4)}
+        out.append({"model": name, "retriever": retriever, "content": content, "strategy": strategy, "seed": seed,
+                    "k": k, "n": len(test), "cases": cases, "auroc": round(ci["value"], 4),
+                    "auroc_lo": round(ci["lo"], 4), "auroc_hi": round(ci["hi"], 4), **vote,
+                    "auprc": round(m["auprc"], 4), "brier": round(m["brier"], 4),
                     "mean_prompt_tokens": round(float(np.mean([rows[i][1] for i in ids])), 1),
                     "seconds_per_prompt": round(float(np.mean([rows[i][2] for i in ids])), 3), "machine": where})
-    order = {key: i for i, key in enumerate((p[1], p[2], p[3], p[4], p[5]) for p in plan)}
-    out.sort(key=lambda r: order.get((r["model"], r["content"], r["strategy"], r["seed"], r["k"]), 1 << 30))
+    order = {key: i for i, key in enumerate(p[1:] for p in plan)}
+    out.sort(key=lambda r: order.get((r["model"], r["retriever"], r["content"], r["strategy"], r["seed"], r["k"]),
+                                     1 << 30))
     write_csv(args.out, out)
     _plot(out, args.out.with_suffix(".png"))
-    print(f"{'model':14s} {'content':9s} {'strategy':9s} {'k':>3s} {'AUROC (95% CI)':>22s} {'tokens':>7s} {'s/prompt':>8s}")
+    print(f"{'model':14s} {'retriever':10s} {'content':9s} {'strategy':9s} {'k':>3s} {'AUROC (95% CI)':>22s} "
+          f"{'vote':>6s} {'tokens':>7s} {'s/prompt':>8s}")
     for r in out:
         strat = r["strategy"] + (str(r["seed"]) if r["strategy"] == "random" else "")
-        print(f"{r['model']:14s} {r['content']:9s} {strat:9s} {r['k']:3d} {r['auroc']:.3f} "
-              f"({r['auroc_lo']:.3f}-{r['auroc_hi']:.3f}) {r['mean_prompt_tokens']:7.0f} {r['seconds_per_prompt']:8.3f}")
+        vote = "" if r["vote_auroc"] is None else f"{r['vote_auroc']:.3f}"
+        print(f"{r['model']:14s} {r['retriever']:10s} {r['content']:9s} {strat:9s} {r['k']:3d} {r['auroc']:.3f} "
+              f"({r['auroc_lo']:.3f}-{r['auroc_hi']:.3f}) {vote:>6s} {r['mean_prompt_tokens']:7.0f} "
+              f"{r['seconds_per_prompt']:8.3f}")
     print(f"wrote {args.out}, {pred_path.name} and {args.out.with_suffix('.png').name}")
 
 

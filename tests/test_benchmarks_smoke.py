@@ -40,25 +40,30 @@ def test_demo_sweep_quick(tmp_path: Path, tiny_model_dir: Path) -> None:
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = list(csv.DictReader(out.open()))
-    keys = [(row["content"], row["strategy"], row["k"]) for row in rows]
-    assert keys[0] == ("none", "-", "0") and len(keys) == 1 + 5 * 2  # k=0, then 5 curves at k=1,2
-    assert {c for c, _, _ in keys[1:]} == {"rationale", "label", "shuffled"}
+    keys = [(row["retriever"], row["content"], row["strategy"], row["k"]) for row in rows]
+    # k=0, then 5 dense curves and 2 prognostic ones at k=1,2
+    assert keys[0] == ("-", "none", "-", "0") and len(keys) == 1 + 5 * 2 + 2 * 2
+    assert {c for _, c, _, _ in keys[1:]} == {"rationale", "label", "shuffled"}
+    assert {r for r, c, _, _ in keys[1:] if c != "shuffled"} == {"dense", "prognostic"}
     assert all(float(row["auroc_lo"]) <= float(row["auroc"]) <= float(row["auroc_hi"]) for row in rows)
+    # beside each demo setting, the vote of the very demos it showed
+    assert all(row["vote_auroc"] != "" for row in rows[1:]) and rows[0]["vote_auroc"] == ""
     preds = list(csv.DictReader((tmp_path / "sweep_predictions.csv").open()))
     assert len(preds) == 8 * len(rows)
-    by = {(p["content"], p["strategy"], p["k"], p["patient_id"]): p for p in preds}
+    by = {(p["retriever"], p["content"], p["strategy"], p["k"], p["patient_id"]): p for p in preds}
     ids = {p["patient_id"] for p in preds}
     # nested sets: more demos, longer prompts; the shuffled control shows the same demos with other labels
-    for content, strategy in {(c, s) for c, s, _ in keys[1:]}:
-        assert all(int(by[(content, strategy, "2", i)]["prompt_tokens"]) >
-                   int(by[(content, strategy, "1", i)]["prompt_tokens"]) for i in ids)
-    assert all(by[("label", "similar", "2", i)]["prompt_tokens"] == by[("shuffled", "similar", "2", i)]["prompt_tokens"]
-               for i in ids)
-    assert any(by[("label", "similar", "2", i)]["probability"] != by[("shuffled", "similar", "2", i)]["probability"]
-               for i in ids)
+    for retriever, content, strategy in {(r, c, s) for r, c, s, _ in keys[1:]}:
+        assert all(int(by[(retriever, content, strategy, "2", i)]["prompt_tokens"]) >
+                   int(by[(retriever, content, strategy, "1", i)]["prompt_tokens"]) for i in ids)
+    d = "dense"
+    assert all(by[(d, "label", "similar", "2", i)]["prompt_tokens"] == by[(d, "shuffled", "similar", "2", i)][
+        "prompt_tokens"] for i in ids)
+    assert any(by[(d, "label", "similar", "2", i)]["probability"] != by[(d, "shuffled", "similar", "2", i)][
+        "probability"] for i in ids)
     # a rerun finds every configuration done and predicts nothing again
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0 and "11 configurations, 11 already done" in r.stdout
+    assert r.returncode == 0 and "15 configurations, 15 already done" in r.stdout
 
 
 def test_retrieval_scale_quick(tmp_path: Path) -> None:
