@@ -37,8 +37,9 @@ similarities:
 **Leakage (prognostic).** A query's score comes from the model fit on the whole
 pool and the query's own pre-index record: its label and anything after its
 index date never enter. A pool patient's score is *cross-fitted*: the pool is
-split into ``folds`` stratified folds and each patient is scored by the model
-fit on the other folds, so its own label never sets its own position. Without
+split into ``folds`` folds by a hash of the patient id (not by label) and each
+patient is scored by the model fit on the other folds, so its own label never
+sets its own position. Without
 that, the model would pull every positive pool patient towards high scores by
 its own label, and high-risk queries would find positives because they are
 positives (an inflated neighbour vote). Tests check both: a query's vector does
@@ -49,6 +50,7 @@ signal beyond age no retriever's vote beats the age-only vote beyond noise.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -282,30 +284,40 @@ class PrognosticBlock(Block):
 
         return LogisticRegression(C=self.C, max_iter=5000)
 
+    def folds_of(self, pool: Sequence[Patient]) -> np.ndarray:
+        """Each pool patient's cross-fitting fold, from a hash of its id and the seed: never from its label, so a
+        patient's own label decides neither its fold nor (through the other folds' model) its score."""
+        return np.array([int.from_bytes(hashlib.sha256(f"{self.seed}:{p.patient_id}".encode()).digest()[:8],
+                                        "little") % self.folds for p in pool])
+
     def fit(self, pool: Sequence[Patient], *, progress: bool = False) -> Block:
         from sklearn.feature_extraction import DictVectorizer
-        from sklearn.model_selection import StratifiedKFold
 
         y = np.array([-1 if p.label is None else p.label for p in pool])
-        n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
         if (y < 0).any():
             raise ConfigError("The prognostic retriever learns from the pool's labels; every pool patient needs one.")
-        folds = min(self.folds, n_pos, n_neg)
-        if folds < 2:
-            raise ConfigError(f"The prognostic retriever needs at least 2 cases and 2 controls in the pool (it has "
-                              f"{n_pos} and {n_neg}) to cross-fit its score. Use --retriever sparse or dense.")
+        fold = self.folds_of(pool)
+        for f in range(self.folds):
+            rest = y[fold != f]
+            if (rest == 1).sum() < 1 or (rest == 0).sum() < 1 or (fold == f).sum() == 0:
+                raise ConfigError(f"The prognostic retriever cross-fits its score over {self.folds} folds and needs "
+                                  f"cases and controls outside every fold; this pool ({int((y == 1).sum())} cases, "
+                                  f"{int((y == 0).sum())} controls) is too small. Use fewer folds (--folds is in "
+                                  "[retrieval]) or --retriever sparse or dense.")
         vec = DictVectorizer()
         x = vec.fit_transform([prognostic_features(p) for p in pool])
         crossfit = np.zeros(len(pool))
-        for train, held in StratifiedKFold(folds, shuffle=True, random_state=self.seed).split(x, y):
+        for f in range(self.folds):
+            held, train = fold == f, fold != f
             crossfit[held] = self._model().fit(x[train], y[train]).decision_function(x[held])
         final = self._model().fit(x, y)
+        # one affine map for everyone (the pool's spread), so the bandwidth means the same in any cohort
         mu, sd = float(crossfit.mean()), float(crossfit.std()) or 1.0
         z = (crossfit - mu) / sd
         self._set(vec.feature_names_, final.coef_[0], float(final.intercept_[0]), mu, sd,
                   _grid(float(z.min()), float(z.max()), self.bandwidth))
         self._pool = _rbf(z, self._centers, self.bandwidth)
-        self.pool_scores_ = z  # cross-fitted, for reports
+        self.pool_logits_ = crossfit  # cross-fitted logits: each from a model that never saw that patient's label
         return self
 
     def _set(self, names: Sequence[str], coef: np.ndarray, intercept: float, mu: float, sd: float,

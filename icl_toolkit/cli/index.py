@@ -16,15 +16,22 @@ from icl_toolkit.retrieve import IndexKind
 
 app = typer.Typer(help="Build, inspect and evaluate faiss indexes of demonstration pools.", no_args_is_help=True)
 
-EmbedderOpt = Annotated[str, typer.Option(help="dense and hybrid: 'default' (embedded all-MiniLM-L6-v2), a local folder or a cached hub name.")]
+EmbedderOpt = Annotated[str, typer.Option(help="dense and hybrid: 'default' (embedded all-MiniLM-L6-v2), a local folder, a cached hub name, or 'hash' (a fast bag-of-words stand-in, for tests).")]
 
 
 def _embedder(name: str, retrieval: Any, batch_size: int = 64) -> Any:
+    """The profile embedder a retriever needs (None for those that need none); ``hash`` is the fast bag-of-words
+    stand-in of the tests."""
     from icl_toolkit.retrieve import ProfileEmbedder
     from icl_toolkit.retrievers import needs_embedder
 
-    return ProfileEmbedder(name, batch_size=batch_size) if needs_embedder(retrieval.retriever,
-                                                                          retrieval.hybrid_weights) else None
+    if not needs_embedder(retrieval.retriever, retrieval.hybrid_weights):
+        return None
+    if name == "hash":
+        from icl_toolkit.testing import HashEmbedder
+
+        return ProfileEmbedder(model=HashEmbedder(), model_id="hash-64")
+    return ProfileEmbedder(name, batch_size=batch_size)
 
 
 @app.command()
@@ -110,13 +117,14 @@ def evaluate(
                         f"{report.n_pool}", title_justify="left")
     for col in ("retriever", "k", "vote AUROC (95% CI)", "AUPRC", "purity", "age gap", "sex match", "code overlap",
                 "query ms p50/p99"):
-        table.add_column(col, justify="left" if col == "retriever" else "right")
+        table.add_column(col, justify="left" if col == "retriever" else "right", no_wrap=col == "retriever")
     for r in report.rows:
         table.add_row(r["retriever"], str(r["k"]), f"{r['auroc']:.3f} ({r['auroc_lo']:.3f}-{r['auroc_hi']:.3f})",
                       f"{r['auprc']:.3f}", f"{r['purity']:.3f}", f"{r['age_gap']:.1f}", f"{r['sex_match']:.2f}",
                       f"{r['code_overlap']:.3f}", f"{r['query_ms_p50']:.2f}/{r['query_ms_p99']:.2f}")
     for ref in report.references:
-        table.add_row(f"[dim]{ref['reference']}[/]", "", f"{ref['auroc']:.3f} ({ref['auroc_lo']:.3f}-"
+        short = "logistic regression" if ref["reference"].startswith("logistic") else ref["reference"]
+        table.add_row(f"[dim]{short}[/]", "", f"{ref['auroc']:.3f} ({ref['auroc_lo']:.3f}-"
                       f"{ref['auroc_hi']:.3f})", f"{ref['auprc']:.3f}", "", "", "", "", "")
     console.print(table)
     if out is not None:
