@@ -522,6 +522,18 @@ class Retriever:
 
 # --------------------------------------------------------------------------- cache
 
+def _upgrade_key(key: dict[str, Any]) -> dict[str, Any]:
+    """A cache key from before retrievers had kinds (top-level embedder and profile version): a dense one."""
+    if "retriever" in key or "embedder" not in key or not isinstance(key.get("config"), dict):
+        return key
+    try:
+        config = RetrievalConfig(**{**key["config"], "retriever": "dense"}).model_dump(mode="json")
+    except (TypeError, ValueError):
+        return key
+    return {"pool_hash": key.get("pool_hash"), "index_kind": key.get("index_kind"), "config": config,
+            "retriever": _describe({"embedder": key["embedder"], "profile_version": key.get("profile_version")})}
+
+
 def _valid_hit(h: Any) -> bool:
     return (isinstance(h, list) and len(h) == 4 and isinstance(h[0], str) and isinstance(h[1], int | float)
             and not isinstance(h[1], bool) and h[2] in (0, 1, None) and not isinstance(h[2], bool)
@@ -551,7 +563,7 @@ class RetrievalCache:
         if not isinstance(record, dict) or not isinstance(record.get("key"), dict) \
                 or not isinstance(record.get("queries", {}), dict):
             raise ConfigError(f"{path}: not a retrieval cache (expected an object with 'key' and 'queries'). {fix}")
-        check_meta(record["key"], key, what="retrieval cache", where=str(path), fix=fix)
+        check_meta(_upgrade_key(record["key"]), key, what="retrieval cache", where=str(path), fix=fix)
         queries = record.get("queries", {})
         for qid, hits in queries.items():
             if not isinstance(hits, list) or not all(_valid_hit(h) for h in hits):

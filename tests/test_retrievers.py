@@ -215,3 +215,26 @@ def test_icl_index_eval_end_to_end(small_cohort, tmp_path, invoke):
     code, text = invoke(["index", "eval", "--pool", tmp_path / "pool.jsonl", "--cohort", tmp_path / "val.jsonl",
                          "--k", "500"])
     assert code == 1 and "the pool has 200 patients" in text
+
+
+def test_a_retrieval_cache_from_before_retriever_kinds_is_reused_by_the_dense_retriever(data, tmp_path, hash_embedder):
+    from icl_toolkit.retrieve import RetrievalCache
+
+    pool, queries = data
+    r = Retriever(RetrievalConfig(k=3, retriever="dense"), hash_embedder).fit(pool, progress=False)
+    path = tmp_path / "ret.json"
+    cache = RetrievalCache.open(path, r.cache_key())
+    first = cache.retrieve(r, queries[:5], progress=False)
+    cache.save(path)
+    record = json.loads(path.read_text())
+    key = record["key"]
+    config = {k: v for k, v in key["config"].items() if k in ("k", "strategy", "balance", "mmr_lambda", "seed",
+                                                               "temporal_guard", "horizon_years")}
+    record["key"] = {"pool_hash": key["pool_hash"], "embedder": "hash-64", "profile_version": "profile-v1",
+                     "index_kind": "exact", "config": config}  # as caches were written before
+    path.write_text(json.dumps(record))
+    again = RetrievalCache.open(path, r.cache_key()).retrieve(r, queries[:5], progress=False)
+    assert [[h.patient_id for h in x.hits] for x in again] == [[h.patient_id for h in x.hits] for x in first]
+    with pytest.raises(ConfigError, match="retrieval cache does not match"):
+        p = Retriever(RetrievalConfig(k=3), hash_embedder).fit(pool, progress=False)
+        RetrievalCache.open(path, p.cache_key())
