@@ -96,7 +96,7 @@ class Predictor:
         return self.config.uses_demos
 
     def fit(self, pool: Sequence[Patient], index: DemoIndex | str | Path | None = None, *,
-            index_kind: str = "exact", pool_name: str = "pool") -> Predictor:
+            index_kind: str = "auto", pool_name: str = "pool") -> Predictor:
         """Attach the demonstration pool; build its index, or load ``index`` and check it matches."""
         pool = list(pool)
         self.pool_ = {p.patient_id: p for p in pool}

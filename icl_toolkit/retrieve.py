@@ -57,6 +57,7 @@ __all__ = [
     "STRATEGIES",
     "Balance",
     "IndexKind",
+    "resolve_index_kind",
     "ProfileEmbedder",
     "DemoIndex",
     "faiss_index",
@@ -71,8 +72,20 @@ Strategy = Literal["similar", "balanced", "mmr", "random"]
 """How demonstrations are chosen (see the module docstring); the one place the strategies are listed."""
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 Balance = Literal["half", "prevalence"]
-IndexKind = Literal["exact", "hnsw"]
+IndexKind = Literal["auto", "exact", "hnsw"]
+"""``exact`` (flat inner product), ``hnsw`` (a graph, approximate) or ``auto``: exact up to
+:data:`AUTO_HNSW_ABOVE` pool patients, HNSW above (where exact search passes 10 ms a query on 2 cores)."""
 INDEX_KINDS: tuple[str, ...] = get_args(IndexKind)
+AUTO_HNSW_ABOVE = 50_000
+
+
+def resolve_index_kind(kind: str, n: int) -> str:
+    """The index kind ``auto`` stands for at a pool of ``n`` patients."""
+    if kind not in INDEX_KINDS:
+        raise ConfigError(f"The 'kind' parameter must be one of {', '.join(INDEX_KINDS)}. Got {kind!r}.")
+    if kind == "auto":
+        return "hnsw" if n > AUTO_HNSW_ABOVE else "exact"
+    return kind
 
 
 # --------------------------------------------------------------------------- embedding
@@ -135,8 +148,7 @@ def faiss_index(vecs: np.ndarray, kind: str = "exact", *, hnsw_m: int = 32, ef_c
     """A faiss inner-product index over normalised ``vecs`` (``exact``: flat; ``hnsw``: a graph)."""
     import faiss
 
-    if kind not in INDEX_KINDS:
-        raise ConfigError(f"The 'kind' parameter must be one of {', '.join(INDEX_KINDS)}. Got {kind!r}.")
+    kind = resolve_index_kind(kind, len(vecs))
     dim = int(vecs.shape[1])
     if kind == "exact":
         index = faiss.IndexFlatIP(dim)
@@ -180,16 +192,15 @@ class DemoIndex:
     STATE_FILE = "retriever.npz"
 
     @classmethod
-    def build(cls, pool: Sequence[Patient], representation: Any, *, kind: str = "exact",
+    def build(cls, pool: Sequence[Patient], representation: Any, *, kind: str = "auto",
               hnsw_m: int = 32, ef_construction: int = 80, ef_search: int = 256,
               progress: bool = True) -> DemoIndex:
-        """Fit the retriever on the pool and index the pool's vectors (``kind``: ``exact`` flat search, or
-        ``hnsw`` for large pools). ``representation``: a retriever from
+        """Fit the retriever on the pool and index the pool's vectors (``kind``: ``exact`` flat search, ``hnsw``
+        for large pools, or ``auto``: exact up to 50,000 patients, HNSW above; the metadata records which). ``representation``: a retriever from
         :func:`~icl_toolkit.retrievers.make_representation`, or a :class:`ProfileEmbedder` (dense)."""
-        if kind not in INDEX_KINDS:
-            raise ConfigError(f"The 'kind' parameter must be one of {', '.join(INDEX_KINDS)}. Got {kind!r}.")
         if not pool:
             raise ConfigError("The demonstration pool is empty.")
+        kind = resolve_index_kind(kind, len(pool))
         rep = _as_representation(representation)
         vecs = rep.fit(pool, progress=progress).pool_vectors()
         index = faiss_index(vecs, kind, hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search)
@@ -382,7 +393,7 @@ class Retriever:
         self.embedder = embedder
 
     def fit(self, pool: Sequence[Patient], index: DemoIndex | str | Path | None = None, *,
-            index_kind: str = "exact", progress: bool = True) -> Retriever:
+            index_kind: str = "auto", progress: bool = True) -> Retriever:
         """Attach the pool; load and check ``index`` (built with the same retriever and settings) or build one."""
         c = self.config
         if self.embedder is None and needs_embedder(c.retriever, c.hybrid_weights):

@@ -39,7 +39,7 @@ def _embedder(name: str, retrieval: Any, batch_size: int = 64) -> Any:
 def build(
     pool: Annotated[Path, typer.Option(help="Demonstration pool (cohort JSONL with labels).")],
     out: Annotated[Path, typer.Option(help="Output folder for index.faiss, index.json and retriever.npz.")],
-    kind: Annotated[IndexKind, typer.Option(help="exact (flat inner product) or hnsw (approximate, for large pools).")] = "exact",
+    kind: Annotated[IndexKind, typer.Option(help="exact (flat inner product), hnsw (approximate, for large pools) or auto (exact up to 50,000 patients, hnsw above).")] = "auto",
     embedder: EmbedderOpt = "default",
     batch_size: Annotated[int, typer.Option(min=1, help="Profiles per embedding batch.")] = 64,
     hnsw_m: Annotated[int, typer.Option(min=4, help="HNSW graph degree.")] = 32,
@@ -58,7 +58,8 @@ def build(
     rep = make_representation(retrieval, _embedder(embedder, retrieval, batch_size))
     index = DemoIndex.build(patients, rep, kind=kind, hnsw_m=hnsw_m, ef_search=ef_search)
     index.save(out)
-    console.print(f"indexed {len(patients)} patients from {pool} into {out} ({kind}, {retrieval.retriever} retriever"
+    console.print(f"indexed {len(patients)} patients from {pool} into {out} ({index.meta['kind']}, "
+                  f"{retrieval.retriever} retriever"
                   + (f", {rep.embedder_id}" if rep.embedder_id else "") + f", dim {rep.dim}) in "
                   f"{time.perf_counter() - start:.1f}s", highlight=False)
 

@@ -156,7 +156,7 @@ class CompareConfig(BaseModel):
     ``device``, ``batch_size``, ``dtype``, ``max_context``, ``gpu_memory_utilization``,
     ``tensor_parallel_size``, ``max_lora_rank``, ``url``, ``served_model``). ``backend``, ``device`` and
     ``batch_size`` may also stand at the top level."""
-    index_kind: IndexKind = "exact"
+    index_kind: IndexKind = "auto"
     retrieval: SharedRetrieval = Field(default_factory=lambda: SharedRetrieval())
     """Shared retrieval settings (``balance``, ``mmr_lambda``, ``temporal_guard``, ``horizon_years``), validated
     as the spec's retrieval section when the file is loaded."""
