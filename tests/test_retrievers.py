@@ -181,10 +181,21 @@ def test_an_index_from_before_retriever_kinds_loads_as_dense(data, tmp_path, has
         Retriever(RetrievalConfig(k=3), hash_embedder).fit(pool, folder)
 
 
+def test_a_small_pool_gets_fewer_folds_and_one_too_small_is_a_clear_error(small_cohort):
+    from icl_toolkit.retrievers import PrognosticBlock
+
+    cases = [p for p in small_cohort if p.label == 1]
+    controls = [p for p in small_cohort if p.label == 0][:27]
+    fold = PrognosticBlock().folds_of(cases)
+    same = next((a, b) for i, a in enumerate(cases) for j, b in enumerate(cases) if i < j and fold[i] == fold[j])
+    rep = make_representation(RetrievalConfig(retriever="prognostic")).fit([*same, *controls])
+    assert 2 <= rep.blocks[0].folds_used_ < 5  # both cases in one of 5 folds: that fold would learn from no case
+
+
 def test_a_pool_too_small_to_cross_fit_is_a_clear_error(small_cohort):
     cases = [p for p in small_cohort if p.label == 1][:1]
     controls = [p for p in small_cohort if p.label == 0][:20]
-    with pytest.raises(ConfigError, match="cross-fits its score over 5 folds"):
+    with pytest.raises(ConfigError, match="too small even for 2 folds"):
         make_representation(RetrievalConfig(retriever="prognostic")).fit(cases + controls)
 
 
