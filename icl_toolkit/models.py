@@ -312,15 +312,24 @@ def check_device(device: str) -> str:
 
 
 def load_lm(model: str = "default", *, device: str = "cpu", dtype: str = "float32") -> tuple[Any, Any]:
-    """Load ``(model, tokenizer)`` for inference, in eval mode on ``device``."""
+    """Load ``(model, tokenizer)`` for inference, in eval mode on ``device``.
+
+    ``dtype="auto"`` is resolved for this machine by :func:`icl_toolkit.hardware.resolve_dtype` (bfloat16 on a
+    CPU with native bf16, float32 on one without). A model loaded in bfloat16 on the CPU keeps its final norm
+    and output layer in float32 (:func:`fp32_readout`): the answer probabilities then stay within 0.02 of
+    float32's at twice its speed (``benchmarks/scoring_throughput.py``).
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from icl_toolkit.hardware import resolve_dtype
+
     check_device(device)
     folder = resolve_lm(model)
+    dtype = resolve_dtype(dtype, device)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
     if torch_dtype is None:
-        raise ConfigError(f"The 'dtype' parameter must be one of float32, bfloat16, float16. Got {dtype!r}.")
+        raise ConfigError(f"The 'dtype' parameter must be one of auto, float32, bfloat16, float16. Got {dtype!r}.")
     if is_adapter(folder):
         return _load_adapter(folder, device, dtype)
     try:
@@ -328,7 +337,39 @@ def load_lm(model: str = "default", *, device: str = "cpu", dtype: str = "float3
         tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(f"Cannot load a causal language model from {folder}: {exc}") from None
-    return lm.to(device).eval(), tok
+    lm = lm.to(device).eval()
+    if dtype == "bfloat16" and str(device) == "cpu":
+        fp32_readout(lm)
+    return lm, tok
+
+
+def fp32_readout(lm: Any) -> Any:
+    """Run the final norm and the output layer of a low-precision model in float32 (in place; returns ``lm``).
+
+    The body stays in bf16 (where the time goes); the last norm's input is cast up and the output layer gets
+    an untied float32 copy of its weights, so the logits are not rounded to bf16's 8-bit mantissa. On the
+    embedded SmolLM2 this halves the largest change in P(yes) against float32 (0.029 -> 0.018 on 40
+    prompts) for about 3% of bf16's speed.
+    """
+    import torch
+
+    head = lm.get_output_embeddings()
+    if head is None or head.weight.dtype == torch.float32:
+        return lm
+    new = torch.nn.Linear(head.in_features, head.out_features, bias=head.bias is not None,
+                          device=head.weight.device, dtype=torch.float32)
+    with torch.no_grad():
+        new.weight.copy_(head.weight.float())
+        if head.bias is not None:
+            new.bias.copy_(head.bias.float())
+    new.requires_grad_(False)
+    lm.config.tie_word_embeddings = False  # the copy must not be re-tied to the bf16 input embeddings
+    lm.set_output_embeddings(new)
+    norm = getattr(lm.get_decoder(), "norm", None)
+    if norm is not None:
+        norm.float()
+        norm.register_forward_pre_hook(lambda _module, args: (args[0].float(), *args[1:]))
+    return lm
 
 
 def trained_template(model: str, mode: str, demos: str) -> str | None:

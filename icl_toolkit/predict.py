@@ -182,7 +182,8 @@ class Predictor:
     def provenance(self, cohort: Sequence[Patient]) -> dict[str, Any]:
         """What a predictions file depends on (for its metadata sidecar)."""
         self._check_fitted()
-        return {"model_id": self.backend.model_id, "config": self.config.model_dump(mode="json"),
+        return {"model_id": self.backend.model_id, "dtype": getattr(self.backend, "dtype", None),
+                "config": self.config.model_dump(mode="json"),
                 "templates_hash": self.builder_.templates_hash,
                 "cohort_hash": content_hash(cohort), "pool_hash": content_hash(self.pool_.values()),
                 "embedder": self.retriever_.representation_.embedder_id if self.retriever_ is not None else None}

@@ -92,7 +92,13 @@ def test_scoring_throughput_quick(tmp_path: Path, tiny_model_dir: Path) -> None:
                         str(tiny_model_dir), "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = {row["arm"]: row for row in csv.DictReader(out.open())}
-    assert set(rows) == {"naive generate+parse", "toolkit", "raw forward pass"}
+    from icl_toolkit.hardware import cpu_bf16
+
+    bf16 = cpu_bf16()  # the bf16 arm runs only where the CPU computes bf16 natively
+    assert set(rows) == {"naive generate+parse", "toolkit", "raw forward pass"} | ({"toolkit bf16"} if bf16 else set())
+    if bf16:
+        assert rows["toolkit bf16"]["dtype"] == "bfloat16" and rows["toolkit"]["dtype"] == "float32"
+        assert 0 <= float(rows["toolkit bf16"]["max_abs_dp_vs_fp32"]) < 0.5
     assert len({row["prompt_tokens"] for row in rows.values()}) == 1  # the same prompts in every arm
     assert float(rows["raw forward pass"]["fraction_of_raw"]) == 1.0
     assert float(rows["naive generate+parse"]["speedup_vs_naive"]) == 1.0
@@ -139,3 +145,19 @@ def test_retrieval_quality_quick(tmp_path: Path) -> None:
     assert all(float(c["query_ms_p99"]) >= float(c["query_ms_p50"]) > 0 for c in cost)
     assert "projected" in next(c["how"] for c in cost if c["pool"] == "600" and c["retriever"] == "dense")
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_sft_throughput_quick(tmp_path: Path, tiny_model_dir: Path) -> None:
+    out = tmp_path / "sft.csv"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sft_throughput.py"), "--quick", "--model",
+                        str(tiny_model_dir), "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = list(csv.DictReader(out.open()))
+    from icl_toolkit.hardware import cpu_bf16
+
+    expect = [("hand-written loop", "float32"), ("TRL SFTTrainer", "float32"),
+              ("TRL SFTTrainer, TRL's own loss", "float32")]
+    assert [(row["arm"], row["dtype"]) for row in rows] == expect + ([("TRL SFTTrainer", "bfloat16")] if cpu_bf16()
+                                                                     else [])
+    assert float(rows[0]["ratio_vs_loop"]) == 1.0 and all(float(row["examples_per_s"]) > 0 for row in rows)
+    assert len({row["examples"] for row in rows}) == 1 and len({row["steps"] for row in rows}) == 1

@@ -17,6 +17,7 @@ from icl_toolkit.metrics import delong_test
 
 ARMS = """
 reference = "base / none / score"
+contrasts = [["sft / none / reason", "base / rationale k=2 similar / score"]]
 bootstrap = 200
 val_limit = 12
 baselines = ["logreg", "knn", "age", "oracle"]
@@ -145,8 +146,16 @@ def test_tiny_compare_end_to_end(run, data):
     with open(out / "subgroups.csv") as fh:
         groups = {(r["name"], r["group"]) for r in csv.DictReader(fh)}
     assert ("sft / none / score", "sex") in groups and ("age only", "age_band") in groups
+    # the named contrast: the paired test of its two arms, not against the reference
+    a, b = "sft / none / reason", "base / rationale k=2 similar / score"
+    d2 = delong_test(y, [preds[a][pid]["probability"] for pid in ids], [preds[b][pid]["probability"] for pid in ids])
+    (ct,) = result.contrasts
+    assert (ct["a"], ct["b"]) == (a, b) and ct["p_value"] == pytest.approx(d2.p_value)
+    assert ct["difference"] == pytest.approx(d2.difference) and ct["lo"] == pytest.approx(d2.ci_low)
+    assert len(list(csv.DictReader(open(out / "contrasts.csv")))) == 1
     md = (out / "results.md").read_text()
-    assert md.count("\n") == len(result.rows) + 2 and "DeLong p" in md
+    assert md.count("\n") == len(result.rows) + 2 + 1 + 3 and "DeLong p" in md and f"{a} vs {b}" in md
+    assert "## Contrasts (paired DeLong)" in (out / "report.md").read_text()
     report = (out / "report.md").read_text()
     for name in rows:
         assert f"### {name}" in report
@@ -231,3 +240,19 @@ def test_icl_compare_cli(setup, tiny_model_dir, invoke, tmp_path):
     assert code == 0 and "0 arms predicted, 1 already complete" in text
     rows = list(csv.DictReader(open(tmp_path / "res" / "results.csv")))
     assert rows[0]["threshold_from"] == "fixed 0.5" and rows[0]["n"] == "20"
+
+
+def test_only_runs_a_stage_and_keeps_the_reference(data, setup, hash_embedder, tmp_path):
+    pool, test, val = data
+    config, _ = load_compare_config(setup / "arms.toml")
+    staged = Comparison(config, tmp_path / "staged", embedder=hash_embedder, progress=False)
+    first = staged.run(test, pool, val, only=["base"])  # the base model's arms, before the SFT checkpoint exists
+    assert first.ran == ["base / none / score", "base / label k=2 similar / score",
+                         "base / rationale k=2 similar / score"]
+    assert [r["name"] for r in first.rows if r["kind"] == "arm"] == first.ran
+    second = staged.run(test, pool, val, only=["base / none*", "sft"])  # globs on arm names, checkpoint names
+    assert second.skipped == ["base / none / score"] and all(n.startswith("sft") for n in second.ran)
+    with pytest.raises(ConfigError, match="matches no arm"):
+        staged.run(test, pool, val, only=["label_sft"])
+    with pytest.raises(ConfigError, match="leaves out the reference arm"):
+        staged.run(test, pool, val, only=["sft"])

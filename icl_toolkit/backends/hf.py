@@ -33,7 +33,8 @@ class HFBackend(BaseBackend):
         model: ``"default"`` (embedded SmolLM2-135M-Instruct), a local checkpoint
             folder, or a hub name in the local cache (see :mod:`icl_toolkit.models`).
         device: torch device, e.g. ``"cpu"`` (default) or ``"cuda"``.
-        dtype: ``float32`` (default; also what ``auto`` means here), ``bfloat16`` or ``float16``.
+        dtype: ``auto`` (default: bfloat16 on a CPU with native bf16 or a GPU that has it, float32 on other
+            CPUs; see :mod:`icl_toolkit.hardware`), ``float32``, ``bfloat16`` or ``float16``.
         batch_size: most prompts per scoring forward pass (default: 1 on CPU, where one prompt per pass
             is fastest, 8 on a GPU).
         generate_batch_size: most prompts decoded together by :meth:`generate` (default 8;
@@ -47,14 +48,15 @@ class HFBackend(BaseBackend):
 
     engine_options = ("device", "dtype", "batch_size", "max_context")
 
-    def __init__(self, model: str = "default", *, device: str = "cpu", dtype: str = "float32",
+    def __init__(self, model: str = "default", *, device: str = "cpu", dtype: str = "auto",
                  batch_size: int | None = None, batch_tokens: int = 16384, padding_side: str = "left",
                  max_context: int | None = None, progress: bool = True, generate_batch_size: int = 8) -> None:
+        from icl_toolkit.hardware import resolve_dtype
         from icl_toolkit.models import lm_id, load_lm
 
         if batch_size is None:
             batch_size = 1 if device == "cpu" else 8
-        lm, tok = load_lm(model, device=device, dtype="float32" if dtype == "auto" else dtype)
+        lm, tok = load_lm(model, device=device, dtype=resolve_dtype(dtype, device))
         self._setup(lm, tok, lm_id(model), batch_size, batch_tokens, padding_side, max_context, progress)
         self.generate_batch_size = max(int(generate_batch_size), 1)
 
@@ -91,6 +93,8 @@ class HFBackend(BaseBackend):
             pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
         self.pad_id = int(pad)
         self.device = next(model.parameters()).device
+        self.dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        """The dtype the model's body runs in (``auto`` resolved)."""
 
     # ------------------------------------------------------------------ batching
 

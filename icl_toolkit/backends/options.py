@@ -41,7 +41,8 @@ class EngineOptions(BaseModel):
     batch_size: int | None = Field(None, ge=1)
     """hf: prompts per scoring pass (default 1 on CPU, 8 on GPU); openai: sequences per HTTP request (32)."""
     dtype: DTypeChoice | None = None
-    """hf, vllm: weights and activations (``auto``: float32 on hf, the model's own on vLLM)."""
+    """hf, vllm: weights and activations (``auto``: on hf bfloat16 where the CPU or GPU has native bf16, else
+    float32, see :mod:`icl_toolkit.hardware`; on vLLM the model's own)."""
     max_context: int | None = Field(None, ge=16)
     """Every backend: context limit in tokens (default: the model's; vLLM's ``max_model_len``)."""
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)

@@ -136,6 +136,7 @@ class VLLMBackend(BaseBackend):
         folder = resolve_lm(model)
         adapter = folder if is_adapter(folder) else None
         self.base = adapter_base(folder) if adapter else model
+        self.dtype = dtype
         engine_folder = resolve_lm(self.base) if adapter else folder
         import torch
 

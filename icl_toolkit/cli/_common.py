@@ -60,7 +60,7 @@ ModelOpt = Annotated[str, typer.Option(help="'default' (embedded SmolLM2-135M-In
 BackendOpt = Annotated[BackendChoice, typer.Option(help="hf (transformers), vllm (offline engine), openai (a running vllm serve at --url), or auto (vllm with a GPU, else hf).")]
 DeviceOpt = Annotated[Optional[str], typer.Option(help="torch device of the hf backend (default cpu).")]
 BatchSizeOpt = Annotated[Optional[int], typer.Option(min=1, help="hf: prompts per forward pass (default: 1 on CPU, 8 on GPU); openai: sequences per request.")]
-DTypeOpt = Annotated[Optional[DTypeChoice], typer.Option(help="hf, vllm: weights dtype (auto: float32 on hf, the model's own on vllm).")]
+DTypeOpt = Annotated[Optional[DTypeChoice], typer.Option(help="hf, vllm: weights dtype (auto: on hf bfloat16 where the CPU/GPU has native bf16, else float32; the model's own on vllm). --dtype float32 opts out of bf16.")]
 GpuMemoryOpt = Annotated[Optional[float], typer.Option(min=0.01, max=1.0, help="vllm: share of GPU memory for the engine (default 0.85; on the CPU build a share of host memory, default: a fixed 2 GiB KV cache).")]
 TensorParallelOpt = Annotated[Optional[int], typer.Option(min=1, help="vllm: GPUs to shard the model over (default 1).")]
 UrlOpt = Annotated[Optional[str], typer.Option(help="openai: the server's base URL, e.g. http://127.0.0.1:8000/v1.")]

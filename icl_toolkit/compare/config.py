@@ -3,6 +3,7 @@
 An ``arms.toml`` looks like::
 
     reference = "base / none / score"      # the arm every other is tested against (default: the first)
+    contrasts = [["label_sft / none / score", "base / none / score"]]   # more paired DeLong tests
     limit = 100                            # first N test patients (default: all)
     val_limit = 50                         # first N validation patients (thresholds)
     bootstrap = 1000
@@ -142,6 +143,9 @@ class CompareConfig(BaseModel):
     arm: list[ArmSpec] = Field(min_length=1)
     reference: str | None = None
     """Name of the reference arm for the paired DeLong tests (default: the first arm)."""
+    contrasts: list[tuple[str, str]] = Field(default_factory=list)
+    """Named paired comparisons besides the reference: ``[["label_sft / none / score", "rationale_sft / none /
+    score"], ...]``; each gives the AUROC difference (first minus second), its 95% CI and the DeLong p."""
     baselines: list[Baseline] = Field(default_factory=lambda: list(BASELINES))
     limit: int | None = Field(None, ge=1)
     """Use the first N test patients (the same N for every arm)."""
@@ -226,6 +230,10 @@ class CompareConfig(BaseModel):
             raise ConfigError("Two arm names map to the same file name; rename one of them.")
         if self.reference is not None and self.reference not in names:
             raise ConfigError(f"reference = {self.reference!r} is not an arm. Arms: {'; '.join(names)}.")
+        for i, pair in enumerate(self.contrasts, 1):
+            for name in pair:
+                if name not in names:
+                    raise ConfigError(f"contrasts #{i}: {name!r} is not an arm. Arms: {'; '.join(names)}.")
         return arms
 
     @property

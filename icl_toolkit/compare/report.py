@@ -62,11 +62,25 @@ def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
         writer.writerows({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
 
 
-def write_tables(out: Path, rows: Sequence[dict[str, Any]], subgroups: Sequence[dict[str, Any]]) -> None:
-    """``results.csv``, ``results.md`` and ``subgroups.csv`` in ``out``."""
+def write_tables(out: Path, rows: Sequence[dict[str, Any]], subgroups: Sequence[dict[str, Any]],
+                 contrasts: Sequence[dict[str, Any]] = ()) -> None:
+    """``results.csv``, ``results.md`` (with the contrasts under the table) and ``subgroups.csv`` in ``out``;
+    ``contrasts.csv`` when the config names contrasts."""
     _write_csv(out / "results.csv", rows)
-    (out / "results.md").write_text(markdown_table(rows), encoding="utf-8")
+    text = markdown_table(rows) + (("\n" + contrast_table(contrasts)) if contrasts else "")
+    (out / "results.md").write_text(text, encoding="utf-8")
     _write_csv(out / "subgroups.csv", subgroups)
+    if contrasts:
+        _write_csv(out / "contrasts.csv", contrasts)
+
+
+def contrast_table(contrasts: Sequence[dict[str, Any]]) -> str:
+    """The named paired contrasts as a markdown table."""
+    lines = ["| contrast (a vs b) | AUROC a | AUROC b | a - b (95% CI) | DeLong p |", "|---|---|---|---|---|"]
+    for c in contrasts:
+        lines.append(f"| {c['a']} vs {c['b']} | {c['auroc_a']:.3f} | {c['auroc_b']:.3f} | "
+                     f"{c['difference']:+.3f} ({c['lo']:+.3f} to {c['hi']:+.3f}) | {c['p_value']:.3g} |")
+    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- plots
@@ -210,7 +224,8 @@ def _model_card(r: dict[str, Any], subgroups: Sequence[dict[str, Any]], info: di
 
 
 def write_report(out: Path, rows: Sequence[dict[str, Any]], subgroups: Sequence[dict[str, Any]],
-                 infos: dict[str, dict[str, Any]], context: dict[str, Any], plots: Sequence[str]) -> Path:
+                 infos: dict[str, dict[str, Any]], context: dict[str, Any], plots: Sequence[str],
+                 contrasts: Sequence[dict[str, Any]] = ()) -> Path:
     """``report.md``: settings, the results table, plots and a model card per arm and baseline."""
     ref = context["reference"]
     lines = [
@@ -227,6 +242,7 @@ def write_report(out: Path, rows: Sequence[dict[str, Any]], subgroups: Sequence[
         f"against `{ref}`",
         f"- Shared prompt settings: `{context['prompt']}`; retrieval settings: `{context['retrieval']}`", "",
         "## Results", "", markdown_table(rows),
+        *(["## Contrasts (paired DeLong)", "", contrast_table(contrasts)] if contrasts else []),
         "## Plots", "",
         *[f"![{p}]({p})" for p in plots], "",
         "## Model cards", "",

@@ -21,11 +21,12 @@ model and resumes a half-finished one where it stopped.
 
 from __future__ import annotations
 
+import fnmatch
 import gc
 import importlib.metadata as md
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from icl_toolkit.cohort import Patient
 from icl_toolkit.compare import baselines as bl
 from icl_toolkit.compare.config import Arm, CompareConfig
 from icl_toolkit.compare.report import plot_auroc_vs_k, plot_calibration, plot_roc, write_report, write_tables
-from icl_toolkit.compare.stats import Entry, evaluate
+from icl_toolkit.compare.stats import Entry, contrast_rows, evaluate
 from icl_toolkit.errors import ConfigError
 from icl_toolkit.models import checkpoint_meta
 from icl_toolkit.predict import Predictor
@@ -62,6 +63,27 @@ class CompareResult:
     report: Path
     ran: list[str]        # arms predicted (fully or partly) in this call
     skipped: list[str]    # arms already complete
+    contrasts: list[dict[str, Any]] = field(default_factory=list)  # the config's paired tests among the arms run
+
+
+def select_arms(arms: list[Arm], only: Sequence[str], reference: str) -> list[Arm]:
+    """The arms whose checkpoint is named in ``only`` or whose name matches one of its globs.
+
+    Raises:
+        ConfigError: a pattern matches nothing, or the reference arm is left out.
+    """
+    def hit(arm: Arm, pattern: str) -> bool:
+        return arm.checkpoint == pattern or fnmatch.fnmatchcase(arm.name, pattern)
+
+    for pattern in only:
+        if not any(hit(a, pattern) for a in arms):
+            raise ConfigError(f"--only {pattern!r} matches no arm or checkpoint; the arms are: "
+                              + "; ".join(a.name for a in arms))
+    chosen = [a for a in arms if any(hit(a, p) for p in only)]
+    if reference not in {a.name for a in chosen}:
+        raise ConfigError(f"--only leaves out the reference arm {reference!r}, which every DeLong test is against; "
+                          "add it (e.g. --only base).")
+    return chosen
 
 
 class Comparison:
@@ -140,7 +162,7 @@ class Comparison:
     # ------------------------------------------------------------------ run
 
     def run(self, test: Sequence[Patient], pool: Sequence[Patient], val: Sequence[Patient] | None = None, *,
-            names: dict[str, str] | None = None) -> CompareResult:
+            names: dict[str, str] | None = None, only: Sequence[str] = ()) -> CompareResult:
         """Predict every arm, compute the baselines and statistics, write the outputs.
 
         Args:
@@ -148,6 +170,9 @@ class Comparison:
             pool: demonstration pool and training data of the baselines.
             val: validation patients for the F1 thresholds (first ``val_limit``).
             names: file names of the cohorts, for the report.
+            only: run and report only the arms whose checkpoint name is one of these, or whose arm name
+                matches one as a glob (``"base*"``); the reference arm must be among them. For staged runs:
+                arms of checkpoints that are ready first, the rest when their checkpoints are trained.
         """
         c = self.config
         names = names or {}
@@ -158,7 +183,7 @@ class Comparison:
         if overlap:
             raise ConfigError(f"{len(overlap)} test or validation patients are also in the pool (first: "
                               f"{sorted(overlap)[0]}); they would see their own outcome. Use disjoint splits.")
-        arms = c.arms()
+        arms = select_arms(c.arms(), only, c.reference_arm) if only else c.arms()
         self.out.mkdir(parents=True, exist_ok=True)
         keys = {a.retrieval_key for a in arms if a.retrieval_key}
         if "knn" in c.baselines and not keys:
@@ -225,7 +250,8 @@ class Comparison:
         y = np.array([p.label for p in test])
         rows, subgroups = evaluate(entries, test, val or None, reference=c.reference_arm,
                                    n_resamples=c.bootstrap, seed=c.seed)
-        write_tables(self.out, rows, subgroups)
+        contrasts = contrast_rows(entries, test, c.contrasts)
+        write_tables(self.out, rows, subgroups, contrasts)
         plots = ["roc.png", "calibration.png"]
         plot_roc(self.out / "roc.png", entries, y, rows)
         plot_calibration(self.out / "calibration.png", entries, y)
@@ -239,9 +265,9 @@ class Comparison:
             "bootstrap": c.bootstrap, "seed": c.seed, "prompt": c.prompt.model_dump(exclude_unset=True),
             "retrieval": c.retrieval.model_dump(exclude_unset=True),
         }
-        report = write_report(self.out, rows, subgroups, infos, context, plots)
-        write_json_atomic(self.out / "summary.json", {"context": context, "results": rows})
-        return CompareResult(self.out, rows, subgroups, report, ran, skipped)
+        report = write_report(self.out, rows, subgroups, infos, context, plots, contrasts)
+        write_json_atomic(self.out / "summary.json", {"context": context, "results": rows, "contrasts": contrasts})
+        return CompareResult(self.out, rows, subgroups, report, ran, skipped, contrasts)
 
     def _baselines(self, test: list[Patient], val: list[Patient], pool: list[Patient],
                    retrievals: dict[tuple[str, int], dict[str, Retrieval]],

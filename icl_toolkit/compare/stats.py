@@ -18,7 +18,7 @@ from icl_toolkit.cohort import Patient
 from icl_toolkit.errors import ConfigError
 from icl_toolkit.metrics import age_band, bootstrap_ci, choose_threshold, delong_test, subgroup_metrics
 
-__all__ = ["Entry", "evaluate", "METRICS"]
+__all__ = ["Entry", "evaluate", "contrast_rows", "METRICS"]
 
 METRICS = ("auroc", "auprc", "brier", "ece", "f1")
 
@@ -71,3 +71,19 @@ def evaluate(entries: Sequence[Entry], test: Sequence[Patient], val: Sequence[Pa
         for g in subgroup_metrics(y, p, groups, threshold):
             subgroups.append({"name": e.name, "kind": e.kind} | g)
     return rows, subgroups
+
+
+def contrast_rows(entries: Sequence[Entry], test: Sequence[Patient],
+                  contrasts: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+    """The paired DeLong test of each ``(a, b)`` pair present among ``entries``: AUROC of both, the difference
+    ``a - b`` with its 95% CI, and the two-sided p-value (pairs with an arm not run are left out)."""
+    y = np.array([p.label for p in test])
+    by_name = {e.name: e for e in entries}
+    rows = []
+    for a, b in contrasts:
+        if a not in by_name or b not in by_name:
+            continue
+        d = delong_test(y, by_name[a].test, by_name[b].test)
+        rows.append({"a": a, "b": b, "n": int(len(y)), "cases": int(y.sum()), "auroc_a": d.auroc_a, "auroc_b": d.auroc_b,
+                     "difference": d.difference, "lo": d.ci_low, "hi": d.ci_high, "p_value": d.p_value})
+    return rows
