@@ -17,14 +17,15 @@ OMOP_SAMPLE = $$($(PY) -c 'import importlib.resources as r; print(r.files("omop_
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.icl-installed
 SFT_ARGS ?= --limit $(SFT_N) --train-layers 8 --epochs 1 --lr 1e-4 --batch-size 8 --query-tokens 160 --val-limit 24 --seed 0 --dtype float32
-# The powered recipe (make paper): the full training split, every target on the same schedule (3 epochs at most, lr
-# 1e-4 with linear decay, top 8 blocks), evaluated every 25 steps on 100 validation patients, stopped after 4
-# evaluations without a better validation AUROC (the best evaluation's weights are kept); resumable.
+# The powered recipe (make paper): every target and data size on the same schedule (3 epochs at most, lr 1e-4 with
+# linear decay, top 8 blocks, bf16 autocast), evaluated every quarter epoch (11 points) on all 200 validation
+# patients, stopped after 3 evaluations without a better validation AUROC (the best evaluation's weights are
+# kept); resumable.
 POWER_DIR ?= $(RECIPE_DIR)/powered
 POWER_RESULTS ?= results/paper_powered
 SCALE_N ?= 350
-POWER_SFT_ARGS ?= --train-layers 8 --epochs 3 --lr 1e-4 --batch-size 8 --query-tokens 160 --val-limit 100 \
-	--eval-steps 25 --patience 4 --stop-on auroc --seed 0 --dtype bfloat16 --resume
+POWER_SFT_ARGS ?= --train-layers 8 --epochs 3 --lr 1e-4 --batch-size 8 --query-tokens 160 --val-limit 200 \
+	--eval-points 11 --patience 3 --stop-on auroc --seed 0 --dtype bfloat16 --resume
 
 .PHONY: venv demo omop-demo paper paper-quick paper-cohort paper-sft paper-compare paper-scale test test-all test-vllm clean
 

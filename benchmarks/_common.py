@@ -70,3 +70,11 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
         w.writeheader()
         w.writerows(rows)
     return path
+
+
+def in_child(fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` in a fresh spawned process (so each arm's memory and imports are its own)."""
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, args)

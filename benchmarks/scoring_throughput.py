@@ -36,7 +36,6 @@ Writes scoring_throughput.csv.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import re
 import resource
 import sys
@@ -47,7 +46,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from _common import RESULTS, demo_cohort, machine, write_csv  # noqa: E402
+from _common import RESULTS, demo_cohort, in_child, machine, write_csv  # noqa: E402
 
 from icl_toolkit import hardware  # noqa: E402
 
@@ -114,11 +113,6 @@ def arm_raw(model: str, device: str, ids: list[list[int]]) -> dict:
     return {"seconds": secs, "tokens": sum(len(s) for s in ids), "peak_mb": _peak_mb()}
 
 
-def _in_child(fn, *args) -> dict:
-    with mp.get_context("spawn").Pool(1) as pool:
-        return pool.apply(fn, args)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="default")
@@ -159,14 +153,14 @@ def main() -> None:
                                           "bf16 (emulated bf16 is slower than fp32)"), flush=True)
         print(f"{len(texts)} prompts, {sum(map(len, ids)):,} tokens; running naive, toolkit, "
               f"{'toolkit bf16, ' if bf16 else ''}raw", flush=True)
-        naive = _in_child(arm_naive, args.model, args.device, texts, labels)
-        toolkit = _in_child(arm_toolkit, args.model, engine | ({"dtype": "float32"} if hf_cpu else {}), n,
+        naive = in_child(arm_naive, args.model, args.device, texts, labels)
+        toolkit = in_child(arm_toolkit, args.model, engine | ({"dtype": "float32"} if hf_cpu else {}), n,
                             args.quick, tmp)
         arms = [("naive generate+parse", naive, "hard labels"), ("toolkit", toolkit, "probabilities")]
         if bf16:
-            arms.append(("toolkit bf16", _in_child(arm_toolkit, args.model, engine | {"dtype": "bfloat16"}, n,
+            arms.append(("toolkit bf16", in_child(arm_toolkit, args.model, engine | {"dtype": "bfloat16"}, n,
                                                    args.quick, tmp), "probabilities"))
-        raw = _in_child(arm_raw, args.model, args.device, ids)
+        raw = in_child(arm_raw, args.model, args.device, ids)
     assert toolkit["labels"] == labels
     tokens = raw["tokens"]
     rows = []

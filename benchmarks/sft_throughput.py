@@ -11,11 +11,14 @@ process (loading is not timed):
 
 * ``hand-written loop``: the loop `icl finetune` ran before issue 17 (AdamW,
   linear warm-up and decay, clipping, length-padded batches, the output layer
-  applied at target positions only), float32, reproduced here as the baseline;
+  applied at target positions only), float32, reproduced here as the baseline
+  and fed the very batches TRL's seeded sampler and collator make (so padding
+  is the same in every arm; the first losses agree);
 * ``TRL float32``: `icl finetune`'s trainer (``Finetuner._trainer``: TRL
   ``SFTTrainer``, completion-only loss, with the toolkit's CPU extension that
   applies the output layer at target positions only) in float32, including its
-  one trainer checkpoint save at the end (what makes runs resumable);
+  one resumable trainer save timed apart (``save_seconds``: a real run saves at
+  each evaluation; the loop saved nothing);
 * ``TRL float32, TRL's own loss``: the same without the extension (TRL's fused
   output layer, which on a CPU projects every position): why the extension exists;
 * ``TRL bf16``: the same under bf16 autocast (fp32 master weights), what
@@ -30,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import multiprocessing as mp
 import sys
 import tempfile
 import time
@@ -38,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS, demo_cohort, machine, write_csv  # noqa: E402
+from _common import RESULTS, demo_cohort, in_child, machine, write_csv  # noqa: E402
 
 from icl_toolkit import hardware  # noqa: E402
 
@@ -56,32 +58,24 @@ def _setup(model: str, n: int, target: str, quick: bool, batch_size: int, steps:
 
 
 def arm_loop(model: str, n: int, target: str, quick: bool, batch_size: int, steps: int) -> dict:
-    """The pre-TRL loop of `icl finetune` (commit a829fa5), float32."""
-    import numpy as np
+    """The pre-TRL loop of `icl finetune` (commit a829fa5), float32, on the very batches TRL's sampler makes."""
     import torch
     import torch.nn.functional as F
-    from transformers import get_linear_schedule_with_warmup
+    from transformers import get_linear_schedule_with_warmup, set_seed
 
     tuner, trainable, causal, tok, examples = _setup(model, n, target, quick, batch_size, steps, "float32")
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = tuner._trainer(trainable, causal, tok, examples, [], [], Path(tmp), steps)
+        set_seed(0)  # as trainer.train() does before it draws the example order
+        batches = list(trainer.get_train_dataloader())[:steps]
     params = [p for p in trainable.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
     sched = get_linear_schedule_with_warmup(opt, math.ceil(0.1 * steps), steps)
-    rng = np.random.default_rng(0)
     losses = []
     trainable.train()
     start = time.perf_counter()
-    order = rng.permutation(len(examples))
-    for step in range(steps):
-        batch = [examples[i] for i in order[(step * batch_size) % len(order):][:batch_size]]
-        width = max(len(e.input_ids) for e in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        labels = torch.full((len(batch), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for r, e in enumerate(batch):
-            ids[r, :len(e.input_ids)] = torch.tensor(e.input_ids)
-            labels[r, :len(e.labels)] = torch.tensor(e.labels)
-            mask[r, :len(e.input_ids)] = 1
+    for batch in batches:
+        ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
         hidden = causal.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
         nxt = labels[:, 1:]
         sel = nxt != -100
@@ -98,18 +92,25 @@ def arm_loop(model: str, n: int, target: str, quick: bool, batch_size: int, step
 
 def arm_trl(model: str, n: int, target: str, quick: bool, batch_size: int, steps: int, dtype: str,
             own_loss: bool = False) -> dict:
+    from transformers.trainer_utils import SaveStrategy
+
     tuner, trainable, causal, tok, examples = _setup(model, n, target, quick, batch_size, steps, dtype)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         trainer = tuner._trainer(trainable, causal, tok, examples, [], [], Path(tmp), steps)
         if own_loss:
             trainer.target_positions_only = False
+        trainer.args.save_strategy = SaveStrategy.NO  # timed apart below, as the loop saves nothing
         setup = time.perf_counter() - start
         start = time.perf_counter()
         trainer.train()
         secs = time.perf_counter() - start
+        start = time.perf_counter()
+        trainer._save_checkpoint(trainer.model, trial=None)  # one resumable save (weights, optimiser, RNG)
+        save = time.perf_counter() - start
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    return _result(secs, examples, steps, batch_size, losses) | {"setup_seconds": round(setup, 2)}
+    return _result(secs, examples, steps, batch_size, losses) | {"setup_seconds": round(setup, 2),
+                                                                 "save_seconds": round(save, 2)}
 
 
 def _result(secs: float, examples: list, steps: int, batch_size: int, losses: list[float]) -> dict:
@@ -117,11 +118,6 @@ def _result(secs: float, examples: list, steps: int, batch_size: int, losses: li
     per = sum(e.n_target for e in examples) / len(examples)
     return {"seconds": secs, "examples_per_s": seen / secs, "target_tokens_per_s": seen * per / secs,
             "first_loss": losses[0], "last_loss": losses[-1]}
-
-
-def _in_child(fn, *args) -> dict:
-    with mp.get_context("spawn").Pool(1) as pool:
-        return pool.apply(fn, args)
 
 
 def main() -> None:
@@ -138,16 +134,17 @@ def main() -> None:
     where = machine()
     print(f"machine: {where}", flush=True)
     common = (args.model, n, args.target, args.quick, bs, steps)
-    arms = [("hand-written loop", "float32", _in_child(arm_loop, *common)),
-            ("TRL SFTTrainer", "float32", _in_child(arm_trl, *common, "float32")),
-            ("TRL SFTTrainer, TRL's own loss", "float32", _in_child(arm_trl, *common, "float32", True))]
+    arms = [("hand-written loop", "float32", in_child(arm_loop, *common)),
+            ("TRL SFTTrainer", "float32", in_child(arm_trl, *common, "float32")),
+            ("TRL SFTTrainer, TRL's own loss", "float32", in_child(arm_trl, *common, "float32", True))]
     if hardware.cpu_bf16():
-        arms.append(("TRL SFTTrainer", "bfloat16", _in_child(arm_trl, *common, "bfloat16")))
+        arms.append(("TRL SFTTrainer", "bfloat16", in_child(arm_trl, *common, "bfloat16")))
     else:
         print(f"bf16 arm skipped: {hardware.cpu_name()} has no native bf16", flush=True)
     base = arms[0][2]["examples_per_s"]
     rows = [{"arm": name, "dtype": dtype, "target": args.target, "examples": n, "steps": steps, "batch_size": bs,
              "seconds": round(r["seconds"], 2), "setup_seconds": r.get("setup_seconds", ""),
+             "save_seconds": r.get("save_seconds", ""),
              "examples_per_s": round(r["examples_per_s"], 3), "target_tokens_per_s": round(r["target_tokens_per_s"], 1),
              "ratio_vs_loop": round(r["examples_per_s"] / base, 3), "first_loss": round(r["first_loss"], 4),
              "last_loss": round(r["last_loss"], 4), "machine": where} for name, dtype, r in arms]

@@ -8,11 +8,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _quick(script: str, *args: object, timeout: int = 600) -> None:
+    """Run ``benchmarks/<script> --quick ARGS`` in a subprocess; fail with its stderr's tail."""
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", *map(str, args)],
+                       capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
 def test_synth_throughput_quick(tmp_path: Path) -> None:
     out = tmp_path / "synth.csv"
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "synth_throughput.py"), "--quick", "--out", str(out)],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+    _quick("synth_throughput.py", "--out", str(out), timeout=300)
     rows = list(csv.DictReader(out.open()))
     assert [row["stage"].split(" ")[0] for row in rows] == ["generate", "write", "validate", "serialize", "generate"]
     assert all(int(row["patients"]) == 500 and float(row["seconds"]) > 0 for row in rows)
@@ -20,9 +25,7 @@ def test_synth_throughput_quick(tmp_path: Path) -> None:
 
 def test_gpu_throughput_quick_on_the_hf_backend(tmp_path: Path, tiny_model_dir: Path) -> None:
     out = tmp_path / "gpu.csv"
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_throughput.py"), "--quick", "--backend", "hf",
-                        "--model", str(tiny_model_dir), "--out", str(out)], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    _quick("gpu_throughput.py", "--backend", "hf", "--model", str(tiny_model_dir), "--out", str(out))
     rows = list(csv.DictReader(out.open()))
     assert [(row["mode"], row["k"]) for row in rows] == [("score", "0"), ("score", "2"), ("reason", "0"),
                                                          ("reason", "2")]
@@ -68,9 +71,7 @@ def test_demo_sweep_quick(tmp_path: Path, tiny_model_dir: Path) -> None:
 
 def test_retrieval_scale_quick(tmp_path: Path) -> None:
     out = tmp_path / "retrieval.csv"
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "retrieval_scale.py"), "--quick", "--out", str(out)],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    _quick("retrieval_scale.py", "--out", str(out))
     rows = list(csv.DictReader(out.open()))
     assert {row["data"] for row in rows} == {"MiniLM profiles", "fitted Gaussian", "isotropic random"}
     assert sorted({int(row["n"]) for row in rows if row["data"] == "fitted Gaussian"}) == [2000, 10000]
@@ -88,9 +89,7 @@ def test_retrieval_scale_quick(tmp_path: Path) -> None:
 
 def test_scoring_throughput_quick(tmp_path: Path, tiny_model_dir: Path) -> None:
     out = tmp_path / "scoring.csv"
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scoring_throughput.py"), "--quick", "--model",
-                        str(tiny_model_dir), "--out", str(out)], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    _quick("scoring_throughput.py", "--model", str(tiny_model_dir), "--out", str(out))
     rows = {row["arm"]: row for row in csv.DictReader(out.open())}
     from icl_toolkit.hardware import cpu_bf16
 
@@ -108,9 +107,7 @@ def test_scoring_throughput_quick(tmp_path: Path, tiny_model_dir: Path) -> None:
 
 def test_serve_load_quick(tmp_path: Path, tiny_model_dir: Path) -> None:
     out = tmp_path / "load.csv"
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "serve_load.py"), "--quick", "--model",
-                        str(tiny_model_dir), "--out", str(out)], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    _quick("serve_load.py", "--model", str(tiny_model_dir), "--out", str(out))
     rows = list(csv.DictReader(out.open()))
     assert [(row["batching"], row["clients"]) for row in rows] == [("False", "1"), ("False", "4"), ("True", "1"),
                                                                    ("True", "4")]
@@ -121,9 +118,7 @@ def test_serve_load_quick(tmp_path: Path, tiny_model_dir: Path) -> None:
 
 def test_serve_overload_quick(tmp_path: Path, tiny_model_dir: Path) -> None:
     out = tmp_path / "serve_load.csv"
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "serve_load.py"), "--quick", "--overload",
-                        "--model", str(tiny_model_dir), "--out", str(out)], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    _quick("serve_load.py", "--overload", "--model", str(tiny_model_dir), "--out", str(out))
     rows = list(csv.DictReader((tmp_path / "serve_overload.csv").open()))
     assert [row["max_queue"] for row in rows] == ["8", "unbounded"]
     assert all(int(row["errors"]) == 0 and int(row["admitted"]) > 0 for row in rows)
@@ -131,9 +126,7 @@ def test_serve_overload_quick(tmp_path: Path, tiny_model_dir: Path) -> None:
 
 def test_retrieval_quality_quick(tmp_path: Path) -> None:
     out = tmp_path / "retrieval_quality.csv"
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "retrieval_quality.py"), "--quick", "--bootstrap",
-                        "50", "--out", str(out)], capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
+    _quick("retrieval_quality.py", "--bootstrap", "50", "--out", str(out), timeout=900)
     rows = list(csv.DictReader(out.open()))
     names = {row["retriever"] for row in rows if row["kind"] == "retriever"}
     assert names == {"dense", "sparse", "hybrid", "prognostic"}
@@ -149,9 +142,7 @@ def test_retrieval_quality_quick(tmp_path: Path) -> None:
 
 def test_sft_throughput_quick(tmp_path: Path, tiny_model_dir: Path) -> None:
     out = tmp_path / "sft.csv"
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sft_throughput.py"), "--quick", "--model",
-                        str(tiny_model_dir), "--out", str(out)], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    _quick("sft_throughput.py", "--model", str(tiny_model_dir), "--out", str(out))
     rows = list(csv.DictReader(out.open()))
     from icl_toolkit.hardware import cpu_bf16
 
