@@ -163,7 +163,7 @@ def test_each_backend_declares_its_options_as_constructor_arguments():
         covered |= declared
     assert covered == fields
     defaults = inspect.signature(HFBackend.__init__).parameters
-    assert defaults["device"].default == "cpu" and defaults["dtype"].default == "float32"
+    assert defaults["device"].default == "cpu" and defaults["dtype"].default == "auto"
 
 
 def test_icl_predict_engine_flags_are_checked_against_the_backend(small_cohort, tmp_path, invoke):
