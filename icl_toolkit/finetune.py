@@ -436,7 +436,8 @@ class Finetuner:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         trainable.save_pretrained(str(tmp))
-        tok.save_pretrained(str(tmp))
+        if not self.config.lora:  # an adapter is loaded on its base model, with the base's tokenizer
+            tok.save_pretrained(str(tmp))
         write_json_atomic(tmp / CHECKPOINT_META, meta)
         _write_history(tmp, history, meta)
         if out.exists():

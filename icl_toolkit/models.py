@@ -177,6 +177,8 @@ def load_tokenizer(model: str = "default") -> Any:
     local = _resolve_local(model)
     if local is None:
         raise _unknown("model", model)
+    if is_adapter(local) and not (local / "tokenizer_config.json").exists():
+        return load_tokenizer(adapter_base(local))  # an adapter folder reads with its base model's tokenizer
     try:
         return AutoTokenizer.from_pretrained(str(local), local_files_only=True)
     except (OSError, ValueError) as exc:

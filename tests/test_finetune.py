@@ -172,6 +172,10 @@ def test_lora_adapter_saves_and_loads_on_its_base(small_cohort, tiny_model_dir, 
     tuner = Finetuner(cfg, base=str(tiny_model_dir), progress=False)
     result = tuner.fit(small_cohort[:16], tmp_path / "lora", val=small_cohort[40:48])
     assert (result.folder / "adapter_config.json").exists() and not (result.folder / "model.safetensors").exists()
+    assert not (result.folder / "tokenizer.json").exists()  # small enough to commit: the base's tokenizer is used
+    from icl_toolkit.models import load_tokenizer
+
+    assert load_tokenizer(str(result.folder)).get_vocab() == load_tokenizer(str(tiny_model_dir)).get_vocab()
     assert result.meta["lora"] and result.meta["final_val_loss"] < result.meta["initial_val_loss"]
     merged, tok = load_lm(str(result.folder), dtype="float32")
     base, _ = load_lm(str(tiny_model_dir), dtype="float32")
