@@ -2,10 +2,14 @@
 
 One bar per stage with a ``desc``; ``enabled=False`` (or a non-interactive use
 that asks for silence) turns it into a no-op so library callers and tests stay quiet.
+When stderr is not a terminal (a job's log file), the bar becomes plain lines: one
+every ``LOG_EVERY`` seconds at most, and one at the end, so a long run's log shows
+where it is.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -15,6 +19,31 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 __all__ = ["progress_bar", "stderr_console"]
 
 stderr_console = Console(stderr=True, soft_wrap=True)
+LOG_EVERY = 60.0
+"""Seconds between progress lines when stderr is not a terminal."""
+
+
+@contextmanager
+def _log_lines(desc: str, total: int) -> Iterator[Callable[..., None]]:
+    start = last = time.monotonic()
+    state = {"done": 0, "note": None}
+
+    def line() -> None:
+        done, spent = state["done"], time.monotonic() - start
+        eta = f", about {spent / done * (total - done) / 60:.0f} min left" if 0 < done < total else ""
+        note = f" {state['note']}" if state["note"] else ""
+        stderr_console.print(f"{desc}{note}: {done}/{total} in {spent / 60:.1f} min{eta}", highlight=False)
+
+    def advance(n: int = 1, note: str | None = None) -> None:
+        nonlocal last
+        state["done"] += n
+        state["note"] = note
+        if time.monotonic() - last >= LOG_EVERY:
+            last = time.monotonic()
+            line()
+
+    yield advance
+    line()
 
 
 @contextmanager
@@ -22,6 +51,10 @@ def progress_bar(desc: str, total: int, enabled: bool = True) -> Iterator[Callab
     """A rich progress bar on stderr; yields ``advance(n=1, note=None)`` (``note`` is shown after ``desc``)."""
     if not enabled:
         yield lambda n=1, note=None: None
+        return
+    if not stderr_console.is_terminal:
+        with _log_lines(desc, total) as advance:
+            yield advance
         return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=stderr_console, transient=False) as bar:

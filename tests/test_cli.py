@@ -75,3 +75,16 @@ def test_malformed_file_gets_line_numbered_errors_no_traceback(tmp_path: Path) -
     assert r.returncode == 1 and "Traceback" not in r.stderr and f"{bad}:3: sex" in r.stderr
     r = _icl("data", "validate", str(tmp_path / "missing.jsonl"), cwd=tmp_path)
     assert r.returncode == 1 and "file not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_progress_in_a_log_file_is_plain_lines(monkeypatch, capsys):
+    """A job whose stderr is a file gets progress lines (not a bar drawn only at the end)."""
+    from icl_toolkit import progress
+
+    monkeypatch.setattr(progress, "LOG_EVERY", 0.0)
+    monkeypatch.setattr(progress.stderr_console, "_force_terminal", False)
+    with progress.progress_bar("scoring", 3) as advance:
+        advance(1)
+        advance(2, "loss 0.5")
+    err = capsys.readouterr().err
+    assert "scoring: 1/3 in" in err and "about" in err and "scoring loss 0.5: 3/3 in" in err
