@@ -46,6 +46,7 @@ import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Literal
 
@@ -320,7 +321,7 @@ class Finetuner:
         trainable.eval()
         history = _history(trainer.state.log_history)
         params = [p for p in trainable.parameters() if p.requires_grad]
-        meta = self._meta(train, val_patients, train_name, examples, val_examples, trainer, history, params,
+        meta = self._meta(run_id, train_name, examples, val_examples, trainer, history, params,
                           steps_per_epoch, total) | {"seconds": round(time.perf_counter() - start_time, 1),
                                                      "resumed_from": checkpoint.name if checkpoint else None}
         self._save(trainable, tok, out, meta, history)
@@ -360,10 +361,9 @@ class Finetuner:
         c = self.config
         bf16 = resolve_dtype(c.dtype, c.device) == "bfloat16"
         disable_progress_bar()  # datasets' per-map bars; the training bar below is the one to watch
-        if val_examples:
-            every = c.eval_steps or max(1, math.ceil(total / (c.eval_points + 1)))
-        else:
-            every = c.eval_steps or max(1, math.ceil(total / 5))  # still save, so the run can resume
+        # without validation patients there is nothing to evaluate, but the trainer still saves 4 times (resume)
+        points = c.eval_points if val_examples else 4
+        every = c.eval_steps or max(1, math.ceil(total / (points + 1)))
         metric = {"auroc": "eval_auroc", "loss": "eval_loss"}[c.stop_on]
         args = SFTConfig(
             output_dir=str(work / "trainer"), seed=c.seed, data_seed=c.seed, max_steps=total,
@@ -391,7 +391,7 @@ class Finetuner:
         trainer.add_callback(ProgressCallback(f"fine-tuning ({c.target})", total, self.progress))
         return trainer
 
-    def _meta(self, train: list[Patient], val_patients: list[Patient], train_name: str,
+    def _meta(self, run_id: dict[str, Any], train_name: str,
               examples: list[SFTExample], val_examples: list[SFTExample], trainer: Any,
               history: list[dict[str, Any]], params: list[Any], steps_per_epoch: int, total: int) -> dict[str, Any]:
         c = self.config
@@ -404,16 +404,16 @@ class Finetuner:
         return base_meta("checkpoint") | {
             "target": c.target,
             "base": self.base,
-            "base_id": lm_id(self.base),
+            "base_id": run_id["base_id"],
             "lora": c.lora,
-            "trainer": f"trl {_version('trl')} SFTTrainer (transformers {_version('transformers')})",
+            "trainer": f"trl {version('trl')} SFTTrainer (transformers {version('transformers')})",
             "config": c.model_dump() | {"lr": c.learning_rate},
             "prompt": {"template": SFT_TEMPLATE, "query_tokens": c.query_tokens, "horizon_years": c.horizon_years},
-            "train_hash": content_hash(train),
+            "train_hash": run_id["train_hash"],
             "train_file": train_name,
             "n_train": len(examples),
             "n_train_target_tokens": int(sum(e.n_target for e in examples)),
-            "val_hash": content_hash(val_patients) if val_patients else None,
+            "val_hash": run_id["val_hash"],
             "n_val": len(val_examples),
             "steps": steps,
             "scheduled_steps": total,
@@ -446,16 +446,10 @@ class Finetuner:
         return out
 
 
-def _version(pkg: str) -> str:
-    from importlib.metadata import version
-
-    return version(pkg)
-
-
 def _dataset(examples: Sequence[SFTExample]) -> Dataset:
     """Tokenised prompt-completion examples as TRL takes them: ``input_ids`` and a ``completion_mask``."""
     return Dataset.from_dict({"input_ids": [e.input_ids for e in examples],
-                          "completion_mask": [[int(t != IGNORE) for t in e.labels] for e in examples]})
+                              "completion_mask": [[int(t != IGNORE) for t in e.labels] for e in examples]})
 
 
 def _history(log_history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

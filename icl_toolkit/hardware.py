@@ -28,29 +28,29 @@ _BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The feature flags the kernel reports for the first CPU (empty where /proc/cpuinfo is not readable)."""
+def _cpuinfo() -> dict[str, str]:
+    """The first CPU's ``key: value`` lines of /proc/cpuinfo (empty where it is not readable)."""
     try:
         text = Path("/proc/cpuinfo").read_text(errors="replace")
     except OSError:
-        return frozenset()
+        return {}
+    info: dict[str, str] = {}
     for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return frozenset(value.split())
-    return frozenset()
+        key, sep, value = line.partition(":")
+        if sep:
+            info.setdefault(key.strip(), value.strip())
+    return info
 
 
-@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The feature flags the kernel reports for the first CPU (x86 ``flags``, Arm ``Features``)."""
+    info = _cpuinfo()
+    return frozenset((info.get("flags") or info.get("Features") or "").split())
+
+
 def cpu_name() -> str:
     """The processor's model name (``platform.processor()`` where /proc/cpuinfo says nothing)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
 def cpu_bf16() -> bool:

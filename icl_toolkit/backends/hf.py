@@ -51,12 +51,11 @@ class HFBackend(BaseBackend):
     def __init__(self, model: str = "default", *, device: str = "cpu", dtype: str = "auto",
                  batch_size: int | None = None, batch_tokens: int = 16384, padding_side: str = "left",
                  max_context: int | None = None, progress: bool = True, generate_batch_size: int = 8) -> None:
-        from icl_toolkit.hardware import resolve_dtype
         from icl_toolkit.models import lm_id, load_lm
 
         if batch_size is None:
             batch_size = 1 if device == "cpu" else 8
-        lm, tok = load_lm(model, device=device, dtype=resolve_dtype(dtype, device))
+        lm, tok = load_lm(model, device=device, dtype=dtype)  # load_lm resolves "auto" for this machine
         self._setup(lm, tok, lm_id(model), batch_size, batch_tokens, padding_side, max_context, progress)
         self.generate_batch_size = max(int(generate_batch_size), 1)
 
