@@ -556,10 +556,9 @@ class ProgressCallback(TrainerCallback):
         self._ema: float | None = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-        self._bar = progress_bar(self.desc, self.total, self.enabled)
+        self._bar = progress_bar(self.desc + (f" (resumed at step {state.global_step})" if state.global_step else ""),
+                                 self.total, self.enabled, initial=state.global_step)
         self._advance = self._bar.__enter__()
-        if state.global_step:
-            self._advance(state.global_step, "resumed")
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
         if logs and "loss" in logs:

@@ -24,13 +24,14 @@ LOG_EVERY = 60.0
 
 
 @contextmanager
-def _log_lines(desc: str, total: int) -> Iterator[Callable[..., None]]:
+def _log_lines(desc: str, total: int, initial: int = 0) -> Iterator[Callable[..., None]]:
     start = last = time.monotonic()
-    state = {"done": 0, "note": None}
+    state = {"done": initial, "note": None}
 
     def line() -> None:
         done, spent = state["done"], time.monotonic() - start
-        eta = f", about {spent / done * (total - done) / 60:.0f} min left" if 0 < done < total else ""
+        rate = (done - initial) / spent if spent > 0 else 0.0   # this run's rate: work done before a resume is not
+        eta = f", about {(total - done) / rate / 60:.0f} min left" if rate > 0 and done < total else ""
         note = f" {state['note']}" if state["note"] else ""
         stderr_console.print(f"{desc}{note}: {done}/{total} in {spent / 60:.1f} min{eta}", highlight=False)
 
@@ -47,18 +48,22 @@ def _log_lines(desc: str, total: int) -> Iterator[Callable[..., None]]:
 
 
 @contextmanager
-def progress_bar(desc: str, total: int, enabled: bool = True) -> Iterator[Callable[..., None]]:
-    """A rich progress bar on stderr; yields ``advance(n=1, note=None)`` (``note`` is shown after ``desc``)."""
+def progress_bar(desc: str, total: int, enabled: bool = True, initial: int = 0) -> Iterator[Callable[..., None]]:
+    """A rich progress bar on stderr; yields ``advance(n=1, note=None)`` (``note`` is shown after ``desc``).
+
+    ``initial`` is work already done (a resumed run): it is counted as done but not in the rate behind the
+    time left.
+    """
     if not enabled:
         yield lambda n=1, note=None: None
         return
     if not stderr_console.is_terminal:
-        with _log_lines(desc, total) as advance:
+        with _log_lines(desc, total, initial) as advance:
             yield advance
         return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=stderr_console, transient=False) as bar:
-        task = bar.add_task(desc, total=total)
+        task = bar.add_task(desc, total=total, completed=initial)
 
         def advance(n: int = 1, note: str | None = None) -> None:
             bar.update(task, advance=n, description=f"{desc} {note}" if note else desc)

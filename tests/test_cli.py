@@ -88,3 +88,18 @@ def test_progress_in_a_log_file_is_plain_lines(monkeypatch, capsys):
         advance(2, "loss 0.5")
     err = capsys.readouterr().err
     assert "scoring: 1/3 in" in err and "about" in err and "scoring loss 0.5: 3/3 in" in err
+
+
+def test_progress_time_left_counts_only_this_runs_rate(monkeypatch, capsys):
+    """A resumed run (initial work already done) estimates the time left from its own pace, not from the
+    steps done before the restart, which took no time in this run."""
+    from icl_toolkit import progress
+
+    clock = iter([0.0, 0.0, 60.0, 60.0, 60.0, 60.0])
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(progress, "LOG_EVERY", 0.0)
+    monkeypatch.setattr(progress.stderr_console, "_force_terminal", False)
+    with progress.progress_bar("training", 200, initial=100) as advance:
+        advance(10)           # 10 steps in this run's first minute: 90 left at 10/min
+    err = capsys.readouterr().err
+    assert "training: 110/200 in 1.0 min, about 9 min left" in err, err
