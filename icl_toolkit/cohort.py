@@ -106,6 +106,13 @@ class Patient:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def subject_id(self) -> str:
+        """The person this record is about: ``metadata.subject_id`` when present (a MEDS subject labelled at
+        several prediction times gives several records), else the record's own id. Leakage guards work on it."""
+        sid = self.metadata.get("subject_id") if self.metadata else None
+        return str(sid) if sid is not None else self.patient_id
+
+    @property
     def age_at_index(self) -> float:
         """Age in years at the index date."""
         return (self.index_date - self.birth_date).days / 365.25

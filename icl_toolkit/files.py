@@ -7,10 +7,11 @@ import errno
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from icl_toolkit.errors import ConfigError, FileAccessError
 
-__all__ = ["keep_mode", "check_not_input", "describe_os_error", "os_error"]
+__all__ = ["keep_mode", "check_not_input", "describe_os_error", "os_error", "load_settings_file"]
 
 
 def keep_mode(target: str | os.PathLike[str], tmp: str | os.PathLike[str]) -> None:
@@ -68,3 +69,31 @@ def describe_os_error(exc: OSError, path: str | os.PathLike[str] | None = None, 
 def os_error(exc: OSError, path: str | os.PathLike[str] | None = None, doing: str | None = None) -> FileAccessError:
     """The toolkit's error for an operating-system error on ``path`` (see :func:`describe_os_error`)."""
     return FileAccessError(describe_os_error(exc, path, doing))
+
+
+def load_settings_file(path: str | os.PathLike[str], model: Any, what: str, fields: str) -> Any:
+    """Read a small TOML (or, by suffix, JSON) settings file into the pydantic ``model``.
+
+    A missing file, a syntax error or a bad field is a :class:`ConfigError` naming the file (and the field, with
+    the model's message and ``fields``: the fields and sections the file may have).
+    """
+    import json
+    import tomllib
+
+    from pydantic import ValidationError
+
+    path = Path(path)
+    is_json = path.suffix.lower() == ".json"
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if is_json else tomllib.loads(text)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no {what} here (file not found).") from None
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid {'JSON' if is_json else 'TOML'} ({exc}).") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "-"
+        raise ConfigError(f"{path}: {where}: {err['msg']}. {fields}") from None

@@ -21,7 +21,8 @@ way and its demonstrations are chosen by a strategy:
     k pool patients drawn uniformly, seeded per query (the same query gets the
     same demonstrations whatever else is in the batch).
 
-Leakage guards, always on: a pool record with the query's ``patient_id`` is never
+Leakage guards, always on: a pool record of the query's subject (``Patient.subject_id``:
+the same ``patient_id``, or the same MEDS subject at another prediction time) is never
 a demonstration (also when the pool holds it several times). Optional temporal
 guard: a demonstration whose outcome window (index date + horizon) ends after the
 query's index date is dropped, so no demo's outcome lies in the query's future.
@@ -417,6 +418,7 @@ class Retriever:
         self.representation_ = rep
         self.labels_ = np.array([-1 if p.label is None else p.label for p in pool])
         self.ids_ = np.array([p.patient_id for p in pool], dtype=object)
+        self.subjects_ = np.array([p.subject_id for p in pool], dtype=object)
         self.window_ends_ = np.array([_window_end(p.index_date, c.horizon_years) for p in pool])
         known = self.labels_[self.labels_ >= 0]
         self.prevalence_ = float(known.mean()) if len(known) else 0.0
@@ -428,7 +430,7 @@ class Retriever:
 
     def _eligible(self, query: Patient, rows: np.ndarray) -> np.ndarray:
         ok = (rows >= 0)
-        ok[ok] &= self.ids_[rows[ok]] != query.patient_id
+        ok[ok] &= self.subjects_[rows[ok]] != query.subject_id
         if self.config.temporal_guard:
             ok[ok] &= self.window_ends_[rows[ok]] <= query.index_date
         return rows[ok]

@@ -285,10 +285,11 @@ class PrognosticBlock(Block):
         return LogisticRegression(C=self.C, max_iter=5000)
 
     def folds_of(self, pool: Sequence[Patient], folds: int | None = None) -> np.ndarray:
-        """Each pool patient's cross-fitting fold, from a hash of its id and the seed: never from its label, so a
-        patient's own label decides neither its fold nor (through the other folds' model) its score."""
+        """Each pool patient's cross-fitting fold, from a hash of its subject and the seed: never from its label, so
+        a patient's own label decides neither its fold nor (through the other folds' model) its score, and the
+        records of one subject (several prediction times) share a fold."""
         n = folds or self.folds
-        return np.array([int.from_bytes(hashlib.sha256(f"{self.seed}:{p.patient_id}".encode()).digest()[:8],
+        return np.array([int.from_bytes(hashlib.sha256(f"{self.seed}:{p.subject_id}".encode()).digest()[:8],
                                         "little") % n for p in pool])
 
     def fit(self, pool: Sequence[Patient], *, progress: bool = False) -> Block:

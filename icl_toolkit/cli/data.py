@@ -127,13 +127,19 @@ def split_cmd(
     split: Annotated[Optional[str], typer.Option(help="Fractions when records carry no split, e.g. train=0.7,val=0.1,test=0.2.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for assigning splits.")] = 0,
 ) -> None:
-    """Write one file per split (patient-disjoint), using the records' split field or new stratified ones."""
+    """Write one file per split (subject-disjoint), using the records' split field or new stratified ones."""
     patients = read_cohort(file)
     missing = [p for p in patients if p.split is None]
     if missing or split:
         fractions = parse_split(split or "train=0.7,val=0.1,test=0.2")
-        for p, name in zip(patients, assign_splits([p.label for p in patients], fractions, seed)):
-            p.split = name
+        # by subject: the records of one subject (several prediction times) land in one split
+        subjects: dict[str, list[Any]] = {}
+        for p in patients:
+            subjects.setdefault(p.subject_id, []).append(p)
+        labels = [max((r.label for r in recs if r.label is not None), default=None) for recs in subjects.values()]
+        for recs, name in zip(subjects.values(), assign_splits(labels, fractions, seed)):
+            for p in recs:
+                p.split = name
     for name in ("train", "val", "test"):
         group = [p for p in patients if p.split == name]
         if group:
@@ -234,3 +240,95 @@ def _print_omop_summary(s: Any) -> None:
                   f"{s.events_after_index} later events left out"
                   + (f"; {s.no_history} patients have no events before the index date" if s.no_history else ""),
                   highlight=False)
+
+
+@app.command("from-meds")
+def from_meds(
+    root: Annotated[Path, typer.Option(help="MEDS root: data/**/*.parquet and metadata/ (codes.parquet, subject_splits.parquet).")],
+    labels: Annotated[Path, typer.Option(help="ACES label file (subject_id, prediction_time, boolean_value), or a folder of them.")],
+    out: Annotated[Path, typer.Option(help="Output cohort JSONL file; a summary goes beside it (<out>.summary.json).")],
+    split: Annotated[Optional[str], typer.Option(help="Only subjects of this MEDS split: train, tuning or held_out (from metadata/subject_splits.parquet).")] = None,
+    code_map: Annotated[Optional[Path], typer.Option(help="TOML file mapping more codes and vocabularies to event kinds ([codes], [vocabularies], [static], ignore); see the README.")] = None,
+    outcome: Annotated[Optional[Path], typer.Option(help="Outcome codes (TOML/JSON: name, icd10_prefixes, snomed_codes, meds_codes), for each case's outcome date; default ADRD.")] = None,
+) -> None:
+    """Build a cohort from a MEDS dataset and an ACES label file: one record per label row, history up to its prediction time."""
+    from icl_toolkit.artifacts import base_meta, write_json_atomic
+    from icl_toolkit.meds import load_code_map, open_meds
+    from icl_toolkit.omop import load_outcome
+
+    start = time.perf_counter()
+    cohort = open_meds(root, labels, split=split, code_map=load_code_map(code_map) if code_map else None,
+                       outcome=load_outcome(outcome) if outcome else None)
+    with progress_bar("reading MEDS rows", cohort.total_rows) as advance:
+        cohort.progress = advance
+        write_cohort(cohort, out)
+    s = cohort.summary
+    summary_path = out.with_name(out.name + ".summary.json")
+    write_json_atomic(summary_path, {"meta": {**base_meta("meds-cohort"), "root": str(root), "labels": str(labels),
+                                              "split": split, "code_map": str(code_map) if code_map else None,
+                                              "outcome": str(outcome) if outcome else "ADRD"},
+                                     "summary": s.as_dict()})
+    _print_meds_summary(s)
+    console.print(f"wrote {s.records} records of {s.subjects} subjects ({s.cases} cases, {s.controls} controls"
+                  + (f", {s.unlabelled} unlabelled" if s.unlabelled else "") + f") to {out} in "
+                  f"{time.perf_counter() - start:.1f}s; summary in {summary_path}", highlight=False)
+
+
+def _print_meds_summary(s: Any) -> None:
+    for line in s.casts:
+        err_console.print(f"note: {line}", highlight=False, markup=False)
+    t = Table(title=f"MEDS rows read from {s.root} ({len(s.shards)} shard{'s' if len(s.shards) != 1 else ''})")
+    t.add_column("rows")
+    t.add_column("count", justify="right")
+    t.add_row("read", str(s.data_rows))
+    t.add_row("of subjects without a label (not read further)", str(s.rows_other_subjects))
+    t.add_row("sex and birth date", str(s.rows_demographic))
+    t.add_row("made into events", str(s.rows_used))
+    for why, n in sorted(s.dropped.items(), key=lambda kv: -kv[1]):
+        t.add_row(f"dropped: {why}", str(n))
+    for why, n in sorted(s.repaired.items(), key=lambda kv: -kv[1]):
+        t.add_row(f"repaired: {why}", str(n))
+    console.print(t)
+    if s.unknown_codes:
+        top = ", ".join(f"{c} ({n})" for c, n in s.unknown_codes.most_common(8))
+        console.print(f"most common codes of unknown vocabularies: {top}; map them with --code-map",
+                      highlight=False, markup=False)
+    a = Table(title=f"Label rows read from {s.labels}")
+    a.add_column("label rows")
+    a.add_column("count", justify="right")
+    a.add_row("read", str(s.label_rows))
+    if s.split:
+        a.add_row(f"of subjects outside split {s.split}", str(s.label_rows_other_split))
+    for why, n in sorted(s.label_dropped.items(), key=lambda kv: -kv[1]):
+        a.add_row(f"dropped: {why}", str(n))
+    a.add_row("records written", str(s.records))
+    console.print(a)
+    events = ", ".join(f"{k} {n}" for k, n in sorted(s.events_written.items(), key=lambda kv: -kv[1]))
+    console.print(f"events written (at or before each prediction time): {events or 'none'}; "
+                  f"{s.events_after_prediction_time} later events left out", highlight=False)
+
+
+@app.command("to-meds")
+def to_meds(
+    cohort: Annotated[Path, typer.Option(help="Cohort JSONL file.")],
+    out: Annotated[Path, typer.Option(help="MEDS root to create (data/, metadata/, labels/<task>.parquet).")],
+    task: Annotated[str, typer.Option(help="Name of the label file written under <out>/labels/.")] = "adrd_5y",
+    labels_out: Annotated[Optional[Path], typer.Option(help="Write the label file here instead.")] = None,
+    shard_size: Annotated[int, typer.Option(min=1, help="Subjects per data shard.")] = 10_000,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing, non-empty --out.")] = False,
+) -> None:
+    """Write a cohort as a MEDS dataset (data shards, codes, dataset metadata, splits) plus a MEDS label file."""
+    from icl_toolkit.artifacts import content_hash
+    from icl_toolkit.meds import write_meds
+
+    start = time.perf_counter()
+    patients = read_cohort(cohort)
+    with progress_bar("writing MEDS", len(patients)) as advance:
+        s = write_meds(patients, out, dataset_name=cohort.stem, dataset_version=content_hash(patients),
+                       task=task, labels_out=labels_out, shard_size=shard_size, overwrite=overwrite, progress=advance)
+    console.print(f"wrote {s.subjects} subjects ({s.data_rows} rows in {len(s.shards)} shard"
+                  f"{'s' if len(s.shards) != 1 else ''}, {s.codes} codes) to {out} and {s.label_rows} labels to "
+                  f"{s.labels}" + (f"; {s.unlabelled_left_out} unlabelled records have no label row"
+                                   if s.unlabelled_left_out else "")
+                  + f"; {s.onset_rows_added} onset diagnoses added at the cases' outcome dates "
+                  f"in {time.perf_counter() - start:.1f}s", highlight=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import typer
 from rich.table import Table
@@ -19,6 +19,8 @@ from icl_toolkit.cli._common import (
 )
 from icl_toolkit.backends.options import EngineOptions
 from icl_toolkit.spec import Balance, Demos, Mode, Order, RationaleStyle, Strategy
+
+OutFormat = Literal["jsonl", "meds"]
 
 def _print_example(record: dict[str, Any]) -> None:
     table = Table(title=f"patient {record['patient_id']}: P(ADRD within window) = {record['probability']:.3f}"
@@ -67,6 +69,7 @@ def predict(
     limit: Annotated[Optional[int], typer.Option(min=1, help="Predict only the first N patients.")] = None,
     chunk_size: Annotated[int, typer.Option(min=1, help="Patients scored between two writes to --out.")] = 8,
     show: Annotated[int, typer.Option(min=0, help="Print this many predictions with their demonstrations.")] = 1,
+    format: Annotated[OutFormat, typer.Option("--format", help="jsonl: the JSONL records; meds: also <out>.meds.parquet in the meds-evaluation schema (subject_id, prediction_time, boolean_value, predicted_boolean_value, predicted_boolean_probability).")] = "jsonl",
     *,
     engine: EngineOptions,
     retriever_options: dict[str, Any],
@@ -86,6 +89,16 @@ def predict(
         overwrite=overwrite, limit=limit, chunk_size=chunk_size,
         on_resume=lambda done, todo: err_console.print(f"resuming {out}: {done} done, {todo} to go", highlight=False))
     console.print(f"wrote {len(records)} predictions to {out} in {time.perf_counter() - start:.1f}s", highlight=False)
+    if format == "meds":
+        from icl_toolkit.cohort import read_cohort
+        from icl_toolkit.meds import write_meds_predictions
+        from icl_toolkit.meds.predictions import meds_predictions_path
+
+        path = meds_predictions_path(out)
+        n, left = write_meds_predictions(records, read_cohort(cohort), path)
+        console.print(f"wrote {n} predictions in the meds-evaluation schema to {path}"
+                      + (f"; {left} unlabelled records left out (meds-evaluation needs the label)" if left else ""),
+                      highlight=False)
     for r in records[:show]:
         _print_example(r)
     labelled = [r for r in records if r["label"] is not None]

@@ -179,10 +179,11 @@ class Comparison:
         test = list(test)[:c.limit] if c.limit else list(test)
         val = (list(val)[:c.val_limit] if c.val_limit else list(val)) if val else []
         pool = list(pool)
-        overlap = {p.patient_id for p in pool} & {p.patient_id for p in [*test, *val]}
+        overlap = {p.subject_id for p in pool} & {p.subject_id for p in [*test, *val]}
         if overlap:
-            raise ConfigError(f"{len(overlap)} test or validation patients are also in the pool (first: "
-                              f"{sorted(overlap)[0]}); they would see their own outcome. Use disjoint splits.")
+            raise ConfigError(f"{len(overlap)} test or validation subjects are also in the pool (first: "
+                              f"{sorted(overlap)[0]}); they would see their own outcome. Use splits that are "
+                              "disjoint by subject (MEDS: a subject's records at every prediction time in one split).")
         arms = select_arms(c.arms(), only, c.reference_arm) if only else c.arms()
         self.out.mkdir(parents=True, exist_ok=True)
         keys = {a.retrieval_key for a in arms if a.retrieval_key}

@@ -13,19 +13,20 @@ A condition record is an outcome record when any of these holds:
 3. its ``condition_source_concept_id`` is an ICD-10/ICD-10-CM concept whose
    code starts with one of the prefixes.
 
+``icl data from-meds`` matches MEDS codes with the ICD-10 prefixes
+(``ICD10CM//G30.9``), the SNOMED codes (``SNOMED//26929004``) and ``meds_codes``.
+
 The default is :data:`ADRD`. Another definition can be read from a TOML or JSON
 file with the same fields (``icl data from-omop --outcome FILE``).
 """
 
 from __future__ import annotations
 
-import json
-import tomllib
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from icl_toolkit.errors import ConfigError
+from icl_toolkit.files import load_settings_file
 
 __all__ = ["OutcomeDefinition", "ADRD", "load_outcome", "normalize_code"]
 
@@ -50,6 +51,8 @@ class OutcomeDefinition(BaseModel):
     """ICD-10 / ICD-10-CM code prefixes, matched against source values and source concepts."""
     include_descendants: bool = True
     """Add every descendant of the standard concepts when concept_ancestor is present."""
+    meds_codes: tuple[str, ...] = ()
+    """Whole MEDS codes (``VOCAB//CODE``; a trailing ``*`` matches a prefix), for ``icl data from-meds`` only."""
 
     @field_validator("icd10_prefixes")
     @classmethod
@@ -91,18 +94,6 @@ ADRD = OutcomeDefinition(
 
 def load_outcome(path: str | Path) -> OutcomeDefinition:
     """Read an outcome definition from a TOML or JSON file."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-        data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no outcome definition here (file not found).") from None
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'TOML'} ({exc}).") from None
-    try:
-        return OutcomeDefinition.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(x) for x in err["loc"]) or "-"
-        raise ConfigError(f"{path}: {field}: {err['msg']}. Fields: name, snomed_codes, concept_ids, "
-                          "icd10_prefixes, include_descendants.") from None
+    return load_settings_file(path, OutcomeDefinition, "outcome definition",
+                              "Fields: name, snomed_codes, concept_ids, icd10_prefixes, include_descendants, "
+                              "meds_codes.")
