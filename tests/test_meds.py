@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from pathlib import Path
 
 import meds
@@ -224,7 +225,7 @@ def test_malformed_meds_gives_counted_drops(tmp_path):
     ("order", r"subject_id 1 appears again"),
     ("labels", r"labels\.parquet: no boolean_value column \(found integer_value\)"),
 ])
-def test_malformed_meds_gives_an_error_naming_file_and_column(tmp_path, case, match):
+def test_malformed_meds_gives_an_error_naming_file_and_column(tmp_path, case, match, invoke):
     root = tmp_path / "m"
     rows = _subject(1, _ts(1950, 1, 1), [(_ts(2010, 1, 1), "ICD10CM//I10", None, None)])
     if case == "missing":
@@ -243,6 +244,8 @@ def test_malformed_meds_gives_an_error_naming_file_and_column(tmp_path, case, ma
                                  "integer_value": pa.array([1], pa.int64())}), lab)
     with pytest.raises(ConfigError, match=match):
         list(open_meds(root, lab))
+    code, text = invoke(["data", "from-meds", "--root", root, "--labels", lab, "--out", tmp_path / "c.jsonl"])
+    assert code == 1 and "Traceback" not in text and re.search(match, text.replace("\n", " ")), text
 
 
 def test_cli_errors_are_clean(tmp_path, invoke):
