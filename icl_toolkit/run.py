@@ -277,12 +277,14 @@ def predict_cohort_file(cohort: str | os.PathLike[str], out: str | os.PathLike[s
                         index: str | os.PathLike[str] | None = None,
                         retrieval: str | os.PathLike[str] | None = None, resume: bool = False, overwrite: bool = False,
                         limit: int | None = None, chunk_size: int = 8,
-                        on_resume: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
+                        on_resume: Callable[[int, int], None] | None = None,
+                        meds_out: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
     """``icl predict`` as a function: the patients of a cohort file predicted into ``out`` with ``config`` (a
     :class:`~icl_toolkit.spec.PredictConfig`) by ``model`` on ``engine``; returns the records of those patients.
 
     Everything that can be checked without loading is checked first (the pool a demo setting needs, the output
-    rules), so a mistake costs no model load and touches no file.
+    rules), so a mistake costs no model load and touches no file. ``meds_out``: also write the labelled records'
+    predictions there in the meds-evaluation schema (:mod:`icl_toolkit.meds.predictions`).
     """
     from icl_toolkit.backends.options import open_backend
     from icl_toolkit.cohort import read_cohort
@@ -302,6 +304,16 @@ def predict_cohort_file(cohort: str | os.PathLike[str], out: str | os.PathLike[s
     predictor = Predictor(lm, config, retrieval_cache=retrieval).fit(demo_pool, index, pool_name=str(pool))
     output = OutputFile(out, predictor.provenance(patients), resume=resume, overwrite=overwrite, inputs=inputs)
     lm.progress = False
+    if meds_out is not None:
+        from icl_toolkit.meds.predictions import meds_key
+
+        for p in patients:
+            meds_key(p)          # a record without a MEDS subject is refused before any scoring
     predict_to_file(predictor, patients, output, chunk_size=chunk_size, on_resume=on_resume)
     wanted = {p.patient_id for p in patients}
-    return [r for r in output.records() if r["patient_id"] in wanted]
+    records = [r for r in output.records() if r["patient_id"] in wanted]
+    if meds_out is not None:
+        from icl_toolkit.meds.predictions import write_meds_predictions
+
+        write_meds_predictions(records, patients, meds_out)
+    return records

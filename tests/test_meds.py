@@ -171,6 +171,7 @@ def test_three_prediction_times_give_three_records_without_later_events(multi):
     assert [len(p.events) for p in recs] == [1, 2, 4]           # the 15:00 reading after 12:00 is left out
     assert recs[0].events[0].name == "Essential hypertension" and recs[0].events[0].kind == "diagnosis"
     assert recs[1].events[1].value == 6.7 and recs[1].events[1].kind == "lab"
+    assert recs[1].events[1].name == "Hemoglobin A1c/Hemoglobin.total in Blood"    # no description: built-in name
     assert [p.label for p in recs] == [0, 0, 1] and recs[2].outcome_date == dt.date(2018, 2, 2)
 
 

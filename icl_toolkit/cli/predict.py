@@ -83,20 +83,19 @@ def predict(
                              rationale=rationale, mode=mode, template=template, order=order, demo_tokens=demo_tokens,
                              query_tokens=query_tokens, max_context=engine.max_context, threshold=threshold,
                              **retriever_options)
+    from icl_toolkit.meds.predictions import meds_predictions_path
+
+    meds_path = meds_predictions_path(out) if format == "meds" else None
     start = time.perf_counter()
     records = predict_cohort_file(
         cohort, out, config, model=model, engine=engine, pool=pool, index=index, retrieval=retrieval, resume=resume,
         overwrite=overwrite, limit=limit, chunk_size=chunk_size,
-        on_resume=lambda done, todo: err_console.print(f"resuming {out}: {done} done, {todo} to go", highlight=False))
+        on_resume=lambda done, todo: err_console.print(f"resuming {out}: {done} done, {todo} to go", highlight=False),
+        meds_out=meds_path)
     console.print(f"wrote {len(records)} predictions to {out} in {time.perf_counter() - start:.1f}s", highlight=False)
-    if format == "meds":
-        from icl_toolkit.cohort import read_cohort
-        from icl_toolkit.meds import write_meds_predictions
-        from icl_toolkit.meds.predictions import meds_predictions_path
-
-        path = meds_predictions_path(out)
-        n, left = write_meds_predictions(records, read_cohort(cohort), path)
-        console.print(f"wrote {n} predictions in the meds-evaluation schema to {path}"
+    if meds_path is not None:
+        left = sum(r["label"] is None for r in records)
+        console.print(f"wrote {len(records) - left} predictions in the meds-evaluation schema to {meds_path}"
                       + (f"; {left} unlabelled records left out (meds-evaluation needs the label)" if left else ""),
                       highlight=False)
     for r in records[:show]:

@@ -168,7 +168,9 @@ class CodeResolver:
         return hit
 
     def _name(self, code: str, local: str) -> str:
-        return self.descriptions.get(code) or local
+        """codes.parquet's description, else the toolkit's own name for a known measurement, else the code."""
+        spec = MEASURE_BY_CODE.get(local) if code.upper().startswith("LOINC") else None
+        return self.descriptions.get(code) or (spec.code.name if spec else local)
 
     def _resolve(self, code: str) -> MappedCode | str:
         rule = self.map.codes.get(code)
