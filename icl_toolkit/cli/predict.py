@@ -18,9 +18,11 @@ from icl_toolkit.cli._common import (
     with_retriever_flags,
 )
 from icl_toolkit.backends.options import EngineOptions
+from icl_toolkit.scale.ray_run import RayOptions
 from icl_toolkit.spec import Balance, Demos, Mode, Order, RationaleStyle, Strategy
 
 OutFormat = Literal["jsonl", "meds"]
+RunEngine = Literal["local", "ray"]
 
 def _print_example(record: dict[str, Any]) -> None:
     table = Table(title=f"patient {record['patient_id']}: P(ADRD within window) = {record['probability']:.3f}"
@@ -69,13 +71,18 @@ def predict(
     limit: Annotated[Optional[int], typer.Option(min=1, help="Predict only the first N patients.")] = None,
     chunk_size: Annotated[int, typer.Option(min=1, help="Patients scored between two writes to --out.")] = 8,
     show: Annotated[int, typer.Option(min=0, help="Print this many predictions with their demonstrations.")] = 1,
+    run_engine: Annotated[RunEngine, typer.Option("--engine", help="local: this process; ray: Ray Data replicas (--out is then a folder of shards with a manifest; needs icl-toolkit[ray]).")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option(help="ray: 'auto' joins the cluster this machine is in (ray start); ray://HOST:10001 a remote one; default: a local Ray instance.")] = None,
+    replicas: Annotated[int, typer.Option(min=1, help="ray: model replicas scoring at once.")] = 1,
+    gpus_per_replica: Annotated[float, typer.Option(min=0.0, help="ray: GPUs per replica (0: CPU).")] = 0.0,
+    cpus_per_replica: Annotated[float, typer.Option(min=0.01, help="ray: CPUs per replica.")] = 1.0,
+    shard_size: Annotated[int, typer.Option(min=1, help="ray: records per output shard.")] = 256,
     format: Annotated[OutFormat, typer.Option("--format", help="jsonl: the JSONL records; meds: also <out>.meds.parquet in the meds-evaluation schema (subject_id, prediction_time, boolean_value, predicted_boolean_value, predicted_boolean_probability).")] = "jsonl",
     *,
     engine: EngineOptions,
     retriever_options: dict[str, Any],
 ) -> None:
     """Predict ADRD onset for each patient with retrieved demonstrations; print metrics when labels are known."""
-    from icl_toolkit.metrics import summary
     from icl_toolkit.run import predict_cohort_file
 
     config = spec_from_flags(model, k=k, strategy=strategy, balance=balance, mmr_lambda=mmr_lambda, seed=seed,
@@ -83,6 +90,12 @@ def predict(
                              rationale=rationale, mode=mode, template=template, order=order, demo_tokens=demo_tokens,
                              query_tokens=query_tokens, max_context=engine.max_context, threshold=threshold,
                              **retriever_options)
+    if run_engine == "ray":
+        _predict_ray(cohort, out, config, model, engine, pool, index, retrieval, format, resume, overwrite, limit,
+                     chunk_size, show, RayOptions(address=ray_address, replicas=replicas, gpus_per_replica=gpus_per_replica,
+                                                  cpus_per_replica=cpus_per_replica, batch_size=chunk_size,
+                                                  shard_size=shard_size))
+        return
     from icl_toolkit.meds.predictions import meds_predictions_path
 
     meds_path = meds_predictions_path(out) if format == "meds" else None
@@ -98,11 +111,45 @@ def predict(
         console.print(f"wrote {len(records) - left} predictions in the meds-evaluation schema to {meds_path}"
                       + (f"; {left} unlabelled records left out (meds-evaluation needs the label)" if left else ""),
                       highlight=False)
-    for r in records[:show]:
+    _report(records, show)
+
+
+def _report(records: list[dict[str, Any]], show: int) -> None:
+    for r in [r for r in records if "error" not in r][:show]:
         _print_example(r)
-    labelled = [r for r in records if r["label"] is not None]
+    labelled = [r for r in records if r.get("label") is not None and "error" not in r]
     if labelled:
+        from icl_toolkit.metrics import summary
+
         m = summary([r["label"] for r in labelled], [r["probability"] for r in labelled])
         fmt = {key: ("n/a" if v is None else f"{v:.3f}") for key, v in m.items() if key != "n"}
         console.print(f"n={m['n']}  prevalence={fmt['prevalence']}  AUROC={fmt['auroc']}  "
                       f"AUPRC={fmt['auprc']}  Brier={fmt['brier']}", highlight=False)
+
+
+def _predict_ray(cohort: Path, out: Path, config: Any, model: str, engine: EngineOptions, pool: Path | None,
+                 index: Path | None, retrieval: Path | None, format: str, resume: bool, overwrite: bool,
+                 limit: int | None, chunk_size: int, show: int, options: RayOptions) -> None:
+    from icl_toolkit.errors import ConfigError
+    from icl_toolkit.scale import predict_ray, read_sharded_records
+    from icl_toolkit.cli._common import progress_bar
+
+    if retrieval is not None:
+        raise ConfigError("--retrieval (a retrieval cache file) is for --engine local; with --engine ray each "
+                          "replica retrieves from the index the driver saves in the output folder.")
+    if format != "jsonl":
+        raise ConfigError("--format meds is for --engine local for now; convert the shards' records after the run.")
+    from icl_toolkit.scale.ray_run import count_records
+
+    total = count_records(cohort) if cohort.is_file() else 0
+    total = min(total, limit) if limit else total
+    with progress_bar(f"predicting on Ray ({options.replicas} replica{'s' if options.replicas > 1 else ''})",
+                      total) as advance:
+        stats = predict_ray(cohort, out, config, model=model, engine=engine, pool=pool, index=index,
+                            options=options, resume=resume, overwrite=overwrite, limit=limit, advance=advance,
+                            on_resume=lambda done, todo: err_console.print(f"resuming {out}: {done} done, {todo} to "
+                                                                           "go", highlight=False))
+    console.print(f"wrote {int(stats['records'])} predictions to {out} ({stats['total']} in its shards, "
+                  f"{stats['failed']} failed) in {stats['seconds']:.1f}s on Ray; first results after "
+                  f"{stats['first_batch_seconds']:.1f}s", highlight=False)
+    _report(read_sharded_records(out), show)

@@ -1,0 +1,184 @@
+"""icl predict --engine ray on a local Ray instance: equality with the single-process path, failures recorded
+without failing the run, resume after the driver is killed, a replica killed mid-run, the missing extra.
+
+Each run starts Ray and its replicas (about half a minute on 2 cores), so these tests carry the ``ray`` marker:
+outside the default ``pytest`` run, inside ``make test`` (a second pytest call) and ``make test-all``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from icl_toolkit.cohort import write_cohort
+from icl_toolkit.errors import IclError
+
+ICL = str(Path(sys.executable).with_name("icl"))
+
+
+def _run(*args, **kw):
+    return subprocess.run([ICL, *map(str, args)], capture_output=True, text=True, timeout=600, **kw)
+
+
+@pytest.fixture(scope="module")
+def files(small_cohort, tmp_path_factory):
+    d = tmp_path_factory.mktemp("ray")
+    write_cohort(small_cohort[:60], d / "pool.jsonl")
+    write_cohort(small_cohort[200:224], d / "test.jsonl")
+    write_cohort(small_cohort[200:300], d / "long.jsonl")
+    return d
+
+
+def _records(folder: Path) -> list[dict]:
+    from icl_toolkit.scale import read_sharded_records
+
+    return read_sharded_records(folder)
+
+
+def _common(files, model):
+    return ["--pool", files / "pool.jsonl", "--model", model, "--k", 2, "--demos", "label", "--query-tokens", 200,
+            "--demo-tokens", 120]
+
+
+@pytest.mark.ray
+def test_ray_equals_single_process_and_records_a_failing_patient(files, tiny_model_dir, tmp_path):
+    lines = (files / "test.jsonl").read_text().splitlines()
+    bad = json.loads(lines[3])
+    bad["patient_id"], bad["sex"] = "BROKEN", "x"
+    (tmp_path / "mixed.jsonl").write_text("\n".join(lines[:3] + [json.dumps(bad)] + lines[3:]) + "\n")
+    r = _run("predict", "--cohort", tmp_path / "mixed.jsonl", *_common(files, tiny_model_dir), "--out",
+             tmp_path / "ray", "--engine", "ray", "--replicas", 2, "--chunk-size", 4, "--shard-size", 5)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "25 predictions" in r.stdout and "1 failed" in r.stdout, r.stdout
+    r = _run("predict", "--cohort", files / "test.jsonl", *_common(files, tiny_model_dir), "--out",
+             tmp_path / "local.jsonl")
+    assert r.returncode == 0, r.stderr[-2000:]
+    ray_recs = {x["patient_id"]: x for x in _records(tmp_path / "ray")}
+    local = {x["patient_id"]: x for x in map(json.loads, (tmp_path / "local.jsonl").read_text().splitlines())}
+    assert ray_recs["BROKEN"]["error"].startswith("invalid record: sex: expected 'F', 'M' or 'U'")
+    del ray_recs["BROKEN"]
+    assert set(ray_recs) == set(local) and len(local) == 24
+    for pid, want in local.items():
+        got = ray_recs[pid]
+        assert abs(got["probability"] - want["probability"]) <= 1e-5
+        assert got["demos"] == want["demos"] and got["prompt_hash"] == want["prompt_hash"]
+    manifest = json.loads((tmp_path / "ray" / "manifest.json").read_text())
+    assert sum(s["records"] for s in manifest["shards"]) == 25 and len(manifest["shards"]) == 5
+
+
+def _wait_for(cond, timeout=300.0, every=0.5):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(every)
+    return False
+
+
+def _shards(folder: Path) -> int:
+    try:
+        return len(json.loads((folder / "manifest.json").read_text())["shards"])
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+@pytest.mark.ray
+def test_resume_after_the_driver_is_killed_gives_every_patient_once(files, tiny_model_dir, tmp_path):
+    args = ["predict", "--cohort", files / "long.jsonl", *_common(files, tiny_model_dir), "--out", tmp_path / "ray",
+            "--engine", "ray", "--chunk-size", 1, "--shard-size", 1]
+    proc = subprocess.Popen([ICL, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        assert _wait_for(lambda: _shards(tmp_path / "ray") >= 3, every=0.05), "no shard written"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    before = _shards(tmp_path / "ray")
+    assert 0 < before < 100
+    r = _run(*args)
+    assert r.returncode == 1 and "--resume" in r.stderr
+    r = _run(*args, "--resume")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"resuming {tmp_path / 'ray'}: {before} done" in r.stderr
+    recs = _records(tmp_path / "ray")
+    ids = [x["patient_id"] for x in recs]
+    assert len(ids) == len(set(ids)) == 100 and not any("error" in x for x in recs)
+
+
+@pytest.mark.ray
+def test_a_replica_killed_mid_run_is_restarted_and_its_batch_retried(files, tiny_model_dir, tmp_path):
+    args = ["predict", "--cohort", files / "long.jsonl", *_common(files, tiny_model_dir), "--out", tmp_path / "ray",
+            "--engine", "ray", "--chunk-size", 1, "--shard-size", 1]
+    proc = subprocess.Popen([ICL, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+    def replica() -> int | None:
+        out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+        pids = [int(line.split()[0]) for line in out.splitlines() if "MapBatches(_Replica)" in line]
+        return pids[0] if pids else None
+
+    try:
+        assert _wait_for(lambda: _shards(tmp_path / "ray") >= 1, every=0.05), "no shard written"
+        pid = replica()
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        assert _shards(tmp_path / "ray") < 100          # killed while work was left for it
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err[-2000:]
+    recs = _records(tmp_path / "ray")
+    assert sorted(x["patient_id"] for x in recs) == sorted({x["patient_id"] for x in recs}) and len(recs) == 100
+    assert not any("error" in x for x in recs)
+
+
+def test_without_ray_the_error_names_the_install_command(monkeypatch, small_cohort, tmp_path, invoke):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_ray(name, *a, **kw):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError("No module named 'ray'")
+        return real(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    from icl_toolkit.scale import require_ray
+
+    with pytest.raises(IclError, match=r'pip install "icl-toolkit\[ray\]"'):
+        require_ray()
+    write_cohort(small_cohort[:2], tmp_path / "c.jsonl")
+    code, text = invoke(["predict", "--cohort", tmp_path / "c.jsonl", "--demos", "none", "--out", tmp_path / "o",
+                         "--engine", "ray"])
+    assert code == 1 and 'pip install "icl-toolkit[ray]"' in text and "Traceback" not in text
+
+
+def test_sharded_output_rules(tmp_path):
+    from icl_toolkit.errors import ConfigError
+    from icl_toolkit.scale import ShardedOutput
+
+    out = ShardedOutput(tmp_path / "o", {"model_id": "a"})
+    out.write([{"patient_id": "1"}, {"patient_id": "2"}])
+    (tmp_path / "o" / "part-00001.jsonl").write_text('{"patient_id": "3"}\n')    # written, never listed: a kill
+    with pytest.raises(ConfigError, match="--resume to continue"):
+        ShardedOutput(tmp_path / "o", {"model_id": "a"})
+    with pytest.raises(ConfigError, match="model_id"):
+        ShardedOutput(tmp_path / "o", {"model_id": "b"}, resume=True)
+    again = ShardedOutput(tmp_path / "o", {"model_id": "a"}, resume=True)
+    assert again.done == {"1", "2"} and not (tmp_path / "o" / "part-00001.jsonl").exists()
+    with pytest.raises(ConfigError, match="written twice"):
+        again.write([{"patient_id": "2"}])
+    again.write([{"patient_id": "3"}])
+    assert [r["patient_id"] for r in again.records()] == ["1", "2", "3"]
+    fresh = ShardedOutput(tmp_path / "o", {"model_id": "c"}, overwrite=True)
+    assert len(fresh.records()) == 3          # the old run stays until the new one writes its first shard
+    fresh.write([{"patient_id": "9"}])
+    assert [r["patient_id"] for r in fresh.records()] == ["9"]
