@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -152,3 +154,12 @@ def test_sft_throughput_quick(tmp_path: Path, tiny_model_dir: Path) -> None:
                                                                      else [])
     assert float(rows[0]["ratio_vs_loop"]) == 1.0 and all(float(row["examples_per_s"]) > 0 for row in rows)
     assert len({row["examples"] for row in rows}) == 1 and len({row["steps"] for row in rows}) == 1
+
+
+@pytest.mark.ray
+def test_ray_scale_quick(tmp_path: Path, tiny_model_dir: Path) -> None:
+    out = tmp_path / "ray.csv"
+    _quick("ray_scale.py", "--model", str(tiny_model_dir), "--out", str(out))
+    rows = list(csv.DictReader(out.open()))
+    assert [r["arm"] for r in rows] == ["single process", "ray, 1 replica"]
+    assert float(rows[1]["startup_added_s"]) > 0 and float(rows[1]["steady_patients_per_s"]) > 0

@@ -73,6 +73,23 @@ def test_ray_equals_single_process_and_records_a_failing_patient(files, tiny_mod
     assert sum(s["records"] for s in manifest["shards"]) == 25 and len(manifest["shards"]) == 5
 
 
+@pytest.mark.ray
+def test_ray_equals_single_process_with_the_embedded_model(files, tmp_path):
+    common = ["--cohort", files / "test.jsonl", "--pool", files / "pool.jsonl", "--k", 2, "--demos", "label",
+              "--limit", 3, "--query-tokens", 200, "--demo-tokens", 120]
+    r = _run("predict", *common, "--out", tmp_path / "ray", "--engine", "ray")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = _run("predict", *common, "--out", tmp_path / "local.jsonl")
+    assert r.returncode == 0, r.stderr[-2000:]
+    ray_recs = {x["patient_id"]: x for x in _records(tmp_path / "ray")}
+    local = [json.loads(x) for x in (tmp_path / "local.jsonl").read_text().splitlines()]
+    assert len(local) == 3 and set(ray_recs) == {x["patient_id"] for x in local}
+    for want in local:
+        got = ray_recs[want["patient_id"]]
+        assert abs(got["probability"] - want["probability"]) <= 1e-5, (got["probability"], want["probability"])
+        assert got["demos"] == want["demos"] and got["prompt_hash"] == want["prompt_hash"]
+
+
 def _wait_for(cond, timeout=300.0, every=0.5):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -182,3 +199,22 @@ def test_sharded_output_rules(tmp_path):
     assert len(fresh.records()) == 3          # the old run stays until the new one writes its first shard
     fresh.write([{"patient_id": "9"}])
     assert [r["patient_id"] for r in fresh.records()] == ["9"]
+
+
+def test_vllm_processor_settings_score_the_answer_slot():
+    """The ray.data.llm pre/post-processing (no vLLM needed to check them): one token, the answers' log-probs,
+    P(yes) normalised over the two, as the toolkit's own vLLM backend computes it."""
+    import math
+
+    from icl_toolkit.backends import choice_probabilities
+    from icl_toolkit.scale.ray_run import vllm_processor_config
+
+    kwargs, pre, post = vllm_processor_config("/models/m", [9642, 2309], replicas=4, max_model_len=4096)
+    assert kwargs["concurrency"] == 4 and kwargs["apply_chat_template"] is False
+    assert kwargs["engine_kwargs"]["max_model_len"] == 4096
+    row = pre({"prompt": "... ADRD within 5 years:", "patient_id": "P1"})
+    assert row["sampling_params"] == {"max_tokens": 1, "temperature": 0.0, "detokenize": False,
+                                      "logprob_token_ids": [9642, 2309]}
+    out = post({**row, "logprobs": [{9642: {"logprob": math.log(0.3)}, 2309: {"logprob": math.log(0.1)}}]})
+    assert out["patient_id"] == "P1" and out["probability"] == pytest.approx(0.75)
+    assert out["probability"] == pytest.approx(choice_probabilities(out["logprobs"])[0])
