@@ -207,7 +207,8 @@ class RationaleRun:
     records: list[TeacherRecord]                # every generation, with its grounding
     summary: dict[str, GroundingSummary]        # per style
     labelled: int                               # patients the teacher explained (the rest have no label)
-    generations: Path                           # <out>.generations.jsonl, the resumable raw output
+    generations: Path                           # <out>.generations.jsonl (or, on Ray, the shard folder)
+    failed: list[dict[str, Any]] = field(default_factory=list)   # on Ray: records that failed, with the reason
 
 
 def generate_rationales_file(cohort: str | os.PathLike[str], out: str | os.PathLike[str],

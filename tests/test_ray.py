@@ -218,3 +218,22 @@ def test_vllm_processor_settings_score_the_answer_slot():
     out = post({**row, "logprobs": [{9642: {"logprob": math.log(0.3)}, 2309: {"logprob": math.log(0.1)}}]})
     assert out["patient_id"] == "P1" and out["probability"] == pytest.approx(0.75)
     assert out["probability"] == pytest.approx(choice_probabilities(out["logprobs"])[0])
+
+
+@pytest.mark.ray
+def test_rationales_on_ray_equal_the_single_process_generations(files, tiny_model_dir, tmp_path):
+    from icl_toolkit.cohort import read_cohort
+
+    common = ["rationales", "generate", "--cohort", files / "test.jsonl", "--model", tiny_model_dir, "--limit", 6,
+              "--max-new-tokens", 16, "--history-tokens", 120]
+    r = _run(*common, "--out", tmp_path / "ray.jsonl", "--engine", "ray", "--replicas", 2, "--chunk-size", 2)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = _run(*common, "--out", tmp_path / "local.jsonl")
+    assert r.returncode == 0, r.stderr[-2000:]
+    local = {x["patient_id"]: x for x in map(json.loads, (tmp_path / "local.jsonl.generations.jsonl").read_text()
+                                               .splitlines())}
+    ray_recs = {x["patient_id"]: x for x in _records(tmp_path / "ray.jsonl.generations")}
+    assert set(ray_recs) == set(local) and len(local) == 6
+    assert all(ray_recs[k] == local[k] for k in local)
+    assert [(p.patient_id, p.rationales) for p in read_cohort(tmp_path / "ray.jsonl")] == \
+           [(p.patient_id, p.rationales) for p in read_cohort(tmp_path / "local.jsonl")]

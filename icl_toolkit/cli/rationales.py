@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
@@ -13,6 +13,7 @@ from icl_toolkit.cli._common import (
     console,
     err_console,
     flag_error,
+    progress_bar,
     with_engine_flags,
 )
 from icl_toolkit.backends.options import EngineOptions
@@ -38,6 +39,12 @@ def generate(
     limit: Annotated[Optional[int], typer.Option(min=1, help="Only the first N patients (the output holds only them).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run (reuses <out>.generations.jsonl).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Start again, replacing earlier generations.")] = False,
+    run_engine: Annotated[Literal["local", "ray"], typer.Option("--engine", help="local: this process; ray: Ray Data replicas (the generations go to the shard folder <out>.generations/; needs icl-toolkit[ray]).")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option(help="ray: 'auto' joins the cluster this machine is in; default: a local Ray instance.")] = None,
+    replicas: Annotated[int, typer.Option(min=1, help="ray: teacher replicas generating at once.")] = 1,
+    gpus_per_replica: Annotated[float, typer.Option(min=0.0, help="ray: GPUs per replica (0: CPU).")] = 0.0,
+    cpus_per_replica: Annotated[float, typer.Option(min=0.01, help="ray: CPUs per replica.")] = 1.0,
+    shard_size: Annotated[int, typer.Option(min=1, help="ray: records per generations shard.")] = 256,
     *,
     engine: EngineOptions,
 ) -> None:
@@ -53,11 +60,29 @@ def generate(
     except ValidationError as exc:
         raise flag_error(exc) from None
     start = time.perf_counter()
-    done = generate_rationales_file(
-        cohort, out, config, model=model, engine=engine, drop_ungrounded=drop_ungrounded, min_grounded=min_grounded,
-        chunk_size=chunk_size, limit=limit, resume=resume, overwrite=overwrite,
-        on_resume=lambda n, todo: err_console.print(f"resuming {out}.generations.jsonl: {n} done, {todo} to go",
-                                                    highlight=False))
+    resumed = lambda n, todo: err_console.print(f"resuming {out}.generations: {n} done, {todo} to go",  # noqa: E731
+                                                highlight=False)
+    if run_engine == "ray":
+        from icl_toolkit.scale.ray_run import RayOptions, count_records, generate_rationales_ray
+
+        options = RayOptions(address=ray_address, replicas=replicas, gpus_per_replica=gpus_per_replica,
+                             cpus_per_replica=cpus_per_replica, batch_size=chunk_size, shard_size=shard_size)
+        total = count_records(cohort) if cohort.is_file() else 0
+        with progress_bar(f"writing rationales on Ray ({replicas} replica{'s' if replicas > 1 else ''})",
+                          min(total, limit) if limit else total) as advance:
+            done = generate_rationales_ray(cohort, out, config, model=model, engine=engine, options=options,
+                                           drop_ungrounded=drop_ungrounded, min_grounded=min_grounded, limit=limit,
+                                           resume=resume, overwrite=overwrite, on_resume=resumed, advance=advance)
+        for r in done.failed[:5]:
+            err_console.print(f"failed: {r['patient_id']}: {r['error']}", highlight=False, markup=False)
+        if done.failed:
+            err_console.print(f"{len(done.failed)} patients failed (their records in {done.generations} say why)",
+                              highlight=False)
+    else:
+        done = generate_rationales_file(
+            cohort, out, config, model=model, engine=engine, drop_ungrounded=drop_ungrounded,
+            min_grounded=min_grounded, chunk_size=chunk_size, limit=limit, resume=resume, overwrite=overwrite,
+            on_resume=resumed)
     records, summary, result = done.records, done.summary, done.patients
     console.print(f"grounding of {len(records)} patients' rationales (claims: codes, drugs, values, dates):",
                   highlight=False)

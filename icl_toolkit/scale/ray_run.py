@@ -1,4 +1,4 @@
-"""Past one machine: ``icl predict --engine ray`` on Ray Data.
+"""Past one machine: ``icl predict --engine ray`` and ``icl rationales generate --engine ray`` on Ray Data.
 
 The cohort is read as a Ray dataset of JSONL lines (``ray.data.read_text``), so no process holds it whole. Each
 line goes to a replica: a Ray actor that, once at start, opens the model through the toolkit's own backends
@@ -33,7 +33,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from icl_toolkit.errors import ConfigError, IclError
 
-__all__ = ["INSTALL_HINT", "RayOptions", "require_ray", "predict_ray", "vllm_processor_config"]
+__all__ = ["INSTALL_HINT", "RayOptions", "require_ray", "predict_ray", "generate_rationales_ray",
+           "vllm_processor_config"]
 
 INSTALL_HINT = 'pip install "icl-toolkit[ray]"'
 
@@ -100,21 +101,38 @@ def _line_id(line: str) -> str:
 
 
 class _Replica:
-    """One replica: the model, the pool and the index loaded once; ``__call__`` predicts a batch of lines."""
+    """One replica: the model (and for prediction the pool and index) loaded once; ``__call__`` runs a batch.
 
-    def __init__(self, model: str, engine: dict[str, Any], config: dict[str, Any], pool: str | None,
-                 index: str | None) -> None:
+    ``task`` ``predict``: the records of :meth:`Predictor.predict_proba`; ``rationales``: those of
+    :meth:`RationaleTeacher.generate` (an unlabelled patient gets ``{"patient_id", "skipped"}``, as the
+    single-process command explains labelled patients only).
+    """
+
+    def __init__(self, model: str, engine: dict[str, Any], config: dict[str, Any] | None, pool: str | None,
+                 index: str | None, task: str = "predict") -> None:
         from icl_toolkit.backends.options import EngineOptions, open_backend
+
+        backend = open_backend(model, EngineOptions(**engine), progress=False)
+        self.task = task
+        if task == "rationales":
+            from icl_toolkit.rationales import RationaleTeacher, TeacherConfig
+
+            self.teacher = RationaleTeacher(backend, TeacherConfig.model_validate(config))
+            return
         from icl_toolkit.cohort import read_cohort
         from icl_toolkit.predict import Predictor
         from icl_toolkit.spec import PredictConfig
 
-        backend = open_backend(model, EngineOptions(**engine), progress=False)
         self.predictor = Predictor(backend, PredictConfig.model_validate(config), progress=False).fit(
             read_cohort(pool) if pool else [], index)
 
     def _run(self, patients: list[Any]) -> list[dict[str, Any]]:
-        return [p.to_dict() for p in self.predictor.predict_proba(patients)]
+        if self.task == "predict":
+            return [p.to_dict() for p in self.predictor.predict_proba(patients)]
+        labelled = [p for p in patients if p.label is not None]
+        out = [r.to_dict() for r in self.teacher.generate(labelled)] if labelled else []
+        return out + [{"patient_id": p.patient_id, "skipped": "no label: a teacher explains known outcomes"}
+                      for p in patients if p.label is None]
 
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, list[str]]:
         parsed = [_parse(str(line)) for line in batch["text"]]
@@ -279,6 +297,69 @@ def predict_ray(cohort: str | os.PathLike[str], out: str | os.PathLike[str], con
     stats |= {"total": len(records), "failed": sum(1 for r in records if "error" in r),
               "done_before": len(records) - int(stats["records"])}
     return stats
+
+
+def generate_rationales_ray(cohort: str | os.PathLike[str], out: str | os.PathLike[str], config: Any = None, *,
+                            model: str = "default", engine: Any = None, options: RayOptions | None = None,
+                            drop_ungrounded: bool = False, min_grounded: float = 1.0, limit: int | None = None,
+                            resume: bool = False, overwrite: bool = False,
+                            on_resume: Callable[[int, int], None] | None = None,
+                            advance: Callable[[int], None] | None = None) -> Any:
+    """``icl rationales generate --engine ray``: the teacher runs on Ray replicas; its generations go to the shard
+    folder ``<out>.generations/`` (resumable, exactly once), then the driver writes the cohort with the (grounded)
+    rationales to ``out``, as the single-process command does (the same records for the same settings)."""
+    from icl_toolkit.backends.options import EngineOptions
+    from icl_toolkit.cohort import read_cohort, write_cohort
+    from icl_toolkit.models import lm_id
+    from icl_toolkit.prompting import load_templates
+    from icl_toolkit.rationales import (
+        SYSTEM_TEMPLATE,
+        USER_TEMPLATE,
+        RationaleRun,
+        TeacherConfig,
+        TeacherRecord,
+        apply_rationales,
+    )
+    from icl_toolkit.run import check_output
+    from icl_toolkit.scale.output import ShardedOutput
+
+    ray = require_ray()
+    options = options or RayOptions()
+    engine = engine or EngineOptions()
+    config = config or TeacherConfig()
+    out = Path(out)
+    if not Path(cohort).is_file():
+        raise ConfigError(f"{cohort}: not found; check the path.")
+    check_output(out, overwrite=True, kind="cohort", inputs={"--cohort": cohort})
+    generations = out.with_name(out.name + ".generations")
+    provenance = {"teacher_model": lm_id(model), "engine": engine.model_dump(mode="json"),
+                  "teacher_config": config.model_dump(mode="json"),
+                  "templates_hash": load_templates(SYSTEM_TEMPLATE, USER_TEMPLATE)[1],
+                  "cohort_file": str(Path(cohort).resolve())}
+    output = ShardedOutput(generations, provenance, resume=resume, overwrite=overwrite, kind="teacher generations",
+                           inputs={"--cohort": cohort})
+    total = count_records(cohort)
+    total = min(total, limit) if limit else total
+    if output.done and on_resume is not None:
+        on_resume(len(output.done), max(total - len(output.done), 0))
+    started = _init(ray, options)
+    try:
+        actor_kwargs = {"model": model, "engine": engine.model_dump(), "config": config.model_dump(mode="json"),
+                        "pool": None, "index": None, "task": "rationales"}
+        _stream(ray, cohort, output.done, actor_kwargs, options, output.write, limit, advance or (lambda n: None))
+        output.finish()
+    finally:
+        if started:
+            ray.shutdown()
+    patients = read_cohort(cohort)
+    if limit:
+        patients = patients[:limit]
+    raw = output.records()
+    records = [TeacherRecord.from_dict(r) for r in raw if "texts" in r]
+    result, summary = apply_rationales(patients, records, drop_ungrounded=drop_ungrounded, min_grounded=min_grounded)
+    write_cohort(result, out)
+    return RationaleRun(result, records, summary, sum(1 for p in patients if p.label is not None), generations,
+                        failed=[r for r in raw if "error" in r])
 
 
 def vllm_processor_config(model_source: str, choice_token_ids: list[int], *, replicas: int = 1,
