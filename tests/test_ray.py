@@ -237,3 +237,24 @@ def test_rationales_on_ray_equal_the_single_process_generations(files, tiny_mode
     assert all(ray_recs[k] == local[k] for k in local)
     assert [(p.patient_id, p.rationales) for p in read_cohort(tmp_path / "ray.jsonl")] == \
            [(p.patient_id, p.rationales) for p in read_cohort(tmp_path / "local.jsonl")]
+
+
+@pytest.mark.ray
+def test_ray_reads_a_meds_root_shard_by_shard(files, small_cohort, tiny_model_dir, tmp_path):
+    from icl_toolkit.meds import write_meds
+
+    write_meds(small_cohort[200:224], tmp_path / "meds", dataset_name="t", dataset_version="v", shard_size=10)
+    labels = tmp_path / "meds" / "labels" / "adrd_5y.parquet"
+    r = _run("predict", "--cohort", tmp_path / "meds", "--meds-labels", labels, *_common(files, tiny_model_dir),
+             "--out", tmp_path / "ray", "--engine", "ray")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = _run("data", "from-meds", "--root", tmp_path / "meds", "--labels", labels, "--out", tmp_path / "c.jsonl")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = _run("predict", "--cohort", tmp_path / "c.jsonl", *_common(files, tiny_model_dir), "--out",
+             tmp_path / "local.jsonl")
+    assert r.returncode == 0, r.stderr[-2000:]
+    local = {x["patient_id"]: x for x in map(json.loads, (tmp_path / "local.jsonl").read_text().splitlines())}
+    ray_recs = {x["patient_id"]: x for x in _records(tmp_path / "ray")}
+    assert set(ray_recs) == set(local) and len(local) == 24
+    assert all(abs(ray_recs[k]["probability"] - v["probability"]) <= 1e-5 and
+               ray_recs[k]["prompt_hash"] == v["prompt_hash"] for k, v in local.items())

@@ -77,6 +77,8 @@ def predict(
     gpus_per_replica: Annotated[float, typer.Option(min=0.0, help="ray: GPUs per replica (0: CPU).")] = 0.0,
     cpus_per_replica: Annotated[float, typer.Option(min=0.01, help="ray: CPUs per replica.")] = 1.0,
     shard_size: Annotated[int, typer.Option(min=1, help="ray: records per output shard.")] = 256,
+    meds_labels: Annotated[Optional[Path], typer.Option(help="ray: --cohort is a MEDS root; this ACES label file (or folder) gives the records, as icl data from-meds reads them.")] = None,
+    meds_split: Annotated[Optional[str], typer.Option(help="ray, with --meds-labels: only this MEDS split (train, tuning, held_out).")] = None,
     format: Annotated[OutFormat, typer.Option("--format", help="jsonl: the JSONL records; meds: also <out>.meds.parquet in the meds-evaluation schema (subject_id, prediction_time, boolean_value, predicted_boolean_value, predicted_boolean_probability).")] = "jsonl",
     *,
     engine: EngineOptions,
@@ -90,9 +92,14 @@ def predict(
                              rationale=rationale, mode=mode, template=template, order=order, demo_tokens=demo_tokens,
                              query_tokens=query_tokens, max_context=engine.max_context, threshold=threshold,
                              **retriever_options)
+    if meds_labels is not None and run_engine != "ray":
+        from icl_toolkit.errors import ConfigError
+
+        raise ConfigError("--meds-labels reads a MEDS root on Ray replicas (--engine ray); for one process convert "
+                          "it first with `icl data from-meds`.")
     if run_engine == "ray":
         _predict_ray(cohort, out, config, model, engine, pool, index, retrieval, format, resume, overwrite, limit,
-                     chunk_size, show, RayOptions(address=ray_address, replicas=replicas, gpus_per_replica=gpus_per_replica,
+                     chunk_size, show, meds_labels, meds_split, RayOptions(address=ray_address, replicas=replicas, gpus_per_replica=gpus_per_replica,
                                                   cpus_per_replica=cpus_per_replica, batch_size=chunk_size,
                                                   shard_size=shard_size))
         return
@@ -129,7 +136,8 @@ def _report(records: list[dict[str, Any]], show: int) -> None:
 
 def _predict_ray(cohort: Path, out: Path, config: Any, model: str, engine: EngineOptions, pool: Path | None,
                  index: Path | None, retrieval: Path | None, format: str, resume: bool, overwrite: bool,
-                 limit: int | None, chunk_size: int, show: int, options: RayOptions) -> None:
+                 limit: int | None, chunk_size: int, show: int, meds_labels: Path | None, meds_split: str | None,
+                 options: RayOptions) -> None:
     from icl_toolkit.errors import ConfigError
     from icl_toolkit.scale import predict_ray, read_sharded_records
     from icl_toolkit.cli._common import progress_bar
@@ -141,12 +149,13 @@ def _predict_ray(cohort: Path, out: Path, config: Any, model: str, engine: Engin
         raise ConfigError("--format meds is for --engine local for now; convert the shards' records after the run.")
     from icl_toolkit.scale.ray_run import count_records
 
-    total = count_records(cohort) if cohort.is_file() else 0
+    total = count_records(cohort, meds_labels, meds_split) if cohort.is_file() or meds_labels else 0
     total = min(total, limit) if limit else total
     with progress_bar(f"predicting on Ray ({options.replicas} replica{'s' if options.replicas > 1 else ''})",
                       total) as advance:
         stats = predict_ray(cohort, out, config, model=model, engine=engine, pool=pool, index=index,
                             options=options, resume=resume, overwrite=overwrite, limit=limit, advance=advance,
+                            meds_labels=meds_labels, meds_split=meds_split,
                             on_resume=lambda done, todo: err_console.print(f"resuming {out}: {done} done, {todo} to "
                                                                            "go", highlight=False))
     console.print(f"wrote {int(stats['records'])} predictions to {out} ({stats['total']} in its shards, "

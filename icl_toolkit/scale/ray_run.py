@@ -174,14 +174,15 @@ def _init(ray: Any, options: RayOptions) -> bool:
 
 def _stream(ray: Any, cohort: str | os.PathLike[str], done: set[str], actor_kwargs: dict[str, Any],
             options: RayOptions, write: Callable[[list[dict[str, Any]]], None], limit: int | None,
-            advance: Callable[[int], None]) -> dict[str, float]:
+            advance: Callable[[int], None], meds_labels: str | os.PathLike[str] | None = None,
+            meds_split: str | None = None) -> dict[str, float]:
     """Read the cohort as a Ray dataset, predict on the replicas, hand records to ``write`` shard by shard."""
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.execution_options.preserve_order = True
-    ds = ray.data.read_text(str(Path(cohort).resolve()))
+    ds = _read(ray, cohort, meds_labels, meds_split)
     ds = ds.filter(lambda row: bool(str(row["text"]).strip()))
     if limit:
         ds = ds.limit(limit)
@@ -211,6 +212,32 @@ def _stream(ray: Any, cohort: str | os.PathLike[str], done: set[str], actor_kwar
     return {"seconds": time.perf_counter() - start, "first_batch_seconds": first or 0.0, "records": n}
 
 
+def _meds_lines(row: dict[str, Any], root: str, labels: str, split: str | None) -> list[dict[str, str]]:
+    """One MEDS data shard's records as JSONL lines (each shard is read by one task, streamed as from-meds does)."""
+    from icl_toolkit.cohort import patient_to_dict
+    from icl_toolkit.meds import open_meds
+
+    cohort = open_meds(root, labels, split=split)
+    cohort.shards = [Path(row["shard"])]
+    return [{"text": json.dumps(patient_to_dict(p), separators=(",", ":"))} for p in cohort]
+
+
+def _read(ray: Any, cohort: str | os.PathLike[str], meds_labels: str | os.PathLike[str] | None,
+          meds_split: str | None) -> Any:
+    """The cohort as a Ray dataset of JSONL lines: a cohort file's lines, or a MEDS root's records (one read task
+    per data shard, with the label file)."""
+    import ray.data
+
+    if meds_labels is None:
+        return ray.data.read_text(str(Path(cohort).resolve()))
+    from icl_toolkit.meds import open_meds
+
+    shards = open_meds(cohort, meds_labels, split=meds_split).shards
+    items = ray.data.from_items([{"shard": str(p.resolve())} for p in shards])
+    return items.flat_map(_meds_lines, fn_kwargs={"root": str(Path(cohort).resolve()),
+                                                  "labels": str(Path(meds_labels).resolve()), "split": meds_split})
+
+
 def _skip_done(batch: Mapping[str, Any], done: set[str]) -> dict[str, list[str]]:
     return {"text": [str(t) for t in batch["text"] if _parse_id(str(t)) not in done]}
 
@@ -224,7 +251,13 @@ def _parse_id(line: str) -> str:
         return _line_id(line)
 
 
-def count_records(path: str | os.PathLike[str]) -> int:
+def count_records(path: str | os.PathLike[str], meds_labels: str | os.PathLike[str] | None = None,
+                  meds_split: str | None = None) -> int:
+    """Records a run will read: non-blank lines of a cohort file, or label rows of a MEDS task."""
+    if meds_labels is not None:
+        from icl_toolkit.meds import open_meds
+
+        return len(open_meds(path, meds_labels, split=meds_split))
     with open(path, "rb") as fh:
         return sum(1 for line in fh if line.strip())
 
@@ -234,9 +267,12 @@ def predict_ray(cohort: str | os.PathLike[str], out: str | os.PathLike[str], con
                 index: str | os.PathLike[str] | None = None, options: RayOptions | None = None,
                 resume: bool = False, overwrite: bool = False, limit: int | None = None,
                 on_resume: Callable[[int, int], None] | None = None,
-                advance: Callable[[int], None] | None = None) -> dict[str, Any]:
+                advance: Callable[[int], None] | None = None, meds_labels: str | os.PathLike[str] | None = None,
+                meds_split: str | None = None) -> dict[str, Any]:
     """``icl predict --engine ray``: the cohort's patients predicted on Ray replicas into the shard folder
-    ``out`` (see the module docstring); returns run statistics (records, failures, seconds).
+    ``out`` (see the module docstring); returns run statistics (records, failures, seconds). ``cohort`` is a
+    cohort JSONL file, or a MEDS root read with ``meds_labels`` (an ACES label file; ``meds_split`` keeps one
+    split), each data shard by its own task as ``icl data from-meds`` reads it.
 
     The driver checks the inputs and the output, builds (or loads and checks) the pool's index once and saves
     it beside the shards, so that every replica loads the same index instead of building its own.
@@ -258,15 +294,16 @@ def predict_ray(cohort: str | os.PathLike[str], out: str | os.PathLike[str], con
         raise ConfigError("--index needs the --pool it was built from (the demos' records come from the pool).")
     out = Path(out)
     inputs = {"--cohort": cohort, "--pool": pool}
-    if not Path(cohort).is_file():
-        raise ConfigError(f"{cohort}: not found; check the path.")
+    if meds_labels is None and not Path(cohort).is_file():
+        raise ConfigError(f"{cohort}: not found; check the path (a MEDS root needs --meds-labels).")
     pool_records = read_cohort(pool) if pool is not None else []
     from icl_toolkit.models import lm_id, load_tokenizer
 
     builder = PromptBuilder(load_tokenizer(model), config.prompt, engine.max_context or 1 << 30)
     provenance = {"model_id": lm_id(model), "engine": engine.model_dump(mode="json"),
                   "config": config.model_dump(mode="json"), "templates_hash": builder.templates_hash,
-                  "cohort_file": str(Path(cohort).resolve()), "pool_hash": content_hash(pool_records)}
+                  "cohort_file": str(Path(cohort).resolve()), "pool_hash": content_hash(pool_records),
+                  "meds_labels": str(Path(meds_labels).resolve()) if meds_labels else None, "meds_split": meds_split}
     output = ShardedOutput(out, provenance, resume=resume, overwrite=overwrite, inputs=inputs)
     index_dir = None
     if config.uses_demos:
@@ -278,7 +315,7 @@ def predict_ray(cohort: str | os.PathLike[str], out: str | os.PathLike[str], con
             rep = make_representation(config.retrieval)
             DemoIndex.build(pool_records, rep).save(index_dir)
         DemoIndex.load(index_dir)
-    total = count_records(cohort)
+    total = count_records(cohort, meds_labels, meds_split)
     total = min(total, limit) if limit else total
     if output.done and on_resume is not None:
         on_resume(len(output.done), max(total - len(output.done), 0))
@@ -288,7 +325,7 @@ def predict_ray(cohort: str | os.PathLike[str], out: str | os.PathLike[str], con
                         "pool": str(Path(pool).resolve()) if pool else None,
                         "index": str(index_dir.resolve()) if index_dir else None}
         stats = _stream(ray, cohort, output.done, actor_kwargs, options, output.write, limit,
-                        advance or (lambda n: None))
+                        advance or (lambda n: None), meds_labels, meds_split)
         output.finish()
     finally:
         if started:
