@@ -262,6 +262,25 @@ def count_records(path: str | os.PathLike[str], meds_labels: str | os.PathLike[s
         return sum(1 for line in fh if line.strip())
 
 
+def _run(ray: Any, cohort: str | os.PathLike[str], output: Any, actor_kwargs: dict[str, Any], options: RayOptions,
+         limit: int | None, on_resume: Callable[[int, int], None] | None, advance: Callable[[int], None] | None,
+         meds_labels: str | os.PathLike[str] | None = None, meds_split: str | None = None) -> dict[str, float]:
+    """Report a resume, start (or join) Ray, stream the records into ``output``, finish it, stop what was started."""
+    total = count_records(cohort, meds_labels, meds_split)
+    total = min(total, limit) if limit else total
+    if output.done and on_resume is not None:
+        on_resume(len(output.done), max(total - len(output.done), 0))
+    started = _init(ray, options)
+    try:
+        stats = _stream(ray, cohort, output.done, actor_kwargs, options, output.write, limit,
+                        advance or (lambda n: None), meds_labels, meds_split)
+        output.finish()
+    finally:
+        if started:
+            ray.shutdown()
+    return stats
+
+
 def predict_ray(cohort: str | os.PathLike[str], out: str | os.PathLike[str], config: Any, *,
                 model: str = "default", engine: Any = None, pool: str | os.PathLike[str] | None = None,
                 index: str | os.PathLike[str] | None = None, options: RayOptions | None = None,
@@ -315,21 +334,10 @@ def predict_ray(cohort: str | os.PathLike[str], out: str | os.PathLike[str], con
             rep = make_representation(config.retrieval)
             DemoIndex.build(pool_records, rep).save(index_dir)
         DemoIndex.load(index_dir)
-    total = count_records(cohort, meds_labels, meds_split)
-    total = min(total, limit) if limit else total
-    if output.done and on_resume is not None:
-        on_resume(len(output.done), max(total - len(output.done), 0))
-    started = _init(ray, options)
-    try:
-        actor_kwargs = {"model": model, "engine": engine.model_dump(), "config": config.model_dump(mode="json"),
-                        "pool": str(Path(pool).resolve()) if pool else None,
-                        "index": str(index_dir.resolve()) if index_dir else None}
-        stats = _stream(ray, cohort, output.done, actor_kwargs, options, output.write, limit,
-                        advance or (lambda n: None), meds_labels, meds_split)
-        output.finish()
-    finally:
-        if started:
-            ray.shutdown()
+    actor_kwargs = {"model": model, "engine": engine.model_dump(), "config": config.model_dump(mode="json"),
+                    "pool": str(Path(pool).resolve()) if pool else None,
+                    "index": str(index_dir.resolve()) if index_dir else None}
+    stats = _run(ray, cohort, output, actor_kwargs, options, limit, on_resume, advance, meds_labels, meds_split)
     records = output.records()
     stats |= {"total": len(records), "failed": sum(1 for r in records if "error" in r),
               "done_before": len(records) - int(stats["records"])}
@@ -375,19 +383,9 @@ def generate_rationales_ray(cohort: str | os.PathLike[str], out: str | os.PathLi
                   "cohort_file": str(Path(cohort).resolve())}
     output = ShardedOutput(generations, provenance, resume=resume, overwrite=overwrite, kind="teacher generations",
                            inputs={"--cohort": cohort})
-    total = count_records(cohort)
-    total = min(total, limit) if limit else total
-    if output.done and on_resume is not None:
-        on_resume(len(output.done), max(total - len(output.done), 0))
-    started = _init(ray, options)
-    try:
-        actor_kwargs = {"model": model, "engine": engine.model_dump(), "config": config.model_dump(mode="json"),
-                        "pool": None, "index": None, "task": "rationales"}
-        _stream(ray, cohort, output.done, actor_kwargs, options, output.write, limit, advance or (lambda n: None))
-        output.finish()
-    finally:
-        if started:
-            ray.shutdown()
+    actor_kwargs = {"model": model, "engine": engine.model_dump(), "config": config.model_dump(mode="json"),
+                    "pool": None, "index": None, "task": "rationales"}
+    _run(ray, cohort, output, actor_kwargs, options, limit, on_resume, advance)
     patients = read_cohort(cohort)
     if limit:
         patients = patients[:limit]
