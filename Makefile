@@ -26,7 +26,7 @@ POWER_RESULTS ?= results/paper_powered
 POWER_DIR ?= $(POWER_RESULTS)
 SCALE_N ?= 350
 POWER_SFT_ARGS ?= --lora --lora-r 8 --train-layers 8 --epochs 3 --lr 5e-4 --batch-size 8 --query-tokens 160 --val-limit 200 \
-	--eval-points 11 --patience 3 --stop-on auroc --seed 0 --dtype bfloat16 --resume
+	--eval-points 11 --patience 3 --min-epochs 1 --stop-on auroc --seed 0 --dtype bfloat16 --resume
 
 .PHONY: venv demo omop-demo meds-demo paper paper-quick paper-cohort paper-sft paper-compare paper-scale test test-all test-vllm clean
 

@@ -119,6 +119,9 @@ class FinetuneConfig(BaseModel):
     """Validation metric that early stopping and the choice of the best weights follow."""
     min_delta: float = Field(0.0, ge=0)
     """Smallest change of ``stop_on`` that counts as an improvement."""
+    min_epochs: float = Field(0.0, ge=0)
+    """Early stopping judges the plateau only from this many epochs on: evaluations before it never stop training
+    nor count towards ``patience`` (they still compete for the best weights)."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Compute precision: ``bfloat16`` trains under bf16 autocast with fp32 weights; ``auto`` picks it where the
     CPU or GPU computes bf16 natively (:mod:`icl_toolkit.hardware`)."""
@@ -135,7 +138,8 @@ class FinetuneConfig(BaseModel):
 
     def run_settings(self) -> dict[str, Any]:
         """What the trained weights depend on (checked when an interrupted run is resumed)."""
-        return self.model_dump(exclude={"device"}) | {"lr": self.learning_rate}
+        # min_epochs decides only when training may stop, not the trajectory up to it: a run is resumable across it
+        return self.model_dump(exclude={"device", "min_epochs"}) | {"lr": self.learning_rate}
 
 
 def sft_prompt_config(query_tokens: int = 256, horizon_years: float = 5.0) -> PromptConfig:
@@ -380,7 +384,8 @@ class Finetuner:
             remove_unused_columns=True)
         callbacks = list(self.callbacks)
         if val_examples and c.patience:
-            callbacks.append(EarlyStoppingCallback(c.patience, c.min_delta))
+            per_epoch = math.ceil(len(examples) / (c.batch_size * c.gradient_accumulation))
+            callbacks.append(_EarlyStopping(c.patience, c.min_delta, math.ceil(c.min_epochs * per_epoch)))
         trainer = ICLTrainer(
             model=trainable, args=args, processing_class=tok, train_dataset=_dataset(examples),
             eval_dataset=_dataset(val_examples) if val_examples else None, callbacks=callbacks)
@@ -544,6 +549,20 @@ class ICLTrainer(SFTTrainer):
                 self._total_train_tokens += int(inputs["attention_mask"].sum())
             self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
         return loss
+
+
+class _EarlyStopping(EarlyStoppingCallback):
+    """transformers' early stopping, judged only from step ``min_step`` on (``FinetuneConfig.min_epochs``)."""
+
+    def __init__(self, patience: int, min_delta: float, min_step: int) -> None:
+        super().__init__(patience, min_delta)
+        self.min_step = min_step
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any, **kw: Any) -> None:
+        super().on_evaluate(args, state, control, metrics, **kw)
+        if state.global_step < self.min_step:
+            self.early_stopping_patience_counter = 0
+            control.should_training_stop = False
 
 
 class ProgressCallback(TrainerCallback):

@@ -151,6 +151,15 @@ def test_early_stopping_fires_on_a_plateau(small_cohort, tmp_path):
     assert m["best_step"] == min(evals, key=evals.get)  # the weights kept are the best evaluation's
 
 
+def test_early_stopping_waits_for_min_epochs(small_cohort, tmp_path):
+    # the same plateau (it stops at step 6 above), but judged only from epoch 2 on (step 16 of 8-step epochs): the
+    # evaluations at 16 and 18 are the two without improvement
+    result, _ = _fit(small_cohort, tmp_path / "flat", lr=1e-9, max_steps=40, eval_steps=2, patience=2, min_delta=0.01,
+                     min_epochs=2)
+    m = result.meta
+    assert m["stopped_early"] and m["steps"] == 18 and m["config"]["min_epochs"] == 2
+
+
 def test_top_layers_only_leaves_the_rest_untouched(small_cohort, tmp_path):
     before, _ = tiny_llama(0)
     result, model = _fit(small_cohort, tmp_path / "top", train_layers=1, epochs=1)

@@ -49,6 +49,7 @@ def finetune(
     eval_steps: Annotated[Optional[int], typer.Option(min=1, help="Evaluate on --val (loss and AUROC) and save a resumable trainer checkpoint every N steps (default: 4 times over the schedule).")] = None,
     eval_points: Annotated[int, typer.Option(min=0, help="Evaluations spread evenly over the schedule when --eval-steps is not given.")] = 4,
     patience: Annotated[int, typer.Option(min=0, help="Stop when --stop-on has not improved for N evaluations; the best evaluation's weights are kept (0: full schedule).")] = 0,
+    min_epochs: Annotated[float, typer.Option(min=0.0, help="Judge the plateau only from this many epochs on (earlier evaluations never stop training).")] = 0.0,
     stop_on: Annotated[StopOn, typer.Option(help="Validation metric for early stopping and the best weights.")] = StopOn.auroc,
     dtype: Annotated[TrainDType, typer.Option(help="auto: bf16 autocast where the CPU/GPU computes bf16 natively, else float32.")] = TrainDType.auto,
     gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute activations in the backward pass (less memory, more compute).")] = False,
@@ -67,7 +68,7 @@ def finetune(
         config = FinetuneConfig(target=target.value, epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size,
                                 seed=seed, lora=lora, lora_r=lora_r, lora_alpha=2 * lora_r, train_layers=train_layers,
                                 query_tokens=query_tokens, val_limit=val_limit, eval_steps=eval_steps, eval_points=eval_points,
-                                patience=patience, stop_on=stop_on.value, dtype=dtype.value,
+                                patience=patience, min_epochs=min_epochs, stop_on=stop_on.value, dtype=dtype.value,
                                 gradient_checkpointing=gradient_checkpointing,
                                 gradient_accumulation=gradient_accumulation, device=device)
     except ValidationError as exc:
