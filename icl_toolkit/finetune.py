@@ -385,7 +385,8 @@ class Finetuner:
         callbacks = list(self.callbacks)
         if val_examples and c.patience:
             per_epoch = math.ceil(len(examples) / (c.batch_size * c.gradient_accumulation))
-            callbacks.append(_EarlyStopping(c.patience, c.min_delta, math.ceil(c.min_epochs * per_epoch)))
+            stopper = EarlyStoppingCallback(c.patience, c.min_delta)
+            callbacks += [stopper, _NotBefore(stopper, math.ceil(c.min_epochs * per_epoch))]
         trainer = ICLTrainer(
             model=trainable, args=args, processing_class=tok, train_dataset=_dataset(examples),
             eval_dataset=_dataset(val_examples) if val_examples else None, callbacks=callbacks)
@@ -551,17 +552,16 @@ class ICLTrainer(SFTTrainer):
         return loss
 
 
-class _EarlyStopping(EarlyStoppingCallback):
-    """transformers' early stopping, judged only from step ``min_step`` on (``FinetuneConfig.min_epochs``)."""
+class _NotBefore(TrainerCallback):
+    """Runs after transformers' ``EarlyStoppingCallback`` (a stateful callback saved under its own class name, so
+    it is not subclassed): before step ``min_step`` its patience count is reset and it may not stop training."""
 
-    def __init__(self, patience: int, min_delta: float, min_step: int) -> None:
-        super().__init__(patience, min_delta)
-        self.min_step = min_step
+    def __init__(self, stopper: EarlyStoppingCallback, min_step: int) -> None:
+        self.stopper, self.min_step = stopper, min_step
 
-    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Any, **kw: Any) -> None:
-        super().on_evaluate(args, state, control, metrics, **kw)
+    def on_evaluate(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         if state.global_step < self.min_step:
-            self.early_stopping_patience_counter = 0
+            self.stopper.early_stopping_patience_counter = 0
             control.should_training_stop = False
 
 
