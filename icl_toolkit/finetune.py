@@ -338,7 +338,9 @@ class Finetuner:
     def _resume_point(work: Path, run_id: dict[str, Any], *, resume: bool, overwrite: bool, out: Path) -> Path | None:
         """The trainer checkpoint to resume from (``None``: start fresh), after checking the interrupted run."""
         record = work / "run.json"
-        saves = sorted(work.glob("trainer/checkpoint-*"), key=lambda d: int(d.name.rpartition("-")[2]))
+        # a save cut off mid-write (no trainer_state.json, written last) is not one to resume from
+        saves = sorted((d for d in work.glob("trainer/checkpoint-*") if (d / "trainer_state.json").is_file()),
+                       key=lambda d: int(d.name.rpartition("-")[2]))
         if work.exists() and (overwrite or not resume):
             if saves and not overwrite:
                 raise ConfigError(f"An interrupted fine-tuning run of {out} is in {work} (last save: "
