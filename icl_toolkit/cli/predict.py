@@ -13,6 +13,7 @@ from icl_toolkit.cli._common import (
     ModelOpt,
     console,
     err_console,
+    progress_bar,
     spec_from_flags,
     with_engine_flags,
     with_retriever_flags,
@@ -140,7 +141,6 @@ def _predict_ray(cohort: Path, out: Path, config: Any, model: str, engine: Engin
                  options: RayOptions) -> None:
     from icl_toolkit.errors import ConfigError
     from icl_toolkit.scale import predict_ray, read_sharded_records
-    from icl_toolkit.cli._common import progress_bar
 
     if retrieval is not None:
         raise ConfigError("--retrieval (a retrieval cache file) is for --engine local; with --engine ray each "
