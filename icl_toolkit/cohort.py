@@ -89,7 +89,9 @@ class Patient:
 
     ``label`` is 1 when ADRD onset falls in the prediction window after
     ``index_date``, 0 when it does not, ``None`` when unknown. ``metadata`` is free
-    form; the synthetic generator keeps the true risk there (``true_risk``).
+    form; the synthetic generator keeps the true risk there (``true_risk``). ``groups`` holds attributes
+    that fairness reports and monitoring break results down by (for example ``{"access": "limited"}`` or
+    ``{"insurance": "medicaid"}``); they are never shown to a model.
     """
 
     __pydantic_config__ = ConfigDict(extra="forbid", strict=True)
@@ -104,6 +106,7 @@ class Patient:
     rationales: Rationales | None = None
     split: SplitName | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    groups: dict[NonEmpty, NonEmpty] = field(default_factory=dict)
 
     @property
     def subject_id(self) -> str:
@@ -129,7 +132,7 @@ class Patient:
 
 _PATIENT = TypeAdapter(Patient)
 _FIELDS = ("patient_id", "sex", "birth_date", "index_date", "events", "label",
-           "outcome_date", "rationales", "split", "metadata")
+           "outcome_date", "rationales", "split", "metadata", "groups")
 
 
 # --------------------------------------------------------------------------- writing
@@ -162,6 +165,8 @@ def patient_to_dict(p: Patient) -> dict[str, Any]:
         d["split"] = p.split
     if p.metadata:
         d["metadata"] = p.metadata
+    if p.groups:
+        d["groups"] = p.groups
     return d
 
 

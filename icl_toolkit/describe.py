@@ -10,7 +10,7 @@ import numpy as np
 from icl_toolkit.cohort import Event, Patient
 from icl_toolkit.serialize import condensed_profile, serialize_history, token_counter
 
-__all__ = ["describe_cohort", "oracle_auroc", "plot_cohort"]
+__all__ = ["describe_cohort", "oracle_auroc", "group_summary", "plot_cohort"]
 
 
 def _dist(values: Sequence[float]) -> dict[str, float] | None:
@@ -39,6 +39,30 @@ def oracle_auroc(patients: Sequence[Patient]) -> float | None:
     if len(set(y)) < 2:
         return None
     return float(roc_auc_score(y, risks))
+
+
+def group_summary(patients: Sequence[Patient]) -> list[dict[str, Any]]:
+    """Per value of each group attribute (``Patient.groups``): patients, prevalence, mean true risk, history
+    events and visits per patient, and the oracle AUROC (true risk against labels) within the group: what the
+    data itself allows in each group, for a model's subgroup gap to be measured against."""
+    rows = []
+    for attr in sorted({a for p in patients for a in p.groups}):
+        for value in sorted({p.groups[attr] for p in patients if attr in p.groups}):
+            sub = [p for p in patients if p.groups.get(attr) == value]
+            hists = [p.history() for p in sub]
+            risks = [p.metadata.get("true_risk") for p in sub]
+            known = [p.label for p in sub if p.label is not None]
+            auc = oracle_auroc(sub)
+            rows.append({
+                "attribute": attr, "value": value, "n": len(sub),
+                "prevalence": round(sum(known) / len(known), 4) if known else None,
+                "mean_true_risk": round(float(np.mean(risks)), 4)
+                if all(isinstance(r, (int, float)) for r in risks) else None,
+                "events_per_patient": round(float(np.mean([len(h) for h in hists])), 2),
+                "visits_per_patient": round(float(np.mean([sum(e.kind == "visit" for e in h) for h in hists])), 2),
+                "oracle_auroc": round(auc, 4) if auc is not None else None,
+            })
+    return rows
 
 
 def describe_cohort(patients: Sequence[Patient], *, tokens: bool = True,

@@ -8,7 +8,8 @@
 - :func:`delong_test`: the paired DeLong test of two AUROCs on the same patients
   (DeLong, DeLong and Clarke-Pearson 1988, in the fast midrank form of Sun and
   Xu 2014). scikit-learn and scipy have no paired AUROC test, so it is written here.
-- :func:`subgroup_metrics`: the same metrics by sex and age band.
+
+Subgroup metrics and fairness are in :mod:`icl_toolkit.fairness` (fairlearn).
 
 scikit-learn computes AUROC, AUPRC, Brier and F1; AUROC inside the bootstrap
 uses the equivalent rank formula, vectorised over resamples.
@@ -16,7 +17,7 @@ uses the equivalent rank formula, vectorised over resamples.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,8 +33,6 @@ __all__ = [
     "bootstrap_ci",
     "DeLongResult",
     "delong_test",
-    "age_band",
-    "subgroup_metrics",
 ]
 
 
@@ -202,23 +201,3 @@ def delong_test(labels: Sequence[int], prob_a: Sequence[float], prob_b: Sequence
         p_value = float(2 * norm.sf(abs(z)))
     half = float(norm.ppf(0.5 + level / 2)) * se
     return DeLongResult(auc_a, auc_b, diff, se, float(z), p_value, diff - half, diff + half)
-
-
-def age_band(age: float) -> str:
-    """Age bands used for subgroup metrics."""
-    return "<70" if age < 70 else "70-79" if age < 80 else "80+"
-
-
-def subgroup_metrics(labels: Sequence[int], probabilities: Sequence[float], groups: Mapping[str, Sequence[str]],
-                     threshold: float = 0.5) -> list[dict[str, Any]]:
-    """Point metrics per value of each grouping (e.g. ``{"sex": [...], "age_band": [...]}``)."""
-    y, p = _arrays(labels, probabilities)
-    rows = []
-    for name, values in groups.items():
-        values = np.asarray(values, dtype=object)
-        if len(values) != len(y):
-            raise ConfigError(f"group {name!r} has {len(values)} values for {len(y)} patients.")
-        for value in sorted(set(values.tolist())):
-            sel = values == value
-            rows.append({"group": name, "value": value} | point_metrics(y[sel], p[sel], threshold))
-    return rows

@@ -4,6 +4,7 @@ outputs), resume after an interruption, and `icl compare`."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 
 import numpy as np
@@ -19,6 +20,7 @@ ARMS = """
 reference = "base / none / score"
 contrasts = [["sft / none / reason", "base / rationale k=2 similar / score"]]
 bootstrap = 200
+fairness_bootstrap = 20
 val_limit = 12
 baselines = ["logreg", "knn", "age", "oracle"]
 
@@ -52,6 +54,8 @@ def data(small_cohort):
     test = [p for p in rest if p in cases or p in controls]
     others = [p for p in rest if p not in test]
     val = [p for p in others if p.label == 1][:4] + [p for p in others if p.label == 0][:8]
+    # a group attribute for the fairness report (copies: the session's cohort is shared)
+    test = [dataclasses.replace(p, groups={"site": "A" if i % 2 else "B"}) for i, p in enumerate(test)]
     return small_cohort[:200], test, val
 
 
@@ -160,8 +164,20 @@ def test_tiny_compare_end_to_end(run, data):
     for name in rows:
         assert f"### {name}" in report
     assert "Intended use" in report and "Limitations" in report and "rationale SFT of" in report
-    for plot in ("roc.png", "auroc_vs_k.png", "calibration.png"):
+    for plot in ("roc.png", "auroc_vs_k.png", "calibration.png", "fairness.png"):
         assert (out / plot).stat().st_size > 10_000
+    # fairness: every entry by sex, age band and the cohort's group attribute, gaps against oracle and reference
+    with open(out / "subgroups.csv") as fh:
+        sub = list(csv.DictReader(fh))
+    assert {(r["name"], r["group"]) for r in sub} == {(n, g) for n in rows for g in ("sex", "age_band", "site")}
+    assert all(float(r["auroc_lo"]) <= float(r["auroc_hi"]) for r in sub if r["auroc_lo"] not in ("", "nan"))
+    gaps = {(g["name"], g["group"]): g for g in result.fairness_gaps}
+    assert len(gaps) == 3 * len(rows)
+    assert "excess_vs_oracle" not in gaps[("oracle true risk", "site")]
+    g = gaps[("sft / none / reason", "site")]
+    assert g["excess_vs_oracle_lo"] <= g["excess_vs_oracle"] <= g["excess_vs_oracle_hi"]
+    assert "excess_vs_reference" in g and "excess_vs_reference" not in gaps[("base / none / score", "site")]
+    assert "## Fairness" in report and "gap - oracle's gap" in report
 
 
 def _auroc(y, p):
@@ -228,7 +244,7 @@ def test_engine_table_and_top_level_shorthand(tmp_path):
 
 def test_icl_compare_cli(setup, tiny_model_dir, invoke, tmp_path):
     (tmp_path / "arms.toml").write_text(
-        f'bootstrap = 100\nbaselines = ["age"]\n[checkpoints]\nbase = "{tiny_model_dir}"\n'
+        f'bootstrap = 100\nfairness_bootstrap = 10\nbaselines = ["age"]\n[checkpoints]\nbase = "{tiny_model_dir}"\n'
         '[prompt]\nquery_tokens = 120\n[[arm]]\ncheckpoint = "base"\n')
     args = ["compare", "--config", tmp_path / "arms.toml", "--test", setup / "test.jsonl", "--pool",
             setup / "pool.jsonl", "--out", tmp_path / "res", "--limit", "20", "--no-progress"]

@@ -7,13 +7,11 @@ import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 
 from icl_toolkit.metrics import (
-    age_band,
     bootstrap_ci,
     choose_threshold,
     delong_test,
     expected_calibration_error,
     point_metrics,
-    subgroup_metrics,
 )
 
 
@@ -80,17 +78,6 @@ def test_delong_matches_bootstrap_variance_and_detects_a_real_difference(scores)
     assert same.difference == 0 and same.p_value == 1.0
     noise = delong_test(y, a, a + np.random.default_rng(2).normal(0, 1e-3, len(a)))
     assert noise.p_value > 0.05
-
-
-def test_subgroups_and_age_bands(scores):
-    y, a, _ = scores
-    sex = np.where(np.arange(len(y)) % 2 == 0, "F", "M")
-    ages = np.where(np.arange(len(y)) % 3 == 0, 65.0, 82.0)
-    rows = subgroup_metrics(y, a, {"sex": sex, "age_band": [age_band(x) for x in ages]})
-    assert [(r["group"], r["value"]) for r in rows] == [("sex", "F"), ("sex", "M"), ("age_band", "80+"),
-                                                        ("age_band", "<70")]
-    assert sum(r["n"] for r in rows if r["group"] == "sex") == len(y)
-    assert age_band(69.9) == "<70" and age_band(70) == "70-79" and age_band(85) == "80+"
 
 
 def test_delong_on_a_hand_checked_case():

@@ -13,8 +13,10 @@ from rich.table import Table
 
 from icl_toolkit.cli._common import console, err_console, flag_error, progress_bar
 from icl_toolkit.cohort import read_cohort, validate_cohort, write_cohort
-from icl_toolkit.describe import describe_cohort, oracle_auroc, plot_cohort
+from icl_toolkit.describe import describe_cohort, group_summary, oracle_auroc, plot_cohort
+from icl_toolkit.artifacts import write_json_atomic
 from icl_toolkit.synth import SynthConfig, assign_splits, iter_synthetic_patients, parse_split
+from icl_toolkit.synth.generate import parse_disparity
 
 app = typer.Typer(help="Make, check, describe and split cohort files (JSONL, one patient per line).",
                   no_args_is_help=True)
@@ -28,10 +30,16 @@ def synth(
     split: Annotated[Optional[str], typer.Option(help="Fractions per split, e.g. train=0.7,val=0.1,test=0.2.")] = None,
     prevalence: Annotated[float, typer.Option(help="Target mean 5-year ADRD risk.")] = 0.15,
     rationales: Annotated[bool, typer.Option(help="Write free-text and step-by-step rationales.")] = True,
+    disparity: Annotated[Optional[str], typer.Option(
+        help="Add an access-to-care disparity: 'default', or KEY=VALUE pairs of share (0.3), visit_factor (0.5), "
+             "coding_factor (0.6), delay_years (1) and attribute (access). The limited group has the same true "
+             "risk but fewer visits, under-coding and later coding; groups and per-group oracle AUROC go to "
+             "OUT.groups.json.")] = None,
 ) -> None:
     """Synthesise an ADRD cohort with known risk and grounded rationales."""
     config = SynthConfig(n=n, seed=seed, prevalence=prevalence, rationales=rationales,
-                         split=parse_split(split) if split else None)
+                         split=parse_split(split) if split else None,
+                         disparity=parse_disparity(disparity) if disparity is not None else None)
     start = time.perf_counter()
     with progress_bar("synthesising patients", n) as advance:
         patients = list(iter_synthetic_patients(config, progress=advance))
@@ -41,6 +49,18 @@ def synth(
     auc_text = f"{auc:.3f}" if auc is not None else "n/a"
     console.print(f"wrote {len(patients)} patients to {out} in {time.perf_counter() - start:.1f}s: "
                   f"prevalence {sum(ys) / len(ys):.3f}, oracle AUROC {auc_text}", highlight=False, soft_wrap=True)
+    if config.disparity is not None:
+        from dataclasses import asdict
+
+        rows = group_summary(patients)
+        groups_file = out.with_name(out.name + ".groups.json")
+        write_json_atomic(groups_file, {"disparity": asdict(config.disparity), "groups": rows})
+        for r in rows:
+            console.print(f"  {r['attribute']}={r['value']}: {r['n']} patients, prevalence {r['prevalence']:.3f}, "
+                          f"{r['events_per_patient']:.0f} events and {r['visits_per_patient']:.1f} visits per patient, "
+                          f"oracle AUROC {r['oracle_auroc'] if r['oracle_auroc'] is not None else 'n/a'}",
+                          highlight=False)
+        console.print(f"wrote {groups_file}", highlight=False)
 
 
 @app.command()

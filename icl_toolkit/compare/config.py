@@ -153,6 +153,9 @@ class CompareConfig(BaseModel):
     """Use the first N validation patients (for the F1 thresholds)."""
     bootstrap: int = Field(1000, ge=1)
     """Bootstrap resamples for the confidence intervals."""
+    fairness_bootstrap: int = Field(200, ge=0)
+    """Bootstrap resamples of the subgroup and fairness intervals (fairlearn's ``MetricFrame``; 0: point values
+    only). Each costs about 10-40 ms per entry and grouping on 2 cores."""
     seed: int = 0
     """Seed of the bootstrap (and of the retrieval's random choices)."""
     engine: EngineOptions = Field(default_factory=EngineOptions)

@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 
 from icl_toolkit.compare.stats import METRICS, Entry
+from icl_toolkit.fairness import FairnessReport, gaps_markdown, plot_fairness, subgroups_markdown
 
-__all__ = ["write_tables", "plot_roc", "plot_auroc_vs_k", "plot_calibration", "write_report"]
+__all__ = ["write_tables", "plot_roc", "plot_auroc_vs_k", "plot_calibration", "plot_fairness", "write_report"]
 
 _LABELS = {"auroc": "AUROC", "auprc": "AUPRC", "brier": "Brier", "ece": "ECE", "f1": "F1"}
 
@@ -62,14 +63,15 @@ def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
         writer.writerows({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
 
 
-def write_tables(out: Path, rows: Sequence[dict[str, Any]], subgroups: Sequence[dict[str, Any]],
+def write_tables(out: Path, rows: Sequence[dict[str, Any]], fairness: FairnessReport,
                  contrasts: Sequence[dict[str, Any]] = ()) -> None:
-    """``results.csv``, ``results.md`` (with the contrasts under the table) and ``subgroups.csv`` in ``out``;
-    ``contrasts.csv`` when the config names contrasts."""
+    """``results.csv``, ``results.md`` (with the contrasts under the table), ``subgroups.csv`` and
+    ``fairness_gaps.csv`` in ``out``; ``contrasts.csv`` when the config names contrasts."""
     _write_csv(out / "results.csv", rows)
     text = markdown_table(rows) + (("\n" + contrast_table(contrasts)) if contrasts else "")
     (out / "results.md").write_text(text, encoding="utf-8")
-    _write_csv(out / "subgroups.csv", subgroups)
+    _write_csv(out / "subgroups.csv", fairness.subgroups)
+    _write_csv(out / "fairness_gaps.csv", fairness.gaps)
     if contrasts:
         _write_csv(out / "contrasts.csv", contrasts)
 
@@ -174,7 +176,7 @@ def plot_calibration(path: Path, entries: Sequence[Entry], y: np.ndarray, n_bins
 
 # --------------------------------------------------------------------------- report
 
-def _model_card(r: dict[str, Any], subgroups: Sequence[dict[str, Any]], info: dict[str, Any],
+def _model_card(r: dict[str, Any], fairness: FairnessReport, info: dict[str, Any],
                 reference: str) -> list[str]:
     lines = [f"### {r['name']}", ""]
     if r["kind"] == "arm":
@@ -204,11 +206,11 @@ def _model_card(r: dict[str, Any], subgroups: Sequence[dict[str, Any]], info: di
                      f"({r['delta_lo']:+.3f} to {r['delta_hi']:+.3f}), DeLong p = {_p(r['p_value'])}")
     lines.append(f"- **Calibration**: ECE {_fmt(r['ece'])}, mean predicted {r['mean_probability']:.3f} against "
                  f"observed {r['cases'] / r['n']:.3f}")
-    lines += ["", "| subgroup | n | prevalence | AUROC | AUPRC | Brier | ECE | F1 |", "|---|---|---|---|---|---|---|---|"]
-    for g in subgroups:
-        if g["name"] == r["name"]:
-            lines.append(f"| {g['group']} = {g['value']} | {g['n']} | {_fmt(g['prevalence'])} | {_fmt(g['auroc'])} | "
-                         f"{_fmt(g['auprc'])} | {_fmt(g['brier'])} | {_fmt(g['ece'])} | {_fmt(g['f1'])} |")
+    lines += ["", f"Subgroups (fairlearn MetricFrame, {fairness.n_boot} bootstrap resamples; rates at the "
+                  f"threshold {r['threshold']:.3f}):", "", subgroups_markdown(fairness, r["name"]),
+              "Gaps between groups:", "", gaps_markdown(FairnessReport(
+                  gaps=[g for g in fairness.gaps if g["name"] == r["name"]], oracle=fairness.oracle,
+                  reference=fairness.reference))]
     limits = []
     if r["cases"] < 30:
         limits.append(f"only {r['cases']} cases: intervals are wide and small differences are noise")
@@ -223,7 +225,7 @@ def _model_card(r: dict[str, Any], subgroups: Sequence[dict[str, Any]], info: di
     return lines
 
 
-def write_report(out: Path, rows: Sequence[dict[str, Any]], subgroups: Sequence[dict[str, Any]],
+def write_report(out: Path, rows: Sequence[dict[str, Any]], fairness: FairnessReport,
                  infos: dict[str, dict[str, Any]], context: dict[str, Any], plots: Sequence[str],
                  contrasts: Sequence[dict[str, Any]] = ()) -> Path:
     """``report.md``: settings, the results table, plots and a model card per arm and baseline."""
@@ -243,12 +245,19 @@ def write_report(out: Path, rows: Sequence[dict[str, Any]], subgroups: Sequence[
         f"- Shared prompt settings: `{context['prompt']}`; retrieval settings: `{context['retrieval']}`", "",
         "## Results", "", markdown_table(rows),
         *(["## Contrasts (paired DeLong)", "", contrast_table(contrasts)] if contrasts else []),
+        "## Fairness", "",
+        "AUROC gap: the largest difference of AUROC between the groups of a grouping (fairlearn "
+        f"`MetricFrame.difference`, {fairness.n_boot} bootstrap resamples). The excess gap is this entry's gap "
+        "minus the oracle's (what the data itself allows) or the reference's, on the same resamples: above 0 "
+        "with an interval above 0 means the entry widens the disparity. Parity and odds differences at each "
+        "entry's threshold. Per-group metrics are in each model card and in `subgroups.csv`.", "",
+        gaps_markdown(fairness), "",
         "## Plots", "",
         *[f"![{p}]({p})" for p in plots], "",
         "## Model cards", "",
     ]
     for r in rows:
-        lines += _model_card(r, subgroups, infos.get(r["name"], {}), ref)
+        lines += _model_card(r, fairness, infos.get(r["name"], {}), ref)
     path = out / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path

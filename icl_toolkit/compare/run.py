@@ -8,7 +8,9 @@ Layout of the output folder::
       arms/<arm>.jsonl            test predictions of each arm (+ .val.jsonl for validation, + .meta.json)
       baselines/<name>.jsonl      baseline probabilities on the same patients
       results.csv / results.md    metrics with 95% CIs, ΔAUROC and DeLong p against the reference arm
-      subgroups.csv               the metrics by sex and age band
+      subgroups.csv               per entry and group (sex, age band, group attributes): metrics with CIs
+      fairness_gaps.csv           per entry and grouping: AUROC gap, parity and odds differences, excess gaps
+      fairness.png                AUROC by group per entry, with CIs
       roc.png, auroc_vs_k.png, calibration.png
       report.md                   settings, table, plots, a model card per arm
 
@@ -37,7 +39,14 @@ from icl_toolkit.backends import Backend
 from icl_toolkit.cohort import Patient
 from icl_toolkit.compare import baselines as bl
 from icl_toolkit.compare.config import Arm, CompareConfig
-from icl_toolkit.compare.report import plot_auroc_vs_k, plot_calibration, plot_roc, write_report, write_tables
+from icl_toolkit.compare.report import (
+    plot_auroc_vs_k,
+    plot_calibration,
+    plot_fairness,
+    plot_roc,
+    write_report,
+    write_tables,
+)
 from icl_toolkit.compare.stats import Entry, contrast_rows, evaluate
 from icl_toolkit.errors import ConfigError
 from icl_toolkit.models import checkpoint_meta
@@ -64,6 +73,7 @@ class CompareResult:
     ran: list[str]        # arms predicted (fully or partly) in this call
     skipped: list[str]    # arms already complete
     contrasts: list[dict[str, Any]] = field(default_factory=list)  # the config's paired tests among the arms run
+    fairness_gaps: list[dict[str, Any]] = field(default_factory=list)  # per entry and grouping: gaps, excess gaps
 
 
 def select_arms(arms: list[Arm], only: Sequence[str], reference: str) -> list[Arm]:
@@ -249,13 +259,16 @@ class Comparison:
                                "checkpoint_meta": meta}
         entries += self._baselines(test, val, pool, retrievals, infos)
         y = np.array([p.label for p in test])
-        rows, subgroups = evaluate(entries, test, val or None, reference=c.reference_arm,
-                                   n_resamples=c.bootstrap, seed=c.seed)
+        rows, fairness = evaluate(entries, test, val or None, reference=c.reference_arm,
+                                  n_resamples=c.bootstrap, seed=c.seed, fairness_resamples=c.fairness_bootstrap)
+        subgroups = fairness.subgroups
         contrasts = contrast_rows(entries, test, c.contrasts)
-        write_tables(self.out, rows, subgroups, contrasts)
+        write_tables(self.out, rows, fairness, contrasts)
         plots = ["roc.png", "calibration.png"]
         plot_roc(self.out / "roc.png", entries, y, rows)
         plot_calibration(self.out / "calibration.png", entries, y)
+        plot_fairness(self.out / "fairness.png", fairness)
+        plots.append("fairness.png")
         if plot_auroc_vs_k(self.out / "auroc_vs_k.png", rows):
             plots.insert(1, "auroc_vs_k.png")
         context = {
@@ -263,12 +276,14 @@ class Comparison:
             "test_file": names.get("test", "test"), "n_test": len(test), "cases": int(y.sum()),
             "test_hash": content_hash(test), "pool_file": names.get("pool", "pool"), "n_pool": len(pool),
             "pool_hash": content_hash(pool), "val_file": names.get("val") if val else None, "n_val": len(val),
-            "bootstrap": c.bootstrap, "seed": c.seed, "prompt": c.prompt.model_dump(exclude_unset=True),
+            "bootstrap": c.bootstrap, "fairness_bootstrap": c.fairness_bootstrap, "seed": c.seed,
+            "prompt": c.prompt.model_dump(exclude_unset=True),
             "retrieval": c.retrieval.model_dump(exclude_unset=True),
         }
-        report = write_report(self.out, rows, subgroups, infos, context, plots, contrasts)
-        write_json_atomic(self.out / "summary.json", {"context": context, "results": rows, "contrasts": contrasts})
-        return CompareResult(self.out, rows, subgroups, report, ran, skipped, contrasts)
+        report = write_report(self.out, rows, fairness, infos, context, plots, contrasts)
+        write_json_atomic(self.out / "summary.json", {"context": context, "results": rows, "contrasts": contrasts,
+                                                      "fairness_gaps": fairness.gaps})
+        return CompareResult(self.out, rows, subgroups, report, ran, skipped, contrasts, fairness.gaps)
 
     def _baselines(self, test: list[Patient], val: list[Patient], pool: list[Patient],
                    retrievals: dict[tuple[str, int], dict[str, Retrieval]],

@@ -3,7 +3,10 @@
 Per entry: AUROC, AUPRC, Brier, ECE and F1 at the threshold that maximises F1
 on the validation split (0.5 when there is none), each with a seeded stratified
 bootstrap 95% interval; the paired DeLong test of its AUROC against the
-reference arm's; and the same point metrics by sex and age band.
+reference arm's; and the subgroup and fairness report of :mod:`icl_toolkit.fairness`
+(fairlearn's ``MetricFrame``: by sex, age band and each group attribute, with
+bootstrap intervals, and each entry's AUROC gap against the oracle's and the
+reference's on the same resamples).
 """
 
 from __future__ import annotations
@@ -16,11 +19,14 @@ import numpy as np
 
 from icl_toolkit.cohort import Patient
 from icl_toolkit.errors import ConfigError
-from icl_toolkit.metrics import age_band, bootstrap_ci, choose_threshold, delong_test, subgroup_metrics
+from icl_toolkit.fairness import FairnessReport, fairness_report, group_attributes
+from icl_toolkit.metrics import bootstrap_ci, choose_threshold, delong_test
 
-__all__ = ["Entry", "evaluate", "contrast_rows", "METRICS"]
+__all__ = ["Entry", "evaluate", "contrast_rows", "METRICS", "ORACLE"]
 
 METRICS = ("auroc", "auprc", "brier", "ece", "f1")
+ORACLE = "oracle true risk"
+"""The name of the oracle baseline (a synthetic cohort's true risk): the data's own subgroup gap."""
 
 
 @dataclass
@@ -35,8 +41,10 @@ class Entry:
 
 
 def evaluate(entries: Sequence[Entry], test: Sequence[Patient], val: Sequence[Patient] | None, *,
-             reference: str, n_resamples: int = 1000, seed: int = 0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Result rows (one per entry) and subgroup rows (per entry, grouping and value).
+             reference: str, n_resamples: int = 1000, seed: int = 0,
+             fairness_resamples: int = 200) -> tuple[list[dict[str, Any]], FairnessReport]:
+    """Result rows (one per entry) and the fairness report (subgroup rows per entry, grouping and value; gap
+    rows per entry and grouping).
 
     Raises:
         ValueError: the test patients lack labels of either class, or an entry's length differs.
@@ -47,8 +55,8 @@ def evaluate(entries: Sequence[Entry], test: Sequence[Patient], val: Sequence[Pa
     yv = np.array([p.label for p in val]) if val else None
     by_name = {e.name: e for e in entries}
     ref = by_name[reference]
-    groups = {"sex": [p.sex for p in test], "age_band": [age_band(p.age_at_index) for p in test]}
-    rows, subgroups = [], []
+    rows = []
+    thresholds: dict[str, float] = {}
     for e in entries:
         if len(e.test) != len(y):
             raise ConfigError(f"{e.name}: {len(e.test)} test predictions for {len(y)} patients.")
@@ -68,9 +76,14 @@ def evaluate(entries: Sequence[Entry], test: Sequence[Patient], val: Sequence[Pa
             d = delong_test(y, p, ref.test)
             row.update(delta_auroc=d.difference, delta_lo=d.ci_low, delta_hi=d.ci_high, p_value=d.p_value)
         rows.append(row)
-        for g in subgroup_metrics(y, p, groups, threshold):
-            subgroups.append({"name": e.name, "kind": e.kind} | g)
-    return rows, subgroups
+        thresholds[e.name] = threshold
+    fairness = fairness_report({e.name: e.test for e in entries}, y, group_attributes(test), thresholds=thresholds,
+                               oracle=ORACLE if ORACLE in by_name else None, reference=reference,
+                               n_boot=fairness_resamples, seed=seed)
+    kinds = {e.name: e.kind for e in entries}
+    for r in (*fairness.subgroups, *fairness.gaps):
+        r["kind"] = kinds[r["name"]]
+    return rows, fairness
 
 
 def contrast_rows(entries: Sequence[Entry], test: Sequence[Patient],

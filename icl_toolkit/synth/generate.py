@@ -21,13 +21,90 @@ from icl_toolkit.synth import vocab
 from icl_toolkit.synth.rationales import write_rationales
 from icl_toolkit.synth.risk import PRODROMAL_RR, RISK_FACTOR_RR, Population, sample_population, true_risk
 
-__all__ = ["SynthConfig", "generate_cohort", "iter_synthetic_patients", "parse_split", "assign_splits"]
+__all__ = ["SynthConfig", "Disparity", "parse_disparity", "generate_cohort", "iter_synthetic_patients", "parse_split",
+           "assign_splits"]
 
 GENERATOR_VERSION = "icl-synth-1"
 _EPOCH = dt.date(1970, 1, 1)
 # what metadata.true_factors lists: risk factors that count in the model, and prodromal signals
 _RISK_KEYS = (*RISK_FACTOR_RR, *PRODROMAL_RR)
 _YEAR = 365.25
+
+
+@dataclass(frozen=True)
+class Disparity:
+    """An access-to-care disparity: one group has the same true risk but its records show less.
+
+    A share of patients, drawn independently of every risk feature (so the true risk does not depend on the
+    group), gets ``groups[attribute] = limited``; the others ``standard``. The limited group has
+    ``visit_factor`` times the visit rate (fewer visits, so fewer measurements and fewer chances to code), each
+    true condition is coded with ``coding_factor`` times the usual probability (under-coding), and a chronic
+    diagnosis is first coded only at a visit at least ``delay_years`` after its onset (later coding).
+
+    Attributes:
+        share: fraction of patients in the limited group, in (0, 1).
+        visit_factor: visit-rate multiplier of the limited group, in (0, 1].
+        coding_factor: coding-probability multiplier of the limited group, in (0, 1].
+        delay_years: extra years before a chronic condition is first coded, >= 0.
+        attribute: the group attribute's name in ``Patient.groups``.
+    """
+
+    share: float = 0.3
+    visit_factor: float = 0.5
+    coding_factor: float = 0.6
+    delay_years: float = 1.0
+    attribute: str = "access"
+
+    STANDARD = "standard"
+    LIMITED = "limited"
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.share < 1.0:
+            raise ConfigError(f"--disparity: share must be in (0, 1). Got {self.share!r}.")
+        for name in ("visit_factor", "coding_factor"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ConfigError(f"--disparity: {name} must be in (0, 1]. Got {getattr(self, name)!r}.")
+        if not 0.0 <= self.delay_years <= 10.0:
+            raise ConfigError(f"--disparity: delay_years must be in [0, 10]. Got {self.delay_years!r}.")
+        if not self.attribute.replace("_", "").isalnum():
+            raise ConfigError(f"--disparity: attribute must be a name of letters, digits and '_'. "
+                              f"Got {self.attribute!r}.")
+
+
+def parse_disparity(text: str) -> Disparity:
+    """``default`` (or ``on``), or comma-separated ``key=value`` pairs overriding the defaults of
+    :class:`Disparity`: ``share=0.3,visit_factor=0.5,coding_factor=0.6,delay_years=1,attribute=access``."""
+    text = text.strip()
+    if text.lower() in ("default", "on", "yes", "true", ""):
+        return Disparity()
+    known = {"share", "visit_factor", "coding_factor", "delay_years", "attribute"}
+    values: dict[str, object] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep or key not in known:
+            raise ConfigError(f"--disparity expects 'default' or KEY=VALUE pairs with keys {sorted(known)}, "
+                              f"e.g. 'share=0.3,visit_factor=0.5'. Got {part!r}.")
+        if key == "attribute":
+            values[key] = value.strip()
+            continue
+        try:
+            values[key] = float(value)
+        except ValueError:
+            raise ConfigError(f"--disparity: {key} must be a number. Got {value!r}.") from None
+    return Disparity(**values)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class _Access:
+    """How much of one patient's health the record shows (1, 1, 0 for everyone without a disparity)."""
+
+    visit_factor: float = 1.0
+    coding_factor: float = 1.0
+    delay_years: float = 0.0
+
+
+_FULL_ACCESS = _Access()
 
 
 @dataclass(frozen=True)
@@ -41,6 +118,7 @@ class SynthConfig:
         window_years: the prediction window after the index date (5).
         rationales: write a free-text and a step-by-step rationale per patient.
         split: fractions per split name (train/val/test) or None for no split.
+        disparity: an access-to-care disparity (:class:`Disparity`), or None for none.
     """
 
     n: int
@@ -49,6 +127,7 @@ class SynthConfig:
     window_years: float = 5.0
     rationales: bool = True
     split: dict[str, float] | None = None
+    disparity: Disparity | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.n, int) or self.n < 1:
@@ -163,12 +242,13 @@ def _pick_drug(spec: vocab.ConditionSpec, rng: random.Random, anticholinergic: b
     return rng.choice(allowed)
 
 
-def _patient_events(pop: Population, i: int, rec: _Record) -> None:
+def _patient_events(pop: Population, i: int, rec: _Record, access: _Access = _FULL_ACCESS) -> None:
     rng = rec.rng
     span = float(pop.span[i])
     age = float(pop.age[i])
     female = bool(pop.female[i])
-    n_visits = max(3, int(np.random.default_rng(rng.getrandbits(32)).poisson(pop.visit_rate[i] * span)))
+    rate = pop.visit_rate[i] * access.visit_factor
+    n_visits = max(3, int(np.random.default_rng(rng.getrandbits(32)).poisson(rate * span)))
     visits = _visit_plan(rec, span, age, n_visits)
     for t, kind in visits:
         rec.add(rec.date_at(t), "visit", vocab.VISITS[kind])
@@ -186,9 +266,10 @@ def _patient_events(pop: Population, i: int, rec: _Record) -> None:
             # exposure comes through a drug of another treated condition when
             # there is one, else through a bladder antimuscarinic
             continue
-        if rng.random() >= spec.record_prob:
+        if rng.random() >= spec.record_prob * access.coding_factor:
             continue
-        after = [(t, k) for t, k in visits if t <= t0 + 1e-9]
+        delay = 0.0 if spec.episodic else access.delay_years
+        after = [(t, k) for t, k in visits if t <= t0 - delay + 1e-9]
         if not after:
             continue
         if spec.episodic:
@@ -210,10 +291,10 @@ def _patient_events(pop: Population, i: int, rec: _Record) -> None:
                 started["anticholinergic"] = first_t
     if exposed_ach and "anticholinergic" not in started:
         t0 = onset["anticholinergic"]
-        after = [(t, k) for t, k in visits if t <= t0 + 1e-9]
+        after = [(t, k) for t, k in visits if t <= t0 - access.delay_years + 1e-9]
         if after:
             spec = vocab.CONDITIONS["anticholinergic"]
-            if rng.random() < spec.record_prob:
+            if rng.random() < spec.record_prob * access.coding_factor:
                 rec.add(rec.date_at(after[0][0]), "diagnosis", spec.codes[0])
             drug = rng.choice(spec.drugs)
             started["anticholinergic"] = after[0][0]
@@ -367,12 +448,17 @@ def iter_synthetic_patients(config: SynthConfig, progress: Callable[[int], None]
     labels = (rng.random(config.n) < risk).astype(int)
     onset_years = rng.uniform(0.05, config.window_years, config.n)
     splits = assign_splits(labels.tolist(), config.split, config.seed) if config.split else None
+    d = config.disparity
+    # drawn from a stream of its own, independent of every risk feature: the groups share one true risk model
+    limited = (np.random.default_rng([config.seed, 31337]).random(config.n) < d.share) if d else None
+    limited_access = _Access(d.visit_factor, d.coding_factor, d.delay_years) if d else _FULL_ACCESS
     width = max(6, len(str(config.n)))
     for i in range(config.n):
         prng = random.Random(config.seed * 1_000_003 + i)
         index = _day_to_date(int(pop.index_day[i]))
         rec = _Record(index, prng)
-        _patient_events(pop, i, rec)
+        is_limited = bool(limited is not None and limited[i])
+        _patient_events(pop, i, rec, limited_access if is_limited else _FULL_ACCESS)
         rec.events.sort(key=lambda e: (e.date, e.kind, e.code))
         birth = index - dt.timedelta(days=int(round(float(pop.age[i]) * _YEAR)))
         label = int(labels[i])
@@ -389,6 +475,7 @@ def iter_synthetic_patients(config: SynthConfig, progress: Callable[[int], None]
             split=splits[i] if splits else None,
             metadata={"true_risk": round(float(risk[i]), 6), "true_factors": factors,
                       "generator": GENERATOR_VERSION},
+            groups={d.attribute: Disparity.LIMITED if is_limited else Disparity.STANDARD} if d else {},
         )
         if config.rationales:
             p.rationales = write_rationales(p, prng)
