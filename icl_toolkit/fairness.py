@@ -25,6 +25,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,7 @@ from icl_toolkit.errors import ConfigError
 
 __all__ = ["GROUP_METRICS", "age_band", "group_attributes", "calibration_slope", "calibration_intercept",
            "subgroup_frame", "FairnessReport", "fairness_report", "excess_gap", "gaps_markdown", "subgroups_markdown",
-           "plot_fairness"]
+           "plot_fairness", "write_fairness_tables", "predictions_with_cohort"]
 
 GROUP_METRICS = ("auroc", "auprc", "brier", "calibration_slope", "calibration_intercept")
 _RATES = ("selection_rate", "tpr", "fpr")
@@ -354,7 +355,7 @@ def plot_fairness(path: Any, report: FairnessReport) -> None:
         values = list(dict.fromkeys(r["value"] for r in report.subgroups if r["group"] == grouping))
         for j, name in enumerate(names):
             pts = {r["value"]: r for r in report.subgroups if r["group"] == grouping and r["name"] == name}
-            xs = np.arange(len(values)) + (j - len(names) / 2) * 0.6 / max(len(names), 1)
+            xs = np.arange(len(values)) + (j - (len(names) - 1) / 2) * 0.5 / max(len(names), 1)
             ys = np.array([pts[v]["auroc"] if v in pts else np.nan for v in values])
             lo = np.array([pts[v].get("auroc_lo", np.nan) if v in pts else np.nan for v in values])
             hi = np.array([pts[v].get("auroc_hi", np.nan) if v in pts else np.nan for v in values])
@@ -362,6 +363,7 @@ def plot_fairness(path: Any, report: FairnessReport) -> None:
             ax.errorbar(xs, ys, yerr=err, fmt="o", markersize=4, capsize=2, color=cmap(j % 20),
                         label=name if ax is axes[0][0] else None)
         ax.set_xticks(np.arange(len(values)), values)
+        ax.set_xlim(-0.5, len(values) - 0.5)
         ax.axhline(0.5, color="grey", linewidth=0.8)
         ax.set_title(f"AUROC by {grouping}")
         ax.set_ylim(0.3, 1.0)
@@ -370,3 +372,57 @@ def plot_fairness(path: Any, report: FairnessReport) -> None:
     fig.tight_layout(rect=(0, 0.06 + 0.03 * (len(names) // 4), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def write_fairness_tables(out: Any, report: FairnessReport) -> None:
+    """``subgroups.csv`` (one row per predictor, grouping and group) and ``fairness_gaps.csv`` (one row per
+    predictor and grouping) in the folder ``out``."""
+    import pandas as pd
+
+    out = Path(out)
+    pd.DataFrame(report.subgroups).round(6).to_csv(out / "subgroups.csv", index=False)
+    pd.DataFrame(report.gaps).round(6).to_csv(out / "fairness_gaps.csv", index=False)
+
+
+def predictions_with_cohort(files: Mapping[str, Any], cohort: Sequence[Patient], *, cohort_name: str = "cohort"
+                            ) -> tuple[dict[str, list[float]], list[Patient], dict[str, int]]:
+    """Join prediction files (``icl predict`` output: ``patient_id`` and ``probability`` per line) with the
+    cohort they were made on, over the labelled patients every file predicted.
+
+    Returns the probabilities per name (in patient order), those patients, and counts of what was left out
+    (``unlabelled``, ``not_predicted``, ``failed`` records without a probability).
+
+    Raises:
+        ConfigError: a prediction for a patient the cohort lacks (naming the file, line and id), or no patient
+            left.
+    """
+    from icl_toolkit.run import read_records
+
+    by_id = {p.patient_id: p for p in cohort}
+    probs: dict[str, dict[str, float]] = {}
+    dropped = {"unlabelled": 0, "not_predicted": 0, "failed": 0}
+    for name, path in files.items():
+        got: dict[str, float] = {}
+        for line, rec in enumerate(read_records(path), 1):
+            pid = rec["patient_id"]
+            if pid not in by_id:
+                raise ConfigError(f"{path}:{line}: patient_id {pid!r} is not in {cohort_name}; give the cohort the "
+                                  "predictions were made on (--cohort).")
+            p = rec.get("probability")
+            if not isinstance(p, (int, float)) or isinstance(p, bool):
+                dropped["failed"] += 1
+                continue
+            got[pid] = float(p)
+        probs[name] = got
+    keep = []
+    for p in cohort:
+        if p.label is None:
+            dropped["unlabelled"] += 1
+        elif all(p.patient_id in got for got in probs.values()):
+            keep.append(p)
+        else:
+            dropped["not_predicted"] += 1
+    if not keep:
+        raise ConfigError(f"No labelled patient of {cohort_name} has a prediction in every file; check that the "
+                          "prediction files come from this cohort.")
+    return {name: [got[p.patient_id] for p in keep] for name, got in probs.items()}, keep, dropped

@@ -165,3 +165,39 @@ def test_disparity_cohort_same_risk_less_recorded():
 def test_disparity_flag_errors(text, match):
     with pytest.raises(ConfigError, match=match):
         parse_disparity(text)
+
+
+def test_icl_report_fairness_cli(invoke, tmp_path):
+    import json
+
+    from icl_toolkit.cohort import write_cohort
+
+    ps = generate_cohort(SynthConfig(n=160, seed=6, rationales=False, disparity=Disparity(share=0.4)))
+    write_cohort(ps, tmp_path / "c.jsonl")
+    rng = np.random.default_rng(0)
+    with open(tmp_path / "a.jsonl", "w") as fh:
+        for p in ps:
+            fh.write(json.dumps({"patient_id": p.patient_id, "probability": float(rng.random())}) + "\n")
+        fh.write(json.dumps({"patient_id": ps[0].patient_id, "error": "failed"}) + "\n")
+    with open(tmp_path / "b.jsonl", "w") as fh:
+        for p in ps[:-5]:
+            fh.write(json.dumps({"patient_id": p.patient_id, "probability": p.age_at_index / 100}) + "\n")
+    code, text = invoke(["report", "fairness", "--predictions", f"rand={tmp_path / 'a.jsonl'}", "--predictions",
+                         tmp_path / "b.jsonl", "--cohort", tmp_path / "c.jsonl", "--out", tmp_path / "fr",
+                         "--resamples", "20", "--reference", "rand"])
+    assert code == 0, text
+    data = json.loads((tmp_path / "fr" / "fairness.json").read_text())
+    assert data["patients"] == 155 and data["left_out"]["not_predicted"] == 5 and data["left_out"]["failed"] == 1
+    names = {g["name"] for g in data["gaps"]}
+    assert names == {"rand", "b", "oracle true risk"}  # the synthetic cohort's true risk is the oracle
+    assert {g["group"] for g in data["gaps"]} == {"sex", "age_band", "access"}
+    assert "gap - oracle's gap" in (tmp_path / "fr" / "fairness.md").read_text()
+    assert (tmp_path / "fr" / "fairness.png").stat().st_size > 10_000
+    # a prediction for a patient the cohort lacks: the file, line and id
+    (tmp_path / "x.jsonl").write_text('{"patient_id": "nobody", "probability": 0.2}\n')
+    code, text = invoke(["report", "fairness", "--predictions", tmp_path / "x.jsonl", "--cohort",
+                         tmp_path / "c.jsonl", "--out", tmp_path / "fr2"])
+    assert code == 1 and "x.jsonl:1: patient_id 'nobody' is not in" in text
+    code, text = invoke(["report", "fairness", "--predictions", tmp_path / "a.jsonl", "--cohort",
+                         tmp_path / "c.jsonl", "--reference", "zzz"])
+    assert code == 1 and "--reference 'zzz'" in text

@@ -15,7 +15,7 @@ import sys
 import typer
 from rich.markup import escape
 
-from icl_toolkit.cli import compare, data, finetune, index, predict, rationales, serve
+from icl_toolkit.cli import compare, data, finetune, index, predict, rationales, report, serve
 from icl_toolkit.cli._common import err_console
 from icl_toolkit.errors import IclError
 from icl_toolkit.files import describe_os_error
@@ -32,6 +32,7 @@ app = typer.Typer(
 app.add_typer(data.app, name="data")
 app.add_typer(index.app, name="index")
 app.add_typer(rationales.app, name="rationales")
+app.add_typer(report.app, name="report")
 app.command(name="predict")(predict.predict)
 app.command(name="finetune")(finetune.finetune)
 app.command(name="compare")(compare.compare)

@@ -12,7 +12,13 @@ from typing import Any
 import numpy as np
 
 from icl_toolkit.compare.stats import METRICS, Entry
-from icl_toolkit.fairness import FairnessReport, gaps_markdown, plot_fairness, subgroups_markdown
+from icl_toolkit.fairness import (
+    FairnessReport,
+    gaps_markdown,
+    plot_fairness,
+    subgroups_markdown,
+    write_fairness_tables,
+)
 
 __all__ = ["write_tables", "plot_roc", "plot_auroc_vs_k", "plot_calibration", "plot_fairness", "write_report"]
 
@@ -70,8 +76,7 @@ def write_tables(out: Path, rows: Sequence[dict[str, Any]], fairness: FairnessRe
     _write_csv(out / "results.csv", rows)
     text = markdown_table(rows) + (("\n" + contrast_table(contrasts)) if contrasts else "")
     (out / "results.md").write_text(text, encoding="utf-8")
-    _write_csv(out / "subgroups.csv", fairness.subgroups)
-    _write_csv(out / "fairness_gaps.csv", fairness.gaps)
+    write_fairness_tables(out, fairness)
     if contrasts:
         _write_csv(out / "contrasts.csv", contrasts)
 
