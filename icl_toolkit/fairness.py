@@ -33,7 +33,7 @@ import numpy as np
 from icl_toolkit.cohort import Patient
 from icl_toolkit.errors import ConfigError
 
-__all__ = ["GROUP_METRICS", "age_band", "group_attributes", "calibration_slope", "calibration_intercept",
+__all__ = ["GROUP_METRICS", "age_band", "auroc_or_nan", "group_attributes", "calibration_slope", "calibration_intercept",
            "subgroup_frame", "FairnessReport", "fairness_report", "excess_gap", "gaps_markdown", "subgroups_markdown",
            "plot_fairness", "write_fairness_tables", "predictions_with_cohort"]
 
@@ -58,7 +58,7 @@ def group_attributes(patients: Sequence[Patient]) -> dict[str, list[str]]:
 
 # --------------------------------------------------------------------------- metric functions
 
-def _auroc(y: Any, p: Any) -> float:
+def auroc_or_nan(y: Any, p: Any) -> float:
     """AUROC by midranks (equal to scikit-learn's); NaN when the group has one class."""
     from scipy.stats import rankdata
 
@@ -142,7 +142,7 @@ def _rates(threshold: float) -> dict[str, Any]:
 
 def _metric_functions(threshold: float) -> dict[str, Any]:
     return {"n": lambda y, p: float(len(y)), "cases": lambda y, p: float(np.sum(y)),
-            "auroc": _auroc, "auprc": _auprc, "brier": _brier,
+            "auroc": auroc_or_nan, "auprc": _auprc, "brier": _brier,
             "calibration_slope": calibration_slope, "calibration_intercept": calibration_intercept,
             **_rates(threshold)}
 
@@ -176,7 +176,7 @@ def _gap_samples(y: np.ndarray, probs: Sequence[np.ndarray], values: np.ndarray,
     for r, idx in enumerate(rows):
         yr, vr = y[idx], values[idx]
         for j, p in enumerate(probs):
-            aucs = [_auroc(yr[vr == g], p[idx][vr == g]) for g in levels]
+            aucs = [auroc_or_nan(yr[vr == g], p[idx][vr == g]) for g in levels]
             aucs = [a for a in aucs if not np.isnan(a)]
             if len(aucs) >= 2:
                 out[r, j] = max(aucs) - min(aucs)

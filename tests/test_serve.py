@@ -211,7 +211,10 @@ def test_real_server_answers_http_like_icl_predict(tiny_model_dir, small_cohort,
     offline = [json.loads(x) for x in open(tmp_path / "p.jsonl")]
     port = _free_port()
     # a batch waits up to 1 s for company, so a request is surely in flight when SIGTERM comes below
-    server = subprocess.Popen([str(icl), "serve", *common, "--port", str(port), "--max-wait-ms", "1000"],
+    (tmp_path / "card.toml").write_text('owner = "ADRD ML team"\ncontact = "adrd-ml@example.org"\n'
+                                        'review_date = 2027-06-30\nintended_use = "research"\n')
+    server = subprocess.Popen([str(icl), "serve", *common, "--port", str(port), "--max-wait-ms", "1000",
+                               "--monitor-dir", str(tmp_path / "mon"), "--card", str(tmp_path / "card.toml")],
                               stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     try:
@@ -223,6 +226,11 @@ def test_real_server_answers_http_like_icl_predict(tiny_model_dir, small_cohort,
         got = r.json()["predictions"]
         assert [g["prompt_hash"] for g in got] == [o["prompt_hash"] for o in offline]
         np.testing.assert_allclose([g["probability"] for g in got], [o["probability"] for o in offline], atol=1e-5)
+        card = httpx.get(base + "/v1/info", timeout=10).json()["model_card"]
+        assert card["owner"] == "ADRD ML team" and card["review_date"] == "2027-06-30"
+        assert card["data_provenance"]["pool"].startswith("sha256:")
+        fb = {"outcomes": [{"patient_id": small_cohort[80].patient_id, "outcome": 0, "date": "2027-01-01"}]}
+        assert httpx.post(base + "/v1/feedback", json=fb, timeout=10).json()["recorded"] == 1
         # graceful shutdown: a request in flight when SIGTERM arrives is still answered
         in_flight: dict = {}
         sender = threading.Thread(target=lambda: in_flight.setdefault(
@@ -237,6 +245,9 @@ def test_real_server_answers_http_like_icl_predict(tiny_model_dir, small_cohort,
         out, _ = server.communicate(timeout=60)
     assert server.returncode == 0 or server.returncode == -15
     assert "POST /v1/predict 200" in out and small_cohort[80].patient_id not in out  # ids and timings, no patient data
+    # the monitor log: every prediction, the key outside the log folder, private
+    assert len((tmp_path / "mon" / "predictions.jsonl").read_text().splitlines()) == 8
+    assert (tmp_path / "mon.key").stat().st_mode & 0o777 == 0o600 and not list((tmp_path / "mon").glob("*.key"))
 
 
 # --------------------------------------------------------------------------- bad input and pressure (issue 15)
@@ -415,3 +426,49 @@ def test_sigterm_with_a_backlog_longer_than_the_grace_period(live, small_cohort)
         if r.status_code == 503:
             assert r.headers["content-type"] == "application/json"
             assert r.json()["request_id"] == r.headers["x-request-id"] and "shutting down" in r.json()["error"]
+
+
+def test_monitor_log_feedback_and_card_over_http(service, small_cohort, tmp_path):
+    from icl_toolkit.monitor import MonitorLog, monitor_report, parse_window
+    from icl_toolkit.monitor.log import FEEDBACK, PREDICTIONS
+
+    monitor = MonitorLog(tmp_path / "mon", b"s" * 32, model={"model": "tiny"})
+    card = {"owner": "ADRD team", "intended_use": "research", "data_provenance": {"pool": "sha256:abc"}}
+    app = create_app(lambda: service, ServerSettings(api_key=KEY), monitor=monitor, card=card)
+    patients = small_cohort[100:104]
+    with TestClient(app) as c:
+        _ready(c)
+        r = c.post("/v1/predict", json={"patients": [as_json(p) for p in patients], "options": {"k": 2}},
+                   headers=AUTH)
+        assert r.status_code == 200
+        info = c.get("/v1/info", headers=AUTH).json()
+        assert info["model_card"]["owner"] == "ADRD team" and info["monitor"]["predictions_logged"] == 4
+        fb = {"outcomes": [{"patient_id": patients[0].patient_id, "outcome": 1, "date": "2027-02-01"},
+                           {"patient_id": patients[1].patient_id, "outcome": 0, "date": "2027-02-01"}]}
+        assert c.post("/v1/feedback", json=fb).status_code == 401  # authenticated like the rest of /v1/*
+        r = c.post("/v1/feedback", json=fb, headers=AUTH)
+        assert r.status_code == 200 and (r.json()["recorded"], r.json()["duplicates"]) == (2, 0)
+        r = c.post("/v1/feedback", json=fb, headers=AUTH)  # sent twice: idempotent
+        assert r.status_code == 200 and (r.json()["recorded"], r.json()["duplicates"]) == (0, 2)
+        r = c.post("/v1/feedback", headers=AUTH, json={"outcomes": [
+            {"patient_id": patients[2].patient_id, "outcome": 0, "date": "2027-02-01"},
+            {"patient_id": "nobody-we-saw", "outcome": 1, "date": "2027-02-01"}]})
+        assert r.status_code == 404 and r.json()["detail"][0]["field"] == "outcomes[1].patient_id"
+        r = c.post("/v1/feedback", headers=AUTH, json={"outcomes": [
+            {"patient_id": patients[0].patient_id, "outcome": 0, "date": "2027-02-01"}]})
+        assert r.status_code == 409 and "recorded for this patient before" in r.json()["detail"][0]["msg"]
+        r = c.post("/v1/feedback", headers=AUTH, json={"outcomes": [
+            {"patient_id": patients[2].patient_id, "outcome": 2, "date": "2027-02-01"}]})
+        assert r.status_code == 422 and r.json()["detail"][0]["field"] == "outcomes[0].outcome"
+    monitor.close()
+    assert len((tmp_path / "mon" / FEEDBACK).read_text().splitlines()) == 2  # nothing of the refused requests
+    logged = (tmp_path / "mon" / PREDICTIONS).read_text()
+    assert all(p.patient_id not in logged for p in patients)
+    rep = monitor_report(tmp_path / "mon", parse_window("30d"))
+    assert rep["windows"][0]["volume"] == 4 and rep["windows"][0]["outcomes"] == 2
+
+
+def test_feedback_without_monitor_is_refused_clearly(client):
+    r = client.post("/v1/feedback", headers=AUTH, json={"outcomes": [{"patient_id": "a", "outcome": 1,
+                                                                       "date": "2027-01-01"}]})
+    assert r.status_code == 501 and "--monitor-dir" in r.json()["error"]

@@ -15,7 +15,7 @@ import sys
 import typer
 from rich.markup import escape
 
-from icl_toolkit.cli import compare, data, finetune, index, predict, rationales, report, serve
+from icl_toolkit.cli import compare, data, finetune, index, monitor, predict, rationales, report, serve
 from icl_toolkit.cli._common import err_console
 from icl_toolkit.errors import IclError
 from icl_toolkit.files import describe_os_error
@@ -37,6 +37,7 @@ app.command(name="predict")(predict.predict)
 app.command(name="finetune")(finetune.finetune)
 app.command(name="compare")(compare.compare)
 app.command(name="serve")(serve.serve)
+app.command(name="monitor")(monitor.monitor)
 
 
 @app.callback()

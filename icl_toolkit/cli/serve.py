@@ -43,6 +43,9 @@ def serve(
     max_request_tokens: Annotated[int, typer.Option(min=1, help="Most prompt tokens per request, estimated from the history budgets (413 above).")] = 200_000,
     grace_seconds: Annotated[float, typer.Option(min=1, help="On SIGTERM: answer every request within this many seconds (finish, or 503 for what is still queued), then exit.")] = 30.0,
     log_level: Annotated[LogLevel, typer.Option(help="Log level (request ids and timings; never patient data).")] = "info",
+    monitor_dir: Annotated[Optional[Path], typer.Option(help="Append one pseudonymous record per prediction here and take outcomes on POST /v1/feedback; report with `icl monitor --dir`.")] = None,
+    monitor_key_file: Annotated[Optional[Path], typer.Option(help="Pseudonym key file (created, mode 0600, when absent; default MONITOR_DIR/../<name>.key, outside the log folder). ICL_MONITOR_KEY overrides it.")] = None,
+    card: Annotated[Optional[Path], typer.Option(help="Model card fields (TOML or JSON: owner, contact, intended_use, out_of_scope_use, review_date), shown in /v1/info.")] = None,
     *,
     engine: EngineOptions,
     retriever_options: dict[str, Any],
@@ -52,8 +55,12 @@ def serve(
         import uvicorn  # noqa: F401
     except ImportError:
         raise ConfigError('icl serve needs FastAPI and uvicorn: pip install "icl-toolkit[serve]"') from None
+    from icl_toolkit.artifacts import content_hash
     from icl_toolkit.backends.options import open_backend
+    from icl_toolkit.card import CARD_FIELDS, ModelCard
     from icl_toolkit.cohort import read_cohort
+    from icl_toolkit.files import load_settings_file
+    from icl_toolkit.monitor.log import MonitorLog, load_key
     from icl_toolkit.retrieve import DemoIndex, ProfileEmbedder
     from icl_toolkit.retrievers import make_representation, needs_embedder
     from icl_toolkit.serve.app import ServerSettings, create_app, make_server
@@ -69,6 +76,14 @@ def serve(
     loaded_index = DemoIndex.load(index) if index is not None else None
     if loaded_index is not None:  # the server's retriever settings must be the index's
         loaded_index.check(demo_pool, make_representation(r, embedder), where=str(index))
+    fields = load_settings_file(card, ModelCard, "model card", CARD_FIELDS) if card is not None else ModelCard()
+    card_info = fields.as_info({"model": model, "pool": content_hash(demo_pool) if demo_pool else "none"})
+    monitor = None
+    if monitor_dir is not None:  # opened before binding: an unwritable folder fails here
+        key_file = monitor_key_file or monitor_dir.resolve().parent / f"{monitor_dir.resolve().name}.key"
+        monitor = MonitorLog(monitor_dir, load_key(key_file),
+                             model={"model": model, "engine": engine.model_dump(mode="json", exclude_unset=True),
+                                    "spec": config.model_dump(mode="json")})
 
     def load() -> PredictionService:
         lm = open_backend(model, engine, progress=False)
@@ -84,5 +99,5 @@ def serve(
         err_console.print(f"warning: binding {host}: the service is reachable from other machines"
                           + ("" if settings.api_key else " and ICL_API_KEY is not set (no authentication)"),
                           highlight=False)
-    make_server(create_app(load, settings), host=host, port=port, log_level=log_level,
-                grace_seconds=grace_seconds).run()
+    make_server(create_app(load, settings, monitor=monitor, card=card_info), host=host, port=port,
+                log_level=log_level, grace_seconds=grace_seconds).run()

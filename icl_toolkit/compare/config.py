@@ -45,6 +45,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from icl_toolkit.backends.options import EngineOptions
+from icl_toolkit.card import ModelCard
 from icl_toolkit.errors import ConfigError
 from icl_toolkit.prompting import PromptConfig
 from icl_toolkit.retrieve import IndexKind, RetrievalConfig
@@ -153,6 +154,9 @@ class CompareConfig(BaseModel):
     """Use the first N validation patients (for the F1 thresholds)."""
     bootstrap: int = Field(1000, ge=1)
     """Bootstrap resamples for the confidence intervals."""
+    card: ModelCard = Field(default_factory=ModelCard)
+    """The ``[card]`` table: owner, contact, intended_use, out_of_scope_use, review_date, printed in every model
+    card of the report with the data's content hashes."""
     fairness_bootstrap: int = Field(200, ge=0)
     """Bootstrap resamples of the subgroup and fairness intervals (fairlearn's ``MetricFrame``; 0: point values
     only). Each costs about 10-40 ms per entry and grouping on 2 cores."""

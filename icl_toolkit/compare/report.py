@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from icl_toolkit.card import ModelCard
 from icl_toolkit.compare.stats import METRICS, Entry
 from icl_toolkit.fairness import (
     FairnessReport,
@@ -181,8 +182,12 @@ def plot_calibration(path: Path, entries: Sequence[Entry], y: np.ndarray, n_bins
 
 # --------------------------------------------------------------------------- report
 
+_DEFAULT_USE = ("research comparison of prompting and fine-tuning for five-year ADRD onset from coded histories. "
+                "Not a clinical decision tool; not validated on real patients.")
+
+
 def _model_card(r: dict[str, Any], fairness: FairnessReport, info: dict[str, Any],
-                reference: str) -> list[str]:
+                reference: str, context: dict[str, Any]) -> list[str]:
     lines = [f"### {r['name']}", ""]
     if r["kind"] == "arm":
         ckpt = info.get("checkpoint_meta")
@@ -199,9 +204,13 @@ def _model_card(r: dict[str, Any], fairness: FairnessReport, info: dict[str, Any
                   f"{info.get('seconds_per_patient', 0):.2f} s per patient"]
     else:
         lines += [f"- **Model**: baseline: {info.get('description', r['name'])}"]
+    card: ModelCard = context.get("card") or ModelCard()
+    provenance = {"test": _short(context["test_hash"]), "pool": _short(context["pool_hash"])}
+    ckpt = info.get("checkpoint_meta")
+    if ckpt:
+        provenance["SFT training data"] = _short(ckpt["train_hash"])
     lines += [
-        "- **Intended use**: research comparison of prompting and fine-tuning for five-year ADRD onset from coded "
-        "histories. Not a clinical decision tool; not validated on real patients.",
+        *card.markdown(provenance, default_intended_use=_DEFAULT_USE),
         f"- **Data**: {r['n']} test patients ({r['cases']} cases), the same for every arm; threshold "
         f"{r['threshold']:.3f} ({r['threshold_from']}).",
         "- **Metrics (95% bootstrap CI)**: " + "; ".join(f"{_LABELS[m]} {_ci(r, m)}" for m in METRICS),
@@ -262,7 +271,7 @@ def write_report(out: Path, rows: Sequence[dict[str, Any]], fairness: FairnessRe
         "## Model cards", "",
     ]
     for r in rows:
-        lines += _model_card(r, fairness, infos.get(r["name"], {}), ref)
+        lines += _model_card(r, fairness, infos.get(r["name"], {}), ref, context)
     path = out / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path

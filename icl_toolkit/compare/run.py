@@ -280,8 +280,8 @@ class Comparison:
             "prompt": c.prompt.model_dump(exclude_unset=True),
             "retrieval": c.retrieval.model_dump(exclude_unset=True),
         }
-        report = write_report(self.out, rows, fairness, infos, context, plots, contrasts)
-        write_json_atomic(self.out / "summary.json", {"context": context, "results": rows, "contrasts": contrasts,
+        report = write_report(self.out, rows, fairness, infos, context | {"card": c.card}, plots, contrasts)
+        write_json_atomic(self.out / "summary.json", {"context": context, "card": c.card.model_dump(mode="json"), "results": rows, "contrasts": contrasts,
                                                       "fairness_gaps": fairness.gaps})
         return CompareResult(self.out, rows, subgroups, report, ran, skipped, contrasts, fairness.gaps)
 

@@ -36,7 +36,16 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from icl_toolkit.cohort import record_issues
-from icl_toolkit.serve.schemas import ErrorOut, Health, Info, PredictRequest, PredictResponse
+from icl_toolkit.monitor.log import MonitorLog
+from icl_toolkit.serve.schemas import (
+    ErrorOut,
+    FeedbackRequest,
+    FeedbackResponse,
+    Health,
+    Info,
+    PredictRequest,
+    PredictResponse,
+)
 from icl_toolkit.serve.service import Overloaded, PredictionService, ShuttingDown
 
 __all__ = ["ServerSettings", "create_app", "make_server", "drain_seconds"]
@@ -144,10 +153,13 @@ class RequestContext:
 
 
 def create_app(load: Callable[[], PredictionService], settings: ServerSettings | None = None,
-               *, info: Callable[[PredictionService], dict[str, Any]] | None = None) -> FastAPI:
+               *, info: Callable[[PredictionService], dict[str, Any]] | None = None,
+               monitor: MonitorLog | None = None, card: dict[str, Any] | None = None) -> FastAPI:
     """The app. ``load`` builds the service (model, pool, index) in a background thread at start-up, so
     ``/health`` answers "loading" (503) until it is ready. ``app.state.begin_shutdown(seconds)`` (called by
-    ``icl serve`` on SIGTERM) makes the service refuse new work and answer what is waiting within ``seconds``."""
+    ``icl serve`` on SIGTERM) makes the service refuse new work and answer what is waiting within ``seconds``.
+    With ``monitor``, every prediction is appended to its log and ``POST /v1/feedback`` records outcomes;
+    ``card`` (owner, intended use, provenance, ...) is part of ``/v1/info``."""
     settings = settings or ServerSettings()
     state: dict[str, Any] = {"service": None, "status": "loading", "detail": None, "loop": None}
 
@@ -202,7 +214,11 @@ def create_app(load: Callable[[], PredictionService], settings: ServerSettings |
         service = state["service"]
         if service is None:
             return _error(503, request.state.request_id, "not ready: the model and index are still loading")
-        return Info(**(info(service) if info else default_info(service, settings)))
+        out = info(service) if info else default_info(service, settings)
+        out.setdefault("model_card", card or {})
+        if monitor is not None:
+            out.setdefault("monitor", {"predictions_logged": len(monitor.known), "outcomes": len(monitor.outcomes)})
+        return Info(**out)
 
     @app.post("/v1/predict", response_model=PredictResponse,
               responses={401: {"model": ErrorOut}, 413: {"model": ErrorOut}, 422: {"model": ErrorOut},
@@ -263,7 +279,54 @@ def create_app(load: Callable[[], PredictionService], settings: ServerSettings |
         if failed:
             log.error("%s prediction failed: %s", rid, type(failed[0]).__name__)
             return _error(500, rid, "prediction failed; the server log has the details under this request id")
+        if monitor is not None:
+            try:
+                monitor.record_predictions(req.patients, results)
+            except OSError as exc:  # the prediction stands; the gap in the log is reported
+                log.error("%s monitor log write failed: %s", rid, exc)
         return JSONResponse(PredictResponse(request_id=rid, predictions=results).model_dump())
+
+    @app.post("/v1/feedback", response_model=FeedbackResponse,
+              responses={401: {"model": ErrorOut}, 404: {"model": ErrorOut}, 409: {"model": ErrorOut},
+                         422: {"model": ErrorOut}, 501: {"model": ErrorOut}})
+    async def feedback(request: Request) -> Any:
+        """Outcomes as they become known: ``{"outcomes": [{"patient_id", "outcome": 0|1, "date"}]}``. All or
+        nothing: an id this server never predicted is a 404, an outcome that contradicts one recorded before is
+        a 409 (each naming the item); the same outcome sent again is counted as a duplicate and not written."""
+        rid = request.state.request_id
+        if monitor is None:
+            return _error(501, rid, "this server keeps no monitor log; start icl serve with --monitor-dir DIR to "
+                                    "take outcomes")
+        body = await request.body()
+        try:
+            req = FeedbackRequest.model_validate_json(body)
+        except ValidationError as exc:
+            detail = [{"field": _field(e["loc"]), "loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
+                      for e in exc.errors(include_url=False, include_input=False)]
+            return _error(422, rid, "invalid request", detail)
+        unknown, conflicts = [], []
+        seen = dict(monitor.outcomes)
+        for i, o in enumerate(req.outcomes):
+            pid = monitor.pseudonym(o.patient_id)
+            if pid not in monitor.known:
+                unknown.append({"field": f"outcomes[{i}].patient_id", "msg": "no prediction of this patient is in "
+                                "the monitor log (send outcomes for patients this server predicted)"})
+            elif seen.setdefault(pid, (o.outcome, o.date.isoformat())) != (o.outcome, o.date.isoformat()):
+                was = seen[pid]
+                conflicts.append({"field": f"outcomes[{i}]", "msg": f"outcome {was[0]} dated {was[1]} was recorded "
+                                  "for this patient before; outcomes are not overwritten"})
+        if unknown:
+            return _error(404, rid, f"{len(unknown)} outcome(s) for unknown patients; nothing was recorded", unknown)
+        if conflicts:
+            return _error(409, rid, f"{len(conflicts)} outcome(s) contradict recorded ones; nothing was recorded",
+                          conflicts)
+        recorded = duplicates = 0
+        for o in req.outcomes:  # no await in between: the checks above still hold
+            if monitor.record_feedback(o.patient_id, o.outcome, o.date) == "recorded":
+                recorded += 1
+            else:
+                duplicates += 1
+        return FeedbackResponse(request_id=rid, recorded=recorded, duplicates=duplicates)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:

@@ -9,6 +9,7 @@ of cohort JSONL records.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from dataclasses import MISSING
 from typing import Any, Literal, get_type_hints
 
@@ -18,7 +19,8 @@ from icl_toolkit.cohort import Patient
 from icl_toolkit.predict import Prediction
 from icl_toolkit.spec import Demos, Strategy
 
-__all__ = ["PredictOptions", "PredictRequest", "PredictionOut", "PredictResponse", "Info", "Health", "ErrorOut"]
+__all__ = ["PredictOptions", "PredictRequest", "PredictionOut", "PredictResponse", "Info", "Health", "ErrorOut",
+           "Outcome", "FeedbackRequest", "FeedbackResponse"]
 
 
 class PredictOptions(BaseModel):
@@ -69,6 +71,33 @@ class PredictResponse(BaseModel):
     predictions: list[PredictionOut]
 
 
+class Outcome(BaseModel):
+    """An outcome that became known for a patient the service predicted."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    patient_id: str = Field(min_length=1)
+    """The id the patient had in its prediction request (pseudonymised before it is stored)."""
+    outcome: Literal[0, 1]
+    """1: ADRD onset within the prediction window; 0: none."""
+    date: dt.date
+    """When the outcome was established (onset date, or the end of follow-up for 0)."""
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    outcomes: list[Outcome] = Field(min_length=1, max_length=10_000)
+
+
+class FeedbackResponse(BaseModel):
+    request_id: str
+    recorded: int
+    """Outcomes written to the monitor log."""
+    duplicates: int
+    """Outcomes sent before with the same value and date (idempotent: nothing written)."""
+
+
 class Info(BaseModel):
     version: str
     model_id: str
@@ -80,6 +109,10 @@ class Info(BaseModel):
     batching: dict[str, Any]
     queue: dict[str, Any] = Field(default_factory=dict)
     """Patients waiting now, patients dropped because their client went away, requests refused (queue full)."""
+    model_card: dict[str, Any] = Field(default_factory=dict)
+    """Owner, contact, intended and out-of-scope use, review date, and the data's content hashes."""
+    monitor: dict[str, Any] | None = None
+    """The monitor log (predictions and outcomes logged), when the server runs with --monitor-dir."""
 
 
 class Health(BaseModel):

@@ -1,0 +1,205 @@
+"""The monitor log of a served predictor: pseudonymous, append-only, readable after any interruption.
+
+One folder holds::
+
+    predictions.jsonl   one line per prediction: time, pseudonym, probability, model and prompt hashes,
+                        demo pseudonyms, age (whole years), sex, age band, group attributes, events in the
+                        history and its length in days
+    feedback.jsonl      one line per outcome reported through POST /v1/feedback: time, pseudonym, outcome,
+                        outcome date
+
+**Pseudonyms** are ``HMAC-SHA256(key, patient_id)`` (hex, first 24 digits): the same patient gets the same
+pseudonym under one key (so outcomes can be joined to predictions), and without the key a pseudonym cannot be
+linked back to an id or across logs kept under different keys. The key comes from ``ICL_MONITOR_KEY`` or a key
+file (created with mode 0600 when absent); keep the key file away from whoever reads the log.
+
+**Writes** are single ``write`` calls of whole lines to files opened in append mode, so a killed process leaves
+at most one torn last line; the next writer starts on a fresh line and readers skip (and count) torn lines.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from icl_toolkit.cohort import Patient
+from icl_toolkit.errors import ConfigError
+from icl_toolkit.files import os_error
+
+__all__ = ["Pseudonymizer", "load_key", "MonitorLog", "read_log", "PREDICTIONS", "FEEDBACK", "KEY_ENV"]
+
+PREDICTIONS = "predictions.jsonl"
+FEEDBACK = "feedback.jsonl"
+KEY_ENV = "ICL_MONITOR_KEY"
+
+
+class Pseudonymizer:
+    """Keyed pseudonyms: ``HMAC-SHA256(key, id)``, 24 hex digits (96 bits)."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < 16:
+            raise ConfigError("The monitor key must be at least 16 bytes (set ICL_MONITOR_KEY to a long random "
+                              "string, e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`).")
+        self._key = key
+
+    def __call__(self, patient_id: str) -> str:
+        return hmac.new(self._key, patient_id.encode("utf-8"), hashlib.sha256).hexdigest()[:24]
+
+
+def load_key(key_file: str | os.PathLike[str] | None) -> bytes:
+    """The pseudonym key: ``$ICL_MONITOR_KEY`` when set, else the key file's content (a new random key is
+    written there, mode 0600, when the file does not exist)."""
+    env = os.environ.get(KEY_ENV)
+    if env:
+        return env.encode("utf-8")
+    if key_file is None:
+        raise ConfigError(f"No monitor key: set {KEY_ENV} or give a key file.")
+    path = Path(key_file)
+    try:
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(32) + "\n")
+        return path.read_text(encoding="utf-8").strip().encode("utf-8")
+    except OSError as exc:
+        raise os_error(exc, path, "reading the monitor key") from None
+
+
+def _age_band(age: float) -> str:
+    from icl_toolkit.fairness import age_band
+
+    return age_band(age)
+
+
+class _AppendFile:
+    """Whole lines appended with one ``write`` each; a torn last line left by a killed writer is closed off."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            size = os.fstat(self.fd).st_size
+            if size:
+                with open(path, "rb") as fh:
+                    fh.seek(size - 1)
+                    if fh.read(1) != b"\n":
+                        os.write(self.fd, b"\n")  # the torn line stays torn (readers skip it); new lines are whole
+        except OSError as exc:
+            raise os_error(exc, path, "opening the monitor log") from None
+        self.lock = threading.Lock()
+
+    def append(self, records: Iterable[dict[str, Any]]) -> None:
+        data = b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in records)
+        if data:
+            with self.lock:
+                os.write(self.fd, data)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def read_log(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], int]:
+    """The records of one log file and the number of unreadable (torn) lines skipped; ``([], 0)`` when the
+    file does not exist."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return [], 0
+    out, bad = [], 0
+    for line in data.split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            bad += 1
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("id"), str):
+            out.append(rec)
+        else:
+            bad += 1
+    return out, bad
+
+
+class MonitorLog:
+    """The monitor folder of a running service.
+
+    Args:
+        folder: where ``predictions.jsonl`` and ``feedback.jsonl`` go (created).
+        key: the pseudonym key (see :func:`load_key`).
+        model: identity of the served model (id, dtype, checkpoint), hashed into each record's ``model_hash``.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], key: bytes, model: dict[str, Any] | None = None) -> None:
+        self.folder = Path(folder)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise os_error(exc, self.folder, "creating the monitor folder") from None
+        self.pseudonym = Pseudonymizer(key)
+        self.model_hash = "sha256:" + hashlib.sha256(
+            json.dumps(model or {}, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        self._predictions = _AppendFile(self.folder / PREDICTIONS)
+        self._feedback = _AppendFile(self.folder / FEEDBACK)
+        self._lock = threading.Lock()
+        self.known: set[str] = {r["id"] for r in read_log(self.folder / PREDICTIONS)[0]}
+        self.outcomes: dict[str, tuple[int, str]] = {
+            r["id"]: (r["outcome"], r["date"]) for r in read_log(self.folder / FEEDBACK)[0]}
+
+    def record_predictions(self, patients: Sequence[Patient], predictions: Sequence[dict[str, Any]],
+                           when: dt.datetime | None = None) -> None:
+        """Append one record per prediction (no patient id, date of birth or history text)."""
+        ts = (when or dt.datetime.now(dt.UTC)).isoformat(timespec="milliseconds")
+        records = []
+        for p, pred in zip(patients, predictions):
+            hist = p.history()
+            age = p.age_at_index
+            pid = self.pseudonym(p.patient_id)
+            records.append({
+                "ts": ts, "id": pid, "probability": round(float(pred["probability"]), 6),
+                "model_id": pred.get("model_id"), "model_hash": self.model_hash,
+                "prompt_hash": pred.get("prompt_hash"), "template": pred.get("template"),
+                "demos": [self.pseudonym(d["patient_id"]) for d in pred.get("demos", [])],
+                "age": int(age), "age_band": _age_band(age), "sex": p.sex, "groups": dict(p.groups),
+                "events": len(hist),
+                "history_days": (p.index_date - hist[0].date).days if hist else 0,
+            })
+        self._predictions.append(records)
+        with self._lock:
+            self.known.update(r["id"] for r in records)
+
+    def record_feedback(self, patient_id: str, outcome: int, date: dt.date,
+                        when: dt.datetime | None = None) -> str:
+        """Record an outcome for a patient predicted before. Returns ``"recorded"`` or ``"duplicate"`` (the same
+        outcome and date again: nothing is written).
+
+        Raises:
+            KeyError: no prediction of this patient is in the log.
+            ValueError: a different outcome or date was recorded for this patient before.
+        """
+        pid = self.pseudonym(patient_id)
+        with self._lock:
+            if pid not in self.known:
+                raise KeyError(pid)
+            before = self.outcomes.get(pid)
+            if before == (int(outcome), date.isoformat()):
+                return "duplicate"
+            if before is not None:
+                raise ValueError(f"outcome {before[0]} dated {before[1]} was recorded for this patient before")
+            self.outcomes[pid] = (int(outcome), date.isoformat())
+            self._feedback.append([{"ts": (when or dt.datetime.now(dt.UTC)).isoformat(timespec="milliseconds"),
+                                    "id": pid, "outcome": int(outcome), "date": date.isoformat()}])
+        return "recorded"
+
+    def close(self) -> None:
+        self._predictions.close()
+        self._feedback.close()
