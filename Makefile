@@ -28,7 +28,7 @@ SCALE_N ?= 350
 POWER_SFT_ARGS ?= --lora --lora-r 8 --train-layers 8 --epochs 3 --lr 5e-4 --batch-size 8 --query-tokens 160 --val-limit 200 \
 	--eval-points 11 --patience 3 --min-epochs 1 --stop-on auroc --seed 0 --dtype bfloat16 --resume
 
-.PHONY: venv demo omop-demo meds-demo paper paper-quick paper-cohort paper-sft paper-compare paper-scale test test-all test-vllm clean
+.PHONY: venv demo omop-demo meds-demo disparity monitor-demo paper paper-quick paper-cohort paper-sft paper-compare paper-scale test test-all test-vllm clean
 
 venv: $(STAMP)
 
@@ -130,6 +130,20 @@ paper-scale: paper-sft
 		--out $(POWER_RESULTS)/scale_$(SCALE_N)
 	$(PY) recipes/data_scale.py --run 1400=$(POWER_RESULTS) --run $(SCALE_N)=$(POWER_RESULTS)/scale_$(SCALE_N) \
 		--out $(POWER_RESULTS)/data_scale.png
+
+# Fairness on a cohort with an access disparity (README "Fairness and monitoring"; about 35 min on 2 cores):
+# base model zero-shot, with label-only and with rationale demos, the label-SFT checkpoint of the powered
+# recipe, and the baselines, each one's AUROC gap between access groups beside the oracle's. Resumable.
+DISPARITY_DIR ?= disparity_out
+disparity: $(STAMP)
+	mkdir -p $(DISPARITY_DIR)
+	test -f $(DISPARITY_DIR)/splits/test.jsonl || { \
+		$(VENV)/bin/icl data synth --n 1500 --seed 2 --disparity default --out $(DISPARITY_DIR)/cohort.jsonl \
+			--split train=0.66,val=0.07,test=0.27 && \
+		$(VENV)/bin/icl data split $(DISPARITY_DIR)/cohort.jsonl --out-dir $(DISPARITY_DIR)/splits; }
+	$(VENV)/bin/icl compare --config recipes/disparity.toml --test $(DISPARITY_DIR)/splits/test.jsonl \
+		--pool $(DISPARITY_DIR)/splits/train.jsonl --val $(DISPARITY_DIR)/splits/val.jsonl --out results/disparity
+	cp $(DISPARITY_DIR)/cohort.jsonl.groups.json results/disparity/cohort.groups.json
 
 # The paper's design, small (make paper-quick, about 35 min on 2 cores; issue 10's results/paper_design): three SFT checkpoints
 # (label, rationale, step-by-step), then every arm of recipes/paper_design.toml and the

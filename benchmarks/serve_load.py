@@ -17,6 +17,13 @@ latency of admitted requests, how fast refused requests were told (503 + Retry-A
 server dropped because their client had gone, and throughput.
 
     .venv/bin/python benchmarks/serve_load.py --overload                 # about 2 minutes on 2 cores
+
+``--monitor`` measures what ``icl serve --monitor-dir`` costs: two servers with the same settings, one writing the
+monitor log, run side by side; requests alternate between them in blocks (``--rounds`` rounds of ``--requests``
+requests, 1 client and 4 clients), so both see the same machine state. Writes serve_monitor.csv: latency p50, mean
+and p99 per server and level, and the ratio monitored / plain; plus the in-process cost of one log record.
+
+    .venv/bin/python benchmarks/serve_load.py --monitor --requests 32    # about 5 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -74,7 +81,7 @@ def _start(args: argparse.Namespace, pool: Path, batching: bool, extra: tuple[st
     raise SystemExit("icl serve did not become ready in 10 minutes")
 
 
-async def _level(base: str, bodies: list[dict], clients: int, limit_s: float) -> dict:
+async def _level(base: str, bodies: list[dict], clients: int, limit_s: float, keep: bool = False) -> dict:
     import httpx
 
     latencies: list[float] = []
@@ -102,7 +109,8 @@ async def _level(base: str, bodies: list[dict], clients: int, limit_s: float) ->
         await asyncio.gather(*(client(http) for _ in range(clients)))
         wall = time.perf_counter() - start
     lat = np.array(latencies) * 1000
-    return {"clients": clients, "requests": len(latencies), "errors": errors, "seconds": round(wall, 2),
+    extra = {"latencies": latencies} if keep else {}
+    return extra | {"clients": clients, "requests": len(latencies), "errors": errors, "seconds": round(wall, 2),
             "requests_per_s": round(len(latencies) / wall, 3),
             "p50_ms": round(float(np.percentile(lat, 50)), 1), "p99_ms": round(float(np.percentile(lat, 99)), 1)}
 
@@ -175,6 +183,63 @@ def _run_overload(args: argparse.Namespace, pool_path: Path, bodies: list[dict],
     print(f"wrote {out}")
 
 
+def _record_cost(test: list, tmp: Path) -> float:
+    """Microseconds to pseudonymise and append one prediction record (MonitorLog.record_predictions), in-process."""
+    from icl_toolkit.monitor import MonitorLog
+
+    log = MonitorLog(tmp / "cost", b"k" * 32, model={"model": "bench"})
+    preds = [{"probability": 0.2, "model_id": "m", "prompt_hash": "sha256:0", "template": "zero_shot",
+              "demos": [{"patient_id": p.patient_id} for p in test[:4]]} for _ in test]
+    start = time.perf_counter()
+    rounds = max(1, 2000 // len(test))
+    for _ in range(rounds):
+        log.record_predictions(test, preds)
+    log.close()
+    return (time.perf_counter() - start) / (rounds * len(test)) * 1e6
+
+
+def _run_monitor(args: argparse.Namespace, pool_path: Path, bodies: list[dict], test: list, where: str,
+                 tmp: Path) -> None:
+    plain, plain_base = _start(args, pool_path, True)
+    watched, watched_base = _start(args, pool_path, True, ("--monitor-dir", str(tmp / "monitor")))
+    latencies: dict[tuple[str, int], list[float]] = {}
+    try:
+        for base in (plain_base, watched_base):
+            asyncio.run(_level(base, bodies[:2], 1, args.limit_s))  # warm-up
+        for r in range(args.rounds):
+            for clients in (1, 4):
+                order = [("plain", plain_base), ("monitored", watched_base)]
+                for name, base in order if r % 2 == 0 else order[::-1]:
+                    got = asyncio.run(_level(base, bodies, clients, args.limit_s, keep=True))
+                    latencies.setdefault((name, clients), []).extend(got["latencies"])
+                    print(f"round {r} {name:9s} clients={clients} p50 {got['p50_ms']:.1f} ms", flush=True)
+    finally:
+        for server in (plain, watched):
+            server.terminate()
+            server.wait(60)
+    logged = len((tmp / "monitor" / "predictions.jsonl").read_text().splitlines())
+    cost_us = _record_cost(test, tmp)
+    rows = []
+    for clients in (1, 4):
+        a = np.array(latencies[("plain", clients)]) * 1000
+        b = np.array(latencies[("monitored", clients)]) * 1000
+        rows.append({"clients": clients, "requests_each": len(a), "plain_p50_ms": round(float(np.median(a)), 1),
+                     "monitored_p50_ms": round(float(np.median(b)), 1),
+                     "plain_mean_ms": round(float(a.mean()), 1), "monitored_mean_ms": round(float(b.mean()), 1),
+                     "plain_p99_ms": round(float(np.percentile(a, 99)), 1),
+                     "monitored_p99_ms": round(float(np.percentile(b, 99)), 1),
+                     "ratio_p50": round(float(np.median(b) / np.median(a)), 4),
+                     "ratio_mean": round(float(b.mean() / a.mean()), 4),
+                     "log_records": logged, "record_cost_us": round(cost_us, 1), "k": args.k, "model": args.model,
+                     "machine": where})
+        print(f"clients={clients}: p50 {rows[-1]['plain_p50_ms']} ms plain, {rows[-1]['monitored_p50_ms']} ms "
+              f"monitored (x{rows[-1]['ratio_p50']}); mean x{rows[-1]['ratio_mean']}", flush=True)
+    print(f"one log record costs {cost_us:.1f} us in-process; {logged} records logged", flush=True)
+    out = args.out.with_name(args.out.stem.replace("serve_load", "serve_monitor") + ".csv")
+    write_csv(out, rows)
+    print(f"wrote {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="default")
@@ -190,6 +255,8 @@ def main() -> None:
     ap.add_argument("--overload-clients", type=int, default=32)
     ap.add_argument("--overload-s", type=float, default=45.0)
     ap.add_argument("--give-up-s", type=float, default=3.0, help="overload: when impatient clients give up")
+    ap.add_argument("--monitor", action="store_true", help="monitoring overhead: with and without --monitor-dir")
+    ap.add_argument("--rounds", type=int, default=4, help="monitor: alternating rounds per level")
     ap.add_argument("--out", type=Path, default=RESULTS / "serve_load.csv")
     args = ap.parse_args()
     levels = (1, 4) if args.quick else LEVELS
@@ -205,6 +272,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         pool_path = Path(tmp) / "pool.jsonl"
         write_cohort(pool, pool_path)
+        if args.monitor:
+            if args.quick:
+                args.rounds = 2
+            _run_monitor(args, pool_path, bodies, test, where, Path(tmp))
+            return
         if args.overload:
             if args.quick:
                 args.overload_s, args.overload_clients, args.give_up_s = 6.0, 12, 1.0

@@ -126,6 +126,16 @@ def test_serve_overload_quick(tmp_path: Path, tiny_model_dir: Path) -> None:
     assert all(int(row["errors"]) == 0 and int(row["admitted"]) > 0 for row in rows)
 
 
+def test_serve_monitor_quick(tmp_path: Path, tiny_model_dir: Path) -> None:
+    out = tmp_path / "serve_load.csv"
+    _quick("serve_load.py", "--monitor", "--model", str(tiny_model_dir), "--out", str(out))
+    rows = list(csv.DictReader((tmp_path / "serve_monitor.csv").open()))
+    assert [row["clients"] for row in rows] == ["1", "4"]
+    assert all(int(row["requests_each"]) == 16 for row in rows)  # 2 rounds x 8 requests
+    assert int(rows[0]["log_records"]) == 2 + 2 * 2 * 8  # warm-up and every monitored request, logged
+    assert all(float(row["ratio_p50"]) > 0 and float(row["record_cost_us"]) > 0 for row in rows)
+
+
 def test_retrieval_quality_quick(tmp_path: Path) -> None:
     out = tmp_path / "retrieval_quality.csv"
     _quick("retrieval_quality.py", "--bootstrap", "50", "--out", str(out), timeout=900)
