@@ -132,14 +132,16 @@ paper-scale: paper-sft
 		--out $(POWER_RESULTS)/data_scale.png
 
 # Fairness on a cohort with an access disparity (README "Fairness and monitoring"; about 35 min on 2 cores):
-# base model zero-shot, with label-only and with rationale demos, the label-SFT checkpoint of the powered
-# recipe, and the baselines, each one's AUROC gap between access groups beside the oracle's. Resumable.
+# the powered recipe's cohort (2,000 patients, seed 1: the same patients, true risks, outcomes and splits) with
+# 30% of patients given limited access to care; base model zero-shot, with label-only and with rationale demos
+# (k=4), the powered recipe's label-SFT checkpoint, and the baselines, each one's AUROC gap between access groups
+# beside the oracle's. Resumable.
 DISPARITY_DIR ?= disparity_out
 disparity: $(STAMP)
 	mkdir -p $(DISPARITY_DIR)
 	test -f $(DISPARITY_DIR)/splits/test.jsonl || { \
-		$(VENV)/bin/icl data synth --n 1500 --seed 2 --disparity default --out $(DISPARITY_DIR)/cohort.jsonl \
-			--split train=0.66,val=0.07,test=0.27 && \
+		$(VENV)/bin/icl data synth --n 2000 --seed 1 --disparity default --out $(DISPARITY_DIR)/cohort.jsonl \
+			--split train=0.7,val=0.1,test=0.2 && \
 		$(VENV)/bin/icl data split $(DISPARITY_DIR)/cohort.jsonl --out-dir $(DISPARITY_DIR)/splits; }
 	$(VENV)/bin/icl compare --config recipes/disparity.toml --test $(DISPARITY_DIR)/splits/test.jsonl \
 		--pool $(DISPARITY_DIR)/splits/train.jsonl --val $(DISPARITY_DIR)/splits/val.jsonl --out results/disparity

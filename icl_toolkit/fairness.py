@@ -23,7 +23,7 @@ scikit-learn's solver the bottleneck); a test checks them against ``LogisticRegr
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -222,7 +222,8 @@ def _ci_cell(frame_ci: list[Any], group: Any, metric: str) -> tuple[float, float
 def fairness_report(predictions: Mapping[str, Sequence[float]], labels: Sequence[int],
                     groups: Mapping[str, Sequence[str]], *, thresholds: Mapping[str, float] | None = None,
                     oracle: str | None = None, reference: str | None = None, n_boot: int = 200,
-                    seed: int = 0, level: float = 0.95) -> FairnessReport:
+                    seed: int = 0, level: float = 0.95,
+                    progress: Callable[[int], None] | None = None) -> FairnessReport:
     """Subgroup metrics and gaps of every predictor (see the module docstring).
 
     Args:
@@ -234,6 +235,7 @@ def fairness_report(predictions: Mapping[str, Sequence[float]], labels: Sequence
         reference: the name of a reference predictor the excess gap is also measured against.
         n_boot: bootstrap resamples (fairlearn's for per-group and gap intervals; the same count, paired,
             for the excess gaps); 0 for point values only.
+        progress: called with 1 after each predictor and grouping (``len(predictions) * len(groups)`` calls).
     """
     from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference
 
@@ -289,6 +291,8 @@ def fairness_report(predictions: Mapping[str, Sequence[float]], labels: Sequence
                     gap[f"excess_vs_{key}"], gap[f"excess_vs_{key}_lo"], gap[f"excess_vs_{key}_hi"] = \
                         e["value"], e["lo"], e["hi"]
             report.gaps.append(gap)
+            if progress is not None:
+                progress(1)
     return report
 
 

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from icl_toolkit.cli._common import console, err_console
+from icl_toolkit.cli._common import console, err_console, progress_bar
 from icl_toolkit.errors import ConfigError
 
 app = typer.Typer(help="Reports over prediction files.", no_args_is_help=True)
@@ -73,9 +73,10 @@ def fairness(
                           f"without a prediction in every file, {dropped['failed']} failed prediction records",
                           highlight=False)
     groups = group_attributes(kept)
-    report = fairness_report(probs, [p.label for p in kept], groups, thresholds={n: threshold for n in probs},
-                             oracle=ORACLE_NAME if use_oracle else None, reference=reference, n_boot=resamples,
-                             seed=seed)
+    with progress_bar(f"fairness ({resamples} bootstrap resamples)", len(probs) * len(groups)) as advance:
+        report = fairness_report(probs, [p.label for p in kept], groups, thresholds={n: threshold for n in probs},
+                                 oracle=ORACLE_NAME if use_oracle else None, reference=reference,
+                                 n_boot=resamples, seed=seed, progress=advance)
     out.mkdir(parents=True, exist_ok=True)
     write_fairness_tables(out, report)
     plot_fairness(out / "fairness.png", report)

@@ -260,7 +260,8 @@ class Comparison:
         entries += self._baselines(test, val, pool, retrievals, infos)
         y = np.array([p.label for p in test])
         rows, fairness = evaluate(entries, test, val or None, reference=c.reference_arm,
-                                  n_resamples=c.bootstrap, seed=c.seed, fairness_resamples=c.fairness_bootstrap)
+                                  n_resamples=c.bootstrap, seed=c.seed, fairness_resamples=c.fairness_bootstrap,
+                                  progress=self.progress)
         subgroups = fairness.subgroups
         contrasts = contrast_rows(entries, test, c.contrasts)
         write_tables(self.out, rows, fairness, contrasts)

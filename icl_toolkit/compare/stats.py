@@ -21,6 +21,7 @@ from icl_toolkit.cohort import Patient
 from icl_toolkit.errors import ConfigError
 from icl_toolkit.fairness import FairnessReport, fairness_report, group_attributes
 from icl_toolkit.metrics import bootstrap_ci, choose_threshold, delong_test
+from icl_toolkit.progress import progress_bar
 
 __all__ = ["Entry", "evaluate", "contrast_rows", "METRICS", "ORACLE"]
 
@@ -42,7 +43,7 @@ class Entry:
 
 def evaluate(entries: Sequence[Entry], test: Sequence[Patient], val: Sequence[Patient] | None, *,
              reference: str, n_resamples: int = 1000, seed: int = 0,
-             fairness_resamples: int = 200) -> tuple[list[dict[str, Any]], FairnessReport]:
+             fairness_resamples: int = 200, progress: bool = False) -> tuple[list[dict[str, Any]], FairnessReport]:
     """Result rows (one per entry) and the fairness report (subgroup rows per entry, grouping and value; gap
     rows per entry and grouping).
 
@@ -77,9 +78,12 @@ def evaluate(entries: Sequence[Entry], test: Sequence[Patient], val: Sequence[Pa
             row.update(delta_auroc=d.difference, delta_lo=d.ci_low, delta_hi=d.ci_high, p_value=d.p_value)
         rows.append(row)
         thresholds[e.name] = threshold
-    fairness = fairness_report({e.name: e.test for e in entries}, y, group_attributes(test), thresholds=thresholds,
-                               oracle=ORACLE if ORACLE in by_name else None, reference=reference,
-                               n_boot=fairness_resamples, seed=seed)
+    groups = group_attributes(test)
+    with progress_bar(f"fairness ({fairness_resamples} bootstrap resamples)", len(entries) * len(groups),
+                      progress) as advance:
+        fairness = fairness_report({e.name: e.test for e in entries}, y, groups, thresholds=thresholds,
+                                   oracle=ORACLE if ORACLE in by_name else None, reference=reference,
+                                   n_boot=fairness_resamples, seed=seed, progress=advance)
     kinds = {e.name: e.kind for e in entries}
     for r in (*fairness.subgroups, *fairness.gaps):
         r["kind"] = kinds[r["name"]]

@@ -86,6 +86,16 @@ def _field(loc: tuple) -> str:
     return out
 
 
+def _validated(model: Any, body: bytes, rid: str) -> Any:
+    """The request body as ``model`` (validated from the raw JSON), or a 422 response with field paths."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        detail = [{"field": _field(e["loc"]), "loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
+                  for e in exc.errors(include_url=False, include_input=False)]
+        return _error(422, rid, "invalid request", detail)
+
+
 class RequestContext:
     """Plain ASGI middleware: request id, bearer auth on /v1/*, the body size limit (also for bodies without a
     Content-Length), one log line per request, and a JSON 500 with the request id for anything unexpected."""
@@ -233,12 +243,9 @@ def create_app(load: Callable[[], PredictionService], settings: ServerSettings |
             return _error(503, rid, f"the server is busy ({service.queued} patients queued); retry later",
                           headers={"Retry-After": str(service.retry_after())})
         body = await request.body()  # ClientDisconnect / _BodyTooLarge are answered by RequestContext
-        try:
-            req = PredictRequest.model_validate_json(body)
-        except ValidationError as exc:
-            detail = [{"field": _field(e["loc"]), "loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
-                      for e in exc.errors(include_url=False, include_input=False)]
-            return _error(422, rid, "invalid request", detail)
+        req = _validated(PredictRequest, body, rid)
+        if isinstance(req, JSONResponse):
+            return req
         # the cohort format's cross-field rules (onset date with label 1, onset after index, finite values, ...)
         raw = json.loads(body)["patients"]
         issues = [{"field": f"patients[{i}].{where}", "msg": what, "type": "cohort_rule"}
@@ -298,12 +305,9 @@ def create_app(load: Callable[[], PredictionService], settings: ServerSettings |
             return _error(501, rid, "this server keeps no monitor log; start icl serve with --monitor-dir DIR to "
                                     "take outcomes")
         body = await request.body()
-        try:
-            req = FeedbackRequest.model_validate_json(body)
-        except ValidationError as exc:
-            detail = [{"field": _field(e["loc"]), "loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
-                      for e in exc.errors(include_url=False, include_input=False)]
-            return _error(422, rid, "invalid request", detail)
+        req = _validated(FeedbackRequest, body, rid)
+        if isinstance(req, JSONResponse):
+            return req
         unknown, conflicts = [], []
         seen = dict(monitor.outcomes)
         for i, o in enumerate(req.outcomes):
