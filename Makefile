@@ -131,7 +131,7 @@ paper-scale: paper-sft
 	$(PY) recipes/data_scale.py --run 1400=$(POWER_RESULTS) --run $(SCALE_N)=$(POWER_RESULTS)/scale_$(SCALE_N) \
 		--out $(POWER_RESULTS)/data_scale.png
 
-# Fairness on a cohort with an access disparity (README "Fairness and monitoring"; about 35 min on 2 cores):
+# Fairness on a cohort with an access disparity (README "Fairness and monitoring"; about 45 min on 2 cores):
 # the powered recipe's cohort (2,000 patients, seed 1: the same patients, true risks, outcomes and splits) with
 # 30% of patients given limited access to care; base model zero-shot, with label-only and with rationale demos
 # (k=4), the powered recipe's label-SFT checkpoint, and the baselines, each one's AUROC gap between access groups
