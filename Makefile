@@ -147,6 +147,12 @@ disparity: $(STAMP)
 		--pool $(DISPARITY_DIR)/splits/train.jsonl --val $(DISPARITY_DIR)/splits/val.jsonl --out results/disparity
 	cp $(DISPARITY_DIR)/cohort.jsonl.groups.json results/disparity/cohort.groups.json
 
+# Monitoring a served predictor end to end (about 2 min after `make demo`): icl serve --monitor-dir with a model
+# card, 120 test patients over HTTP, their outcomes through /v1/feedback, then icl monitor (monitor_out/mon/report).
+monitor-demo: $(STAMP)
+	test -f $(DEMO_DIR)/splits/test.jsonl || $(MAKE) demo
+	$(PY) recipes/monitor_demo.py --demo-dir $(DEMO_DIR) --out monitor_out
+
 # The paper's design, small (make paper-quick, about 35 min on 2 cores; issue 10's results/paper_design): three SFT checkpoints
 # (label, rationale, step-by-step), then every arm of recipes/paper_design.toml and the
 # baselines. Finished checkpoints and arms are kept, so an interrupted run picks up where it stopped.
