@@ -49,7 +49,7 @@ def monitor(
                       "/".join(f(w.get(f"psi_{k}"), ".2f") for k in ("age", "events", "history_days")),
                       f(w.get("mean_probability")), str(w.get("outcomes", 0)), f(w.get("observed_rate")),
                       f(w.get("auroc")))
-    console.print(table)
+    console.print(table, width=max(console.width, 150))  # a log or pipe gets the whole table, not 80 columns
     if report["unreadable_lines"]:
         err_console.print(f"skipped {report['unreadable_lines']} unreadable log line(s) (a write cut off by a "
                           "stopped server)", highlight=False)
