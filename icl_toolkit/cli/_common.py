@@ -16,11 +16,17 @@ from icl_toolkit.errors import ConfigError
 from icl_toolkit.retrievers import RetrieverKind
 from icl_toolkit.progress import progress_bar, stderr_console
 
-__all__ = ["console", "err_console", "progress_bar", "flag_error", "engine_options", "spec_from_flags",
+__all__ = ["console", "err_console", "wide_console", "progress_bar", "flag_error", "engine_options", "spec_from_flags",
            "with_engine_flags", "ENGINE_FLAGS", "ModelOpt", "with_retriever_flags", "retriever_options"]
 
 console = Console(soft_wrap=True)
 err_console = stderr_console
+
+
+def wide_console() -> Console:
+    """The console for wide tables: stdout itself on a terminal; 150 columns when stdout is a log or a pipe
+    (where Rich would otherwise assume 80 and squeeze every column)."""
+    return console if console.is_terminal else Console(width=150, soft_wrap=True)
 
 
 def flag_error(exc: ValidationError, flags: dict[str, str] | None = None) -> ConfigError:
