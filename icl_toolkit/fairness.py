@@ -33,10 +33,12 @@ import numpy as np
 from icl_toolkit.cohort import Patient
 from icl_toolkit.errors import ConfigError
 
-__all__ = ["GROUP_METRICS", "age_band", "auroc_or_nan", "group_attributes", "calibration_slope", "calibration_intercept",
+__all__ = ["ORACLE", "GROUP_METRICS", "age_band", "auroc_or_nan", "group_attributes", "calibration_slope", "calibration_intercept",
            "subgroup_frame", "FairnessReport", "fairness_report", "excess_gap", "gaps_markdown", "subgroups_markdown",
            "plot_fairness", "write_fairness_tables", "predictions_with_cohort"]
 
+ORACLE = "oracle true risk"
+"""The name the oracle (a synthetic cohort's true risk) goes by in comparisons and reports."""
 GROUP_METRICS = ("auroc", "auprc", "brier", "calibration_slope", "calibration_intercept")
 _RATES = ("selection_rate", "tpr", "fpr")
 _EPS = 1e-6

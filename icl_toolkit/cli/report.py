@@ -14,9 +14,6 @@ from icl_toolkit.errors import ConfigError
 
 app = typer.Typer(help="Reports over prediction files.", no_args_is_help=True)
 
-ORACLE_NAME = "oracle true risk"
-
-
 def _named(specs: list[str]) -> dict[str, Path]:
     """``NAME=FILE`` or ``FILE`` (named after the file) per --predictions."""
     out: dict[str, Path] = {}
@@ -50,6 +47,7 @@ def fairness(
     from icl_toolkit.artifacts import write_json_atomic
     from icl_toolkit.cohort import read_cohort
     from icl_toolkit.fairness import (
+        ORACLE,
         fairness_report,
         gaps_markdown,
         group_attributes,
@@ -67,7 +65,7 @@ def fairness(
     risks = [p.metadata.get("true_risk") for p in kept]
     use_oracle = oracle and all(isinstance(r, (int, float)) for r in risks)
     if use_oracle:
-        probs[ORACLE_NAME] = [float(r) for r in risks]
+        probs[ORACLE] = [float(r) for r in risks]
     if dropped["unlabelled"] or dropped["not_predicted"] or dropped["failed"]:
         err_console.print(f"left out: {dropped['unlabelled']} unlabelled patients, {dropped['not_predicted']} "
                           f"without a prediction in every file, {dropped['failed']} failed prediction records",
@@ -75,7 +73,7 @@ def fairness(
     groups = group_attributes(kept)
     with progress_bar(f"fairness ({resamples} bootstrap resamples)", len(probs) * len(groups)) as advance:
         report = fairness_report(probs, [p.label for p in kept], groups, thresholds={n: threshold for n in probs},
-                                 oracle=ORACLE_NAME if use_oracle else None, reference=reference,
+                                 oracle=ORACLE if use_oracle else None, reference=reference,
                                  n_boot=resamples, seed=seed, progress=advance)
     out.mkdir(parents=True, exist_ok=True)
     write_fairness_tables(out, report)
@@ -86,7 +84,7 @@ def fairness(
              f"({n_cases} cases) of `{cohort}`; threshold {threshold}; {resamples} bootstrap resamples "
              f"(fairlearn MetricFrame), seed {seed}. Groupings: {', '.join(groups)}.", "",
              "## Gaps between groups", "", gaps_markdown(report), "", "![fairness](fairness.png)", ""]
-    for name, path in [*files.items(), *([(ORACLE_NAME, None)] if use_oracle else [])]:
+    for name, path in [*files.items(), *([(ORACLE, None)] if use_oracle else [])]:
         lines += [f"## {name}" + (f" (`{path}`)" if path else ""), "", subgroups_markdown(report, name), ""]
     (out / "fairness.md").write_text("\n".join(lines), encoding="utf-8")
     write_json_atomic(out / "fairness.json", {"patients": len(kept), "cases": n_cases, "left_out": dropped,

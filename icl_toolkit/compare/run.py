@@ -49,6 +49,7 @@ from icl_toolkit.compare.report import (
 )
 from icl_toolkit.compare.stats import Entry, contrast_rows, evaluate
 from icl_toolkit.errors import ConfigError
+from icl_toolkit.fairness import ORACLE
 from icl_toolkit.models import checkpoint_meta
 from icl_toolkit.predict import Predictor
 from icl_toolkit.progress import progress_bar
@@ -320,6 +321,6 @@ class Comparison:
             elif kind == "oracle":
                 risk = bl.oracle_risk(test)
                 if risk is not None:
-                    add("oracle true risk", "the true risk the synthetic generator drew each outcome from "
+                    add(ORACLE, "the true risk the synthetic generator drew each outcome from "
                         "(an upper reference, not a model)", risk, bl.oracle_risk(val) if val else None)
         return out

@@ -19,15 +19,13 @@ import numpy as np
 
 from icl_toolkit.cohort import Patient
 from icl_toolkit.errors import ConfigError
-from icl_toolkit.fairness import FairnessReport, fairness_report, group_attributes
+from icl_toolkit.fairness import ORACLE, FairnessReport, fairness_report, group_attributes
 from icl_toolkit.metrics import bootstrap_ci, choose_threshold, delong_test
 from icl_toolkit.progress import progress_bar
 
 __all__ = ["Entry", "evaluate", "contrast_rows", "METRICS", "ORACLE"]
 
 METRICS = ("auroc", "auprc", "brier", "ece", "f1")
-ORACLE = "oracle true risk"
-"""The name of the oracle baseline (a synthetic cohort's true risk): the data's own subgroup gap."""
 
 
 @dataclass

@@ -32,9 +32,10 @@ from typing import Any
 
 from icl_toolkit.cohort import Patient
 from icl_toolkit.errors import ConfigError
+from icl_toolkit.fairness import age_band
 from icl_toolkit.files import os_error
 
-__all__ = ["Pseudonymizer", "load_key", "MonitorLog", "read_log", "PREDICTIONS", "FEEDBACK", "KEY_ENV"]
+__all__ = ["Pseudonymizer", "load_key", "input_features", "MonitorLog", "read_log", "PREDICTIONS", "FEEDBACK", "KEY_ENV"]
 
 PREDICTIONS = "predictions.jsonl"
 FEEDBACK = "feedback.jsonl"
@@ -74,10 +75,12 @@ def load_key(key_file: str | os.PathLike[str] | None) -> bytes:
         raise os_error(exc, path, "reading the monitor key") from None
 
 
-def _age_band(age: float) -> str:
-    from icl_toolkit.fairness import age_band
-
-    return age_band(age)
+def input_features(p: Patient) -> dict[str, int]:
+    """What the monitor records of a patient's input, and what its drift check compares with the pool: age in
+    whole years, events in the history, and the history's length in days."""
+    hist = p.history()
+    return {"age": int(p.age_at_index), "events": len(hist),
+            "history_days": (p.index_date - hist[0].date).days if hist else 0}
 
 
 class _AppendFile:
@@ -161,17 +164,14 @@ class MonitorLog:
         ts = (when or dt.datetime.now(dt.UTC)).isoformat(timespec="milliseconds")
         records = []
         for p, pred in zip(patients, predictions):
-            hist = p.history()
-            age = p.age_at_index
             pid = self.pseudonym(p.patient_id)
             records.append({
                 "ts": ts, "id": pid, "probability": round(float(pred["probability"]), 6),
                 "model_id": pred.get("model_id"), "model_hash": self.model_hash,
                 "prompt_hash": pred.get("prompt_hash"), "template": pred.get("template"),
                 "demos": [self.pseudonym(d["patient_id"]) for d in pred.get("demos", [])],
-                "age": int(age), "age_band": _age_band(age), "sex": p.sex, "groups": dict(p.groups),
-                "events": len(hist),
-                "history_days": (p.index_date - hist[0].date).days if hist else 0,
+                **input_features(p), "age_band": age_band(p.age_at_index), "sex": p.sex,
+                "groups": dict(p.groups),
             })
         self._predictions.append(records)
         with self._lock:

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from icl_toolkit.cohort import Patient
 from icl_toolkit.errors import ConfigError
-from icl_toolkit.monitor.log import FEEDBACK, PREDICTIONS, read_log
+from icl_toolkit.monitor.log import FEEDBACK, PREDICTIONS, input_features, read_log
 
 __all__ = ["AlertSettings", "parse_window", "psi", "monitor_report", "write_monitor_page", "INPUTS"]
 
@@ -90,13 +90,8 @@ def psi(reference: Any, current: Any, bins: int = 10) -> float:
 
 
 def _inputs_of(patients: list[Patient]) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {k: [] for k in INPUTS}
-    for p in patients:
-        hist = p.history()
-        out["age"].append(int(p.age_at_index))
-        out["events"].append(len(hist))
-        out["history_days"].append((p.index_date - hist[0].date).days if hist else 0)
-    return out
+    rows = [input_features(p) for p in patients]
+    return {k: [r[k] for r in rows] for k in INPUTS}
 
 
 def _ts(record: dict[str, Any]) -> dt.datetime:
