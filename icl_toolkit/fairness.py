@@ -152,12 +152,20 @@ def _metric_functions(threshold: float) -> dict[str, Any]:
 # --------------------------------------------------------------------------- frames
 
 def subgroup_frame(y: Sequence[int], p: Sequence[float], values: Sequence[str], *, threshold: float = 0.5,
-                   n_boot: int = 200, seed: int = 0, level: float = 0.95) -> Any:
+                   n_boot: int = 200, seed: int = 0, level: float = 0.95,
+                   metrics: Sequence[str] | None = None) -> Any:
     """fairlearn's ``MetricFrame`` of one predictor over one grouping, with bootstrap intervals
-    (``n_boot`` 0: point values only)."""
+    (``n_boot`` 0: point values only); ``metrics`` picks some of ``n``, ``cases``, ``auroc``, ``auprc``, ``brier``,
+    ``calibration_slope``, ``calibration_intercept``, ``selection_rate``, ``tpr``, ``fpr`` (all by default: each
+    one is computed in every resample)."""
     import sklearn
     from fairlearn.metrics import MetricFrame
 
+    functions = _metric_functions(threshold)
+    unknown = sorted(set(metrics or ()) - set(functions))
+    if unknown:
+        raise ConfigError(f"unknown subgroup metric(s) {', '.join(unknown)}; choose from {', '.join(functions)}")
+    chosen = {m: functions[m] for m in metrics} if metrics else functions
     tail = (1 - level) / 2
     boot = {"n_boot": n_boot, "ci_quantiles": [tail, 1 - tail], "random_state": seed} if n_boot else {}
     # the metric functions get arrays fairlearn has already checked; skipping scikit-learn's per-call parameter
@@ -166,7 +174,7 @@ def subgroup_frame(y: Sequence[int], p: Sequence[float], values: Sequence[str], 
     # groups that are NaN in every resample (their interval is NaN, shown as "-")
     with sklearn.config_context(skip_parameter_validation=True), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return MetricFrame(metrics=_metric_functions(threshold), y_true=np.asarray(y, dtype=int),
+        return MetricFrame(metrics=chosen, y_true=np.asarray(y, dtype=int),
                            y_pred=np.asarray(p, dtype=float), sensitive_features=np.asarray(values, dtype=object),
                            **boot)
 

@@ -26,6 +26,7 @@ from icl_toolkit.fairness import (
     gaps_markdown,
     group_attributes,
     plot_fairness,
+    subgroup_frame,
     subgroups_markdown,
 )
 from icl_toolkit.synth import SynthConfig, generate_cohort
@@ -82,6 +83,17 @@ def test_bootstrap_intervals_are_fairlearns(data):
     (gap,) = rep.gaps
     assert gap["auroc_gap_lo"] == pytest.approx(direct.difference_ci()[0]["auroc"])
     assert gap["auroc_gap_lo"] <= gap["auroc_gap"] <= gap["auroc_gap_hi"]
+
+
+def test_subgroup_frame_computes_only_the_metrics_asked(data):
+    y, p, _, group = data
+    only = subgroup_frame(y, p, group, n_boot=40, seed=3, metrics=["auroc"])
+    full = subgroup_frame(y, p, group, n_boot=40, seed=3)
+    assert list(only.by_group.columns) == ["auroc"]
+    # the same resamples whichever metrics ride along: the AUROC interval is unchanged
+    assert only.difference_ci()[0]["auroc"] == pytest.approx(full.difference_ci()[0]["auroc"])
+    with pytest.raises(ConfigError, match="unknown subgroup metric.*auroc_gap"):
+        subgroup_frame(y, p, group, n_boot=0, metrics=["auroc_gap"])
 
 
 def test_calibration_matches_logistic_regression():

@@ -12,7 +12,7 @@ import pytest
 
 from icl_toolkit.errors import ConfigError
 from icl_toolkit.monitor import AlertSettings, MonitorLog, Pseudonymizer, load_key, monitor_report, parse_window, psi
-from icl_toolkit.monitor.log import FEEDBACK, PREDICTIONS, read_log
+from icl_toolkit.monitor.log import FEEDBACK, PREDICTIONS, FeedbackRejected, read_log
 from icl_toolkit.synth import SynthConfig, generate_cohort
 from icl_toolkit.synth.generate import Disparity
 
@@ -93,8 +93,18 @@ def test_feedback_rules_and_interrupted_writes(people, tmp_path):
         log.record_feedback(pid, 0, dt.date(2027, 1, 1))
     with pytest.raises(KeyError):
         log.record_feedback("never-seen", 0, dt.date(2027, 1, 1))
+    # a batch is all or nothing: one contradiction inside it (or an unknown id) and nothing of it is written
+    batch = [(stream[1].patient_id, 1, dt.date(2027, 1, 1)), (stream[1].patient_id, 0, dt.date(2027, 1, 1)),
+             ("never-seen", 1, dt.date(2027, 1, 1))]
+    with pytest.raises(FeedbackRejected) as rejected:
+        log.record_outcomes(batch)
+    assert rejected.value.unknown == [2] and [i for i, _ in rejected.value.conflicts] == [1]
+    assert len(log.outcomes) == 1  # nothing of the refused batch was added
+    done = log.record_outcomes([(pid, 1, dt.date(2027, 1, 1)), (stream[2].patient_id, 0, dt.date(2027, 1, 2)),
+                                (stream[2].patient_id, 0, dt.date(2027, 1, 2))])
+    assert (done.recorded, done.duplicates) == (1, 2)
     log.close()
-    assert len(read_log(tmp_path / "mon" / FEEDBACK)[0]) == 1
+    assert len(read_log(tmp_path / "mon" / FEEDBACK)[0]) == 2
     # a writer killed mid-line: the torn line is skipped, earlier and later records stay readable
     with open(tmp_path / "mon" / PREDICTIONS, "ab") as fh:
         fh.write(b'{"ts":"2026-01-01T00:00:00+00:00","id":"abc","probab')

@@ -27,6 +27,7 @@ import os
 import secrets
 import threading
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,24 @@ def read_log(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], int]:
     return out, bad
 
 
+@dataclass(frozen=True)
+class FeedbackResult:
+    """What :meth:`MonitorLog.record_outcomes` did: outcomes written, and duplicates not written again."""
+
+    recorded: int
+    duplicates: int
+
+
+class FeedbackRejected(ValueError):
+    """A batch of outcomes that was not recorded: ``unknown`` (indices of items naming patients never predicted)
+    and ``conflicts`` (index, reason) of items contradicting a recorded outcome."""
+
+    def __init__(self, unknown: list[int], conflicts: list[tuple[int, str]]) -> None:
+        self.unknown, self.conflicts = unknown, conflicts
+        super().__init__(f"{len(unknown)} outcome(s) for unknown patients, {len(conflicts)} contradicting "
+                         "recorded ones; nothing was recorded")
+
+
 class MonitorLog:
     """The monitor folder of a running service.
 
@@ -179,26 +198,55 @@ class MonitorLog:
 
     def record_feedback(self, patient_id: str, outcome: int, date: dt.date,
                         when: dt.datetime | None = None) -> str:
-        """Record an outcome for a patient predicted before. Returns ``"recorded"`` or ``"duplicate"`` (the same
-        outcome and date again: nothing is written).
+        """Record one outcome (see :meth:`record_outcomes`). Returns ``"recorded"`` or ``"duplicate"``.
 
         Raises:
             KeyError: no prediction of this patient is in the log.
             ValueError: a different outcome or date was recorded for this patient before.
         """
-        pid = self.pseudonym(patient_id)
+        try:
+            result = self.record_outcomes([(patient_id, outcome, date)], when=when)
+        except FeedbackRejected as exc:
+            if exc.unknown:
+                raise KeyError(self.pseudonym(patient_id)) from None
+            raise ValueError(exc.conflicts[0][1]) from None
+        return "recorded" if result.recorded else "duplicate"
+
+    def record_outcomes(self, outcomes: Sequence[tuple[str, int, dt.date]],
+                        when: dt.datetime | None = None) -> FeedbackResult:
+        """Record outcomes ``(patient_id, outcome, date)`` for patients predicted before, all or nothing.
+
+        The same outcome and date sent again (before, or twice in this batch) is a duplicate and is not written.
+
+        Raises:
+            FeedbackRejected: some items name patients never predicted, or contradict an outcome recorded before
+                (or another item of this batch); nothing was written.
+        """
+        ts = (when or dt.datetime.now(dt.UTC)).isoformat(timespec="milliseconds")
+        unknown: list[int] = []
+        conflicts: list[tuple[int, str]] = []
+        new: dict[str, tuple[int, str]] = {}
+        duplicates = 0
         with self._lock:
-            if pid not in self.known:
-                raise KeyError(pid)
-            before = self.outcomes.get(pid)
-            if before == (int(outcome), date.isoformat()):
-                return "duplicate"
-            if before is not None:
-                raise ValueError(f"outcome {before[0]} dated {before[1]} was recorded for this patient before")
-            self.outcomes[pid] = (int(outcome), date.isoformat())
-            self._feedback.append([{"ts": (when or dt.datetime.now(dt.UTC)).isoformat(timespec="milliseconds"),
-                                    "id": pid, "outcome": int(outcome), "date": date.isoformat()}])
-        return "recorded"
+            for i, (patient_id, outcome, date) in enumerate(outcomes):
+                pid, value = self.pseudonym(patient_id), (int(outcome), date.isoformat())
+                before = self.outcomes.get(pid) or new.get(pid)
+                if pid not in self.known:
+                    unknown.append(i)
+                elif before is None:
+                    new[pid] = value
+                elif before == value:
+                    duplicates += 1
+                else:
+                    conflicts.append((i, f"outcome {before[0]} dated {before[1]} was recorded for this patient "
+                                         "before; outcomes are not overwritten"))
+            if unknown or conflicts:
+                raise FeedbackRejected(unknown, conflicts)
+            if new:
+                self._feedback.append([{"ts": ts, "id": pid, "outcome": y, "date": d}
+                                       for pid, (y, d) in new.items()])
+                self.outcomes.update(new)
+        return FeedbackResult(recorded=len(new), duplicates=duplicates)
 
     def close(self) -> None:
         self._predictions.close()

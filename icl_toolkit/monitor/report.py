@@ -100,7 +100,7 @@ def _ts(record: dict[str, Any]) -> dt.datetime:
 
 
 def _outcome_metrics(rows: list[dict[str, Any]], settings: AlertSettings) -> dict[str, Any]:
-    from icl_toolkit.fairness import auroc_or_nan, calibration_intercept, calibration_slope, fairness_report
+    from icl_toolkit.fairness import auroc_or_nan, calibration_intercept, calibration_slope, subgroup_frame
 
     y = np.array([r["outcome"] for r in rows], dtype=int)
     p = np.array([r["probability"] for r in rows], dtype=float)
@@ -124,9 +124,10 @@ def _outcome_metrics(rows: list[dict[str, Any]], settings: AlertSettings) -> dic
         if len(big) < 2:
             continue
         keep = np.isin(v, big)
-        gap = fairness_report({"served": p[keep]}, y[keep], {name: v[keep]}, n_boot=settings.gap_resamples).gaps[0]
-        out["gaps"][name] = gap["auroc_gap"]
-        out.setdefault("gaps_lo", {})[name] = gap["auroc_gap_lo"]
+        # the AUROC gap alone is read here: only AUROC is resampled
+        frame = subgroup_frame(y[keep], p[keep], v[keep], n_boot=settings.gap_resamples, metrics=["auroc"])
+        out["gaps"][name] = float(frame.difference()["auroc"])
+        out.setdefault("gaps_lo", {})[name] = float(frame.difference_ci()[0]["auroc"])
     return out
 
 

@@ -36,7 +36,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from icl_toolkit.cohort import record_issues
-from icl_toolkit.monitor.log import MonitorLog
+from icl_toolkit.monitor.log import FeedbackRejected, MonitorLog
 from icl_toolkit.serve.schemas import (
     ErrorOut,
     FeedbackRequest,
@@ -308,29 +308,17 @@ def create_app(load: Callable[[], PredictionService], settings: ServerSettings |
         req = _validated(FeedbackRequest, body, rid)
         if isinstance(req, JSONResponse):
             return req
-        unknown, conflicts = [], []
-        seen = dict(monitor.outcomes)
-        for i, o in enumerate(req.outcomes):
-            pid = monitor.pseudonym(o.patient_id)
-            if pid not in monitor.known:
-                unknown.append({"field": f"outcomes[{i}].patient_id", "msg": "no prediction of this patient is in "
-                                "the monitor log (send outcomes for patients this server predicted)"})
-            elif seen.setdefault(pid, (o.outcome, o.date.isoformat())) != (o.outcome, o.date.isoformat()):
-                was = seen[pid]
-                conflicts.append({"field": f"outcomes[{i}]", "msg": f"outcome {was[0]} dated {was[1]} was recorded "
-                                  "for this patient before; outcomes are not overwritten"})
-        if unknown:
-            return _error(404, rid, f"{len(unknown)} outcome(s) for unknown patients; nothing was recorded", unknown)
-        if conflicts:
-            return _error(409, rid, f"{len(conflicts)} outcome(s) contradict recorded ones; nothing was recorded",
-                          conflicts)
-        recorded = duplicates = 0
-        for o in req.outcomes:  # no await in between: the checks above still hold
-            if monitor.record_feedback(o.patient_id, o.outcome, o.date) == "recorded":
-                recorded += 1
-            else:
-                duplicates += 1
-        return FeedbackResponse(request_id=rid, recorded=recorded, duplicates=duplicates)
+        try:
+            done = monitor.record_outcomes([(o.patient_id, o.outcome, o.date) for o in req.outcomes])
+        except FeedbackRejected as exc:
+            if exc.unknown:
+                return _error(404, rid, f"{len(exc.unknown)} outcome(s) for unknown patients; nothing was recorded",
+                              [{"field": f"outcomes[{i}].patient_id", "msg": "no prediction of this patient is in "
+                                "the monitor log (send outcomes for patients this server predicted)"}
+                               for i in exc.unknown])
+            return _error(409, rid, f"{len(exc.conflicts)} outcome(s) contradict recorded ones; nothing was "
+                                    "recorded", [{"field": f"outcomes[{i}]", "msg": msg} for i, msg in exc.conflicts])
+        return FeedbackResponse(request_id=rid, recorded=done.recorded, duplicates=done.duplicates)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
