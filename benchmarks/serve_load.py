@@ -31,8 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,42 +41,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 from _common import RESULTS, demo_cohort, machine, write_csv  # noqa: E402
 
+from icl_toolkit.serve.launch import LocalServer, ServerStartError, start_local_server  # noqa: E402
+
 LEVELS = (1, 4, 16, 64)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(args: argparse.Namespace, pool: Path, batching: bool, extra: tuple[str, ...] = ()
-           ) -> tuple[subprocess.Popen, str]:
-    import httpx
-
-    port = _free_port()
-    icl = Path(sys.executable).parent / "icl"
-    cmd = [str(icl), "serve", "--pool", str(pool), "--model", args.model, "--host", "127.0.0.1", "--port", str(port),
-           "--query-tokens", "160", "--demo-tokens", "100", "--max-batch", str(args.max_batch),
-           "--max-wait-ms", str(args.max_wait_ms), "--log-level", "warning",
-           "--batching" if batching else "--no-batching"]
+def _start(args: argparse.Namespace, pool: Path, batching: bool, extra: tuple[str, ...] = ()) -> LocalServer:
+    opts = ["--pool", str(pool), "--model", args.model, "--query-tokens", "160", "--demo-tokens", "100",
+            "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), "--log-level", "warning",
+            "--batching" if batching else "--no-batching"]
     if args.batch_size:
-        cmd += ["--batch-size", str(args.batch_size)]
-    cmd += list(extra)
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"icl serve exited: {server.stderr.read()[-2000:]}")
-        try:
-            if httpx.get(base + "/health", timeout=2).status_code == 200:
-                return server, base
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    server.kill()
-    raise SystemExit("icl serve did not become ready in 10 minutes")
+        opts += ["--batch-size", str(args.batch_size)]
+    try:
+        return start_local_server([*opts, *extra])
+    except ServerStartError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 async def _level(base: str, bodies: list[dict], clients: int, limit_s: float, keep: bool = False) -> dict:
@@ -166,13 +143,9 @@ async def _overload(base: str, bodies: list[dict], clients: int, seconds: float,
 def _run_overload(args: argparse.Namespace, pool_path: Path, bodies: list[dict], where: str) -> None:
     rows = []
     for queue in (args.max_queue, 100_000):
-        server, base = _start(args, pool_path, True, ("--max-queue", str(queue)))
-        try:
-            asyncio.run(_level(base, bodies[:2], 1, args.limit_s))  # warm-up
-            r = asyncio.run(_overload(base, bodies, args.overload_clients, args.overload_s, args.give_up_s))
-        finally:
-            server.terminate()
-            server.wait(60)
+        with _start(args, pool_path, True, ("--max-queue", str(queue))) as server:
+            asyncio.run(_level(server.base, bodies[:2], 1, args.limit_s))  # warm-up
+            r = asyncio.run(_overload(server.base, bodies, args.overload_clients, args.overload_s, args.give_up_s))
         rows.append({"max_queue": queue if queue < 100_000 else "unbounded", **r, "give_up_s": args.give_up_s,
                      "k": args.k, "model": args.model, "machine": where})
         print(f"max_queue={rows[-1]['max_queue']!s:9s} admitted {r['admitted']:4d} (p50 {r['admitted_p50_ms']} ms, "
@@ -200,10 +173,10 @@ def _record_cost(test: list, tmp: Path) -> float:
 
 def _run_monitor(args: argparse.Namespace, pool_path: Path, bodies: list[dict], test: list, where: str,
                  tmp: Path) -> None:
-    plain, plain_base = _start(args, pool_path, True)
-    watched, watched_base = _start(args, pool_path, True, ("--monitor-dir", str(tmp / "monitor")))
     latencies: dict[tuple[str, int], list[float]] = {}
-    try:
+    with _start(args, pool_path, True) as plain, \
+            _start(args, pool_path, True, ("--monitor-dir", str(tmp / "monitor"))) as watched:
+        plain_base, watched_base = plain.base, watched.base
         for base in (plain_base, watched_base):
             asyncio.run(_level(base, bodies[:2], 1, args.limit_s))  # warm-up
         for r in range(args.rounds):
@@ -213,10 +186,6 @@ def _run_monitor(args: argparse.Namespace, pool_path: Path, bodies: list[dict], 
                     got = asyncio.run(_level(base, bodies, clients, args.limit_s, keep=True))
                     latencies.setdefault((name, clients), []).extend(got["latencies"])
                     print(f"round {r} {name:9s} clients={clients} p50 {got['p50_ms']:.1f} ms", flush=True)
-    finally:
-        for server in (plain, watched):
-            server.terminate()
-            server.wait(60)
     logged = len((tmp / "monitor" / "predictions.jsonl").read_text().splitlines())
     cost_us = _record_cost(test, tmp)
     rows = []
@@ -283,18 +252,14 @@ def main() -> None:
             _run_overload(args, pool_path, bodies, where)
             return
         for batching in (False, True):
-            server, base = _start(args, pool_path, batching)
-            try:
-                asyncio.run(_level(base, bodies[:2], 1, args.limit_s))  # warm-up
+            with _start(args, pool_path, batching) as server:
+                asyncio.run(_level(server.base, bodies[:2], 1, args.limit_s))  # warm-up
                 for clients in levels:
-                    r = asyncio.run(_level(base, bodies, clients, args.limit_s))
+                    r = asyncio.run(_level(server.base, bodies, clients, args.limit_s))
                     rows.append({"batching": batching, **r, "k": args.k, "model": args.model,
                                  "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "machine": where})
                     print(f"batching={batching!s:5s} clients={clients:3d} {r['requests_per_s']:8.2f} req/s "
                           f"p50 {r['p50_ms']:8.1f} ms p99 {r['p99_ms']:8.1f} ms errors {r['errors']}", flush=True)
-            finally:
-                server.terminate()
-                server.wait(60)
     one = next(r["requests_per_s"] for r in rows if not r["batching"] and r["clients"] == 1)
     for r in rows:
         r["x_one_at_a_time"] = round(r["requests_per_s"] / one, 2)

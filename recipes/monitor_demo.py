@@ -13,19 +13,13 @@ import argparse
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from icl_toolkit.serve.launch import ServerStartError, start_local_server
 
 
 def main() -> None:
@@ -43,22 +37,14 @@ def main() -> None:
                     'intended_use = "Demonstration of monitoring on synthetic patients."\n'
                     'out_of_scope_use = "Real patients."\n')
     env = os.environ | {"ICL_MONITOR_KEY": os.environ.get("ICL_MONITOR_KEY") or secrets.token_hex(32)}
-    port = _free_port()
-    icl = Path(sys.executable).parent / "icl"
-    server = subprocess.Popen([str(icl), "serve", "--pool", str(pool), "--port", str(port), "--query-tokens", "160",
-                               "--monitor-dir", str(args.out / "mon"), "--card", str(card), "--log-level", "warning"],
-                              env=env)
-    base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(1200):
-            if server.poll() is not None:
-                raise SystemExit("icl serve exited; see its messages above")
-            try:
-                if httpx.get(base + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.25)
+        server = start_local_server(["--pool", str(pool), "--query-tokens", "160", "--monitor-dir",
+                                     str(args.out / "mon"), "--card", str(card), "--log-level", "warning"],
+                                    env=env, capture_output=False)
+    except ServerStartError as exc:
+        raise SystemExit(str(exc)) from None
+    base = server.base
+    with server:
         patients = [json.loads(line) for line in test.read_text().splitlines()[:args.n]]
         for i, p in enumerate(patients, 1):
             r = httpx.post(base + "/v1/predict", json={"patients": [p], "options": {"k": 0, "demos": "none"}},
@@ -72,9 +58,7 @@ def main() -> None:
             r = httpx.post(base + "/v1/feedback", json={"outcomes": outcomes}, timeout=60)
             print("feedback:", r.json(), flush=True)
         print("model card:", json.dumps(httpx.get(base + "/v1/info", timeout=10).json()["model_card"]), flush=True)
-    finally:
-        server.terminate()
-        server.wait(60)
+    icl = Path(sys.executable).parent / "icl"
     subprocess.run([str(icl), "monitor", "--dir", str(args.out / "mon"), "--window", "30d", "--pool", str(pool)],
                    check=True)
 

@@ -23,6 +23,7 @@ from icl_toolkit.prompting import PromptConfig  # noqa: E402
 from icl_toolkit.retrieve import RetrievalConfig  # noqa: E402
 from icl_toolkit.serve.app import ServerSettings, create_app  # noqa: E402
 from icl_toolkit.serve.service import BatchSettings, PredictionService  # noqa: E402
+from icl_toolkit.serve.launch import free_port, start_local_server, wait_healthy  # noqa: E402
 
 CONFIG = PredictConfig(retrieval=RetrievalConfig(k=2), prompt=PromptConfig(query_tokens=120, demo_tokens=100))
 KEY = "test-key"
@@ -173,28 +174,6 @@ def test_concurrent_requests_are_batched_and_a_failure_stays_in_its_request(clie
     assert service.batches - batches_before < len(patients)
 
 
-def _wait_healthy(base: str, alive, seconds: float = 60.0) -> None:
-    """Wait until ``base/health`` answers 200; ``alive()`` must stay truthy (the server has not exited)."""
-    import httpx
-
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        assert alive() is True, alive()
-        try:
-            if httpx.get(base + "/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"{base} did not become healthy in {seconds} s")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_real_server_answers_http_like_icl_predict(tiny_model_dir, small_cohort, tmp_path):
     import httpx
 
@@ -209,17 +188,13 @@ def test_real_server_answers_http_like_icl_predict(tiny_model_dir, small_cohort,
                           str(tmp_path / "p.jsonl"), "--k", "2", *common], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     offline = [json.loads(x) for x in open(tmp_path / "p.jsonl")]
-    port = _free_port()
     # a batch waits up to 1 s for company, so a request is surely in flight when SIGTERM comes below
     (tmp_path / "card.toml").write_text('owner = "ADRD ML team"\ncontact = "adrd-ml@example.org"\n'
                                         'review_date = 2027-06-30\nintended_use = "research"\n')
-    server = subprocess.Popen([str(icl), "serve", *common, "--port", str(port), "--max-wait-ms", "1000",
-                               "--monitor-dir", str(tmp_path / "mon"), "--card", str(tmp_path / "card.toml")],
-                              stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+    server = start_local_server([*common, "--max-wait-ms", "1000", "--monitor-dir", str(tmp_path / "mon"),
+                                 "--card", str(tmp_path / "card.toml")], timeout_s=60)
     try:
-        base = f"http://127.0.0.1:{port}"
-        _wait_healthy(base, alive=lambda: server.poll() is None or server.stdout.read())
+        base = server.base
         payload = {"patients": [as_json(p) for p in small_cohort[80:84]], "options": {"k": 2}}
         r = httpx.post(base + "/v1/predict", json=payload, timeout=120)
         assert r.status_code == 200, r.text
@@ -237,17 +212,26 @@ def test_real_server_answers_http_like_icl_predict(tiny_model_dir, small_cohort,
             "r", httpx.post(base + "/v1/predict", json=payload, timeout=120)))
         sender.start()
         time.sleep(0.4)
-        server.terminate()
+        server.process.terminate()
         sender.join(120)
         assert in_flight["r"].status_code == 200 and len(in_flight["r"].json()["predictions"]) == 4
     finally:
-        server.terminate()
-        out, _ = server.communicate(timeout=60)
-    assert server.returncode == 0 or server.returncode == -15
+        code = server.stop()
+    out = server.output()
+    assert code in (0, -15)
     assert "POST /v1/predict 200" in out and small_cohort[80].patient_id not in out  # ids and timings, no patient data
     # the monitor log: every prediction, the key outside the log folder, private
     assert len((tmp_path / "mon" / "predictions.jsonl").read_text().splitlines()) == 8
     assert (tmp_path / "mon.key").stat().st_mode & 0o777 == 0o600 and not list((tmp_path / "mon").glob("*.key"))
+
+
+def test_local_server_that_cannot_start_says_why(tmp_path):
+    from icl_toolkit.serve.launch import ServerStartError
+
+    missing = tmp_path / "no_such_pool.jsonl"
+    with pytest.raises(ServerStartError, match="no_such_pool.jsonl") as err:
+        start_local_server(["--pool", str(missing)], timeout_s=120)
+    assert "exit status" in str(err.value) and "healthy" in str(err.value)
 
 
 # --------------------------------------------------------------------------- bad input and pressure (issue 15)
@@ -318,12 +302,12 @@ def live(tiny_backend_obj, small_cohort, hash_embedder, caplog):
         service = SlowService(tiny_backend_obj, small_cohort[:100], None, CONFIG, embedder=hash_embedder,
                               batching=BatchSettings(max_batch=max_batch, max_wait_ms=5, max_queue=max_queue))
         app = create_app(lambda: service, settings or ServerSettings())
-        port = _free_port()
+        port = free_port()
         server = make_server(app, port=port, grace_seconds=grace, log_config=None)
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         base = f"http://127.0.0.1:{port}"
-        _wait_healthy(base, alive=thread.is_alive)
+        wait_healthy(base, alive=thread.is_alive)
         started.append((server, thread))
         return server, thread, base, service
 
