@@ -82,17 +82,26 @@ def _as_dict(record: Any) -> dict[str, Any]:
 
 
 def check_output(path: str | os.PathLike[str], *, resume: bool = False, overwrite: bool = False,
-                 kind: str = "predictions", inputs: Mapping[str, str | os.PathLike[str] | None] | None = None) -> None:
-    """The checks :class:`OutputFile` makes that need no settings, for a front end to make before it loads
-    anything: the output is not an input, not a folder, and not an existing file without resume or overwrite."""
+                 kind: str = "predictions", inputs: Mapping[str, str | os.PathLike[str] | None] | None = None,
+                 sharded: bool = False) -> bool:
+    """The checks :class:`OutputFile` (and, ``sharded``, :class:`icl_toolkit.scale.ShardedOutput`) make that need
+    no settings, for a front end to make before it loads anything: the output is not an input, has the right
+    shape (a file; a folder of shards), and does not hold a run already without resume or overwrite. Returns
+    whether it holds one."""
     path = Path(path)
     check_not_input(path, inputs or {}, what=f"the {kind} output")
-    if path.is_dir():
-        raise ConfigError(f"{path} is a folder; the {kind} output is a file. Name a file (e.g. {path / 'out.jsonl'}).")
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other; pass one.")
-    if path.exists() and not (resume or overwrite):
-        raise ConfigError(f"{path} already exists. Pass --resume to continue it or --overwrite to replace it.")
+    if sharded and path.exists() and not path.is_dir():
+        raise ConfigError(f"{path} is a file; with --engine ray the {kind} output is a folder of shards with a "
+                          "manifest. Name a folder.")
+    if not sharded and path.is_dir():
+        raise ConfigError(f"{path} is a folder; the {kind} output is a file. Name a file (e.g. {path / 'out.jsonl'}).")
+    held = path.is_dir() and any(path.iterdir()) if sharded else path.exists()
+    if held and not (resume or overwrite):
+        raise ConfigError(f"{path} already {'holds a run' if sharded else 'exists'}. Pass --resume to continue it "
+                          "or --overwrite to replace it.")
+    return held
 
 
 class OutputFile:

@@ -199,6 +199,14 @@ def test_sharded_output_rules(tmp_path):
     assert len(fresh.records()) == 3          # the old run stays until the new one writes its first shard
     fresh.write([{"patient_id": "9"}])
     assert [r["patient_id"] for r in fresh.records()] == ["9"]
+    # the same output rules as a single file's (icl_toolkit.run.check_output), in a folder's shape
+    (tmp_path / "f.jsonl").write_text("")
+    with pytest.raises(ConfigError, match="is a file; with --engine ray"):
+        ShardedOutput(tmp_path / "f.jsonl", {"model_id": "a"}, overwrite=True)
+    with pytest.raises(ConfigError, match="is both --cohort and"):
+        ShardedOutput(tmp_path / "o", {"model_id": "a"}, overwrite=True, inputs={"--cohort": tmp_path / "o"})
+    with pytest.raises(ConfigError, match="contradict"):
+        ShardedOutput(tmp_path / "o", {"model_id": "a"}, overwrite=True, resume=True)
 
 
 def test_vllm_processor_settings_score_the_answer_slot():

@@ -149,13 +149,13 @@ def _predict_ray(cohort: Path, out: Path, config: Any, model: str, engine: Engin
         raise ConfigError("--format meds is for --engine local for now; convert the shards' records after the run.")
     from icl_toolkit.scale.ray_run import count_records
 
-    total = count_records(cohort, meds_labels, meds_split) if cohort.is_file() or meds_labels else 0
-    total = min(total, limit) if limit else total
+    counted = count_records(cohort, meds_labels, meds_split) if cohort.is_file() or meds_labels else None
+    total = min(counted, limit) if counted is not None and limit else counted
     with progress_bar(f"predicting on Ray ({options.replicas} replica{'s' if options.replicas > 1 else ''})",
-                      total) as advance:
+                      total or 0) as advance:
         stats = predict_ray(cohort, out, config, model=model, engine=engine, pool=pool, index=index,
                             options=options, resume=resume, overwrite=overwrite, limit=limit, advance=advance,
-                            meds_labels=meds_labels, meds_split=meds_split,
+                            meds_labels=meds_labels, meds_split=meds_split, total=total,
                             on_resume=lambda done, todo: err_console.print(f"resuming {out}: {done} done, {todo} to "
                                                                            "go", highlight=False))
     console.print(f"wrote {int(stats['records'])} predictions to {out} ({stats['total']} in its shards, "

@@ -189,8 +189,8 @@ _DEFAULT_USE = ("research comparison of prompting and fine-tuning for five-year 
 def _model_card(r: dict[str, Any], fairness: FairnessReport, info: dict[str, Any],
                 reference: str, context: dict[str, Any]) -> list[str]:
     lines = [f"### {r['name']}", ""]
+    ckpt = info.get("checkpoint_meta")
     if r["kind"] == "arm":
-        ckpt = info.get("checkpoint_meta")
         model = f"`{r['checkpoint']}` = `{info.get('model_id', '?')}`"
         if ckpt:
             model += (f"; {ckpt['target']} SFT of `{ckpt['base_id']}` ({'LoRA' if ckpt.get('lora') else 'weights'}), "
@@ -206,7 +206,6 @@ def _model_card(r: dict[str, Any], fairness: FairnessReport, info: dict[str, Any
         lines += [f"- **Model**: baseline: {info.get('description', r['name'])}"]
     card: ModelCard = context.get("card") or ModelCard()
     provenance = {"test": _short(context["test_hash"]), "pool": _short(context["pool_hash"])}
-    ckpt = info.get("checkpoint_meta")
     if ckpt:
         provenance["SFT training data"] = _short(ckpt["train_hash"])
     lines += [

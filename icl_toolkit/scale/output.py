@@ -5,9 +5,9 @@ is written to a temporary file, renamed into place, and only then added to the m
 atomically), so a driver killed at any moment leaves every patient either in a listed shard or in none.
 Files the manifest does not list (a shard written just before a kill) are removed when the run resumes.
 
-The rules of :class:`icl_toolkit.run.OutputFile` hold here too: an existing output is refused without
-``resume`` or ``overwrite``; resuming checks the provenance (settings, model, inputs) and skips finished
-patients; overwriting keeps the old shards until the new run's first shard is written.
+The rules of :class:`icl_toolkit.run.OutputFile` hold here too, through the same checks
+(:func:`icl_toolkit.run.check_output`): resuming checks the provenance (settings, model, inputs) and skips
+finished patients; overwriting keeps the old shards until the new run's first shard is written.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from typing import Any
 
 from icl_toolkit.artifacts import base_meta, check_meta, read_json, write_json_atomic
 from icl_toolkit.errors import ConfigError
-from icl_toolkit.files import check_not_input, os_error
+from icl_toolkit.files import os_error
+from icl_toolkit.run import check_output
 
 __all__ = ["MANIFEST", "ShardedOutput", "read_sharded_records"]
 
@@ -62,17 +63,9 @@ class ShardedOutput:
         self.folder = Path(folder)
         self.kind = kind
         self.provenance = dict(provenance)
-        check_not_input(self.folder, inputs or {}, what=f"the {kind} output")
-        if resume and overwrite:
-            raise ConfigError("--resume and --overwrite contradict each other; pass one.")
-        if self.folder.exists() and not self.folder.is_dir():
-            raise ConfigError(f"{self.folder} is a file; with --engine ray the {kind} output is a folder of shards "
-                              "with a manifest. Name a folder.")
+        has_run = check_output(self.folder, resume=resume, overwrite=overwrite, kind=kind, inputs=inputs,
+                               sharded=True)
         manifest_path = self.folder / MANIFEST
-        has_run = manifest_path.exists() or (self.folder.exists() and any(self.folder.iterdir()))
-        if has_run and not (resume or overwrite):
-            raise ConfigError(f"{self.folder} already holds a run. Pass --resume to continue it or --overwrite to "
-                              "replace it.")
         self.shards: list[dict[str, Any]] = []
         self.done: set[str] = set()
         self._replace = bool(overwrite and has_run)

@@ -77,12 +77,9 @@ def _parse(line: str) -> tuple[Any, str | None, str]:
 
     from icl_toolkit.cohort import _PATIENT, _describe, record_issues
 
-    try:
-        obj = json.loads(line)
-    except ValueError as exc:
-        return None, f"not a JSON object ({exc})", _line_id(line)
-    pid = obj.get("patient_id") if isinstance(obj, dict) else None
-    pid = pid if isinstance(pid, str) and pid else _line_id(line)
+    obj, error, pid = _load_line(line)
+    if error is not None:
+        return None, error, pid
     if not isinstance(obj, dict):
         return None, "not a JSON object (one patient per line)", pid
     problems = [f"{w}: {m}" for w, m in record_issues(obj)]
@@ -92,6 +89,16 @@ def _parse(line: str) -> tuple[Any, str | None, str]:
         problems += [": ".join(_describe(e)) for e in exc.errors(include_url=False)]
         patient = None
     return patient, ("; ".join(problems) or None), pid
+
+
+def _load_line(line: str) -> tuple[Any, str | None, str]:
+    """(parsed JSON or None, error or None, id): the record's ``patient_id``, or a hash of the line without one."""
+    try:
+        obj = json.loads(line)
+    except ValueError as exc:
+        return None, f"not a JSON object ({exc})", _line_id(line)
+    pid = obj.get("patient_id") if isinstance(obj, dict) else None
+    return obj, None, pid if isinstance(pid, str) and pid else _line_id(line)
 
 
 def _line_id(line: str) -> str:
@@ -239,16 +246,7 @@ def _read(ray: Any, cohort: str | os.PathLike[str], meds_labels: str | os.PathLi
 
 
 def _skip_done(batch: Mapping[str, Any], done: set[str]) -> dict[str, list[str]]:
-    return {"text": [str(t) for t in batch["text"] if _parse_id(str(t)) not in done]}
-
-
-def _parse_id(line: str) -> str:
-    try:
-        obj = json.loads(line)
-        pid = obj.get("patient_id") if isinstance(obj, dict) else None
-        return pid if isinstance(pid, str) and pid else _line_id(line)
-    except ValueError:
-        return _line_id(line)
+    return {"text": [str(t) for t in batch["text"] if _load_line(str(t))[2] not in done]}
 
 
 def count_records(path: str | os.PathLike[str], meds_labels: str | os.PathLike[str] | None = None,
@@ -264,11 +262,14 @@ def count_records(path: str | os.PathLike[str], meds_labels: str | os.PathLike[s
 
 def _run(ray: Any, cohort: str | os.PathLike[str], output: Any, actor_kwargs: dict[str, Any], options: RayOptions,
          limit: int | None, on_resume: Callable[[int, int], None] | None, advance: Callable[[int], None] | None,
-         meds_labels: str | os.PathLike[str] | None = None, meds_split: str | None = None) -> dict[str, float]:
-    """Report a resume, start (or join) Ray, stream the records into ``output``, finish it, stop what was started."""
-    total = count_records(cohort, meds_labels, meds_split)
-    total = min(total, limit) if limit else total
+         meds_labels: str | os.PathLike[str] | None = None, meds_split: str | None = None,
+         total: int | None = None) -> dict[str, float]:
+    """Report a resume, start (or join) Ray, stream the records into ``output``, finish it, stop what was started.
+    ``total``: the records the run reads (after ``limit``), when the caller has counted them already."""
     if output.done and on_resume is not None:
+        if total is None:
+            total = count_records(cohort, meds_labels, meds_split)
+            total = min(total, limit) if limit else total
         on_resume(len(output.done), max(total - len(output.done), 0))
     started = _init(ray, options)
     try:
@@ -287,11 +288,13 @@ def predict_ray(cohort: str | os.PathLike[str], out: str | os.PathLike[str], con
                 resume: bool = False, overwrite: bool = False, limit: int | None = None,
                 on_resume: Callable[[int, int], None] | None = None,
                 advance: Callable[[int], None] | None = None, meds_labels: str | os.PathLike[str] | None = None,
-                meds_split: str | None = None) -> dict[str, Any]:
+                meds_split: str | None = None, total: int | None = None) -> dict[str, Any]:
     """``icl predict --engine ray``: the cohort's patients predicted on Ray replicas into the shard folder
     ``out`` (see the module docstring); returns run statistics (records, failures, seconds). ``cohort`` is a
     cohort JSONL file, or a MEDS root read with ``meds_labels`` (an ACES label file; ``meds_split`` keeps one
-    split), each data shard by its own task as ``icl data from-meds`` reads it.
+    split), each data shard by its own task as ``icl data from-meds`` reads it. ``total``: the records it reads
+    (:func:`count_records`, after ``limit``) when the caller has counted them for a progress bar; counted here
+    only when needed otherwise.
 
     The driver checks the inputs and the output, builds (or loads and checks) the pool's index once and saves
     it beside the shards, so that every replica loads the same index instead of building its own.
@@ -337,7 +340,8 @@ def predict_ray(cohort: str | os.PathLike[str], out: str | os.PathLike[str], con
     actor_kwargs = {"model": model, "engine": engine.model_dump(), "config": config.model_dump(mode="json"),
                     "pool": str(Path(pool).resolve()) if pool else None,
                     "index": str(index_dir.resolve()) if index_dir else None}
-    stats = _run(ray, cohort, output, actor_kwargs, options, limit, on_resume, advance, meds_labels, meds_split)
+    stats = _run(ray, cohort, output, actor_kwargs, options, limit, on_resume, advance, meds_labels, meds_split,
+                 total)
     records = output.records()
     stats |= {"total": len(records), "failed": sum(1 for r in records if "error" in r),
               "done_before": len(records) - int(stats["records"])}
@@ -349,10 +353,11 @@ def generate_rationales_ray(cohort: str | os.PathLike[str], out: str | os.PathLi
                             drop_ungrounded: bool = False, min_grounded: float = 1.0, limit: int | None = None,
                             resume: bool = False, overwrite: bool = False,
                             on_resume: Callable[[int, int], None] | None = None,
-                            advance: Callable[[int], None] | None = None) -> Any:
+                            advance: Callable[[int], None] | None = None, total: int | None = None) -> Any:
     """``icl rationales generate --engine ray``: the teacher runs on Ray replicas; its generations go to the shard
     folder ``<out>.generations/`` (resumable, exactly once), then the driver writes the cohort with the (grounded)
-    rationales to ``out``, as the single-process command does (the same records for the same settings)."""
+    rationales to ``out``, as the single-process command does (the same records for the same settings).
+    ``total`` as for :func:`predict_ray`."""
     from icl_toolkit.backends.options import EngineOptions
     from icl_toolkit.cohort import read_cohort, write_cohort
     from icl_toolkit.models import lm_id
@@ -385,7 +390,7 @@ def generate_rationales_ray(cohort: str | os.PathLike[str], out: str | os.PathLi
                            inputs={"--cohort": cohort})
     actor_kwargs = {"model": model, "engine": engine.model_dump(), "config": config.model_dump(mode="json"),
                     "pool": None, "index": None, "task": "rationales"}
-    _run(ray, cohort, output, actor_kwargs, options, limit, on_resume, advance)
+    _run(ray, cohort, output, actor_kwargs, options, limit, on_resume, advance, total=total)
     patients = read_cohort(cohort)
     if limit:
         patients = patients[:limit]
