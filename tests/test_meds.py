@@ -19,13 +19,16 @@ from icl_toolkit.errors import ConfigError
 from icl_toolkit.meds import INDEX_CODE, CodeMap, open_meds, write_meds, write_meds_predictions
 from icl_toolkit.meds.codes import CodeResolver, sex_of
 from icl_toolkit.synth import SynthConfig, generate_cohort
+from icl_toolkit.synth.generate import Disparity
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def cohort():
-    return generate_cohort(SynthConfig(n=120, seed=4, split={"train": 0.6, "val": 0.2, "test": 0.2}))
+    # with an access disparity, so that records carry a group attribute (written as GROUP//access//VALUE rows)
+    return generate_cohort(SynthConfig(n=120, seed=4, split={"train": 0.6, "val": 0.2, "test": 0.2},
+                                       disparity=Disparity()))
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +39,8 @@ def exported(cohort, tmp_path_factory):
 
 
 def _key(p):
-    return (p.patient_id, p.sex, p.birth_date, p.index_date, p.label, p.outcome_date, p.split, p.history())
+    return (p.patient_id, p.sex, p.birth_date, p.index_date, p.label, p.outcome_date, p.split, p.history(),
+            sorted(p.groups.items()))
 
 
 def test_round_trip_gives_the_same_patients(cohort, exported):
@@ -45,6 +49,7 @@ def test_round_trip_gives_the_same_patients(cohort, exported):
     reader.batch_size = 7                       # subjects span record batches
     got = list(reader)
     assert len(got) == len(cohort) == summary.label_rows
+    assert {p.groups["access"] for p in got} == {"limited", "standard"}
     assert sorted(map(_key, got)) == sorted(map(_key, cohort))
     assert all(p.metadata["source"] == "meds" and isinstance(p.metadata["subject_id"], int) for p in got)
     # the split filter reads metadata/subject_splits.parquet
@@ -263,7 +268,9 @@ def test_code_map_and_built_in_rules():
     cmap = CodeMap.model_validate({"vocabularies": {"DIAGNOSIS//ICD//10": {"kind": "diagnosis", "system": "ICD10CM"}},
                                    "codes": {"LAB//51000": {"kind": "lab", "system": "LOINC", "code": "4548-4",
                                                              "name": "HbA1c"}},
-                                   "static": {"sex": {"DEMO//1": "M"}}, "ignore": ["HOSPITAL_ADMISSION"]})
+                                   "static": {"sex": {"DEMO//1": "M"},
+                                              "groups": {"RACE//": "race", "RACE//DETAIL//": "race_detail"}},
+                                   "ignore": ["HOSPITAL_ADMISSION"]})
     r = CodeResolver(cmap, {"ICD10CM//I10": "Essential hypertension"}, {"SNOMED//44054006": "observation"})
     hit = r.resolve("DIAGNOSIS//ICD//10//I10")
     assert (hit.kind, hit.system, hit.code) == ("diagnosis", "ICD10CM", "I10")
@@ -278,6 +285,11 @@ def test_code_map_and_built_in_rules():
     assert r.resolve("XYZ//1") == "unknown vocabulary XYZ"
     assert r.sex("DEMO//1") == "M" and sex_of("GENDER//F") == "F" and sex_of("Sex//male") == "M"
     assert sex_of("GENDER//X") == "U" and sex_of("ICD10CM//I10") is None
+    # group attributes from static rows: the code map's prefixes (longest first), and GROUP//ATTR//VALUE built in
+    assert r.group("RACE//White") == ("race", "White") and r.group("race//Asian") == ("race", "Asian")
+    assert r.group("RACE//DETAIL//Irish") == ("race_detail", "Irish")
+    assert r.group("GROUP//payer//medicaid") == ("payer", "medicaid")
+    assert r.group("RACE//") is None and r.group("GROUP//payer") is None and r.group("ICD10CM//I10") is None
 
 
 def test_code_map_file_errors_name_the_field(tmp_path):

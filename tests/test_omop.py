@@ -127,6 +127,35 @@ def test_sample_no_event_after_index_and_labels_consistent(sample_first_eligible
         assert not any(e.code in ("26929004", "230265002") for e in p.events)
 
 
+def test_sample_race_and_ethnicity_become_groups(sample_first_eligible):
+    """Each patient's race and ethnicity concept, named from the concept table (0: unknown), as Patient.groups."""
+    patients, _ = sample_first_eligible
+    con = duckdb.connect()
+    rows = con.execute(f"""
+        SELECT CAST(p.person_id AS VARCHAR), coalesce(r.concept_name, 'unknown'), coalesce(e.concept_name, 'unknown')
+        FROM read_csv('{SAMPLE / 'PERSON.csv'}', header=true) p
+        LEFT JOIN read_csv('{SAMPLE / 'CONCEPT.csv'}', header=true) r
+               ON r.concept_id = p.race_concept_id AND p.race_concept_id <> 0
+        LEFT JOIN read_csv('{SAMPLE / 'CONCEPT.csv'}', header=true) e
+               ON e.concept_id = p.ethnicity_concept_id AND p.ethnicity_concept_id <> 0""").fetchall()
+    expected = {pid: {"race": race, "ethnicity": eth} for pid, race, eth in rows}
+    assert all(p.groups == expected[p.patient_id] for p in patients)
+    races = {p.groups["race"] for p in patients}
+    assert {"White", "unknown"} <= races and len(races) >= 3  # not vacuous: several groups in the cohort
+
+
+def test_group_names_without_a_concept_table():
+    from icl_toolkit.omop.build import _group_name
+
+    con = duckdb.connect()
+    got = con.execute(f"""
+        SELECT x, {_group_name('t.x', 'c')} FROM (VALUES (8516), (38003563), (0), (NULL), (123)) t(x)
+        LEFT JOIN (SELECT 123 AS concept_id, 'Other Race' AS concept_name) c ON c.concept_id = t.x
+        ORDER BY x NULLS LAST""").fetchall()
+    assert got == [(0, "unknown"), (123, "Other Race"), (8516, "Black or African American"),
+                   (38003563, "Hispanic or Latino"), (None, "unknown")]
+
+
 def test_sample_summary_reports_the_sample_mess(sample_first_eligible):
     _, summary = sample_first_eligible
     person = summary.tables["person"]

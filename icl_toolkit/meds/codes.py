@@ -58,6 +58,8 @@ _SEX_PREFIX = re.compile(r"^(GENDER|SEX)(//|/|:)(.+)$", re.IGNORECASE)
 _SEX_VALUES = {"F": "F", "FEMALE": "F", "W": "F", "WOMAN": "F", "8532": "F",
                "M": "M", "MALE": "M", "MAN": "M", "8507": "M"}
 _BIRTH_CODES = {"MEDS_BIRTH", "BIRTH", "DOB", "BIRTH//BIRTH"}
+GROUP_PREFIX = "GROUP"
+"""``GROUP//ATTR//VALUE``: the static row of one group attribute (``Patient.groups``)."""
 
 
 class CodeRule(BaseModel):
@@ -80,6 +82,10 @@ class StaticRules(BaseModel):
     """More codes whose time is the birth date."""
     sex: dict[str, Literal["F", "M", "U"]] = {}
     """More codes that give the sex, e.g. ``"DEMO//SEX//1" = "M"``."""
+    groups: dict[str, str] = {}
+    """Static code prefixes that give a group attribute (``Patient.groups``, for fairness reports), e.g.
+    ``"RACE//" = "race"``: a null-time row ``RACE//White`` gives ``race = "White"``. ``GROUP//ATTR//VALUE`` rows
+    (what ``icl data to-meds`` writes) are read without one."""
 
 
 class CodeMap(BaseModel):
@@ -98,7 +104,7 @@ def load_code_map(path: str | Path) -> CodeMap:
     """Read a code map TOML file; a bad field is a :class:`ConfigError` naming the file and the field."""
     return load_settings_file(path, CodeMap, "code map",
                               'Sections: [codes."VOCAB//CODE"] and [vocabularies."PREFIX"] with kind, system (code, '
-                              "name for codes); [static] with birth and sex; ignore = [prefixes].")
+                              "name for codes); [static] with birth, sex and groups; ignore = [prefixes].")
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,9 +155,24 @@ class CodeResolver:
         self._cache: dict[str, MappedCode | str] = {}
         self.birth_codes = _BIRTH_CODES | {c.upper() for c in self.map.static.birth}
         self.sex_codes = {k.upper(): v for k, v in self.map.static.sex.items()}
+        # longest prefix first, so that "RACE//DETAIL//" wins over "RACE//"
+        self.group_prefixes = sorted(((k.upper(), v) for k, v in self.map.static.groups.items()),
+                                     key=lambda kv: -len(kv[0]))
 
     def is_birth(self, code: str) -> bool:
         return code.upper() in self.birth_codes
+
+    def group(self, code: str) -> tuple[str, str] | None:
+        """``(attribute, value)`` when a static ``code`` names a group (``GROUP//ATTR//VALUE`` or a ``[static]
+        groups`` prefix), else None."""
+        upper = code.upper()
+        for prefix, attr in self.group_prefixes:
+            if upper.startswith(prefix) and len(code) > len(prefix):
+                return attr, code[len(prefix):]
+        parts = code.split("//", 2)
+        if len(parts) == 3 and parts[0].upper() == GROUP_PREFIX and parts[1] and parts[2]:
+            return parts[1], parts[2]
+        return None
 
     def sex(self, code: str) -> str | None:
         """``F``, ``M`` or ``U`` when ``code`` is a sex code, else None."""

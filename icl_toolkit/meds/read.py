@@ -344,6 +344,7 @@ class MedsCohort:
         s.subjects += 1
         birth: dt.date | None = None
         sex: str | None = None
+        groups: dict[str, str] = {}
         events: list[tuple[dt.datetime, Event, str]] = []
         for t, code, num, txt, unit in rows:
             if code is None:
@@ -361,7 +362,12 @@ class MedsCohort:
                     sex = x
                 continue
             if t is None:
-                s.drop("static row not used (not sex or birth)")
+                g = res.group(code)
+                if g is None:
+                    s.drop("static row not used (not sex, birth or a group)")
+                else:
+                    s.rows_demographic += 1
+                    groups.setdefault(*g)
                 continue
             if code.upper() in ("MEDS_DEATH", "DEATH"):
                 s.drop("death record (not an event kind)")
@@ -429,7 +435,7 @@ class MedsCohort:
                 s.events_written[e.kind] = s.events_written.get(e.kind, 0) + 1
             yield Patient(patient_id=rid, sex=sex, birth_date=birth, index_date=pt.date(), events=history,
                           label=None if y is None else int(y), outcome_date=outcome,
-                          split=SPLIT_NAMES.get(split) if split else None, metadata=meta)
+                          split=SPLIT_NAMES.get(split) if split else None, metadata=meta, groups=dict(groups))
 
 
 def open_meds(root: str | Path, labels: str | Path, *, split: str | None = None, code_map: CodeMap | None = None,

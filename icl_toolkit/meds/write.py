@@ -1,6 +1,7 @@
 """Cohort records -> a MEDS dataset and a label file (``icl data to-meds``).
 
-Each subject gets, in time order: a ``GENDER//F|M|U`` static row (null time), ``MEDS_BIRTH`` at the birth date,
+Each subject gets, in time order: a ``GENDER//F|M|U`` static row (null time) and one ``GROUP//ATTR//VALUE`` static
+row per group attribute (``Patient.groups``), ``MEDS_BIRTH`` at the birth date,
 its events as ``SYSTEM//CODE`` at midnight of their date (``numeric_value`` or ``text_value``; the unit in a
 ``unit`` column, declared as a code modifier), ``ICL//INDEX`` at each record's index date, and for a case whose
 record holds no outcome code after the index date, the onset as ``ICD10CM//F03.90`` (unspecified dementia) at the
@@ -32,7 +33,7 @@ import pyarrow.parquet as pq
 
 from icl_toolkit.cohort import Patient
 from icl_toolkit.errors import ConfigError
-from icl_toolkit.meds.codes import INDEX_CODE, OutcomeMatcher, to_meds_code
+from icl_toolkit.meds.codes import GROUP_PREFIX, INDEX_CODE, OutcomeMatcher, to_meds_code
 from icl_toolkit.meds.read import RECORDS_FILE, SPLIT_NAMES, _meds
 from icl_toolkit.omop.outcome import ADRD
 
@@ -145,6 +146,10 @@ def write_meds(patients: Sequence[Patient], out: str | os.PathLike[str], *, data
         sex_code = f"GENDER//{first.sex}"
         names.setdefault(sex_code, ({"F": "Female", "M": "Male"}.get(first.sex, "Unknown sex"), None))
         static = [(sid, None, sex_code, None, None, None)]
+        for attr, value in sorted(first.groups.items()):
+            code = f"{GROUP_PREFIX}//{attr}//{value}"
+            names.setdefault(code, (f"{attr}: {value}", None))
+            static.append((sid, None, code, None, None, None))
         rows[(sid, _midnight(first.birth_date), "MEDS_BIRTH", None, None, None)] = 1
         for r in recs:
             pt = _prediction_time(r)

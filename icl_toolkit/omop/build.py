@@ -212,7 +212,8 @@ def _clean_persons(src: OmopSource, cfg: OmopConfig, report: TableReport) -> Non
         WITH t AS (
             SELECT {c('person_id')} AS raw_pid, {pid} AS pid, {yob} AS yob, {mob} AS mob, {dob} AS dob,
                    {_date(c('birth_datetime'))} AS bdt, {_id(c('gender_concept_id'))} AS gender,
-                   upper(left({c('gender_source_value')}, 1)) AS gsv, row_number() OVER () AS rn
+                   upper(left({c('gender_source_value')}, 1)) AS gsv, {_id(c('race_concept_id'))} AS race_id,
+                   {_id(c('ethnicity_concept_id'))} AS eth_id, row_number() OVER () AS rn
             FROM raw_person),
         b AS (
             SELECT *, COALESCE(bdt, TRY_CAST(printf('%04d-%02d-%02d', yob, mob, dob) AS DATE),
@@ -220,7 +221,7 @@ def _clean_persons(src: OmopSource, cfg: OmopConfig, report: TableReport) -> Non
                                TRY_CAST(printf('%04d-07-01', yob) AS DATE)) AS birth,
                    row_number() OVER (PARTITION BY pid ORDER BY rn) AS dup
             FROM t)
-        SELECT pid, birth,
+        SELECT pid, birth, race_id, eth_id,
                CASE WHEN gender = 8532 THEN 'F' WHEN gender = 8507 THEN 'M'
                     WHEN gsv IN ('F', 'M') THEN gsv ELSE 'U' END AS sex,
                bdt IS NULL AND (mob IS NULL OR dob IS NULL) AS birth_guessed,
@@ -231,7 +232,28 @@ def _clean_persons(src: OmopSource, cfg: OmopConfig, report: TableReport) -> Non
                            ("dup > 1", "duplicate person_id (first row kept)")])} AS problem
         FROM b""")
     _count(src.con, "person_t", report, {"birth month or day missing (mid-month / 1 July used)": "birth_guessed"})
-    src.con.execute("CREATE TEMP TABLE person AS SELECT pid, birth, sex FROM person_t WHERE problem IS NULL")
+    src.con.execute(f"""
+        CREATE TEMP TABLE person AS
+        SELECT p.pid, p.birth, p.sex, {_group_name('p.race_id', 'rc')} AS race,
+               {_group_name('p.eth_id', 'ec')} AS ethnicity
+        FROM person_t p LEFT JOIN concept rc ON rc.concept_id = p.race_id
+                        LEFT JOIN concept ec ON ec.concept_id = p.eth_id
+        WHERE p.problem IS NULL""")
+
+
+# OMB race and ethnicity concepts (OMOP vocabulary "Race" and "Ethnicity"), named here for sources whose concept
+# table is missing or does not carry them
+GROUP_CONCEPTS = {8527: "White", 8516: "Black or African American", 8515: "Asian",
+                  8557: "Native Hawaiian or Other Pacific Islander", 8657: "American Indian or Alaska Native",
+                  38003563: "Hispanic or Latino", 38003564: "Not Hispanic or Latino"}
+
+
+def _group_name(concept_id: str, concept: str) -> str:
+    """SQL naming a person's race or ethnicity concept: ``unknown`` for 0 or none, else the concept table's name,
+    else the OMB name, else ``concept <id>``."""
+    known = " ".join(f"WHEN {k} THEN '{v}'" for k, v in GROUP_CONCEPTS.items())
+    return (f"CASE WHEN coalesce({concept_id}, 0) = 0 THEN 'unknown' "
+            f"ELSE coalesce({concept}.concept_name, CASE {concept_id} {known} END, 'concept ' || {concept_id}) END")
 
 
 def _clean_periods(src: OmopSource, cfg: OmopConfig, report: TableReport) -> None:
@@ -419,6 +441,7 @@ class Candidate:
     periods: list[tuple[dt.date, dt.date]]
     death: dt.date | None = None
     outcome_dates: list[dt.date] = field(default_factory=list)
+    groups: dict[str, str] = field(default_factory=dict)
 
 
 def place_index(c: Candidate, rule: IndexRule) -> tuple[dt.date | None, tuple[dt.date, dt.date] | None, str | None]:
@@ -476,8 +499,10 @@ def _candidates(con: Any) -> Iterator[Candidate]:
     outcomes: dict[int, list[dt.date]] = {}
     for pid, d in con.execute("SELECT pid, d FROM outcome_rec ORDER BY pid, d").fetchall():
         outcomes.setdefault(pid, []).append(d)
-    for pid, birth, sex in con.execute("SELECT pid, birth, sex FROM person ORDER BY pid").fetchall():
-        yield Candidate(pid, birth, sex, periods.get(pid, []), deaths.get(pid), outcomes.get(pid, []))
+    for pid, birth, sex, race, ethnicity in con.execute(
+            "SELECT pid, birth, sex, race, ethnicity FROM person ORDER BY pid").fetchall():
+        yield Candidate(pid, birth, sex, periods.get(pid, []), deaths.get(pid), outcomes.get(pid, []),
+                        {"race": race, "ethnicity": ethnicity})
 
 
 # --------------------------------------------------------------------------- events -> patients
@@ -636,7 +661,7 @@ class OmopCohort:
                 summary.no_history += 1
             yield Patient(
                 patient_id=str(cand.pid), sex=cand.sex, birth_date=cand.birth, index_date=index, events=evs,
-                label=label, outcome_date=outcome_date,
+                label=label, outcome_date=outcome_date, groups=cand.groups,
                 metadata={"source": "omop", "observation_start": period[0].isoformat(),
                           "observation_end": period[1].isoformat()})
 
