@@ -103,3 +103,13 @@ def test_progress_time_left_counts_only_this_runs_rate(monkeypatch, capsys):
         advance(10)           # 10 steps in this run's first minute: 90 left at 10/min
     err = capsys.readouterr().err
     assert "training: 110/200 in 1.0 min, about 9 min left" in err, err
+
+
+def test_tables_in_a_log_or_pipe_are_150_columns_wide():
+    """Off a terminal, Rich would assume 80 columns and squeeze wide tables; the CLI's stdout takes 150 there,
+    and $COLUMNS when set."""
+    probe = [sys.executable, "-c", "from icl_toolkit.cli._common import console; print(console.width)"]
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    piped = subprocess.run(probe, capture_output=True, text=True, env=env, check=True)
+    told = subprocess.run(probe, capture_output=True, text=True, env=env | {"COLUMNS": "100"}, check=True)
+    assert (piped.stdout.strip(), told.stdout.strip()) == ("150", "100")

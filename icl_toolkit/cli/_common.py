@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 from collections.abc import Callable
 from typing import Annotated, Any, Optional
 
@@ -16,17 +17,20 @@ from icl_toolkit.errors import ConfigError
 from icl_toolkit.retrievers import RetrieverKind
 from icl_toolkit.progress import progress_bar, stderr_console
 
-__all__ = ["console", "err_console", "wide_console", "progress_bar", "flag_error", "engine_options", "spec_from_flags",
+__all__ = ["console", "err_console", "progress_bar", "flag_error", "engine_options", "spec_from_flags",
            "with_engine_flags", "ENGINE_FLAGS", "ModelOpt", "with_retriever_flags", "retriever_options"]
 
-console = Console(soft_wrap=True)
+
+
+def _stdout_console() -> Console:
+    """stdout: the terminal's width on a terminal (or $COLUMNS when set); 150 columns when stdout is a log or a
+    pipe, where Rich would otherwise assume 80 and squeeze every column of a wide table."""
+    out = Console(soft_wrap=True)
+    return out if out.is_terminal or os.environ.get("COLUMNS") else Console(soft_wrap=True, width=150)
+
+
+console = _stdout_console()
 err_console = stderr_console
-
-
-def wide_console() -> Console:
-    """The console for wide tables: stdout itself on a terminal; 150 columns when stdout is a log or a pipe
-    (where Rich would otherwise assume 80 and squeeze every column)."""
-    return console if console.is_terminal else Console(width=150, soft_wrap=True)
 
 
 def flag_error(exc: ValidationError, flags: dict[str, str] | None = None) -> ConfigError:

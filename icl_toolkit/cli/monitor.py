@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from icl_toolkit.cli._common import console, err_console, wide_console
+from icl_toolkit.cli._common import console, err_console
 
 
 def monitor(
@@ -49,7 +49,7 @@ def monitor(
                       "/".join(f(w.get(f"psi_{k}"), ".2f") for k in ("age", "events", "history_days")),
                       f(w.get("mean_probability")), str(w.get("outcomes", 0)), f(w.get("observed_rate")),
                       f(w.get("auroc")))
-    wide_console().print(table)
+    console.print(table)
     if report["unreadable_lines"]:
         err_console.print(f"skipped {report['unreadable_lines']} unreadable log line(s) (a write cut off by a "
                           "stopped server)", highlight=False)

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from icl_toolkit.cli._common import console, err_console, wide_console, progress_bar
+from icl_toolkit.cli._common import console, err_console, progress_bar
 from icl_toolkit.errors import ConfigError
 
 app = typer.Typer(help="Reports over prediction files.", no_args_is_help=True)
@@ -101,6 +101,6 @@ def fairness(
         ci = (f" ({g['auroc_gap_lo']:.3f}-{g['auroc_gap_hi']:.3f})" if "auroc_gap_lo" in g else "")
         table.add_row(g["name"], g["group"], f"{g['auroc_gap']:.3f}{ci}", str(g.get("lowest_auroc_group")), ex,
                       f"{g['demographic_parity_difference']:.3f}", f"{g['equalized_odds_difference']:.3f}")
-    wide_console().print(table)
+    console.print(table)
     console.print(f"wrote {out / 'fairness.md'}, subgroups.csv, fairness_gaps.csv, fairness.json and fairness.png",
                   highlight=False)
