@@ -164,6 +164,13 @@ def test_tiny_compare_end_to_end(run, data):
     for name in rows:
         assert f"### {name}" in report
     assert "Intended use" in report and "Limitations" in report and "rationale SFT of" in report
+    # a card notes an entry whose predictions hardly spread (the tiny random model's), and only such a one
+    cards = {c.split("\n", 1)[0]: c for c in report.split("### ")[1:]}
+    for name, r in rows.items():
+        spread = np.subtract(*np.quantile([preds[name][pid]["probability"] for pid in ids], [0.95, 0.05])) \
+            if name in preds else r["p95"] - r["p05"]
+        assert ("barely separates" in cards[name]) == (spread < 0.05), name
+    assert "barely separates" not in cards["age only"] and any("barely separates" in c for c in cards.values())
     for plot in ("roc.png", "auroc_vs_k.png", "calibration.png", "fairness.png"):
         assert (out / plot).stat().st_size > 10_000
     # fairness: every entry by sex, age band and the cohort's group attribute, gaps against oracle and reference

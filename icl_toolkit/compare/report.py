@@ -186,6 +186,10 @@ _DEFAULT_USE = ("research comparison of prompting and fine-tuning for five-year 
                 "Not a clinical decision tool; not validated on real patients.")
 
 
+NARROW_SPREAD = 0.05
+"""A model card notes an entry whose middle 90% of predicted probabilities spans less than this."""
+
+
 def _model_card(r: dict[str, Any], fairness: FairnessReport, info: dict[str, Any],
                 reference: str, context: dict[str, Any]) -> list[str]:
     lines = [f"### {r['name']}", ""]
@@ -233,6 +237,13 @@ def _model_card(r: dict[str, Any], fairness: FairnessReport, info: dict[str, Any
         limits.append("F1 at a fixed 0.5 threshold (no validation split given)")
     if r["kind"] == "arm" and r["demos"] != "none":
         limits.append("demonstrations come from the pool's synthetic rationales and may not transfer to real notes")
+    if r.get("p95") is not None and r["p95"] - r["p05"] < NARROW_SPREAD:
+        note = (f"90% of its predicted probabilities lie between {r['p05']:.3f} and {r['p95']:.3f}: it barely "
+                "separates patients, so its F1 and calibration say little")
+        if r["kind"] == "arm" and r["mode"] == "score" and (ckpt or {}).get("target") in ("rationale", "stepwise"):
+            note += (f" (a {ckpt['target']} checkpoint was trained to write before it answers: read it with "
+                     "mode = \"reason\")")
+        limits.append(note)
     limits.append("evaluated on the cohort given; subgroup metrics rest on few patients")
     lines += ["", "- **Limitations**: " + "; ".join(limits) + ".", ""]
     return lines

@@ -69,6 +69,7 @@ def evaluate(entries: Sequence[Entry], test: Sequence[Patient], val: Sequence[Pa
         for m in METRICS:
             row[m], row[f"{m}_lo"], row[f"{m}_hi"] = ci[m]["value"], ci[m]["lo"], ci[m]["hi"]
         row["mean_probability"] = float(p.mean())
+        row["p05"], row["p95"] = (float(q) for q in np.quantile(p, [0.05, 0.95]))
         if e.name == reference:
             row.update(delta_auroc=0.0, delta_lo=0.0, delta_hi=0.0, p_value=None)
         else:
