@@ -21,7 +21,6 @@ __all__ = ["console", "err_console", "progress_bar", "flag_error", "engine_optio
            "with_engine_flags", "ENGINE_FLAGS", "ModelOpt", "with_retriever_flags", "retriever_options"]
 
 
-
 def _stdout_console() -> Console:
     """stdout: the terminal's width on a terminal (or $COLUMNS when set); 150 columns when stdout is a log or a
     pipe, where Rich would otherwise assume 80 and squeeze every column of a wide table."""

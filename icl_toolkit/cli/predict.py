@@ -149,8 +149,7 @@ def _predict_ray(cohort: Path, out: Path, config: Any, model: str, engine: Engin
         raise ConfigError("--format meds is for --engine local for now; convert the shards' records after the run.")
     from icl_toolkit.scale.ray_run import count_records
 
-    counted = count_records(cohort, meds_labels, meds_split) if cohort.is_file() or meds_labels else None
-    total = min(counted, limit) if counted is not None and limit else counted
+    total = count_records(cohort, meds_labels, meds_split, limit) if cohort.is_file() or meds_labels else None
     with progress_bar(f"predicting on Ray ({options.replicas} replica{'s' if options.replicas > 1 else ''})",
                       total or 0) as advance:
         stats = predict_ray(cohort, out, config, model=model, engine=engine, pool=pool, index=index,

@@ -67,14 +67,13 @@ def generate(
 
         options = RayOptions(address=ray_address, replicas=replicas, gpus_per_replica=gpus_per_replica,
                              cpus_per_replica=cpus_per_replica, batch_size=chunk_size, shard_size=shard_size)
-        total = count_records(cohort) if cohort.is_file() else 0
-        total = min(total, limit) if limit else total
+        total = count_records(cohort, limit=limit) if cohort.is_file() else None
         with progress_bar(f"writing rationales on Ray ({replicas} replica{'s' if replicas > 1 else ''})",
-                          total) as advance:
+                          total or 0) as advance:
             done = generate_rationales_ray(cohort, out, config, model=model, engine=engine, options=options,
                                            drop_ungrounded=drop_ungrounded, min_grounded=min_grounded, limit=limit,
                                            resume=resume, overwrite=overwrite, on_resume=resumed, advance=advance,
-                                           total=total if cohort.is_file() else None)
+                                           total=total)
         for r in done.failed[:5]:
             err_console.print(f"failed: {r['patient_id']}: {r['error']}", highlight=False, markup=False)
         if done.failed:

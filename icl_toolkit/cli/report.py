@@ -14,6 +14,7 @@ from icl_toolkit.errors import ConfigError
 
 app = typer.Typer(help="Reports over prediction files.", no_args_is_help=True)
 
+
 def _named(specs: list[str]) -> dict[str, Path]:
     """``NAME=FILE`` or ``FILE`` (named after the file) per --predictions."""
     out: dict[str, Path] = {}

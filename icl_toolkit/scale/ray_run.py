@@ -250,14 +250,17 @@ def _skip_done(batch: Mapping[str, Any], done: set[str]) -> dict[str, list[str]]
 
 
 def count_records(path: str | os.PathLike[str], meds_labels: str | os.PathLike[str] | None = None,
-                  meds_split: str | None = None) -> int:
-    """Records a run will read: non-blank lines of a cohort file, or label rows of a MEDS task."""
+                  meds_split: str | None = None, limit: int | None = None) -> int:
+    """Records a run will read: non-blank lines of a cohort file, or label rows of a MEDS task; at most
+    ``limit``."""
     if meds_labels is not None:
         from icl_toolkit.meds import open_meds
 
-        return len(open_meds(path, meds_labels, split=meds_split))
-    with open(path, "rb") as fh:
-        return sum(1 for line in fh if line.strip())
+        n = len(open_meds(path, meds_labels, split=meds_split))
+    else:
+        with open(path, "rb") as fh:
+            n = sum(1 for line in fh if line.strip())
+    return min(n, limit) if limit else n
 
 
 def _run(ray: Any, cohort: str | os.PathLike[str], output: Any, actor_kwargs: dict[str, Any], options: RayOptions,
@@ -268,8 +271,7 @@ def _run(ray: Any, cohort: str | os.PathLike[str], output: Any, actor_kwargs: di
     ``total``: the records the run reads (after ``limit``), when the caller has counted them already."""
     if output.done and on_resume is not None:
         if total is None:
-            total = count_records(cohort, meds_labels, meds_split)
-            total = min(total, limit) if limit else total
+            total = count_records(cohort, meds_labels, meds_split, limit)
         on_resume(len(output.done), max(total - len(output.done), 0))
     started = _init(ray, options)
     try:
