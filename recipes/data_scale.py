@@ -6,9 +6,9 @@
 Each ``--run N=DIR`` is an ``icl compare`` output folder whose SFT checkpoints were
 trained on N labelled patients and whose demonstration pool (and baseline
 training data) is the same N patients, scored on the same test patients. The
-plot has one line per arm kind (label-only SFT, rationale SFT, the base model
-with label-only demos, with rationale demos, and the logistic-regression
-baseline), AUROC with its bootstrap 95% interval against N; the zero-shot base
+plot has one line per arm kind (label-only SFT, rationale SFT read directly
+and in reason mode, the base model with label-only demos, with rationale
+demos, and the logistic-regression baseline), AUROC with its bootstrap 95% interval against N; the zero-shot base
 model (which uses no labelled patient) is a horizontal band. Writes the plot
 and ``data_scale.csv`` beside it.
 """
@@ -23,6 +23,7 @@ from pathlib import Path
 SERIES = {  # line label -> arm name in results.csv (the same in both recipes)
     "label-only SFT (read directly)": "label_sft / none / score",
     "rationale SFT (read directly)": "rationale_sft / none / score",
+    "rationale SFT (reason mode: writes, then answers)": "rationale_sft / none / reason",
     "base + label-only demos (k=4)": "base / label k=4 similar / score",
     "base + rationale demos (k=4)": "base / rationale k=4 similar / score",
     "logistic regression (codes + age + sex)": "logreg codes+age+sex",
@@ -58,6 +59,13 @@ def main() -> None:
                 table.append({"labelled_patients": n, "series": label, "arm": arm, "auroc": float(r["auroc"]),
                               "lo": float(r["auroc_lo"]), "hi": float(r["auroc_hi"]), "test_n": r["n"],
                               "cases": r["cases"]})
+    if not table:
+        sys.exit(f"none of the arms {sorted(SERIES.values())} is in the results.csv of {', '.join(args.run)}; "
+                 "these are the arm names of recipes/paper_powered.toml and recipes/paper_scale.toml.")
+    sizes = {(t["test_n"], t["cases"]) for t in table}
+    if len(sizes) > 1:
+        sys.exit(f"the runs scored different test sets ({', '.join(f'{n} patients, {c} cases' for n, c in sorted(sizes))}); "
+                 "every scale must score the same test patients (--test) for the AUROCs to be comparable.")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -69,7 +77,7 @@ def main() -> None:
         pts = [t for t in table if t["series"] == label]
         if not pts:
             continue
-        x = [t["labelled_patients"] * (1 + 0.025 * (i - 2)) for t in pts]  # small offsets keep the bars apart
+        x = [t["labelled_patients"] * (1 + 0.02 * (i - 3)) for t in pts]  # small offsets keep the bars apart
         y = [t["auroc"] for t in pts]
         err = [[t["auroc"] - t["lo"] for t in pts], [t["hi"] - t["auroc"] for t in pts]]
         style = "s--" if label.startswith("logistic") else "o-"
