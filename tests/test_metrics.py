@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import f1_score, roc_auc_score
+from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 from icl_toolkit.metrics import (
+    _rowwise_average_precision,
+    _rowwise_ece,
+    _rowwise_f1,
     bootstrap_ci,
     choose_threshold,
     delong_test,
@@ -98,3 +101,23 @@ def test_delong_on_a_hand_checked_case():
     assert res.p_value == pytest.approx(2 * norm.sf(1 / np.sqrt(2)))  # 0.4795
     half = norm.ppf(0.975) * np.sqrt(1 / 18)
     assert (res.ci_low, res.ci_high) == pytest.approx((1 / 6 - half, 1 / 6 + half))
+
+
+@pytest.mark.parametrize("rounded", [False, True], ids=["distinct", "tied"])
+def test_rowwise_bootstrap_metrics_equal_sklearn_per_resample(scores, rounded):
+    """bootstrap_ci computes every resample at once; each row equals scikit-learn's (and our ECE) on that row,
+    with tied scores (a model's probabilities rounded, or a few-valued baseline like the kNN vote) too."""
+    y, a, _ = scores
+    p = np.round(a, 1) if rounded else a
+    rng = np.random.default_rng(1)
+    rows = rng.choice(len(y), (60, len(y)))
+    yr, pr = y[rows], p[rows]
+    ap = _rowwise_average_precision(yr, pr)
+    ece = _rowwise_ece(yr, pr)
+    f1 = _rowwise_f1(yr, pr >= 0.3)
+    for i in range(len(rows)):
+        assert ap[i] == pytest.approx(average_precision_score(yr[i], pr[i]), abs=1e-12)
+        assert ece[i] == pytest.approx(expected_calibration_error(yr[i], pr[i]), abs=1e-12)
+        assert f1[i] == pytest.approx(f1_score(yr[i], (pr[i] >= 0.3).astype(int), zero_division=0), abs=1e-12)
+    # a row predicting no positives has F1 0, as zero_division=0 gives
+    assert _rowwise_f1(yr[:1], np.zeros_like(pr[:1], dtype=bool))[0] == 0.0
