@@ -26,10 +26,11 @@ LOG_EVERY = 60.0
 @contextmanager
 def _log_lines(desc: str, total: int, initial: int = 0) -> Iterator[Callable[..., None]]:
     start = last = time.monotonic()
-    state = {"done": initial, "note": None}
+    state = {"done": initial, "note": None, "shown": None}
 
     def line() -> None:
         done, spent = state["done"], time.monotonic() - start
+        state["shown"] = done
         rate = (done - initial) / spent if spent > 0 else 0.0   # this run's rate: work done before a resume is not
         eta = f", about {(total - done) / rate / 60:.0f} min left" if rate > 0 and done < total else ""
         note = f" {state['note']}" if state["note"] else ""
@@ -44,7 +45,8 @@ def _log_lines(desc: str, total: int, initial: int = 0) -> Iterator[Callable[...
             line()
 
     yield advance
-    line()
+    if state["shown"] != state["done"]:   # the final count, unless the last periodic line already showed it
+        line()
 
 
 @contextmanager

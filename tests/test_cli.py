@@ -88,6 +88,10 @@ def test_progress_in_a_log_file_is_plain_lines(monkeypatch, capsys):
         advance(2, "loss 0.5")
     err = capsys.readouterr().err
     assert "scoring: 1/3 in" in err and "about" in err and "scoring loss 0.5: 3/3 in" in err
+    assert err.count("3/3") == 1, err   # the closing line is not repeated when the last periodic one showed it
+    with progress.progress_bar("writing", 2) as advance:
+        pass
+    assert capsys.readouterr().err.count("writing: 0/2 in") == 1   # work that never advanced still gets its line
 
 
 def test_progress_time_left_counts_only_this_runs_rate(monkeypatch, capsys):
