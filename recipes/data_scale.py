@@ -71,7 +71,7 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(10, 4.8))
     scales = sorted(runs)
     for i, label in enumerate(SERIES):
         pts = [t for t in table if t["series"] == label]
@@ -89,6 +89,7 @@ def main() -> None:
         ax.axhline(float(z["auroc"]), color="grey", lw=1, label="base zero-shot (no labelled patients)")
     ax.axhline(0.5, color="black", lw=0.6, ls=":")
     ax.set_xscale("log")
+    ax.minorticks_off()
     ax.set_xticks(scales)
     ax.set_xticklabels([str(s) for s in scales])
     ax.set_xlabel("labelled patients used (SFT training set = demonstration pool)")
@@ -96,7 +97,7 @@ def main() -> None:
     first = next(iter(runs.values()))
     any_row = next(iter(first.values()))
     ax.set_title(f"Data scale: {any_row['n']} test patients ({any_row['cases']} cases)", fontsize=10)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: no point hidden
     ax.grid(alpha=0.3)
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
