@@ -22,25 +22,31 @@ scikit-learn's solver the bottleneck); a test checks them against ``LogisticRegr
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from icl_toolkit.artifacts import write_json_atomic
 from icl_toolkit.cohort import Patient
 from icl_toolkit.errors import ConfigError
 
 __all__ = ["ORACLE", "GROUP_METRICS", "age_band", "auroc_or_nan", "group_attributes", "calibration_slope", "calibration_intercept",
            "subgroup_frame", "FairnessReport", "fairness_report", "excess_gap", "gaps_markdown", "subgroups_markdown",
-           "plot_fairness", "write_fairness_tables", "predictions_with_cohort"]
+           "plot_fairness", "write_fairness_tables", "predictions_with_cohort", "load_cache", "save_cache"]
 
 ORACLE = "oracle true risk"
 """The name the oracle (a synthetic cohort's true risk) goes by in comparisons and reports."""
 GROUP_METRICS = ("auroc", "auprc", "brier", "calibration_slope", "calibration_intercept")
 _RATES = ("selection_rate", "tpr", "fpr")
+CACHE_VERSION = 1
+"""Bumped whenever what a fairness row holds or how it is computed changes: an older cache is then ignored."""
 _EPS = 1e-6
 
 
@@ -229,11 +235,64 @@ def _ci_cell(frame_ci: list[Any], group: Any, metric: str) -> tuple[float, float
     return float(lo), float(hi)
 
 
+def _cache_key(*, prob: np.ndarray, y: np.ndarray, v: np.ndarray, threshold: float, n_boot: int, seed: int,
+               level: float, others: Mapping[str, np.ndarray]) -> str:
+    """A digest of everything one predictor's rows under one grouping depend on."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"threshold": threshold, "n_boot": n_boot, "seed": seed, "level": level,
+                         "values": [str(x) for x in v], "others": sorted(others)}).encode())
+    for a in (prob, y, *(others[k] for k in sorted(others))):
+        h.update(np.ascontiguousarray(a, dtype=float).tobytes())
+    return h.hexdigest()
+
+
+def _predictor_grouping(name: str, prob: np.ndarray, y: np.ndarray, gname: str, v: np.ndarray, *, t: float,
+                        others: Mapping[str, np.ndarray], n_boot: int, seed: int,
+                        level: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One predictor's subgroup rows and gap row under one grouping (``others``: "oracle"/"reference" ->
+    that predictor's probabilities, for the excess gaps)."""
+    from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference
+
+    mf = subgroup_frame(y, prob, v, threshold=t, n_boot=n_boot, seed=seed, level=level)
+    by = mf.by_group
+    ci = mf.by_group_ci if n_boot else None
+    subgroups = []
+    for g in by.index:
+        row: dict[str, Any] = {"name": name, "group": gname, "value": str(g), "n": int(by.loc[g, "n"]),
+                               "cases": int(by.loc[g, "cases"]), "threshold": round(t, 6)}
+        for m in (*GROUP_METRICS, *_RATES):
+            row[m] = float(by.loc[g, m])
+            if ci is not None and m in GROUP_METRICS:
+                row[f"{m}_lo"], row[f"{m}_hi"] = _ci_cell(ci, g, m)
+        subgroups.append(row)
+    diff = mf.difference()
+    aurocs = by["auroc"].dropna()
+    gap: dict[str, Any] = {"name": name, "group": gname, "groups": len(by.index), "threshold": round(t, 6),
+                           "auroc_gap": float(diff["auroc"]),
+                           "lowest_auroc_group": str(aurocs.idxmin()) if len(aurocs) else None}
+    if n_boot:
+        dci = mf.difference_ci()
+        gap["auroc_gap_lo"], gap["auroc_gap_hi"] = float(dci[0]["auroc"]), float(dci[1]["auroc"])
+    pred = (prob >= t).astype(int)
+    gap["demographic_parity_difference"] = float(demographic_parity_difference(y, pred, sensitive_features=v))
+    gap["equalized_odds_difference"] = float(equalized_odds_difference(y, pred, sensitive_features=v))
+    for m in _RATES:
+        gap[f"{m}_gap"] = float(diff[m])
+        if n_boot:
+            gap[f"{m}_gap_lo"], gap[f"{m}_gap_hi"] = float(dci[0][m]), float(dci[1][m])
+    gap["calibration_intercept_gap"] = float(diff["calibration_intercept"])
+    for key, other in others.items():
+        e = excess_gap(y, prob, other, v, n_boot=n_boot, seed=seed, level=level)
+        gap[f"excess_vs_{key}"], gap[f"excess_vs_{key}_lo"], gap[f"excess_vs_{key}_hi"] = e["value"], e["lo"], e["hi"]
+    return subgroups, gap
+
+
 def fairness_report(predictions: Mapping[str, Sequence[float]], labels: Sequence[int],
                     groups: Mapping[str, Sequence[str]], *, thresholds: Mapping[str, float] | None = None,
                     oracle: str | None = None, reference: str | None = None, n_boot: int = 200,
                     seed: int = 0, level: float = 0.95,
-                    progress: Callable[[int], None] | None = None) -> FairnessReport:
+                    progress: Callable[[int], None] | None = None,
+                    cache: MutableMapping[str, Any] | None = None) -> FairnessReport:
     """Subgroup metrics and gaps of every predictor (see the module docstring).
 
     Args:
@@ -246,9 +305,11 @@ def fairness_report(predictions: Mapping[str, Sequence[float]], labels: Sequence
         n_boot: bootstrap resamples (fairlearn's for per-group and gap intervals; the same count, paired,
             for the excess gaps); 0 for point values only.
         progress: called with 1 after each predictor and grouping (``len(predictions) * len(groups)`` calls).
+        cache: results of earlier calls, keyed by a digest of every input one predictor's rows under one
+            grouping depend on (its probabilities, the labels, the groups, its threshold, the oracle's and
+            reference's probabilities, the bootstrap settings); found entries are reused, new ones added.
+            :func:`load_cache` / :func:`save_cache` keep it in a file (``icl compare`` does, beside its arms).
     """
-    from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference
-
     y = np.asarray(labels, dtype=int)
     if len(y) == 0 or len(set(y.tolist())) < 2:
         raise ConfigError("A fairness report needs labelled patients of both classes.")
@@ -266,44 +327,42 @@ def fairness_report(predictions: Mapping[str, Sequence[float]], labels: Sequence
     for name, p in predictions.items():
         prob = np.asarray(p, dtype=float)
         t = float(thresholds.get(name, 0.5))
+        others = {key: np.asarray(predictions[other], dtype=float)
+                  for key, other in (("oracle", oracle), ("reference", reference))
+                  if other is not None and other != name}
         for gname, values in groups.items():
             v = np.asarray(values, dtype=object)
-            mf = subgroup_frame(y, prob, v, threshold=t, n_boot=n_boot, seed=seed, level=level)
-            by = mf.by_group
-            ci = mf.by_group_ci if n_boot else None
-            for g in by.index:
-                row: dict[str, Any] = {"name": name, "group": gname, "value": str(g), "n": int(by.loc[g, "n"]),
-                                       "cases": int(by.loc[g, "cases"]), "threshold": round(t, 6)}
-                for m in (*GROUP_METRICS, *_RATES):
-                    row[m] = float(by.loc[g, m])
-                    if ci is not None and m in GROUP_METRICS:
-                        row[f"{m}_lo"], row[f"{m}_hi"] = _ci_cell(ci, g, m)
-                report.subgroups.append(row)
-            diff = mf.difference()
-            aurocs = by["auroc"].dropna()
-            gap: dict[str, Any] = {"name": name, "group": gname, "groups": len(by.index), "threshold": round(t, 6),
-                                   "auroc_gap": float(diff["auroc"]),
-                                   "lowest_auroc_group": str(aurocs.idxmin()) if len(aurocs) else None}
-            if n_boot:
-                dci = mf.difference_ci()
-                gap["auroc_gap_lo"], gap["auroc_gap_hi"] = float(dci[0]["auroc"]), float(dci[1]["auroc"])
-            pred = (prob >= t).astype(int)
-            gap["demographic_parity_difference"] = float(demographic_parity_difference(y, pred, sensitive_features=v))
-            gap["equalized_odds_difference"] = float(equalized_odds_difference(y, pred, sensitive_features=v))
-            for m in _RATES:
-                gap[f"{m}_gap"] = float(diff[m])
-                if n_boot:
-                    gap[f"{m}_gap_lo"], gap[f"{m}_gap_hi"] = float(dci[0][m]), float(dci[1][m])
-            gap["calibration_intercept_gap"] = float(diff["calibration_intercept"])
-            for key, other in (("oracle", oracle), ("reference", reference)):
-                if other is not None and other != name:
-                    e = excess_gap(y, prob, predictions[other], v, n_boot=n_boot, seed=seed, level=level)
-                    gap[f"excess_vs_{key}"], gap[f"excess_vs_{key}_lo"], gap[f"excess_vs_{key}_hi"] = \
-                        e["value"], e["lo"], e["hi"]
+            key = _cache_key(prob=prob, y=y, v=v, threshold=t, n_boot=n_boot, seed=seed, level=level,
+                             others=others) if cache is not None else ""
+            if cache is not None and key in cache:
+                subgroups, gap = copy.deepcopy(cache[key]["subgroups"]), copy.deepcopy(cache[key]["gap"])
+                for r in (*subgroups, gap):    # the same predictions may sit under another name now
+                    r["name"], r["group"] = name, gname
+            else:
+                subgroups, gap = _predictor_grouping(name, prob, y, gname, v, t=t, others=others, n_boot=n_boot,
+                                                     seed=seed, level=level)
+                if cache is not None:
+                    cache[key] = copy.deepcopy({"subgroups": subgroups, "gap": gap})
+            report.subgroups += subgroups
             report.gaps.append(gap)
             if progress is not None:
                 progress(1)
     return report
+
+
+def load_cache(path: Path) -> dict[str, Any]:
+    """A fairness cache saved by :func:`save_cache`; empty when the file is missing or unreadable (it is only
+    a cache: a damaged one is recomputed, never trusted)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data.get("entries", {}) if isinstance(data, dict) and data.get("version") == CACHE_VERSION else {}
+
+
+def save_cache(path: Path, cache: Mapping[str, Any]) -> None:
+    """Write ``cache`` atomically (a temporary file renamed over ``path``)."""
+    write_json_atomic(path, {"version": CACHE_VERSION, "entries": dict(cache)})
 
 
 # --------------------------------------------------------------------------- outputs

@@ -206,8 +206,17 @@ def test_rerun_skips_finished_arms_and_resumes_a_torn_one(run, data, setup, hash
 
     real = run_mod.Comparison._default_backend
     monkeypatch.setattr(run_mod.Comparison, "_default_backend", lambda self, n, m: loads.append(n) or real(self, n, m))
+    from icl_toolkit import fairness
+
+    bootstrapped = []
+    real_fair = fairness._predictor_grouping
+    monkeypatch.setattr(fairness, "_predictor_grouping",
+                        lambda name, *a, **k: bootstrapped.append(name) or real_fair(name, *a, **k))
     again = Comparison(config, out, embedder=hash_embedder, progress=False).run(test, pool, val)
     assert again.ran == [arm.name] and loads == ["base"]
+    # the subgroup bootstrap of entries whose predictions are unchanged is read from fairness_cache.json
+    assert (out / "fairness_cache.json").exists() and set(bootstrapped) <= {arm.name}
+    assert again.fairness_gaps == first.fairness_gaps or set(bootstrapped) == {arm.name}
     assert len(again.skipped) == len(config.arms()) - 1
     assert [json.loads(x)["patient_id"] for x in path.read_text().splitlines()].count(test[0].patient_id) == 1
     before = {r["name"]: r["auroc"] for r in first.rows}

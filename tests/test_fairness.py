@@ -25,7 +25,9 @@ from icl_toolkit.fairness import (
     fairness_report,
     gaps_markdown,
     group_attributes,
+    load_cache,
     plot_fairness,
+    save_cache,
     subgroup_frame,
     subgroups_markdown,
 )
@@ -121,6 +123,51 @@ def test_excess_gap_is_paired_and_signed(data):
     gaps = {g["name"]: g for g in rep.gaps}
     assert "excess_vs_oracle" not in gaps["even"]
     assert gaps["uneven"]["excess_vs_oracle"] == pytest.approx(e["value"])
+
+
+def test_cache_reuses_only_what_has_the_same_inputs(data, tmp_path, monkeypatch):
+    """A cached report equals a fresh one; an entry whose predictions, threshold or oracle changed is
+    recomputed, the rest are read back; a damaged cache file is ignored, not trusted."""
+    from icl_toolkit import fairness
+
+    y, p, even, group = data
+    age = np.where(np.arange(len(y)) % 3 == 0, "80+", "<80")
+    preds, groups = {"even": even, "uneven": p}, {"access": group, "age": age}
+    kw = dict(oracle="even", thresholds={"uneven": 0.3}, n_boot=30, seed=1)
+    fresh = fairness_report(preds, y, groups, **kw)
+    cache: dict = {}
+    first = fairness_report(preds, y, groups, cache=cache, **kw)
+    assert (first.subgroups, first.gaps) == (fresh.subgroups, fresh.gaps) and len(cache) == 4
+    path = tmp_path / "fairness_cache.json"
+    save_cache(path, cache)
+
+    computed = []
+    real = fairness._predictor_grouping
+    monkeypatch.setattr(fairness, "_predictor_grouping",
+                        lambda name, *a, **k: computed.append((name, a[2])) or real(name, *a, **k))
+    again = fairness_report(preds, y, groups, cache=load_cache(path), **kw)
+    assert computed == [] and (again.subgroups, again.gaps) == (fresh.subgroups, fresh.gaps)
+    # renamed, with one changed prediction and another threshold: only what changed is recomputed
+    changed = p.copy()
+    changed[0] = 1 - changed[0]
+    later = fairness_report({"even": even, "uneven v2": changed}, y, groups, cache=load_cache(path),
+                            **(kw | {"thresholds": {"uneven v2": 0.3}}))
+    assert computed == [("uneven v2", "access"), ("uneven v2", "age")]
+    assert [g["name"] for g in later.gaps] == ["even", "even", "uneven v2", "uneven v2"]
+    computed.clear()
+    fairness_report({"even": even, "renamed": p}, y, groups, cache=load_cache(path),
+                    **(kw | {"thresholds": {"renamed": 0.3}}))
+    assert computed == []                        # same predictions under a new name: reused, renamed
+    fairness_report(preds, y, groups, cache=load_cache(path), **(kw | {"thresholds": {"uneven": 0.5}}))
+    assert computed == [("uneven", "access"), ("uneven", "age")]
+    computed.clear()
+    fairness_report({"uneven": p, "other oracle": p[::-1].copy()}, y, groups, cache=load_cache(path),
+                    **(kw | {"oracle": "other oracle"}))
+    assert ("uneven", "access") in computed      # the excess gap is against another oracle now
+    path.write_text("{not json")
+    assert load_cache(path) == {} and load_cache(tmp_path / "missing.json") == {}
+    path.write_text('{"version": 0, "entries": {"x": 1}}')
+    assert load_cache(path) == {}                # a cache from another version of the computation
 
 
 def test_report_errors_name_the_problem(data):

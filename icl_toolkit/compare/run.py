@@ -11,6 +11,8 @@ Layout of the output folder::
       subgroups.csv               per entry and group (sex, age band, group attributes): metrics with CIs
       fairness_gaps.csv           per entry and grouping: AUROC gap, parity and odds differences, excess gaps
       fairness.png                AUROC by group per entry, with CIs
+      fairness_cache.json         the subgroup bootstrap per entry and grouping, keyed by a digest of its inputs
+                                  (a regenerated report recomputes only entries whose predictions changed)
       roc.png, auroc_vs_k.png, calibration.png
       report.md                   settings, table, plots, a model card per arm
 
@@ -49,7 +51,7 @@ from icl_toolkit.compare.report import (
 )
 from icl_toolkit.compare.stats import Entry, contrast_rows, evaluate
 from icl_toolkit.errors import ConfigError
-from icl_toolkit.fairness import ORACLE
+from icl_toolkit.fairness import ORACLE, load_cache, save_cache
 from icl_toolkit.models import checkpoint_meta
 from icl_toolkit.predict import Predictor
 from icl_toolkit.progress import progress_bar
@@ -58,6 +60,8 @@ from icl_toolkit.retrievers import make_representation, needs_embedder
 from icl_toolkit.run import OutputFile, predict_to_file, read_records
 
 __all__ = ["Comparison", "CompareResult"]
+
+FAIRNESS_CACHE = "fairness_cache.json"
 
 BackendFactory = Callable[[str, str], Backend]
 """(checkpoint name, model path or name) -> a loaded backend."""
@@ -260,9 +264,12 @@ class Comparison:
                                "checkpoint_meta": meta}
         entries += self._baselines(test, val, pool, retrievals, infos)
         y = np.array([p.label for p in test])
+        cache_path = self.out / FAIRNESS_CACHE
+        fairness_cache = load_cache(cache_path)
         rows, fairness = evaluate(entries, test, val or None, reference=c.reference_arm,
                                   n_resamples=c.bootstrap, seed=c.seed, fairness_resamples=c.fairness_bootstrap,
-                                  progress=self.progress)
+                                  progress=self.progress, fairness_cache=fairness_cache)
+        save_cache(cache_path, fairness_cache)
         subgroups = fairness.subgroups
         contrasts = contrast_rows(entries, test, c.contrasts)
         write_tables(self.out, rows, fairness, contrasts)

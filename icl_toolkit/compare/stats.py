@@ -11,7 +11,7 @@ reference's on the same resamples).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,9 +41,10 @@ class Entry:
 
 def evaluate(entries: Sequence[Entry], test: Sequence[Patient], val: Sequence[Patient] | None, *,
              reference: str, n_resamples: int = 1000, seed: int = 0,
-             fairness_resamples: int = 200, progress: bool = False) -> tuple[list[dict[str, Any]], FairnessReport]:
+             fairness_resamples: int = 200, progress: bool = False,
+             fairness_cache: MutableMapping[str, Any] | None = None) -> tuple[list[dict[str, Any]], FairnessReport]:
     """Result rows (one per entry) and the fairness report (subgroup rows per entry, grouping and value; gap
-    rows per entry and grouping).
+    rows per entry and grouping; ``fairness_cache`` as :func:`~icl_toolkit.fairness.fairness_report` takes it).
 
     Raises:
         ValueError: the test patients lack labels of either class, or an entry's length differs.
@@ -82,7 +83,7 @@ def evaluate(entries: Sequence[Entry], test: Sequence[Patient], val: Sequence[Pa
                       progress) as advance:
         fairness = fairness_report({e.name: e.test for e in entries}, y, groups, thresholds=thresholds,
                                    oracle=ORACLE if ORACLE in by_name else None, reference=reference,
-                                   n_boot=fairness_resamples, seed=seed, progress=advance)
+                                   n_boot=fairness_resamples, seed=seed, progress=advance, cache=fairness_cache)
     kinds = {e.name: e.kind for e in entries}
     for r in (*fairness.subgroups, *fairness.gaps):
         r["kind"] = kinds[r["name"]]
