@@ -157,8 +157,11 @@ def test_tiny_compare_end_to_end(run, data):
     assert (ct["a"], ct["b"]) == (a, b) and ct["p_value"] == pytest.approx(d2.p_value)
     assert ct["difference"] == pytest.approx(d2.difference) and ct["lo"] == pytest.approx(d2.ci_low)
     assert len(list(csv.DictReader(open(out / "contrasts.csv")))) == 1
+    # its power: the difference detectable at 80% (2.80 standard errors) and the test size that detects 0.05
+    assert ct["se"] == pytest.approx(d2.se) and ct["detectable_80"] == pytest.approx(2.8016 * d2.se, rel=1e-4)
     md = (out / "results.md").read_text()
-    assert md.count("\n") == len(result.rows) + 2 + 1 + 3 and "DeLong p" in md and f"{a} vs {b}" in md
+    assert md.count("\n") == len(result.rows) + 2 + 1 + 3 + 2 and "DeLong p" in md and f"{a} vs {b}" in md
+    assert "detectable at 80% power" in md
     assert "## Contrasts (paired DeLong)" in (out / "report.md").read_text()
     report = (out / "report.md").read_text()
     for name in rows:
@@ -191,6 +194,18 @@ def _auroc(y, p):
     from sklearn.metrics import roc_auc_score
 
     return roc_auc_score(y, p)
+
+
+def test_power_of_a_contrast():
+    from icl_toolkit.compare.stats import power
+
+    p = power(0.02, 400)
+    assert p["detectable_80"] == pytest.approx(0.05603, abs=1e-5)
+    assert p["patients_for_0_05"] == 503                       # ceil(400 * (0.05603 / 0.05) ** 2)
+    # at that size the standard error has shrunk so that 0.05 is just detectable
+    shrunk = 0.02 * (400 / p["patients_for_0_05"]) ** 0.5
+    assert power(shrunk, int(p["patients_for_0_05"]))["detectable_80"] == pytest.approx(0.05, abs=2e-4)
+    assert power(0.0, 400)["patients_for_0_05"] == 0
 
 
 def test_rerun_skips_finished_arms_and_resumes_a_torn_one(run, data, setup, hash_embedder, monkeypatch):

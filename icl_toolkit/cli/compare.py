@@ -44,6 +44,6 @@ def compare(
     for ct in result.contrasts:
         console.print(f"{ct['a']} vs {ct['b']}: AUROC {ct['auroc_a']:.3f} vs {ct['auroc_b']:.3f}, difference "
                       f"{ct['difference']:+.3f} (95% CI {ct['lo']:+.3f} to {ct['hi']:+.3f}), DeLong p = "
-                      f"{ct['p_value']:.3g}", highlight=False)
+                      f"{ct['p_value']:.3g}; detectable at 80% power: {ct['detectable_80']:.3f}", highlight=False)
     done = f"{len(result.ran)} arms predicted" + (f", {len(result.skipped)} already complete" if result.skipped else "")
     console.print(f"{done}; wrote {result.out}/results.csv, results.md, report.md and plots", highlight=False)

@@ -102,5 +102,29 @@ def contrast_rows(entries: Sequence[Entry], test: Sequence[Patient],
             continue
         d = delong_test(y, by_name[a].test, by_name[b].test)
         rows.append({"a": a, "b": b, "n": int(len(y)), "cases": int(y.sum()), "auroc_a": d.auroc_a, "auroc_b": d.auroc_b,
-                     "difference": d.difference, "lo": d.ci_low, "hi": d.ci_high, "p_value": d.p_value})
+                     "difference": d.difference, "lo": d.ci_low, "hi": d.ci_high, "p_value": d.p_value,
+                     "se": d.se} | power(d.se, len(y)))
     return rows
+
+
+POWER = 0.8
+"""The power the detectable difference of a contrast is stated at (two-sided test at 5%)."""
+TARGET_DIFFERENCE = 0.05
+"""The AUROC difference whose required test-set size each contrast reports."""
+
+
+def power(se: float, n: int, *, alpha: float = 0.05, target: float = TARGET_DIFFERENCE) -> dict[str, float]:
+    """What a paired test with standard error ``se`` on ``n`` patients can tell (normal approximation, the
+    observed standard error taken as the truth's):
+
+    - ``detectable_80``: the smallest true AUROC difference it detects with 80% power at two-sided ``alpha``,
+      ``(z_{1-alpha/2} + z_{0.8}) * se`` (2.80 se);
+    - ``patients_for_0_05``: test patients (same case mix) needed to detect a difference of ``target`` with
+      80% power, the standard error shrinking as ``1/sqrt(n)``.
+    """
+    from scipy.stats import norm
+
+    z = float(norm.ppf(1 - alpha / 2) + norm.ppf(POWER))
+    detectable = z * se
+    needed = n * (detectable / target) ** 2 if se > 0 else 0.0
+    return {"detectable_80": detectable, "patients_for_0_05": float(np.ceil(needed))}
