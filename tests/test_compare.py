@@ -162,6 +162,10 @@ def test_tiny_compare_end_to_end(run, data):
     md = (out / "results.md").read_text()
     assert md.count("\n") == len(result.rows) + 2 + 1 + 3 + 2 and "DeLong p" in md and f"{a} vs {b}" in md
     assert "detectable at 80% power" in md
+    from icl_toolkit.compare.report import _needed
+
+    assert _needed(ct | {"patients_for_0_05": 76.0, "n": 400}) == "reached (76 would do)"
+    assert _needed(ct | {"patients_for_0_05": 5710.0, "n": 400}) == "5,710"
     assert "## Contrasts (paired DeLong)" in (out / "report.md").read_text()
     report = (out / "report.md").read_text()
     for name in rows:

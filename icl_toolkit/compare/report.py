@@ -82,6 +82,13 @@ def write_tables(out: Path, rows: Sequence[dict[str, Any]], fairness: FairnessRe
         _write_csv(out / "contrasts.csv", contrasts)
 
 
+def _needed(c: dict[str, Any]) -> str:
+    """The test size that detects 0.05; one at or below the size used is reported as already reached (the
+    normal approximation it comes from says nothing useful about smaller samples)."""
+    need = c["patients_for_0_05"]
+    return f"reached ({need:,.0f} would do)" if need <= c["n"] else f"{need:,.0f}"
+
+
 def contrast_table(contrasts: Sequence[dict[str, Any]]) -> str:
     """The named paired contrasts as a markdown table."""
     lines = ["| contrast (a vs b) | AUROC a | AUROC b | a - b (95% CI) | DeLong p | detectable at 80% power "
@@ -89,7 +96,7 @@ def contrast_table(contrasts: Sequence[dict[str, Any]]) -> str:
     for c in contrasts:
         lines.append(f"| {c['a']} vs {c['b']} | {c['auroc_a']:.3f} | {c['auroc_b']:.3f} | "
                      f"{c['difference']:+.3f} ({c['lo']:+.3f} to {c['hi']:+.3f}) | {c['p_value']:.3g} | "
-                     f"{c['detectable_80']:.3f} | {c['patients_for_0_05']:,.0f} |")
+                     f"{c['detectable_80']:.3f} | {_needed(c)} |")
     return "\n".join(lines) + "\n" + (
         "\nDetectable at 80% power: the smallest true difference this paired test would find (two-sided 5%) "
         "with its observed standard error (2.80 SE); test patients to detect 0.05: the test-set size, at the same "
