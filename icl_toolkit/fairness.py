@@ -332,17 +332,19 @@ def fairness_report(predictions: Mapping[str, Sequence[float]], labels: Sequence
                   if other is not None and other != name}
         for gname, values in groups.items():
             v = np.asarray(values, dtype=object)
-            key = _cache_key(prob=prob, y=y, v=v, threshold=t, n_boot=n_boot, seed=seed, level=level,
-                             others=others) if cache is not None else ""
-            if cache is not None and key in cache:
+            if cache is None:
+                subgroups, gap = _predictor_grouping(name, prob, y, gname, v, t=t, others=others, n_boot=n_boot,
+                                                     seed=seed, level=level)
+            else:
+                key = _cache_key(prob=prob, y=y, v=v, threshold=t, n_boot=n_boot, seed=seed, level=level,
+                                 others=others)
+                if key not in cache:
+                    found = _predictor_grouping(name, prob, y, gname, v, t=t, others=others, n_boot=n_boot,
+                                                seed=seed, level=level)
+                    cache[key] = {"subgroups": found[0], "gap": found[1]}
                 subgroups, gap = copy.deepcopy(cache[key]["subgroups"]), copy.deepcopy(cache[key]["gap"])
                 for r in (*subgroups, gap):    # the same predictions may sit under another name now
                     r["name"], r["group"] = name, gname
-            else:
-                subgroups, gap = _predictor_grouping(name, prob, y, gname, v, t=t, others=others, n_boot=n_boot,
-                                                     seed=seed, level=level)
-                if cache is not None:
-                    cache[key] = copy.deepcopy({"subgroups": subgroups, "gap": gap})
             report.subgroups += subgroups
             report.gaps.append(gap)
             if progress is not None:

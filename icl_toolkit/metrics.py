@@ -67,12 +67,7 @@ def expected_calibration_error(labels: Sequence[int], probabilities: Sequence[fl
     y, p = _arrays(labels, probabilities)
     if not len(y):
         return float("nan")
-    bins = np.minimum((p * n_bins).astype(int), n_bins - 1)
-    total = 0.0
-    for b in np.unique(bins):
-        sel = bins == b
-        total += sel.mean() * abs(p[sel].mean() - y[sel].mean())
-    return float(total)
+    return float(_rowwise_ece(y[None, :], p[None, :], n_bins)[0])
 
 
 def choose_threshold(labels: Sequence[int], probabilities: Sequence[float]) -> float:
@@ -126,7 +121,8 @@ def _rowwise_average_precision(y: np.ndarray, p: np.ndarray) -> np.ndarray:
 
 
 def _rowwise_ece(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> np.ndarray:
-    """:func:`expected_calibration_error` per row: sum over bins of |sum p - sum y| / n."""
+    """Expected calibration error per row: sum over bins of (bin share) x |mean p - observed rate|, which is
+    sum over bins of |sum p - sum y| / n."""
     r, n = p.shape
     bins = np.minimum((p * n_bins).astype(int), n_bins - 1) + n_bins * np.arange(r)[:, None]
     gaps = np.bincount(bins.ravel(), weights=(p - y).ravel(), minlength=r * n_bins).reshape(r, n_bins)

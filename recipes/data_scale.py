@@ -94,9 +94,8 @@ def main() -> None:
     ax.set_xticklabels([str(s) for s in scales])
     ax.set_xlabel("labelled patients used (SFT training set = demonstration pool)")
     ax.set_ylabel("test AUROC (95% bootstrap CI)")
-    first = next(iter(runs.values()))
-    any_row = next(iter(first.values()))
-    ax.set_title(f"Data scale: {any_row['n']} test patients ({any_row['cases']} cases)", fontsize=10)
+    ((test_n, cases),) = sizes
+    ax.set_title(f"Data scale: {test_n} test patients ({cases} cases)", fontsize=10)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: no point hidden
     ax.grid(alpha=0.3)
     fig.tight_layout()
