@@ -8,7 +8,9 @@ Per predictor (an arm, a baseline, the oracle) and per grouping (sex, age band, 
   replacement, seeded), plus selection rate, TPR and FPR at the predictor's threshold;
 - the gap: the largest between-group difference of AUROC (``MetricFrame.difference``) with its bootstrap
   interval (``difference_ci``); fairlearn's demographic-parity difference and equalized-odds difference at the
-  threshold, with intervals for the selection-rate, TPR and FPR differences they are made of;
+  threshold, with intervals for the selection-rate, TPR and FPR differences they are made of. The gap is a
+  maximum of noisy differences, never negative: its value and interval lean upward even between groups of
+  equal true AUROC, so an interval above 0 is not by itself a disparity (the excess gap below is);
 - the **excess gap** against the oracle (the true risk of a synthetic cohort) and against a reference
   predictor: ``gap(this) - gap(other)`` on the same bootstrap resamples (paired), so "this arm widens the
   disparity the data itself has" is a number with an interval. fairlearn bootstraps one predictor at a time,
@@ -228,6 +230,7 @@ class FairnessReport:
     oracle: str | None = None
     reference: str | None = None
     n_boot: int = 0
+    cache_keys: list[str] = field(default_factory=list)     # the cache entries this report read or wrote
 
 
 def _ci_cell(frame_ci: list[Any], group: Any, metric: str) -> tuple[float, float]:
@@ -342,6 +345,7 @@ def fairness_report(predictions: Mapping[str, Sequence[float]], labels: Sequence
                     found = _predictor_grouping(name, prob, y, gname, v, t=t, others=others, n_boot=n_boot,
                                                 seed=seed, level=level)
                     cache[key] = {"subgroups": found[0], "gap": found[1]}
+                report.cache_keys.append(key)
                 subgroups, gap = copy.deepcopy(cache[key]["subgroups"]), copy.deepcopy(cache[key]["gap"])
                 for r in (*subgroups, gap):    # the same predictions may sit under another name now
                     r["name"], r["group"] = name, gname

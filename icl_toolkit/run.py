@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,11 +98,37 @@ def check_output(path: str | os.PathLike[str], *, resume: bool = False, overwrit
                           "manifest. Name a folder.")
     if not sharded and path.is_dir():
         raise ConfigError(f"{path} is a folder; the {kind} output is a file. Name a file (e.g. {path / 'out.jsonl'}).")
-    held = path.is_dir() and any(path.iterdir()) if sharded else path.exists()
+    held = _holds_sharded_run(path, kind) if sharded else path.exists()
     if held and not (resume or overwrite):
         raise ConfigError(f"{path} already {'holds a run' if sharded else 'exists'}. Pass --resume to continue it "
                           "or --overwrite to replace it.")
     return held
+
+
+SHARD_MANIFEST = "manifest.json"     # the file that makes a folder a sharded run (icl_toolkit.scale.output)
+
+
+def is_shard_file(name: str) -> bool:
+    """A shard (``part-00000.jsonl``) or one being written (``.part-00000.jsonl.tmp``)."""
+    return re.fullmatch(r"\.?part-\d+\.jsonl(\.tmp)?", name) is not None
+
+
+def _holds_sharded_run(folder: Path, kind: str) -> bool:
+    """Whether ``folder`` holds a sharded run (its manifest). A folder with other files is refused whatever the
+    flags: ``--overwrite`` would empty it and ``--resume`` would mix shards into it. Shard files with no manifest
+    yet (a run killed before it listed its first shard) hold no finished patient and are written over; ``index``
+    is the pool's index a predicting driver builds there before its first shard."""
+    if not folder.is_dir():
+        return False
+    if (folder / SHARD_MANIFEST).exists():
+        return True
+    foreign = sorted(f.name for f in folder.iterdir() if not is_shard_file(f.name) and f.name != "index")
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise ConfigError(f"{folder} holds files that are not a sharded run of the {kind} ({shown}; no "
+                          "manifest.json). With --engine ray the output is a folder of its own: name a new or "
+                          "empty folder. Nothing was changed.")
+    return False
 
 
 class OutputFile:

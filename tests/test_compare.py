@@ -227,6 +227,10 @@ def test_rerun_skips_finished_arms_and_resumes_a_torn_one(run, data, setup, hash
     monkeypatch.setattr(run_mod.Comparison, "_default_backend", lambda self, n, m: loads.append(n) or real(self, n, m))
     from icl_toolkit import fairness
 
+    cache_file = out / "fairness_cache.json"
+    stale = json.loads(cache_file.read_text())
+    stale["entries"]["stale-digest"] = {"subgroups": [], "gap": {}}      # predictions no longer in the design
+    cache_file.write_text(json.dumps(stale))
     bootstrapped = []
     real_fair = fairness._predictor_grouping
     monkeypatch.setattr(fairness, "_predictor_grouping",
@@ -236,6 +240,9 @@ def test_rerun_skips_finished_arms_and_resumes_a_torn_one(run, data, setup, hash
     # the subgroup bootstrap of entries whose predictions are unchanged is read from fairness_cache.json
     assert (out / "fairness_cache.json").exists() and set(bootstrapped) <= {arm.name}
     assert again.fairness_gaps == first.fairness_gaps or set(bootstrapped) == {arm.name}
+    # a full run keeps the cache entries it used and drops the rest
+    kept = json.loads(cache_file.read_text())["entries"]
+    assert "stale-digest" not in kept and 0 < len(kept) <= len(again.fairness_gaps)
     assert len(again.skipped) == len(config.arms()) - 1
     assert [json.loads(x)["patient_id"] for x in path.read_text().splitlines()].count(test[0].patient_id) == 1
     before = {r["name"]: r["auroc"] for r in first.rows}
@@ -301,8 +308,11 @@ def test_only_runs_a_stage_and_keeps_the_reference(data, setup, hash_embedder, t
     assert first.ran == ["base / none / score", "base / label k=2 similar / score",
                          "base / rationale k=2 similar / score"]
     assert [r["name"] for r in first.rows if r["kind"] == "arm"] == first.ran
+    cached = set(json.loads((tmp_path / "staged" / "fairness_cache.json").read_text())["entries"])
     second = staged.run(test, pool, val, only=["base / none*", "sft"])  # globs on arm names, checkpoint names
     assert second.skipped == ["base / none / score"] and all(n.startswith("sft") for n in second.ran)
+    # an --only run keeps the cache entries of arms it left out (the demo arms of the first stage)
+    assert cached < set(json.loads((tmp_path / "staged" / "fairness_cache.json").read_text())["entries"])
     with pytest.raises(ConfigError, match="matches no arm"):
         staged.run(test, pool, val, only=["label_sft"])
     with pytest.raises(ConfigError, match="leaves out the reference arm"):

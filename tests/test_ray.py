@@ -207,6 +207,56 @@ def test_sharded_output_rules(tmp_path):
         ShardedOutput(tmp_path / "o", {"model_id": "a"}, overwrite=True, inputs={"--cohort": tmp_path / "o"})
     with pytest.raises(ConfigError, match="contradict"):
         ShardedOutput(tmp_path / "o", {"model_id": "a"}, overwrite=True, resume=True)
+    # a folder of other files is not a run: refused whatever the flags, and left as it was
+    other = tmp_path / "results"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    (other / "sub").mkdir()
+    for flags in ({}, {"overwrite": True}, {"resume": True}):
+        with pytest.raises(ConfigError, match=r"results holds files that are not a sharded run .*notes\.txt, sub.*"
+                                              r"Nothing was changed"):
+            ShardedOutput(other, {"model_id": "a"}, **flags)
+    assert sorted(f.name for f in other.iterdir()) == ["notes.txt", "sub"]
+    assert (other / "notes.txt").read_text() == "keep me"
+    # shards left by a run killed before its first manifest hold no finished patient: a plain run writes over them
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / "part-00000.jsonl").write_text('{"patient_id": "1"}\n')
+    (killed / ".part-00001.jsonl.tmp").write_text("")
+    restart = ShardedOutput(killed, {"model_id": "a"})
+    assert restart.done == set()
+    restart.write([{"patient_id": "5"}])
+    assert [r["patient_id"] for r in restart.records()] == ["5"]
+    # --overwrite replaces the run (manifest and shards) and nothing else: the driver's index, a file put there
+    (tmp_path / "o" / "index").mkdir()
+    (tmp_path / "o" / "index" / "index.json").write_text("{}")
+    (tmp_path / "o" / "README.txt").write_text("mine")
+    replaced = ShardedOutput(tmp_path / "o", {"model_id": "d"}, overwrite=True)
+    replaced.write([{"patient_id": "7"}])
+    assert sorted(f.name for f in (tmp_path / "o").iterdir()) == ["README.txt", "index", "manifest.json",
+                                                                    "part-00000.jsonl"]
+    assert [r["patient_id"] for r in replaced.records()] == ["7"]
+    empty = ShardedOutput(tmp_path / "o", {"model_id": "e"}, overwrite=True)
+    empty.finish()                                     # nothing to write still replaces the run, and only it
+    assert sorted(f.name for f in (tmp_path / "o").iterdir()) == ["README.txt", "index", "manifest.json"]
+    assert empty.records() == []
+
+
+def test_driver_rebuilds_an_index_left_by_another_run(tmp_path, small_cohort):
+    """The driver's own index (``<out>/index``) is reused only when it was built from this pool with these
+    retriever settings; one left by a replaced run is rebuilt, never read by the replicas."""
+    from icl_toolkit.retrieve import DemoIndex
+    from icl_toolkit.retrievers import make_representation
+    from icl_toolkit.scale.ray_run import _fits
+    from icl_toolkit.spec import RetrievalConfig
+
+    cfg = RetrievalConfig()
+    pool_a, pool_b = small_cohort[:120], small_cohort[120:240]
+    DemoIndex.build(pool_a, make_representation(cfg)).save(tmp_path / "index")
+    assert _fits(tmp_path / "index", pool_a, cfg)
+    assert not _fits(tmp_path / "index", pool_b, cfg)                       # another pool
+    assert not _fits(tmp_path / "index", pool_a, RetrievalConfig(retriever="sparse"))   # another retriever
+    assert not _fits(tmp_path / "nothing", pool_a, cfg)
 
 
 def test_vllm_processor_settings_score_the_answer_slot():

@@ -12,7 +12,8 @@ Layout of the output folder::
       fairness_gaps.csv           per entry and grouping: AUROC gap, parity and odds differences, excess gaps
       fairness.png                AUROC by group per entry, with CIs
       fairness_cache.json         the subgroup bootstrap per entry and grouping, keyed by a digest of its inputs
-                                  (a regenerated report recomputes only entries whose predictions changed)
+                                  (a regenerated report recomputes only entries whose predictions changed; a
+                                  full run drops entries no longer used, an --only run keeps them)
       roc.png, auroc_vs_k.png, calibration.png
       report.md                   settings, table, plots, a model card per arm
 
@@ -269,6 +270,8 @@ class Comparison:
         rows, fairness = evaluate(entries, test, val or None, reference=c.reference_arm,
                                   n_resamples=c.bootstrap, seed=c.seed, fairness_resamples=c.fairness_bootstrap,
                                   progress=self.progress, fairness_cache=fairness_cache)
+        if len(arms) == len(c.arms()):   # a full run keeps what it used; an --only run keeps the rest too
+            fairness_cache = {k: fairness_cache[k] for k in fairness.cache_keys}
         save_cache(cache_path, fairness_cache)
         subgroups = fairness.subgroups
         contrasts = contrast_rows(entries, test, c.contrasts)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,11 +21,11 @@ from typing import Any
 from icl_toolkit.artifacts import base_meta, check_meta, read_json, write_json_atomic
 from icl_toolkit.errors import ConfigError
 from icl_toolkit.files import os_error
-from icl_toolkit.run import check_output
+from icl_toolkit.run import SHARD_MANIFEST, is_shard_file, check_output
 
 __all__ = ["MANIFEST", "ShardedOutput", "read_sharded_records"]
 
-MANIFEST = "manifest.json"
+MANIFEST = SHARD_MANIFEST
 
 
 def read_sharded_records(folder: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -86,6 +85,15 @@ class ShardedOutput:
         return base_meta(f"sharded {self.kind}") | {"provenance": self.provenance, "shards": self.shards,
                                                     "records": sum(s["records"] for s in self.shards)}
 
+    def _remove_old_run(self) -> None:
+        """The replaced run's manifest and shards; nothing else in the folder (the pool's index the driver has
+        just checked or rebuilt for this run, a file someone put there)."""
+        (self.folder / MANIFEST).unlink(missing_ok=True)
+        for f in self.folder.iterdir():
+            if is_shard_file(f.name):
+                f.unlink()
+        self._replace = False
+
     def write(self, records: Sequence[Mapping[str, Any]]) -> None:
         """One more shard of records (skipped when empty); a patient already written is an error, never a
         duplicate."""
@@ -98,12 +106,7 @@ class ShardedOutput:
                               "id or the run's inputs changed while it ran.")
         try:
             if self._replace:                        # the new run's first shard: the old run goes now
-                for f in self.folder.iterdir():
-                    if f.is_dir():
-                        shutil.rmtree(f)
-                    else:
-                        f.unlink()
-                self._replace = False
+                self._remove_old_run()
             self.folder.mkdir(parents=True, exist_ok=True)
             name = f"part-{len(self.shards):05d}.jsonl"
             tmp = self.folder / f".{name}.tmp"
@@ -122,8 +125,7 @@ class ShardedOutput:
     def finish(self) -> None:
         """A run with nothing (left) to write still leaves a manifest (and replaces an overwritten run)."""
         if self._replace:
-            shutil.rmtree(self.folder)
-            self._replace = False
+            self._remove_old_run()
         if not (self.folder / MANIFEST).exists():
             self.folder.mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.folder / MANIFEST, self._manifest())

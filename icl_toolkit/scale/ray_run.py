@@ -37,6 +37,7 @@ __all__ = ["INSTALL_HINT", "RayOptions", "require_ray", "predict_ray", "generate
            "vllm_processor_config"]
 
 INSTALL_HINT = 'pip install "icl-toolkit[ray]"'
+INDEX_DIR = "index"      # the pool's index, built once by the driver, beside the shards
 
 
 class RayOptions(BaseModel):
@@ -331,14 +332,14 @@ def predict_ray(cohort: str | os.PathLike[str], out: str | os.PathLike[str], con
     output = ShardedOutput(out, provenance, resume=resume, overwrite=overwrite, inputs=inputs)
     index_dir = None
     if config.uses_demos:
-        index_dir = out / "index" if index is None else Path(index)
-        if index is None and not (index_dir / "index.json").exists():
+        index_dir = out / INDEX_DIR if index is None else Path(index)
+        if index is None and not _fits(index_dir, pool_records, config.retrieval):
             from icl_toolkit.predict import _check_pool
 
             _check_pool(pool_records, config.prompt, str(pool))
-            rep = make_representation(config.retrieval)
-            DemoIndex.build(pool_records, rep).save(index_dir)
-        DemoIndex.load(index_dir)
+            DemoIndex.build(pool_records, make_representation(config.retrieval)).save(index_dir)
+        # checked here, before Ray starts, rather than in every replica's first batch
+        DemoIndex.load(index_dir).check(pool_records, make_representation(config.retrieval), where=str(index_dir))
     actor_kwargs = {"model": model, "engine": engine.model_dump(), "config": config.model_dump(mode="json"),
                     "pool": str(Path(pool).resolve()) if pool else None,
                     "index": str(index_dir.resolve()) if index_dir else None}
@@ -348,6 +349,21 @@ def predict_ray(cohort: str | os.PathLike[str], out: str | os.PathLike[str], con
     stats |= {"total": len(records), "failed": sum(1 for r in records if "error" in r),
               "done_before": len(records) - int(stats["records"])}
     return stats
+
+
+def _fits(folder: Path, pool: list[Any], retrieval: Any) -> bool:
+    """Whether the run's own index in ``folder`` was built from this pool with these retriever settings. One
+    that was not (left by the run an ``--overwrite`` replaces) is rebuilt, never reused."""
+    from icl_toolkit.retrieve import DemoIndex
+    from icl_toolkit.retrievers import make_representation
+
+    if not (folder / DemoIndex.META_FILE).exists():
+        return False
+    try:
+        DemoIndex.load(folder).check(pool, make_representation(retrieval), where=str(folder))
+    except ConfigError:
+        return False
+    return True
 
 
 def generate_rationales_ray(cohort: str | os.PathLike[str], out: str | os.PathLike[str], config: Any = None, *,
