@@ -31,6 +31,7 @@ from typing import Any
 from icl_toolkit.errors import ConfigError, ModelNotFoundError
 
 __all__ = [
+    "model_available",
     "DEFAULT_LM",
     "DEFAULT_EMBEDDER",
     "EMBEDDER_MAX_TOKENS",
@@ -141,6 +142,12 @@ def _resolve_local(name: str) -> Path | None:
         except Exception:  # noqa: BLE001 - any failure means "not available offline"
             return None
     return None
+
+
+def model_available(model: str) -> bool:
+    """Whether ``model`` names a language model this machine has: the embedded one, a local folder, or a hub
+    name the local hub cache holds (what :func:`ensure_lm` can open, without opening it)."""
+    return model in _LM_ALIASES or _resolve_local(model) is not None
 
 
 def _unknown(what: str, name: str) -> ModelNotFoundError:

@@ -48,7 +48,7 @@ from icl_toolkit.errors import ConfigError
 from icl_toolkit.retrieve import Hit
 from icl_toolkit.serialize import Serialized, mentioned_in, serialize_history, sex_word, token_counter
 
-__all__ = ["Demos", "Mode", "Order", "RationaleStyle", "PromptConfig", "BuiltPrompt", "PromptBuilder", "prompts_dir", "load_templates", "chat_prompt", "TEMPLATES",
+__all__ = ["Demos", "Mode", "Order", "RationaleStyle", "PromptConfig", "BuiltPrompt", "PromptBuilder", "prompts_dir", "load_templates", "templates_hash", "chat_prompt", "TEMPLATES",
            "task_question"]
 
 Demos = Literal["rationale", "label", "none"]
@@ -168,6 +168,27 @@ class BuiltPrompt:
         return text_hash(self.text)
 
 
+def _templates(config: PromptConfig) -> tuple[list[Any], str, str]:
+    """The system, user and answer templates ``config`` asks for, the hash of their sources, the user
+    template's name."""
+    name = config.template or (REASON_TEMPLATE if config.mode == "reason" else TEMPLATES[config.demos])
+    extra = None
+    if Path(name).is_file():
+        if Path(name).suffix != ".j2":
+            raise ConfigError(f"--template {name}: a template file is a Jinja file ending in .j2; give one, or "
+                              "the name of a template in icl_toolkit/prompts (without .j2).")
+        extra = Path(name).resolve().parent
+        name = Path(name).stem
+    templates, digest = load_templates(SYSTEM_TEMPLATE, name, ANSWER_TEMPLATE, extra_dir=extra)
+    return templates, digest, name
+
+
+def templates_hash(config: PromptConfig) -> str:
+    """The hash of the template sources a :class:`PromptBuilder` with ``config`` renders from (what prediction
+    files record as ``templates_hash``), without a tokenizer."""
+    return _templates(config)[1]
+
+
 class PromptBuilder:
     """Renders prompts for query patients with their chosen demonstrations.
 
@@ -183,17 +204,7 @@ class PromptBuilder:
         limit = self.config.max_context or max_context
         self.max_context = min(limit, max_context)
         self._count = token_counter(tokenizer)
-        name = self.config.template or (REASON_TEMPLATE if self.config.mode == "reason" else TEMPLATES[self.config.demos])
-        extra = None
-        if Path(name).is_file():
-            if Path(name).suffix != ".j2":
-                raise ConfigError(f"--template {name}: a template file is a Jinja file ending in .j2; give one, or "
-                                  "the name of a template in icl_toolkit/prompts (without .j2).")
-            extra = Path(name).resolve().parent
-            name = Path(name).stem
-        (self._system, self._user, self._answer), self.templates_hash = load_templates(
-            SYSTEM_TEMPLATE, name, ANSWER_TEMPLATE, extra_dir=extra)
-        self.template_name = name
+        (self._system, self._user, self._answer), self.templates_hash, self.template_name = _templates(self.config)
         self._histories: dict[tuple[str, int, bool], Serialized] = {}
 
     # ------------------------------------------------------------------ pieces

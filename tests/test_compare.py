@@ -263,6 +263,42 @@ def test_changed_settings_are_refused_on_resume(run, data, hash_embedder):
         Comparison(changed, first.out, embedder=hash_embedder, progress=False).run(test, pool, val)
 
 
+def test_finished_arms_are_checked_before_reuse(run, data, hash_embedder, tmp_path, monkeypatch):
+    """A finished arm is never reported under settings or inputs it was not made with: refused before any
+    index or model is built, naming the field; its model is not loaded to check it."""
+    import shutil
+
+    from icl_toolkit.compare import run as run_mod
+
+    config, first = run
+    pool, test, val = data
+    out = tmp_path / "out"
+    shutil.copytree(first.out, out)
+    monkeypatch.setattr(run_mod.Comparison, "_index", lambda *a: pytest.fail("built an index"))
+    monkeypatch.setattr(run_mod.Comparison, "_default_backend", lambda *a: pytest.fail("loaded a model"))
+
+    def compare(cfg=config, **inputs):
+        kw = {"test": test, "pool": pool, "val": val} | inputs
+        return Comparison(cfg, out, embedder=hash_embedder, progress=False).run(**kw)
+
+    changed = CompareConfig.model_validate(config.model_dump() | {"prompt": {"query_tokens": 130, "demo_tokens": 100,
+                                                                             "reason_tokens": 8}})
+    with pytest.raises(ConfigError, match=r"config\.prompt\.query_tokens: made with 120, now 130\).*delete"):
+        compare(changed)
+    with pytest.raises(ConfigError, match=r"pool_hash: made with"):
+        compare(pool=pool[:-1])
+    with pytest.raises(ConfigError, match=r"cohort_hash: made with"):
+        compare(test=test[:-1])
+    wider = CompareConfig.model_validate(config.model_dump() | {"retrieval": {"mmr_lambda": 0.5}})
+    with pytest.raises(ConfigError, match=r"base / label k=2 similar / score.*config\.retrieval\.mmr_lambda"):
+        compare(wider)                        # retrieval settings matter to demo arms only
+    arm = config.arms()[1]
+    sidecar = out / "arms" / f"{arm.slug}.jsonl.meta.json"
+    sidecar.unlink()
+    with pytest.raises(ConfigError, match=r"settings sidecar .*\.meta\.json is missing"):
+        compare()
+
+
 def test_overlapping_pool_is_refused(data, setup, hash_embedder, tmp_path):
     pool, test, val = data
     config, _ = load_compare_config(setup / "arms.toml")

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from icl_toolkit.artifacts import content_hash, write_json_atomic
+from icl_toolkit.artifacts import content_hash, read_json, write_json_atomic
 from icl_toolkit.backends import Backend
 from icl_toolkit.cohort import Patient
 from icl_toolkit.compare import baselines as bl
@@ -53,9 +53,10 @@ from icl_toolkit.compare.report import (
 from icl_toolkit.compare.stats import Entry, contrast_rows, evaluate
 from icl_toolkit.errors import ConfigError
 from icl_toolkit.fairness import ORACLE, load_cache, save_cache
-from icl_toolkit.models import checkpoint_meta
+from icl_toolkit.models import checkpoint_meta, model_available
 from icl_toolkit.predict import Predictor
 from icl_toolkit.progress import progress_bar
+from icl_toolkit.prompting import templates_hash
 from icl_toolkit.retrieve import DemoIndex, ProfileEmbedder, Retrieval, RetrievalCache, Retriever
 from icl_toolkit.retrievers import make_representation, needs_embedder
 from icl_toolkit.run import OutputFile, predict_to_file, read_records
@@ -80,6 +81,17 @@ class CompareResult:
     skipped: list[str]    # arms already complete
     contrasts: list[dict[str, Any]] = field(default_factory=list)  # the config's paired tests among the arms run
     fairness_gaps: list[dict[str, Any]] = field(default_factory=list)  # per entry and grouping: gaps, excess gaps
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as dotted keys (``config.prompt.query_tokens``)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= _flat(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def select_arms(arms: list[Arm], only: Sequence[str], reference: str) -> list[Arm]:
@@ -165,6 +177,40 @@ class Comparison:
         vdone = {r["patient_id"] for r in read_records(vpath)}
         return sum(p.patient_id not in done for p in test) + sum(p.patient_id not in vdone for p in val)
 
+    def _check_finished(self, arm: Arm, test: Sequence[Patient], val: Sequence[Patient],
+                        hashes: dict[str, str]) -> None:
+        """A finished arm is reused only if its settings sidecars match what the arm would be run with now:
+        every setting of its spec (retrieval settings only where it shows demos), the prompt templates, the test
+        or validation patients and the pool, checked without loading its model (the model is checked when an
+        unfinished arm resumes). A setting the file predates (added to the toolkit after it was made) is not
+        checked, nor, while its checkpoint is not on this machine, the prompt template the checkpoint was
+        trained on (read from the checkpoint)."""
+        spec = self.config.spec(arm)
+        now = _flat({"config": spec.model_dump(mode="json")})
+        if arm.demos == "none":
+            now = {k: v for k, v in now.items() if not k.startswith("config.retrieval.")}
+        now |= {"templates_hash": templates_hash(spec.prompt), "pool_hash": hashes["pool"]}
+        if not model_available(self.config.checkpoints[arm.checkpoint]):
+            del now["config.prompt.template"], now["templates_hash"]
+        for cohort, key, path in zip((test, val), ("test", "val"), self._arm_paths(arm)):
+            if not cohort:
+                continue
+            meta_path = path.with_name(path.name + ".meta.json")
+            fix = (f"Restore the settings and inputs it was made with, or delete {path.name} and its "
+                   f"{meta_path.name} to rerun the arm with these.")
+            if not meta_path.exists():
+                raise ConfigError(f"{path}: its settings sidecar {meta_path.name} is missing, so nothing says "
+                                  f"which settings made these predictions. {fix}")
+            meta = read_json(meta_path, "predictions metadata")
+            if not isinstance(meta, dict):
+                raise ConfigError(f"{meta_path}: not a predictions metadata record. {fix}")
+            made = _flat(meta)
+            diffs = [f"{k}: made with {made[k]!r}, now {v!r}"
+                     for k, v in (now | {"cohort_hash": hashes[key]}).items() if k in made and made[k] != v]
+            if diffs:
+                raise ConfigError(f"{path}: arm {arm.name!r} was made with other settings or inputs than it "
+                                  f"would be run with now ({'; '.join(diffs)}). {fix}")
+
     def _run_arm(self, arm: Arm, backend: Backend, pool: Sequence[Patient], index: DemoIndex | None,
                  test: Sequence[Patient], val: Sequence[Patient],
                  retrievals: dict[tuple[str, int], dict[str, Retrieval]], advance: Callable[..., None]) -> None:
@@ -201,6 +247,10 @@ class Comparison:
                               f"{sorted(overlap)[0]}); they would see their own outcome. Use splits that are "
                               "disjoint by subject (MEDS: a subject's records at every prediction time in one split).")
         arms = select_arms(c.arms(), only, c.reference_arm) if only else c.arms()
+        hashes = {"pool": content_hash(pool), "test": content_hash(test), "val": content_hash(val)}
+        for arm in arms:                  # a finished arm is checked before anything is built or run
+            if self._pending(arm, test, val) == 0:
+                self._check_finished(arm, test, val, hashes)
         self.out.mkdir(parents=True, exist_ok=True)
         keys = {a.retrieval_key for a in arms if a.retrieval_key}
         if "knn" in c.baselines and not keys:
