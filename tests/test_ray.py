@@ -242,6 +242,19 @@ def test_sharded_output_rules(tmp_path):
     assert empty.records() == []
 
 
+def test_a_given_index_of_another_pool_is_refused_before_ray_starts(files, small_cohort, tiny_model_dir, tmp_path):
+    from icl_toolkit.retrieve import DemoIndex
+    from icl_toolkit.retrievers import make_representation
+    from icl_toolkit.spec import RetrievalConfig
+
+    DemoIndex.build(small_cohort[60:120], make_representation(RetrievalConfig())).save(tmp_path / "idx")
+    r = _run("predict", "--cohort", files / "test.jsonl", *_common(files, tiny_model_dir), "--index",
+             tmp_path / "idx", "--out", tmp_path / "o", "--engine", "ray")
+    text = r.stdout + r.stderr
+    assert r.returncode == 1 and "pool_hash" in text and "Traceback" not in text, text[-2000:]
+    assert not (tmp_path / "o" / "manifest.json").exists()      # refused by the driver, not failed in replicas
+
+
 def test_driver_rebuilds_an_index_left_by_another_run(tmp_path, small_cohort):
     """The driver's own index (``<out>/index``) is reused only when it was built from this pool with these
     retriever settings; one left by a replaced run is rebuilt, never read by the replicas."""

@@ -21,7 +21,7 @@ from typing import Any
 from icl_toolkit.artifacts import base_meta, check_meta, read_json, write_json_atomic
 from icl_toolkit.errors import ConfigError
 from icl_toolkit.files import os_error
-from icl_toolkit.run import SHARD_MANIFEST, is_shard_file, check_output
+from icl_toolkit.run import SHARD_MANIFEST, check_output, is_shard_file
 
 __all__ = ["MANIFEST", "ShardedOutput", "read_sharded_records"]
 

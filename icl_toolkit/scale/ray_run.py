@@ -333,13 +333,15 @@ def predict_ray(cohort: str | os.PathLike[str], out: str | os.PathLike[str], con
     index_dir = None
     if config.uses_demos:
         index_dir = out / INDEX_DIR if index is None else Path(index)
-        if index is None and not _fits(index_dir, pool_records, config.retrieval):
-            from icl_toolkit.predict import _check_pool
+        if index is None:
+            if not _fits(index_dir, pool_records, config.retrieval):
+                from icl_toolkit.predict import _check_pool
 
-            _check_pool(pool_records, config.prompt, str(pool))
-            DemoIndex.build(pool_records, make_representation(config.retrieval)).save(index_dir)
-        # checked here, before Ray starts, rather than in every replica's first batch
-        DemoIndex.load(index_dir).check(pool_records, make_representation(config.retrieval), where=str(index_dir))
+                _check_pool(pool_records, config.prompt, str(pool))
+                DemoIndex.build(pool_records, make_representation(config.retrieval)).save(index_dir)
+        else:       # a given index is checked here, before Ray starts, not in every replica's first batch
+            DemoIndex.load(index_dir).check(pool_records, make_representation(config.retrieval),
+                                            where=str(index_dir))
     actor_kwargs = {"model": model, "engine": engine.model_dump(), "config": config.model_dump(mode="json"),
                     "pool": str(Path(pool).resolve()) if pool else None,
                     "index": str(index_dir.resolve()) if index_dir else None}
