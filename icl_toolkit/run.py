@@ -39,7 +39,7 @@ from icl_toolkit.errors import ConfigError
 from icl_toolkit.files import check_not_input, keep_mode, os_error
 from icl_toolkit.progress import progress_bar
 
-__all__ = ["read_records", "check_output", "OutputFile", "run_resumable", "predict_to_file", "predict_cohort_file",
+__all__ = ["read_records", "check_output", "sidecar_path", "OutputFile", "run_resumable", "predict_to_file", "predict_cohort_file",
            "RunResult"]
 
 T = TypeVar("T")
@@ -131,6 +131,12 @@ def _holds_sharded_run(folder: Path, kind: str) -> bool:
     return False
 
 
+def sidecar_path(path: str | os.PathLike[str]) -> Path:
+    """The settings sidecar of an output file: ``<path>.meta.json``."""
+    path = Path(path)
+    return path.with_name(path.name + ".meta.json")
+
+
 class OutputFile:
     """A run's JSONL output and its settings sidecar, with the rules of the module docstring.
 
@@ -148,7 +154,7 @@ class OutputFile:
                  inputs: Mapping[str, str | os.PathLike[str] | None] | None = None) -> None:
         self.path = Path(path)
         self.kind = kind
-        self.meta_path = self.path.with_name(self.path.name + ".meta.json")
+        self.meta_path = sidecar_path(self.path)
         self.provenance = dict(provenance)
         check_output(self.path, resume=resume, overwrite=overwrite, kind=kind, inputs=inputs)
         exists = self.path.exists()

@@ -59,7 +59,7 @@ from icl_toolkit.progress import progress_bar
 from icl_toolkit.prompting import templates_hash
 from icl_toolkit.retrieve import DemoIndex, ProfileEmbedder, Retrieval, RetrievalCache, Retriever
 from icl_toolkit.retrievers import make_representation, needs_embedder
-from icl_toolkit.run import OutputFile, predict_to_file, read_records
+from icl_toolkit.run import OutputFile, predict_to_file, read_records, sidecar_path
 
 __all__ = ["Comparison", "CompareResult"]
 
@@ -195,7 +195,7 @@ class Comparison:
         for cohort, key, path in zip((test, val), ("test", "val"), self._arm_paths(arm)):
             if not cohort:
                 continue
-            meta_path = path.with_name(path.name + ".meta.json")
+            meta_path = sidecar_path(path)
             fix = (f"Restore the settings and inputs it was made with, or delete {path.name} and its "
                    f"{meta_path.name} to rerun the arm with these.")
             if not meta_path.exists():
@@ -248,8 +248,9 @@ class Comparison:
                               "disjoint by subject (MEDS: a subject's records at every prediction time in one split).")
         arms = select_arms(c.arms(), only, c.reference_arm) if only else c.arms()
         hashes = {"pool": content_hash(pool), "test": content_hash(test), "val": content_hash(val)}
+        pending = {arm.name: self._pending(arm, test, val) for arm in arms}
         for arm in arms:                  # a finished arm is checked before anything is built or run
-            if self._pending(arm, test, val) == 0:
+            if pending[arm.name] == 0:
                 self._check_finished(arm, test, val, hashes)
         self.out.mkdir(parents=True, exist_ok=True)
         keys = {a.retrieval_key for a in arms if a.retrieval_key}
@@ -269,7 +270,7 @@ class Comparison:
         for arm in arms:
             by_ckpt.setdefault(arm.checkpoint, []).append(arm)
         for ckpt, group in by_ckpt.items():
-            todo = [(a, self._pending(a, test, val)) for a in group]
+            todo = [(a, pending[a.name]) for a in group]   # an arm's file changes only when it runs
             skipped += [a.name for a, n in todo if n == 0]
             todo = [(a, n) for a, n in todo if n > 0]
             if not todo:
