@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from icl_toolkit import hardware
+from icl_toolkit.core import hardware
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -50,7 +50,7 @@ def demo_cohort(n_test: int | None = None, *, quick: bool = False) -> tuple[list
     """``(pool, test)`` of the `make demo` / `make paper` cohort: 2,000 synthetic patients (seed 1), splits
     70/10/20; the pool is the train split, ``test`` the first ``n_test`` of the test split. ``quick``: a
     300-patient cohort, and a test set of ``n_test`` patients with both outcomes (half cases)."""
-    from icl_toolkit.synth import SynthConfig, assign_splits, generate_cohort, parse_split
+    from icl_toolkit.data.synth import SynthConfig, assign_splits, generate_cohort, parse_split
 
     patients = generate_cohort(SynthConfig(n=300 if quick else 2000, seed=1))
     names = assign_splits([p.label for p in patients], parse_split("train=0.7,val=0.1,test=0.2"), 0)

@@ -56,11 +56,15 @@ from _common import RESULTS, demo_cohort, machine, write_csv  # noqa: E402
 
 from icl_toolkit.backends import choice_probabilities  # noqa: E402
 from icl_toolkit.backends.options import EngineOptions, open_backend  # noqa: E402
-from icl_toolkit.metrics import bootstrap_ci, summary  # noqa: E402
-from icl_toolkit.progress import progress_bar  # noqa: E402
-from icl_toolkit.prompting import PromptBuilder, PromptConfig  # noqa: E402
-from icl_toolkit.retrieve import DemoIndex, ProfileEmbedder, Retriever, RetrievalConfig  # noqa: E402
-from icl_toolkit.retrievers import make_representation  # noqa: E402
+from icl_toolkit.evaluation.metrics import bootstrap_ci, summary  # noqa: E402
+from icl_toolkit.core.progress import progress_bar  # noqa: E402
+from icl_toolkit.prompting.builder import PromptBuilder
+from icl_toolkit.prompting.config import PromptConfig  # noqa: E402
+from icl_toolkit.retrieval.config import RetrievalConfig
+from icl_toolkit.retrieval.embedder import ProfileEmbedder
+from icl_toolkit.retrieval.index import DemoIndex
+from icl_toolkit.retrieval.retriever import Retriever  # noqa: E402
+from icl_toolkit.retrieval.representations import make_representation  # noqa: E402
 
 QUERY_TOKENS, DEMO_TOKENS = 160, 100
 

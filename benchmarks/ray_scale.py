@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="4 patients, single process and 1 replica (smoke test)")
     ap.add_argument("--out", type=Path, default=RESULTS / "ray_scale.csv")
     args = ap.parse_args()
-    from icl_toolkit.cohort import write_cohort
+    from icl_toolkit.data.cohort import write_cohort
 
     n = 4 if args.quick else args.n
     pool, test = demo_cohort(n, quick=args.quick)

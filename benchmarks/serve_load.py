@@ -158,7 +158,7 @@ def _run_overload(args: argparse.Namespace, pool_path: Path, bodies: list[dict],
 
 def _record_cost(test: list, tmp: Path) -> float:
     """Microseconds to pseudonymise and append one prediction record (MonitorLog.record_predictions), in-process."""
-    from icl_toolkit.monitor import MonitorLog
+    from icl_toolkit.evaluation.monitor import MonitorLog
 
     log = MonitorLog(tmp / "cost", b"k" * 32, model={"model": "bench"})
     preds = [{"probability": 0.2, "model_id": "m", "prompt_hash": "sha256:0", "template": "zero_shot",
@@ -233,7 +233,7 @@ def main() -> None:
     where = machine()
     print(f"machine: {where}", flush=True)
 
-    from icl_toolkit.cohort import _PATIENT, write_cohort
+    from icl_toolkit.data.cohort import _PATIENT, write_cohort
     pool, test = demo_cohort(quick=args.quick)
     bodies = [{"patients": [json.loads(_PATIENT.dump_json(test[i % len(test)], warnings=False))],
                "options": {"k": args.k, "demos": "label" if args.k else "none"}} for i in range(n)]

@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import RESULTS, machine as machine_info  # noqa: E402
 
-from icl_toolkit.cohort import validate_cohort, write_cohort  # noqa: E402
-from icl_toolkit.serialize import serialize_history  # noqa: E402
-from icl_toolkit.synth import SynthConfig, generate_cohort  # noqa: E402
+from icl_toolkit.data.cohort import validate_cohort, write_cohort  # noqa: E402
+from icl_toolkit.data.serialize import serialize_history  # noqa: E402
+from icl_toolkit.data.synth import SynthConfig, generate_cohort  # noqa: E402
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ import pytest
 # (tests/test_hardware.py). Subprocesses (the CLI, the benchmarks' quick modes) inherit this.
 os.environ["ICL_CPU_BF16"] = "0"
 
-from icl_toolkit.synth import SynthConfig, generate_cohort
+from icl_toolkit.data.synth import SynthConfig, generate_cohort
 
 
 @pytest.fixture(scope="session")
@@ -26,14 +26,14 @@ def cohort_5000():
 
 @pytest.fixture(scope="session")
 def lm_tokenizer():
-    from icl_toolkit.models import load_tokenizer
+    from icl_toolkit.core.models import load_tokenizer
 
     return load_tokenizer("default")
 
 
 @pytest.fixture(scope="session")
 def embedder_tokenizer():
-    from icl_toolkit.models import load_embedder_tokenizer
+    from icl_toolkit.core.models import load_embedder_tokenizer
 
     return load_embedder_tokenizer("default")
 
@@ -41,7 +41,7 @@ def embedder_tokenizer():
 @pytest.fixture(scope="session")
 def tiny_backend_obj():
     """The transformers backend over a tiny random Llama with the SmolLM2 tokenizer."""
-    from icl_toolkit.testing import tiny_backend
+    from icl_toolkit.backends.testing import tiny_backend
 
     return tiny_backend(seed=0)
 
@@ -49,7 +49,7 @@ def tiny_backend_obj():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A tiny random Llama saved as a local checkpoint folder (for the CLI)."""
-    from icl_toolkit.testing import tiny_llama
+    from icl_toolkit.backends.testing import tiny_llama
 
     model, tok = tiny_llama(seed=0)
     folder = tmp_path_factory.mktemp("tiny-llama")
@@ -61,7 +61,7 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def minilm():
     """The embedded all-MiniLM-L6-v2 profile embedder (loaded once)."""
-    from icl_toolkit.retrieve import ProfileEmbedder
+    from icl_toolkit.retrieval.embedder import ProfileEmbedder
 
     return ProfileEmbedder()
 
@@ -69,8 +69,8 @@ def minilm():
 @pytest.fixture(scope="session")
 def hash_embedder():
     """A fast deterministic bag-of-words profile embedder (no model)."""
-    from icl_toolkit.retrieve import ProfileEmbedder
-    from icl_toolkit.testing import HashEmbedder
+    from icl_toolkit.retrieval.embedder import ProfileEmbedder
+    from icl_toolkit.retrieval.embedder import HashEmbedder
 
     return ProfileEmbedder(model=HashEmbedder(), model_id="hash-64")
 

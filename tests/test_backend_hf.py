@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from icl_toolkit.backends import GenerationParams, choice_probabilities, get_backend_class, make_backend
-from icl_toolkit.errors import ConfigError
+from icl_toolkit.core.errors import ConfigError
 
 PROMPTS = [
     "<|im_start|>system\nYou judge dementia risk.<|im_end|>\n<|im_start|>user\nAge 80. Dx I10.<|im_end|>\n<|im_start|>assistant\n",
@@ -105,7 +105,7 @@ def test_bad_arguments_are_clear_errors(tiny_backend_obj):
 
 
 def test_prompt_longer_than_context_is_an_error():
-    from icl_toolkit.testing import tiny_backend
+    from icl_toolkit.backends.testing import tiny_backend
 
     b = tiny_backend(max_context=300)
     with pytest.raises(ConfigError, match="context limit"):
@@ -167,7 +167,7 @@ def test_each_backend_declares_its_options_as_constructor_arguments():
 
 
 def test_icl_predict_engine_flags_are_checked_against_the_backend(small_cohort, tmp_path, invoke):
-    from icl_toolkit.cohort import write_cohort
+    from icl_toolkit.data.cohort import write_cohort
 
     write_cohort(small_cohort[:2], tmp_path / "c.jsonl")
     base = ["predict", "--cohort", tmp_path / "c.jsonl", "--demos", "none", "--out", tmp_path / "p.jsonl"]

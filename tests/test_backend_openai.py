@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from icl_toolkit.backends import GenerationParams
-from icl_toolkit.errors import ConfigError
+from icl_toolkit.core.errors import ConfigError
 
 SERVED = "tiny"
 
@@ -65,7 +65,7 @@ class ReferenceServer:
 
 @pytest.fixture(scope="module")
 def tiny():
-    from icl_toolkit.testing import tiny_llama
+    from icl_toolkit.backends.testing import tiny_llama
 
     return tiny_llama(seed=0)
 
@@ -147,9 +147,9 @@ def test_engine_options_reach_the_openai_backend_and_predict_runs_on_it(tiny, ti
                                                                          hash_embedder):
     from icl_toolkit.backends.options import EngineOptions, backend_kwargs
     from icl_toolkit.backends.openai_api import OpenAIBackend
-    from icl_toolkit.predict import PredictConfig, Predictor
-    from icl_toolkit.prompting import PromptConfig
-    from icl_toolkit.retrieve import RetrievalConfig
+    from icl_toolkit.inference.predictor import PredictConfig, Predictor
+    from icl_toolkit.prompting.config import PromptConfig
+    from icl_toolkit.retrieval.config import RetrievalConfig
 
     from icl_toolkit.backends.options import open_backend
 

@@ -10,7 +10,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-from icl_toolkit.errors import ConfigError
+from icl_toolkit.core.errors import ConfigError
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 
@@ -35,9 +35,9 @@ def engines():
 
 @pytest.fixture(scope="module")
 def prompts(small_cohort, engines, hash_embedder):
-    from icl_toolkit.predict import PredictConfig, Predictor
-    from icl_toolkit.prompting import PromptConfig
-    from icl_toolkit.retrieve import RetrievalConfig
+    from icl_toolkit.inference.predictor import PredictConfig, Predictor
+    from icl_toolkit.prompting.config import PromptConfig
+    from icl_toolkit.retrieval.config import RetrievalConfig
 
     hf, _ = engines
     texts = []
@@ -84,7 +84,7 @@ def test_vllm_generation_is_batched_and_cut_at_stop(engines, prompts):
 
 @pytest.mark.vllm
 def test_teacher_rationales_on_vllm_equal_transformers(engines, small_cohort):
-    from icl_toolkit.rationales import RationaleTeacher, TeacherConfig
+    from icl_toolkit.rationales.teacher import RationaleTeacher, TeacherConfig
 
     hf, vl = engines
     config = TeacherConfig(max_new_tokens=40, history_tokens=300)
@@ -102,7 +102,7 @@ def test_icl_predict_backend_vllm_without_vllm_says_how_to_install(small_cohort,
     import sys
     from pathlib import Path
 
-    from icl_toolkit.cohort import write_cohort
+    from icl_toolkit.data.cohort import write_cohort
 
     write_cohort(small_cohort[:3], tmp_path / "c.jsonl")
     icl = Path(sys.executable).parent / "icl"
@@ -121,7 +121,7 @@ def _p_yes(backend, prompts):
 @pytest.fixture(scope="module")
 def adapters(small_cohort, tmp_path_factory):
     """Two LoRA adapters of the embedded model from icl finetune (a few strong steps, so they move P(yes))."""
-    from icl_toolkit.finetune import FinetuneConfig, Finetuner
+    from icl_toolkit.training.sft import FinetuneConfig, Finetuner
 
     out = {}
     for target in ("label", "rationale"):
@@ -162,7 +162,7 @@ def test_adapter_of_another_base_is_refused(engines, adapters, tmp_path):
     import json
     import shutil
 
-    from icl_toolkit.errors import ModelNotFoundError
+    from icl_toolkit.core.errors import ModelNotFoundError
 
     _, vl = engines
     moved = tmp_path / "other"
@@ -188,7 +188,7 @@ def test_openai_backend_against_a_real_vllm_serve(engines, prompts):
 
     from icl_toolkit.backends import GenerationParams
     from icl_toolkit.backends.openai_api import OpenAIBackend
-    from icl_toolkit.models import resolve_lm
+    from icl_toolkit.core.models import resolve_lm
 
     hf, _ = engines
     with socket.socket() as s:
@@ -233,7 +233,7 @@ def test_openai_backend_against_a_real_vllm_serve(engines, prompts):
 def test_full_checkpoint_gets_its_own_engine(engines, prompts, small_cohort, tmp_path):
     from icl_toolkit.backends.hf import HFBackend
     from icl_toolkit.backends.vllm import VLLMBackend
-    from icl_toolkit.finetune import FinetuneConfig, Finetuner
+    from icl_toolkit.training.sft import FinetuneConfig, Finetuner
 
     _, vl = engines
     cfg = FinetuneConfig(target="label", max_steps=2, batch_size=4, lr=1e-3, train_layers=2, query_tokens=120)
@@ -255,7 +255,7 @@ def test_icl_predict_backend_vllm(small_cohort, tmp_path):
     from pathlib import Path
 
     from icl_toolkit.backends.vllm import release_engine
-    from icl_toolkit.cohort import write_cohort
+    from icl_toolkit.data.cohort import write_cohort
 
     release_engine()  # the CLI starts its own
     write_cohort(small_cohort[:4], tmp_path / "c.jsonl")

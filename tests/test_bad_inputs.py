@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from icl_toolkit.cohort import write_cohort
-from icl_toolkit.errors import ConfigError, IclError
+from icl_toolkit.data.cohort import write_cohort
+from icl_toolkit.core.errors import ConfigError, IclError
 
 
 @pytest.fixture()
@@ -143,7 +143,7 @@ def test_temporal_guard_with_an_index_date_near_the_end_of_the_calendar(small_co
     assert code == 0, text
     # every pool outcome window ends after the queries' index dates (the last one at the calendar's end): no demos
     assert all(json.loads(line)["demos"] == [] for line in out.read_text().splitlines())
-    from icl_toolkit.retrieve import _window_end
+    from icl_toolkit.retrieval.retriever import _window_end
 
     assert _window_end(dt.date(9999, 6, 1), 5.0) == dt.date.max
 
@@ -248,8 +248,8 @@ def test_an_unexpected_error_is_one_line_naming_the_command(tmp_path, icl, monke
 
 
 def test_library_errors_derive_from_the_toolkit_error():
-    from icl_toolkit.compare.stats import Entry, evaluate
-    from icl_toolkit.metrics import bootstrap_ci, summary
+    from icl_toolkit.evaluation.compare.stats import Entry, evaluate
+    from icl_toolkit.evaluation.metrics import bootstrap_ci, summary
 
     with pytest.raises(IclError):
         summary([0, 1], [0.5])

@@ -93,7 +93,7 @@ def test_scoring_throughput_quick(tmp_path: Path, tiny_model_dir: Path) -> None:
     out = tmp_path / "scoring.csv"
     _quick("scoring_throughput.py", "--model", str(tiny_model_dir), "--out", str(out))
     rows = {row["arm"]: row for row in csv.DictReader(out.open())}
-    from icl_toolkit.hardware import cpu_bf16
+    from icl_toolkit.core.hardware import cpu_bf16
 
     bf16 = cpu_bf16()  # the bf16 arm runs only where the CPU computes bf16 natively
     assert set(rows) == {"naive generate+parse", "toolkit", "raw forward pass"} | ({"toolkit bf16"} if bf16 else set())
@@ -156,7 +156,7 @@ def test_sft_throughput_quick(tmp_path: Path, tiny_model_dir: Path) -> None:
     out = tmp_path / "sft.csv"
     _quick("sft_throughput.py", "--model", str(tiny_model_dir), "--out", str(out))
     rows = list(csv.DictReader(out.open()))
-    from icl_toolkit.hardware import cpu_bf16
+    from icl_toolkit.core.hardware import cpu_bf16
 
     expect = [("hand-written loop", "float32"), ("TRL SFTTrainer", "float32"),
               ("TRL SFTTrainer, TRL's own loss", "float32")]

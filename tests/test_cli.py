@@ -9,7 +9,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from icl_toolkit.cli import app
-from icl_toolkit.cohort import read_cohort
+from icl_toolkit.data.cohort import read_cohort
 
 runner = CliRunner()
 
@@ -79,7 +79,7 @@ def test_malformed_file_gets_line_numbered_errors_no_traceback(tmp_path: Path) -
 
 def test_progress_in_a_log_file_is_plain_lines(monkeypatch, capsys):
     """A job whose stderr is a file gets progress lines (not a bar drawn only at the end)."""
-    from icl_toolkit import progress
+    from icl_toolkit.core import progress
 
     monkeypatch.setattr(progress, "LOG_EVERY", 0.0)
     monkeypatch.setattr(progress.stderr_console, "_force_terminal", False)
@@ -97,7 +97,7 @@ def test_progress_in_a_log_file_is_plain_lines(monkeypatch, capsys):
 def test_progress_time_left_counts_only_this_runs_rate(monkeypatch, capsys):
     """A resumed run (initial work already done) estimates the time left from its own pace, not from the
     steps done before the restart, which took no time in this run."""
-    from icl_toolkit import progress
+    from icl_toolkit.core import progress
 
     clock = iter([0.0, 0.0, 60.0, 60.0, 60.0, 60.0])
     monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))

@@ -10,11 +10,11 @@ import json
 import numpy as np
 import pytest
 
-from icl_toolkit.cohort import write_cohort
-from icl_toolkit.compare import Comparison, CompareConfig, load_compare_config
-from icl_toolkit.errors import ConfigError
-from icl_toolkit.finetune import FinetuneConfig, Finetuner
-from icl_toolkit.metrics import delong_test
+from icl_toolkit.data.cohort import write_cohort
+from icl_toolkit.evaluation.compare import Comparison, CompareConfig, load_compare_config
+from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.training.sft import FinetuneConfig, Finetuner
+from icl_toolkit.evaluation.metrics import delong_test
 
 ARMS = """
 reference = "base / none / score"
@@ -162,7 +162,7 @@ def test_tiny_compare_end_to_end(run, data):
     md = (out / "results.md").read_text()
     assert md.count("\n") == len(result.rows) + 2 + 1 + 3 + 2 and "DeLong p" in md and f"{a} vs {b}" in md
     assert "detectable at 80% power" in md
-    from icl_toolkit.compare.report import _needed
+    from icl_toolkit.evaluation.compare.report import _needed
 
     assert _needed(ct | {"patients_for_0_05": 76.0, "n": 400}) == "reached (76 would do)"
     assert _needed(ct | {"patients_for_0_05": 5710.0, "n": 400}) == "5,710"
@@ -201,7 +201,7 @@ def _auroc(y, p):
 
 
 def test_power_of_a_contrast():
-    from icl_toolkit.compare.stats import power
+    from icl_toolkit.evaluation.compare.stats import power
 
     p = power(0.02, 400)
     assert p["detectable_80"] == pytest.approx(0.05603, abs=1e-5)
@@ -221,11 +221,11 @@ def test_rerun_skips_finished_arms_and_resumes_a_torn_one(run, data, setup, hash
     lines = path.read_text().splitlines(keepends=True)
     path.write_text("".join(lines[:7]) + lines[7][:25])  # killed mid-write
     loads = []
-    from icl_toolkit.compare import run as run_mod
+    from icl_toolkit.evaluation.compare import run as run_mod
 
     real = run_mod.Comparison._default_backend
     monkeypatch.setattr(run_mod.Comparison, "_default_backend", lambda self, n, m: loads.append(n) or real(self, n, m))
-    from icl_toolkit import fairness
+    from icl_toolkit.evaluation import fairness
 
     cache_file = out / "fairness_cache.json"
     stale = json.loads(cache_file.read_text())
@@ -268,7 +268,7 @@ def test_finished_arms_are_checked_before_reuse(run, data, hash_embedder, tmp_pa
     index or model is built, naming the field; its model is not loaded to check it."""
     import shutil
 
-    from icl_toolkit.compare import run as run_mod
+    from icl_toolkit.evaluation.compare import run as run_mod
 
     config, first = run
     pool, test, val = data

@@ -16,8 +16,8 @@ from fairlearn.metrics import (
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
-from icl_toolkit.errors import ConfigError
-from icl_toolkit.fairness import (
+from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.evaluation.fairness import (
     age_band,
     calibration_intercept,
     calibration_slope,
@@ -31,8 +31,8 @@ from icl_toolkit.fairness import (
     subgroup_frame,
     subgroups_markdown,
 )
-from icl_toolkit.synth import SynthConfig, generate_cohort
-from icl_toolkit.synth.generate import Disparity, parse_disparity
+from icl_toolkit.data.synth import SynthConfig, generate_cohort
+from icl_toolkit.data.synth.generate import Disparity, parse_disparity
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def test_excess_gap_is_paired_and_signed(data):
 def test_cache_reuses_only_what_has_the_same_inputs(data, tmp_path, monkeypatch):
     """A cached report equals a fresh one; an entry whose predictions, threshold or oracle changed is
     recomputed, the rest are read back; a damaged cache file is ignored, not trusted."""
-    from icl_toolkit import fairness
+    from icl_toolkit.evaluation import fairness
 
     y, p, even, group = data
     age = np.where(np.arange(len(y)) % 3 == 0, "80+", "<80")
@@ -229,7 +229,7 @@ def test_disparity_flag_errors(text, match):
 def test_icl_report_fairness_cli(invoke, tmp_path):
     import json
 
-    from icl_toolkit.cohort import write_cohort
+    from icl_toolkit.data.cohort import write_cohort
 
     ps = generate_cohort(SynthConfig(n=160, seed=6, rationales=False, disparity=Disparity(share=0.4)))
     write_cohort(ps, tmp_path / "c.jsonl")

@@ -12,12 +12,12 @@ import pytest
 import torch
 from trl import SFTTrainer
 
-from icl_toolkit.cohort import write_cohort
-from icl_toolkit.errors import ConfigError
-from icl_toolkit.finetune import IGNORE, FinetuneConfig, Finetuner, build_examples, sft_prompt_config
-from icl_toolkit.models import load_lm
-from icl_toolkit.prompting import PromptBuilder
-from icl_toolkit.testing import tiny_llama
+from icl_toolkit.data.cohort import write_cohort
+from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.training.sft import IGNORE, FinetuneConfig, Finetuner, build_examples, sft_prompt_config
+from icl_toolkit.core.models import load_lm
+from icl_toolkit.prompting.builder import PromptBuilder
+from icl_toolkit.backends.testing import tiny_llama
 
 
 def _decode_target(tok, ex):
@@ -182,7 +182,7 @@ def test_lora_adapter_saves_and_loads_on_its_base(small_cohort, tiny_model_dir, 
     result = tuner.fit(small_cohort[:16], tmp_path / "lora", val=small_cohort[40:48])
     assert (result.folder / "adapter_config.json").exists() and not (result.folder / "model.safetensors").exists()
     assert not (result.folder / "tokenizer.json").exists()  # small enough to commit: the base's tokenizer is used
-    from icl_toolkit.models import load_tokenizer
+    from icl_toolkit.core.models import load_tokenizer
 
     assert load_tokenizer(str(result.folder)).get_vocab() == load_tokenizer(str(tiny_model_dir)).get_vocab()
     assert result.meta["lora"] and result.meta["final_val_loss"] < result.meta["initial_val_loss"]

@@ -4,8 +4,8 @@ import datetime as dt
 
 import pytest
 
-from icl_toolkit.cohort import Event, Patient
-from icl_toolkit.grounding import check_grounding, extract_claims
+from icl_toolkit.data.cohort import Event, Patient
+from icl_toolkit.rationales.grounding import check_grounding, extract_claims
 
 
 def _patient() -> Patient:
@@ -100,20 +100,20 @@ def test_rationales_know_the_outcome(cohort_5000) -> None:
 
 
 def test_grounding_knows_every_synthetic_drug():
-    from icl_toolkit.synth.vocab import ANTICHOLINERGIC_DRUGS, SYNTH_DRUG_NAMES
-    from icl_toolkit.vocabulary import DRUG_NAMES
+    from icl_toolkit.data.synth.vocab import ANTICHOLINERGIC_DRUGS, SYNTH_DRUG_NAMES
+    from icl_toolkit.data.vocabulary import DRUG_NAMES
 
     assert SYNTH_DRUG_NAMES, "the generator prescribes drugs"
     assert not (SYNTH_DRUG_NAMES | ANTICHOLINERGIC_DRUGS) - DRUG_NAMES
 
 
 def test_real_data_path_does_not_import_the_synthetic_generator():
-    """The vocabulary sits at the bottom: serialize, grounding and the OMOP import load without icl_toolkit.synth."""
+    """The vocabulary sits at the bottom: serialize, grounding and the OMOP import load without icl_toolkit.data.synth."""
     import subprocess
     import sys
 
-    code = ("import sys, icl_toolkit.serialize, icl_toolkit.grounding, icl_toolkit.omop.build, icl_toolkit.vocabulary;"
-            "bad = sorted(m for m in sys.modules if m.startswith('icl_toolkit.synth'));"
+    code = ("import sys, icl_toolkit.data.serialize, icl_toolkit.rationales.grounding, icl_toolkit.data.omop.build, icl_toolkit.data.vocabulary;"
+            "bad = sorted(m for m in sys.modules if m.startswith('icl_toolkit.data.synth'));"
             "print(','.join(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from icl_toolkit import hardware
+from icl_toolkit.core import hardware
 from icl_toolkit.backends import choice_probabilities
-from icl_toolkit.models import fp32_readout, load_lm
+from icl_toolkit.core.models import fp32_readout, load_lm
 
 
 def test_auto_dtype_follows_the_detection_and_its_override(monkeypatch):

@@ -14,12 +14,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from icl_toolkit.cohort import read_cohort, write_cohort
-from icl_toolkit.errors import ConfigError
-from icl_toolkit.meds import INDEX_CODE, CodeMap, open_meds, write_meds, write_meds_predictions
-from icl_toolkit.meds.codes import CodeResolver, sex_of
-from icl_toolkit.synth import SynthConfig, generate_cohort
-from icl_toolkit.synth.generate import Disparity
+from icl_toolkit.data.cohort import read_cohort, write_cohort
+from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.data.meds import INDEX_CODE, CodeMap, open_meds, write_meds, write_meds_predictions
+from icl_toolkit.data.meds.codes import CodeResolver, sex_of
+from icl_toolkit.data.synth import SynthConfig, generate_cohort
+from icl_toolkit.data.synth.generate import Disparity
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -181,7 +181,8 @@ def test_three_prediction_times_give_three_records_without_later_events(multi):
 
 
 def test_a_subject_never_retrieves_itself_at_another_prediction_time(multi, hash_embedder):
-    from icl_toolkit.retrieve import RetrievalConfig, Retriever
+    from icl_toolkit.retrieval.config import RetrievalConfig
+    from icl_toolkit.retrieval.retriever import Retriever
 
     root, lab = multi
     pool = list(open_meds(root, lab))
@@ -193,7 +194,7 @@ def test_a_subject_never_retrieves_itself_at_another_prediction_time(multi, hash
 
 
 def test_compare_refuses_a_pool_that_shares_a_subject_with_the_test_set(multi, tmp_path, hash_embedder):
-    from icl_toolkit.compare import CompareConfig, Comparison
+    from icl_toolkit.evaluation.compare import CompareConfig, Comparison
 
     root, lab = multi
     recs = list(open_meds(root, lab))
@@ -293,7 +294,7 @@ def test_code_map_and_built_in_rules():
 
 
 def test_code_map_file_errors_name_the_field(tmp_path):
-    from icl_toolkit.meds import load_code_map
+    from icl_toolkit.data.meds import load_code_map
 
     path = tmp_path / "map.toml"
     path.write_text('[vocabularies."LAB"]\nkind = "labs"\nsystem = "LOINC"\n')

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
-from icl_toolkit.metrics import (
+from icl_toolkit.evaluation.metrics import (
     _rowwise_average_precision,
     _rowwise_ece,
     _rowwise_f1,

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from icl_toolkit.errors import ModelNotFoundError
-from icl_toolkit.models import embedder_path, load_tokenizer, smollm2_gguf_path
+from icl_toolkit.core.errors import ModelNotFoundError
+from icl_toolkit.core.models import embedder_path, load_tokenizer, smollm2_gguf_path
 
 
 def test_embedded_files_resolve_without_network() -> None:
@@ -32,7 +32,7 @@ def test_default_lm_converts_once_to_fp32_with_logit_parity() -> None:
 
     import torch
 
-    from icl_toolkit.models import PARITY_TOLERANCE, lm_id, load_lm, resolve_lm
+    from icl_toolkit.core.models import PARITY_TOLERANCE, lm_id, load_lm, resolve_lm
 
     folder = resolve_lm("default")
     record = json.loads((folder / "icl-conversion.json").read_text())
@@ -50,7 +50,7 @@ def test_default_lm_converts_once_to_fp32_with_logit_parity() -> None:
 
 
 def test_local_checkpoint_and_unknown_lm(tiny_model_dir) -> None:
-    from icl_toolkit.models import load_lm, resolve_lm
+    from icl_toolkit.core.models import load_lm, resolve_lm
 
     assert resolve_lm(str(tiny_model_dir)) == tiny_model_dir
     model, _ = load_lm(str(tiny_model_dir))
@@ -58,6 +58,6 @@ def test_local_checkpoint_and_unknown_lm(tiny_model_dir) -> None:
     with pytest.raises(ModelNotFoundError, match="Unknown model"):
         resolve_lm("/no/such/folder")
     with pytest.raises(ModelNotFoundError, match="Unknown embedder"):
-        from icl_toolkit.models import resolve_embedder
+        from icl_toolkit.core.models import resolve_embedder
 
         resolve_embedder("not-an-embedder")

@@ -10,11 +10,11 @@ import os
 import numpy as np
 import pytest
 
-from icl_toolkit.errors import ConfigError
-from icl_toolkit.monitor import AlertSettings, MonitorLog, Pseudonymizer, load_key, monitor_report, parse_window, psi
-from icl_toolkit.monitor.log import FEEDBACK, PREDICTIONS, FeedbackRejected, read_log
-from icl_toolkit.synth import SynthConfig, generate_cohort
-from icl_toolkit.synth.generate import Disparity
+from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.evaluation.monitor import AlertSettings, MonitorLog, Pseudonymizer, load_key, monitor_report, parse_window, psi
+from icl_toolkit.evaluation.monitor.log import FEEDBACK, PREDICTIONS, FeedbackRejected, read_log
+from icl_toolkit.data.synth import SynthConfig, generate_cohort
+from icl_toolkit.data.synth.generate import Disparity
 
 KEY = b"k" * 32
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -181,7 +181,7 @@ def test_subgroup_gap_alert(people, tmp_path):
 
 
 def test_icl_monitor_cli(people, tmp_path, invoke):
-    from icl_toolkit.cohort import write_cohort
+    from icl_toolkit.data.cohort import write_cohort
 
     pool, stream = people
     log = MonitorLog(tmp_path / "mon", KEY)

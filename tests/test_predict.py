@@ -8,11 +8,11 @@ import pytest
 from typer.testing import CliRunner
 
 from icl_toolkit.cli import app
-from icl_toolkit.cohort import write_cohort
-from icl_toolkit.errors import ConfigError
-from icl_toolkit.predict import PredictConfig, Predictor
-from icl_toolkit.prompting import PromptConfig
-from icl_toolkit.retrieve import RetrievalConfig
+from icl_toolkit.data.cohort import write_cohort
+from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.inference.predictor import PredictConfig, Predictor
+from icl_toolkit.prompting.config import PromptConfig
+from icl_toolkit.retrieval.config import RetrievalConfig
 
 runner = CliRunner()
 
@@ -158,7 +158,7 @@ def test_unreadable_cohort_and_missing_rationales(files, tiny_model_dir, tmp_pat
 
 
 def test_writer_refuses_to_clobber(tmp_path):
-    from icl_toolkit.run import OutputFile
+    from icl_toolkit.inference.output import OutputFile
 
     path = tmp_path / "p.jsonl"
     path.write_text("")
@@ -170,8 +170,8 @@ def test_embedded_model_follows_its_demonstrations(small_cohort):
     """With the default prompt layout, SmolLM2 says "Yes" more after "Yes" demos than after "No" demos."""
     from icl_toolkit.backends import choice_probabilities
     from icl_toolkit.backends.hf import HFBackend
-    from icl_toolkit.prompting import PromptBuilder
-    from icl_toolkit.retrieve import Hit
+    from icl_toolkit.prompting.builder import PromptBuilder
+    from icl_toolkit.retrieval.retriever import Hit
 
     backend = HFBackend("default", progress=False)
     builder = PromptBuilder(backend.tokenizer, PromptConfig(demos="label", demo_tokens=120, query_tokens=150),

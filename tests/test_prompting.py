@@ -7,10 +7,12 @@ import datetime as dt
 
 import pytest
 
-from icl_toolkit.cohort import Event
-from icl_toolkit.errors import ConfigError
-from icl_toolkit.prompting import PromptBuilder, PromptConfig, prompts_dir
-from icl_toolkit.retrieve import Hit
+from icl_toolkit.data.cohort import Event
+from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.prompting.builder import PromptBuilder
+from icl_toolkit.prompting.config import PromptConfig
+from icl_toolkit.prompting.templates import prompts_dir
+from icl_toolkit.retrieval.retriever import Hit
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +133,7 @@ def test_without_a_chat_template_the_prompt_ends_in_answer(lm_tokenizer, setup):
 
 
 def test_demo_histories_keep_what_their_rationale_cites(lm_tokenizer, small_cohort):
-    from icl_toolkit.serialize import fold_history, mentioned_in, serialize_history
+    from icl_toolkit.data.serialize import fold_history, mentioned_in, serialize_history
 
     counter = PromptBuilder(lm_tokenizer, PromptConfig(), 8192)._count
     kept_cited, kept_plain, n = 0, 0, 0

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from icl_toolkit.cohort import write_cohort
-from icl_toolkit.errors import IclError
+from icl_toolkit.data.cohort import write_cohort
+from icl_toolkit.core.errors import IclError
 
 ICL = str(Path(sys.executable).with_name("icl"))
 
@@ -179,7 +179,7 @@ def test_without_ray_the_error_names_the_install_command(monkeypatch, small_coho
 
 
 def test_sharded_output_rules(tmp_path):
-    from icl_toolkit.errors import ConfigError
+    from icl_toolkit.core.errors import ConfigError
     from icl_toolkit.scale import ShardedOutput
 
     out = ShardedOutput(tmp_path / "o", {"model_id": "a"})
@@ -199,7 +199,7 @@ def test_sharded_output_rules(tmp_path):
     assert len(fresh.records()) == 3          # the old run stays until the new one writes its first shard
     fresh.write([{"patient_id": "9"}])
     assert [r["patient_id"] for r in fresh.records()] == ["9"]
-    # the same output rules as a single file's (icl_toolkit.run.check_output), in a folder's shape
+    # the same output rules as a single file's (icl_toolkit.inference.run.check_output), in a folder's shape
     (tmp_path / "f.jsonl").write_text("")
     with pytest.raises(ConfigError, match="is a file; with --engine ray"):
         ShardedOutput(tmp_path / "f.jsonl", {"model_id": "a"}, overwrite=True)
@@ -243,9 +243,9 @@ def test_sharded_output_rules(tmp_path):
 
 
 def test_a_given_index_of_another_pool_is_refused_before_ray_starts(files, small_cohort, tiny_model_dir, tmp_path):
-    from icl_toolkit.retrieve import DemoIndex
-    from icl_toolkit.retrievers import make_representation
-    from icl_toolkit.spec import RetrievalConfig
+    from icl_toolkit.retrieval.index import DemoIndex
+    from icl_toolkit.retrieval.representations import make_representation
+    from icl_toolkit.inference.config import RetrievalConfig
 
     DemoIndex.build(small_cohort[60:120], make_representation(RetrievalConfig())).save(tmp_path / "idx")
     r = _run("predict", "--cohort", files / "test.jsonl", *_common(files, tiny_model_dir), "--index",
@@ -258,10 +258,10 @@ def test_a_given_index_of_another_pool_is_refused_before_ray_starts(files, small
 def test_driver_rebuilds_an_index_left_by_another_run(tmp_path, small_cohort):
     """The driver's own index (``<out>/index``) is reused only when it was built from this pool with these
     retriever settings; one left by a replaced run is rebuilt, never read by the replicas."""
-    from icl_toolkit.retrieve import DemoIndex
-    from icl_toolkit.retrievers import make_representation
+    from icl_toolkit.retrieval.index import DemoIndex
+    from icl_toolkit.retrieval.representations import make_representation
     from icl_toolkit.scale.ray_run import _fits
-    from icl_toolkit.spec import RetrievalConfig
+    from icl_toolkit.inference.config import RetrievalConfig
 
     cfg = RetrievalConfig()
     pool_a, pool_b = small_cohort[:120], small_cohort[120:240]
@@ -293,7 +293,7 @@ def test_vllm_processor_settings_score_the_answer_slot():
 
 @pytest.mark.ray
 def test_rationales_on_ray_equal_the_single_process_generations(files, tiny_model_dir, tmp_path):
-    from icl_toolkit.cohort import read_cohort
+    from icl_toolkit.data.cohort import read_cohort
 
     common = ["rationales", "generate", "--cohort", files / "test.jsonl", "--model", tiny_model_dir, "--limit", 6,
               "--max-new-tokens", 16, "--history-tokens", 120]
@@ -312,7 +312,7 @@ def test_rationales_on_ray_equal_the_single_process_generations(files, tiny_mode
 
 @pytest.mark.ray
 def test_ray_reads_a_meds_root_shard_by_shard(files, small_cohort, tiny_model_dir, tmp_path):
-    from icl_toolkit.meds import write_meds
+    from icl_toolkit.data.meds import write_meds
 
     write_meds(small_cohort[200:224], tmp_path / "meds", dataset_name="t", dataset_version="v", shard_size=10)
     labels = tmp_path / "meds" / "labels" / "adrd_5y.parquet"

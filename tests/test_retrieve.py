@@ -8,9 +8,12 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from icl_toolkit.artifacts import ArtifactMismatch
-from icl_toolkit.errors import ConfigError
-from icl_toolkit.retrieve import DemoIndex, RetrievalCache, RetrievalConfig, Retriever
+from icl_toolkit.core.artifacts import ArtifactMismatch
+from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.retrieval.cache import RetrievalCache
+from icl_toolkit.retrieval.config import RetrievalConfig
+from icl_toolkit.retrieval.index import DemoIndex
+from icl_toolkit.retrieval.retriever import Retriever
 
 
 class VectorEmbedder:

@@ -10,9 +10,12 @@ import json
 import numpy as np
 import pytest
 
-from icl_toolkit.errors import ConfigError
-from icl_toolkit.retrieve import DemoIndex, RetrievalConfig, Retriever
-from icl_toolkit.retrievers import RETRIEVERS, clinical_tokens, make_representation, prognostic_features
+from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.retrieval.config import RetrievalConfig
+from icl_toolkit.retrieval.index import DemoIndex
+from icl_toolkit.retrieval.retriever import Retriever
+from icl_toolkit.retrieval.config import RETRIEVERS
+from icl_toolkit.retrieval.representations import clinical_tokens, make_representation, prognostic_features
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +57,7 @@ def test_sparse_similarity_is_tfidf_cosine(data):
 
 
 def test_hybrid_is_the_weighted_sum_of_its_parts(data, hash_embedder):
-    from icl_toolkit.retrievers import StructuredBlock
+    from icl_toolkit.retrieval.representations import StructuredBlock
 
     pool, queries = data
     rep = make_representation(RetrievalConfig(retriever="hybrid", hybrid_weights=(0.5, 0.3, 0.2)), hash_embedder)
@@ -68,7 +71,7 @@ def test_hybrid_is_the_weighted_sum_of_its_parts(data, hash_embedder):
 
 
 def test_structured_kernels_follow_age_sex_and_history(small_cohort):
-    from icl_toolkit.retrievers import StructuredBlock
+    from icl_toolkit.retrieval.representations import StructuredBlock
 
     base = small_cohort[0]
     older = dataclasses.replace(base, birth_date=base.birth_date - dt.timedelta(days=round(10 * 365.25)))
@@ -121,8 +124,8 @@ def test_a_querys_vector_ignores_its_label_and_what_follows_its_index_date(kind,
 def test_no_retriever_beats_age_when_labels_carry_nothing_but_age(hash_embedder):
     """Labels shuffled within 5-year age bands: the pre-index codes carry no signal beyond age, so no retriever's
     neighbour vote may beat the age-only vote by more than noise."""
-    from icl_toolkit.retrieval_report import evaluate_retrievers
-    from icl_toolkit.synth import SynthConfig, generate_cohort
+    from icl_toolkit.evaluation.retrieval import evaluate_retrievers
+    from icl_toolkit.data.synth import SynthConfig, generate_cohort
 
     cohort = generate_cohort(SynthConfig(n=2600, seed=21, prevalence=0.3))
     rng = np.random.default_rng(0)
@@ -182,7 +185,7 @@ def test_an_index_from_before_retriever_kinds_loads_as_dense(data, tmp_path, has
 
 
 def test_a_small_pool_gets_fewer_folds_and_one_too_small_is_a_clear_error(small_cohort):
-    from icl_toolkit.retrievers import PrognosticBlock
+    from icl_toolkit.retrieval.representations import PrognosticBlock
 
     cases = [p for p in small_cohort if p.label == 1]
     controls = [p for p in small_cohort if p.label == 0][:27]
@@ -200,7 +203,7 @@ def test_a_pool_too_small_to_cross_fit_is_a_clear_error(small_cohort):
 
 
 def test_icl_index_eval_end_to_end(small_cohort, tmp_path, invoke):
-    from icl_toolkit.cohort import write_cohort
+    from icl_toolkit.data.cohort import write_cohort
 
     write_cohort(small_cohort[:200], tmp_path / "pool.jsonl")
     write_cohort(small_cohort[200:300], tmp_path / "val.jsonl")
@@ -229,7 +232,7 @@ def test_icl_index_eval_end_to_end(small_cohort, tmp_path, invoke):
 
 
 def test_a_retrieval_cache_from_before_retriever_kinds_is_reused_by_the_dense_retriever(data, tmp_path, hash_embedder):
-    from icl_toolkit.retrieve import RetrievalCache
+    from icl_toolkit.retrieval.cache import RetrievalCache
 
     pool, queries = data
     r = Retriever(RetrievalConfig(k=3, retriever="dense"), hash_embedder).fit(pool, progress=False)

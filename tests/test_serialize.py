@@ -7,9 +7,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from icl_toolkit.cohort import EVENT_KINDS, Event, Patient
-from icl_toolkit.errors import ConfigError
-from icl_toolkit.serialize import condensed_profile, fold_history, serialize_history, token_counter
+from icl_toolkit.data.cohort import EVENT_KINDS, Event, Patient
+from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.data.serialize import condensed_profile, fold_history, serialize_history, token_counter
 
 INDEX = dt.date(2019, 6, 1)
 BIRTH = dt.date(1945, 2, 3)

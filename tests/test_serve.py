@@ -17,10 +17,10 @@ import pytest
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from icl_toolkit.cohort import _PATIENT  # noqa: E402
-from icl_toolkit.predict import PredictConfig, Predictor  # noqa: E402
-from icl_toolkit.prompting import PromptConfig  # noqa: E402
-from icl_toolkit.retrieve import RetrievalConfig  # noqa: E402
+from icl_toolkit.data.cohort import _PATIENT  # noqa: E402
+from icl_toolkit.inference.predictor import PredictConfig, Predictor  # noqa: E402
+from icl_toolkit.prompting.config import PromptConfig  # noqa: E402
+from icl_toolkit.retrieval.config import RetrievalConfig  # noqa: E402
 from icl_toolkit.serve.app import ServerSettings, create_app  # noqa: E402
 from icl_toolkit.serve.service import BatchSettings, PredictionService  # noqa: E402
 from icl_toolkit.serve.launch import free_port, start_local_server, wait_healthy  # noqa: E402
@@ -75,7 +75,7 @@ def test_predictions_equal_icl_predict_and_carry_its_record(client, offline, sma
     np.testing.assert_allclose([g["probability"] for g in got], [x.probability for x in ref], atol=1e-5)
     assert [g["prompt_hash"] for g in got] == [x.prompt_hash for x in ref]
     assert [[d["patient_id"] for d in g["demos"]] for g in got] == [[d["patient_id"] for d in x.demos] for x in ref]
-    from icl_toolkit.artifacts import text_hash
+    from icl_toolkit.core.artifacts import text_hash
 
     assert all(text_hash(g["prompt"]) == g["prompt_hash"] for g in got)
     # threshold is per request; zero-shot needs no demos
@@ -177,7 +177,7 @@ def test_concurrent_requests_are_batched_and_a_failure_stays_in_its_request(clie
 def test_real_server_answers_http_like_icl_predict(tiny_model_dir, small_cohort, tmp_path):
     import httpx
 
-    from icl_toolkit.cohort import write_cohort
+    from icl_toolkit.data.cohort import write_cohort
 
     write_cohort(small_cohort[:80], tmp_path / "pool.jsonl")
     write_cohort(small_cohort[80:84], tmp_path / "q.jsonl")
@@ -413,8 +413,8 @@ def test_sigterm_with_a_backlog_longer_than_the_grace_period(live, small_cohort)
 
 
 def test_monitor_log_feedback_and_card_over_http(service, small_cohort, tmp_path):
-    from icl_toolkit.monitor import MonitorLog, monitor_report, parse_window
-    from icl_toolkit.monitor.log import FEEDBACK, PREDICTIONS
+    from icl_toolkit.evaluation.monitor import MonitorLog, monitor_report, parse_window
+    from icl_toolkit.evaluation.monitor.log import FEEDBACK, PREDICTIONS
 
     monitor = MonitorLog(tmp_path / "mon", b"s" * 32, model={"model": "tiny"})
     card = {"owner": "ADRD team", "intended_use": "research", "data_provenance": {"pool": "sha256:abc"}}

@@ -37,10 +37,18 @@ def wheel(tmp_path_factory) -> Path:
 
 
 def test_wheel_holds_the_templates(wheel: Path):
+    """The templates live in the repository's top-level prompts/ and ship in the wheel as icl_toolkit/prompts."""
     names = zipfile.ZipFile(wheel).namelist()
     shipped = {Path(n).name for n in names if n.startswith("icl_toolkit/prompts/")}
-    templates = {p.name for p in (REPO / "icl_toolkit" / "prompts").iterdir()}
+    templates = {p.name for p in (REPO / "prompts").iterdir()}
     assert templates <= shipped and "few_shot_label.j2" in shipped
+    assert not (REPO / "icl_toolkit" / "prompts").exists()
+
+
+def test_a_source_checkout_reads_the_top_level_prompts():
+    from icl_toolkit.prompting.templates import prompts_dir
+
+    assert prompts_dir() == REPO / "prompts"
 
 
 def test_installed_wheel_predicts_outside_the_repository(wheel: Path, tmp_path: Path, tiny_model_dir: Path):
@@ -55,12 +63,12 @@ def test_installed_wheel_predicts_outside_the_repository(wheel: Path, tmp_path: 
     work = tmp_path / "elsewhere"
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "ICL_PROMPTS")}
-    where = _run([py, "-c", "import icl_toolkit, icl_toolkit.prompting as p; print(icl_toolkit.__file__); "
+    where = _run([py, "-c", "import icl_toolkit, icl_toolkit.prompting.templates as p; print(icl_toolkit.__file__); "
                   "print(p.prompts_dir())"], cwd=work, env=env).stdout.split()
     assert all(Path(w).is_relative_to(venv) for w in where), where
 
-    from icl_toolkit.cohort import write_cohort
-    from icl_toolkit.synth import SynthConfig, generate_cohort
+    from icl_toolkit.data.cohort import write_cohort
+    from icl_toolkit.data.synth import SynthConfig, generate_cohort
 
     cohort = generate_cohort(SynthConfig(n=40, seed=5))
     write_cohort(cohort[:30], work / "pool.jsonl")

@@ -38,7 +38,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from icl_toolkit.errors import ConfigError
+from icl_toolkit.core.errors import ConfigError
 
 __all__ = [
     "Backend",

@@ -20,8 +20,8 @@ from __future__ import annotations
 from typing import Any
 
 from icl_toolkit.backends import BaseBackend, GenerationParams, ScoringPlan
-from icl_toolkit.errors import ConfigError
-from icl_toolkit.progress import progress_bar
+from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.core.progress import progress_bar
 
 __all__ = ["HFBackend"]
 
@@ -31,10 +31,10 @@ class HFBackend(BaseBackend):
 
     Args:
         model: ``"default"`` (embedded SmolLM2-135M-Instruct), a local checkpoint
-            folder, or a hub name in the local cache (see :mod:`icl_toolkit.models`).
+            folder, or a hub name in the local cache (see :mod:`icl_toolkit.core.models`).
         device: torch device, e.g. ``"cpu"`` (default) or ``"cuda"``.
         dtype: ``auto`` (default: bfloat16 on a CPU with native bf16 or a GPU that has it, float32 on other
-            CPUs; see :mod:`icl_toolkit.hardware`), ``float32``, ``bfloat16`` or ``float16``.
+            CPUs; see :mod:`icl_toolkit.core.hardware`), ``float32``, ``bfloat16`` or ``float16``.
         batch_size: most prompts per scoring forward pass (default: 1 on CPU, where one prompt per pass
             is fastest, 8 on a GPU).
         generate_batch_size: most prompts decoded together by :meth:`generate` (default 8;
@@ -51,7 +51,7 @@ class HFBackend(BaseBackend):
     def __init__(self, model: str = "default", *, device: str = "cpu", dtype: str = "auto",
                  batch_size: int | None = None, batch_tokens: int = 16384, padding_side: str = "left",
                  max_context: int | None = None, progress: bool = True, generate_batch_size: int = 8) -> None:
-        from icl_toolkit.models import lm_id, load_lm
+        from icl_toolkit.core.models import lm_id, load_lm
 
         if batch_size is None:
             batch_size = 1 if device == "cpu" else 8

@@ -24,8 +24,8 @@ from typing import Any
 import httpx
 
 from icl_toolkit.backends import BaseBackend, GenerationParams, ScoringPlan
-from icl_toolkit.errors import ConfigError
-from icl_toolkit.progress import progress_bar
+from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.core.progress import progress_bar
 
 __all__ = ["OpenAIBackend"]
 
@@ -51,7 +51,7 @@ class OpenAIBackend(BaseBackend):
     def __init__(self, model: str = "default", *, url: str | None = None, served_model: str | None = None,
                  max_context: int | None = None, batch_size: int | None = None, timeout: float = 600.0,
                  api_key: str | None = None, progress: bool = True, transport: httpx.BaseTransport | None = None) -> None:
-        from icl_toolkit.models import lm_id, load_tokenizer
+        from icl_toolkit.core.models import lm_id, load_tokenizer
 
         if not url:
             raise ConfigError("The openai backend needs the server's URL: --url http://HOST:PORT/v1 (start the "

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from icl_toolkit.backends import BACKENDS, Backend, get_backend_class, resolve_backend_name
-from icl_toolkit.errors import ConfigError
+from icl_toolkit.core.errors import ConfigError
 
 __all__ = ["EngineOptions", "open_backend", "backend_kwargs"]
 
@@ -42,7 +42,7 @@ class EngineOptions(BaseModel):
     """hf: prompts per scoring pass (default 1 on CPU, 8 on GPU); openai: sequences per HTTP request (32)."""
     dtype: DTypeChoice | None = None
     """hf, vllm: weights and activations (``auto``: on hf bfloat16 where the CPU or GPU has native bf16, else
-    float32, see :mod:`icl_toolkit.hardware`; on vLLM the model's own)."""
+    float32, see :mod:`icl_toolkit.core.hardware`; on vLLM the model's own)."""
     max_context: int | None = Field(None, ge=16)
     """Every backend: context limit in tokens (default: the model's; vLLM's ``max_model_len``)."""
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)

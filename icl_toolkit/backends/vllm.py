@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from icl_toolkit.backends import BaseBackend, GenerationParams, ScoringPlan
-from icl_toolkit.errors import ConfigError
+from icl_toolkit.core.errors import ConfigError
 
 __all__ = ["VLLMBackend", "INSTALL_HINT", "release_engine"]
 
@@ -131,7 +131,7 @@ class VLLMBackend(BaseBackend):
                  enforce_eager: bool | None = None, seed: int = 0, max_lora_rank: int = 0, progress: bool = True,
                  **engine_kwargs: Any) -> None:
         vllm = _import_vllm()
-        from icl_toolkit.models import adapter_base, is_adapter, lm_id, resolve_lm
+        from icl_toolkit.core.models import adapter_base, is_adapter, lm_id, resolve_lm
 
         folder = resolve_lm(model)
         adapter = folder if is_adapter(folder) else None
@@ -188,7 +188,7 @@ class VLLMBackend(BaseBackend):
         Raises:
             ConfigError: the folder is not an adapter, or it was trained on another base model.
         """
-        from icl_toolkit.models import CHECKPOINT_META, adapter_base, is_adapter, lm_id, resolve_lm
+        from icl_toolkit.core.models import CHECKPOINT_META, adapter_base, is_adapter, lm_id, resolve_lm
 
         folder = resolve_lm(str(adapter))
         if not is_adapter(folder):

@@ -1,6 +1,6 @@
 """The ``icl`` command line: Typer apps, one module per command group, thin over the library.
 
-Library errors (:class:`~icl_toolkit.errors.IclError`) and unreadable or
+Library errors (:class:`~icl_toolkit.core.errors.IclError`) and unreadable or
 unwritable files end as a one-paragraph message on stderr (naming the file and
 what to do) and exit code 1; anything else is a bug, reported as one line that
 names the command and how to report it, with exit code 2 (``ICL_DEBUG=1``
@@ -17,8 +17,8 @@ from rich.markup import escape
 
 from icl_toolkit.cli import compare, data, finetune, index, monitor, predict, rationales, report, serve
 from icl_toolkit.cli._common import err_console
-from icl_toolkit.errors import IclError
-from icl_toolkit.files import describe_os_error
+from icl_toolkit.core.errors import IclError
+from icl_toolkit.core.files import describe_os_error
 
 __all__ = ["app", "main"]
 

@@ -13,9 +13,9 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from icl_toolkit.backends.options import BackendChoice, DTypeChoice
-from icl_toolkit.errors import ConfigError
-from icl_toolkit.retrievers import RetrieverKind
-from icl_toolkit.progress import progress_bar, stderr_console
+from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.retrieval.config import RetrieverKind
+from icl_toolkit.core.progress import progress_bar, stderr_console
 
 __all__ = ["console", "err_console", "progress_bar", "flag_error", "engine_options", "spec_from_flags",
            "with_engine_flags", "ENGINE_FLAGS", "ModelOpt", "with_retriever_flags", "retriever_options"]
@@ -55,9 +55,9 @@ def engine_options(**flags: Any) -> Any:
 
 
 def spec_from_flags(model: str, **flags: Any) -> Any:
-    """The validated :class:`~icl_toolkit.spec.PredictConfig` of these flags for ``model`` (a bad value is the
+    """The validated :class:`~icl_toolkit.inference.config.PredictConfig` of these flags for ``model`` (a bad value is the
     flag's one-line error)."""
-    from icl_toolkit.spec import PredictConfig
+    from icl_toolkit.inference.config import PredictConfig
 
     try:
         return PredictConfig.from_options(**flags).for_model(model)

@@ -22,8 +22,8 @@ def compare(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Run a comparison: predictions per arm (resumable), baselines, CIs, DeLong tests, plots, report."""
-    from icl_toolkit.cohort import read_cohort
-    from icl_toolkit.compare import Comparison, load_compare_config
+    from icl_toolkit.data.cohort import read_cohort
+    from icl_toolkit.evaluation.compare import Comparison, load_compare_config
 
     cfg, _ = load_compare_config(config)
     if limit:

@@ -12,11 +12,11 @@ import typer
 from rich.table import Table
 
 from icl_toolkit.cli._common import console, err_console, flag_error, progress_bar
-from icl_toolkit.cohort import read_cohort, validate_cohort, write_cohort
-from icl_toolkit.describe import describe_cohort, group_summary, oracle_auroc, plot_cohort
-from icl_toolkit.artifacts import write_json_atomic
-from icl_toolkit.synth import SynthConfig, assign_splits, iter_synthetic_patients, parse_split
-from icl_toolkit.synth.generate import parse_disparity
+from icl_toolkit.data.cohort import read_cohort, validate_cohort, write_cohort
+from icl_toolkit.data.describe import describe_cohort, group_summary, oracle_auroc, plot_cohort
+from icl_toolkit.core.artifacts import write_json_atomic
+from icl_toolkit.data.synth import SynthConfig, assign_splits, iter_synthetic_patients, parse_split
+from icl_toolkit.data.synth.generate import parse_disparity
 
 app = typer.Typer(help="Make, check, describe and split cohort files (JSONL, one patient per line).",
                   no_args_is_help=True)
@@ -184,11 +184,11 @@ def from_omop(
     """Build a cohort from OMOP CDM tables: index date, outcome label, history before the index date."""
     import datetime as dt
 
-    from icl_toolkit.artifacts import base_meta, write_json_atomic
-    from icl_toolkit.errors import ConfigError
+    from icl_toolkit.core.artifacts import base_meta, write_json_atomic
+    from icl_toolkit.core.errors import ConfigError
     from pydantic import ValidationError
 
-    from icl_toolkit.omop import IndexRule, OmopConfig, load_outcome, open_source, prepare_cohort
+    from icl_toolkit.data.omop import IndexRule, OmopConfig, load_outcome, open_source, prepare_cohort
 
     try:
         as_of_date = dt.date.fromisoformat(as_of) if as_of else None
@@ -272,9 +272,9 @@ def from_meds(
     outcome: Annotated[Optional[Path], typer.Option(help="Outcome codes (TOML/JSON: name, icd10_prefixes, snomed_codes, meds_codes), for each case's outcome date; default ADRD.")] = None,
 ) -> None:
     """Build a cohort from a MEDS dataset and an ACES label file: one record per label row, history up to its prediction time."""
-    from icl_toolkit.artifacts import base_meta, write_json_atomic
-    from icl_toolkit.meds import load_code_map, open_meds
-    from icl_toolkit.omop import load_outcome
+    from icl_toolkit.core.artifacts import base_meta, write_json_atomic
+    from icl_toolkit.data.meds import load_code_map, open_meds
+    from icl_toolkit.data.omop import load_outcome
 
     start = time.perf_counter()
     cohort = open_meds(root, labels, split=split, code_map=load_code_map(code_map) if code_map else None,
@@ -338,8 +338,8 @@ def to_meds(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing, non-empty --out.")] = False,
 ) -> None:
     """Write a cohort as a MEDS dataset (data shards, codes, dataset metadata, splits) plus a MEDS label file."""
-    from icl_toolkit.artifacts import content_hash
-    from icl_toolkit.meds import write_meds
+    from icl_toolkit.data.cohort import content_hash
+    from icl_toolkit.data.meds import write_meds
 
     start = time.perf_counter()
     patients = read_cohort(cohort)

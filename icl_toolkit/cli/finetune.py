@@ -61,8 +61,8 @@ def finetune(
 ) -> None:
     """Fine-tune a model on the zero-shot prompt through TRL's SFTTrainer (loss on the target tokens only) and save a
     checkpoint. On several GPUs: accelerate launch --num_processes N -m icl_toolkit.cli finetune ... --device cuda"""
-    from icl_toolkit.cohort import read_cohort
-    from icl_toolkit.finetune import FinetuneConfig, Finetuner
+    from icl_toolkit.data.cohort import read_cohort
+    from icl_toolkit.training.sft import FinetuneConfig, Finetuner
 
     try:
         config = FinetuneConfig(target=target.value, epochs=epochs, max_steps=max_steps, lr=lr, batch_size=batch_size,

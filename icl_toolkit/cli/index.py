@@ -11,8 +11,8 @@ import typer
 from rich.table import Table
 
 from icl_toolkit.cli._common import console, spec_from_flags, with_retriever_flags
-from icl_toolkit.errors import ConfigError
-from icl_toolkit.retrieve import IndexKind
+from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.retrieval.index import IndexKind
 
 app = typer.Typer(help="Build, inspect and evaluate faiss indexes of demonstration pools.", no_args_is_help=True)
 
@@ -22,13 +22,13 @@ EmbedderOpt = Annotated[str, typer.Option(help="dense and hybrid: 'default' (emb
 def _embedder(name: str, retrieval: Any, batch_size: int = 64) -> Any:
     """The profile embedder a retriever needs (None for those that need none); ``hash`` is the fast bag-of-words
     stand-in of the tests."""
-    from icl_toolkit.retrieve import ProfileEmbedder
-    from icl_toolkit.retrievers import needs_embedder
+    from icl_toolkit.retrieval.embedder import ProfileEmbedder
+    from icl_toolkit.retrieval.representations import needs_embedder
 
     if not needs_embedder(retrieval.retriever, retrieval.hybrid_weights):
         return None
     if name == "hash":
-        from icl_toolkit.testing import HashEmbedder
+        from icl_toolkit.retrieval.embedder import HashEmbedder
 
         return ProfileEmbedder(model=HashEmbedder(), model_id="hash-64")
     return ProfileEmbedder(name, batch_size=batch_size)
@@ -48,9 +48,9 @@ def build(
     retriever_options: dict[str, Any],
 ) -> None:
     """Fit the retriever on the pool and save a faiss index with the retriever's state and metadata."""
-    from icl_toolkit.cohort import read_cohort
-    from icl_toolkit.retrieve import DemoIndex
-    from icl_toolkit.retrievers import make_representation
+    from icl_toolkit.data.cohort import read_cohort
+    from icl_toolkit.retrieval.index import DemoIndex
+    from icl_toolkit.retrieval.representations import make_representation
 
     retrieval = spec_from_flags("default", **retriever_options).retrieval
     start = time.perf_counter()
@@ -67,7 +67,7 @@ def build(
 @app.command()
 def info(folder: Annotated[Path, typer.Argument(help="Index folder.")]) -> None:
     """Print an index's metadata (its retriever and settings, pool hash, size, kind)."""
-    from icl_toolkit.retrieve import DemoIndex
+    from icl_toolkit.retrieval.index import DemoIndex
 
     index = DemoIndex.load(folder)
     console.print_json(json.dumps(index.meta))
@@ -90,9 +90,9 @@ def evaluate(
 ) -> None:
     """How much outcome signal each retriever's neighbours carry: vote AUROC/AUPRC with CIs, purity, similarity,
     latency, against the logistic-regression and age-only AUROC of the same patients."""
-    from icl_toolkit.cohort import read_cohort
-    from icl_toolkit.retrieval_report import evaluate_retrievers, plot_report
-    from icl_toolkit.retrievers import RETRIEVERS
+    from icl_toolkit.data.cohort import read_cohort
+    from icl_toolkit.evaluation.retrieval import evaluate_retrievers, plot_report
+    from icl_toolkit.retrieval.config import RETRIEVERS
 
     try:
         ks = [int(x) for x in k.split(",") if x.strip()]
@@ -100,7 +100,7 @@ def evaluate(
         raise ConfigError(f"--k: expected comma-separated whole numbers such as 1,4,16 (got {k!r}).") from None
     names = list(RETRIEVERS) if retrievers == "all" else [x.strip() for x in retrievers.split(",") if x.strip()]
     if index is not None and retrievers == "all":  # the index's own retriever
-        from icl_toolkit.retrieve import DemoIndex
+        from icl_toolkit.retrieval.index import DemoIndex
 
         names = [DemoIndex.load(index).meta["retriever"]["kind"]]
     unknown = [n for n in names if n not in RETRIEVERS]
@@ -136,7 +136,7 @@ def evaluate(
             writer = csv.DictWriter(fh, fieldnames=list(report.rows[0]))
             writer.writeheader()
             writer.writerows(report.rows)
-        from icl_toolkit.artifacts import write_json_atomic
+        from icl_toolkit.core.artifacts import write_json_atomic
 
         write_json_atomic(out / "retrieval_report.json", report.to_dict() | {"pool": str(pool), "queries": str(cohort)})
         plot_report(report, out / "retrieval_report.png")

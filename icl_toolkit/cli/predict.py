@@ -20,7 +20,8 @@ from icl_toolkit.cli._common import (
 )
 from icl_toolkit.backends.options import EngineOptions
 from icl_toolkit.scale.ray_run import RayOptions
-from icl_toolkit.spec import Balance, Demos, Mode, Order, RationaleStyle, Strategy
+from icl_toolkit.prompting.config import Demos, Mode, Order, RationaleStyle
+from icl_toolkit.retrieval.config import Balance, Strategy
 
 OutFormat = Literal["jsonl", "meds"]
 RunEngine = Literal["local", "ray"]
@@ -86,7 +87,7 @@ def predict(
     retriever_options: dict[str, Any],
 ) -> None:
     """Predict ADRD onset for each patient with retrieved demonstrations; print metrics when labels are known."""
-    from icl_toolkit.run import predict_cohort_file
+    from icl_toolkit.inference.run import predict_cohort_file
 
     config = spec_from_flags(model, k=k, strategy=strategy, balance=balance, mmr_lambda=mmr_lambda, seed=seed,
                              temporal_guard=temporal_guard, horizon_years=horizon_years, demos=demos,
@@ -94,7 +95,7 @@ def predict(
                              query_tokens=query_tokens, max_context=engine.max_context, threshold=threshold,
                              **retriever_options)
     if meds_labels is not None and run_engine != "ray":
-        from icl_toolkit.errors import ConfigError
+        from icl_toolkit.core.errors import ConfigError
 
         raise ConfigError("--meds-labels reads a MEDS root on Ray replicas (--engine ray); for one process convert "
                           "it first with `icl data from-meds`.")
@@ -104,7 +105,7 @@ def predict(
                                                   cpus_per_replica=cpus_per_replica, batch_size=chunk_size,
                                                   shard_size=shard_size))
         return
-    from icl_toolkit.meds.predictions import meds_predictions_path
+    from icl_toolkit.data.meds.predictions import meds_predictions_path
 
     meds_path = meds_predictions_path(out) if format == "meds" else None
     start = time.perf_counter()
@@ -127,7 +128,7 @@ def _report(records: list[dict[str, Any]], show: int) -> None:
         _print_example(r)
     labelled = [r for r in records if r.get("label") is not None and "error" not in r]
     if labelled:
-        from icl_toolkit.metrics import summary
+        from icl_toolkit.evaluation.metrics import summary
 
         m = summary([r["label"] for r in labelled], [r["probability"] for r in labelled])
         fmt = {key: ("n/a" if v is None else f"{v:.3f}") for key, v in m.items() if key != "n"}
@@ -139,7 +140,7 @@ def _predict_ray(cohort: Path, out: Path, config: Any, model: str, engine: Engin
                  index: Path | None, retrieval: Path | None, format: str, resume: bool, overwrite: bool,
                  limit: int | None, chunk_size: int, show: int, meds_labels: Path | None, meds_split: str | None,
                  options: RayOptions) -> None:
-    from icl_toolkit.errors import ConfigError
+    from icl_toolkit.core.errors import ConfigError
     from icl_toolkit.scale import predict_ray, read_sharded_records
 
     if retrieval is not None:

@@ -51,7 +51,7 @@ def generate(
     """Have a teacher model explain each patient's known outcome, check the rationales' grounding, write the cohort."""
     from pydantic import ValidationError
 
-    from icl_toolkit.rationales import TeacherConfig, generate_rationales_file
+    from icl_toolkit.rationales.teacher import TeacherConfig, generate_rationales_file
 
     try:
         config = TeacherConfig(styles=tuple(s.strip() for s in styles.split(",") if s.strip()),

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from icl_toolkit.cli._common import console, err_console, progress_bar
-from icl_toolkit.errors import ConfigError
+from icl_toolkit.core.errors import ConfigError
 
 app = typer.Typer(help="Reports over prediction files.", no_args_is_help=True)
 
@@ -45,9 +45,9 @@ def fairness(
 ) -> None:
     """Subgroup metrics with CIs and fairness gaps of prediction files (fairlearn), by sex, age band and the
     cohort's group attributes, beside the oracle's gap on a synthetic cohort."""
-    from icl_toolkit.artifacts import write_json_atomic
-    from icl_toolkit.cohort import read_cohort
-    from icl_toolkit.fairness import (
+    from icl_toolkit.core.artifacts import write_json_atomic
+    from icl_toolkit.data.cohort import read_cohort
+    from icl_toolkit.evaluation.fairness import (
         ORACLE,
         fairness_report,
         gaps_markdown,

@@ -17,7 +17,7 @@ from icl_toolkit.cli._common import (
     with_retriever_flags,
 )
 from icl_toolkit.backends.options import EngineOptions
-from icl_toolkit.errors import ConfigError
+from icl_toolkit.core.errors import ConfigError
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 
@@ -55,14 +55,15 @@ def serve(
         import uvicorn  # noqa: F401
     except ImportError:
         raise ConfigError('icl serve needs FastAPI and uvicorn: pip install "icl-toolkit[serve]"') from None
-    from icl_toolkit.artifacts import content_hash
+    from icl_toolkit.data.cohort import content_hash
     from icl_toolkit.backends.options import open_backend
-    from icl_toolkit.card import CARD_FIELDS, ModelCard
-    from icl_toolkit.cohort import read_cohort
-    from icl_toolkit.files import load_settings_file
-    from icl_toolkit.monitor.log import MonitorLog, load_key
-    from icl_toolkit.retrieve import DemoIndex, ProfileEmbedder
-    from icl_toolkit.retrievers import make_representation, needs_embedder
+    from icl_toolkit.evaluation.card import CARD_FIELDS, ModelCard
+    from icl_toolkit.data.cohort import read_cohort
+    from icl_toolkit.core.files import load_settings_file
+    from icl_toolkit.evaluation.monitor.log import MonitorLog, load_key
+    from icl_toolkit.retrieval.embedder import ProfileEmbedder
+    from icl_toolkit.retrieval.index import DemoIndex
+    from icl_toolkit.retrieval.representations import make_representation, needs_embedder
     from icl_toolkit.serve.app import ServerSettings, create_app, make_server
     from icl_toolkit.serve.service import BatchSettings, PredictionService
 

@@ -4,14 +4,14 @@ The cohort is read as a Ray dataset of JSONL lines (``ray.data.read_text``), so 
 line goes to a replica: a Ray actor that, once at start, opens the model through the toolkit's own backends
 (:func:`~icl_toolkit.backends.options.open_backend`: transformers on CPU or GPU, vLLM where installed), reads the
 demonstration pool and loads the index the driver built; then, per batch, it retrieves, builds the prompts and
-scores them exactly as single-process ``icl predict`` does (the same :class:`~icl_toolkit.predict.Predictor`),
+scores them exactly as single-process ``icl predict`` does (the same :class:`~icl_toolkit.inference.predictor.Predictor`),
 so probabilities, demonstrations and prompt hashes are the same. ``--replicas N`` actors run at once
 (``ray.data.ActorPoolStrategy(size=N)``, each with ``--gpus-per-replica`` GPUs and ``--cpus-per-replica`` CPUs).
 
 Faults: a replica process that dies is restarted by Ray and its batch retried (``max_restarts``,
 ``max_task_retries``); a record that fails (a malformed line, a prompt that cannot be built or scored) is written
 as ``{"patient_id", "error"}`` and the run goes on. Results stream back to the driver, which writes them as
-shards with a manifest (:class:`~icl_toolkit.scale.output.ShardedOutput`): ``--resume`` skips every patient in a
+shards with a manifest (:class:`~icl_toolkit.inference.output.ShardedOutput`): ``--resume`` skips every patient in a
 listed shard and never writes one twice.
 
 On GPUs with vLLM, ``ray.data.llm`` (``build_processor`` with ``vLLMEngineProcessorConfig``) is Ray's own engine
@@ -31,7 +31,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from icl_toolkit.errors import ConfigError, IclError
+from icl_toolkit.core.errors import ConfigError, IclError
 
 __all__ = ["INSTALL_HINT", "RayOptions", "require_ray", "predict_ray", "generate_rationales_ray",
            "vllm_processor_config"]
@@ -76,7 +76,7 @@ def _parse(line: str) -> tuple[Any, str | None, str]:
     """(patient or None, error or None, id) for one JSONL line, checked by the cohort's record rules."""
     from pydantic import ValidationError
 
-    from icl_toolkit.cohort import _PATIENT, _describe, record_issues
+    from icl_toolkit.data.cohort import _PATIENT, _describe, record_issues
 
     obj, error, pid = _load_line(line)
     if error is not None:
@@ -123,13 +123,13 @@ class _Replica:
         backend = open_backend(model, EngineOptions(**engine), progress=False)
         self.task = task
         if task == "rationales":
-            from icl_toolkit.rationales import RationaleTeacher, TeacherConfig
+            from icl_toolkit.rationales.teacher import RationaleTeacher, TeacherConfig
 
             self.teacher = RationaleTeacher(backend, TeacherConfig.model_validate(config))
             return
-        from icl_toolkit.cohort import read_cohort
-        from icl_toolkit.predict import Predictor
-        from icl_toolkit.spec import PredictConfig
+        from icl_toolkit.data.cohort import read_cohort
+        from icl_toolkit.inference.predictor import Predictor
+        from icl_toolkit.inference.config import PredictConfig
 
         self.predictor = Predictor(backend, PredictConfig.model_validate(config), progress=False).fit(
             read_cohort(pool) if pool else [], index)
@@ -222,8 +222,8 @@ def _stream(ray: Any, cohort: str | os.PathLike[str], done: set[str], actor_kwar
 
 def _meds_lines(row: dict[str, Any], root: str, labels: str, split: str | None) -> list[dict[str, str]]:
     """One MEDS data shard's records as JSONL lines (each shard is read by one task, streamed as from-meds does)."""
-    from icl_toolkit.cohort import patient_to_dict
-    from icl_toolkit.meds import open_meds
+    from icl_toolkit.data.cohort import patient_to_dict
+    from icl_toolkit.data.meds import open_meds
 
     cohort = open_meds(root, labels, split=split)
     cohort.shards = [Path(row["shard"])]
@@ -238,7 +238,7 @@ def _read(ray: Any, cohort: str | os.PathLike[str], meds_labels: str | os.PathLi
 
     if meds_labels is None:
         return ray.data.read_text(str(Path(cohort).resolve()))
-    from icl_toolkit.meds import open_meds
+    from icl_toolkit.data.meds import open_meds
 
     shards = open_meds(cohort, meds_labels, split=meds_split).shards
     items = ray.data.from_items([{"shard": str(p.resolve())} for p in shards])
@@ -255,7 +255,7 @@ def count_records(path: str | os.PathLike[str], meds_labels: str | os.PathLike[s
     """Records a run will read: non-blank lines of a cohort file, or label rows of a MEDS task; at most
     ``limit``."""
     if meds_labels is not None:
-        from icl_toolkit.meds import open_meds
+        from icl_toolkit.data.meds import open_meds
 
         n = len(open_meds(path, meds_labels, split=meds_split))
     else:
@@ -302,13 +302,13 @@ def predict_ray(cohort: str | os.PathLike[str], out: str | os.PathLike[str], con
     The driver checks the inputs and the output, builds (or loads and checks) the pool's index once and saves
     it beside the shards, so that every replica loads the same index instead of building its own.
     """
-    from icl_toolkit.artifacts import content_hash
+    from icl_toolkit.data.cohort import content_hash
     from icl_toolkit.backends.options import EngineOptions
-    from icl_toolkit.cohort import read_cohort
-    from icl_toolkit.prompting import PromptBuilder
-    from icl_toolkit.retrieve import DemoIndex
-    from icl_toolkit.retrievers import make_representation
-    from icl_toolkit.scale.output import ShardedOutput
+    from icl_toolkit.data.cohort import read_cohort
+    from icl_toolkit.prompting.builder import PromptBuilder
+    from icl_toolkit.retrieval.index import DemoIndex
+    from icl_toolkit.retrieval.representations import make_representation
+    from icl_toolkit.inference.output import ShardedOutput
 
     ray = require_ray()
     options = options or RayOptions()
@@ -322,7 +322,7 @@ def predict_ray(cohort: str | os.PathLike[str], out: str | os.PathLike[str], con
     if meds_labels is None and not Path(cohort).is_file():
         raise ConfigError(f"{cohort}: not found; check the path (a MEDS root needs --meds-labels).")
     pool_records = read_cohort(pool) if pool is not None else []
-    from icl_toolkit.models import lm_id, load_tokenizer
+    from icl_toolkit.core.models import lm_id, load_tokenizer
 
     builder = PromptBuilder(load_tokenizer(model), config.prompt, engine.max_context or 1 << 30)
     provenance = {"model_id": lm_id(model), "engine": engine.model_dump(mode="json"),
@@ -335,7 +335,7 @@ def predict_ray(cohort: str | os.PathLike[str], out: str | os.PathLike[str], con
         index_dir = out / INDEX_DIR if index is None else Path(index)
         if index is None:
             if not _fits(index_dir, pool_records, config.retrieval):
-                from icl_toolkit.predict import _check_pool
+                from icl_toolkit.inference.predictor import _check_pool
 
                 _check_pool(pool_records, config.prompt, str(pool))
                 DemoIndex.build(pool_records, make_representation(config.retrieval)).save(index_dir)
@@ -356,8 +356,8 @@ def predict_ray(cohort: str | os.PathLike[str], out: str | os.PathLike[str], con
 def _fits(folder: Path, pool: list[Any], retrieval: Any) -> bool:
     """Whether the run's own index in ``folder`` was built from this pool with these retriever settings. One
     that was not (left by the run an ``--overwrite`` replaces) is rebuilt, never reused."""
-    from icl_toolkit.retrieve import DemoIndex
-    from icl_toolkit.retrievers import make_representation
+    from icl_toolkit.retrieval.index import DemoIndex
+    from icl_toolkit.retrieval.representations import make_representation
 
     if not (folder / DemoIndex.META_FILE).exists():
         return False
@@ -379,10 +379,10 @@ def generate_rationales_ray(cohort: str | os.PathLike[str], out: str | os.PathLi
     rationales to ``out``, as the single-process command does (the same records for the same settings).
     ``total`` as for :func:`predict_ray`."""
     from icl_toolkit.backends.options import EngineOptions
-    from icl_toolkit.cohort import read_cohort, write_cohort
-    from icl_toolkit.models import lm_id
-    from icl_toolkit.prompting import load_templates
-    from icl_toolkit.rationales import (
+    from icl_toolkit.data.cohort import read_cohort, write_cohort
+    from icl_toolkit.core.models import lm_id
+    from icl_toolkit.prompting.templates import load_templates
+    from icl_toolkit.rationales.teacher import (
         SYSTEM_TEMPLATE,
         USER_TEMPLATE,
         RationaleRun,
@@ -390,8 +390,8 @@ def generate_rationales_ray(cohort: str | os.PathLike[str], out: str | os.PathLi
         TeacherRecord,
         apply_rationales,
     )
-    from icl_toolkit.run import check_output
-    from icl_toolkit.scale.output import ShardedOutput
+    from icl_toolkit.inference.output import check_output
+    from icl_toolkit.inference.output import ShardedOutput
 
     ray = require_ray()
     options = options or RayOptions()
@@ -430,7 +430,7 @@ def vllm_processor_config(model_source: str, choice_token_ids: list[int], *, rep
     built prompt's answer slot on ``ray.data.llm`` replicas (score mode, single-token choices).
 
     Use: ``build_processor(vLLMEngineProcessorConfig(**kwargs), preprocess=pre, postprocess=post)`` over a
-    dataset with a ``prompt`` column (the text :class:`~icl_toolkit.predict.Predictor` builds). The prompt is
+    dataset with a ``prompt`` column (the text :class:`~icl_toolkit.inference.predictor.Predictor` builds). The prompt is
     sent as it is (no chat template, already applied by the toolkit's templates), one token is generated and the
     log-probabilities of the choices' first tokens come back (``logprob_token_ids``, as the toolkit's own vLLM
     backend asks for them); ``post`` turns them into P(yes).

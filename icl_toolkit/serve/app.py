@@ -35,8 +35,8 @@ from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from icl_toolkit.cohort import record_issues
-from icl_toolkit.monitor.log import FeedbackRejected, MonitorLog
+from icl_toolkit.data.cohort import record_issues
+from icl_toolkit.evaluation.monitor.log import FeedbackRejected, MonitorLog
 from icl_toolkit.serve.schemas import (
     ErrorOut,
     FeedbackRequest,
@@ -395,6 +395,6 @@ def default_info(service: PredictionService, settings: ServerSettings) -> dict[s
 
 
 def _version() -> str:
-    from icl_toolkit import __version__
+    from icl_toolkit.core import __version__
 
     return __version__

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from icl_toolkit.errors import IclError
+from icl_toolkit.core.errors import IclError
 
 HOST = "127.0.0.1"
 

@@ -1,6 +1,6 @@
 """Request and response schemas of ``icl serve`` (pydantic; unknown fields rejected).
 
-Patients are in the cohort schema (:class:`icl_toolkit.cohort.Patient`), which is
+Patients are in the cohort schema (:class:`icl_toolkit.data.cohort.Patient`), which is
 strict: requests are validated from the raw JSON body (``model_validate_json``),
 where ISO dates are the JSON form of dates, so a request body is exactly a list
 of cohort JSONL records.
@@ -15,16 +15,17 @@ from typing import Any, Literal, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from icl_toolkit.cohort import Patient
-from icl_toolkit.predict import Prediction
-from icl_toolkit.spec import Demos, Strategy
+from icl_toolkit.data.cohort import Patient
+from icl_toolkit.inference.predictor import Prediction
+from icl_toolkit.prompting.config import Demos
+from icl_toolkit.retrieval.config import Strategy
 
 __all__ = ["PredictOptions", "PredictRequest", "PredictionOut", "PredictResponse", "Info", "Health", "ErrorOut",
            "Outcome", "FeedbackRequest", "FeedbackResponse"]
 
 
 class PredictOptions(BaseModel):
-    """Per-request settings, a part of the prediction spec (:mod:`icl_toolkit.spec`, same names and types);
+    """Per-request settings, a part of the prediction spec (:mod:`icl_toolkit.inference.config`, same names and types);
     the rest (templates, budgets, model) is fixed when the server starts. Types are strict: ``"k": "4"`` or
     ``"return_prompt": 0`` are refused, not coerced."""
 
@@ -52,7 +53,7 @@ class PredictRequest(BaseModel):
 
 
 def _prediction_out() -> type[BaseModel]:
-    """The response record: every field of :class:`icl_toolkit.predict.Prediction` (a line of ``icl predict``'s
+    """The response record: every field of :class:`icl_toolkit.inference.predictor.Prediction` (a line of ``icl predict``'s
     output), plus the prompt text when asked for."""
     hints = get_type_hints(Prediction)
     fields: dict[str, Any] = {f.name: (hints[f.name], ... if f.default is MISSING and f.default_factory is MISSING

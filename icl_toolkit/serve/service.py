@@ -35,12 +35,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from icl_toolkit.cohort import Patient
-from icl_toolkit.errors import ConfigError, IclError
-from icl_toolkit.predict import Predictor
-from icl_toolkit.retrieve import DemoIndex
+from icl_toolkit.data.cohort import Patient
+from icl_toolkit.core.errors import ConfigError, IclError
+from icl_toolkit.inference.predictor import Predictor
+from icl_toolkit.retrieval.index import DemoIndex
 from icl_toolkit.serve.schemas import PredictOptions
-from icl_toolkit.spec import PredictConfig
+from icl_toolkit.inference.config import PredictConfig
 
 __all__ = ["PredictionService", "BatchSettings", "Overloaded", "ShuttingDown"]
 
@@ -91,8 +91,8 @@ class PredictionService:
 
     def __init__(self, backend: Any, pool: Sequence[Patient], index: DemoIndex | None, config: PredictConfig,
                  *, embedder: Any = None, batching: BatchSettings | None = None) -> None:
-        from icl_toolkit.retrieve import ProfileEmbedder
-        from icl_toolkit.retrievers import make_representation, needs_embedder
+        from icl_toolkit.retrieval.embedder import ProfileEmbedder
+        from icl_toolkit.retrieval.representations import make_representation, needs_embedder
 
         self.backend = backend
         self.pool = list(pool)

@@ -1,0 +1,84 @@
+"""Metadata records for artefacts on disk (index, retrieval cache, predictions).
+
+Every artefact carries a small JSON record: what made it, from which inputs
+(content hashes) and with which model. :func:`check_meta` compares the record
+with what the caller is about to combine it with and raises a clear error on any
+mismatch, instead of silently mixing artefacts built from different inputs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.core.files import keep_mode, os_error
+
+__all__ = ["text_hash", "base_meta", "write_json_atomic", "read_json", "check_meta", "ArtifactMismatch"]
+
+
+class ArtifactMismatch(ConfigError):
+    """An artefact on disk was built from other inputs than the ones given now."""
+
+
+def text_hash(text: str) -> str:
+    """A short hash of a prompt or any text."""
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def base_meta(kind: str) -> dict[str, Any]:
+    """The fields every metadata record starts with."""
+    from icl_toolkit.core import __version__
+
+    return {"artifact": kind, "icl_toolkit": __version__,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write JSON through a temporary file and a rename, so readers never see half a file (the mode of a file
+    replaced is kept)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=1)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        keep_mode(path, tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise os_error(exc, path, "writing") from None
+
+
+def read_json(path: str | os.PathLike[str], what: str) -> Any:
+    """Read a JSON artefact file; a broken file is a clear error naming it."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no {what} here (file not found).") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}:{exc.lineno}: not a valid {what} ({exc.msg}). Rebuild it.") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a valid {what} (not UTF-8 text: invalid byte at offset {exc.start}). "
+                          "Rebuild it.") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not a valid {what} (JSON nested too deeply to read). Rebuild it.") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: a folder, not a {what} file.") from None
+
+
+def check_meta(meta: Mapping[str, Any], expected: Mapping[str, Any], *, what: str, where: str, fix: str) -> None:
+    """Raise :class:`ArtifactMismatch` when any expected field differs from the record."""
+    diffs = [f"{k}: built with {meta.get(k)!r}, now {v!r}" for k, v in expected.items() if meta.get(k) != v]
+    if diffs:
+        raise ArtifactMismatch(f"{where}: this {what} does not match the inputs given now ({'; '.join(diffs)}). {fix}")

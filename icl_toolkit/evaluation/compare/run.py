@@ -1,0 +1,392 @@
+"""Running a comparison: shared retrieval, every arm's predictions (resumable), baselines, statistics, outputs.
+
+Layout of the output folder::
+
+    results/
+      index/                      the pool's demo index (built once)
+      retrieval/<strategy>-k<k>.json   cached retrievals, shared by every arm with that strategy and k
+      arms/<arm>.jsonl            test predictions of each arm (+ .val.jsonl for validation, + .meta.json)
+      baselines/<name>.jsonl      baseline probabilities on the same patients
+      results.csv / results.md    metrics with 95% CIs, ΔAUROC and DeLong p against the reference arm
+      subgroups.csv               per entry and group (sex, age band, group attributes): metrics with CIs
+      fairness_gaps.csv           per entry and grouping: AUROC gap, parity and odds differences, excess gaps
+      fairness.png                AUROC by group per entry, with CIs
+      fairness_cache.json         the subgroup bootstrap per entry and grouping, keyed by a digest of its inputs
+                                  (a regenerated report recomputes only entries whose predictions changed; a
+                                  full run drops entries no longer used, an --only run keeps them)
+      roc.png, auroc_vs_k.png, calibration.png
+      report.md                   settings, table, plots, a model card per arm
+
+Every arm sees the same test patients in the same order, and arms with the same
+strategy and k read the same cached retrieval, so two arms differ only in the
+checkpoint, the demo content or the scoring mode they name. Predictions are
+appended as they finish; a rerun skips finished arms without loading their
+model and resumes a half-finished one where it stopped.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import gc
+import importlib.metadata as md
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from icl_toolkit.core.artifacts import read_json, write_json_atomic
+from icl_toolkit.data.cohort import content_hash
+from icl_toolkit.backends import Backend
+from icl_toolkit.data.cohort import Patient
+from icl_toolkit.evaluation import baselines as bl
+from icl_toolkit.evaluation.compare.config import Arm, CompareConfig
+from icl_toolkit.evaluation.compare.report import (
+    plot_auroc_vs_k,
+    plot_calibration,
+    plot_fairness,
+    plot_roc,
+    write_report,
+    write_tables,
+)
+from icl_toolkit.evaluation.compare.stats import Entry, contrast_rows, evaluate
+from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.evaluation.fairness import ORACLE, load_cache, save_cache
+from icl_toolkit.core.models import checkpoint_meta, model_available
+from icl_toolkit.inference.predictor import Predictor
+from icl_toolkit.core.progress import progress_bar
+from icl_toolkit.prompting.builder import templates_hash
+from icl_toolkit.retrieval.cache import RetrievalCache
+from icl_toolkit.retrieval.embedder import ProfileEmbedder
+from icl_toolkit.retrieval.index import DemoIndex
+from icl_toolkit.retrieval.retriever import Retrieval, Retriever
+from icl_toolkit.retrieval.representations import make_representation, needs_embedder
+from icl_toolkit.inference.output import OutputFile, read_records, sidecar_path
+from icl_toolkit.inference.run import predict_to_file
+
+__all__ = ["Comparison", "CompareResult"]
+
+FAIRNESS_CACHE = "fairness_cache.json"
+
+BackendFactory = Callable[[str, str], Backend]
+"""(checkpoint name, model path or name) -> a loaded backend."""
+
+
+@dataclass
+class CompareResult:
+    """What a comparison produced."""
+
+    out: Path
+    rows: list[dict[str, Any]]
+    subgroups: list[dict[str, Any]]
+    report: Path
+    ran: list[str]        # arms predicted (fully or partly) in this call
+    skipped: list[str]    # arms already complete
+    contrasts: list[dict[str, Any]] = field(default_factory=list)  # the config's paired tests among the arms run
+    fairness_gaps: list[dict[str, Any]] = field(default_factory=list)  # per entry and grouping: gaps, excess gaps
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as dotted keys (``config.prompt.query_tokens``)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= _flat(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def select_arms(arms: list[Arm], only: Sequence[str], reference: str) -> list[Arm]:
+    """The arms whose checkpoint is named in ``only`` or whose name matches one of its globs.
+
+    Raises:
+        ConfigError: a pattern matches nothing, or the reference arm is left out.
+    """
+    def hit(arm: Arm, pattern: str) -> bool:
+        return arm.checkpoint == pattern or fnmatch.fnmatchcase(arm.name, pattern)
+
+    for pattern in only:
+        if not any(hit(a, pattern) for a in arms):
+            raise ConfigError(f"--only {pattern!r} matches no arm or checkpoint; the arms are: "
+                              + "; ".join(a.name for a in arms))
+    chosen = [a for a in arms if any(hit(a, p) for p in only)]
+    if reference not in {a.name for a in chosen}:
+        raise ConfigError(f"--only leaves out the reference arm {reference!r}, which every DeLong test is against; "
+                          "add it (e.g. --only base).")
+    return chosen
+
+
+class Comparison:
+    """Runs the arms of a :class:`CompareConfig` and the baselines on the same patients.
+
+    Args:
+        config: the comparison.
+        out: output folder (created; reused and resumed when it exists).
+        embedder: profile embedder for the dense and hybrid retrievers (default: the embedded MiniLM, when needed).
+        backend_factory: builds a backend per checkpoint (default: the configured backend).
+        progress: show progress bars.
+    """
+
+    def __init__(self, config: CompareConfig, out: str | Path, *, embedder: ProfileEmbedder | None = None,
+                 backend_factory: BackendFactory | None = None, progress: bool = True) -> None:
+        self.config = config
+        self.out = Path(out)
+        self.embedder = embedder
+        self.backend_factory = backend_factory or self._default_backend
+        self.progress = progress
+
+    # ------------------------------------------------------------------ pieces
+
+    def _default_backend(self, name: str, model: str) -> Backend:
+        from icl_toolkit.backends.options import open_backend
+
+        return open_backend(model, self.config.engine, progress=False)
+
+    def _index(self, pool: Sequence[Patient]) -> DemoIndex:
+        """The pool's index for the comparison's retriever (built once into ``index/``, checked when reused)."""
+        folder = self.out / "index"
+        rep = make_representation(self.config.retrieval_config("similar", 1), self.embedder)
+        if (folder / DemoIndex.META_FILE).exists():
+            index = DemoIndex.load(folder)
+            index.check(pool, rep, str(folder))
+            return index
+        index = DemoIndex.build(pool, rep, kind=self.config.index_kind, progress=self.progress)
+        index.save(folder)
+        return index
+
+    def _retrievals(self, keys: set[tuple[str, int]], pool: Sequence[Patient], index: DemoIndex,
+                    queries: Sequence[Patient]) -> dict[tuple[str, int], dict[str, Retrieval]]:
+        out = {}
+        for strategy, k in sorted(keys):
+            retriever = Retriever(self.config.retrieval_config(strategy, k), self.embedder).fit(pool, index)
+            path = self.out / "retrieval" / f"{strategy}-k{k}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cache = RetrievalCache.open(path, retriever.cache_key())
+            known = len(cache.entries)
+            found = cache.retrieve(retriever, queries, progress=self.progress)
+            if len(cache.entries) != known or not path.exists():
+                cache.save(path)
+            out[(strategy, k)] = {r.query_id: r for r in found}
+        return out
+
+    def _arm_paths(self, arm: Arm) -> tuple[Path, Path]:
+        folder = self.out / "arms"
+        return folder / f"{arm.slug}.jsonl", folder / f"{arm.slug}.val.jsonl"
+
+    def _pending(self, arm: Arm, test: Sequence[Patient], val: Sequence[Patient]) -> int:
+        path, vpath = self._arm_paths(arm)
+        done = {r["patient_id"] for r in read_records(path)}
+        vdone = {r["patient_id"] for r in read_records(vpath)}
+        return sum(p.patient_id not in done for p in test) + sum(p.patient_id not in vdone for p in val)
+
+    def _check_finished(self, arm: Arm, test: Sequence[Patient], val: Sequence[Patient],
+                        hashes: dict[str, str]) -> None:
+        """A finished arm is reused only if its settings sidecars match what the arm would be run with now:
+        every setting of its spec (retrieval settings only where it shows demos), the prompt templates, the test
+        or validation patients and the pool, checked without loading its model (the model is checked when an
+        unfinished arm resumes). A setting the file predates (added to the toolkit after it was made) is not
+        checked, nor, while its checkpoint is not on this machine, the prompt template the checkpoint was
+        trained on (read from the checkpoint)."""
+        spec = self.config.spec(arm)
+        now = _flat({"config": spec.model_dump(mode="json")})
+        if arm.demos == "none":
+            now = {k: v for k, v in now.items() if not k.startswith("config.retrieval.")}
+        now |= {"templates_hash": templates_hash(spec.prompt), "pool_hash": hashes["pool"]}
+        if not model_available(self.config.checkpoints[arm.checkpoint]):
+            del now["config.prompt.template"], now["templates_hash"]
+        for cohort, key, path in zip((test, val), ("test", "val"), self._arm_paths(arm)):
+            if not cohort:
+                continue
+            meta_path = sidecar_path(path)
+            fix = (f"Restore the settings and inputs it was made with, or delete {path.name} and its "
+                   f"{meta_path.name} to rerun the arm with these.")
+            if not meta_path.exists():
+                raise ConfigError(f"{path}: its settings sidecar {meta_path.name} is missing, so nothing says "
+                                  f"which settings made these predictions. {fix}")
+            meta = read_json(meta_path, "predictions metadata")
+            if not isinstance(meta, dict):
+                raise ConfigError(f"{meta_path}: not a predictions metadata record. {fix}")
+            made = _flat(meta)
+            diffs = [f"{k}: made with {made[k]!r}, now {v!r}"
+                     for k, v in (now | {"cohort_hash": hashes[key]}).items() if k in made and made[k] != v]
+            if diffs:
+                raise ConfigError(f"{path}: arm {arm.name!r} was made with other settings or inputs than it "
+                                  f"would be run with now ({'; '.join(diffs)}). {fix}")
+
+    def _run_arm(self, arm: Arm, backend: Backend, pool: Sequence[Patient], index: DemoIndex | None,
+                 test: Sequence[Patient], val: Sequence[Patient],
+                 retrievals: dict[tuple[str, int], dict[str, Retrieval]], advance: Callable[..., None]) -> None:
+        predictor = Predictor(backend, self.config.spec(arm), embedder=self.embedder, progress=False).fit(pool, index)
+        found = retrievals.get(arm.retrieval_key, {}) if arm.retrieval_key else {}
+        for cohort, path in zip((test, val), self._arm_paths(arm)):
+            if cohort:
+                output = OutputFile(path, predictor.provenance(cohort) | {"arm": arm.model_dump()}, resume=True)
+                predict_to_file(predictor, cohort, output, retrievals=found, progress=False, advance=advance)
+
+    # ------------------------------------------------------------------ run
+
+    def run(self, test: Sequence[Patient], pool: Sequence[Patient], val: Sequence[Patient] | None = None, *,
+            names: dict[str, str] | None = None, only: Sequence[str] = ()) -> CompareResult:
+        """Predict every arm, compute the baselines and statistics, write the outputs.
+
+        Args:
+            test: test patients (the first ``limit`` are used).
+            pool: demonstration pool and training data of the baselines.
+            val: validation patients for the F1 thresholds (first ``val_limit``).
+            names: file names of the cohorts, for the report.
+            only: run and report only the arms whose checkpoint name is one of these, or whose arm name
+                matches one as a glob (``"base*"``); the reference arm must be among them. For staged runs:
+                arms of checkpoints that are ready first, the rest when their checkpoints are trained.
+        """
+        c = self.config
+        names = names or {}
+        test = list(test)[:c.limit] if c.limit else list(test)
+        val = (list(val)[:c.val_limit] if c.val_limit else list(val)) if val else []
+        pool = list(pool)
+        overlap = {p.subject_id for p in pool} & {p.subject_id for p in [*test, *val]}
+        if overlap:
+            raise ConfigError(f"{len(overlap)} test or validation subjects are also in the pool (first: "
+                              f"{sorted(overlap)[0]}); they would see their own outcome. Use splits that are "
+                              "disjoint by subject (MEDS: a subject's records at every prediction time in one split).")
+        arms = select_arms(c.arms(), only, c.reference_arm) if only else c.arms()
+        hashes = {"pool": content_hash(pool), "test": content_hash(test), "val": content_hash(val)}
+        pending = {arm.name: self._pending(arm, test, val) for arm in arms}
+        for arm in arms:                  # a finished arm is checked before anything is built or run
+            if pending[arm.name] == 0:
+                self._check_finished(arm, test, val, hashes)
+        self.out.mkdir(parents=True, exist_ok=True)
+        keys = {a.retrieval_key for a in arms if a.retrieval_key}
+        if "knn" in c.baselines and not keys:
+            keys.add(("similar", 4))
+        index = None
+        retrievals: dict[tuple[str, int], dict[str, Retrieval]] = {}
+        if keys:
+            shared = self.config.retrieval_config("similar", 1)
+            if self.embedder is None and needs_embedder(shared.retriever, shared.hybrid_weights):
+                self.embedder = ProfileEmbedder()
+            index = self._index(pool)
+            retrievals = self._retrievals(keys, pool, index, [*test, *val])
+
+        ran, skipped = [], []
+        by_ckpt: dict[str, list[Arm]] = {}
+        for arm in arms:
+            by_ckpt.setdefault(arm.checkpoint, []).append(arm)
+        for ckpt, group in by_ckpt.items():
+            todo = [(a, pending[a.name]) for a in group]   # an arm's file changes only when it runs
+            skipped += [a.name for a, n in todo if n == 0]
+            todo = [(a, n) for a, n in todo if n > 0]
+            if not todo:
+                continue
+            backend = self.backend_factory(ckpt, c.checkpoints[ckpt])
+            for arm, n in todo:
+                position = arms.index(arm) + 1
+                with progress_bar(f"arm {position}/{len(arms)}: {arm.name}", n, self.progress) as advance:
+                    self._run_arm(arm, backend, pool, index, test, val, retrievals, advance)
+                ran.append(arm.name)
+            del backend
+            gc.collect()
+        return self._finish(arms, test, val, pool, retrievals, names, ran, skipped)
+
+    # ------------------------------------------------------------------ outputs
+
+    def _read_arm(self, cohort: Sequence[Patient], path: Path) -> tuple[list[float], list[dict[str, Any]]]:
+        records = {r["patient_id"]: r for r in read_records(path)}
+        missing = [p.patient_id for p in cohort if p.patient_id not in records]
+        if missing:
+            raise ConfigError(f"{path}: no prediction for {len(missing)} patients (first {missing[0]}); rerun "
+                              "icl compare to finish the arm.")
+        rows = [records[p.patient_id] for p in cohort]
+        return [r["probability"] for r in rows], rows
+
+    def _finish(self, arms: list[Arm], test: list[Patient], val: list[Patient], pool: list[Patient],
+                retrievals: dict[tuple[str, int], dict[str, Retrieval]], names: dict[str, str],
+                ran: list[str], skipped: list[str]) -> CompareResult:
+        c = self.config
+        entries: list[Entry] = []
+        infos: dict[str, dict[str, Any]] = {}
+        for arm in arms:
+            path, vpath = self._arm_paths(arm)
+            probs, records = self._read_arm(test, path)
+            vprobs = self._read_arm(val, vpath)[0] if val else None
+            info = {"checkpoint": arm.checkpoint, "demos": arm.demos, "k": arm.k, "strategy": arm.strategy,
+                    "mode": arm.mode}
+            entries.append(Entry(arm.name, "arm", probs, vprobs, info))
+            meta = checkpoint_meta(c.checkpoints[arm.checkpoint])
+            infos[arm.name] = {"model_id": records[0]["model_id"], "template": records[0]["template"],
+                               "mean_prompt_tokens": float(np.mean([r["prompt_tokens"] for r in records])),
+                               "seconds_per_patient": float(np.mean([r["seconds"] for r in records])),
+                               "checkpoint_meta": meta}
+        entries += self._baselines(test, val, pool, retrievals, infos)
+        y = np.array([p.label for p in test])
+        cache_path = self.out / FAIRNESS_CACHE
+        fairness_cache = load_cache(cache_path)
+        rows, fairness = evaluate(entries, test, val or None, reference=c.reference_arm,
+                                  n_resamples=c.bootstrap, seed=c.seed, fairness_resamples=c.fairness_bootstrap,
+                                  progress=self.progress, fairness_cache=fairness_cache)
+        if len(arms) == len(c.arms()):   # a full run keeps what it used; an --only run keeps the rest too
+            fairness_cache = {k: fairness_cache[k] for k in fairness.cache_keys}
+        save_cache(cache_path, fairness_cache)
+        subgroups = fairness.subgroups
+        contrasts = contrast_rows(entries, test, c.contrasts)
+        write_tables(self.out, rows, fairness, contrasts)
+        plots = ["roc.png", "calibration.png"]
+        plot_roc(self.out / "roc.png", entries, y, rows)
+        plot_calibration(self.out / "calibration.png", entries, y)
+        plot_fairness(self.out / "fairness.png", fairness)
+        plots.append("fairness.png")
+        if plot_auroc_vs_k(self.out / "auroc_vs_k.png", rows):
+            plots.insert(1, "auroc_vs_k.png")
+        context = {
+            "reference": c.reference_arm, "version": md.version("icl-toolkit"),
+            "test_file": names.get("test", "test"), "n_test": len(test), "cases": int(y.sum()),
+            "test_hash": content_hash(test), "pool_file": names.get("pool", "pool"), "n_pool": len(pool),
+            "pool_hash": content_hash(pool), "val_file": names.get("val") if val else None, "n_val": len(val),
+            "bootstrap": c.bootstrap, "fairness_bootstrap": c.fairness_bootstrap, "seed": c.seed,
+            "prompt": c.prompt.model_dump(exclude_unset=True),
+            "retrieval": c.retrieval.model_dump(exclude_unset=True),
+        }
+        report = write_report(self.out, rows, fairness, infos, context | {"card": c.card}, plots, contrasts)
+        write_json_atomic(self.out / "summary.json", {"context": context, "card": c.card.model_dump(mode="json"), "results": rows, "contrasts": contrasts,
+                                                      "fairness_gaps": fairness.gaps})
+        return CompareResult(self.out, rows, subgroups, report, ran, skipped, contrasts, fairness.gaps)
+
+    def _baselines(self, test: list[Patient], val: list[Patient], pool: list[Patient],
+                   retrievals: dict[tuple[str, int], dict[str, Retrieval]],
+                   infos: dict[str, dict[str, Any]]) -> list[Entry]:
+        folder = self.out / "baselines"
+        folder.mkdir(parents=True, exist_ok=True)
+        out: list[Entry] = []
+
+        def add(name: str, description: str, probs: list[float], vprobs: list[float] | None) -> None:
+            out.append(Entry(name, "baseline", probs, vprobs, {"checkpoint": "-", "demos": "-", "k": 0,
+                                                               "strategy": "-", "mode": "-"}))
+            infos[name] = {"description": description}
+            with open(folder / f"{name.replace(' ', '_').replace('=', '').replace(',', '')}.jsonl", "w") as fh:
+                for p, prob in zip(test, probs):
+                    fh.write(json.dumps({"patient_id": p.patient_id, "probability": prob, "label": p.label}) + "\n")
+
+        for kind in self.config.baselines:
+            if kind == "logreg":
+                model = bl.fit_logreg(pool)
+                add("logreg codes+age+sex", "logistic regression on a binary bag of pre-index codes, age and sex, "
+                    f"fit on the {len(pool)} pool patients", bl.predict_logreg(model, test),
+                    bl.predict_logreg(model, val) if val else None)
+            elif kind == "age":
+                model = bl.fit_age_only(pool)
+                add("age only", f"logistic regression on age, fit on the {len(pool)} pool patients",
+                    bl.predict_age(model, test), bl.predict_age(model, val) if val else None)
+            elif kind == "knn":
+                for (strategy, k), found in sorted(retrievals.items()):
+                    add(f"kNN vote {strategy} k={k}", f"share of positive outcomes among the same {k} neighbours "
+                        f"({strategy} retrieval) the demonstration arms show",
+                        bl.knn_vote([found[p.patient_id] for p in test]),
+                        bl.knn_vote([found[p.patient_id] for p in val]) if val else None)
+            elif kind == "oracle":
+                risk = bl.oracle_risk(test)
+                if risk is not None:
+                    add(ORACLE, "the true risk the synthetic generator drew each outcome from "
+                        "(an upper reference, not a model)", risk, bl.oracle_risk(val) if val else None)
+        return out

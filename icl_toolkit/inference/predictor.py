@@ -1,0 +1,207 @@
+"""The prompted predictor: retrieval + prompt + backend -> predictions with provenance.
+
+:class:`Predictor` follows the estimator contract: ``__init__`` stores settings,
+:meth:`Predictor.fit` attaches the demonstration pool (building or loading and
+checking its index) and returns self, :meth:`Predictor.predict_proba` returns
+one :class:`Prediction` per patient, and :meth:`Predictor.predict` derives hard
+labels from it. Using an unfitted predictor raises.
+
+Scoring modes:
+
+``score``
+    one forward pass per prompt; P(yes) is the probability of the "Yes" choice
+    normalised over the two choices at the answer slot.
+``reason``
+    the model first writes its reasoning (reason-first template, greedy, cut at
+    the answer prefix ``ADRD within 5 years:``), then the prefix is appended and
+    the answer slot after it is scored the same way.
+
+The settings come as one :class:`~icl_toolkit.inference.config.PredictConfig` (the spec every
+front end builds); :func:`icl_toolkit.inference.run.run_resumable` streams predictions to a
+file, resumably.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from icl_toolkit.data.cohort import content_hash
+from icl_toolkit.backends import Backend, GenerationParams, choice_probabilities
+from icl_toolkit.data.cohort import Patient
+from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.prompting.builder import BuiltPrompt, PromptBuilder
+from icl_toolkit.prompting.config import PromptConfig
+from icl_toolkit.retrieval.cache import RetrievalCache
+from icl_toolkit.retrieval.embedder import ProfileEmbedder
+from icl_toolkit.retrieval.index import DemoIndex
+from icl_toolkit.retrieval.retriever import Retrieval, Retriever
+from icl_toolkit.inference.config import PredictConfig
+
+__all__ = ["PredictConfig", "Prediction", "Predictor"]
+
+
+@dataclass
+class Prediction:
+    """One patient's prediction and where it came from."""
+
+    patient_id: str
+    probability: float
+    predicted: int
+    label: int | None
+    demos: list[dict[str, Any]]
+    dropped_demos: list[dict[str, Any]]
+    truncated_items: dict[str, int]
+    prompt_tokens: int
+    prompt_hash: str
+    model_id: str
+    template: str
+    mode: str
+    reasoning: str | None = None
+    seconds: float = 0.0
+    logprobs: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _hits(hits: Sequence[Any]) -> list[dict[str, Any]]:
+    return [{"patient_id": h.patient_id, "score": h.score, "label": h.label} for h in hits]
+
+
+class Predictor:
+    """Prompted prediction with retrieved demonstrations.
+
+    Args:
+        backend: a backend (see :mod:`icl_toolkit.backends`).
+        config: retrieval, prompt and threshold settings.
+        embedder: profile embedder for the dense and hybrid retrievers (default: the embedded MiniLM, loaded at fit
+            when the configured retriever needs it).
+        retrieval_cache: a JSON file of saved retrievals, reused when it matches and extended otherwise.
+        progress: show progress bars.
+    """
+
+    def __init__(self, backend: Backend, config: PredictConfig | None = None, *,
+                 embedder: ProfileEmbedder | None = None, retrieval_cache: str | Path | None = None,
+                 progress: bool = True) -> None:
+        self.backend = backend
+        self.config = config or PredictConfig()
+        self.embedder = embedder
+        self.retrieval_cache = retrieval_cache
+        self.progress = progress
+
+    # ------------------------------------------------------------------ fit
+
+    @property
+    def uses_demos(self) -> bool:
+        return self.config.uses_demos
+
+    def fit(self, pool: Sequence[Patient], index: DemoIndex | str | Path | None = None, *,
+            index_kind: str = "auto", pool_name: str = "pool") -> Predictor:
+        """Attach the demonstration pool; build its index, or load ``index`` and check it matches."""
+        pool = list(pool)
+        self.pool_ = {p.patient_id: p for p in pool}
+        self.builder_ = PromptBuilder(self.backend.tokenizer, self.config.prompt, self.backend.max_context)
+        self.retriever_: Retriever | None = None
+        if self.uses_demos:
+            _check_pool(pool, self.config.prompt, pool_name)
+            self.retriever_ = Retriever(self.config.retrieval, self.embedder).fit(
+                pool, index, index_kind=index_kind, progress=self.progress)
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "builder_"):
+            raise ConfigError("This Predictor is not fitted yet. Call fit(pool) first.")
+
+    # ------------------------------------------------------------------ retrieval
+
+    def retrieve(self, patients: Sequence[Patient]) -> list[Retrieval]:
+        """The demonstrations of each patient (from the retrieval cache when one is set)."""
+        self._check_fitted()
+        if self.retriever_ is None:
+            return [Retrieval(p.patient_id) for p in patients]
+        if self.retrieval_cache is None:
+            return self.retriever_.retrieve(patients, progress=self.progress)
+        cache = RetrievalCache.open(self.retrieval_cache, self.retriever_.cache_key())
+        out = cache.retrieve(self.retriever_, patients, progress=self.progress)
+        cache.save(self.retrieval_cache)
+        return out
+
+    # ------------------------------------------------------------------ prediction
+
+    def build_prompts(self, patients: Sequence[Patient], retrievals: Sequence[Retrieval]) -> list[BuiltPrompt]:
+        """Rendered and packed prompts (what the backend will see)."""
+        self._check_fitted()
+        return [self.builder_.build(p, r.hits, self.pool_) for p, r in zip(patients, retrievals)]
+
+    def predict_proba(self, patients: Patient | Sequence[Patient],
+                      retrievals: Sequence[Retrieval] | None = None) -> Prediction | list[Prediction]:
+        """One :class:`Prediction` per patient, in input order (a single patient gives a single one)."""
+        self._check_fitted()
+        single = isinstance(patients, Patient)
+        batch = [patients] if single else list(patients)
+        if retrievals is None:
+            retrievals = self.retrieve(batch)
+        elif len(retrievals) != len(batch):
+            raise ConfigError(f"Got {len(retrievals)} retrievals for {len(batch)} patients.")
+        start = time.perf_counter()
+        prompts = self.build_prompts(batch, retrievals)
+        texts = [bp.text for bp in prompts]
+        reasoning: list[str | None] = [None] * len(batch)
+        choices = list(self.builder_.choices)
+        if self.config.prompt.mode == "reason":
+            prefix = self.builder_.answer_prefix
+            params = GenerationParams(max_new_tokens=self.config.prompt.reason_tokens, stop=(prefix,))
+            reasoning = list(self.backend.generate(texts, params))
+            texts = [t + (r.rstrip() + "\n" if r.strip() else "") + prefix for t, r in zip(texts, reasoning)]
+        logprobs = self.backend.score(texts, choices) if batch else []
+        each = (time.perf_counter() - start) / max(len(batch), 1)
+        out = []
+        for p, bp, lp, reason in zip(batch, prompts, logprobs, reasoning):
+            prob = choice_probabilities(lp)[0]
+            out.append(Prediction(
+                patient_id=p.patient_id, probability=round(prob, 6), predicted=int(prob >= self.config.threshold),
+                label=p.label, demos=_hits(bp.demos), dropped_demos=_hits(bp.dropped),
+                truncated_items=bp.truncated_items, prompt_tokens=bp.n_tokens, prompt_hash=bp.hash,
+                model_id=self.backend.model_id, template=bp.template, mode=self.config.prompt.mode,
+                reasoning=reason, seconds=round(each, 3), logprobs=[round(x, 5) for x in lp]))
+        return out[0] if single else out
+
+    def predict(self, patients: Sequence[Patient]) -> list[int]:
+        """Hard labels at the configured threshold."""
+        return [p.predicted for p in self.predict_proba(list(patients))]  # type: ignore[union-attr]
+
+    def iter_predict(self, patients: Sequence[Patient], chunk_size: int = 8,
+                     retrievals: Sequence[Retrieval] | None = None) -> Iterator[list[Prediction]]:
+        """Retrieve for all patients (unless given), then yield predictions chunk by chunk (for streaming to disk)."""
+        patients = list(patients)
+        if retrievals is None:
+            retrievals = self.retrieve(patients)
+        for start in range(0, len(patients), chunk_size):
+            yield self.predict_proba(patients[start:start + chunk_size], retrievals[start:start + chunk_size])  # type: ignore[misc]
+
+    def provenance(self, cohort: Sequence[Patient]) -> dict[str, Any]:
+        """What a predictions file depends on (for its metadata sidecar)."""
+        self._check_fitted()
+        return {"model_id": self.backend.model_id, "dtype": getattr(self.backend, "dtype", None),
+                "config": self.config.model_dump(mode="json"),
+                "templates_hash": self.builder_.templates_hash,
+                "cohort_hash": content_hash(cohort), "pool_hash": content_hash(self.pool_.values()),
+                "embedder": self.retriever_.representation_.embedder_id if self.retriever_ is not None else None}
+
+
+def _check_pool(pool: Sequence[Patient], prompt: PromptConfig, name: str) -> None:
+    unlabelled = [p.patient_id for p in pool if p.label is None]
+    if unlabelled:
+        raise ConfigError(f"{name}: {len(unlabelled)} pool patients have no label (first: {unlabelled[0]}); "
+                          "demonstrations need known outcomes. Remove them from the pool.")
+    if prompt.demos == "rationale":
+        missing = [p.patient_id for p in pool if p.rationales is None or
+                   not getattr(p.rationales, prompt.rationale).strip()]
+        if missing:
+            raise ConfigError(
+                f"{name}: {len(missing)} of {len(pool)} pool patients have no {prompt.rationale} rationale (first: "
+                f"{missing[0]}); --demos rationale needs them. Use --demos label, or generate rationales first.")

@@ -1,0 +1,223 @@
+"""Prompt building: templates from ``prompts/`` (package data), demonstrations, chat template, context packing.
+
+Templates are Jinja files rendered in a sandboxed, immutable environment with
+strict undefined variables (a typo in a template is an error, not an empty
+string). Their variables are documented in ``prompts/README.md``.
+
+The user message is rendered from the task template (zero-shot, few-shot with
+rationales, few-shot label-only, or reason-first) and the system message from
+``system.j2``; when the model's tokenizer has a chat template, both go through
+it with the generation prompt added. The assistant's turn then starts with the
+answer prefix from ``answer.j2`` (``"ADRD within 5 years:"``), the same words
+that end every demonstration, and the answer slot right after it is scored for
+the choices ``" Yes"`` / ``" No"``. Mirroring the demos' outcome line matters:
+with the answer slot at the bare start of the assistant's turn, SmolLM2-135M
+gave P(yes) 0.27 after four "Yes" demos and 0.34 after four "No" demos (it
+did not follow them); with the prefix, 0.68 and 0.05. Without a chat template
+the prompt is system + user text + newline + answer prefix. In reason mode the
+prompt stops at the start of the assistant's turn; the model writes its
+reasoning, which is cut at the answer prefix, and the prefix is then appended
+and scored.
+
+Context packing, in this order, so that the prompt fits the model's context:
+
+1. every demonstration's history is cut to ``demo_tokens`` and the query's to
+   ``query_tokens`` (by the serializer's documented drop policy);
+2. while the whole prompt (plus the room the answer needs) is too long, the
+   least similar demonstration is dropped;
+3. if the query alone still does not fit, that is an error naming the budgets.
+
+Everything cut is recorded on the :class:`BuiltPrompt`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from icl_toolkit.core.artifacts import text_hash
+from icl_toolkit.data.cohort import Patient
+from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.retrieval.retriever import Hit
+from icl_toolkit.data.serialize import Serialized, mentioned_in, serialize_history, sex_word, token_counter
+from icl_toolkit.prompting.config import PromptConfig
+from icl_toolkit.prompting.templates import (
+    ANSWER_TEMPLATE,
+    REASON_TEMPLATE,
+    SYSTEM_TEMPLATE,
+    TEMPLATES,
+    chat_prompt,
+    load_templates,
+)
+
+__all__ = ["BuiltPrompt", "PromptBuilder", "templates_hash", "task_question"]
+
+
+def task_question(horizon_years: float) -> str:
+    years = f"{horizon_years:g}"
+    return (f"Will this patient be diagnosed with Alzheimer's disease or a related dementia within "
+            f"{years} years after the index date?")
+
+
+@dataclass
+class BuiltPrompt:
+    """A rendered prompt and what packing did to fit it."""
+
+    text: str
+    n_tokens: int
+    choices: list[str]
+    demos: list[Hit]                      # in presentation order
+    dropped: list[Hit] = field(default_factory=list)
+    truncated_items: dict[str, int] = field(default_factory=dict)   # patient_id -> history items left out
+    template: str = ""
+
+    @property
+    def hash(self) -> str:
+        return text_hash(self.text)
+
+
+def _templates(config: PromptConfig) -> tuple[list[Any], str, str]:
+    """The system, user and answer templates ``config`` asks for, the hash of their sources, the user
+    template's name."""
+    name = config.template or (REASON_TEMPLATE if config.mode == "reason" else TEMPLATES[config.demos])
+    extra = None
+    if Path(name).is_file():
+        if Path(name).suffix != ".j2":
+            raise ConfigError(f"--template {name}: a template file is a Jinja file ending in .j2; give one, or "
+                              "the name of a template in prompts (without .j2).")
+        extra = Path(name).resolve().parent
+        name = Path(name).stem
+    templates, digest = load_templates(SYSTEM_TEMPLATE, name, ANSWER_TEMPLATE, extra_dir=extra)
+    return templates, digest, name
+
+
+def templates_hash(config: PromptConfig) -> str:
+    """The hash of the template sources a :class:`PromptBuilder` with ``config`` renders from (what prediction
+    files record as ``templates_hash``), without a tokenizer."""
+    return _templates(config)[1]
+
+
+class PromptBuilder:
+    """Renders prompts for query patients with their chosen demonstrations.
+
+    Args:
+        tokenizer: the language model's tokenizer (token counts and chat template).
+        config: layout and packing settings.
+        max_context: the backend's context limit (``config.max_context`` wins when lower).
+    """
+
+    def __init__(self, tokenizer: Any, config: PromptConfig | None = None, max_context: int = 2048) -> None:
+        self.config = config or PromptConfig()
+        self.tokenizer = tokenizer
+        limit = self.config.max_context or max_context
+        self.max_context = min(limit, max_context)
+        self._count = token_counter(tokenizer)
+        (self._system, self._user, self._answer), self.templates_hash, self.template_name = _templates(self.config)
+        self._histories: dict[tuple[str, int, bool], Serialized] = {}
+
+    # ------------------------------------------------------------------ pieces
+
+    choices: tuple[str, ...] = (" Yes", " No")
+    """The answer choices, yes first, as they follow the answer prefix."""
+
+    @property
+    def answer_prefix(self) -> str:
+        """The words that open the answer (and end every demo): ``"ADRD within 5 years:"``."""
+        return self._answer.render(horizon_years=f"{self.config.horizon_years:g}").strip()
+
+    def history(self, patient: Patient, budget: int, *, demo: bool = False) -> Serialized:
+        """Serialised history under ``budget`` tokens (cached per patient, budget and role).
+
+        A demonstration's history keeps the items its free-text rationale cites
+        before all others, so the reasoning shown refers to what is shown; this
+        holds for label-only demos too, so the two demo settings see the same
+        histories and differ only in the rationale.
+        """
+        key = (patient.patient_id, budget, demo)
+        if key not in self._histories:
+            if len(self._histories) > 50_000:
+                self._histories.clear()
+            prefer = None
+            if demo and patient.rationales is not None and patient.rationales.free_text:
+                prefer = mentioned_in(patient.rationales.free_text)
+            self._histories[key] = serialize_history(patient, max_tokens=budget, counter=self._count, prefer=prefer)
+        return self._histories[key]
+
+    def _demo_vars(self, hit: Hit, patient: Patient) -> dict[str, Any]:
+        rationale = ""
+        if self.config.demos == "rationale" and patient.rationales is not None:
+            rationale = getattr(patient.rationales, self.config.rationale).strip()
+        return {"history": self.history(patient, self.config.demo_tokens, demo=True).text, "rationale": rationale,
+                "outcome": "Yes" if hit.label == 1 else "No", "label": hit.label, "score": hit.score}
+
+    def _order(self, hits: list[Hit], query_id: str) -> list[Hit]:
+        by_sim = sorted(hits, key=lambda h: (-h.score, h.patient_id))
+        if self.config.order == "similar-first":
+            return by_sim
+        if self.config.order == "similar-last":
+            return by_sim[::-1]
+        shuffled = list(by_sim)
+        random.Random(f"{self.config.seed}:{query_id}").shuffle(shuffled)
+        return shuffled
+
+    def render(self, query: Patient, demos: Sequence[tuple[Hit, Patient]]) -> str:
+        """The full prompt text for ``query`` with the demos in the given order (no packing)."""
+        c = self.config
+        variables = {
+            "task": task_question(c.horizon_years),
+            "horizon_years": f"{c.horizon_years:g}",
+            "choices": ["Yes", "No"],
+            "query": {"history": self.history(query, c.query_tokens).text, "age": int(query.age_at_index),
+                      "sex": sex_word(query.sex)},
+            "demos": [self._demo_vars(h, p) for h, p in demos],
+            "with_rationales": c.demos == "rationale",
+            "answer_prefix": self.answer_prefix,
+        }
+        system = self._system.render(**variables).strip()
+        user = self._user.render(**variables).strip()
+        answer = "" if c.mode == "reason" else self.answer_prefix
+        return chat_prompt(self.tokenizer, system, user) + answer
+
+    # ------------------------------------------------------------------ packing
+
+    def build(self, query: Patient, hits: Sequence[Hit], pool: dict[str, Patient]) -> BuiltPrompt:
+        """Render and pack the prompt of one query patient.
+
+        Args:
+            query: the patient to predict.
+            hits: its chosen demonstrations (any order; scores decide dropping).
+            pool: pool patients by id (the demos' records).
+
+        Raises:
+            ConfigError: when the query alone does not fit the context.
+        """
+        c = self.config
+        room = self.max_context - (c.reason_tokens + c.reserve_tokens if c.mode == "reason" else c.reserve_tokens)
+        kept = list(hits) if c.demos != "none" else []
+        dropped: list[Hit] = []
+        while True:
+            ordered = self._order(kept, query.patient_id)
+            text = self.render(query, [(h, pool[h.patient_id]) for h in ordered])
+            n = self._count([text])[0]
+            if n <= room:
+                break
+            if not kept:
+                raise ConfigError(
+                    f"The prompt of patient {query.patient_id} needs {n} tokens without any demonstration, more than "
+                    f"the {room} available (context {self.max_context}). Lower the query history budget "
+                    f"(--query-tokens, now {c.query_tokens}) or raise --max-context.")
+            weakest = min(kept, key=lambda h: (h.score, h.patient_id))
+            kept.remove(weakest)
+            dropped.append(weakest)
+        truncated = {}
+        q = self.history(query, c.query_tokens)
+        if q.dropped:
+            truncated[query.patient_id] = len(q.dropped)
+        for h in ordered:
+            s = self.history(pool[h.patient_id], c.demo_tokens, demo=True)
+            if s.dropped:
+                truncated[h.patient_id] = len(s.dropped)
+        return BuiltPrompt(text, n, list(self.choices), ordered, dropped, truncated, self.template_name)

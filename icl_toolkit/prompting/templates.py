@@ -1,0 +1,80 @@
+"""The prompt templates: where they are, how they load (sandboxed Jinja, strict undefined variables), their hash.
+
+The shipped templates live in the repository's top-level ``prompts/`` folder and ship in the wheel as
+``icl_toolkit/prompts`` (package data); ``$ICL_PROMPTS`` names a folder searched first, file by file. Their
+variables are documented in ``prompts/README.md``.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+from pathlib import Path
+from typing import Any
+
+from icl_toolkit.core.artifacts import text_hash
+from icl_toolkit.core.errors import ConfigError
+
+__all__ = ["TEMPLATES", "REASON_TEMPLATE", "SYSTEM_TEMPLATE", "ANSWER_TEMPLATE", "prompts_dir", "user_prompts_dir",
+           "load_templates", "chat_prompt"]
+
+TEMPLATES = {"none": "zero_shot", "rationale": "few_shot_rationale", "label": "few_shot_label"}
+REASON_TEMPLATE = "reason_first"
+SYSTEM_TEMPLATE = "system"
+ANSWER_TEMPLATE = "answer"
+
+
+def prompts_dir() -> Path:
+    """The folder of the shipped templates: ``icl_toolkit/prompts`` in an installed wheel (package data, mapped
+    from the repository's top-level ``prompts/``), or that top-level ``prompts/`` folder itself in a source
+    checkout or an editable install."""
+    installed = importlib.resources.files("icl_toolkit") / "prompts"
+    if installed.is_dir():
+        return Path(str(installed))
+    return Path(__file__).resolve().parents[2] / "prompts"
+
+
+def user_prompts_dir() -> Path | None:
+    """``$ICL_PROMPTS``: a folder of templates searched before the shipped ones (a file there overrides the
+    shipped file of the same name; the rest still come from the package)."""
+    env = os.environ.get("ICL_PROMPTS")
+    return Path(env).expanduser() if env else None
+
+
+def load_templates(*names: str, extra_dir: str | Path | None = None) -> tuple[list[Any], str]:
+    """Templates ``NAME.j2`` in the sandboxed environment: from ``extra_dir``, then ``$ICL_PROMPTS``, then the
+    templates shipped in the package (read through :mod:`importlib.resources`, so an installed wheel has them).
+
+    Returns:
+        The templates, in the order asked, and a hash of their sources.
+
+    Raises:
+        ConfigError: a template is not there (the message lists the ones that are), or it is not valid Jinja.
+    """
+    from jinja2 import ChoiceLoader, FileSystemLoader, StrictUndefined, TemplateNotFound
+    from jinja2.exceptions import TemplateSyntaxError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    folders = [str(f) for f in (extra_dir, user_prompts_dir()) if f is not None]
+    loader = ChoiceLoader([FileSystemLoader(folders), FileSystemLoader(str(prompts_dir()))])
+    env = ImmutableSandboxedEnvironment(loader=loader, undefined=StrictUndefined, trim_blocks=True,
+                                        lstrip_blocks=True, keep_trailing_newline=False, autoescape=False)
+    try:
+        templates = [env.get_template(f"{n}.j2") for n in names]
+    except TemplateNotFound as exc:
+        known = sorted(t[:-3] for t in env.list_templates(extensions=["j2"]))
+        raise ConfigError(f"Prompt template {exc.name!r} not found in {', '.join([*folders, 'the package'])}. "
+                          f"Templates there: {', '.join(known) or 'none'} (or give a path to a .j2 file).") from None
+    except TemplateSyntaxError as exc:
+        raise ConfigError(f"{exc.filename or exc.name}:{exc.lineno}: not a valid template: {exc.message}.") from None
+    sources = [env.loader.get_source(env, t.name)[0] for t in templates]
+    return templates, text_hash("\0".join(sources))
+
+
+def chat_prompt(tokenizer: Any, system: str, user: str) -> str:
+    """A system and a user message as the model expects them: through its chat template with the generation
+    prompt added, or ``system + blank line + user + newline`` for a model without one."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return f"{system}\n\n{user}\n"

@@ -1,0 +1,251 @@
+"""Teacher-written rationales for cohorts that come without them, with a grounding check.
+
+A teacher model (any backend) reads a labelled patient's history before the
+index date and its **known** outcome, and explains the outcome: a free-text
+paragraph and a step-by-step version (templates ``prompts/teacher_system.j2``
+and ``prompts/teacher_rationale.j2``). Every rationale then goes through
+:func:`icl_toolkit.rationales.grounding.check_grounding`: codes, drugs, values and dates it
+cites must be in the history. The raw generations and their grounding are kept
+(``<out>.generations.jsonl``, resumable); the cohort written carries the
+rationales, without the ungrounded ones when asked.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from icl_toolkit.backends import Backend, GenerationParams
+from icl_toolkit.data.cohort import Patient, Rationales
+from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.rationales.grounding import check_grounding
+from icl_toolkit.prompting.templates import chat_prompt, load_templates
+from icl_toolkit.data.serialize import serialize_history, sex_word, token_counter
+
+__all__ = ["TeacherConfig", "TeacherRecord", "RationaleTeacher", "GroundingSummary", "apply_rationales",
+           "generate_rationales_file", "RationaleRun"]
+
+Style = Literal["free_text", "stepwise"]
+SYSTEM_TEMPLATE = "teacher_system"
+USER_TEMPLATE = "teacher_rationale"
+_LEAD = re.compile(r"^(?:reasoning|rationale|explanation)\s*:\s*", re.IGNORECASE)
+
+
+class TeacherConfig(BaseModel):
+    """How the teacher writes (validated; unknown fields are rejected)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    styles: tuple[Style, ...] = Field(("free_text", "stepwise"), min_length=1)
+    """Which rationales to write."""
+    max_new_tokens: int = Field(200, ge=16, le=4096)
+    """Longest rationale, in tokens."""
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    """0: greedy decoding (reproducible)."""
+    seed: int = 0
+    history_tokens: int = Field(700, ge=32)
+    """Token budget of the history shown to the teacher (the serializer's drop policy cuts it)."""
+    horizon_years: float = Field(5.0, gt=0)
+    """Outcome window, as in the cohort's labels."""
+
+
+@dataclass
+class TeacherRecord:
+    """One patient's generations and their grounding, as kept in ``<out>.generations.jsonl``."""
+
+    patient_id: str
+    texts: dict[str, str]
+    grounding: dict[str, dict[str, Any]]        # style -> {"claims": n, "ungrounded": [{"kind", "text"}]}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"patient_id": self.patient_id, "texts": self.texts, "grounding": self.grounding}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TeacherRecord":
+        texts, grounding = d.get("texts"), d.get("grounding")
+        if not isinstance(texts, dict) or not isinstance(grounding, dict) or set(texts) != set(grounding):
+            raise ConfigError(f"the teacher generations record of patient {d.get('patient_id')!r} lacks its texts "
+                              "or their grounding; start the generations again with --overwrite.")
+        return cls(d["patient_id"], texts, grounding)
+
+
+def _clean(text: str) -> str:
+    return _LEAD.sub("", text.strip()).strip()
+
+
+class RationaleTeacher:
+    """Writes rationales for labelled patients with a backend.
+
+    Args:
+        backend: the teacher model (``generate`` is used).
+        config: styles, lengths, history budget.
+    """
+
+    def __init__(self, backend: Backend, config: TeacherConfig | None = None) -> None:
+        self.backend = backend
+        self.config = config or TeacherConfig()
+        (self._system, self._user), self.templates_hash = load_templates(SYSTEM_TEMPLATE, USER_TEMPLATE)
+        self._count = token_counter(backend.tokenizer)
+
+    def prompt(self, patient: Patient, style: str) -> str:
+        """The teacher's prompt for one patient and style (the patient must be labelled)."""
+        if patient.label is None:
+            raise ConfigError(f"patient {patient.patient_id} has no label: a teacher explains a known outcome")
+        c = self.config
+        history = serialize_history(patient, max_tokens=c.history_tokens, counter=self._count).text
+        variables = {"history": history, "label": patient.label, "horizon_years": f"{c.horizon_years:g}",
+                     "style": style, "age": int(patient.age_at_index), "sex": sex_word(patient.sex)}
+        system = self._system.render(**variables).strip()
+        user = self._user.render(**variables).strip()
+        return chat_prompt(self.backend.tokenizer, system, user)
+
+    def provenance(self) -> dict[str, Any]:
+        return {"teacher_model": self.backend.model_id, "teacher_config": self.config.model_dump(mode="json"),
+                "templates_hash": self.templates_hash}
+
+    def generate(self, patients: Sequence[Patient]) -> list[TeacherRecord]:
+        """Rationales for ``patients`` in one batched backend call, with their grounding."""
+        c = self.config
+        jobs = [(p, s) for p in patients for s in c.styles]
+        params = GenerationParams(max_new_tokens=c.max_new_tokens, temperature=c.temperature, seed=c.seed)
+        texts = self.backend.generate([self.prompt(p, s) for p, s in jobs], params) if jobs else []
+        records: dict[str, TeacherRecord] = {p.patient_id: TeacherRecord(p.patient_id, {}, {}) for p in patients}
+        for (p, style), text in zip(jobs, texts):
+            text = _clean(text)
+            report = check_grounding(text, p)
+            rec = records[p.patient_id]
+            rec.texts[style] = text
+            rec.grounding[style] = {"claims": len(report.claims),
+                                    "ungrounded": [{"kind": x.kind, "text": x.text} for x in report.ungrounded]}
+        return [records[p.patient_id] for p in patients]
+
+    def iter_generate(self, patients: Sequence[Patient], chunk_size: int = 8) -> Iterator[list[TeacherRecord]]:
+        """:meth:`generate` chunk by chunk, so that callers can save and report as they go."""
+        for start in range(0, len(patients), chunk_size):
+            yield self.generate(patients[start:start + chunk_size])
+
+
+@dataclass
+class GroundingSummary:
+    """Grounding over all rationales of one style."""
+
+    rationales: int = 0
+    empty: int = 0
+    claims: int = 0
+    ungrounded_claims: int = 0
+    fully_grounded: int = 0
+    dropped: int = 0
+    ungrounded_by_kind: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def grounded_fraction(self) -> float | None:
+        """Share of checkable claims that are in the history (None when there were none)."""
+        return 1.0 - self.ungrounded_claims / self.claims if self.claims else None
+
+
+def apply_rationales(patients: Sequence[Patient], records: Sequence[TeacherRecord], *,
+                     drop_ungrounded: bool = False, min_grounded: float = 1.0
+                     ) -> tuple[list[Patient], dict[str, GroundingSummary]]:
+    """Patients with the teacher's rationales set, and the grounding summary per style.
+
+    A rationale is dropped (left out of the patient's record) when it is empty,
+    or, with ``drop_ungrounded``, when the share of its claims found in the
+    history is below ``min_grounded`` (1.0: every claim must be grounded).
+    Patients without a record are returned unchanged, and rationales of styles the
+    teacher did not write are kept as they were. Each patient's metadata
+    gets ``rationale_grounding`` (claims and ungrounded claims per style).
+    """
+    by_id = {r.patient_id: r for r in records}
+    summary: dict[str, GroundingSummary] = {}
+    out: list[Patient] = []
+    for p in patients:
+        rec = by_id.get(p.patient_id)
+        if rec is None:
+            out.append(p)
+            continue
+        old = p.rationales
+        kept: dict[str, str | None] = {"free_text": old.free_text if old else None,
+                                       "stepwise": old.stepwise if old else None}
+        for style, text in rec.texts.items():
+            kept[style] = None  # the teacher's version replaces the record's, or nothing does
+            g = rec.grounding[style]
+            s = summary.setdefault(style, GroundingSummary())
+            s.rationales += 1
+            n_bad = len(g["ungrounded"])
+            s.claims += g["claims"]
+            s.ungrounded_claims += n_bad
+            for claim in g["ungrounded"]:
+                s.ungrounded_by_kind[claim["kind"]] = s.ungrounded_by_kind.get(claim["kind"], 0) + 1
+            if not n_bad:
+                s.fully_grounded += 1
+            if not text:
+                s.empty += 1
+                continue
+            fraction = 1.0 - n_bad / g["claims"] if g["claims"] else 1.0
+            if drop_ungrounded and fraction < min_grounded:
+                s.dropped += 1
+                continue
+            kept[style] = text
+        rationales = Rationales(**kept) if any(kept.values()) else None
+        meta = dict(p.metadata)
+        meta["rationale_grounding"] = rec.grounding
+        out.append(replace(p, rationales=rationales, metadata=meta))
+    return out, summary
+
+
+@dataclass
+class RationaleRun:
+    """What :func:`generate_rationales_file` did."""
+
+    patients: list[Patient]                     # the cohort written (with rationales where kept)
+    records: list[TeacherRecord]                # every generation, with its grounding
+    summary: dict[str, GroundingSummary]        # per style
+    labelled: int                               # patients the teacher explained (the rest have no label)
+    generations: Path                           # <out>.generations.jsonl (or, on Ray, the shard folder)
+    failed: list[dict[str, Any]] = field(default_factory=list)   # on Ray: records that failed, with the reason
+
+
+def generate_rationales_file(cohort: str | os.PathLike[str], out: str | os.PathLike[str],
+                             config: TeacherConfig | None = None, *, model: str = "default", engine: Any = None,
+                             drop_ungrounded: bool = False, min_grounded: float = 1.0, chunk_size: int = 8,
+                             limit: int | None = None, resume: bool = False, overwrite: bool = False,
+                             on_resume: Callable[[int, int], None] | None = None) -> RationaleRun:
+    """``icl rationales generate`` as a function: a teacher explains each labelled patient of a cohort file; the
+    raw generations go through the run loop into ``<out>.generations.jsonl`` (resumable), and the cohort with the
+    (grounded) rationales is written to ``out``."""
+    from icl_toolkit.data.cohort import content_hash
+    from icl_toolkit.backends.options import open_backend
+    from icl_toolkit.data.cohort import read_cohort, write_cohort
+    from icl_toolkit.inference.output import OutputFile, check_output
+    from icl_toolkit.inference.run import run_resumable
+
+    config = config or TeacherConfig()
+    out = Path(out)
+    generations = out.with_name(out.name + ".generations.jsonl")
+    inputs = {"--cohort": cohort}
+    check_output(out, overwrite=True, kind="cohort", inputs=inputs)  # the cohort file is replaced at the end
+    check_output(generations, resume=resume, overwrite=overwrite, kind="teacher generations", inputs=inputs)
+    patients = read_cohort(cohort)
+    cohort_hash = content_hash(patients)  # of the whole file, so that a run with --limit can be resumed without it
+    if limit:
+        patients = patients[:limit]
+    labelled = [p for p in patients if p.label is not None]
+    if not labelled:
+        raise ConfigError(f"{cohort}: no patient has a label; a teacher explains known outcomes.")
+    lm = open_backend(model, engine)
+    teacher = RationaleTeacher(lm, config)
+    output = OutputFile(generations, teacher.provenance() | {"cohort": cohort_hash}, resume=resume,
+                        overwrite=overwrite, kind="teacher generations", inputs=inputs)
+    lm.progress = False
+    run_resumable(labelled, teacher.generate, output, chunk_size=chunk_size,
+                  desc=f"writing rationales ({lm.model_id})", on_resume=on_resume)
+    records = [TeacherRecord.from_dict(r) for r in output.records()]
+    result, summary = apply_rationales(patients, records, drop_ungrounded=drop_ungrounded, min_grounded=min_grounded)
+    write_cohort(result, out)
+    return RationaleRun(result, records, summary, len(labelled), generations)
