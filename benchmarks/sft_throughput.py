@@ -46,7 +46,8 @@ from icl_toolkit.core import hardware  # noqa: E402
 
 
 def _setup(model: str, n: int, target: str, quick: bool, batch_size: int, steps: int, dtype: str):
-    from icl_toolkit.training.sft import FinetuneConfig, Finetuner, build_examples
+    from icl_toolkit.training.config import FinetuneConfig
+    from icl_toolkit.training.sft import Finetuner, build_examples
 
     pool, _ = demo_cohort(0, quick=quick)
     cfg = FinetuneConfig(target=target, max_steps=steps, batch_size=batch_size, lr=1e-4, train_layers=8 if not quick

@@ -84,7 +84,8 @@ def test_vllm_generation_is_batched_and_cut_at_stop(engines, prompts):
 
 @pytest.mark.vllm
 def test_teacher_rationales_on_vllm_equal_transformers(engines, small_cohort):
-    from icl_toolkit.rationales.teacher import RationaleTeacher, TeacherConfig
+    from icl_toolkit.rationales.config import TeacherConfig
+    from icl_toolkit.rationales.teacher import RationaleTeacher
 
     hf, vl = engines
     config = TeacherConfig(max_new_tokens=40, history_tokens=300)
@@ -121,7 +122,8 @@ def _p_yes(backend, prompts):
 @pytest.fixture(scope="module")
 def adapters(small_cohort, tmp_path_factory):
     """Two LoRA adapters of the embedded model from icl finetune (a few strong steps, so they move P(yes))."""
-    from icl_toolkit.training.sft import FinetuneConfig, Finetuner
+    from icl_toolkit.training.config import FinetuneConfig
+    from icl_toolkit.training.sft import Finetuner
 
     out = {}
     for target in ("label", "rationale"):
@@ -233,7 +235,8 @@ def test_openai_backend_against_a_real_vllm_serve(engines, prompts):
 def test_full_checkpoint_gets_its_own_engine(engines, prompts, small_cohort, tmp_path):
     from icl_toolkit.backends.hf import HFBackend
     from icl_toolkit.backends.vllm import VLLMBackend
-    from icl_toolkit.training.sft import FinetuneConfig, Finetuner
+    from icl_toolkit.training.config import FinetuneConfig
+    from icl_toolkit.training.sft import Finetuner
 
     _, vl = engines
     cfg = FinetuneConfig(target="label", max_steps=2, batch_size=4, lr=1e-3, train_layers=2, query_tokens=120)

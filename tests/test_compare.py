@@ -13,7 +13,8 @@ import pytest
 from icl_toolkit.data.cohort import write_cohort
 from icl_toolkit.evaluation.compare import Comparison, CompareConfig, load_compare_config
 from icl_toolkit.core.errors import ConfigError
-from icl_toolkit.training.sft import FinetuneConfig, Finetuner
+from icl_toolkit.training.config import FinetuneConfig
+from icl_toolkit.training.sft import Finetuner
 from icl_toolkit.evaluation.metrics import delong_test
 
 ARMS = """

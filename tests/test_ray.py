@@ -37,7 +37,7 @@ def files(small_cohort, tmp_path_factory):
 
 
 def _records(folder: Path) -> list[dict]:
-    from icl_toolkit.scale import read_sharded_records
+    from icl_toolkit.inference.output import read_sharded_records
 
     return read_sharded_records(folder)
 
@@ -168,7 +168,7 @@ def test_without_ray_the_error_names_the_install_command(monkeypatch, small_coho
         return real(name, *a, **kw)
 
     monkeypatch.setattr(builtins, "__import__", no_ray)
-    from icl_toolkit.scale import require_ray
+    from icl_toolkit.inference.ray import require_ray
 
     with pytest.raises(IclError, match=r'pip install "icl-toolkit\[ray\]"'):
         require_ray()
@@ -180,7 +180,7 @@ def test_without_ray_the_error_names_the_install_command(monkeypatch, small_coho
 
 def test_sharded_output_rules(tmp_path):
     from icl_toolkit.core.errors import ConfigError
-    from icl_toolkit.scale import ShardedOutput
+    from icl_toolkit.inference.output import ShardedOutput
 
     out = ShardedOutput(tmp_path / "o", {"model_id": "a"})
     out.write([{"patient_id": "1"}, {"patient_id": "2"}])
@@ -245,7 +245,7 @@ def test_sharded_output_rules(tmp_path):
 def test_a_given_index_of_another_pool_is_refused_before_ray_starts(files, small_cohort, tiny_model_dir, tmp_path):
     from icl_toolkit.retrieval.index import DemoIndex
     from icl_toolkit.retrieval.representations import make_representation
-    from icl_toolkit.inference.config import RetrievalConfig
+    from icl_toolkit.retrieval.config import RetrievalConfig
 
     DemoIndex.build(small_cohort[60:120], make_representation(RetrievalConfig())).save(tmp_path / "idx")
     r = _run("predict", "--cohort", files / "test.jsonl", *_common(files, tiny_model_dir), "--index",
@@ -260,16 +260,18 @@ def test_driver_rebuilds_an_index_left_by_another_run(tmp_path, small_cohort):
     retriever settings; one left by a replaced run is rebuilt, never read by the replicas."""
     from icl_toolkit.retrieval.index import DemoIndex
     from icl_toolkit.retrieval.representations import make_representation
-    from icl_toolkit.scale.ray_run import _fits
-    from icl_toolkit.inference.config import RetrievalConfig
+    from icl_toolkit.inference.ray import _fits
+    from icl_toolkit.retrieval.config import RetrievalConfig
 
-    cfg = RetrievalConfig()
+    def rep(**settings):
+        return make_representation(RetrievalConfig(**settings))
+
     pool_a, pool_b = small_cohort[:120], small_cohort[120:240]
-    DemoIndex.build(pool_a, make_representation(cfg)).save(tmp_path / "index")
-    assert _fits(tmp_path / "index", pool_a, cfg)
-    assert not _fits(tmp_path / "index", pool_b, cfg)                       # another pool
-    assert not _fits(tmp_path / "index", pool_a, RetrievalConfig(retriever="sparse"))   # another retriever
-    assert not _fits(tmp_path / "nothing", pool_a, cfg)
+    DemoIndex.build(pool_a, rep()).save(tmp_path / "index")
+    assert _fits(tmp_path / "index", pool_a, rep())
+    assert not _fits(tmp_path / "index", pool_b, rep())                       # another pool
+    assert not _fits(tmp_path / "index", pool_a, rep(retriever="sparse"))     # another retriever
+    assert not _fits(tmp_path / "nothing", pool_a, rep())
 
 
 def test_vllm_processor_settings_score_the_answer_slot():
@@ -278,7 +280,7 @@ def test_vllm_processor_settings_score_the_answer_slot():
     import math
 
     from icl_toolkit.backends import choice_probabilities
-    from icl_toolkit.scale.ray_run import vllm_processor_config
+    from icl_toolkit.inference.ray import vllm_processor_config
 
     kwargs, pre, post = vllm_processor_config("/models/m", [9642, 2309], replicas=4, max_model_len=4096)
     assert kwargs["concurrency"] == 4 and kwargs["apply_chat_template"] is False

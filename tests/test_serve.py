@@ -21,8 +21,10 @@ from icl_toolkit.data.cohort import _PATIENT  # noqa: E402
 from icl_toolkit.inference.predictor import PredictConfig, Predictor  # noqa: E402
 from icl_toolkit.prompting.config import PromptConfig  # noqa: E402
 from icl_toolkit.retrieval.config import RetrievalConfig  # noqa: E402
-from icl_toolkit.serve.app import ServerSettings, create_app  # noqa: E402
-from icl_toolkit.serve.service import BatchSettings, PredictionService  # noqa: E402
+from icl_toolkit.serve.app import create_app
+from icl_toolkit.serve.config import ServerSettings  # noqa: E402
+from icl_toolkit.serve.config import BatchSettings
+from icl_toolkit.serve.service import PredictionService  # noqa: E402
 from icl_toolkit.serve.launch import free_port, start_local_server, wait_healthy  # noqa: E402
 
 CONFIG = PredictConfig(retrieval=RetrievalConfig(k=2), prompt=PromptConfig(query_tokens=120, demo_tokens=100))
@@ -56,7 +58,7 @@ def _ready(client: TestClient) -> None:
 
 @pytest.fixture()
 def client(service):
-    app = create_app(lambda: service, ServerSettings(api_key=KEY, max_patients=5, max_body_bytes=1 << 20))
+    app = create_app(lambda: service, ServerSettings(api_key=KEY, max_patients=5, max_body_mb=1.0))
     with TestClient(app) as c:
         _ready(c)
         yield c

@@ -31,7 +31,7 @@ class EngineOptions(BaseModel):
     Every setting defaults to ``None``: not given, so the backend's own default applies.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     backend: BackendChoice = "hf"
     """``hf`` (transformers), ``vllm`` (offline engine), ``openai`` (a running ``vllm serve``) or ``auto``

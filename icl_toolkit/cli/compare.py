@@ -22,15 +22,10 @@ def compare(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Run a comparison: predictions per arm (resumable), baselines, CIs, DeLong tests, plots, report."""
-    from icl_toolkit.data.cohort import read_cohort
-    from icl_toolkit.evaluation.compare import Comparison, load_compare_config
+    from icl_toolkit.evaluation.compare import compare as run_comparison, load_compare_config
 
     cfg, _ = load_compare_config(config)
-    if limit:
-        cfg.limit = limit
-    names = {"test": str(test), "pool": str(pool)} | ({"val": str(val)} if val else {})
-    result = Comparison(cfg, out, progress=progress).run(
-        read_cohort(test), read_cohort(pool), read_cohort(val) if val else None, names=names, only=only or ())
+    result = run_comparison(cfg, test, pool, out, val=val, limit=limit, only=only or (), progress=progress)
     table = Table(title=f"{result.rows[0]['n']} test patients, {result.rows[0]['cases']} cases; "
                         f"DeLong against {cfg.reference_arm!r}", title_justify="left")
     for col in ("arm", "AUROC (95% CI)", "AUPRC", "Brier", "ECE", "F1", "p"):

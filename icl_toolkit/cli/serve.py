@@ -9,38 +9,28 @@ from typing import Annotated, Any, Literal, Optional
 
 import typer
 
-from icl_toolkit.cli._common import (
-    ModelOpt,
-    err_console,
-    spec_from_flags,
-    with_engine_flags,
-    with_retriever_flags,
-)
 from icl_toolkit.backends.options import EngineOptions
+from icl_toolkit.cli._common import ModelOpt, err_console, spec_from_flags, with_engine_flags, with_retriever_flags
+from icl_toolkit.cli._flags import FlagGroup, with_flags
 from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.prompting.config import PromptConfig
+from icl_toolkit.serve.config import BatchSettings, ServerSettings
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 
 
 @with_engine_flags
 @with_retriever_flags
+@with_flags("prompt_options", FlagGroup(PromptConfig, fields=("query_tokens", "demo_tokens")), build=dict)
+@with_flags("batching", FlagGroup(BatchSettings, rename={"enabled": "batching"}))
+@with_flags("limits", FlagGroup(ServerSettings, fields=("max_patients", "max_body_mb", "max_k", "max_demos",
+                                                        "max_request_tokens")), build=dict)
 def serve(
     pool: Annotated[Optional[Path], typer.Option(help="Demonstration pool (cohort JSONL with labels).")] = None,
     index: Annotated[Optional[Path], typer.Option(help="Index folder from `icl index build` over --pool (built at start-up if absent).")] = None,
     model: ModelOpt = "default",
-    query_tokens: Annotated[int, typer.Option(help="History budget of the patient (tokens).")] = 400,
-    demo_tokens: Annotated[int, typer.Option(help="History budget per demo (tokens).")] = 200,
     host: Annotated[str, typer.Option(help="Address to bind (loopback by default; 0.0.0.0 exposes the service).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
-    max_batch: Annotated[int, typer.Option(min=1, help="Most patients per backend batch (micro-batching).")] = 16,
-    max_wait_ms: Annotated[float, typer.Option(min=0, help="How long a batch waits for more patients (ms).")] = 10.0,
-    batching: Annotated[bool, typer.Option(help="Coalesce concurrent requests into backend batches.")] = True,
-    max_patients: Annotated[int, typer.Option(min=1, help="Most patients per request (413 above).")] = 64,
-    max_body_mb: Annotated[float, typer.Option(min=0.001, help="Largest request body in MB (413 above).")] = 8.0,
-    max_queue: Annotated[int, typer.Option(min=1, help="Most patients waiting to be scored; a request that does not fit gets 503 with Retry-After.")] = 256,
-    max_k: Annotated[int, typer.Option(min=0, help="Most demonstrations per patient a request may ask for (422 above).")] = 16,
-    max_demos: Annotated[int, typer.Option(min=1, help="Most demonstrations per request, patients x k (413 above).")] = 256,
-    max_request_tokens: Annotated[int, typer.Option(min=1, help="Most prompt tokens per request, estimated from the history budgets (413 above).")] = 200_000,
     grace_seconds: Annotated[float, typer.Option(min=1, help="On SIGTERM: answer every request within this many seconds (finish, or 503 for what is still queued), then exit.")] = 30.0,
     log_level: Annotated[LogLevel, typer.Option(help="Log level (request ids and timings; never patient data).")] = "info",
     monitor_dir: Annotated[Optional[Path], typer.Option(help="Append one pseudonymous record per prediction here and take outcomes on POST /v1/feedback; report with `icl monitor --dir`.")] = None,
@@ -49,6 +39,9 @@ def serve(
     *,
     engine: EngineOptions,
     retriever_options: dict[str, Any],
+    prompt_options: dict[str, Any],
+    batching: BatchSettings,
+    limits: dict[str, Any],
 ) -> None:
     """Serve `icl predict`'s predictor over HTTP: POST /v1/predict, GET /health, GET /v1/info, /docs."""
     try:
@@ -64,13 +57,12 @@ def serve(
     from icl_toolkit.retrieval.embedder import ProfileEmbedder
     from icl_toolkit.retrieval.index import DemoIndex
     from icl_toolkit.retrieval.representations import make_representation, needs_embedder
-    from icl_toolkit.serve.app import ServerSettings, create_app, make_server
-    from icl_toolkit.serve.service import BatchSettings, PredictionService
+    from icl_toolkit.serve.app import create_app, make_server
+    from icl_toolkit.serve.service import PredictionService
 
     if index is not None and pool is None:
         raise ConfigError("--index needs the --pool it was built from (the demos' records come from the pool).")
-    config = spec_from_flags(model, query_tokens=query_tokens, demo_tokens=demo_tokens, max_context=engine.max_context,
-                             **retriever_options)
+    config = spec_from_flags(model, max_context=engine.max_context, **prompt_options, **retriever_options)
     demo_pool = read_cohort(pool) if pool is not None else []  # read before binding: a bad file fails here
     r = config.retrieval
     embedder = ProfileEmbedder() if demo_pool and needs_embedder(r.retriever, r.hybrid_weights) else None
@@ -88,13 +80,9 @@ def serve(
 
     def load() -> PredictionService:
         lm = open_backend(model, engine, progress=False)
-        return PredictionService(lm, demo_pool, loaded_index, config, embedder=embedder,
-                                 batching=BatchSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, enabled=batching,
-                                                        max_queue=max_queue))
+        return PredictionService(lm, demo_pool, loaded_index, config, embedder=embedder, batching=batching)
 
-    settings = ServerSettings(api_key=os.environ.get("ICL_API_KEY") or None, max_patients=max_patients,
-                              max_body_bytes=int(max_body_mb * (1 << 20)), max_k=max_k, max_demos=max_demos,
-                              max_request_tokens=max_request_tokens)
+    settings = ServerSettings(api_key=os.environ.get("ICL_API_KEY") or None, **limits)
     logging.basicConfig(level="DEBUG" if log_level == "trace" else log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if host not in ("127.0.0.1", "localhost", "::1"):
         err_console.print(f"warning: binding {host}: the service is reachable from other machines"

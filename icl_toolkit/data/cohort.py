@@ -49,6 +49,7 @@ __all__ = [
     "write_cohort",
     "patient_to_dict",
     "content_hash",
+    "parse_record",
     "record_issues",
 ]
 
@@ -326,6 +327,35 @@ def _iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
             yield lineno, raw
 
 
+def parse_record(text: str) -> tuple[Patient | None, list[tuple[str, str]], Any]:
+    """One line of a cohort file checked by the record rules (the schema and the cross-field rules).
+
+    Returns:
+        The patient (``None`` when any rule is broken), every problem as ``(field, message)`` (field ``-`` for the
+        line as a whole), and the parsed JSON (``None`` when the line is not JSON).
+    """
+    try:
+        obj = json.loads(text)
+    except ValueError as exc:
+        return None, [("-", f"expected one JSON object per line, found invalid JSON ({exc})")], None
+    except RecursionError:
+        return None, [("-", "expected one patient record, found JSON nested too deeply to read (thousands of "
+                            "levels)")], None
+    if not isinstance(obj, dict):
+        return None, [("-", f"expected a JSON object (one patient), found {_short(obj)}")], obj
+    p: Patient | None = None
+    problems: list[tuple[str, str]] = []
+    try:
+        p = _PATIENT.validate_json(text)
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False):
+            item = _describe(err)
+            if item not in problems:
+                problems.append(item)
+    problems += record_issues(obj)
+    return (p if not problems else None), problems, obj
+
+
 def _validate_stream(path: Path, keep: bool) -> tuple[ValidationReport, list[Patient]]:
     name = str(path)
     report = ValidationReport(path=name)
@@ -341,32 +371,9 @@ def _validate_stream(path: Path, keep: bool) -> tuple[ValidationReport, list[Pat
         except UnicodeDecodeError as exc:
             report.issues.append(InputIssue(name, lineno, "-", f"expected UTF-8 text, found invalid byte at column {exc.start + 1}"))
             continue
-        try:
-            obj = json.loads(text)
-        except ValueError as exc:
-            report.issues.append(InputIssue(name, lineno, "-", f"expected one JSON object per line, "
-                                                               f"found invalid JSON ({exc})"))
-            continue
-        except RecursionError:
-            report.issues.append(InputIssue(name, lineno, "-", "expected one patient record, found JSON nested "
-                                                               "too deeply to read (thousands of levels)"))
-            continue
-        if not isinstance(obj, dict):
-            report.issues.append(InputIssue(name, lineno, "-", f"expected a JSON object (one patient), "
-                                                               f"found {_short(obj)}"))
-            continue
-        p: Patient | None = None
-        problems: list[tuple[str, str]] = []
-        try:
-            p = _PATIENT.validate_json(text)
-        except ValidationError as exc:
-            for err in exc.errors(include_url=False):
-                item = _describe(err)
-                if item not in problems:
-                    problems.append(item)
-        problems += record_issues(obj)
+        p, problems, obj = parse_record(text)
         report.issues.extend(InputIssue(name, lineno, where, what) for where, what in problems)
-        pid = obj.get("patient_id")
+        pid = obj.get("patient_id") if isinstance(obj, dict) else None
         dup = isinstance(pid, str) and bool(pid) and _check_duplicate(pid, lineno, seen, report, name)
         if p is not None and not problems and not dup:
             report.n_valid += 1

@@ -41,7 +41,7 @@ from icl_toolkit.retrieval.index import DemoIndex
 from icl_toolkit.retrieval.retriever import Retrieval, Retriever
 from icl_toolkit.inference.config import PredictConfig
 
-__all__ = ["PredictConfig", "Prediction", "Predictor"]
+__all__ = ["Prediction", "Predictor", "check_pool"]
 
 
 @dataclass
@@ -107,7 +107,7 @@ class Predictor:
         self.builder_ = PromptBuilder(self.backend.tokenizer, self.config.prompt, self.backend.max_context)
         self.retriever_: Retriever | None = None
         if self.uses_demos:
-            _check_pool(pool, self.config.prompt, pool_name)
+            check_pool(pool, self.config.prompt, pool_name)
             self.retriever_ = Retriever(self.config.retrieval, self.embedder).fit(
                 pool, index, index_kind=index_kind, progress=self.progress)
         return self
@@ -193,7 +193,13 @@ class Predictor:
                 "embedder": self.retriever_.representation_.embedder_id if self.retriever_ is not None else None}
 
 
-def _check_pool(pool: Sequence[Patient], prompt: PromptConfig, name: str) -> None:
+def check_pool(pool: Sequence[Patient], prompt: PromptConfig, name: str) -> None:
+    """Refuse a demonstration pool that cannot show the demonstrations ``prompt`` asks for: unlabelled patients, or
+    missing rationales of the style shown (``name``: the pool's file, for the message).
+
+    Raises:
+        ConfigError: naming the first patient at fault and the fix.
+    """
     unlabelled = [p.patient_id for p in pool if p.label is None]
     if unlabelled:
         raise ConfigError(f"{name}: {len(unlabelled)} pool patients have no label (first: {unlabelled[0]}); "

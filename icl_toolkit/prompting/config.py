@@ -28,7 +28,8 @@ class PromptConfig(BaseModel):
     mode: Mode = "score"
     """``score``: read P(yes) at the answer slot; ``reason``: the model reasons first (reason-first template)."""
     template: str | None = None
-    """Template name in the prompts folder (without ``.j2``) or a file path; default chosen by demos/mode."""
+    """Template name in the prompts folder (without ``.j2``) or a ``.j2`` file; default: by ``demos`` and ``mode`` (a
+    checkpoint from ``icl finetune`` reasons with the prompt it was trained on)."""
     order: Order = "similar-last"
     """Presentation order of demos; the default puts the most similar next to the query."""
     demo_tokens: int = Field(200, ge=90)

@@ -15,44 +15,27 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field
+from pathlib import Path
+from typing import Any
 
 from icl_toolkit.backends import Backend, GenerationParams
-from icl_toolkit.data.cohort import Patient, Rationales
+from icl_toolkit.backends.options import EngineOptions
 from icl_toolkit.core.errors import ConfigError
-from icl_toolkit.rationales.grounding import check_grounding
-from icl_toolkit.prompting.templates import chat_prompt, load_templates
+from icl_toolkit.core.progress import progress_bar
+from icl_toolkit.data.cohort import Patient, Rationales
 from icl_toolkit.data.serialize import serialize_history, sex_word, token_counter
+from icl_toolkit.inference.ray import RayOptions
+from icl_toolkit.prompting.templates import chat_prompt, load_templates
+from icl_toolkit.rationales.config import TeacherConfig
+from icl_toolkit.rationales.grounding import check_grounding
 
-__all__ = ["TeacherConfig", "TeacherRecord", "RationaleTeacher", "GroundingSummary", "apply_rationales",
-           "generate_rationales_file", "RationaleRun"]
+__all__ = ["TeacherRecord", "RationaleTeacher", "GroundingSummary", "apply_rationales", "generate_rationales_file",
+           "RationaleRun"]
 
-Style = Literal["free_text", "stepwise"]
 SYSTEM_TEMPLATE = "teacher_system"
 USER_TEMPLATE = "teacher_rationale"
 _LEAD = re.compile(r"^(?:reasoning|rationale|explanation)\s*:\s*", re.IGNORECASE)
-
-
-class TeacherConfig(BaseModel):
-    """How the teacher writes (validated; unknown fields are rejected)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    styles: tuple[Style, ...] = Field(("free_text", "stepwise"), min_length=1)
-    """Which rationales to write."""
-    max_new_tokens: int = Field(200, ge=16, le=4096)
-    """Longest rationale, in tokens."""
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
-    """0: greedy decoding (reproducible)."""
-    seed: int = 0
-    history_tokens: int = Field(700, ge=32)
-    """Token budget of the history shown to the teacher (the serializer's drop policy cuts it)."""
-    horizon_years: float = Field(5.0, gt=0)
-    """Outcome window, as in the cohort's labels."""
 
 
 @dataclass
@@ -211,41 +194,113 @@ class RationaleRun:
     failed: list[dict[str, Any]] = field(default_factory=list)   # on Ray: records that failed, with the reason
 
 
+def _teacher_worker(model: str, engine: dict[str, Any], config: dict[str, Any]) -> Callable[[list[Patient]],
+                                                                                           list[dict[str, Any]]]:
+    """A Ray replica's teacher (:func:`icl_toolkit.inference.ray.run_on_ray`): the model loaded once; per batch, the
+    labelled patients' generations, and ``{"patient_id", "skipped"}`` for the unlabelled (as the single-process
+    run explains labelled patients only)."""
+    from icl_toolkit.backends.options import EngineOptions, open_backend
+
+    teacher = RationaleTeacher(open_backend(model, EngineOptions(**engine), progress=False),
+                               TeacherConfig.model_validate(config))
+
+    def work(patients: list[Patient]) -> list[dict[str, Any]]:
+        labelled = [p for p in patients if p.label is not None]
+        out = [r.to_dict() for r in teacher.generate(labelled)] if labelled else []
+        return out + [{"patient_id": p.patient_id, "skipped": "no label: a teacher explains known outcomes"}
+                      for p in patients if p.label is None]
+
+    return work
+
+
 def generate_rationales_file(cohort: str | os.PathLike[str], out: str | os.PathLike[str],
-                             config: TeacherConfig | None = None, *, model: str = "default", engine: Any = None,
-                             drop_ungrounded: bool = False, min_grounded: float = 1.0, chunk_size: int = 8,
-                             limit: int | None = None, resume: bool = False, overwrite: bool = False,
+                             config: TeacherConfig | None = None, *, model: str = "default",
+                             engine: EngineOptions | None = None, drop_ungrounded: bool = False,
+                             min_grounded: float = 1.0, chunk_size: int = 8, limit: int | None = None,
+                             resume: bool = False, overwrite: bool = False, ray: RayOptions | None = None,
+                             progress: bool = True,
                              on_resume: Callable[[int, int], None] | None = None) -> RationaleRun:
-    """``icl rationales generate`` as a function: a teacher explains each labelled patient of a cohort file; the
-    raw generations go through the run loop into ``<out>.generations.jsonl`` (resumable), and the cohort with the
-    (grounded) rationales is written to ``out``."""
-    from icl_toolkit.data.cohort import content_hash
-    from icl_toolkit.backends.options import open_backend
-    from icl_toolkit.data.cohort import read_cohort, write_cohort
-    from icl_toolkit.inference.output import OutputFile, check_output
+    """A teacher explains each labelled patient of a cohort file, in this process or on Ray Data replicas
+    (``icl rationales generate`` as a function). The raw generations go to ``<out>.generations.jsonl`` through the
+    run loop (on Ray: the shard folder ``<out>.generations/``), resumable; then the cohort with the (grounded)
+    rationales is written to ``out``, the same records for the same settings either way.
+
+    Args:
+        cohort: a labelled cohort file.
+        out: the cohort file to write (replaced at the end).
+        config: styles, lengths, history budget (default :class:`TeacherConfig` ()).
+        model: the teacher (``"default"``: the embedded SmolLM2-135M-Instruct; a folder; a cached hub name).
+        engine: the backend and its settings.
+        drop_ungrounded: leave out rationales whose grounded share of claims is below ``min_grounded``.
+        min_grounded: with ``drop_ungrounded``: the share of claims that must be in the history.
+        chunk_size: patients per batched generation call and per save (on Ray: per replica call).
+        limit: only the first N patients (the output holds only them).
+        resume: continue an interrupted run from its generations.
+        overwrite: start again, replacing earlier generations.
+        ray: run on Ray Data replicas with these options (``None``: in this process).
+        progress: show a progress bar.
+        on_resume: called with (generations done before, patients to go) when resuming.
+
+    Returns:
+        What was written (:class:`RationaleRun`).
+
+    Raises:
+        ConfigError: no labelled patient, an output that breaks the output rules, a resume with other settings.
+    """
+    from icl_toolkit.backends.options import EngineOptions, open_backend
+    from icl_toolkit.core.models import lm_id
+    from icl_toolkit.data.cohort import content_hash, read_cohort, write_cohort
+    from icl_toolkit.inference.output import OutputFile, ShardedOutput, check_output
+    from icl_toolkit.inference.ray import RaySource, require_ray, run_on_ray
     from icl_toolkit.inference.run import run_resumable
 
     config = config or TeacherConfig()
+    engine = engine or EngineOptions()
     out = Path(out)
-    generations = out.with_name(out.name + ".generations.jsonl")
     inputs = {"--cohort": cohort}
     check_output(out, overwrite=True, kind="cohort", inputs=inputs)  # the cohort file is replaced at the end
-    check_output(generations, resume=resume, overwrite=overwrite, kind="teacher generations", inputs=inputs)
-    patients = read_cohort(cohort)
-    cohort_hash = content_hash(patients)  # of the whole file, so that a run with --limit can be resumed without it
-    if limit:
-        patients = patients[:limit]
-    labelled = [p for p in patients if p.label is not None]
-    if not labelled:
-        raise ConfigError(f"{cohort}: no patient has a label; a teacher explains known outcomes.")
-    lm = open_backend(model, engine)
-    teacher = RationaleTeacher(lm, config)
-    output = OutputFile(generations, teacher.provenance() | {"cohort": cohort_hash}, resume=resume,
-                        overwrite=overwrite, kind="teacher generations", inputs=inputs)
-    lm.progress = False
-    run_resumable(labelled, teacher.generate, output, chunk_size=chunk_size,
-                  desc=f"writing rationales ({lm.model_id})", on_resume=on_resume)
-    records = [TeacherRecord.from_dict(r) for r in output.records()]
+    failed: list[dict[str, Any]] = []
+    if ray is not None:
+        require_ray()
+        source = RaySource(Path(cohort))
+        generations = out.with_name(out.name + ".generations")
+        provenance = {"teacher_model": lm_id(model), "engine": engine.model_dump(mode="json"),
+                      "teacher_config": config.model_dump(mode="json"),
+                      "templates_hash": load_templates(SYSTEM_TEMPLATE, USER_TEMPLATE)[1],
+                      "cohort_file": str(Path(cohort).resolve())}
+        sharded = ShardedOutput(generations, provenance, resume=resume, overwrite=overwrite,
+                                kind="teacher generations", inputs=inputs)
+        replicas = f"{ray.replicas} replica{'s' if ray.replicas > 1 else ''}"
+        with progress_bar(f"writing rationales on Ray ({replicas})", source.count(limit), progress) as advance:
+            run_on_ray(source, sharded, _teacher_worker, {"model": model, "engine": engine.model_dump(),
+                                                          "config": config.model_dump(mode="json")},
+                       ray, limit=limit, on_resume=on_resume, advance=advance)
+        patients = read_cohort(cohort)
+        if limit:
+            patients = patients[:limit]
+        raw = sharded.records()
+        failed = [r for r in raw if "error" in r]
+        records = [TeacherRecord.from_dict(r) for r in raw if "texts" in r]
+        labelled = sum(1 for p in patients if p.label is not None)
+    else:
+        generations = out.with_name(out.name + ".generations.jsonl")
+        check_output(generations, resume=resume, overwrite=overwrite, kind="teacher generations", inputs=inputs)
+        patients = read_cohort(cohort)
+        cohort_hash = content_hash(patients)  # of the whole file, so that a run with --limit resumes without it
+        if limit:
+            patients = patients[:limit]
+        todo = [p for p in patients if p.label is not None]
+        if not todo:
+            raise ConfigError(f"{cohort}: no patient has a label; a teacher explains known outcomes.")
+        lm = open_backend(model, engine, progress=progress)
+        teacher = RationaleTeacher(lm, config)
+        output = OutputFile(generations, teacher.provenance() | {"cohort": cohort_hash}, resume=resume,
+                            overwrite=overwrite, kind="teacher generations", inputs=inputs)
+        lm.progress = False
+        run_resumable(todo, teacher.generate, output, chunk_size=chunk_size, progress=progress,
+                      desc=f"writing rationales ({lm.model_id})", on_resume=on_resume)
+        records = [TeacherRecord.from_dict(r) for r in output.records()]
+        labelled = len(todo)
     result, summary = apply_rationales(patients, records, drop_ungrounded=drop_ungrounded, min_grounded=min_grounded)
     write_cohort(result, out)
-    return RationaleRun(result, records, summary, len(labelled), generations)
+    return RationaleRun(result, records, summary, labelled, generations, failed)

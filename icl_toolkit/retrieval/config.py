@@ -25,14 +25,15 @@ RETRIEVERS: tuple[str, ...] = get_args(RetrieverKind)
 class RetrievalConfig(BaseModel):
     """How demonstrations are chosen (validated; unknown fields rejected)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     k: int = Field(4, ge=0, le=1024)
-    """Number of demonstrations per query."""
+    """Demonstrations per patient (0: zero-shot, the same as ``demos`` none)."""
     strategy: Strategy = "similar"
-    """Selection strategy (see the module docstring)."""
+    """How demonstrations are chosen: ``similar`` (the k most similar), ``balanced`` (the most similar under label
+    quotas), ``mmr`` (similar but diverse), ``random`` (seeded per patient)."""
     balance: Balance = "half"
-    """Label quotas of the ``balanced`` strategy."""
+    """Label quotas of the ``balanced`` strategy: half and half, or the pool's prevalence."""
     mmr_lambda: float = Field(0.7, ge=0.0, le=1.0)
     """Relevance weight of ``mmr`` (1 = plain similarity, 0 = only diversity)."""
     seed: int = 0
@@ -40,7 +41,7 @@ class RetrievalConfig(BaseModel):
     temporal_guard: bool = False
     """Drop demos whose outcome window ends after the query's index date."""
     horizon_years: float = Field(5.0, gt=0)
-    """Length of the outcome window (for the temporal guard)."""
+    """Outcome window after the index date, in years (shown in the prompt; the temporal guard's window)."""
     retriever: RetrieverKind = "prognostic"
     """What "similar" means: ``dense`` (MiniLM profile), ``sparse`` (TF-IDF over codes), ``hybrid`` (dense +
     sparse + age/sex/history) or ``prognostic`` (similar learned risk, then similar findings); see

@@ -17,9 +17,16 @@ from icl_toolkit.core.files import keep_mode
 from icl_toolkit.data.cohort import Patient, content_hash
 from icl_toolkit.data.serialize import PROFILE_VERSION
 from icl_toolkit.retrieval.embedder import ProfileEmbedder
-from icl_toolkit.retrieval.representations import DenseBlock, PatientRepresentation
+from icl_toolkit.retrieval.config import RetrievalConfig
+from icl_toolkit.retrieval.representations import (
+    DenseBlock,
+    PatientRepresentation,
+    make_representation,
+    needs_embedder,
+)
 
-__all__ = ["IndexKind", "INDEX_KINDS", "AUTO_HNSW_ABOVE", "resolve_index_kind", "faiss_index", "DemoIndex"]
+__all__ = ["IndexKind", "INDEX_KINDS", "AUTO_HNSW_ABOVE", "resolve_index_kind", "faiss_index", "DemoIndex",
+           "build_index"]
 
 IndexKind = Literal["auto", "exact", "hnsw"]
 """``exact`` (flat inner product), ``hnsw`` (a graph, approximate) or ``auto``: exact up to
@@ -195,3 +202,33 @@ class DemoIndex:
         """The stored vectors of some pool rows."""
         return np.stack([self.index.reconstruct(int(r)) for r in rows]) if len(rows) else \
             np.zeros((0, self.index.d), dtype=np.float32)
+
+
+def build_index(pool: Sequence[Patient], config: RetrievalConfig | None = None, *,
+                embedder: ProfileEmbedder | None = None, kind: str = "auto", out: str | Path | None = None,
+                progress: bool = True) -> DemoIndex:
+    """Fit a retriever on a demonstration pool and index the pool (``icl index build`` as a function).
+
+    Args:
+        pool: the demonstration pool (labelled patients).
+        config: which retriever and its settings (default :class:`~icl_toolkit.retrieval.config.RetrievalConfig`
+            (): the prognostic retriever).
+        embedder: the profile embedder of the dense and hybrid retrievers (default: the embedded MiniLM, loaded
+            only when the retriever needs it).
+        kind: ``exact``, ``hnsw`` or ``auto`` (exact up to 50,000 patients).
+        out: also save the index in this folder.
+        progress: show progress bars.
+
+    Returns:
+        The index, with its metadata (what built it, from which pool).
+
+    Raises:
+        ConfigError: an empty pool, an unknown kind.
+    """
+    config = config or RetrievalConfig()
+    if embedder is None and needs_embedder(config.retriever, config.hybrid_weights):
+        embedder = ProfileEmbedder()
+    index = DemoIndex.build(pool, make_representation(config, embedder), kind=kind, progress=progress)
+    if out is not None:
+        index.save(out)
+    return index

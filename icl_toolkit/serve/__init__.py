@@ -1,17 +1,23 @@
-"""``icl serve``: an HTTP service for a prompted predictor (schemas, a service object, thin routes)."""
+"""``icl serve``: an HTTP service for a prompted predictor (settings, schemas, a service layer, routers)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["create_app", "ServerSettings", "PredictionService", "BatchSettings"]
 
 
-def __getattr__(name: str):
-    if name in ("create_app", "ServerSettings"):
-        from icl_toolkit.serve import app
+def __getattr__(name: str) -> Any:
+    if name == "create_app":
+        from icl_toolkit.serve.app import create_app
 
-        return getattr(app, name)
-    if name in ("PredictionService", "BatchSettings"):
-        from icl_toolkit.serve import service
+        return create_app
+    if name in ("ServerSettings", "BatchSettings"):
+        from icl_toolkit.serve import config
 
-        return getattr(service, name)
+        return getattr(config, name)
+    if name == "PredictionService":
+        from icl_toolkit.serve.service import PredictionService
+
+        return PredictionService
     raise AttributeError(name)

@@ -27,22 +27,30 @@ Under pressure:
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from icl_toolkit.data.cohort import Patient
+from icl_toolkit.backends import Backend
 from icl_toolkit.core.errors import ConfigError, IclError
-from icl_toolkit.inference.predictor import Predictor
-from icl_toolkit.retrieval.index import DemoIndex
-from icl_toolkit.serve.schemas import PredictOptions
+from icl_toolkit.data.cohort import Patient, record_issues
 from icl_toolkit.inference.config import PredictConfig
+from icl_toolkit.inference.predictor import Predictor
+from icl_toolkit.retrieval.embedder import ProfileEmbedder
+from icl_toolkit.retrieval.index import DemoIndex
+from icl_toolkit.serve.config import BatchSettings, ServerSettings
+from icl_toolkit.serve.errors import Rejected
+from icl_toolkit.serve.schemas import PredictOptions, PredictRequest
 
-__all__ = ["PredictionService", "BatchSettings", "Overloaded", "ShuttingDown"]
+__all__ = ["PredictionService", "BatchSettings", "Overloaded", "ShuttingDown", "admit", "answer"]
+
+log = logging.getLogger("icl.serve")
 
 
 class Overloaded(IclError):
@@ -55,18 +63,6 @@ class Overloaded(IclError):
 
 class ShuttingDown(IclError):
     """The service is stopping: the request was not (fully) scored."""
-
-
-@dataclass(frozen=True)
-class BatchSettings:
-    max_batch: int = 16
-    """Most patients per backend batch."""
-    max_wait_ms: float = 10.0
-    """How long the first patient of a batch waits for others."""
-    enabled: bool = True
-    """False: every request runs alone, in arrival order (for comparison)."""
-    max_queue: int = 256
-    """Most patients waiting to be scored; a request that would exceed it is refused (503)."""
 
 
 @dataclass(eq=False)
@@ -89,9 +85,8 @@ class PredictionService:
         batching: micro-batching and queue settings.
     """
 
-    def __init__(self, backend: Any, pool: Sequence[Patient], index: DemoIndex | None, config: PredictConfig,
-                 *, embedder: Any = None, batching: BatchSettings | None = None) -> None:
-        from icl_toolkit.retrieval.embedder import ProfileEmbedder
+    def __init__(self, backend: Backend, pool: Sequence[Patient], index: DemoIndex | None, config: PredictConfig,
+                 *, embedder: ProfileEmbedder | None = None, batching: BatchSettings | None = None) -> None:
         from icl_toolkit.retrieval.representations import make_representation, needs_embedder
 
         self.backend = backend
@@ -165,6 +160,17 @@ class PredictionService:
     def retry_after(self) -> int:
         """Seconds after which the queue has likely drained (at least 1, at most 300)."""
         return int(min(300, max(1, math.ceil(self.queued * self.seconds_per_patient))))
+
+    def refuse_if_full(self) -> None:
+        """Refuse a request before its body is read and validated (which costs CPU too) while the queue is full.
+
+        Raises:
+            Rejected: 503 with ``Retry-After``.
+        """
+        if self.queued >= self.batching.max_queue:
+            self.refused += 1
+            raise Rejected(503, f"the server is busy ({self.queued} patients queued); retry later",
+                           retry_after=self.retry_after())
 
     async def start(self) -> None:
         """Start the batch worker in the running event loop (again after :meth:`stop`)."""
@@ -295,3 +301,81 @@ class PredictionService:
         for it, res in zip(group, results):
             if not it.future.done():
                 it.future.set_result(res)
+
+
+def admit(req: PredictRequest, body: bytes, settings: ServerSettings, service: PredictionService | None,
+          ready: bool, stopping: bool) -> PredictionService:
+    """Check a validated request before any work: the cohort format's cross-field rules, the per-request limits,
+    the server's state. Returns the service that takes it.
+
+    Raises:
+        Rejected: 422 for a broken cohort rule or too large a k (each naming the field), 413 for too many patients,
+            demonstrations or prompt tokens, 503 while loading or stopping.
+    """
+    import json
+
+    # the cohort format's cross-field rules (onset date with label 1, onset after index, finite values, ...)
+    raw = json.loads(body)["patients"]
+    issues = [{"field": f"patients[{i}].{where}", "msg": what, "type": "cohort_rule"}
+              for i, p in enumerate(raw) for where, what in record_issues(p)]
+    if issues:
+        raise Rejected(422, "invalid request", issues)
+    o, n = req.options, len(req.patients)
+    if o.k > settings.max_k:
+        raise Rejected(422, "invalid request", [{"field": "options.k", "type": "less_than_equal",
+                                                 "msg": f"k is at most {settings.max_k} on this server"}])
+    if n > settings.max_patients:
+        raise Rejected(413, f"{n} patients in one request; the limit is {settings.max_patients}")
+    if stopping:
+        raise Rejected(503, "the server is shutting down", retry_after=5)
+    if service is None or not ready:
+        raise Rejected(503, "not ready: the model and index are still loading", retry_after=5)
+    k = service.spec(o).retrieval.k
+    if n * k > settings.max_demos:
+        raise Rejected(413, f"{n} patients x k={k} = {n * k} demonstrations in one request; the limit is "
+                            f"{settings.max_demos}. Send fewer patients per request or a smaller k.")
+    tokens = service.request_tokens(n, o)
+    if tokens > settings.max_request_tokens:
+        raise Rejected(413, f"this request would score about {tokens} prompt tokens; the limit is "
+                            f"{settings.max_request_tokens}. Send fewer patients per request or a smaller k.")
+    return service
+
+
+async def answer(service: PredictionService, req: PredictRequest, is_disconnected: Callable[[], Awaitable[bool]],
+                 request_id: str, poll_s: float = 0.25) -> list[dict[str, Any]] | None:
+    """The request's predictions, batched with concurrent requests; ``None`` when the client went away first (its
+    queued patients are dropped: nobody is left to answer).
+
+    Raises:
+        Rejected: 503 (queue full, shutting down: with ``Retry-After``), 500 (a prediction failed; the log has it).
+    """
+    task = asyncio.ensure_future(service.predict(req.patients, req.options))
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=poll_s)
+            if done:
+                break
+            if await is_disconnected():
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+                log.info("%s client disconnected while waiting; its queued patients were dropped", request_id)
+                return None
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    try:
+        results = task.result()
+    except Overloaded as exc:
+        raise Rejected(503, str(exc), retry_after=exc.retry_after) from None
+    except ShuttingDown as exc:
+        raise Rejected(503, str(exc), retry_after=5) from None
+    failed = [r for r in results if isinstance(r, Exception)]
+    if any(isinstance(r, ShuttingDown) for r in failed):
+        raise Rejected(503, "the server is shutting down; this request was not (fully) scored", retry_after=5)
+    if failed:
+        log.error("%s prediction failed: %s", request_id, type(failed[0]).__name__)
+        raise Rejected(500, "prediction failed; the server log has the details under this request id")
+    return [r for r in results if isinstance(r, dict)]

@@ -48,12 +48,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from datasets import Dataset
 from datasets.utils.logging import disable_progress_bar
-from pydantic import BaseModel, ConfigDict, Field
 from transformers import EarlyStoppingCallback, TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_callback import ProgressCallback as TQDMProgressCallback
@@ -69,79 +68,13 @@ from icl_toolkit.core.progress import progress_bar
 from icl_toolkit.prompting.builder import PromptBuilder
 from icl_toolkit.prompting.config import PromptConfig
 from icl_toolkit.inference.config import PredictConfig
+from icl_toolkit.training.config import TARGETS, FinetuneConfig
 
-__all__ = ["FinetuneConfig", "SFTExample", "build_examples", "sft_prompt_config", "Finetuner", "FinetuneResult",
-           "ICLTrainer", "TARGETS", "plot_loss_curve"]
+__all__ = ["finetune", "SFTExample", "build_examples", "sft_prompt_config", "Finetuner", "FinetuneResult",
+           "ICLTrainer", "plot_loss_curve"]
 
-TARGETS = ("label", "rationale", "stepwise")
 SFT_TEMPLATE = "zero_shot"
 IGNORE = -100
-
-
-class FinetuneConfig(BaseModel):
-    """Settings of one SFT run (validated; unknown fields rejected)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    target: Literal["label", "rationale", "stepwise"] = "label"
-    """What the assistant learns to write: the answer, or a rationale then the answer."""
-    epochs: float = Field(1.0, gt=0)
-    """Passes over the training set (fractions allowed); ``max_steps`` wins when set."""
-    max_steps: int | None = Field(None, ge=1)
-    """Stop after this many optimiser steps."""
-    lr: float | None = Field(None, gt=0)
-    """Peak learning rate (default 5e-5 for weights, 5e-4 for LoRA adapters)."""
-    batch_size: int = Field(8, ge=1)
-    """Examples per optimiser step."""
-    seed: int = 0
-    """Seeds the example order, LoRA initialisation and dropout."""
-    lora: bool = False
-    """Train LoRA adapters (peft) instead of the model weights."""
-    lora_r: int = Field(16, ge=1)
-    lora_alpha: int = Field(32, ge=1)
-    lora_dropout: float = Field(0.05, ge=0, lt=1)
-    train_layers: int | None = Field(None, ge=1)
-    """Train only the top N transformer blocks (and the final norm); default all."""
-    warmup: float = Field(0.1, ge=0, lt=1)
-    """Share of the steps spent warming the learning rate up."""
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
-    query_tokens: int = Field(256, ge=90)
-    """History budget of each training prompt, in model tokens (shorter trains faster)."""
-    horizon_years: float = Field(5.0, gt=0)
-    val_limit: int = Field(64, ge=1)
-    """Most validation patients used for the validation loss and AUROC."""
-    eval_points: int = Field(4, ge=0)
-    """Evaluations spread over training (besides one before the first step) when ``eval_steps`` is not set."""
-    eval_steps: int | None = Field(None, ge=1)
-    """Evaluate (and save a resumable trainer checkpoint) every N optimiser steps."""
-    patience: int = Field(0, ge=0)
-    """Stop after this many evaluations without improvement of ``stop_on`` (0: train the full schedule)."""
-    stop_on: Literal["auroc", "loss"] = "auroc"
-    """Validation metric that early stopping and the choice of the best weights follow."""
-    min_delta: float = Field(0.0, ge=0)
-    """Smallest change of ``stop_on`` that counts as an improvement."""
-    min_epochs: float = Field(0.0, ge=0)
-    """Early stopping judges the plateau only from this many epochs on: evaluations before it never stop training
-    nor count towards ``patience`` (they still compete for the best weights)."""
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """Compute precision: ``bfloat16`` trains under bf16 autocast with fp32 weights; ``auto`` picks it where the
-    CPU or GPU computes bf16 natively (:mod:`icl_toolkit.core.hardware`)."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass (less memory, about a third more compute)."""
-    gradient_accumulation: int = Field(1, ge=1)
-    """Micro-batches per optimiser step (``batch_size`` is the micro-batch)."""
-    device: str = "cpu"
-    """``cpu`` or ``cuda``; under ``accelerate launch`` the launcher places each process."""
-
-    @property
-    def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else (5e-4 if self.lora else 5e-5)
-
-    def run_settings(self) -> dict[str, Any]:
-        """What the trained weights depend on (checked when an interrupted run is resumed)."""
-        # min_epochs decides only when training may stop, not the trajectory up to it: a run is resumable across it
-        return self.model_dump(exclude={"device", "min_epochs"}) | {"lr": self.learning_rate}
 
 
 def sft_prompt_config(query_tokens: int = 256, horizon_years: float = 5.0) -> PromptConfig:
@@ -647,3 +580,42 @@ def plot_loss_curve(history: Sequence[dict[str, Any]], path: str | Path, title: 
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
+
+
+def finetune(train: str | Path | Sequence[Patient], out: str | Path, config: FinetuneConfig | None = None, *,
+             val: str | Path | Sequence[Patient] | None = None, base: str = "default", limit: int | None = None,
+             resume: bool = False, overwrite: bool = False, progress: bool = True) -> FinetuneResult:
+    """Fine-tune ``base`` on the zero-shot prompt through TRL's SFTTrainer and write a checkpoint folder (``icl
+    finetune`` as a function). The checkpoint is then a model for prediction: ``Predictor(open_backend(out))`` or
+    ``predict_file(..., model=out)``.
+
+    Args:
+        train: the training cohort (a cohort file, or patients) with labels (and rationales for those targets).
+        out: the checkpoint folder to write.
+        config: the SFT settings (default :class:`~icl_toolkit.training.config.FinetuneConfig` ()).
+        val: a validation cohort (file or patients): validation loss and AUROC at each evaluation, early stopping.
+        base: the base model: ``"default"`` (the embedded SmolLM2-135M-Instruct) or a checkpoint folder.
+        limit: only the first N training patients.
+        resume: continue an interrupted run of this ``out`` from the trainer's last save (same settings and data).
+        overwrite: replace an existing ``out`` (and discard an interrupted run of it).
+        progress: show a progress bar with the running loss.
+
+    Returns:
+        The checkpoint folder, its metadata and the training history (:class:`FinetuneResult`).
+
+    Raises:
+        ConfigError: ``out`` exists (without ``overwrite``), an interrupted run exists (without ``resume`` or
+            ``overwrite``) or was made with other settings or data, data that does not suit the target.
+    """
+    from icl_toolkit.data.cohort import read_cohort
+
+    def cohort(x: str | Path | Sequence[Patient]) -> tuple[list[Patient], str | None]:
+        return (read_cohort(x), str(x)) if isinstance(x, str | Path) else (list(x), None)
+
+    patients, train_name = cohort(train)
+    if limit:
+        patients = patients[:limit]
+    val_patients, val_name = cohort(val) if val is not None else (None, None)
+    return Finetuner(config, base=base, progress=progress).fit(
+        patients, out, val=val_patients, overwrite=overwrite, resume=resume, train_name=train_name or "train",
+        val_name=val_name or "val")

@@ -8,6 +8,6 @@
 """
 
 from icl_toolkit.evaluation.compare.config import Arm, ArmSpec, CompareConfig, load_compare_config
-from icl_toolkit.evaluation.compare.run import CompareResult, Comparison
+from icl_toolkit.evaluation.compare.run import CompareResult, Comparison, compare
 
-__all__ = ["Arm", "ArmSpec", "CompareConfig", "load_compare_config", "Comparison", "CompareResult"]
+__all__ = ["Arm", "ArmSpec", "CompareConfig", "load_compare_config", "Comparison", "CompareResult", "compare"]

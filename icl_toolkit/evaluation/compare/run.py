@@ -42,7 +42,7 @@ from icl_toolkit.data.cohort import content_hash
 from icl_toolkit.backends import Backend
 from icl_toolkit.data.cohort import Patient
 from icl_toolkit.evaluation import baselines as bl
-from icl_toolkit.evaluation.compare.config import Arm, CompareConfig
+from icl_toolkit.evaluation.compare.config import Arm, CompareConfig, load_compare_config
 from icl_toolkit.evaluation.compare.report import (
     plot_auroc_vs_k,
     plot_calibration,
@@ -390,3 +390,44 @@ class Comparison:
                     add(ORACLE, "the true risk the synthetic generator drew each outcome from "
                         "(an upper reference, not a model)", risk, bl.oracle_risk(val) if val else None)
         return out
+
+
+def compare(config: CompareConfig | str | Path, test: str | Path | Sequence[Patient],
+            pool: str | Path | Sequence[Patient], out: str | Path, *,
+            val: str | Path | Sequence[Patient] | None = None, limit: int | None = None, only: Sequence[str] = (),
+            progress: bool = True) -> CompareResult:
+    """Every arm of a comparison and the baselines on the same test patients, with statistics, plots and a report
+    (``icl compare`` as a function). An existing ``out`` is resumed: finished arms are checked and reused.
+
+    Args:
+        config: an ``arms.toml`` file, or a loaded :class:`~icl_toolkit.evaluation.compare.config.CompareConfig`.
+        test: the test cohort (a file, or patients) with labels.
+        pool: the demonstration pool and the baselines' training data (file or patients).
+        out: the output folder (created; reused and resumed when it exists).
+        val: a validation cohort (file or patients): the F1 thresholds are chosen on it.
+        limit: only the first N test patients (overrides the config's ``limit``).
+        only: run and report only these checkpoints' arms, or arms whose name matches a glob (staged runs).
+        progress: show progress bars.
+
+    Returns:
+        The rows, contrasts and what ran (:class:`CompareResult`); the files are in ``out``.
+
+    Raises:
+        ConfigError: a config that does not validate (naming the key), a finished arm made under other settings, a
+            test patient in the pool, an ``only`` that leaves out the reference arm.
+    """
+    from icl_toolkit.data.cohort import read_cohort
+
+    cfg = config if isinstance(config, CompareConfig) else load_compare_config(config)[0]
+    if limit:
+        cfg = cfg.model_copy(update={"limit": limit})
+    names: dict[str, str] = {}
+
+    def cohort(name: str, x: str | Path | Sequence[Patient]) -> list[Patient]:
+        if isinstance(x, str | Path):
+            names[name] = str(x)
+            return read_cohort(x)
+        return list(x)
+
+    patients = cohort("test", test), cohort("pool", pool), cohort("val", val) if val is not None else None
+    return Comparison(cfg, out, progress=progress).run(*patients, names=names, only=only)

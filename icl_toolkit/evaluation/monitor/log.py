@@ -144,12 +144,32 @@ class FeedbackResult:
 
 class FeedbackRejected(ValueError):
     """A batch of outcomes that was not recorded: ``unknown`` (indices of items naming patients never predicted)
-    and ``conflicts`` (index, reason) of items contradicting a recorded outcome."""
+    and ``conflicts`` (index, reason) of items contradicting a recorded outcome. Said once, here, for every
+    caller: the HTTP status it means (:attr:`status`), the error (:attr:`error`) and each item's field and reason
+    (:meth:`detail`)."""
 
     def __init__(self, unknown: list[int], conflicts: list[tuple[int, str]]) -> None:
         self.unknown, self.conflicts = unknown, conflicts
         super().__init__(f"{len(unknown)} outcome(s) for unknown patients, {len(conflicts)} contradicting "
                          "recorded ones; nothing was recorded")
+
+    @property
+    def status(self) -> int:
+        """404 when some items name unknown patients, else 409 (a contradiction)."""
+        return 404 if self.unknown else 409
+
+    @property
+    def error(self) -> str:
+        if self.unknown:
+            return f"{len(self.unknown)} outcome(s) for unknown patients; nothing was recorded"
+        return f"{len(self.conflicts)} outcome(s) contradict recorded ones; nothing was recorded"
+
+    def detail(self) -> list[dict[str, str]]:
+        """Per item at fault: its field path in the request and why."""
+        if self.unknown:
+            return [{"field": f"outcomes[{i}].patient_id", "msg": "no prediction of this patient is in the monitor "
+                     "log (send outcomes for patients this server predicted)"} for i in self.unknown]
+        return [{"field": f"outcomes[{i}]", "msg": msg} for i, msg in self.conflicts]
 
 
 class MonitorLog:
