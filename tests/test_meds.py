@@ -218,10 +218,10 @@ def test_malformed_meds_gives_counted_drops(tmp_path):
     got = list(c)
     s = c.summary
     assert [p.patient_id for p in got] == ["1"] and len(got[0].events) == 1 and got[0].events[0].value is None
-    assert s.dropped == {"dated before birth": 1, "unknown vocabulary FOO": 1, "death record (not an event kind)": 1,
+    assert s.tables["data"].dropped == {"dated before birth": 1, "unknown vocabulary FOO": 1, "death record (not an event kind)": 1,
                          "subject has no birth date": 1}
-    assert s.repaired == {"non-finite numeric_value removed (event kept)": 1}
-    assert s.label_dropped == {"label for a subject not in the data": 1, "repeated (subject_id, prediction_time)": 1,
+    assert s.tables["data"].repaired == {"non-finite numeric_value removed (event kept)": 1}
+    assert s.attrition == {"label for a subject not in the data": 1, "repeated (subject_id, prediction_time)": 1,
                                "subject has no birth date (no MEDS_BIRTH row)": 1}
     assert s.unknown_codes == {"FOO//123": 1}
 
@@ -341,7 +341,13 @@ def test_cli_to_meds_from_meds_and_predict_format_meds(cohort, tmp_path, invoke,
                          tmp_path / "m" / "labels" / "adrd_5y.parquet", "--out", tmp_path / "back.jsonl"])
     assert code == 0 and "wrote 12 records of 12 subjects" in text, text
     assert sorted(map(_key, read_cohort(tmp_path / "back.jsonl"))) == sorted(map(_key, cohort[:12]))
-    assert json.loads((tmp_path / "back.jsonl.summary.json").read_text())["summary"]["records"] == 12
+    summary = json.loads((tmp_path / "back.jsonl.summary.json").read_text())["summary"]
+    assert summary["records"] == 12
+    # one summary for every importer: the same names and console tables as icl data from-omop (tests/test_omop.py)
+    from icl_toolkit.data.summary import ImportSummary
+
+    assert set(summary) == set(ImportSummary("", "").as_dict())
+    assert "Rows read from" in text and "Cohort: 12 subjects" in text
     code, text = invoke(["predict", "--cohort", tmp_path / "back.jsonl", "--demos", "none", "--model",
                          tiny_model_dir, "--out", tmp_path / "p.jsonl", "--format", "meds", "--query-tokens", "96"])
     assert code == 0 and "meds-evaluation schema" in text, text

@@ -88,7 +88,7 @@ def test_sample_counts_match_independent_sql(sample_first_eligible):
            "events": sum(len(p.events) for p in patients)}
     assert got == expected
     assert expected["cases"] >= 5 and expected["patients"] > 50  # the comparison is not vacuous
-    assert summary.n_cases == got["cases"] and summary.n_patients == got["patients"]
+    assert summary.cases == got["cases"] and summary.records == got["patients"]
     assert summary.events_written and sum(summary.events_written.values()) == got["events"]
 
 
@@ -165,9 +165,9 @@ def test_sample_summary_reports_the_sample_mess(sample_first_eligible):
     assert cond.repaired["concept_id 0 or missing: named by its source concept or value"] > 0
     assert summary.missing_tables == ["death", "concept_ancestor"]
     assert summary.outcome["persons_with_a_record"] == 38
-    excluded = dict(summary.attrition)
-    assert summary.n_censored == excluded["censored"] > 0
-    assert summary.n_persons == sum(excluded.values()) + summary.n_patients
+    excluded = summary.attrition
+    assert summary.censored == excluded["censored"] > 0
+    assert summary.subjects == sum(excluded.values()) + summary.records
 
 
 # --------------------------------------------------------------------------- hand-made messy tables
@@ -276,7 +276,7 @@ def test_messy_tables_give_the_expected_cohort(messy: Path):
     assert by_id["7"].label == 0                                                     # died without ADRD
     assert by_id["2"].birth_date == dt.date(1941, 7, 1)                              # month/day missing
     assert by_id["1"].sex == "F" and by_id["2"].sex == "M"
-    excluded = dict(summary.attrition)
+    excluded = summary.attrition
     assert excluded["censored"] == 1                                                  # person 3
     assert excluded["outcome recorded on or before the index date"] == 1            # person 6
     assert excluded["no usable observation period"] == 1                             # person 8 (bad end date)
@@ -294,7 +294,7 @@ def test_messy_tables_give_the_expected_cohort(messy: Path):
     assert p2 == {"I10"}                                                              # concept 0 + no source value: dropped
 
     cond = summary.tables["condition_occurrence"]
-    assert cond.rejected == 1 and any(":14:" in line for line in summary.rejected_lines)
+    assert cond.rejected == 1 and any(":14:" in line for line in summary.notes)
     assert cond.dropped["person_id not a whole number"] == 1
     assert cond.dropped["date missing or not a date"] == 1
     assert cond.dropped["dated before birth"] == 1
@@ -376,7 +376,7 @@ def test_binary_junk_in_place_of_a_table(messy: Path):
         patients, summary = build_cohort(src, _messy_config())
     assert any(t.startswith("death (no column person_id") for t in summary.missing_tables)
     # without the death table, person 7 (who died without ADRD) is censored instead of a control
-    assert [p.patient_id for p in patients] == ["1", "2"] and dict(summary.attrition)["censored"] == 2
+    assert [p.patient_id for p in patients] == ["1", "2"] and summary.attrition["censored"] == 2
     (messy / "PERSON.csv").write_bytes(b"\x00\xff\xfe" * 50)
     with pytest.raises(ConfigError, match="PERSON.csv"):
         open_source(messy)
@@ -444,6 +444,11 @@ def test_cli_from_omop(messy: Path, tmp_path: Path):
     assert [(p.events, p.label) for p in written] == [(p.events, p.label) for p in want]
     meta = json.loads((tmp_path / "cohort.jsonl.summary.json").read_text())
     assert meta["summary"]["cases"] == 2 and meta["meta"]["config"]["index"]["rule"] == "fixed:2008-01-01"
+    # one summary for every importer: the same names and console tables as icl data from-meds (tests/test_meds.py)
+    from icl_toolkit.data.summary import ImportSummary
+
+    assert set(meta["summary"]) == set(ImportSummary("", "").as_dict())
+    assert "Rows read from" in r.output and "Cohort: " in r.output and "wrote 3 records of" in r.output
     r = CliRunner().invoke(app, ["data", "from-omop", "--source", str(messy), "--out", str(out), "--index-date", "soon"])
     assert r.exit_code != 0
 

@@ -17,6 +17,7 @@ from icl_toolkit.data.describe import describe_cohort, group_summary, oracle_aur
 from icl_toolkit.core.artifacts import write_json_atomic
 from icl_toolkit.data.synth import SynthConfig, assign_splits, iter_synthetic_patients, parse_split
 from icl_toolkit.data.synth.generate import parse_disparity
+from icl_toolkit.data.summary import ImportSummary
 
 app = typer.Typer(help="Make, check, describe and split cohort files (JSONL, one patient per line).",
                   no_args_is_help=True)
@@ -221,18 +222,17 @@ def from_omop(
     summary_path = out.with_name(out.name + ".summary.json")
     write_json_atomic(summary_path, {"meta": {**base_meta("omop-cohort"), "config": config.model_dump(mode="json")},
                                      "summary": summary.as_dict()})
-    _print_omop_summary(summary)
-    console.print(f"wrote {summary.n_patients} patients ({summary.n_cases} cases, {summary.n_controls} controls, "
-                  f"{summary.n_censored} censored left out) to {out} in {time.perf_counter() - start:.1f}s; "
-                  f"summary in {summary_path}", highlight=False)
+    print_import_summary(summary, out, time.perf_counter() - start, summary_path)
 
 
-def _print_omop_summary(s: Any) -> None:
-    t = Table(title=f"OMOP tables read from {s.source}")
+def print_import_summary(s: ImportSummary, out: Path, seconds: float, summary_path: Path) -> None:
+    """An importer's summary as the console shows it, the same for every importer: the rows of each table read,
+    kept, dropped and repaired (why), what the reader noted, the records left out (why), what was written."""
+    t = Table(title=f"Rows read from {s.source}" + (f" (split {s.split})" if s.split else ""))
     for col in ("table", "rows", "kept", "dropped (why)", "repaired"):
         t.add_column(col, overflow="fold")
     for name, r in s.tables.items():
-        dropped = "; ".join(f"{n} {why}" for why, n in r.dropped.items())
+        dropped = "; ".join(f"{n} {why}" for why, n in sorted(r.dropped.items(), key=lambda kv: -kv[1]))
         if r.rejected:
             dropped = "; ".join(x for x in (f"{r.rejected} unreadable lines", dropped) if x)
         t.add_row(name, str(r.read + r.rejected), str(r.kept), dropped or "-",
@@ -240,26 +240,37 @@ def _print_omop_summary(s: Any) -> None:
     console.print(t)
     if s.missing_tables:
         console.print(f"tables not present (skipped): {', '.join(s.missing_tables)}", highlight=False)
-    for line in s.rejected_lines:
-        err_console.print(f"unreadable line {line}", highlight=False, markup=False)
+    for line in s.notes:
+        err_console.print(f"note: {line}", highlight=False, markup=False)
+    if s.unknown_codes:
+        top = ", ".join(f"{c} ({n})" for c, n in s.unknown_codes.most_common(8))
+        console.print(f"most common codes of unknown vocabularies: {top}; map them with --code-map",
+                      highlight=False, markup=False)
     o = s.outcome
-    routes = ", ".join(f"{n} by {r}" for r, n in o["records_by_route"].items()) or "none"
-    console.print(f"outcome {o['name']}: {o['standard_concepts']} standard concepts ({o['with_descendants']} with "
-                  f"descendants), {o['icd10_source_concepts']} ICD-10 source concepts; {o['records']} records "
-                  f"({routes}) for {o['persons_with_a_record']} persons", highlight=False)
-    a = Table(title=f"Cohort: {s.n_persons} persons")
+    if o:
+        routes = ", ".join(f"{n} by {r}" for r, n in o["records_by_route"].items()) or "none"
+        console.print(f"outcome {o['name']}: {o['standard_concepts']} standard concepts ({o['with_descendants']} "
+                      f"with descendants), {o['icd10_source_concepts']} ICD-10 source concepts; {o['records']} "
+                      f"records ({routes}) for {o['persons_with_a_record']} persons", highlight=False)
+    a = Table(title=f"Cohort: {s.subjects} subjects")
     a.add_column("step")
-    a.add_column("persons", justify="right")
-    for why, n in s.attrition:
-        a.add_row(f"excluded: {why}", str(n))
-    a.add_row("cases (label 1)", str(s.n_cases))
-    a.add_row("controls (label 0)", str(s.n_controls))
+    a.add_column("records", justify="right")
+    for why, n in sorted(s.attrition.items(), key=lambda kv: -kv[1]):
+        a.add_row(f"left out: {why}", str(n))
+    a.add_row("cases (label 1)", str(s.cases))
+    a.add_row("controls (label 0)", str(s.controls))
+    if s.unlabelled:
+        a.add_row("unlabelled", str(s.unlabelled))
     console.print(a)
     events = ", ".join(f"{k} {n}" for k, n in sorted(s.events_written.items(), key=lambda kv: -kv[1]))
-    console.print(f"events written (on or before the index date): {events or 'none'}; "
+    console.print(f"events written (on or before each index date): {events or 'none'}; "
                   f"{s.events_after_index} later events left out"
                   + (f"; {s.no_history} patients have no events before the index date" if s.no_history else ""),
                   highlight=False)
+    console.print(f"wrote {s.records} records of {s.subjects} subjects ({s.cases} cases, {s.controls} controls"
+                  + (f", {s.unlabelled} unlabelled" if s.unlabelled else "")
+                  + (f", {s.censored} censored left out" if s.censored else "")
+                  + f") to {out} in {seconds:.1f}s; summary in {summary_path}", highlight=False)
 
 
 @app.command("from-meds")
@@ -288,44 +299,7 @@ def from_meds(
                                               "split": split, "code_map": str(code_map) if code_map else None,
                                               "outcome": str(outcome) if outcome else "ADRD"},
                                      "summary": s.as_dict()})
-    _print_meds_summary(s)
-    console.print(f"wrote {s.records} records of {s.subjects} subjects ({s.cases} cases, {s.controls} controls"
-                  + (f", {s.unlabelled} unlabelled" if s.unlabelled else "") + f") to {out} in "
-                  f"{time.perf_counter() - start:.1f}s; summary in {summary_path}", highlight=False)
-
-
-def _print_meds_summary(s: Any) -> None:
-    for line in s.casts:
-        err_console.print(f"note: {line}", highlight=False, markup=False)
-    t = Table(title=f"MEDS rows read from {s.root} ({len(s.shards)} shard{'s' if len(s.shards) != 1 else ''})")
-    t.add_column("rows")
-    t.add_column("count", justify="right")
-    t.add_row("read", str(s.data_rows))
-    t.add_row("of subjects without a label (not read further)", str(s.rows_other_subjects))
-    t.add_row("sex and birth date", str(s.rows_demographic))
-    t.add_row("made into events", str(s.rows_used))
-    for why, n in sorted(s.dropped.items(), key=lambda kv: -kv[1]):
-        t.add_row(f"dropped: {why}", str(n))
-    for why, n in sorted(s.repaired.items(), key=lambda kv: -kv[1]):
-        t.add_row(f"repaired: {why}", str(n))
-    console.print(t)
-    if s.unknown_codes:
-        top = ", ".join(f"{c} ({n})" for c, n in s.unknown_codes.most_common(8))
-        console.print(f"most common codes of unknown vocabularies: {top}; map them with --code-map",
-                      highlight=False, markup=False)
-    a = Table(title=f"Label rows read from {s.labels}")
-    a.add_column("label rows")
-    a.add_column("count", justify="right")
-    a.add_row("read", str(s.label_rows))
-    if s.split:
-        a.add_row(f"of subjects outside split {s.split}", str(s.label_rows_other_split))
-    for why, n in sorted(s.label_dropped.items(), key=lambda kv: -kv[1]):
-        a.add_row(f"dropped: {why}", str(n))
-    a.add_row("records written", str(s.records))
-    console.print(a)
-    events = ", ".join(f"{k} {n}" for k, n in sorted(s.events_written.items(), key=lambda kv: -kv[1]))
-    console.print(f"events written (at or before each prediction time): {events or 'none'}; "
-                  f"{s.events_after_prediction_time} later events left out", highlight=False)
+    print_import_summary(s, out, time.perf_counter() - start, summary_path)
 
 
 @app.command("to-meds")

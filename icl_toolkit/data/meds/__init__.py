@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from icl_toolkit.data.meds.codes import INDEX_CODE, CodeMap, load_code_map
 from icl_toolkit.data.meds.predictions import PREDICTION_COLUMNS, write_meds_predictions
-from icl_toolkit.data.meds.read import MedsCohort, MedsImportSummary, open_meds, read_labels
+from icl_toolkit.data.meds.read import MedsCohort, open_meds, read_labels
 from icl_toolkit.data.meds.write import MedsExportSummary, subject_key, write_meds
 
-__all__ = ["INDEX_CODE", "CodeMap", "load_code_map", "MedsCohort", "MedsImportSummary", "open_meds", "read_labels",
+__all__ = ["INDEX_CODE", "CodeMap", "load_code_map", "MedsCohort", "open_meds", "read_labels",
            "MedsExportSummary", "write_meds", "subject_key", "PREDICTION_COLUMNS", "write_meds_predictions"]

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +29,9 @@ from icl_toolkit.data.cohort import Event, Patient
 from icl_toolkit.core.errors import ConfigError, IclError
 from icl_toolkit.data.meds.codes import CodeMap, CodeResolver, MappedCode, OutcomeMatcher
 from icl_toolkit.data.omop.outcome import ADRD, OutcomeDefinition
+from icl_toolkit.data.summary import ImportSummary, TableReport
 
-__all__ = ["SPLIT_NAMES", "MedsImportSummary", "MedsCohort", "read_labels", "open_meds", "RECORDS_FILE"]
+__all__ = ["SPLIT_NAMES", "MedsCohort", "read_labels", "open_meds", "RECORDS_FILE"]
 
 SPLIT_NAMES = {"train": "train", "tuning": "val", "held_out": "test"}
 """MEDS split -> the cohort's split field."""
@@ -52,61 +52,10 @@ def _meds() -> Any:
     return meds
 
 
-@dataclass
-class MedsImportSummary:
-    """What was read, dropped or repaired, and why; the records that came out."""
-
-    root: str
-    labels: str
-    split: str | None = None
-    shards: list[str] = field(default_factory=list)
-    casts: list[str] = field(default_factory=list)            # "FILE: column: cast from T to U"
-    label_rows: int = 0
-    label_rows_other_split: int = 0
-    label_dropped: dict[str, int] = field(default_factory=dict)
-    data_rows: int = 0
-    rows_other_subjects: int = 0
-    rows_used: int = 0
-    rows_demographic: int = 0
-    dropped: dict[str, int] = field(default_factory=dict)
-    repaired: dict[str, int] = field(default_factory=dict)
-    unknown_codes: Counter = field(default_factory=Counter)
-    subjects: int = 0
-    records: int = 0
-    cases: int = 0
-    controls: int = 0
-    unlabelled: int = 0
-    events_written: dict[str, int] = field(default_factory=dict)
-    events_after_prediction_time: int = 0
-
-    def drop(self, reason: str, n: int = 1) -> None:
-        self.dropped[reason] = self.dropped.get(reason, 0) + n
-
-    def drop_label(self, reason: str, n: int = 1) -> None:
-        self.label_dropped[reason] = self.label_dropped.get(reason, 0) + n
-
-    def repair(self, reason: str, n: int = 1) -> None:
-        self.repaired[reason] = self.repaired.get(reason, 0) + n
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "root": self.root, "labels": self.labels, "split": self.split, "shards": self.shards,
-            "casts": self.casts,
-            "label_rows": self.label_rows, "label_rows_in_other_splits": self.label_rows_other_split,
-            "label_rows_dropped": self.label_dropped,
-            "data_rows": self.data_rows, "rows_of_unlabelled_subjects": self.rows_other_subjects,
-            "rows_used": self.rows_used, "rows_demographic": self.rows_demographic, "rows_dropped": self.dropped, "rows_repaired": self.repaired,
-            "unknown_codes_most_common": [[c, n] for c, n in self.unknown_codes.most_common(20)],
-            "subjects": self.subjects, "records": self.records, "cases": self.cases, "controls": self.controls,
-            "unlabelled": self.unlabelled, "events_written": self.events_written,
-            "events_after_prediction_time_left_out": self.events_after_prediction_time,
-        }
-
-
 # --------------------------------------------------------------------------- schema checks and casts
 
 def _check_columns(path: Path, schema: pa.Schema, types: dict[str, pa.DataType], required: tuple[str, ...],
-                   summary: MedsImportSummary | None, fix: str) -> dict[str, pa.DataType]:
+                   summary: ImportSummary | None, fix: str) -> dict[str, pa.DataType]:
     """The columns to read and the type to cast each to; a missing or uncastable column is an error naming the
     file and the column."""
     names = set(schema.names)
@@ -131,7 +80,7 @@ def _check_columns(path: Path, schema: pa.Schema, types: dict[str, pa.DataType],
                                   f"before import (for example with pyarrow.compute.cast or polars .cast).")
             if summary is not None and not (pa.types.is_floating(want) and pa.types.is_floating(got)) \
                     and not (pa.types.is_string(want) or pa.types.is_large_string(want)):
-                summary.casts.append(f"{path}: {col}: cast from {got} to {want}")
+                summary.notes.append(f"{path}: {col}: cast from {got} to {want}")
         out[col] = want
     return out
 
@@ -163,7 +112,7 @@ def _parquet_files(path: Path) -> list[Path]:
 
 # --------------------------------------------------------------------------- labels
 
-def read_labels(path: str | Path, summary: MedsImportSummary,
+def read_labels(path: str | Path, summary: ImportSummary,
                 subjects: set[int] | None = None) -> dict[int, list[tuple[dt.datetime, bool | None]]]:
     """An ACES/MEDS label file (or a folder of them) -> ``subject -> [(prediction_time, label)]`` sorted by time.
 
@@ -190,20 +139,20 @@ def read_labels(path: str | Path, summary: MedsImportSummary,
         extra = [c for c in schema.names if c not in types and c not in ("integer_value", "float_value",
                                                                            "categorical_value")]
         if extra:
-            summary.casts.append(f"{f}: extra columns not in the MEDS label schema left unread: {', '.join(extra)}")
+            summary.notes.append(f"{f}: extra columns not in the MEDS label schema left unread: {', '.join(extra)}")
         table = pq.read_table(f, columns=list(types))
         cols = {c: _cast(table, f, c, t).to_pylist() for c, t in types.items()}
         for sid, t, y in zip(cols["subject_id"], cols["prediction_time"], cols["boolean_value"]):
-            summary.label_rows += 1
+            summary.tables["labels"].read += 1
             if sid is None or t is None:
-                summary.drop_label(f"null {'subject_id' if sid is None else 'prediction_time'}")
+                summary.exclude(f"null {'subject_id' if sid is None else 'prediction_time'}")
                 continue
             if subjects is not None and sid not in subjects:
-                summary.label_rows_other_split += 1
+                summary.exclude(f"of subjects outside split {summary.split}")
                 continue
             times = out.setdefault(sid, {})
             if t in times:
-                summary.drop_label("repeated (subject_id, prediction_time)" if times[t] == y else
+                summary.exclude("repeated (subject_id, prediction_time)" if times[t] == y else
                                    "conflicting labels for one (subject_id, prediction_time): first kept")
                 continue
             times[t] = y
@@ -278,7 +227,7 @@ class MedsCohort:
     outcome: OutcomeMatcher
     splits: dict[int, str]
     record_ids: dict[tuple[int, dt.datetime], str]
-    summary: MedsImportSummary
+    summary: ImportSummary
     batch_size: int = 65_536
     progress: Callable[[int], None] | None = None
 
@@ -296,7 +245,8 @@ class MedsCohort:
             yield from self._shard(shard, seen)
         for sid, rows in self.labels.items():
             if sid not in seen:
-                s.drop_label("label for a subject not in the data", len(rows))
+                s.exclude("label for a subject not in the data", len(rows))
+        s.tables["labels"].kept = s.records
 
     def _shard(self, path: Path, seen: set[int]) -> Iterator[Patient]:
         meds = _meds()
@@ -313,7 +263,7 @@ class MedsCohort:
         for batch in pf.iter_batches(batch_size=self.batch_size, columns=list(types)):
             cols = {c: _cast(batch, path, c, t).to_pylist() for c, t in types.items()}
             n = batch.num_rows
-            self.summary.data_rows += n
+            self.summary.tables["data"].read += n
             none = [None] * n
             for sid, t, code, num, txt, unit in zip(cols["subject_id"], cols["time"], cols["code"],
                                                    cols.get("numeric_value", none), cols.get("text_value", none),
@@ -333,7 +283,7 @@ class MedsCohort:
                 if sid in self.labels:
                     rows.append((t, code, _value(num, is_f32), txt, unit))
                 else:
-                    self.summary.rows_other_subjects += 1
+                    self.summary.tables["data"].drop("of subjects without a label (not read further)")
             if self.progress is not None:
                 self.progress(n)
         if current is not None and rows:
@@ -341,6 +291,7 @@ class MedsCohort:
 
     def _subject(self, sid: int, rows: list[tuple[Any, ...]]) -> Iterator[Patient]:
         s, res = self.summary, self.resolver
+        data = s.tables["data"]
         s.subjects += 1
         birth: dt.date | None = None
         sex: str | None = None
@@ -348,74 +299,74 @@ class MedsCohort:
         events: list[tuple[dt.datetime, Event, str]] = []
         for t, code, num, txt, unit in rows:
             if code is None:
-                s.drop("null code")
+                data.drop("null code")
                 continue
             if res.is_birth(code):
-                s.rows_demographic += 1
+                data.kept += 1
                 if t is not None and birth is None:
                     birth = t.date()
                 continue
             x = res.sex(code)
             if x is not None:
-                s.rows_demographic += 1
+                data.kept += 1
                 if sex is None or sex == "U":
                     sex = x
                 continue
             if t is None:
                 g = res.group(code)
                 if g is None:
-                    s.drop("static row not used (not sex, birth or a group)")
+                    data.drop("static row not used (not sex, birth or a group)")
                 else:
-                    s.rows_demographic += 1
+                    data.kept += 1
                     groups.setdefault(*g)
                 continue
             if code.upper() in ("MEDS_DEATH", "DEATH"):
-                s.drop("death record (not an event kind)")
+                data.drop("death record (not an event kind)")
                 continue
             mapped = res.resolve(code)
             if not isinstance(mapped, MappedCode):
-                s.drop(mapped)
+                data.drop(mapped)
                 if mapped.startswith("unknown vocabulary"):
                     s.unknown_codes[code] += 1
                 continue
             value = num if num is not None else (txt if txt else None)
             if isinstance(value, float) and math.isnan(value):
-                s.repair("non-finite numeric_value removed (event kept)")
+                data.repair("non-finite numeric_value removed (event kept)")
                 value = None
             events.append((t, Event(date=t.date(), kind=mapped.kind, code=mapped.code, system=mapped.system,
                                     name=mapped.name, value=value, unit=unit if value is not None and unit else None),
                            code))
         labels = self.labels[sid]
         if birth is None:
-            s.drop_label("subject has no birth date (no MEDS_BIRTH row)", len(labels))
-            s.drop("subject has no birth date", len(events))
+            s.exclude("subject has no birth date (no MEDS_BIRTH row)", len(labels))
+            data.drop("subject has no birth date", len(events))
             return
         kept = []
         for ev in events:
             if ev[0].date() < birth:
-                s.drop("dated before birth")
+                data.drop("dated before birth")
             else:
                 kept.append(ev)
         events = sorted(kept, key=lambda e: (e[0], e[1].kind, e[1].code))
-        s.rows_used += len(events)
+        data.kept += len(events)
         if sex is None:
-            s.repair("no sex row: sex set to U")
+            data.repair("no sex row: sex set to U")
             sex = "U"
         dates = [t.date() for t, _ in labels]
         by_date = len(set(dates)) == len(dates)
         for pt, y in labels:
             if pt.date() <= birth:
-                s.drop_label("prediction time on or before birth")
+                s.exclude("prediction time on or before birth")
                 continue
             history = [e for t, e, _ in events if t <= pt]
             outcome = None
             if y:
                 outcome = next((t.date() for t, _, code in events if t > pt and self.outcome(code)), None)
                 if outcome is None or outcome <= pt.date():
-                    s.drop_label("label true but no outcome record after the prediction time (name the task's "
+                    s.exclude("label true but no outcome record after the prediction time (name the task's "
                                  "codes with --outcome)")
                     continue
-            s.events_after_prediction_time += len(events) - len(history)
+            s.events_after_index += len(events) - len(history)
             rid = self.record_ids.get((sid, pt))
             if rid is None:
                 rid = str(sid) if len(labels) == 1 else \
@@ -424,7 +375,6 @@ class MedsCohort:
             meta: dict[str, Any] = {"source": "meds", "subject_id": sid, "prediction_time": pt.isoformat()}
             if split is not None and split not in SPLIT_NAMES:
                 meta["meds_split"] = split
-            s.records += 1
             if y is None:
                 s.unlabelled += 1
             elif y:
@@ -432,7 +382,7 @@ class MedsCohort:
             else:
                 s.controls += 1
             for e in history:
-                s.events_written[e.kind] = s.events_written.get(e.kind, 0) + 1
+                s.event(e.kind)
             yield Patient(patient_id=rid, sex=sex, birth_date=birth, index_date=pt.date(), events=history,
                           label=None if y is None else int(y), outcome_date=outcome,
                           split=SPLIT_NAMES.get(split) if split else None, metadata=meta, groups=dict(groups))
@@ -461,14 +411,16 @@ def open_meds(root: str | Path, labels: str | Path, *, split: str | None = None,
     shards = _parquet_files(data) if data.is_dir() else []
     if not shards:
         raise ConfigError(f"{data}: no parquet shards; a MEDS root keeps its data in data/**/*.parquet.")
-    summary = MedsImportSummary(str(root), str(labels), split, [str(p.relative_to(root)) for p in shards])
+    summary = ImportSummary(str(root), "meds", split, tables={
+        "data": TableReport(f"{data} ({len(shards)} shard{'s' if len(shards) != 1 else ''})"),
+        "labels": TableReport(str(labels))})
     ds = root / meds.dataset_metadata_filepath
     if ds.is_file():
         import json
         try:
             meds.DatasetMetadataSchema.validate(json.loads(ds.read_text(encoding="utf-8")))
         except Exception as exc:
-            summary.casts.append(f"{ds}: not valid MEDS dataset metadata ({exc}); read anyway")
+            summary.notes.append(f"{ds}: not valid MEDS dataset metadata ({exc}); read anyway")
     splits = _read_splits(root)
     subjects = None
     if split is not None:

@@ -7,16 +7,10 @@
 
 from __future__ import annotations
 
-from icl_toolkit.data.omop.build import (
-    ImportSummary,
-    IndexRule,
-    OmopCohort,
-    OmopConfig,
-    build_cohort,
-    prepare_cohort,
-)
+from icl_toolkit.data.omop.build import IndexRule, OmopCohort, OmopConfig, build_cohort, prepare_cohort
 from icl_toolkit.data.omop.outcome import ADRD, OutcomeDefinition, load_outcome
 from icl_toolkit.data.omop.source import OmopSource, open_source
+from icl_toolkit.data.summary import ImportSummary
 
 __all__ = ["ADRD", "OutcomeDefinition", "load_outcome", "OmopSource", "open_source", "IndexRule", "OmopConfig",
            "ImportSummary", "OmopCohort", "prepare_cohort", "build_cohort"]

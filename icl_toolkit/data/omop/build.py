@@ -37,9 +37,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from icl_toolkit.data.cohort import Event, Patient
 from icl_toolkit.data.omop.outcome import ADRD, OutcomeDefinition, normalize_code
 from icl_toolkit.data.omop.source import OmopSource, column_or_null
+from icl_toolkit.data.summary import ImportSummary, TableReport
 from icl_toolkit.data.vocabulary import VITAL_CODES
 
-__all__ = ["IndexRule", "OmopConfig", "ImportSummary", "TableReport", "Candidate", "label_person", "place_index",
+__all__ = ["IndexRule", "OmopConfig", "Candidate", "label_person", "place_index",
            "add_years", "prepare_cohort", "build_cohort", "OmopCohort"]
 
 _FIXED = re.compile(r"^fixed:(\d{4}-\d{2}-\d{2})$")
@@ -114,56 +115,6 @@ class OmopConfig(BaseModel):
     """Records dated after this are treated as errors (data extraction date)."""
     keep_outside_observation: bool = False
     """Keep events dated outside every observation period (dropped by default)."""
-
-
-@dataclass
-class TableReport:
-    """What happened to one table's rows."""
-
-    source: str
-    read: int = 0
-    rejected: int = 0        # lines the CSV reader could not split into fields
-    kept: int = 0
-    dropped: dict[str, int] = field(default_factory=dict)
-    repaired: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass
-class ImportSummary:
-    """What was read, dropped and why, and the cohort that came out."""
-
-    source: str
-    kind: str
-    tables: dict[str, TableReport] = field(default_factory=dict)
-    missing_tables: list[str] = field(default_factory=list)
-    rejected_lines: list[str] = field(default_factory=list)   # "FILE:LINE: error", first ones
-    outcome: dict[str, Any] = field(default_factory=dict)
-    attrition: list[tuple[str, int]] = field(default_factory=list)  # reason -> persons excluded
-    n_persons: int = 0
-    n_cases: int = 0
-    n_controls: int = 0
-    n_censored: int = 0
-    events_written: dict[str, int] = field(default_factory=dict)
-    events_after_index: int = 0
-    no_history: int = 0
-
-    @property
-    def n_patients(self) -> int:
-        return self.n_cases + self.n_controls
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "source": self.source, "kind": self.kind,
-            "tables": {k: vars(v) for k, v in self.tables.items()},
-            "missing_tables": self.missing_tables, "rejected_lines": self.rejected_lines,
-            "outcome": self.outcome,
-            "persons": self.n_persons,
-            "attrition": [{"excluded": r, "persons": n} for r, n in self.attrition],
-            "censored": self.n_censored, "cases": self.n_cases, "controls": self.n_controls,
-            "patients": self.n_patients, "events_written": self.events_written,
-            "events_after_index_left_out": self.events_after_index,
-            "patients_without_history": self.no_history,
-        }
 
 
 # --------------------------------------------------------------------------- cleaning (SQL)
@@ -559,8 +510,8 @@ def prepare_cohort(src: OmopSource, config: OmopConfig | None = None) -> "OmopCo
     by_file: dict[str, int] = {}
     for r in src.rejected:
         by_file[r.table] = by_file.get(r.table, 0) + 1
-        if len(summary.rejected_lines) < 20:
-            summary.rejected_lines.append(f"{r.file}:{r.line}: {r.error}")
+        if sum(by_file.values()) <= 20:
+            summary.notes.append(f"unreadable line {r.file}:{r.line}: {r.error}")
 
     def report(table: str) -> TableReport | None:
         if not src.has(table):
@@ -580,12 +531,11 @@ def prepare_cohort(src: OmopSource, config: OmopConfig | None = None) -> "OmopCo
         for t in present))
     _outcome_records(src, cfg.outcome, summary)
 
-    excluded: dict[str, int] = {}
     chosen: list[tuple[Candidate, dt.date, tuple[dt.date, dt.date], int, dt.date | None]] = []
     for cand in _candidates(con):
-        summary.n_persons += 1
+        summary.subjects += 1
         if not cand.periods:
-            excluded["no usable observation period"] = excluded.get("no usable observation period", 0) + 1
+            summary.exclude("no usable observation period")
             continue
         index, period, why = place_index(cand, cfg.index)
         if why is None:
@@ -595,13 +545,12 @@ def prepare_cohort(src: OmopSource, config: OmopConfig | None = None) -> "OmopCo
                 label, outcome_date, why = label_person(cand, index, period, cfg.window_years)
         if why is not None:
             if why == "censored":
-                summary.n_censored += 1
-            excluded[why] = excluded.get(why, 0) + 1
+                summary.censored += 1
+            summary.exclude(why)
             continue
         chosen.append((cand, index, period, label, outcome_date))
-    summary.attrition = sorted(excluded.items(), key=lambda kv: -kv[1])
-    summary.n_cases = sum(1 for x in chosen if x[3] == 1)
-    summary.n_controls = len(chosen) - summary.n_cases
+    summary.cases = sum(1 for x in chosen if x[3] == 1)
+    summary.controls = len(chosen) - summary.cases
 
     path = _write_temp_csv([(c.pid, index) for c, index, *_ in chosen], ("pid", "index_date"))
     try:
@@ -655,7 +604,7 @@ class OmopCohort:
                     value: Any = vnum if vnum is not None else vtext
                     ev = _event(kind, d, code, system, name, value, unit if value is not None else None)
                     evs.append(ev)
-                    summary.events_written[ev.kind] = summary.events_written.get(ev.kind, 0) + 1
+                    summary.event(ev.kind)
                 row = next(rows, None)
             if not evs:
                 summary.no_history += 1
