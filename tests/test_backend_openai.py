@@ -147,7 +147,8 @@ def test_engine_options_reach_the_openai_backend_and_predict_runs_on_it(tiny, ti
                                                                          hash_embedder):
     from icl_toolkit.backends.options import EngineOptions, backend_kwargs
     from icl_toolkit.backends.openai_api import OpenAIBackend
-    from icl_toolkit.inference.predictor import PredictConfig, Predictor
+    from icl_toolkit.inference.config import PredictConfig
+    from icl_toolkit.inference.predictor import Predictor
     from icl_toolkit.prompting.config import PromptConfig
     from icl_toolkit.retrieval.config import RetrievalConfig
 

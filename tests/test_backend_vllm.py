@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.core.models import checkpoint_id
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 
@@ -35,7 +36,8 @@ def engines():
 
 @pytest.fixture(scope="module")
 def prompts(small_cohort, engines, hash_embedder):
-    from icl_toolkit.inference.predictor import PredictConfig, Predictor
+    from icl_toolkit.inference.config import PredictConfig
+    from icl_toolkit.inference.predictor import Predictor
     from icl_toolkit.prompting.config import PromptConfig
     from icl_toolkit.retrieval.config import RetrievalConfig
 
@@ -155,7 +157,7 @@ def test_lora_adapters_are_chosen_per_request_on_one_engine(engines, prompts, ad
                   f"mean shift from base {moved:.3f}")
             assert moved > 0.01  # the adapter is really applied ...
             assert np.abs(got - ref).max() <= 0.02  # ... and the same way as transformers does
-            assert on_engine.model_id == str(folder.resolve())
+            assert on_engine.model_id == checkpoint_id(folder)
     assert np.abs(_p_yes(vl, sub) - base_p).max() < 1e-6  # requests without an adapter still get the base
 
 

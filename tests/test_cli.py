@@ -117,3 +117,56 @@ def test_tables_in_a_log_or_pipe_are_150_columns_wide():
     piped = subprocess.run(probe, capture_output=True, text=True, env=env, check=True)
     told = subprocess.run(probe, capture_output=True, text=True, env=env | {"COLUMNS": "100"}, check=True)
     assert (piped.stdout.strip(), told.stdout.strip()) == ("150", "100")
+
+
+def _commands():
+    """Every command of the ``icl`` app with its callback: (name, click command)."""
+    import typer.main
+
+    from icl_toolkit.cli import app
+
+    root = typer.main.get_command(app)
+    stack = [("icl", root)]
+    while stack:
+        name, cmd = stack.pop()
+        subs = getattr(cmd, "commands", None)
+        if subs:
+            stack += [(f"{name} {k}", v) for k, v in subs.items()]
+        else:
+            yield name, cmd
+
+
+def test_every_config_flag_is_generated_from_its_field_with_the_field_default():
+    """A flag of a config option comes from the pydantic field (name, default, help); a hand-written flag that
+    restates a field of a config the command takes fails here, and so does a generated flag whose default drifts."""
+    from pydantic import BaseModel
+
+    from icl_toolkit.cli._flags import FlagGroup, flag_origins, help_text
+
+    checked = 0
+    for name, cmd in _commands():
+        origins = flag_origins(cmd.callback)
+        models = {m for m, _ in origins.values()}
+        fields = {f for m in models for f, info in m.model_fields.items()      # options, not sections
+                  if not (isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel))}
+        for param in cmd.params:
+            if param.name in origins:
+                model, field = origins[param.name]
+                want = FlagGroup(model).default(field)
+                got = param.default
+                assert got == want or (got is None and want is None), f"{name} --{param.name}: {got!r} != {want!r}"
+                doc = help_text(model.model_fields[field].description)
+                assert doc and doc.split(".")[0] in (param.help or ""), f"{name} --{param.name}: help not the field's"
+                checked += 1
+            else:
+                assert param.name not in fields, f"{name} --{param.name} restates a config field by hand"
+    assert checked > 80
+
+
+def test_tuple_flags_are_comma_separated_and_a_bad_value_names_the_flag(tmp_path, invoke):
+    code, text = invoke(["index", "build", "--pool", tmp_path / "p.jsonl", "--out", tmp_path / "i",
+                         "--retriever", "hybrid", "--hybrid-weights", "0.5,x,0.2"])
+    assert code == 1 and "--hybrid-weights" in text and "Traceback" not in text, text
+    code, text = invoke(["predict", "--cohort", tmp_path / "c.jsonl", "--out", tmp_path / "o.jsonl",
+                         "--demos", "none", "--query-tokens", "10"])
+    assert code == 2 and "Invalid value for '--query-tokens'" in text and "greater than or equal" in text, text

@@ -61,3 +61,33 @@ def test_local_checkpoint_and_unknown_lm(tiny_model_dir) -> None:
         from icl_toolkit.core.models import resolve_embedder
 
         resolve_embedder("not-an-embedder")
+
+
+def test_a_checkpoint_is_named_by_its_content_not_its_path(tmp_path):
+    """A results folder moved or cloned elsewhere still names the same checkpoint; other weights under the same
+    path do not pass for it; a sidecar that recorded the folder's path (before content ids) is still read."""
+    import shutil
+
+    from icl_toolkit.core.models import checkpoint_id, lm_id, recorded_model_id
+    from icl_toolkit.inference.output import OutputFile
+
+    ckpt = tmp_path / "a" / "label"
+    ckpt.mkdir(parents=True)
+    (ckpt / "adapter_model.safetensors").write_bytes(b"weights")
+    (ckpt / "icl-checkpoint.json").write_text('{"target": "label"}')
+    (ckpt / "loss_curve.png").write_bytes(b"plot")
+    first = checkpoint_id(ckpt)
+    assert first.startswith("label@sha256:") and lm_id(str(ckpt)) == first
+    shutil.copytree(ckpt, tmp_path / "b" / "label")
+    assert checkpoint_id(tmp_path / "b" / "label") == first                        # moved or cloned: the same
+    (ckpt / "loss_curve.png").write_bytes(b"another plot")
+    assert checkpoint_id(ckpt) == first                                            # its training plots do not count
+    (tmp_path / "b" / "label" / "adapter_model.safetensors").write_bytes(b"other weights")
+    assert checkpoint_id(tmp_path / "b" / "label") != first                        # other weights: another model
+    assert recorded_model_id(str(ckpt.resolve())) == first and recorded_model_id("smollm2-135m-instruct") == \
+        "smollm2-135m-instruct"
+    # an output whose sidecar recorded the folder's path resumes under the content id
+    out = tmp_path / "p.jsonl"
+    made = OutputFile(out, {"model_id": str(ckpt.resolve())})
+    made.write([{"patient_id": "1"}])
+    assert OutputFile(out, {"model_id": first}, resume=True).done == {"1"}

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 from icl_toolkit.cli import app
 from icl_toolkit.data.cohort import write_cohort
 from icl_toolkit.core.errors import ConfigError
-from icl_toolkit.inference.predictor import PredictConfig, Predictor
+from icl_toolkit.inference.config import PredictConfig
+from icl_toolkit.inference.predictor import Predictor
 from icl_toolkit.prompting.config import PromptConfig
 from icl_toolkit.retrieval.config import RetrievalConfig
 

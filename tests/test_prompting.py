@@ -150,3 +150,15 @@ def test_demo_histories_keep_what_their_rationale_cites(lm_tokenizer, small_coho
         kept_cited += sum(x not in pref.dropped for x in names)
         kept_plain += sum(x not in plain.dropped for x in names)
     assert n > 40 and kept_cited > kept_plain
+
+
+def test_icl_prompts_overrides_the_shipped_templates_file_by_file(tmp_path, monkeypatch):
+    from icl_toolkit.prompting.templates import load_templates, prompts_dir
+
+    (tmp_path / "system.j2").write_text("A different system message.")
+    shipped, shipped_hash = load_templates("system", "answer")
+    monkeypatch.setenv("ICL_PROMPTS", str(tmp_path))
+    (system, answer), digest = load_templates("system", "answer")
+    assert system.render() == "A different system message." and digest != shipped_hash
+    assert answer.render(horizon_years="5") == shipped[1].render(horizon_years="5")   # the rest still shipped
+    assert (prompts_dir() / "answer.j2").is_file()

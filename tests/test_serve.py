@@ -18,7 +18,8 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from icl_toolkit.data.cohort import _PATIENT  # noqa: E402
-from icl_toolkit.inference.predictor import PredictConfig, Predictor  # noqa: E402
+from icl_toolkit.inference.config import PredictConfig
+from icl_toolkit.inference.predictor import Predictor  # noqa: E402
 from icl_toolkit.prompting.config import PromptConfig  # noqa: E402
 from icl_toolkit.retrieval.config import RetrievalConfig  # noqa: E402
 from icl_toolkit.serve.app import create_app

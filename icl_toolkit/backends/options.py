@@ -91,7 +91,21 @@ def backend_kwargs(name: str, options: EngineOptions) -> dict[str, Any]:
 
 
 def open_backend(model: str, options: EngineOptions | None = None, *, progress: bool = True) -> Backend:
-    """The backend for ``model`` as ``options`` say (``auto`` resolved here)."""
+    """The backend for ``model`` as ``options`` say (``auto`` resolved here): the model is loaded now.
+
+    Args:
+        model: ``"default"`` (the embedded SmolLM2-135M-Instruct), a checkpoint or LoRA adapter folder from
+            ``icl finetune``, or a cached hub name.
+        options: the backend and its engine settings (default: transformers on the CPU).
+        progress: show progress bars while scoring and generating.
+
+    Returns:
+        The backend (``score`` and ``generate``, see :mod:`icl_toolkit.backends`).
+
+    Raises:
+        ConfigError: an engine setting the chosen backend does not take, naming the backends that do.
+        ModelNotFoundError: a model that is neither embedded, a folder, nor in the local hub cache.
+    """
     options = options or EngineOptions()
     name = resolve_backend_name(options.backend)
     return get_backend_class(name)(model=model, progress=progress, **backend_kwargs(name, options))

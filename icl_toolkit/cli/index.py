@@ -79,7 +79,7 @@ def evaluate(
     pool: Annotated[Path, typer.Option(help="Demonstration pool (cohort JSONL with labels).")],
     cohort: Annotated[Path, typer.Option(help="Query patients with labels (validation patients; keep the test split for the end).")],
     retrievers: Annotated[str, typer.Option("--retrievers", help="Comma-separated retrievers to compare, or 'all' (default: all; with --index, its own).")] = "all",
-    k: Annotated[str, typer.Option(help="Comma-separated neighbour counts.")] = "1,2,4,8,16,64",
+    ks: Annotated[str, typer.Option("--k", help="Comma-separated neighbour counts.")] = "1,2,4,8,16,64",
     index: Annotated[Optional[Path], typer.Option(help="Evaluate this index (built over --pool with the --retriever settings).")] = None,
     embedder: EmbedderOpt = "default",
     bootstrap: Annotated[int, typer.Option(min=10, help="Bootstrap resamples for the 95% intervals.")] = 1000,
@@ -95,9 +95,9 @@ def evaluate(
     from icl_toolkit.retrieval.config import RETRIEVERS
 
     try:
-        ks = [int(x) for x in k.split(",") if x.strip()]
+        counts = [int(x) for x in ks.split(",") if x.strip()]
     except ValueError:
-        raise ConfigError(f"--k: expected comma-separated whole numbers such as 1,4,16 (got {k!r}).") from None
+        raise ConfigError(f"--k: expected comma-separated whole numbers such as 1,4,16 (got {ks!r}).") from None
     names = list(RETRIEVERS) if retrievers == "all" else [x.strip() for x in retrievers.split(",") if x.strip()]
     if index is not None and retrievers == "all":  # the index's own retriever
         from icl_toolkit.retrieval.index import DemoIndex
@@ -112,7 +112,7 @@ def evaluate(
     queries = read_cohort(cohort)[:limit] if limit else read_cohort(cohort)
     demo_pool = read_cohort(pool)
     emb = next((e for e in (_embedder(embedder, c) for c in configs) if e is not None), None)
-    report = evaluate_retrievers(demo_pool, queries, configs, ks=ks, embedder=emb, index=index, n_boot=bootstrap)
+    report = evaluate_retrievers(demo_pool, queries, configs, ks=counts, embedder=emb, index=index, n_boot=bootstrap)
 
     table = Table(title=f"neighbour vote on {report.n_queries} patients of {cohort} ({report.cases} cases), pool "
                         f"{report.n_pool}", title_justify="left")

@@ -19,7 +19,8 @@ from typing import Any
 from icl_toolkit.core.errors import ConfigError
 from icl_toolkit.core.files import keep_mode, os_error
 
-__all__ = ["text_hash", "base_meta", "write_json_atomic", "read_json", "check_meta", "ArtifactMismatch"]
+__all__ = ["text_hash", "base_meta", "write_json_atomic", "read_json", "flatten", "meta_differences", "check_meta",
+           "ArtifactMismatch"]
 
 
 class ArtifactMismatch(ConfigError):
@@ -77,8 +78,47 @@ def read_json(path: str | os.PathLike[str], what: str) -> Any:
         raise ConfigError(f"{path}: a folder, not a {what} file.") from None
 
 
-def check_meta(meta: Mapping[str, Any], expected: Mapping[str, Any], *, what: str, where: str, fix: str) -> None:
-    """Raise :class:`ArtifactMismatch` when any expected field differs from the record."""
-    diffs = [f"{k}: built with {meta.get(k)!r}, now {v!r}" for k, v in expected.items() if meta.get(k) != v]
+def flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested record as dotted field names (``{"config": {"retrieval": {"k": 4}}}`` -> ``{"config.retrieval.k":
+    4}``); an empty mapping is a value of its own."""
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out |= flatten(value, name + ".")
+        else:
+            out[name] = value
+    return out
+
+
+def meta_differences(meta: Mapping[str, Any], expected: Mapping[str, Any], *, verb: str = "built",
+                     ignore_missing: bool = False) -> list[str]:
+    """Each field, by its dotted name, where a metadata record differs from what is expected now:
+    ``"config.retrieval.k: built with 4, now 8"``.
+
+    Args:
+        meta: the record on disk.
+        expected: what the caller is about to combine it with.
+        verb: how the record came about, for the message (``built``, ``made``).
+        ignore_missing: fields the record lacks are not differences (a record that predates a setting); by
+            default a field on either side only is one.
+    """
+    made, now = flatten(meta), flatten(expected)
+    tops = {k.split(".", 1)[0] for k in now}
+    names = list(now) + [k for k in made if k not in now and k.split(".", 1)[0] in tops and not ignore_missing]
+    return [f"{k}: {verb} with {made.get(k)!r}, now {now.get(k)!r}" for k in names
+            if (k in made or not ignore_missing) and made.get(k) != now.get(k)]
+
+
+def check_meta(meta: Mapping[str, Any], expected: Mapping[str, Any], *, what: str, where: str, fix: str,
+               verb: str = "built", ignore_missing: bool = False) -> None:
+    """Raise :class:`ArtifactMismatch` naming every field (by its dotted name) where an artefact's metadata differs
+    from what the caller expects now (see :func:`meta_differences`).
+
+    Raises:
+        ArtifactMismatch: ``"{where}: this {what} does not match the inputs given now (field: built with X, now
+            Y; ...). {fix}"``.
+    """
+    diffs = meta_differences(meta, expected, verb=verb, ignore_missing=ignore_missing)
     if diffs:
         raise ArtifactMismatch(f"{where}: this {what} does not match the inputs given now ({'; '.join(diffs)}). {fix}")

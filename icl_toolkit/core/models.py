@@ -19,6 +19,8 @@ cache, is accepted instead of ``"default"``.
 
 from __future__ import annotations
 
+import hashlib
+
 import importlib.metadata as md
 import json
 import os
@@ -42,6 +44,8 @@ __all__ = [
     "load_embedder_tokenizer",
     "resolve_lm",
     "lm_id",
+    "checkpoint_id",
+    "recorded_model_id",
     "load_lm",
     "check_device",
     "checkpoint_meta",
@@ -284,16 +288,53 @@ def checkpoint_meta(model: str) -> dict[str, Any] | None:
                           "folder, or delete the file.") from None
 
 
+_NOT_THE_MODEL = ("loss.csv", "loss_curve.png", "README.md")
+"""Files of a checkpoint folder that describe its training but do not change what it predicts."""
+
+
+@lru_cache(maxsize=64)
+def _folder_hash(folder: Path, stamp: tuple[tuple[str, int, int], ...]) -> str:
+    h = hashlib.sha256()
+    for name, _, _ in stamp:
+        h.update(name.encode() + b"\0")
+        with open(folder / name, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def checkpoint_id(folder: str | Path) -> str:
+    """A model folder's id by content: ``NAME@sha256:HASH`` over its weights or adapter, configs, tokenizer and
+    ``icl-checkpoint.json`` (not its loss curve), so that a results folder moved or cloned elsewhere still names
+    the same checkpoint, and another checkpoint under the same path does not pass for it. Hashed once per process
+    while the files stay unchanged."""
+    folder = Path(folder).expanduser().resolve()
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in _NOT_THE_MODEL
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    stamp = tuple((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    return f"{folder.name}@sha256:{_folder_hash(folder, stamp)}"
+
+
 def _model_id(name: str, aliases: dict[str, str], default: str) -> str:
     if name in aliases:
         return default
     local = Path(name).expanduser()
-    return str(local.resolve()) if local.is_dir() else name
+    return checkpoint_id(local) if local.is_dir() else name
 
 
 def lm_id(model: str = "default") -> str:
-    """A stable, human-readable id of a language model for provenance records."""
+    """A stable id of a language model for provenance records: the embedded default's name, a local folder's
+    content id (:func:`checkpoint_id`), or a hub name."""
     return _model_id(model, _LM_ALIASES, DEFAULT_LM)
+
+
+def recorded_model_id(value: Any) -> Any:
+    """A model id as an earlier version recorded it: before content ids a local folder was recorded by its absolute
+    path, which becomes that folder's content id while it is still there (so old records are still read); any
+    other value is returned as it is."""
+    if isinstance(value, str) and value.startswith("/") and Path(value).is_dir():
+        return checkpoint_id(value)
+    return value
 
 
 def check_device(device: str) -> str:
@@ -408,7 +449,7 @@ def adapter_base(folder: Path) -> str:
                                  "only adapters written by icl finetune --lora can be loaded by path.")
     base = str(meta["base"])
     recorded = meta.get("base_id")
-    if recorded and lm_id(base) != recorded:
+    if recorded and lm_id(base) != recorded_model_id(recorded):
         raise ModelNotFoundError(f"{folder / CHECKPOINT_META}: field 'base' is {base!r}, which now resolves to "
                                  f"{lm_id(base)!r}, but the adapter was trained on {recorded!r} (field 'base_id'). "
                                  f"Point 'base' at the model it was trained on.")

@@ -190,8 +190,16 @@ def write_cohort(patients: Iterable[Patient], path: str | os.PathLike[str]) -> i
     once complete and flushed to disk; if anything fails (or the process is
     interrupted) the target is left as it was. A replaced file keeps its mode.
 
+    Args:
+        patients: the records (an iterable: they are streamed, never held whole).
+        path: the cohort file to write.
+
     Returns:
         The number of records written.
+
+    Raises:
+        FileAccessError: the file could not be written (one line naming the file and the fix); the target is
+            unchanged.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -404,20 +412,33 @@ def _existing_file(path: str | os.PathLike[str]) -> Path:
 
 
 def validate_cohort(path: str | os.PathLike[str]) -> ValidationReport:
-    """Check every record of a cohort file and report every problem found.
+    """Check every record of a cohort file and report every problem found (``icl data validate``).
+
+    Args:
+        path: the cohort JSONL file.
+
+    Returns:
+        The report: records read and valid, every problem with its line and field, events after index dates.
 
     Raises:
-        CohortValidationError: only when the file itself cannot be read.
+        CohortValidationError: only when the file itself cannot be read (missing, a folder).
     """
     report, _ = _validate_stream(_existing_file(path), keep=False)
     return report
 
 
 def read_cohort(path: str | os.PathLike[str]) -> list[Patient]:
-    """Read and validate a cohort JSONL file.
+    """Read and validate a cohort JSONL file (one patient per line; see ``docs/cohort-format.md``).
+
+    Args:
+        path: the cohort JSONL file.
+
+    Returns:
+        The patients, in file order.
 
     Raises:
-        CohortValidationError: listing every problem in the file, if any.
+        CohortValidationError: listing every problem in the file (file, line, field, what was expected and found),
+            if any.
     """
     report, patients = _validate_stream(_existing_file(path), keep=True)
     if report.issues:

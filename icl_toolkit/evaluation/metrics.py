@@ -47,9 +47,19 @@ def _arrays(labels: Sequence[int], probabilities: Sequence[float]) -> tuple[np.n
 
 
 def summary(labels: Sequence[int], probabilities: Sequence[float]) -> dict[str, Any]:
-    """n, prevalence, AUROC, AUPRC and Brier score.
+    """n, prevalence, AUROC, AUPRC and Brier score of predictions against outcomes.
 
-    AUROC and AUPRC are ``None`` when only one class is present (they are undefined).
+    Args:
+        labels: the outcomes (0 or 1).
+        probabilities: the predicted probabilities, in the same order.
+
+    Returns:
+        ``{"n", "prevalence", "auroc", "auprc", "brier"}``; AUROC and AUPRC are ``None`` when only one class is
+        present (they are undefined).
+
+    Raises:
+        ConfigError: labels and probabilities of different lengths, labels other than 0/1, probabilities outside
+            [0, 1].
     """
     from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
@@ -140,10 +150,25 @@ def _rowwise_f1(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
 def bootstrap_ci(labels: Sequence[int], probabilities: Sequence[float], *, n_resamples: int = 1000,
                  seed: int = 0, level: float = 0.95, threshold: float = 0.5,
                  metrics: Sequence[str] = ("auroc", "auprc", "brier", "ece", "f1")) -> dict[str, dict[str, float]]:
-    """Stratified bootstrap percentile intervals: ``{metric: {"value", "lo", "hi"}}``.
+    """Stratified bootstrap percentile intervals of the metrics.
 
     Cases and controls are resampled separately with replacement (keeping their
     counts), so each resample has the observed prevalence and AUROC is always defined.
+
+    Args:
+        labels: the outcomes (0 or 1), both classes present.
+        probabilities: the predicted probabilities, in the same order.
+        n_resamples: bootstrap resamples.
+        seed: the resampling seed (the same seed gives the same intervals).
+        level: the interval's coverage.
+        threshold: the decision threshold of F1.
+        metrics: which of ``auroc``, ``auprc``, ``brier``, ``ece``, ``f1``.
+
+    Returns:
+        ``{metric: {"value", "lo", "hi"}}``.
+
+    Raises:
+        ConfigError: inputs as for :func:`summary`, only one class present, an unknown metric.
     """
     if n_resamples < 1:
         raise ConfigError(f"The 'n_resamples' parameter must be an int >= 1. Got {n_resamples!r} instead.")
@@ -205,7 +230,20 @@ def _midrank_components(pos: np.ndarray, neg: np.ndarray) -> tuple[float, np.nda
 
 def delong_test(labels: Sequence[int], prob_a: Sequence[float], prob_b: Sequence[float],
                 level: float = 0.95) -> DeLongResult:
-    """Paired DeLong test (two-sided) of the AUROC difference of two predictors on the same patients."""
+    """Paired DeLong test (two-sided) of the AUROC difference of two predictors on the same patients.
+
+    Args:
+        labels: the outcomes (0 or 1), both classes present.
+        prob_a: predictor A's probabilities.
+        prob_b: predictor B's probabilities, for the same patients in the same order.
+        level: the coverage of the difference's confidence interval.
+
+    Returns:
+        Both AUROCs, their difference with its interval, the z statistic and the p-value.
+
+    Raises:
+        ConfigError: inputs of different lengths, only one class present.
+    """
     from scipy.stats import norm
 
     y, a = _arrays(labels, prob_a)

@@ -53,7 +53,9 @@ class PredictConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    """How demonstrations are chosen (:class:`~icl_toolkit.retrieval.config.RetrievalConfig`)."""
     prompt: PromptConfig = Field(default_factory=PromptConfig)
+    """How prompts are laid out and packed (:class:`~icl_toolkit.prompting.config.PromptConfig`)."""
     threshold: float = Field(0.5, ge=0.0, le=1.0)
     """Predicted label is 1 when P(yes) >= threshold."""
 

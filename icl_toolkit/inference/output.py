@@ -40,6 +40,7 @@ from typing import Any, ClassVar, Protocol
 from icl_toolkit.core.artifacts import base_meta, check_meta, read_json, write_json_atomic
 from icl_toolkit.core.errors import ConfigError
 from icl_toolkit.core.files import check_not_input, keep_mode, os_error
+from icl_toolkit.core.models import recorded_model_id
 
 __all__ = ["Record", "read_records", "read_sharded_records", "check_output", "sidecar_path", "RunOutput",
            "OutputFile", "ShardedOutput", "MANIFEST"]
@@ -220,6 +221,9 @@ class RunOutput:
         self._fresh = not (resume and held)        # a new run (or a replacement): nothing of it is written yet
         if not self._fresh:
             where, recorded = self._recorded()
+            # a model recorded by its folder's path (before content ids) is read as that folder's content id
+            recorded = {k: recorded_model_id(v) if k in ("model_id", "teacher_model") else v
+                        for k, v in recorded.items()}
             check_meta(recorded, self.provenance, what=f"{kind} output", where=where,
                        fix="Resume with the same settings, or write to another --out.")
             self.done = self._reopen()

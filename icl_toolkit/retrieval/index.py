@@ -179,7 +179,7 @@ class DemoIndex:
         if built.get("kind") != now["kind"]:
             check_meta({"retriever": built.get("kind")}, {"retriever": now["kind"]}, what="demo index", where=where,
                        fix=fix)
-        check_meta({f"retriever.{k}": v for k, v in built.items()}, {f"retriever.{k}": v for k, v in now.items()},
+        check_meta({"retriever": built}, {"retriever": now},
                    what="demo index", where=where, fix=fix)
         check_meta(self.meta, {"pool_hash": content_hash(pool)}, what="demo index", where=where, fix=fix)
         if self.ids != [p.patient_id for p in pool]:

@@ -140,17 +140,21 @@ class Arm(BaseModel):
 class CompareConfig(BaseModel):
     """The whole comparison (validated; unknown fields rejected, with their location)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     checkpoints: dict[str, str] = Field(default_factory=lambda: {"base": "default"})
     """Checkpoint name -> ``"default"``, a checkpoint folder (relative to the config file) or a cached hub name."""
     arm: list[ArmSpec] = Field(min_length=1)
+    """The ``[[arm]]`` tables: each a checkpoint with demonstration settings; a list in a setting expands into
+    one arm per value."""
     reference: str | None = None
     """Name of the reference arm for the paired DeLong tests (default: the first arm)."""
     contrasts: list[tuple[str, str]] = Field(default_factory=list)
     """Named paired comparisons besides the reference: ``[["label_sft / none / score", "rationale_sft / none /
     score"], ...]``; each gives the AUROC difference (first minus second), its 95% CI and the DeLong p."""
     baselines: list[Baseline] = Field(default_factory=lambda: list(BASELINES))
+    """Baselines on the same patients: ``logreg``, ``knn`` (the vote of the neighbours shown), ``age``,
+    ``oracle``."""
     limit: int | None = Field(None, ge=1)
     """Use the first N test patients (the same N for every arm)."""
     val_limit: int | None = Field(None, ge=1)
@@ -171,6 +175,7 @@ class CompareConfig(BaseModel):
     ``tensor_parallel_size``, ``max_lora_rank``, ``url``, ``served_model``). ``backend``, ``device`` and
     ``batch_size`` may also stand at the top level."""
     index_kind: IndexKind = "auto"
+    """The pool's index: ``exact``, ``hnsw`` or ``auto`` (exact up to 50,000 patients)."""
     retrieval: SharedRetrieval = Field(default_factory=lambda: SharedRetrieval())
     """Shared retrieval settings (``balance``, ``mmr_lambda``, ``temporal_guard``, ``horizon_years``), validated
     as the spec's retrieval section when the file is loaded."""
@@ -284,8 +289,11 @@ def _problem(err: dict[str, Any]) -> str:
 def load_compare_config(path: str | Path) -> tuple[CompareConfig, Path]:
     """Read and validate ``arms.toml``; checkpoint folders are resolved relative to it.
 
+    Args:
+        path: the arms file (TOML).
+
     Returns:
-        the config and the folder the relative paths are taken from.
+        The config and the folder the relative paths are taken from.
 
     Raises:
         ConfigError: unreadable TOML (with line and column) or an invalid field (with its location).

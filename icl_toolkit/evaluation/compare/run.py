@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from icl_toolkit.core.artifacts import read_json, write_json_atomic
+from icl_toolkit.core.artifacts import meta_differences, read_json, write_json_atomic
 from icl_toolkit.data.cohort import content_hash
 from icl_toolkit.backends import Backend
 from icl_toolkit.data.cohort import Patient
@@ -54,7 +54,7 @@ from icl_toolkit.evaluation.compare.report import (
 from icl_toolkit.evaluation.compare.stats import Entry, contrast_rows, evaluate
 from icl_toolkit.core.errors import ConfigError
 from icl_toolkit.evaluation.fairness import ORACLE, load_cache, save_cache
-from icl_toolkit.core.models import checkpoint_meta, model_available
+from icl_toolkit.core.models import checkpoint_meta, model_available, recorded_model_id
 from icl_toolkit.inference.predictor import Predictor
 from icl_toolkit.core.progress import progress_bar
 from icl_toolkit.prompting.builder import templates_hash
@@ -86,17 +86,6 @@ class CompareResult:
     skipped: list[str]    # arms already complete
     contrasts: list[dict[str, Any]] = field(default_factory=list)  # the config's paired tests among the arms run
     fairness_gaps: list[dict[str, Any]] = field(default_factory=list)  # per entry and grouping: gaps, excess gaps
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested settings as dotted keys (``config.prompt.query_tokens``)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out |= _flat(v, f"{prefix}{k}.")
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def select_arms(arms: list[Arm], only: Sequence[str], reference: str) -> list[Arm]:
@@ -191,12 +180,13 @@ class Comparison:
         checked, nor, while its checkpoint is not on this machine, the prompt template the checkpoint was
         trained on (read from the checkpoint)."""
         spec = self.config.spec(arm)
-        now = _flat({"config": spec.model_dump(mode="json")})
+        config = spec.model_dump(mode="json")
         if arm.demos == "none":
-            now = {k: v for k, v in now.items() if not k.startswith("config.retrieval.")}
-        now |= {"templates_hash": templates_hash(spec.prompt), "pool_hash": hashes["pool"]}
+            del config["retrieval"]
+        now: dict[str, Any] = {"config": config, "templates_hash": templates_hash(spec.prompt),
+                               "pool_hash": hashes["pool"]}
         if not model_available(self.config.checkpoints[arm.checkpoint]):
-            del now["config.prompt.template"], now["templates_hash"]
+            del now["config"]["prompt"]["template"], now["templates_hash"]
         for cohort, key, path in zip((test, val), ("test", "val"), self._arm_paths(arm)):
             if not cohort:
                 continue
@@ -209,9 +199,7 @@ class Comparison:
             meta = read_json(meta_path, "predictions metadata")
             if not isinstance(meta, dict):
                 raise ConfigError(f"{meta_path}: not a predictions metadata record. {fix}")
-            made = _flat(meta)
-            diffs = [f"{k}: made with {made[k]!r}, now {v!r}"
-                     for k, v in (now | {"cohort_hash": hashes[key]}).items() if k in made and made[k] != v]
+            diffs = meta_differences(meta, now | {"cohort_hash": hashes[key]}, verb="made", ignore_missing=True)
             if diffs:
                 raise ConfigError(f"{path}: arm {arm.name!r} was made with other settings or inputs than it "
                                   f"would be run with now ({'; '.join(diffs)}). {fix}")
@@ -315,7 +303,7 @@ class Comparison:
                     "mode": arm.mode}
             entries.append(Entry(arm.name, "arm", probs, vprobs, info))
             meta = checkpoint_meta(c.checkpoints[arm.checkpoint])
-            infos[arm.name] = {"model_id": records[0]["model_id"], "template": records[0]["template"],
+            infos[arm.name] = {"model_id": recorded_model_id(records[0]["model_id"]), "template": records[0]["template"],
                                "mean_prompt_tokens": float(np.mean([r["prompt_tokens"] for r in records])),
                                "seconds_per_patient": float(np.mean([r["seconds"] for r in records])),
                                "checkpoint_meta": meta}
