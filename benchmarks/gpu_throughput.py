@@ -31,11 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, gpu_name, machine, write_csv  # noqa: E402
 
 from icl_toolkit.backends.options import EngineOptions, open_backend  # noqa: E402
+from icl_toolkit.core.progress import progress_bar  # noqa: E402
+from icl_toolkit.data.synth import SynthConfig, generate_cohort  # noqa: E402
 from icl_toolkit.inference.config import PredictConfig
 from icl_toolkit.inference.predictor import Predictor  # noqa: E402
-from icl_toolkit.core.progress import progress_bar  # noqa: E402
 from icl_toolkit.retrieval.embedder import ProfileEmbedder  # noqa: E402
-from icl_toolkit.data.synth import SynthConfig, generate_cohort  # noqa: E402
 
 
 def _plot(rows: list[dict], path: Path, title: str) -> None:

@@ -35,14 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 from _common import RESULTS, machine, write_csv  # noqa: E402
 
+from icl_toolkit.data.synth import SynthConfig, generate_cohort  # noqa: E402
 from icl_toolkit.evaluation.retrieval import evaluate_retrievers  # noqa: E402
-from icl_toolkit.retrieval.config import RetrievalConfig
+from icl_toolkit.retrieval.config import RETRIEVERS, RetrievalConfig
 from icl_toolkit.retrieval.embedder import ProfileEmbedder
 from icl_toolkit.retrieval.index import DemoIndex, faiss_index
-from icl_toolkit.retrieval.retriever import Retriever  # noqa: E402
-from icl_toolkit.retrieval.config import RETRIEVERS
 from icl_toolkit.retrieval.representations import make_representation, needs_embedder  # noqa: E402
-from icl_toolkit.data.synth import SynthConfig, generate_cohort  # noqa: E402
+from icl_toolkit.retrieval.retriever import Retriever  # noqa: E402
 
 
 def _rows(report, dataset: str, queries: str, where: str) -> list[dict]:

@@ -37,9 +37,9 @@ import numpy as np  # noqa: E402
 from _common import RESULTS, machine, write_csv  # noqa: E402
 
 from icl_toolkit.core.progress import progress_bar  # noqa: E402
+from icl_toolkit.data.synth import SynthConfig, generate_cohort  # noqa: E402
 from icl_toolkit.retrieval.embedder import ProfileEmbedder
 from icl_toolkit.retrieval.index import faiss_index  # noqa: E402
-from icl_toolkit.data.synth import SynthConfig, generate_cohort  # noqa: E402
 
 DIM, K = 384, 8
 

@@ -20,7 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS, machine as machine_info  # noqa: E402
+from _common import RESULTS  # noqa: E402
+from _common import machine as machine_info
 
 from icl_toolkit.data.cohort import validate_cohort, write_cohort  # noqa: E402
 from icl_toolkit.data.serialize import serialize_history  # noqa: E402

@@ -72,7 +72,16 @@ _EXPORTS: dict[str, str] = {
     "CohortValidationError": "icl_toolkit.core.errors",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [  # the names of _EXPORTS, written out for readers and tools (tests/test_api.py checks they agree)
+    "__version__",
+    "Patient", "Event", "read_cohort", "validate_cohort", "write_cohort",
+    "RetrievalConfig", "DemoIndex", "build_index",
+    "PromptConfig", "EngineOptions", "open_backend",
+    "PredictConfig", "Predictor", "Prediction", "predict_file", "PredictRun", "RayOptions",
+    "FinetuneConfig", "finetune", "FinetuneResult",
+    "summary", "bootstrap_ci", "delong_test", "compare", "CompareConfig", "CompareResult", "load_compare_config",
+    "IclError", "ConfigError", "CohortValidationError",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -69,8 +69,7 @@ def minilm():
 @pytest.fixture(scope="session")
 def hash_embedder():
     """A fast deterministic bag-of-words profile embedder (no model)."""
-    from icl_toolkit.retrieval.embedder import ProfileEmbedder
-    from icl_toolkit.retrieval.embedder import HashEmbedder
+    from icl_toolkit.retrieval.embedder import HashEmbedder, ProfileEmbedder
 
     return ProfileEmbedder(model=HashEmbedder(), model_id="hash-64")
 

@@ -30,6 +30,7 @@ def test_importing_the_package_loads_nothing_heavy():
 
 
 def test_every_export_resolves_and_is_documented():
+    assert set(icl.__all__) == {"__version__", *icl._EXPORTS} and len(icl.__all__) == len(set(icl.__all__))
     missing = []
     for name in icl.__all__:
         if name == "__version__":

@@ -145,14 +145,12 @@ def test_server_problems_are_one_line_errors(tiny, tiny_model_dir):
 
 def test_engine_options_reach_the_openai_backend_and_predict_runs_on_it(tiny, tiny_model_dir, small_cohort,
                                                                          hash_embedder):
-    from icl_toolkit.backends.options import EngineOptions, backend_kwargs
     from icl_toolkit.backends.openai_api import OpenAIBackend
+    from icl_toolkit.backends.options import EngineOptions, backend_kwargs, open_backend
     from icl_toolkit.inference.config import PredictConfig
     from icl_toolkit.inference.predictor import Predictor
     from icl_toolkit.prompting.config import PromptConfig
     from icl_toolkit.retrieval.config import RetrievalConfig
-
-    from icl_toolkit.backends.options import open_backend
 
     with pytest.raises(ConfigError, match="needs the server's URL"):
         open_backend(str(tiny_model_dir), EngineOptions(backend="openai"))

@@ -245,7 +245,7 @@ def test_full_checkpoint_gets_its_own_engine(engines, prompts, small_cohort, tmp
     Finetuner(cfg, base="default", progress=False).fit(small_cohort[:8], tmp_path / "full")
     full = VLLMBackend(str(tmp_path / "full"), dtype="float32", max_context=2048, progress=False)
     with pytest.raises(ConfigError, match="was released"):
-        vl.llm  # one engine per process: the base engine made room for the checkpoint's
+        _ = vl.llm  # one engine per process: the base engine made room for the checkpoint's
     sub = prompts[:8]
     got, ref = _p_yes(full, sub), _p_yes(HFBackend(str(tmp_path / "full"), batch_size=1, progress=False), sub)
     print(f"\nfull checkpoint: max |P(yes) hf - vllm| = {np.abs(got - ref).max():.2e}")

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from icl_toolkit.data.cohort import write_cohort
 from icl_toolkit.core.errors import ConfigError, IclError
+from icl_toolkit.data.cohort import write_cohort
 
 
 @pytest.fixture()

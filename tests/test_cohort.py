@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from icl_toolkit.data.cohort import Event, Patient, read_cohort, validate_cohort, write_cohort
 from icl_toolkit.core.errors import CohortValidationError
+from icl_toolkit.data.cohort import Event, Patient, read_cohort, validate_cohort, write_cohort
 
 GOOD = {
     "patient_id": "P1", "sex": "F", "birth_date": "1940-05-01", "index_date": "2019-01-01",

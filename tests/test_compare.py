@@ -10,12 +10,12 @@ import json
 import numpy as np
 import pytest
 
-from icl_toolkit.data.cohort import write_cohort
-from icl_toolkit.evaluation.compare import Comparison, CompareConfig, load_compare_config
 from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.data.cohort import write_cohort
+from icl_toolkit.evaluation.compare import CompareConfig, Comparison, load_compare_config
+from icl_toolkit.evaluation.metrics import delong_test
 from icl_toolkit.training.config import FinetuneConfig
 from icl_toolkit.training.sft import Finetuner
-from icl_toolkit.evaluation.metrics import delong_test
 
 ARMS = """
 reference = "base / none / score"

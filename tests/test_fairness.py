@@ -17,6 +17,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
 from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.data.synth import SynthConfig, generate_cohort
+from icl_toolkit.data.synth.generate import Disparity, parse_disparity
 from icl_toolkit.evaluation.fairness import (
     age_band,
     calibration_intercept,
@@ -31,8 +33,6 @@ from icl_toolkit.evaluation.fairness import (
     subgroup_frame,
     subgroups_markdown,
 )
-from icl_toolkit.data.synth import SynthConfig, generate_cohort
-from icl_toolkit.data.synth.generate import Disparity, parse_disparity
 
 
 @pytest.fixture(scope="module")

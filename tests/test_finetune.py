@@ -12,13 +12,13 @@ import pytest
 import torch
 from trl import SFTTrainer
 
-from icl_toolkit.data.cohort import write_cohort
+from icl_toolkit.backends.testing import tiny_llama
 from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.core.models import load_lm
+from icl_toolkit.data.cohort import write_cohort
+from icl_toolkit.prompting.builder import PromptBuilder
 from icl_toolkit.training.config import FinetuneConfig
 from icl_toolkit.training.sft import IGNORE, Finetuner, build_examples, sft_prompt_config
-from icl_toolkit.core.models import load_lm
-from icl_toolkit.prompting.builder import PromptBuilder
-from icl_toolkit.backends.testing import tiny_llama
 
 
 def _decode_target(tok, ex):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from icl_toolkit.core import hardware
 from icl_toolkit.backends import choice_probabilities
+from icl_toolkit.core import hardware
 from icl_toolkit.core.models import fp32_readout, load_lm
 
 

@@ -146,4 +146,5 @@ def test_the_vocabulary_sits_at_the_bottom():
     text = _sources()["data/vocabulary.py"]
     assert "icl_toolkit" not in re.sub(r'""".*?"""', "", text, flags=re.S).replace("icl_toolkit.data.vocabulary", "")
     for name in ("data/serialize.py", "rationales/grounding.py", "data/omop/build.py"):
-        assert "synth" not in "".join(l for l in _sources()[name].splitlines(True) if l.startswith(("from", "import")))
+        imports = [line for line in _sources()[name].splitlines(True) if line.startswith(("from", "import"))]
+        assert "synth" not in "".join(imports)

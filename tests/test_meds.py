@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from icl_toolkit.data.cohort import read_cohort, write_cohort
 from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.data.cohort import read_cohort, write_cohort
 from icl_toolkit.data.meds import INDEX_CODE, CodeMap, open_meds, write_meds, write_meds_predictions
 from icl_toolkit.data.meds.codes import CodeResolver, sex_of
 from icl_toolkit.data.synth import SynthConfig, generate_cohort

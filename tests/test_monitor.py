@@ -11,10 +11,18 @@ import numpy as np
 import pytest
 
 from icl_toolkit.core.errors import ConfigError
-from icl_toolkit.evaluation.monitor import AlertSettings, MonitorLog, Pseudonymizer, load_key, monitor_report, parse_window, psi
-from icl_toolkit.evaluation.monitor.log import FEEDBACK, PREDICTIONS, FeedbackRejected, read_log
 from icl_toolkit.data.synth import SynthConfig, generate_cohort
 from icl_toolkit.data.synth.generate import Disparity
+from icl_toolkit.evaluation.monitor import (
+    AlertSettings,
+    MonitorLog,
+    Pseudonymizer,
+    load_key,
+    monitor_report,
+    parse_window,
+    psi,
+)
+from icl_toolkit.evaluation.monitor.log import FEEDBACK, PREDICTIONS, FeedbackRejected, read_log
 
 KEY = b"k" * 32
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)

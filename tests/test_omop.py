@@ -11,8 +11,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from icl_toolkit.data.cohort import read_cohort
 from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.data.cohort import read_cohort
 from icl_toolkit.data.omop import ADRD, IndexRule, OmopConfig, build_cohort, load_outcome, open_source
 from icl_toolkit.data.omop.build import Candidate, label_person, place_index
 

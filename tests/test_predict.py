@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from icl_toolkit.cli import app
-from icl_toolkit.data.cohort import write_cohort
 from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.data.cohort import write_cohort
 from icl_toolkit.inference.config import PredictConfig
 from icl_toolkit.inference.predictor import Predictor
 from icl_toolkit.prompting.config import PromptConfig

@@ -7,8 +7,8 @@ import datetime as dt
 
 import pytest
 
-from icl_toolkit.data.cohort import Event
 from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.data.cohort import Event
 from icl_toolkit.prompting.builder import PromptBuilder
 from icl_toolkit.prompting.config import PromptConfig
 from icl_toolkit.prompting.templates import prompts_dir

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from icl_toolkit.cli import app
 from icl_toolkit.data.cohort import Event, Patient, Rationales, read_cohort, write_cohort
-from icl_toolkit.rationales.grounding import check_grounding
 from icl_toolkit.rationales.config import TeacherConfig
+from icl_toolkit.rationales.grounding import check_grounding
 from icl_toolkit.rationales.teacher import RationaleTeacher, TeacherRecord, apply_rationales
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from icl_toolkit.data.cohort import write_cohort
 from icl_toolkit.core.errors import IclError
+from icl_toolkit.data.cohort import write_cohort
 
 ICL = str(Path(sys.executable).with_name("icl"))
 
@@ -243,9 +243,9 @@ def test_sharded_output_rules(tmp_path):
 
 
 def test_a_given_index_of_another_pool_is_refused_before_ray_starts(files, small_cohort, tiny_model_dir, tmp_path):
+    from icl_toolkit.retrieval.config import RetrievalConfig
     from icl_toolkit.retrieval.index import DemoIndex
     from icl_toolkit.retrieval.representations import make_representation
-    from icl_toolkit.retrieval.config import RetrievalConfig
 
     DemoIndex.build(small_cohort[60:120], make_representation(RetrievalConfig())).save(tmp_path / "idx")
     r = _run("predict", "--cohort", files / "test.jsonl", *_common(files, tiny_model_dir), "--index",
@@ -258,10 +258,10 @@ def test_a_given_index_of_another_pool_is_refused_before_ray_starts(files, small
 def test_driver_rebuilds_an_index_left_by_another_run(tmp_path, small_cohort):
     """The driver's own index (``<out>/index``) is reused only when it was built from this pool with these
     retriever settings; one left by a replaced run is rebuilt, never read by the replicas."""
-    from icl_toolkit.retrieval.index import DemoIndex
-    from icl_toolkit.retrieval.representations import make_representation
     from icl_toolkit.inference.ray import _fits
     from icl_toolkit.retrieval.config import RetrievalConfig
+    from icl_toolkit.retrieval.index import DemoIndex
+    from icl_toolkit.retrieval.representations import make_representation
 
     def rep(**settings):
         return make_representation(RetrievalConfig(**settings))

@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 
 from icl_toolkit.core.errors import ConfigError
-from icl_toolkit.retrieval.config import RetrievalConfig
+from icl_toolkit.retrieval.config import RETRIEVERS, RetrievalConfig
 from icl_toolkit.retrieval.index import DemoIndex
-from icl_toolkit.retrieval.retriever import Retriever
-from icl_toolkit.retrieval.config import RETRIEVERS
 from icl_toolkit.retrieval.representations import clinical_tokens, make_representation, prognostic_features
+from icl_toolkit.retrieval.retriever import Retriever
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +123,8 @@ def test_a_querys_vector_ignores_its_label_and_what_follows_its_index_date(kind,
 def test_no_retriever_beats_age_when_labels_carry_nothing_but_age(hash_embedder):
     """Labels shuffled within 5-year age bands: the pre-index codes carry no signal beyond age, so no retriever's
     neighbour vote may beat the age-only vote by more than noise."""
-    from icl_toolkit.evaluation.retrieval import evaluate_retrievers
     from icl_toolkit.data.synth import SynthConfig, generate_cohort
+    from icl_toolkit.evaluation.retrieval import evaluate_retrievers
 
     cohort = generate_cohort(SynthConfig(n=2600, seed=21, prevalence=0.3))
     rng = np.random.default_rng(0)

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from icl_toolkit.data.cohort import EVENT_KINDS, Event, Patient
 from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.data.cohort import EVENT_KINDS, Event, Patient
 from icl_toolkit.data.serialize import condensed_profile, fold_history, serialize_history, token_counter
 
 INDEX = dt.date(2019, 6, 1)
@@ -21,7 +21,7 @@ def patients(draw):
     n_before = draw(st.integers(0, 40))
     n_after = draw(st.integers(0, 15))
     events = []
-    for i in range(n_before):
+    for _ in range(n_before):
         d = INDEX - dt.timedelta(days=draw(st.integers(0, 15 * 365)))
         kind = draw(st.sampled_from(EVENT_KINDS))
         code = draw(st.sampled_from(["I10", "E11.9", "G31.84", "4548-4", "8480-6", "29046", "99213", "72166-2"]))

@@ -23,10 +23,12 @@ from icl_toolkit.inference.predictor import Predictor  # noqa: E402
 from icl_toolkit.prompting.config import PromptConfig  # noqa: E402
 from icl_toolkit.retrieval.config import RetrievalConfig  # noqa: E402
 from icl_toolkit.serve.app import create_app
-from icl_toolkit.serve.config import ServerSettings  # noqa: E402
-from icl_toolkit.serve.config import BatchSettings
-from icl_toolkit.serve.service import PredictionService  # noqa: E402
+from icl_toolkit.serve.config import (
+    BatchSettings,
+    ServerSettings,  # noqa: E402
+)
 from icl_toolkit.serve.launch import free_port, start_local_server, wait_healthy  # noqa: E402
+from icl_toolkit.serve.service import PredictionService  # noqa: E402
 
 CONFIG = PredictConfig(retrieval=RetrievalConfig(k=2), prompt=PromptConfig(query_tokens=120, demo_tokens=100))
 KEY = "test-key"
@@ -294,7 +296,6 @@ class SlowService(PredictionService):
 def live(tiny_backend_obj, small_cohort, hash_embedder, caplog):
     """Start a real uvicorn server (in a thread) over a slow service; yields a function that starts one."""
     import logging
-
 
     from icl_toolkit.serve.app import make_server
 

@@ -10,9 +10,9 @@ from sklearn.feature_extraction import DictVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
+from icl_toolkit.core.errors import ConfigError
 from icl_toolkit.data.cohort import patient_to_dict
 from icl_toolkit.data.describe import oracle_auroc
-from icl_toolkit.core.errors import ConfigError
 from icl_toolkit.data.synth import SynthConfig, generate_cohort, parse_split
 from icl_toolkit.data.synth.risk import sample_population, true_risk
 

@@ -82,6 +82,7 @@ class Backend(Protocol):
     model_id: str
     tokenizer: Any
     max_context: int
+    progress: bool
 
     def score(self, prompts: str | Sequence[str], choices: Sequence[str]) -> list[float] | list[list[float]]:
         ...

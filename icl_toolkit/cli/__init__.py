@@ -47,7 +47,7 @@ def _root() -> None:
 
 def _command(argv: list[str]) -> str:
     """The command being run (``predict``, ``data validate``), for messages."""
-    words = []
+    words: list[str] = []
     for arg in argv:
         if arg.startswith("-") or len(words) == 2:
             break

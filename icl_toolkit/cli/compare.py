@@ -22,7 +22,8 @@ def compare(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Run a comparison: predictions per arm (resumable), baselines, CIs, DeLong tests, plots, report."""
-    from icl_toolkit.evaluation.compare import compare as run_comparison, load_compare_config
+    from icl_toolkit.evaluation.compare import compare as run_comparison
+    from icl_toolkit.evaluation.compare import load_compare_config
 
     cfg, _ = load_compare_config(config)
     result = run_comparison(cfg, test, pool, out, val=val, limit=limit, only=only or (), progress=progress)

@@ -6,18 +6,18 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Optional, cast
 
 import typer
 from rich.table import Table
 
 from icl_toolkit.cli._common import console, err_console, flag_error, progress_bar
-from icl_toolkit.data.cohort import read_cohort, validate_cohort, write_cohort
-from icl_toolkit.data.describe import describe_cohort, group_summary, oracle_auroc, plot_cohort
 from icl_toolkit.core.artifacts import write_json_atomic
+from icl_toolkit.data.cohort import SplitName, read_cohort, validate_cohort, write_cohort
+from icl_toolkit.data.describe import describe_cohort, group_summary, oracle_auroc, plot_cohort
+from icl_toolkit.data.summary import ImportSummary
 from icl_toolkit.data.synth import SynthConfig, assign_splits, iter_synthetic_patients, parse_split
 from icl_toolkit.data.synth.generate import parse_disparity
-from icl_toolkit.data.summary import ImportSummary
 
 app = typer.Typer(help="Make, check, describe and split cohort files (JSONL, one patient per line).",
                   no_args_is_help=True)
@@ -45,7 +45,7 @@ def synth(
     with progress_bar("synthesising patients", n) as advance:
         patients = list(iter_synthetic_patients(config, progress=advance))
     write_cohort(patients, out)
-    ys = [p.label for p in patients]
+    ys = [p.label or 0 for p in patients]   # the generator labels every patient
     auc = oracle_auroc(patients)
     auc_text = f"{auc:.3f}" if auc is not None else "n/a"
     console.print(f"wrote {len(patients)} patients to {out} in {time.perf_counter() - start:.1f}s: "
@@ -185,10 +185,10 @@ def from_omop(
     """Build a cohort from OMOP CDM tables: index date, outcome label, history before the index date."""
     import datetime as dt
 
-    from icl_toolkit.core.artifacts import base_meta, write_json_atomic
-    from icl_toolkit.core.errors import ConfigError
     from pydantic import ValidationError
 
+    from icl_toolkit.core.artifacts import base_meta, write_json_atomic
+    from icl_toolkit.core.errors import ConfigError
     from icl_toolkit.data.omop import IndexRule, OmopConfig, load_outcome, open_source, prepare_cohort
 
     try:
@@ -213,7 +213,7 @@ def from_omop(
         def patients() -> Iterator[Any]:
             for i, p in enumerate(cohort):
                 if splits is not None:
-                    p.split = splits[i]
+                    p.split = cast(SplitName, splits[i])
                 advance()
                 yield p
 

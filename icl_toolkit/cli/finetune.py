@@ -11,7 +11,6 @@ from icl_toolkit.cli._common import console
 from icl_toolkit.cli._flags import FlagGroup, with_flags
 from icl_toolkit.training.config import FinetuneConfig
 
-
 SFT = FlagGroup(FinetuneConfig, fields=(
     "target", "lora", "epochs", "max_steps", "lr", "batch_size", "seed", "train_layers", "lora_r", "query_tokens",
     "val_limit", "eval_steps", "eval_points", "patience", "min_epochs", "stop_on", "dtype", "gradient_checkpointing",

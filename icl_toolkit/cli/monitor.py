@@ -22,8 +22,8 @@ def monitor(
     """Per window: volume, input mix and drift (PSI), mean probability against the observed rate, calibration,
     AUROC and subgroup gaps as outcomes arrive; each against its alert threshold."""
     from icl_toolkit.core.artifacts import write_json_atomic
-    from icl_toolkit.data.cohort import read_cohort
     from icl_toolkit.core.files import load_settings_file
+    from icl_toolkit.data.cohort import read_cohort
     from icl_toolkit.evaluation.monitor.report import AlertSettings, monitor_report, parse_window, write_monitor_page
 
     settings = (load_settings_file(alerts, AlertSettings, "alert settings",

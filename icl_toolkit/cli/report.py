@@ -64,22 +64,24 @@ def fairness(
     patients = read_cohort(cohort)
     probs, kept, dropped = predictions_with_cohort(files, patients, cohort_name=str(cohort))
     risks = [p.metadata.get("true_risk") for p in kept]
-    use_oracle = oracle and all(isinstance(r, (int, float)) for r in risks)
+    known = [float(r) for r in risks if isinstance(r, int | float)]
+    use_oracle = oracle and len(known) == len(risks)
     if use_oracle:
-        probs[ORACLE] = [float(r) for r in risks]
+        probs[ORACLE] = known
     if dropped["unlabelled"] or dropped["not_predicted"] or dropped["failed"]:
         err_console.print(f"left out: {dropped['unlabelled']} unlabelled patients, {dropped['not_predicted']} "
                           f"without a prediction in every file, {dropped['failed']} failed prediction records",
                           highlight=False)
     groups = group_attributes(kept)
     with progress_bar(f"fairness ({resamples} bootstrap resamples)", len(probs) * len(groups)) as advance:
-        report = fairness_report(probs, [p.label for p in kept], groups, thresholds={n: threshold for n in probs},
+        labels = [int(p.label or 0) for p in kept]                # kept: labelled patients only
+        report = fairness_report(probs, labels, groups, thresholds={n: threshold for n in probs},
                                  oracle=ORACLE if use_oracle else None, reference=reference,
                                  n_boot=resamples, seed=seed, progress=advance)
     out.mkdir(parents=True, exist_ok=True)
     write_fairness_tables(out, report)
     plot_fairness(out / "fairness.png", report)
-    n_cases = sum(p.label for p in kept)
+    n_cases = sum(labels)
     lines = ["# Fairness report", "",
              f"Generated {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}: {len(kept)} labelled patients "
              f"({n_cases} cases) of `{cohort}`; threshold {threshold}; {resamples} bootstrap resamples "

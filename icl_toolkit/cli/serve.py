@@ -48,11 +48,10 @@ def serve(
         import uvicorn  # noqa: F401
     except ImportError:
         raise ConfigError('icl serve needs FastAPI and uvicorn: pip install "icl-toolkit[serve]"') from None
-    from icl_toolkit.data.cohort import content_hash
     from icl_toolkit.backends.options import open_backend
-    from icl_toolkit.evaluation.card import CARD_FIELDS, ModelCard
-    from icl_toolkit.data.cohort import read_cohort
     from icl_toolkit.core.files import load_settings_file
+    from icl_toolkit.data.cohort import content_hash, read_cohort
+    from icl_toolkit.evaluation.card import CARD_FIELDS, ModelCard
     from icl_toolkit.evaluation.monitor.log import MonitorLog, load_key
     from icl_toolkit.retrieval.embedder import ProfileEmbedder
     from icl_toolkit.retrieval.index import DemoIndex

@@ -37,7 +37,7 @@ def base_meta(kind: str) -> dict[str, Any]:
     from icl_toolkit.core import __version__
 
     return {"artifact": kind, "icl_toolkit": __version__,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:

@@ -20,7 +20,6 @@ cache, is accepted instead of ``"default"``.
 from __future__ import annotations
 
 import hashlib
-
 import importlib.metadata as md
 import json
 import os
@@ -28,7 +27,7 @@ import shutil
 import tempfile
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from icl_toolkit.core.errors import ConfigError, ModelNotFoundError
 
@@ -384,6 +383,7 @@ def load_lm(model: str = "default", *, device: str = "cpu", dtype: str = "float3
         return _load_adapter(folder, device, dtype)
     try:
         lm = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype, local_files_only=True)
+        lm = cast(Any, lm)
         tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(f"Cannot load a causal language model from {folder}: {exc}") from None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -26,7 +27,7 @@ LOG_EVERY = 60.0
 @contextmanager
 def _log_lines(desc: str, total: int, initial: int = 0) -> Iterator[Callable[..., None]]:
     start = last = time.monotonic()
-    state = {"done": initial, "note": None, "shown": None}
+    state: dict[str, Any] = {"done": initial, "note": None, "shown": None}
 
     def line() -> None:
         done, spent = state["done"], time.monotonic() - start

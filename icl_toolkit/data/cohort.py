@@ -26,19 +26,22 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
-from typing_extensions import Annotated
 
 from icl_toolkit.core.errors import CohortValidationError, IclError, InputIssue
 from icl_toolkit.core.files import keep_mode, os_error
 
 __all__ = [
     "EVENT_KINDS",
+    "EventKind",
+    "Sex",
+    "SplitName",
+    "Label",
     "Event",
     "Rationales",
     "Patient",
@@ -56,6 +59,7 @@ __all__ = [
 EventKind = Literal["diagnosis", "medication", "procedure", "lab", "vital", "visit", "observation"]
 Sex = Literal["F", "M", "U"]
 SplitName = Literal["train", "val", "test"]
+Label = Literal[0, 1]
 EVENT_KINDS: tuple[str, ...] = get_args(EventKind)
 
 NonEmpty = Annotated[str, Field(min_length=1)]
@@ -104,7 +108,7 @@ class Patient:
     birth_date: dt.date
     index_date: dt.date
     events: list[Event]
-    label: Literal[0, 1] | None = None
+    label: Label | None = None
     outcome_date: dt.date | None = None
     rationales: Rationales | None = None
     split: SplitName | None = None
@@ -246,7 +250,7 @@ def _short(value: Any, limit: int = 60) -> str:
 _UNION_TAGS = {"float": "a number, a string or null", "str": "a number, a string or null"}
 
 
-def _describe(err: dict[str, Any]) -> tuple[str, str]:
+def _describe(err: Mapping[str, Any]) -> tuple[str, str]:
     """Turn one pydantic error into (field path, 'expected ..., found ...')."""
     loc = tuple(err.get("loc", ()))
     kind = err.get("type", "")
@@ -331,8 +335,7 @@ class ValidationReport:
 
 def _iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
     with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            yield lineno, raw
+        yield from enumerate(fh, start=1)
 
 
 def parse_record(text: str) -> tuple[Patient | None, list[tuple[str, str]], Any]:

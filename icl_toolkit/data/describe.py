@@ -56,8 +56,8 @@ def group_summary(patients: Sequence[Patient]) -> list[dict[str, Any]]:
             rows.append({
                 "attribute": attr, "value": value, "n": len(sub),
                 "prevalence": round(sum(known) / len(known), 4) if known else None,
-                "mean_true_risk": round(float(np.mean(risks)), 4)
-                if all(isinstance(r, (int, float)) for r in risks) else None,
+                "mean_true_risk": round(float(np.mean([float(r) for r in risks if isinstance(r, int | float)])), 4)
+                if all(isinstance(r, int | float) for r in risks) else None,
                 "events_per_patient": round(float(np.mean([len(h) for h in hists])), 2),
                 "visits_per_patient": round(float(np.mean([sum(e.kind == "visit" for e in h) for h in hists])), 2),
                 "oracle_auroc": round(auc, 4) if auc is not None else None,
@@ -99,11 +99,11 @@ def describe_cohort(patients: Sequence[Patient], *, tokens: bool = True,
             ys = [p.label for p in group if p.label is not None]
             out["splits"][name or "none"] = {"n": len(group),
                                              "prevalence": round(sum(ys) / len(ys), 4) if ys else None}
-    with_r = [p for p in patients if p.rationales is not None]
+    with_r = [p.rationales for p in patients if p.rationales is not None]
     out["n_with_rationales"] = len(with_r)
     out["rationale_words"] = {
-        "free_text": _dist([len(p.rationales.free_text.split()) for p in with_r if p.rationales.free_text]),
-        "stepwise": _dist([len(p.rationales.stepwise.split()) for p in with_r if p.rationales.stepwise]),
+        "free_text": _dist([len(r.free_text.split()) for r in with_r if r.free_text]),
+        "stepwise": _dist([len(r.stepwise.split()) for r in with_r if r.stepwise]),
     }
     if tokens and patients:
         from icl_toolkit.core.models import load_embedder_tokenizer, load_tokenizer
@@ -127,8 +127,8 @@ def describe_cohort(patients: Sequence[Patient], *, tokens: bool = True,
         out["profile_tokens"] = _dist(prof_tokens)
         out["profiles_shortened"] = prof_cut
         out["rationale_tokens"] = {
-            "free_text": _dist(lm([p.rationales.free_text for p in with_r if p.rationales.free_text])),
-            "stepwise": _dist(lm([p.rationales.stepwise for p in with_r if p.rationales.stepwise])),
+            "free_text": _dist(lm([r.free_text for r in with_r if r.free_text])),
+            "stepwise": _dist(lm([r.stepwise for r in with_r if r.stepwise])),
         }
     return out
 

@@ -49,8 +49,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from icl_toolkit.data.cohort import Event, Patient
 from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.data.cohort import Event, Patient
 from icl_toolkit.data.vocabulary import MEASURE_BY_CODE
 
 __all__ = [
@@ -177,7 +177,7 @@ def fold_history(patient: Patient) -> tuple[list[Item], list[Event]]:
             it = items[key] = Item(e.kind, e.code, e.name, 0, t, t, unit=e.unit, text_value=text_value)
         it.count += 1
         it.last = t
-        if numeric:
+        if numeric and isinstance(e.value, int | float):
             it.values.append(float(e.value))
     return list(items.values()), visits
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from icl_toolkit.data.cohort import Patient
 from icl_toolkit.core.errors import ConfigError
-from icl_toolkit.retrieval.retriever import Retrieval
+from icl_toolkit.data.cohort import Patient
 from icl_toolkit.retrieval.representations import prognostic_features
+from icl_toolkit.retrieval.retriever import Retrieval
 
 __all__ = ["bag_of_codes", "fit_logreg", "fit_age_only", "knn_vote", "oracle_risk"]
 

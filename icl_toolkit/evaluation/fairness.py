@@ -34,10 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from icl_toolkit.core.artifacts import write_json_atomic
-from icl_toolkit.data.cohort import Patient
 from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.data.cohort import Patient
+from icl_toolkit.evaluation.metrics import Labels, Probabilities
 
 __all__ = ["ORACLE", "GROUP_METRICS", "age_band", "auroc_or_nan", "group_attributes", "calibration_slope", "calibration_intercept",
            "subgroup_frame", "FairnessReport", "fairness_report", "excess_gap", "gaps_markdown", "subgroups_markdown",
@@ -60,7 +62,8 @@ def age_band(age: float) -> str:
 def group_attributes(patients: Sequence[Patient]) -> dict[str, list[str]]:
     """The groupings of a cohort: sex, age band at the index date, and each attribute of ``Patient.groups``
     (``"unknown"`` for a patient without it), in patient order."""
-    out = {"sex": [p.sex for p in patients], "age_band": [age_band(p.age_at_index) for p in patients]}
+    out: dict[str, list[str]] = {"sex": [p.sex for p in patients],
+                                 "age_band": [age_band(p.age_at_index) for p in patients]}
     for attr in sorted({a for p in patients for a in p.groups}):
         out[attr] = [p.groups.get(attr, "unknown") for p in patients]
     return out
@@ -159,7 +162,7 @@ def _metric_functions(threshold: float) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- frames
 
-def subgroup_frame(y: Sequence[int], p: Sequence[float], values: Sequence[str], *, threshold: float = 0.5,
+def subgroup_frame(y: Labels, p: Probabilities, values: Sequence[str] | npt.NDArray[Any], *, threshold: float = 0.5,
                    n_boot: int = 200, seed: int = 0, level: float = 0.95,
                    metrics: Sequence[str] | None = None) -> Any:
     """fairlearn's ``MetricFrame`` of one predictor over one grouping, with bootstrap intervals
@@ -201,7 +204,7 @@ def _gap_samples(y: np.ndarray, probs: Sequence[np.ndarray], values: np.ndarray,
     return out
 
 
-def excess_gap(y: Sequence[int], p: Sequence[float], p_other: Sequence[float], values: Sequence[str], *,
+def excess_gap(y: Labels, p: Probabilities, p_other: Probabilities, values: Sequence[str] | npt.NDArray[Any], *,
                n_boot: int = 200, seed: int = 0, level: float = 0.95) -> dict[str, float]:
     """``AUROC gap(p) - AUROC gap(p_other)`` over the groups in ``values``, with a paired percentile bootstrap
     interval (both predictors on the same resamples). Above 0: ``p`` separates outcomes less evenly across the
@@ -290,7 +293,7 @@ def _predictor_grouping(name: str, prob: np.ndarray, y: np.ndarray, gname: str, 
     return subgroups, gap
 
 
-def fairness_report(predictions: Mapping[str, Sequence[float]], labels: Sequence[int],
+def fairness_report(predictions: Mapping[str, Probabilities], labels: Labels,
                     groups: Mapping[str, Sequence[str]], *, thresholds: Mapping[str, float] | None = None,
                     oracle: str | None = None, reference: str | None = None, n_boot: int = 200,
                     seed: int = 0, level: float = 0.95,
@@ -322,9 +325,9 @@ def fairness_report(predictions: Mapping[str, Sequence[float]], labels: Sequence
     for gname, values in groups.items():
         if len(values) != len(y):
             raise ConfigError(f"grouping {gname!r} has {len(values)} values for {len(y)} patients.")
-    for name in (oracle, reference):
-        if name is not None and name not in predictions:
-            raise ConfigError(f"{name!r} is not among the predictions ({', '.join(predictions)}).")
+    for given in (oracle, reference):
+        if given is not None and given not in predictions:
+            raise ConfigError(f"{given!r} is not among the predictions ({', '.join(predictions)}).")
     thresholds = thresholds or {}
     report = FairnessReport(oracle=oracle, reference=reference, n_boot=n_boot)
     for name, p in predictions.items():

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from icl_toolkit.core.errors import ConfigError
 
@@ -36,7 +37,13 @@ __all__ = [
 ]
 
 
-def _arrays(labels: Sequence[int], probabilities: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+Labels = Sequence[int] | npt.NDArray[Any]
+"""Outcomes, 0 or 1: a sequence or an array."""
+Probabilities = Sequence[float] | npt.NDArray[Any]
+"""Predicted probabilities: a sequence or an array."""
+
+
+def _arrays(labels: Labels, probabilities: Probabilities) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(labels, dtype=int)
     p = np.asarray(probabilities, dtype=float)
     if y.shape != p.shape:
@@ -46,7 +53,7 @@ def _arrays(labels: Sequence[int], probabilities: Sequence[float]) -> tuple[np.n
     return y, p
 
 
-def summary(labels: Sequence[int], probabilities: Sequence[float]) -> dict[str, Any]:
+def summary(labels: Labels, probabilities: Probabilities) -> dict[str, Any]:
     """n, prevalence, AUROC, AUPRC and Brier score of predictions against outcomes.
 
     Args:
@@ -72,7 +79,7 @@ def summary(labels: Sequence[int], probabilities: Sequence[float]) -> dict[str, 
     return out
 
 
-def expected_calibration_error(labels: Sequence[int], probabilities: Sequence[float], n_bins: int = 10) -> float:
+def expected_calibration_error(labels: Labels, probabilities: Probabilities, n_bins: int = 10) -> float:
     """ECE with ``n_bins`` equal-width bins: sum over bins of (bin share) x |mean p - observed rate|."""
     y, p = _arrays(labels, probabilities)
     if not len(y):
@@ -80,7 +87,7 @@ def expected_calibration_error(labels: Sequence[int], probabilities: Sequence[fl
     return float(_rowwise_ece(y[None, :], p[None, :], n_bins)[0])
 
 
-def choose_threshold(labels: Sequence[int], probabilities: Sequence[float]) -> float:
+def choose_threshold(labels: Labels, probabilities: Probabilities) -> float:
     """The threshold that maximises F1 (meant for a validation split, then applied to test)."""
     from sklearn.metrics import precision_recall_curve
 
@@ -92,7 +99,7 @@ def choose_threshold(labels: Sequence[int], probabilities: Sequence[float]) -> f
     return float(thresholds[int(np.argmax(f1))])
 
 
-def point_metrics(labels: Sequence[int], probabilities: Sequence[float], threshold: float = 0.5) -> dict[str, Any]:
+def point_metrics(labels: Labels, probabilities: Probabilities, threshold: float = 0.5) -> dict[str, Any]:
     """AUROC, AUPRC, Brier, ECE, and F1 at ``threshold`` (plus n and prevalence)."""
     from sklearn.metrics import f1_score
 
@@ -147,7 +154,7 @@ def _rowwise_f1(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
 
 
-def bootstrap_ci(labels: Sequence[int], probabilities: Sequence[float], *, n_resamples: int = 1000,
+def bootstrap_ci(labels: Labels, probabilities: Probabilities, *, n_resamples: int = 1000,
                  seed: int = 0, level: float = 0.95, threshold: float = 0.5,
                  metrics: Sequence[str] = ("auroc", "auprc", "brier", "ece", "f1")) -> dict[str, dict[str, float]]:
     """Stratified bootstrap percentile intervals of the metrics.
@@ -228,7 +235,7 @@ def _midrank_components(pos: np.ndarray, neg: np.ndarray) -> tuple[float, np.nda
     return float(auc), v10, v01
 
 
-def delong_test(labels: Sequence[int], prob_a: Sequence[float], prob_b: Sequence[float],
+def delong_test(labels: Labels, prob_a: Probabilities, prob_b: Probabilities,
                 level: float = 0.95) -> DeLongResult:
     """Paired DeLong test (two-sided) of the AUROC difference of two predictors on the same patients.
 

@@ -31,14 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from icl_toolkit.data.cohort import Patient
 from icl_toolkit.core.errors import ConfigError
-from icl_toolkit.evaluation.metrics import bootstrap_ci
 from icl_toolkit.core.progress import progress_bar
+from icl_toolkit.data.cohort import Patient
+from icl_toolkit.evaluation.metrics import bootstrap_ci
 from icl_toolkit.retrieval.config import RetrievalConfig
 from icl_toolkit.retrieval.index import DemoIndex
-from icl_toolkit.retrieval.retriever import Retriever
 from icl_toolkit.retrieval.representations import clinical_tokens
+from icl_toolkit.retrieval.retriever import Retriever
 
 __all__ = ["RetrievalReport", "evaluate_retrievers", "plot_report", "DEFAULT_KS"]
 

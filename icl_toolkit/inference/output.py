@@ -35,7 +35,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from icl_toolkit.core.artifacts import base_meta, check_meta, read_json, write_json_atomic
 from icl_toolkit.core.errors import ConfigError
@@ -51,6 +51,7 @@ INDEX_DIR = "index"
 """The pool's index a predicting driver builds in its output folder before the first shard."""
 
 
+@runtime_checkable
 class Record(Protocol):
     """A record object a run writes (a :class:`~icl_toolkit.inference.predictor.Prediction`, a teacher record):
     anything with ``to_dict()`` giving a JSON object with a ``patient_id``."""
@@ -120,7 +121,7 @@ def read_sharded_records(folder: str | os.PathLike[str], kind: str = "prediction
 
 
 def _as_dict(record: Record | Mapping[str, Any]) -> dict[str, Any]:
-    return record.to_dict() if hasattr(record, "to_dict") else dict(record)  # type: ignore[union-attr, arg-type]
+    return record.to_dict() if isinstance(record, Record) else dict(record)
 
 
 def is_shard_file(name: str) -> bool:

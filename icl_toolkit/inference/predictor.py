@@ -23,23 +23,22 @@ file, resumably.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, cast, overload
 
-from icl_toolkit.data.cohort import content_hash
 from icl_toolkit.backends import Backend, GenerationParams, choice_probabilities
-from icl_toolkit.data.cohort import Patient
 from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.data.cohort import Patient, content_hash
+from icl_toolkit.inference.config import PredictConfig
 from icl_toolkit.prompting.builder import BuiltPrompt, PromptBuilder
 from icl_toolkit.prompting.config import PromptConfig
 from icl_toolkit.retrieval.cache import RetrievalCache
 from icl_toolkit.retrieval.embedder import ProfileEmbedder
 from icl_toolkit.retrieval.index import DemoIndex
 from icl_toolkit.retrieval.retriever import Retrieval, Retriever
-from icl_toolkit.inference.config import PredictConfig
 
 __all__ = ["Prediction", "Predictor", "check_pool"]
 
@@ -85,7 +84,7 @@ class Predictor:
     """
 
     def __init__(self, backend: Backend, config: PredictConfig | None = None, *,
-                 embedder: ProfileEmbedder | None = None, retrieval_cache: str | Path | None = None,
+                 embedder: ProfileEmbedder | None = None, retrieval_cache: str | os.PathLike[str] | None = None,
                  progress: bool = True) -> None:
         self.backend = backend
         self.config = config or PredictConfig()
@@ -99,7 +98,7 @@ class Predictor:
     def uses_demos(self) -> bool:
         return self.config.uses_demos
 
-    def fit(self, pool: Sequence[Patient], index: DemoIndex | str | Path | None = None, *,
+    def fit(self, pool: Sequence[Patient], index: DemoIndex | str | os.PathLike[str] | None = None, *,
             index_kind: str = "auto", pool_name: str = "pool") -> Predictor:
         """Attach the demonstration pool; build its index, or load ``index`` and check it matches."""
         pool = list(pool)
@@ -137,12 +136,19 @@ class Predictor:
         self._check_fitted()
         return [self.builder_.build(p, r.hits, self.pool_) for p, r in zip(patients, retrievals)]
 
+    @overload
+    def predict_proba(self, patients: Patient, retrievals: Sequence[Retrieval] | None = None) -> Prediction: ...
+
+    @overload
+    def predict_proba(self, patients: Sequence[Patient],
+                      retrievals: Sequence[Retrieval] | None = None) -> list[Prediction]: ...
+
     def predict_proba(self, patients: Patient | Sequence[Patient],
                       retrievals: Sequence[Retrieval] | None = None) -> Prediction | list[Prediction]:
         """One :class:`Prediction` per patient, in input order (a single patient gives a single one)."""
         self._check_fitted()
         single = isinstance(patients, Patient)
-        batch = [patients] if single else list(patients)
+        batch: list[Patient] = [patients] if isinstance(patients, Patient) else list(patients)
         if retrievals is None:
             retrievals = self.retrieve(batch)
         elif len(retrievals) != len(batch):
@@ -155,9 +161,10 @@ class Predictor:
         if self.config.prompt.mode == "reason":
             prefix = self.builder_.answer_prefix
             params = GenerationParams(max_new_tokens=self.config.prompt.reason_tokens, stop=(prefix,))
-            reasoning = list(self.backend.generate(texts, params))
-            texts = [t + (r.rstrip() + "\n" if r.strip() else "") + prefix for t, r in zip(texts, reasoning)]
-        logprobs = self.backend.score(texts, choices) if batch else []
+            generated = list(self.backend.generate(texts, params))
+            reasoning = list(generated)
+            texts = [t + (r.rstrip() + "\n" if r.strip() else "") + prefix for t, r in zip(texts, generated)]
+        logprobs = cast(list[list[float]], self.backend.score(texts, choices)) if batch else []
         each = (time.perf_counter() - start) / max(len(batch), 1)
         out = []
         for p, bp, lp, reason in zip(batch, prompts, logprobs, reasoning):
@@ -172,7 +179,7 @@ class Predictor:
 
     def predict(self, patients: Sequence[Patient]) -> list[int]:
         """Hard labels at the configured threshold."""
-        return [p.predicted for p in self.predict_proba(list(patients))]  # type: ignore[union-attr]
+        return [p.predicted for p in self.predict_proba(list(patients))]
 
     def iter_predict(self, patients: Sequence[Patient], chunk_size: int = 8,
                      retrievals: Sequence[Retrieval] | None = None) -> Iterator[list[Prediction]]:
@@ -181,7 +188,7 @@ class Predictor:
         if retrievals is None:
             retrievals = self.retrieve(patients)
         for start in range(0, len(patients), chunk_size):
-            yield self.predict_proba(patients[start:start + chunk_size], retrievals[start:start + chunk_size])  # type: ignore[misc]
+            yield self.predict_proba(patients[start:start + chunk_size], retrievals[start:start + chunk_size])
 
     def provenance(self, cohort: Sequence[Patient]) -> dict[str, Any]:
         """What a predictions file depends on (for its metadata sidecar)."""

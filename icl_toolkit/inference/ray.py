@@ -165,9 +165,9 @@ class RaySource:
         if self.meds_labels is None:
             return ray.data.read_text(str(self.cohort.resolve()))
         items = ray.data.from_items([{"shard": str(p.resolve())} for p in self.shards])
-        return items.flat_map(_meds_lines, fn_kwargs={"root": str(self.cohort.resolve()),
-                                                      "labels": str(self.meds_labels.resolve()),
-                                                      "split": self.meds_split})
+        kwargs = {"root": str(self.cohort.resolve()), "labels": str(self.meds_labels.resolve()),
+                  "split": self.meds_split}
+        return items.flat_map(_meds_lines, fn_kwargs=kwargs)  # type: ignore[arg-type]  # the stub omits fn_kwargs
 
 
 def _meds_lines(row: dict[str, Any], root: str, labels: str, split: str | None) -> list[dict[str, str]]:
@@ -309,8 +309,8 @@ def predict_ray(source: RaySource, out: str | os.PathLike[str], config: PredictC
     from icl_toolkit.data.cohort import content_hash, read_cohort
     from icl_toolkit.inference.predictor import check_pool
     from icl_toolkit.prompting.builder import PromptBuilder
-    from icl_toolkit.retrieval.index import DemoIndex
     from icl_toolkit.retrieval.embedder import ProfileEmbedder
+    from icl_toolkit.retrieval.index import DemoIndex
     from icl_toolkit.retrieval.representations import make_representation, needs_embedder
 
     require_ray()

@@ -39,9 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from icl_toolkit.core.artifacts import text_hash
-from icl_toolkit.data.cohort import Patient
 from icl_toolkit.core.errors import ConfigError
-from icl_toolkit.retrieval.retriever import Hit
+from icl_toolkit.data.cohort import Patient
 from icl_toolkit.data.serialize import Serialized, mentioned_in, serialize_history, sex_word, token_counter
 from icl_toolkit.prompting.config import PromptConfig
 from icl_toolkit.prompting.templates import (
@@ -52,6 +51,7 @@ from icl_toolkit.prompting.templates import (
     chat_prompt,
     load_templates,
 )
+from icl_toolkit.retrieval.retriever import Hit
 
 __all__ = ["BuiltPrompt", "PromptBuilder", "templates_hash", "task_question"]
 

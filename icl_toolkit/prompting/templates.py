@@ -67,7 +67,7 @@ def load_templates(*names: str, extra_dir: str | Path | None = None) -> tuple[li
                           f"Templates there: {', '.join(known) or 'none'} (or give a path to a .j2 file).") from None
     except TemplateSyntaxError as exc:
         raise ConfigError(f"{exc.filename or exc.name}:{exc.lineno}: not a valid template: {exc.message}.") from None
-    sources = [env.loader.get_source(env, t.name)[0] for t in templates]
+    sources = [loader.get_source(env, str(t.name))[0] for t in templates]
     return templates, text_hash("\0".join(sources))
 
 

@@ -23,8 +23,8 @@ import datetime as dt
 import re
 from dataclasses import dataclass, field
 
-from icl_toolkit.data.cohort import Event, Patient
 from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.data.cohort import Event, Patient
 from icl_toolkit.data.vocabulary import DRUG_NAMES, MEASURES
 
 __all__ = ["Claim", "GroundingReport", "extract_claims", "check_grounding"]

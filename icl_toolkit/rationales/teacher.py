@@ -50,7 +50,7 @@ class TeacherRecord:
         return {"patient_id": self.patient_id, "texts": self.texts, "grounding": self.grounding}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TeacherRecord":
+    def from_dict(cls, d: dict[str, Any]) -> TeacherRecord:
         texts, grounding = d.get("texts"), d.get("grounding")
         if not isinstance(texts, dict) or not isinstance(grounding, dict) or set(texts) != set(grounding):
             raise ConfigError(f"the teacher generations record of patient {d.get('patient_id')!r} lacks its texts "

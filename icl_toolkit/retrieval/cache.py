@@ -5,6 +5,7 @@ retriever, index kind, selection settings); using it with other settings is an e
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,7 @@ class RetrievalCache:
         self.path = "retrieval cache"
 
     @classmethod
-    def open(cls, path: str | Path, key: dict[str, Any]) -> RetrievalCache:
+    def open(cls, path: str | os.PathLike[str], key: dict[str, Any]) -> RetrievalCache:
         """Load ``path`` when it exists (checking it matches ``key``), else start an empty cache."""
         path = Path(path)
         if not path.exists():
@@ -80,7 +81,7 @@ class RetrievalCache:
         for r in retrievals:
             self.entries[r.query_id] = [[h.patient_id, h.score, h.label, h.row] for h in r.hits]
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         write_json_atomic(path, base_meta("retrieval-cache") | {"key": self.key, "queries": self.entries})
 
     def retrieve(self, retriever: Retriever, queries: Sequence[Patient], *, progress: bool = True) -> list[Retrieval]:

@@ -84,8 +84,8 @@ class HashEmbedder:
     def encode(self, texts: str | Sequence[str], batch_size: int = 32, normalize_embeddings: bool = True,
                show_progress_bar: bool = False, convert_to_numpy: bool = True) -> np.ndarray:
         single = isinstance(texts, str)
-        rows = [texts] if single else list(texts)
-        out = np.zeros((len(rows), self.dim), dtype=np.float32)
+        rows: list[str] = [texts] if isinstance(texts, str) else list(texts)
+        out: np.ndarray = np.zeros((len(rows), self.dim), dtype=np.float32)
         for r, text in enumerate(rows):
             for word in re.findall(r"[a-z0-9.]+", text.lower()):
                 h = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")

@@ -4,6 +4,7 @@ field by field when loaded with a pool and settings."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +17,8 @@ from icl_toolkit.core.errors import ConfigError
 from icl_toolkit.core.files import keep_mode
 from icl_toolkit.data.cohort import Patient, content_hash
 from icl_toolkit.data.serialize import PROFILE_VERSION
-from icl_toolkit.retrieval.embedder import ProfileEmbedder
 from icl_toolkit.retrieval.config import RetrievalConfig
+from icl_toolkit.retrieval.embedder import ProfileEmbedder
 from icl_toolkit.retrieval.representations import (
     DenseBlock,
     PatientRepresentation,
@@ -50,6 +51,7 @@ def faiss_index(vecs: np.ndarray, kind: str = "exact", *, hnsw_m: int = 32, ef_c
 
     kind = resolve_index_kind(kind, len(vecs))
     dim = int(vecs.shape[1])
+    index: Any
     if kind == "exact":
         index = faiss.IndexFlatIP(dim)
     else:
@@ -109,7 +111,7 @@ class DemoIndex:
         }
         return cls(index, [p.patient_id for p in pool], meta, rep.state())
 
-    def save(self, folder: str | Path) -> Path:
+    def save(self, folder: str | os.PathLike[str]) -> Path:
         """Write ``index.faiss``, ``index.json`` (metadata and pool ids) and the retriever's fitted state
         (``retriever.npz``) into ``folder``."""
         import faiss
@@ -122,7 +124,7 @@ class DemoIndex:
         tmp.replace(folder / self.INDEX_FILE)
         if self.state:
             tmp = folder / f".{self.STATE_FILE}.tmp.npz"
-            np.savez(tmp, **self.state)
+            np.savez(tmp, **self.state)  # type: ignore[arg-type]  # numpy's stub: names -> arrays
             keep_mode(folder / self.STATE_FILE, tmp)
             tmp.replace(folder / self.STATE_FILE)
         else:
@@ -131,7 +133,7 @@ class DemoIndex:
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path) -> DemoIndex:
+    def load(cls, folder: str | os.PathLike[str]) -> DemoIndex:
         """Read an index saved by :meth:`save` (an index saved before retrievers had kinds loads as dense)."""
         import faiss
 
@@ -198,14 +200,14 @@ class DemoIndex:
         n = min(n, self.index.ntotal)
         return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), n)
 
-    def vectors(self, rows: Sequence[int]) -> np.ndarray:
+    def vectors(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
         """The stored vectors of some pool rows."""
         return np.stack([self.index.reconstruct(int(r)) for r in rows]) if len(rows) else \
             np.zeros((0, self.index.d), dtype=np.float32)
 
 
 def build_index(pool: Sequence[Patient], config: RetrievalConfig | None = None, *,
-                embedder: ProfileEmbedder | None = None, kind: str = "auto", out: str | Path | None = None,
+                embedder: ProfileEmbedder | None = None, kind: str = "auto", out: str | os.PathLike[str] | None = None,
                 progress: bool = True) -> DemoIndex:
     """Fit a retriever on a demonstration pool and index the pool (``icl index build`` as a function).
 

@@ -442,12 +442,14 @@ def make_representation(config: RetrievalConfig, embedder: ProfileEmbedder | Non
     if needs_embedder(kind, config.hybrid_weights) and embedder is None:
         raise ConfigError(f"The {kind} retriever needs a profile embedder.")
     if kind == "dense":
+        assert embedder is not None
         return PatientRepresentation(kind, [DenseBlock(embedder)], [1.0])
     if kind == "sparse":
         return PatientRepresentation(kind, [SparseBlock()], [1.0])
     if kind == "hybrid":
         d, s, x = config.hybrid_weights
-        blocks: list[Block] = [DenseBlock(embedder) if d > 0 else SparseBlock(), SparseBlock(), StructuredBlock()]
+        blocks: list[Block] = [DenseBlock(embedder) if d > 0 and embedder is not None else SparseBlock(), SparseBlock(),
+                               StructuredBlock()]
         return PatientRepresentation(kind, blocks, [d, s, x])
     w = config.prognostic_weight
     return PatientRepresentation(kind, [PrognosticBlock(config.prognostic_bandwidth, config.folds), SparseBlock(),

@@ -36,9 +36,9 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -96,7 +96,7 @@ class Retriever:
         self.config = config or RetrievalConfig()
         self.embedder = embedder
 
-    def fit(self, pool: Sequence[Patient], index: DemoIndex | str | Path | None = None, *,
+    def fit(self, pool: Sequence[Patient], index: DemoIndex | str | os.PathLike[str] | None = None, *,
             index_kind: str = "auto", progress: bool = True) -> Retriever:
         """Attach the pool; load and check ``index`` (built with the same retriever and settings) or build one."""
         c = self.config

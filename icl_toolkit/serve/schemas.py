@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from dataclasses import MISSING
-from typing import Any, Literal, get_type_hints
+from typing import TYPE_CHECKING, Any, Literal, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -56,15 +56,21 @@ def _prediction_out() -> type[BaseModel]:
     """The response record: every field of :class:`icl_toolkit.inference.predictor.Prediction` (a line of ``icl predict``'s
     output), plus the prompt text when asked for."""
     hints = get_type_hints(Prediction)
-    fields: dict[str, Any] = {f.name: (hints[f.name], ... if f.default is MISSING and f.default_factory is MISSING
-                                       else (f.default if f.default is not MISSING else f.default_factory()))
-                              for f in dataclasses.fields(Prediction)}
+    def default(f: dataclasses.Field[Any]) -> Any:
+        if f.default is not MISSING:
+            return f.default
+        return ... if f.default_factory is MISSING else f.default_factory()
+
+    fields: dict[str, Any] = {f.name: (hints[f.name], default(f)) for f in dataclasses.fields(Prediction)}
     return create_model("PredictionOut", __doc__="One patient's prediction: the same record as a line of icl "
                         "predict's output (prompt: the exact prompt text, with return_prompt).",
                         **fields, prompt=(str | None, None))
 
 
-PredictionOut = _prediction_out()
+if TYPE_CHECKING:  # built at import time from the Prediction record: a type checker sees a model
+    PredictionOut = BaseModel
+else:
+    PredictionOut = _prediction_out()
 
 
 class PredictResponse(BaseModel):

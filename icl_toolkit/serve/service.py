@@ -31,9 +31,8 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -268,7 +267,7 @@ class PredictionService:
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
         return [self._queue.popleft() for _ in range(min(len(self._queue), self.batching.max_batch))]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["Target", "TARGETS", "FinetuneConfig"]
 
@@ -76,11 +76,10 @@ class FinetuneConfig(BaseModel):
     device: str = "cpu"
     """``cpu`` or ``cuda``; under ``accelerate launch`` the launcher places each process."""
 
-    @model_validator(mode="after")
-    def _alpha(self) -> FinetuneConfig:
-        if self.lora_alpha is None:  # frozen: set through the object's dict, once, at construction
-            object.__setattr__(self, "lora_alpha", 2 * self.lora_r)
-        return self
+    @property
+    def alpha(self) -> int:
+        """The LoRA scaling numerator in effect: ``lora_alpha``, or twice the rank when it is not set."""
+        return self.lora_alpha if self.lora_alpha is not None else 2 * self.lora_r
 
     @property
     def learning_rate(self) -> float:
@@ -89,4 +88,4 @@ class FinetuneConfig(BaseModel):
     def run_settings(self) -> dict[str, Any]:
         """What the trained weights depend on (checked when an interrupted run is resumed)."""
         # min_epochs decides only when training may stop, not the trajectory up to it: a run is resumable across it
-        return self.model_dump(exclude={"device", "min_epochs"}) | {"lr": self.learning_rate}
+        return self.model_dump(exclude={"device", "min_epochs"}) | {"lr": self.learning_rate, "lora_alpha": self.alpha}

@@ -48,7 +48,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from datasets import Dataset
@@ -58,22 +58,25 @@ from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_callback import ProgressCallback as TQDMProgressCallback
 from trl import SFTConfig, SFTTrainer
 
-from icl_toolkit.core.artifacts import ArtifactMismatch, base_meta, check_meta, write_json_atomic
-from icl_toolkit.data.cohort import content_hash
-from icl_toolkit.data.cohort import Patient
 from icl_toolkit.backends import encode_prompt
+from icl_toolkit.core.artifacts import ArtifactMismatch, base_meta, check_meta, write_json_atomic
 from icl_toolkit.core.errors import ConfigError
 from icl_toolkit.core.models import CHECKPOINT_META, lm_id
 from icl_toolkit.core.progress import progress_bar
+from icl_toolkit.data.cohort import Patient, content_hash
+from icl_toolkit.inference.config import PredictConfig
 from icl_toolkit.prompting.builder import PromptBuilder
 from icl_toolkit.prompting.config import PromptConfig
-from icl_toolkit.inference.config import PredictConfig
 from icl_toolkit.training.config import TARGETS, FinetuneConfig
 
 __all__ = ["finetune", "SFTExample", "build_examples", "sft_prompt_config", "Finetuner", "FinetuneResult",
            "ICLTrainer", "plot_loss_curve"]
 
 SFT_TEMPLATE = "zero_shot"
+_CHECKPOINTING = ("activation_checkpointing" if "activation_checkpointing" in SFTConfig.__dataclass_fields__
+                  else "gradient_checkpointing")
+"""The trainer's name for recomputing activations: ``activation_checkpointing`` since transformers 5.2x,
+``gradient_checkpointing`` before (the vLLM CPU build pins transformers 5.19)."""
 IGNORE = -100
 
 
@@ -198,7 +201,7 @@ class Finetuner:
                 from peft import LoraConfig, get_peft_model
             except ImportError:
                 raise ConfigError("--lora needs peft: pip install peft") from None
-            lcfg = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout, task_type="CAUSAL_LM",
+            lcfg = LoraConfig(r=c.lora_r, lora_alpha=c.alpha, lora_dropout=c.lora_dropout, task_type="CAUSAL_LM",
                               target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                               "down_proj"],
                               layers_to_transform=list(top) if c.train_layers else None)
@@ -249,7 +252,7 @@ class Finetuner:
         checkpoint = self._resume_point(work, run_id, resume=resume, overwrite=overwrite, out=out)
         trainable, causal, tok = self._prepare()
         max_context = int(getattr(causal.config, "max_position_embeddings", 0) or 8192)
-        kw = dict(query_tokens=c.query_tokens, horizon_years=c.horizon_years, max_context=max_context)
+        kw: dict[str, Any] = dict(query_tokens=c.query_tokens, horizon_years=c.horizon_years, max_context=max_context)
         examples = build_examples(train, tok, c.target, where=train_name, **kw)
         val_examples = build_examples(val_patients, tok, c.target, where=val_name, **kw) if val_patients else []
         steps_per_epoch = math.ceil(len(examples) / (c.batch_size * c.gradient_accumulation))
@@ -312,7 +315,8 @@ class Finetuner:
             gradient_accumulation_steps=c.gradient_accumulation, learning_rate=c.learning_rate,
             lr_scheduler_type="linear", warmup_steps=math.ceil(c.warmup * total), weight_decay=c.weight_decay,
             max_grad_norm=c.max_grad_norm, optim="adamw_torch", adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
-            bf16=bf16, activation_checkpointing=c.gradient_checkpointing, completion_only_loss=True, max_length=None,
+            bf16=bf16, **cast(dict[str, Any], {_CHECKPOINTING: c.gradient_checkpointing}), completion_only_loss=True,
+            max_length=None,
             logging_steps=1, eval_strategy="steps" if val_examples else "no", eval_steps=every,
             eval_on_start=bool(val_examples) and fresh,  # the step-0 point of the validation curves
             save_strategy="steps", save_steps=every, save_total_limit=2, load_best_model_at_end=bool(val_examples),
@@ -427,14 +431,14 @@ class _ValAUROC:
         from icl_toolkit.evaluation.metrics import summary
         from icl_toolkit.inference.predictor import Predictor
 
-        labels = [p.label for p in self.patients]
+        labels = cast(list[int], [p.label for p in self.patients])   # validation patients are labelled
         if len(set(labels)) < 2:
             return None
         was = self.causal.training
         backend = HFBackend.from_objects(self.causal, self.tok, model_id="sft-in-training", batch_size=1)
         preds = Predictor(backend, self.spec, progress=False).fit([]).predict_proba(self.patients)
         self.causal.train(was)
-        return float(summary(labels, [p.probability for p in preds])["auroc"])
+        return float(summary(labels, [p.probability for p in preds])["auroc"])  # labels: known, checked above
 
 
 class ICLTrainer(SFTTrainer):
@@ -453,7 +457,7 @@ class ICLTrainer(SFTTrainer):
     val_auroc: _ValAUROC | None = None
     target_positions_only: bool = False
 
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+    def log(self, logs: dict[str, Any], start_time: float | None = None) -> None:
         if "eval_loss" in logs and self.val_auroc is not None:
             with self.autocast_smart_context_manager():
                 logs["eval_auroc"] = self.val_auroc()
@@ -466,7 +470,7 @@ class ICLTrainer(SFTTrainer):
         import torch
         import torch.nn.functional as F
 
-        mode = "train" if self.model.training else "eval"
+        mode = "train" if model.training else "eval"
         causal = model.get_base_model() if hasattr(model, "get_base_model") else model
         extra = {k: inputs[k] for k in ("attention_mask", "position_ids") if k in inputs}
         hidden = causal.get_decoder()(input_ids=inputs["input_ids"], use_cache=False, **extra).last_hidden_state

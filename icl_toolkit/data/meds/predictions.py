@@ -18,8 +18,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from icl_toolkit.data.cohort import Patient
 from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.data.cohort import Patient
 
 __all__ = ["PREDICTION_COLUMNS", "PREDICTION_SCHEMA", "meds_key", "meds_predictions_path", "write_meds_predictions"]
 

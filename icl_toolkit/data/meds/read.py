@@ -19,14 +19,14 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from icl_toolkit.data.cohort import Event, Patient
 from icl_toolkit.core.errors import ConfigError, IclError
+from icl_toolkit.data.cohort import Event, EventKind, Label, Patient, Sex, SplitName
 from icl_toolkit.data.meds.codes import CodeMap, CodeResolver, MappedCode, OutcomeMatcher
 from icl_toolkit.data.omop.outcome import ADRD, OutcomeDefinition
 from icl_toolkit.data.summary import ImportSummary, TableReport
@@ -333,7 +333,7 @@ class MedsCohort:
             if isinstance(value, float) and math.isnan(value):
                 data.repair("non-finite numeric_value removed (event kept)")
                 value = None
-            events.append((t, Event(date=t.date(), kind=mapped.kind, code=mapped.code, system=mapped.system,
+            events.append((t, Event(date=t.date(), kind=cast(EventKind, mapped.kind), code=mapped.code, system=mapped.system,
                                     name=mapped.name, value=value, unit=unit if value is not None and unit else None),
                            code))
         labels = self.labels[sid]
@@ -383,9 +383,10 @@ class MedsCohort:
                 s.controls += 1
             for e in history:
                 s.event(e.kind)
-            yield Patient(patient_id=rid, sex=sex, birth_date=birth, index_date=pt.date(), events=history,
-                          label=None if y is None else int(y), outcome_date=outcome,
-                          split=SPLIT_NAMES.get(split) if split else None, metadata=meta, groups=dict(groups))
+            yield Patient(patient_id=rid, sex=cast(Sex, sex), birth_date=birth, index_date=pt.date(), events=history,
+                          label=None if y is None else cast(Label, int(y)), outcome_date=outcome,
+                          split=cast(SplitName | None, SPLIT_NAMES.get(split) if split else None), metadata=meta,
+                          groups=dict(groups))
 
 
 def open_meds(root: str | Path, labels: str | Path, *, split: str | None = None, code_map: CodeMap | None = None,

@@ -31,8 +31,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from icl_toolkit.data.cohort import Patient
 from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.data.cohort import Patient
 from icl_toolkit.data.meds.codes import GROUP_PREFIX, INDEX_CODE, OutcomeMatcher, to_meds_code
 from icl_toolkit.data.meds.read import RECORDS_FILE, SPLIT_NAMES, _meds
 from icl_toolkit.data.omop.outcome import ADRD
@@ -208,7 +208,7 @@ def write_meds(patients: Sequence[Patient], out: str | os.PathLike[str], *, data
         summary.codes = len(names)
         dataset = {"dataset_name": dataset_name, "dataset_version": dataset_version, "etl_name": "icl-toolkit",
                    "etl_version": __version__, "meds_version": getattr(meds, "__version__", "0.4"),
-                   "created_at": dt.datetime.now(dt.timezone.utc).replace(tzinfo=None).isoformat(),
+                   "created_at": dt.datetime.now(dt.UTC).replace(tzinfo=None).isoformat(),
                    "code_modifier_columns": ["unit"]}
         meds.DatasetMetadataSchema.validate(dataset)
         (tmp / meds.dataset_metadata_filepath).write_text(json.dumps(dataset, indent=2) + "\n", encoding="utf-8")

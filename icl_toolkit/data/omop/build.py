@@ -30,11 +30,11 @@ import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from icl_toolkit.data.cohort import Event, Patient
+from icl_toolkit.data.cohort import Event, EventKind, Label, Patient, Sex
 from icl_toolkit.data.omop.outcome import ADRD, OutcomeDefinition, normalize_code
 from icl_toolkit.data.omop.source import OmopSource, column_or_null
 from icl_toolkit.data.summary import ImportSummary, TableReport
@@ -461,7 +461,7 @@ def _candidates(con: Any) -> Iterator[Candidate]:
 def _event(kind: str, d: dt.date, code: str, system: str, name: str, value: Any, unit: str | None) -> Event:
     if kind == "lab" and (code in VITAL_CODES or _VITAL_WORDS.search(name)):
         kind = "vital"
-    return Event(date=d, kind=kind, code=code, system=system, name=name, value=value, unit=unit)
+    return Event(date=d, kind=cast(EventKind, kind), code=code, system=system, name=name, value=value, unit=unit)
 
 
 _NAMED_EVENTS = """
@@ -490,7 +490,7 @@ def _write_temp_csv(rows: list[tuple[Any, ...]], header: tuple[str, ...]) -> str
     return path
 
 
-def prepare_cohort(src: OmopSource, config: OmopConfig | None = None) -> "OmopCohort":
+def prepare_cohort(src: OmopSource, config: OmopConfig | None = None) -> OmopCohort:
     """Clean, name, find outcomes, place index dates and label (see the module docstring for the steps).
 
     Args:
@@ -513,16 +513,17 @@ def prepare_cohort(src: OmopSource, config: OmopConfig | None = None) -> "OmopCo
         if sum(by_file.values()) <= 20:
             summary.notes.append(f"unreadable line {r.file}:{r.line}: {r.error}")
 
-    def report(table: str) -> TableReport | None:
-        if not src.has(table):
-            return None
+    def report(table: str) -> TableReport:
         rep = summary.tables[table] = TableReport(src.tables[table], rejected=by_file.get(table, 0))
         return rep
 
-    _clean_concepts(src, report("concept"), report("concept_ancestor"))
-    _clean_persons(src, cfg, report("person"))
+    def optional(table: str) -> TableReport | None:
+        return report(table) if src.has(table) else None
+
+    _clean_concepts(src, optional("concept"), optional("concept_ancestor"))
+    _clean_persons(src, cfg, report("person"))                  # person and observation_period are required
     _clean_periods(src, cfg, report("observation_period"))
-    _clean_death(src, cfg, report("death"))
+    _clean_death(src, cfg, optional("death"))
     present = [t for t in _EVENT_TABLES if src.has(t)]
     for table in present:
         _clean_events(src, cfg, table, report(table))
@@ -538,15 +539,15 @@ def prepare_cohort(src: OmopSource, config: OmopConfig | None = None) -> "OmopCo
             summary.exclude("no usable observation period")
             continue
         index, period, why = place_index(cand, cfg.index)
-        if why is None:
+        if why is None and index is not None and period is not None:
             if index > cfg.as_of:
                 why = "index date after the as-of date"
             else:
                 label, outcome_date, why = label_person(cand, index, period, cfg.window_years)
-        if why is not None:
+        if why is not None or index is None or period is None or label is None:
             if why == "censored":
                 summary.censored += 1
-            summary.exclude(why)
+            summary.exclude(why or "no index date")
             continue
         chosen.append((cand, index, period, label, outcome_date))
     summary.cases = sum(1 for x in chosen if x[3] == 1)
@@ -609,8 +610,8 @@ class OmopCohort:
             if not evs:
                 summary.no_history += 1
             yield Patient(
-                patient_id=str(cand.pid), sex=cand.sex, birth_date=cand.birth, index_date=index, events=evs,
-                label=label, outcome_date=outcome_date, groups=cand.groups,
+                patient_id=str(cand.pid), sex=cast(Sex, cand.sex), birth_date=cand.birth, index_date=index, events=evs,
+                label=cast(Label, label), outcome_date=outcome_date, groups=cand.groups,
                 metadata={"source": "omop", "observation_start": period[0].isoformat(),
                           "observation_end": period[1].isoformat()})
 

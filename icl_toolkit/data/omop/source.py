@@ -77,7 +77,7 @@ class OmopSource:
         if self._tmp is not None:
             self._tmp.cleanup()
 
-    def __enter__(self) -> "OmopSource":
+    def __enter__(self) -> OmopSource:
         return self
 
     def __exit__(self, *exc: Any) -> None:

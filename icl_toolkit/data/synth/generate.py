@@ -10,13 +10,14 @@ from __future__ import annotations
 import datetime as dt
 import math
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
-from icl_toolkit.data.cohort import Event, Patient
 from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.data.cohort import Event, EventKind, Label, Patient, SplitName
 from icl_toolkit.data.synth import vocab
 from icl_toolkit.data.synth.rationales import write_rationales
 from icl_toolkit.data.synth.risk import PRODROMAL_RR, RISK_FACTOR_RR, Population, sample_population, true_risk
@@ -162,7 +163,7 @@ def parse_split(text: str) -> dict[str, float]:
     return out
 
 
-def assign_splits(labels: list[int | None], fractions: dict[str, float], seed: int) -> list[str]:
+def assign_splits(labels: Sequence[int | None], fractions: dict[str, float], seed: int) -> list[str]:
     """Patient-disjoint splits, stratified by label, deterministic for a seed."""
     rng = np.random.default_rng([seed, 7919])
     names = [k for k in ("train", "val", "test") if k in fractions]
@@ -199,7 +200,7 @@ class _Record:
 
     def add(self, date: dt.date, kind: str, code: vocab.Code, value: float | str | None = None,
             unit: str | None = None) -> None:
-        self.events.append(Event(date, kind, code.code, code.system, code.name, value, unit))
+        self.events.append(Event(date, cast(EventKind, kind), code.code, code.system, code.name, value, unit))
 
     def measure(self, date: dt.date, key: str, value: float) -> None:
         spec = vocab.MEASURES[key]
@@ -396,7 +397,7 @@ def _measurements(pop: Population, i: int, rec: _Record, visits: list[tuple[floa
                 bmi -= 3.2 * (onset["weight_loss"] - t) / max(onset["weight_loss"], 0.5) + 0.8
             rec.measure(d, "bmi", max(15.0, bmi + rng.gauss(0, 0.4)))
         if rng.random() < 0.22:
-            ldl = 166 if active("high_ldl", t) else 108
+            ldl = 166.0 if active("high_ldl", t) else 108.0
             if treated("high_ldl", t):
                 ldl *= 0.65
             rec.measure(d, "ldl", max(35, ldl + rng.gauss(0, 18)))
@@ -470,9 +471,9 @@ def iter_synthetic_patients(config: SynthConfig, progress: Callable[[int], None]
             birth_date=birth,
             index_date=index,
             events=rec.events,
-            label=label,
+            label=cast(Label, label),
             outcome_date=outcome,
-            split=splits[i] if splits else None,
+            split=cast(SplitName | None, splits[i] if splits else None),
             metadata={"true_risk": round(float(risk[i]), 6), "true_factors": factors,
                       "generator": GENERATOR_VERSION},
             groups={d.attribute: Disparity.LIMITED if is_limited else Disparity.STANDARD} if d else {},

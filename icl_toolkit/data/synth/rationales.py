@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from icl_toolkit.data.cohort import Event, Patient, Rationales
 from icl_toolkit.data.synth import vocab
@@ -50,10 +50,10 @@ class Finding:
     label: str
     code: str | None = None
     name: str | None = None
-    first: dt.date | None = None
-    last: dt.date | None = None
+    first: dt.date = field(kw_only=True)
+    last: dt.date = field(kw_only=True)
     count: int = 1
-    value: float | int | None = None
+    value: float | int | str | None = None
     unit: str | None = None
     short: str | None = None
     drug: str | None = None
@@ -84,7 +84,7 @@ def collect_findings(p: Patient) -> list[Finding]:
             spec = vocab.CONDITIONS[key]
             rr = RISK_FACTOR_RR.get(key) or PRODROMAL_RR.get(key, 1.1)
             w = math.log(rr) * (_timing(key, _years_before(p.index_date, e.date)) if key in PRODROMAL_RR else 1.0)
-            found[key] = Finding(key, _DOMAIN[key], w, spec.label, e.code, e.name, e.date, e.date, 1)
+            found[key] = Finding(key, _DOMAIN[key], w, spec.label, e.code, e.name, first=e.date, last=e.date)
         else:
             f.last, f.count = e.date, f.count + 1
     # sensory loss that was treated carries no excess risk in the model
@@ -117,6 +117,12 @@ def _latest(hist: list[Event], key: str) -> Event | None:
     return None
 
 
+def _number(e: Event) -> float:
+    """A measurement's value (the callers keep numeric ones only)."""
+    assert isinstance(e.value, int | float), e
+    return float(e.value)
+
+
 def _measure(key: str, e: Event, weight: float, domain: str, label: str) -> Finding:
     spec = vocab.MEASURES[key]
     return Finding(key, domain, weight, label, first=e.date, last=e.date, value=e.value,
@@ -136,14 +142,14 @@ def _measure_findings(p: Patient, hist: list[Event]) -> list[Finding]:
     )
     for key, abnormal, w, domain, label in checks:
         e = _latest(hist, key)
-        if e is not None and abnormal(float(e.value)):
+        if e is not None and abnormal(_number(e)):
             out.append(_measure(key, e, w, domain, label))
         elif e is not None and key in ("moca", "sbp", "hba1c"):
             out.append(_measure(key, e, -0.2, "reassurance", f"normal {vocab.MEASURES[key].short}"))
     # weight loss visible as a falling BMI over the last three years
     bmis = [e for e in hist if e.code == vocab.MEASURES["bmi"].code.code
             and _years_before(p.index_date, e.date) <= 3.0 and isinstance(e.value, (int, float))]
-    if len(bmis) >= 2 and float(bmis[0].value) - float(bmis[-1].value) >= 2.0:
+    if len(bmis) >= 2 and _number(bmis[0]) - _number(bmis[-1]) >= 2.0:
         f = _measure("bmi", bmis[-1], 0.3, "prodromal", "falling BMI")
         f.first = bmis[0].date
         f.count = len(bmis)

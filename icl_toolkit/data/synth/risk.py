@@ -195,9 +195,9 @@ class Population:
     u: np.ndarray
     present: dict[str, np.ndarray] = field(default_factory=dict)
     onset: dict[str, np.ndarray] = field(default_factory=dict)
-    hearing_aid: np.ndarray | None = None
-    cataract_surgery: np.ndarray | None = None
-    former_smoker: np.ndarray | None = None
+    hearing_aid: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    cataract_surgery: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    former_smoker: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
     def risk_factor(self, key: str) -> np.ndarray:
         """Whether risk factor ``key`` counts in the risk model (treated sensory loss does not)."""
@@ -242,8 +242,8 @@ def sample_population(n: int, rng: np.random.Generator) -> Population:
             t = np.minimum(span, 6.0) * rng.beta(1.2, 2.5, n)
         pop.onset[key] = np.where(pop.present[key], np.maximum(t, 0.05), np.nan)
     for key, (pf, pm, lc, slope) in _NOISE_PARAMS.items():
-        p75 = np.where(female, pf, pm)
-        lin = np.log(np.maximum(p75, 1e-6) / np.maximum(1 - p75, 1e-6)) + lc * c + slope * a
+        prior = np.where(female, pf, pm)
+        lin = np.log(np.maximum(prior, 1e-6) / np.maximum(1 - prior, 1e-6)) + lc * c + slope * a
         if key == "copd":
             lin = lin + 1.2 * pop.present["smoking"]
         pop.present[key] = (rng.random(n) < _sigmoid(lin)) & (p75 > 0)

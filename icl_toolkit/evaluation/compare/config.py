@@ -39,20 +39,19 @@ import difflib
 import itertools
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from icl_toolkit.backends.options import EngineOptions
-from icl_toolkit.evaluation.card import ModelCard
 from icl_toolkit.core.errors import ConfigError
-from icl_toolkit.prompting.config import PromptConfig
-from icl_toolkit.retrieval.config import RetrievalConfig
-from icl_toolkit.retrieval.index import IndexKind
+from icl_toolkit.evaluation.card import ModelCard
 from icl_toolkit.inference.config import PredictConfig
-from icl_toolkit.prompting.config import Demos, Mode, RationaleStyle
-from icl_toolkit.retrieval.config import Strategy
+from icl_toolkit.prompting.config import Demos, Mode, PromptConfig, RationaleStyle
+from icl_toolkit.retrieval.config import RetrievalConfig, Strategy
+from icl_toolkit.retrieval.index import IndexKind
 
 __all__ = ["ArmSpec", "Arm", "CompareConfig", "load_compare_config", "BASELINES"]
 
@@ -70,8 +69,12 @@ def _shared_section(model: type[BaseModel], name: str) -> type[BaseModel]:
                         __doc__=f"The [{name}] table of arms.toml.", **fields)  # type: ignore[call-overload]
 
 
-SharedRetrieval = _shared_section(RetrievalConfig, "retrieval")
-SharedPrompt = _shared_section(PromptConfig, "prompt")
+if TYPE_CHECKING:  # built at import time: a type checker sees a model
+    SharedRetrieval = BaseModel
+    SharedPrompt = BaseModel
+else:
+    SharedRetrieval = _shared_section(RetrievalConfig, "retrieval")
+    SharedPrompt = _shared_section(PromptConfig, "prompt")
 
 
 def _listify(value: Any) -> list[Any]:
@@ -152,7 +155,7 @@ class CompareConfig(BaseModel):
     contrasts: list[tuple[str, str]] = Field(default_factory=list)
     """Named paired comparisons besides the reference: ``[["label_sft / none / score", "rationale_sft / none /
     score"], ...]``; each gives the AUROC difference (first minus second), its 95% CI and the DeLong p."""
-    baselines: list[Baseline] = Field(default_factory=lambda: list(BASELINES))
+    baselines: list[Baseline] = Field(default_factory=lambda: list(get_args(Baseline)))
     """Baselines on the same patients: ``logreg``, ``knn`` (the vote of the neighbours shown), ``age``,
     ``oracle``."""
     limit: int | None = Field(None, ge=1)
@@ -272,7 +275,7 @@ def _where(loc: tuple[Any, ...]) -> str:
     return ".".join([head, *rest])
 
 
-def _problem(err: dict[str, Any]) -> str:
+def _problem(err: Mapping[str, Any]) -> str:
     """A validation error's message; an unknown key lists the known ones of its table."""
     loc = err["loc"]
     if err["type"] == "extra_forbidden":

@@ -151,7 +151,8 @@ def plot_auroc_vs_k(path: Path, rows: Sequence[dict[str, Any]]) -> bool:
     if not any(r["demos"] != "none" for r in arms):
         return False
     plt = _plt()
-    zero = {(r["checkpoint"], r["mode"]): r for r in arms if r["demos"] == "none"}
+    zero: dict[tuple[str, ...], dict[str, Any]] = {(r["checkpoint"], r["mode"]): r for r in arms
+                                                   if r["demos"] == "none"}
     series: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
     for r in arms:
         if r["demos"] != "none":
@@ -252,7 +253,7 @@ def _model_card(r: dict[str, Any], fairness: FairnessReport, info: dict[str, Any
     if r.get("p95") is not None and r["p95"] - r["p05"] < NARROW_SPREAD:
         note = (f"90% of its predicted probabilities lie between {r['p05']:.3f} and {r['p95']:.3f}: it barely "
                 "separates patients, so its F1 and calibration say little")
-        if r["kind"] == "arm" and r["mode"] == "score" and (ckpt or {}).get("target") in ("rationale", "stepwise"):
+        if r["kind"] == "arm" and r["mode"] == "score" and ckpt and ckpt.get("target") in ("rationale", "stepwise"):
             note += (f" (a {ckpt['target']} checkpoint was trained to write before it answers: read it with "
                      "mode = \"reason\")")
         limits.append(note)

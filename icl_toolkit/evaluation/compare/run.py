@@ -37,10 +37,12 @@ from typing import Any
 
 import numpy as np
 
-from icl_toolkit.core.artifacts import meta_differences, read_json, write_json_atomic
-from icl_toolkit.data.cohort import content_hash
 from icl_toolkit.backends import Backend
-from icl_toolkit.data.cohort import Patient
+from icl_toolkit.core.artifacts import meta_differences, read_json, write_json_atomic
+from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.core.models import checkpoint_meta, model_available, recorded_model_id
+from icl_toolkit.core.progress import progress_bar
+from icl_toolkit.data.cohort import Patient, content_hash
 from icl_toolkit.evaluation import baselines as bl
 from icl_toolkit.evaluation.compare.config import Arm, CompareConfig, load_compare_config
 from icl_toolkit.evaluation.compare.report import (
@@ -52,19 +54,16 @@ from icl_toolkit.evaluation.compare.report import (
     write_tables,
 )
 from icl_toolkit.evaluation.compare.stats import Entry, contrast_rows, evaluate
-from icl_toolkit.core.errors import ConfigError
 from icl_toolkit.evaluation.fairness import ORACLE, load_cache, save_cache
-from icl_toolkit.core.models import checkpoint_meta, model_available, recorded_model_id
+from icl_toolkit.inference.output import OutputFile, read_records, sidecar_path
 from icl_toolkit.inference.predictor import Predictor
-from icl_toolkit.core.progress import progress_bar
+from icl_toolkit.inference.run import predict_to_file
 from icl_toolkit.prompting.builder import templates_hash
 from icl_toolkit.retrieval.cache import RetrievalCache
 from icl_toolkit.retrieval.embedder import ProfileEmbedder
 from icl_toolkit.retrieval.index import DemoIndex
-from icl_toolkit.retrieval.retriever import Retrieval, Retriever
 from icl_toolkit.retrieval.representations import make_representation, needs_embedder
-from icl_toolkit.inference.output import OutputFile, read_records, sidecar_path
-from icl_toolkit.inference.run import predict_to_file
+from icl_toolkit.retrieval.retriever import Retrieval, Retriever
 
 __all__ = ["Comparison", "CompareResult"]
 

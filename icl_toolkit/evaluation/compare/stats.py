@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from icl_toolkit.data.cohort import Patient
 from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.core.progress import progress_bar
+from icl_toolkit.data.cohort import Patient
 from icl_toolkit.evaluation.fairness import ORACLE, FairnessReport, fairness_report, group_attributes
 from icl_toolkit.evaluation.metrics import bootstrap_ci, choose_threshold, delong_test
-from icl_toolkit.core.progress import progress_bar
 
 __all__ = ["Entry", "evaluate", "contrast_rows", "METRICS", "ORACLE"]
 
@@ -62,7 +62,7 @@ def evaluate(entries: Sequence[Entry], test: Sequence[Patient], val: Sequence[Pa
             raise ConfigError(f"{e.name}: {len(e.test)} test predictions for {len(y)} patients.")
         p = np.asarray(e.test, dtype=float)
         has_val = yv is not None and e.val is not None and len(set(yv.tolist())) == 2
-        threshold = choose_threshold(yv, e.val) if has_val else 0.5
+        threshold = choose_threshold(yv, e.val) if yv is not None and e.val is not None and has_val else 0.5
         ci = bootstrap_ci(y, p, n_resamples=n_resamples, seed=seed, threshold=threshold, metrics=METRICS)
         row: dict[str, Any] = {"name": e.name, "kind": e.kind} | e.info | {
             "n": int(len(y)), "cases": int(y.sum()), "threshold": round(threshold, 6),

@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from icl_toolkit.data.cohort import Patient
 from icl_toolkit.core.errors import ConfigError
-from icl_toolkit.evaluation.fairness import age_band
 from icl_toolkit.core.files import os_error
+from icl_toolkit.data.cohort import Patient
+from icl_toolkit.evaluation.fairness import age_band
 
 __all__ = ["Pseudonymizer", "load_key", "input_features", "MonitorLog", "read_log", "PREDICTIONS", "FEEDBACK", "KEY_ENV"]
 
@@ -214,7 +214,7 @@ class MonitorLog:
             })
         self._predictions.append(records)
         with self._lock:
-            self.known.update(r["id"] for r in records)
+            self.known.update(str(r["id"]) for r in records)
 
     def record_feedback(self, patient_id: str, outcome: int, date: dt.date,
                         when: dt.datetime | None = None) -> str:

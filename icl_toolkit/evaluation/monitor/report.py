@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from icl_toolkit.data.cohort import Patient
 from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.data.cohort import Patient
 from icl_toolkit.evaluation.monitor.log import FEEDBACK, PREDICTIONS, input_features, read_log
 
 __all__ = ["AlertSettings", "parse_window", "psi", "monitor_report", "write_monitor_page", "INPUTS"]
