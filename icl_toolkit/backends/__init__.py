@@ -84,11 +84,9 @@ class Backend(Protocol):
     max_context: int
     progress: bool
 
-    def score(self, prompts: str | Sequence[str], choices: Sequence[str]) -> list[float] | list[list[float]]:
-        ...
+    def score(self, prompts: str | Sequence[str], choices: Sequence[str]) -> list[float] | list[list[float]]: ...
 
-    def generate(self, prompts: str | Sequence[str], params: GenerationParams | None = None) -> str | list[str]:
-        ...
+    def generate(self, prompts: str | Sequence[str], params: GenerationParams | None = None) -> str | list[str]: ...
 
 
 BACKENDS: dict[str, str] = {
@@ -151,7 +149,7 @@ def continuation_ids(tokenizer: Any, prompt: str, ctx: list[int], choice: str) -
     """The tokens ``choice`` adds after ``prompt`` (tokenised in context, as the model would read it)."""
     whole = encode_prompt(tokenizer, prompt + choice)
     if len(whole) > len(ctx) and whole[: len(ctx)] == ctx:
-        return whole[len(ctx):]
+        return whole[len(ctx) :]
     # the choice merged with the prompt's last token: score the choice's own tokens
     own = list(tokenizer(choice, add_special_tokens=False).input_ids)
     if not own:
@@ -159,14 +157,17 @@ def continuation_ids(tokenizer: Any, prompt: str, ctx: list[int], choice: str) -
     return own
 
 
-def encode_checked(tokenizer: Any, prompts: Sequence[str], room: int, max_context: int,
-                   model_id: str) -> list[list[int]]:
+def encode_checked(
+    tokenizer: Any, prompts: Sequence[str], room: int, max_context: int, model_id: str
+) -> list[list[int]]:
     """Each prompt's token ids, raising when a prompt plus ``room`` new tokens exceeds ``max_context``."""
     ctxs = [encode_prompt(tokenizer, p) for p in prompts]
     for i, c in enumerate(ctxs):
         if len(c) + room > max_context:
-            raise ConfigError(f"Prompt {i} has {len(c) + room} tokens, more than the context limit of {max_context} "
-                              f"of {model_id}. Lower --k or the history budgets, or raise --max-context.")
+            raise ConfigError(
+                f"Prompt {i} has {len(c) + room} tokens, more than the context limit of {max_context} "
+                f"of {model_id}. Lower --k or the history budgets, or raise --max-context."
+            )
     return ctxs
 
 
@@ -182,8 +183,9 @@ class ScoringPlan:
     slow: list[int]
 
 
-def plan_scoring(tokenizer: Any, prompts: Sequence[str], choices: Sequence[str], max_context: int,
-                 model_id: str) -> ScoringPlan:
+def plan_scoring(
+    tokenizer: Any, prompts: Sequence[str], choices: Sequence[str], max_context: int, model_id: str
+) -> ScoringPlan:
     """Encode ``prompts`` (checking length) and tokenise every choice in context."""
     ctxs = encode_checked(tokenizer, prompts, 1, max_context, model_id)
     conts = [[continuation_ids(tokenizer, p, c, ch) for ch in choices] for p, c in zip(prompts, ctxs)]

@@ -48,9 +48,19 @@ class HFBackend(BaseBackend):
 
     engine_options = ("device", "dtype", "batch_size", "max_context")
 
-    def __init__(self, model: str = "default", *, device: str = "cpu", dtype: str = "auto",
-                 batch_size: int | None = None, batch_tokens: int = 16384, padding_side: str = "left",
-                 max_context: int | None = None, progress: bool = True, generate_batch_size: int = 8) -> None:
+    def __init__(
+        self,
+        model: str = "default",
+        *,
+        device: str = "cpu",
+        dtype: str = "auto",
+        batch_size: int | None = None,
+        batch_tokens: int = 16384,
+        padding_side: str = "left",
+        max_context: int | None = None,
+        progress: bool = True,
+        generate_batch_size: int = 8,
+    ) -> None:
         from icl_toolkit.core.models import lm_id, load_lm
 
         if batch_size is None:
@@ -60,17 +70,35 @@ class HFBackend(BaseBackend):
         self.generate_batch_size = max(int(generate_batch_size), 1)
 
     @classmethod
-    def from_objects(cls, model: Any, tokenizer: Any, *, model_id: str, batch_size: int = 8,
-                     batch_tokens: int = 16384, padding_side: str = "left", max_context: int | None = None,
-                     progress: bool = False) -> HFBackend:
+    def from_objects(
+        cls,
+        model: Any,
+        tokenizer: Any,
+        *,
+        model_id: str,
+        batch_size: int = 8,
+        batch_tokens: int = 16384,
+        padding_side: str = "left",
+        max_context: int | None = None,
+        progress: bool = False,
+    ) -> HFBackend:
         """Wrap an already loaded model and tokenizer (tests, notebooks, fine-tuning loops)."""
         self = cls.__new__(cls)
         self._setup(model.eval(), tokenizer, model_id, batch_size, batch_tokens, padding_side, max_context, progress)
         self.generate_batch_size = max(batch_size, 8)
         return self
 
-    def _setup(self, model: Any, tokenizer: Any, model_id: str, batch_size: int, batch_tokens: int,
-               padding_side: str, max_context: int | None, progress: bool) -> None:
+    def _setup(
+        self,
+        model: Any,
+        tokenizer: Any,
+        model_id: str,
+        batch_size: int,
+        batch_tokens: int,
+        padding_side: str,
+        max_context: int | None,
+        progress: bool,
+    ) -> None:
         import torch
 
         if batch_size < 1:
@@ -102,8 +130,11 @@ class HFBackend(BaseBackend):
         order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
         batches: list[list[int]] = []
         for i in order:
-            if batches and len(batches[-1]) < size and \
-                    lengths[batches[-1][0]] * (len(batches[-1]) + 1) <= self.batch_tokens:
+            if (
+                batches
+                and len(batches[-1]) < size
+                and lengths[batches[-1][0]] * (len(batches[-1]) + 1) <= self.batch_tokens
+            ):
                 batches[-1].append(i)
             else:
                 batches.append([i])
@@ -127,13 +158,13 @@ class HFBackend(BaseBackend):
         ids, mask, positions = self._pad(seqs, self.padding_side)
         with torch.inference_mode():
             if self.padding_side == "left":
-                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                    logits_to_keep=1).logits[:, -1, :]
+                logits = self.model(
+                    input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1
+                ).logits[:, -1, :]
             else:
                 last = torch.tensor([len(s) - 1 for s in seqs], device=self.device)
                 keep, where = torch.unique(last, sorted=True, return_inverse=True)
-                out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                 logits_to_keep=keep).logits
+                out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
                 logits = out[torch.arange(len(seqs), device=self.device), where, :]
         return torch.log_softmax(logits.float(), dim=-1)
 
@@ -175,9 +206,14 @@ class HFBackend(BaseBackend):
             for group in self._batches([len(c) + params.max_new_tokens for c in ctxs], self.generate_batch_size):
                 ids, mask, _ = self._pad([ctxs[i] for i in group], "left")
                 with torch.inference_mode():
-                    out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=params.max_new_tokens,
-                                              pad_token_id=self.pad_id, **sampling)
+                    out = self.model.generate(
+                        input_ids=ids,
+                        attention_mask=mask,
+                        max_new_tokens=params.max_new_tokens,
+                        pad_token_id=self.pad_id,
+                        **sampling,
+                    )
                 for r, i in enumerate(group):
-                    texts[i] = self.tokenizer.decode(out[r, ids.shape[1]:], skip_special_tokens=True)
+                    texts[i] = self.tokenizer.decode(out[r, ids.shape[1] :], skip_special_tokens=True)
                 advance(len(group))
         return texts

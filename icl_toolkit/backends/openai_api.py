@@ -48,14 +48,26 @@ class OpenAIBackend(BaseBackend):
 
     engine_options = ("url", "served_model", "max_context", "batch_size")
 
-    def __init__(self, model: str = "default", *, url: str | None = None, served_model: str | None = None,
-                 max_context: int | None = None, batch_size: int | None = None, timeout: float = 600.0,
-                 api_key: str | None = None, progress: bool = True, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        model: str = "default",
+        *,
+        url: str | None = None,
+        served_model: str | None = None,
+        max_context: int | None = None,
+        batch_size: int | None = None,
+        timeout: float = 600.0,
+        api_key: str | None = None,
+        progress: bool = True,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         from icl_toolkit.core.models import lm_id, load_tokenizer
 
         if not url:
-            raise ConfigError("The openai backend needs the server's URL: --url http://HOST:PORT/v1 (start the "
-                              "server with: vllm serve MODEL).")
+            raise ConfigError(
+                "The openai backend needs the server's URL: --url http://HOST:PORT/v1 (start the "
+                "server with: vllm serve MODEL)."
+            )
         self.url = url.rstrip("/")
         key = api_key or os.environ.get("ICL_OPENAI_API_KEY") or os.environ.get("OPENAI_API_KEY")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -70,12 +82,15 @@ class OpenAIBackend(BaseBackend):
         names = [m.get("id") for m in served]
         if served_model is None:
             if len(names) > 1:
-                raise ConfigError(f"The server at {self.url} serves {len(names)} models ({', '.join(map(str, names))});"
-                                  " choose one with --served-model.")
+                raise ConfigError(
+                    f"The server at {self.url} serves {len(names)} models ({', '.join(map(str, names))});"
+                    " choose one with --served-model."
+                )
             served_model = names[0]
         elif served_model not in names:
-            raise ConfigError(f"The server at {self.url} does not serve {served_model!r}; it serves "
-                              f"{', '.join(map(str, names))}.")
+            raise ConfigError(
+                f"The server at {self.url} does not serve {served_model!r}; it serves {', '.join(map(str, names))}."
+            )
         self.served_model = str(served_model)
         entry = served[names.index(served_model)]
         self.max_context = int(max_context or entry.get("max_model_len") or 2048)
@@ -86,19 +101,23 @@ class OpenAIBackend(BaseBackend):
         try:
             resp = self.client.request(method, path, json=body)
         except httpx.TransportError as exc:
-            raise ConfigError(f"Cannot reach the model server at {self.url}{path}: {exc}. Start it (vllm serve MODEL "
-                              "--port PORT) or check --url.") from None
+            raise ConfigError(
+                f"Cannot reach the model server at {self.url}{path}: {exc}. Start it (vllm serve MODEL "
+                "--port PORT) or check --url."
+            ) from None
         if resp.status_code == 401:
-            raise ConfigError(f"The model server at {self.url} refused the request (401): set ICL_OPENAI_API_KEY "
-                              "to the key it was started with.")
+            raise ConfigError(
+                f"The model server at {self.url} refused the request (401): set ICL_OPENAI_API_KEY "
+                "to the key it was started with."
+            )
         if resp.status_code >= 400:
-            raise ConfigError(f"The model server at {self.url}{path} answered {resp.status_code}: "
-                              f"{resp.text[:400]}")
+            raise ConfigError(f"The model server at {self.url}{path} answered {resp.status_code}: {resp.text[:400]}")
         try:
             data = resp.json()
         except ValueError:
-            raise ConfigError(f"The model server at {self.url}{path} answered with something other than JSON: "
-                              f"{resp.text[:200]!r}") from None
+            raise ConfigError(
+                f"The model server at {self.url}{path} answered with something other than JSON: {resp.text[:200]!r}"
+            ) from None
         if not isinstance(data, dict):
             raise ConfigError(f"The model server at {self.url}{path} answered with an unexpected shape: {data!r:.200}")
         return data
@@ -109,12 +128,14 @@ class OpenAIBackend(BaseBackend):
         steps = range(0, len(token_lists), self.batch_size)
         with progress_bar(f"requests to {self.url}", len(steps), self.progress and len(steps) > 1) as advance:
             for start in steps:
-                chunk = token_lists[start:start + self.batch_size]
+                chunk = token_lists[start : start + self.batch_size]
                 data = self._request("POST", "/completions", {"model": self.served_model, "prompt": chunk, **fields})
                 choices = data.get("choices")
                 if not isinstance(choices, list) or len(choices) != len(chunk):
-                    raise ConfigError(f"The model server at {self.url} returned {len(choices or [])} completions for "
-                                      f"{len(chunk)} prompts.")
+                    raise ConfigError(
+                        f"The model server at {self.url} returned {len(choices or [])} completions for "
+                        f"{len(chunk)} prompts."
+                    )
                 out += sorted(choices, key=lambda c: c.get("index", 0))
                 advance(1)
         return out
@@ -132,14 +153,21 @@ class OpenAIBackend(BaseBackend):
         out: list[list[float]] = [[0.0] * n_choices for _ in plan.ctxs]
         for (i, j, start), seq, res in zip(where, seqs, results):
             lps = (res.get("logprobs") or {}).get("token_logprobs")
-            if not isinstance(lps, list) or len(lps) < len(seq) or any(v is None for v in lps[start:len(seq)]):
-                raise ConfigError(f"The model server at {self.url} did not echo the prompt's log-probabilities "
-                                  "(needs a server that supports echo with logprobs, such as vllm serve).")
-            out[i][j] = float(sum(lps[start:len(seq)]))
+            if not isinstance(lps, list) or len(lps) < len(seq) or any(v is None for v in lps[start : len(seq)]):
+                raise ConfigError(
+                    f"The model server at {self.url} did not echo the prompt's log-probabilities "
+                    "(needs a server that supports echo with logprobs, such as vllm serve)."
+                )
+            out[i][j] = float(sum(lps[start : len(seq)]))
         return out
 
     def _generate(self, ctxs: list[list[int]], params: GenerationParams) -> list[str]:
-        results = self._complete(ctxs, max_tokens=params.max_new_tokens, temperature=params.temperature,
-                                 top_p=params.top_p if params.temperature > 0 else 1.0, seed=params.seed,
-                                 **({"stop": list(params.stop)} if params.stop else {}))
+        results = self._complete(
+            ctxs,
+            max_tokens=params.max_new_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p if params.temperature > 0 else 1.0,
+            seed=params.seed,
+            **({"stop": list(params.stop)} if params.stop else {}),
+        )
         return [str(r.get("text", "")) for r in results]

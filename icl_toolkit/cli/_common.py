@@ -21,8 +21,19 @@ from icl_toolkit.inference.ray import RayOptions
 from icl_toolkit.prompting.config import PromptConfig
 from icl_toolkit.retrieval.config import RetrievalConfig
 
-__all__ = ["console", "err_console", "progress_bar", "flag_error", "spec_from_flags", "ModelOpt",
-           "with_engine_flags", "with_spec_flags", "with_retriever_flags", "with_ray_flags", "RETRIEVER_FIELDS"]
+__all__ = [
+    "console",
+    "err_console",
+    "progress_bar",
+    "flag_error",
+    "spec_from_flags",
+    "ModelOpt",
+    "with_engine_flags",
+    "with_spec_flags",
+    "with_retriever_flags",
+    "with_ray_flags",
+    "RETRIEVER_FIELDS",
+]
 
 
 def _stdout_console() -> Console:
@@ -45,7 +56,12 @@ def spec_from_flags(model: str, **options: Any) -> PredictConfig:
         raise flag_error(exc) from None
 
 
-ModelOpt = Annotated[str, typer.Option(help="'default' (embedded SmolLM2-135M-Instruct), a checkpoint or LoRA adapter folder, or a cached hub name.")]
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        help="'default' (embedded SmolLM2-135M-Instruct), a checkpoint or LoRA adapter folder, or a cached hub name."
+    ),
+]
 
 ENGINE = FlagGroup(EngineOptions)
 """The engine flags of every predicting command (--backend, --device, --dtype, --max-context, ...)."""
@@ -54,17 +70,36 @@ RETRIEVER_FIELDS = ("retriever", "prognostic_weight", "prognostic_bandwidth", "f
 """What "similar" means: the flags of every command that builds or reads an index."""
 
 SPEC = (
-    FlagGroup(RetrievalConfig, fields=("k", "strategy", "balance", "mmr_lambda", "seed", "temporal_guard",
-                                       "horizon_years", *RETRIEVER_FIELDS),
-              extra_help={"seed": "Also seeds the random demonstration order."}),
-    FlagGroup(PromptConfig, fields=("demos", "rationale", "mode", "template", "order", "demo_tokens",
-                                    "query_tokens", "reason_tokens", "seed", "horizon_years")),
+    FlagGroup(
+        RetrievalConfig,
+        fields=("k", "strategy", "balance", "mmr_lambda", "seed", "temporal_guard", "horizon_years", *RETRIEVER_FIELDS),
+        extra_help={"seed": "Also seeds the random demonstration order."},
+    ),
+    FlagGroup(
+        PromptConfig,
+        fields=(
+            "demos",
+            "rationale",
+            "mode",
+            "template",
+            "order",
+            "demo_tokens",
+            "query_tokens",
+            "reason_tokens",
+            "seed",
+            "horizon_years",
+        ),
+    ),
     FlagGroup(PredictConfig, fields=("threshold",)),
 )
 """A prediction's options (the flat option names of :meth:`PredictConfig.from_options`)."""
 
-RAY = FlagGroup(RayOptions, fields=("address", "replicas", "gpus_per_replica", "cpus_per_replica", "shard_size"),
-                rename={"address": "ray_address"}, prefix="ray: ")
+RAY = FlagGroup(
+    RayOptions,
+    fields=("address", "replicas", "gpus_per_replica", "cpus_per_replica", "shard_size"),
+    rename={"address": "ray_address"},
+    prefix="ray: ",
+)
 """Where and how wide ``--engine ray`` goes."""
 
 with_engine_flags = with_flags("engine", ENGINE)
@@ -76,8 +111,7 @@ with_spec_flags = with_flags("spec_options", *SPEC, build=dict)
 (for :func:`spec_from_flags`, with what else the command knows: the model, the context limit)."""
 
 
-with_retriever_flags = with_flags("retriever_options", FlagGroup(RetrievalConfig, fields=RETRIEVER_FIELDS),
-                                  build=dict)
+with_retriever_flags = with_flags("retriever_options", FlagGroup(RetrievalConfig, fields=RETRIEVER_FIELDS), build=dict)
 """Give a command the retriever flags; it receives their values as flat spec options named
 ``retriever_options``."""
 

@@ -113,8 +113,9 @@ class FlagGroup:
     def default(self, name: str) -> Any:
         """The flag's default: the field's (a tuple shown as its comma-separated string)."""
         value = self.model.model_fields[name].get_default(call_default_factory=True)
-        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) if isinstance(value, tuple) \
-            else value
+        return (
+            ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) if isinstance(value, tuple) else value
+        )
 
     def parameters(self) -> list[inspect.Parameter]:
         out = []
@@ -127,9 +128,14 @@ class FlagGroup:
                 text += " Comma-separated."
             decl = [self.decls[name]] if name in self.decls else []
             option = typer.Option(*decl, help=text, **_bounds(info))
-            out.append(inspect.Parameter(self.param(name), inspect.Parameter.KEYWORD_ONLY,
-                                         annotation=Annotated[_cli_type(info.annotation), option],
-                                         default=self.default(name)))
+            out.append(
+                inspect.Parameter(
+                    self.param(name),
+                    inspect.Parameter.KEYWORD_ONLY,
+                    annotation=Annotated[_cli_type(info.annotation), option],
+                    default=self.default(name),
+                )
+            )
         return out
 
     def values(self, given: Mapping[str, Any]) -> dict[str, Any]:
@@ -158,8 +164,9 @@ def flag_origins(command: Callable[..., Any]) -> dict[str, tuple[type[BaseModel]
     return dict(getattr(command, "__icl_flags__", {}))
 
 
-def with_flags(param: str, *groups: FlagGroup, build: Callable[..., Any] | None = None
-               ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def with_flags(
+    param: str, *groups: FlagGroup, build: Callable[..., Any] | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """A decorator giving a command the flags of ``groups``: Typer sees them as the command's own options; the
     command receives one argument named ``param``: ``build(values)`` where ``values`` are the given fields of all
     groups (by field name), or, without ``build``, the first group's config built from them."""

@@ -19,8 +19,9 @@ from icl_toolkit.data.summary import ImportSummary
 from icl_toolkit.data.synth import SynthConfig, assign_splits, iter_synthetic_patients, parse_split
 from icl_toolkit.data.synth.generate import parse_disparity
 
-app = typer.Typer(help="Make, check, describe and split cohort files (JSONL, one patient per line).",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Make, check, describe and split cohort files (JSONL, one patient per line).", no_args_is_help=True
+)
 
 
 @app.command()
@@ -31,25 +32,38 @@ def synth(
     split: Annotated[Optional[str], typer.Option(help="Fractions per split, e.g. train=0.7,val=0.1,test=0.2.")] = None,
     prevalence: Annotated[float, typer.Option(help="Target mean 5-year ADRD risk.")] = 0.15,
     rationales: Annotated[bool, typer.Option(help="Write free-text and step-by-step rationales.")] = True,
-    disparity: Annotated[Optional[str], typer.Option(
-        help="Add an access-to-care disparity: 'default', or KEY=VALUE pairs of share (0.3), visit_factor (0.5), "
-             "coding_factor (0.6), delay_years (1) and attribute (access). The limited group has the same true "
-             "risk but fewer visits, under-coding and later coding; groups and per-group oracle AUROC go to "
-             "OUT.groups.json.")] = None,
+    disparity: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Add an access-to-care disparity: 'default', or KEY=VALUE pairs of share (0.3), visit_factor (0.5), "
+            "coding_factor (0.6), delay_years (1) and attribute (access). The limited group has the same true "
+            "risk but fewer visits, under-coding and later coding; groups and per-group oracle AUROC go to "
+            "OUT.groups.json."
+        ),
+    ] = None,
 ) -> None:
     """Synthesise an ADRD cohort with known risk and grounded rationales."""
-    config = SynthConfig(n=n, seed=seed, prevalence=prevalence, rationales=rationales,
-                         split=parse_split(split) if split else None,
-                         disparity=parse_disparity(disparity) if disparity is not None else None)
+    config = SynthConfig(
+        n=n,
+        seed=seed,
+        prevalence=prevalence,
+        rationales=rationales,
+        split=parse_split(split) if split else None,
+        disparity=parse_disparity(disparity) if disparity is not None else None,
+    )
     start = time.perf_counter()
     with progress_bar("synthesising patients", n) as advance:
         patients = list(iter_synthetic_patients(config, progress=advance))
     write_cohort(patients, out)
-    ys = [p.label or 0 for p in patients]   # the generator labels every patient
+    ys = [p.label or 0 for p in patients]  # the generator labels every patient
     auc = oracle_auroc(patients)
     auc_text = f"{auc:.3f}" if auc is not None else "n/a"
-    console.print(f"wrote {len(patients)} patients to {out} in {time.perf_counter() - start:.1f}s: "
-                  f"prevalence {sum(ys) / len(ys):.3f}, oracle AUROC {auc_text}", highlight=False, soft_wrap=True)
+    console.print(
+        f"wrote {len(patients)} patients to {out} in {time.perf_counter() - start:.1f}s: "
+        f"prevalence {sum(ys) / len(ys):.3f}, oracle AUROC {auc_text}",
+        highlight=False,
+        soft_wrap=True,
+    )
     if config.disparity is not None:
         from dataclasses import asdict
 
@@ -57,10 +71,12 @@ def synth(
         groups_file = out.with_name(out.name + ".groups.json")
         write_json_atomic(groups_file, {"disparity": asdict(config.disparity), "groups": rows})
         for r in rows:
-            console.print(f"  {r['attribute']}={r['value']}: {r['n']} patients, prevalence {r['prevalence']:.3f}, "
-                          f"{r['events_per_patient']:.0f} events and {r['visits_per_patient']:.1f} visits per patient, "
-                          f"oracle AUROC {r['oracle_auroc'] if r['oracle_auroc'] is not None else 'n/a'}",
-                          highlight=False)
+            console.print(
+                f"  {r['attribute']}={r['value']}: {r['n']} patients, prevalence {r['prevalence']:.3f}, "
+                f"{r['events_per_patient']:.0f} events and {r['visits_per_patient']:.1f} visits per patient, "
+                f"oracle AUROC {r['oracle_auroc'] if r['oracle_auroc'] is not None else 'n/a'}",
+                highlight=False,
+            )
         console.print(f"wrote {groups_file}", highlight=False)
 
 
@@ -78,19 +94,30 @@ def validate(
         err_console.print(f"... {len(report.issues) - len(shown)} more", highlight=False)
     if report.issues:
         bad_lines = len({i.line for i in report.issues})
-        err_console.print(f"{file}: {len(report.issues)} problem(s) on {bad_lines} line(s); "
-                          f"{report.n_valid} of {report.n_records} records valid", highlight=False)
+        err_console.print(
+            f"{file}: {len(report.issues)} problem(s) on {bad_lines} line(s); "
+            f"{report.n_valid} of {report.n_records} records valid",
+            highlight=False,
+        )
         raise typer.Exit(1)
-    extra = (f"; {report.n_events_after_index} events dated after their index date "
-             "(kept in the file, never shown to a model)") if report.n_events_after_index else ""
+    extra = (
+        (
+            f"; {report.n_events_after_index} events dated after their index date "
+            "(kept in the file, never shown to a model)"
+        )
+        if report.n_events_after_index
+        else ""
+    )
     console.print(f"{file}: {report.n_records} patients, no problems{extra}", highlight=False)
 
 
 def _fmt(d: dict | None, digits: int = 1) -> str:
     if not d:
         return "-"
-    return (f"mean {d['mean']:.{digits}f}, median {d['median']:.{digits}f}, "
-            f"p10-p90 {d['p10']:.{digits}f}-{d['p90']:.{digits}f}, max {d['max']:.{digits}f}")
+    return (
+        f"mean {d['mean']:.{digits}f}, median {d['median']:.{digits}f}, "
+        f"p10-p90 {d['p10']:.{digits}f}-{d['p90']:.{digits}f}, max {d['max']:.{digits}f}"
+    )
 
 
 @app.command()
@@ -98,7 +125,9 @@ def stats(
     file: Annotated[Path, typer.Argument(help="Cohort JSONL file.")],
     tokens: Annotated[bool, typer.Option(help="Count tokens (default model and embedder).")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the statistics as JSON.")] = False,
-    plot: Annotated[Optional[Path], typer.Option(help="Also draw age, true risk, events and history length by outcome to this PNG.")] = None,
+    plot: Annotated[
+        Optional[Path], typer.Option(help="Also draw age, true risk, events and history length by outcome to this PNG.")
+    ] = None,
 ) -> None:
     """Size, prevalence, oracle AUROC, events per patient, history and rationale lengths."""
     patients = read_cohort(file)
@@ -118,7 +147,9 @@ def stats(
     t.add_column("value")
     t.add_row("patients", f"{s['n']} ({s['n_labelled']} labelled, {s['n_positive']} positive)")
     t.add_row("prevalence", f"{s['prevalence']:.3f}" if s["prevalence"] is not None else "-")
-    t.add_row("oracle AUROC (true risk)", f"{s['oracle_auroc']:.3f}" if s["oracle_auroc"] is not None else "- (no true risk)")
+    t.add_row(
+        "oracle AUROC (true risk)", f"{s['oracle_auroc']:.3f}" if s["oracle_auroc"] is not None else "- (no true risk)"
+    )
     for name, sp in s["splits"].items():
         prev = f", prevalence {sp['prevalence']:.3f}" if sp["prevalence"] is not None else ""
         t.add_row(f"split {name}", f"{sp['n']}{prev}")
@@ -130,8 +161,10 @@ def stats(
         t.add_row("events after index (never shown)", str(s["events_after_index"]))
     if "history_tokens" in s:
         t.add_row("history tokens (default LM)", _fmt(s["history_tokens"], 0))
-        t.add_row("profile tokens (embedder)", _fmt(s["profile_tokens"], 0)
-                  + f"; {s['profiles_shortened']} shortened to fit 256")
+        t.add_row(
+            "profile tokens (embedder)",
+            _fmt(s["profile_tokens"], 0) + f"; {s['profiles_shortened']} shortened to fit 256",
+        )
     t.add_row("with rationales", str(s["n_with_rationales"]))
     for kind in ("free_text", "stepwise"):
         if s["rationale_words"][kind]:
@@ -145,7 +178,9 @@ def stats(
 def split_cmd(
     file: Annotated[Path, typer.Argument(help="Cohort JSONL file.")],
     out_dir: Annotated[Path, typer.Option(help="Folder for train.jsonl, val.jsonl, test.jsonl.")],
-    split: Annotated[Optional[str], typer.Option(help="Fractions when records carry no split, e.g. train=0.7,val=0.1,test=0.2.")] = None,
+    split: Annotated[
+        Optional[str], typer.Option(help="Fractions when records carry no split, e.g. train=0.7,val=0.1,test=0.2.")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed for assigning splits.")] = 0,
 ) -> None:
     """Write one file per split (subject-disjoint), using the records' split field or new stratified ones."""
@@ -170,16 +205,37 @@ def split_cmd(
 
 @app.command("from-omop")
 def from_omop(
-    source: Annotated[Path, typer.Option(help="A folder of OMOP CDM CSV files (PERSON.csv, ...) or a DuckDB / SQLite database file.")],
+    source: Annotated[
+        Path, typer.Option(help="A folder of OMOP CDM CSV files (PERSON.csv, ...) or a DuckDB / SQLite database file.")
+    ],
     out: Annotated[Path, typer.Option(help="Output cohort JSONL file; a summary goes beside it (<out>.summary.json).")],
     window_years: Annotated[float, typer.Option(help="Prediction window after the index date, in years.")] = 5.0,
     min_age: Annotated[float, typer.Option(help="Age at the index date, at least.")] = 60.0,
-    min_history_years: Annotated[float, typer.Option(help="Continuous observation before the index date, at least (years).")] = 1.0,
-    index_date: Annotated[str, typer.Option(help="'first-eligible' (first date meeting --min-age and --min-history-years) or 'fixed:YYYY-MM-DD' (the same date for everyone).")] = "first-eligible",
-    outcome: Annotated[Optional[Path], typer.Option(help="Outcome concept set as TOML/JSON (fields: name, snomed_codes, concept_ids, icd10_prefixes, include_descendants); default ADRD.")] = None,
-    as_of: Annotated[Optional[str], typer.Option(help="Data extraction date YYYY-MM-DD; records dated after it are dropped (default today).")] = None,
-    keep_outside_observation: Annotated[bool, typer.Option(help="Keep events dated outside every observation period (dropped by default).")] = False,
-    split: Annotated[Optional[str], typer.Option(help="Also assign splits, e.g. train=0.7,test=0.3 (stratified by label).")] = None,
+    min_history_years: Annotated[
+        float, typer.Option(help="Continuous observation before the index date, at least (years).")
+    ] = 1.0,
+    index_date: Annotated[
+        str,
+        typer.Option(
+            help="'first-eligible' (first date meeting --min-age and --min-history-years) or 'fixed:YYYY-MM-DD' (the same date for everyone)."
+        ),
+    ] = "first-eligible",
+    outcome: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Outcome concept set as TOML/JSON (fields: name, snomed_codes, concept_ids, icd10_prefixes, include_descendants); default ADRD."
+        ),
+    ] = None,
+    as_of: Annotated[
+        Optional[str],
+        typer.Option(help="Data extraction date YYYY-MM-DD; records dated after it are dropped (default today)."),
+    ] = None,
+    keep_outside_observation: Annotated[
+        bool, typer.Option(help="Keep events dated outside every observation period (dropped by default).")
+    ] = False,
+    split: Annotated[
+        Optional[str], typer.Option(help="Also assign splits, e.g. train=0.7,test=0.3 (stratified by label).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed for --split.")] = 0,
 ) -> None:
     """Build a cohort from OMOP CDM tables: index date, outcome label, history before the index date."""
@@ -197,9 +253,12 @@ def from_omop(
         raise ConfigError(f"--as-of: expected a date YYYY-MM-DD (got {as_of!r}).") from None
     given = {"outcome": load_outcome(outcome) if outcome else None, "as_of": as_of_date}
     try:
-        config = OmopConfig(window_years=window_years, keep_outside_observation=keep_outside_observation,
-                            index=IndexRule(rule=index_date, min_age=min_age, min_history_years=min_history_years),
-                            **{k: v for k, v in given.items() if v is not None})
+        config = OmopConfig(
+            window_years=window_years,
+            keep_outside_observation=keep_outside_observation,
+            index=IndexRule(rule=index_date, min_age=min_age, min_history_years=min_history_years),
+            **{k: v for k, v in given.items() if v is not None},
+        )
     except ValidationError as exc:
         raise flag_error(exc, {"rule": "--index-date"}) from None
     fractions = parse_split(split) if split else None
@@ -220,8 +279,10 @@ def from_omop(
         with progress_bar("writing patients", len(cohort)) as advance:
             write_cohort(patients(), out)
     summary_path = out.with_name(out.name + ".summary.json")
-    write_json_atomic(summary_path, {"meta": {**base_meta("omop-cohort"), "config": config.model_dump(mode="json")},
-                                     "summary": summary.as_dict()})
+    write_json_atomic(
+        summary_path,
+        {"meta": {**base_meta("omop-cohort"), "config": config.model_dump(mode="json")}, "summary": summary.as_dict()},
+    )
     print_import_summary(summary, out, time.perf_counter() - start, summary_path)
 
 
@@ -235,8 +296,13 @@ def print_import_summary(s: ImportSummary, out: Path, seconds: float, summary_pa
         dropped = "; ".join(f"{n} {why}" for why, n in sorted(r.dropped.items(), key=lambda kv: -kv[1]))
         if r.rejected:
             dropped = "; ".join(x for x in (f"{r.rejected} unreadable lines", dropped) if x)
-        t.add_row(name, str(r.read + r.rejected), str(r.kept), dropped or "-",
-                  "; ".join(f"{n} {why}" for why, n in r.repaired.items()) or "-")
+        t.add_row(
+            name,
+            str(r.read + r.rejected),
+            str(r.kept),
+            dropped or "-",
+            "; ".join(f"{n} {why}" for why, n in r.repaired.items()) or "-",
+        )
     console.print(t)
     if s.missing_tables:
         console.print(f"tables not present (skipped): {', '.join(s.missing_tables)}", highlight=False)
@@ -244,14 +310,18 @@ def print_import_summary(s: ImportSummary, out: Path, seconds: float, summary_pa
         err_console.print(f"note: {line}", highlight=False, markup=False)
     if s.unknown_codes:
         top = ", ".join(f"{c} ({n})" for c, n in s.unknown_codes.most_common(8))
-        console.print(f"most common codes of unknown vocabularies: {top}; map them with --code-map",
-                      highlight=False, markup=False)
+        console.print(
+            f"most common codes of unknown vocabularies: {top}; map them with --code-map", highlight=False, markup=False
+        )
     o = s.outcome
     if o:
         routes = ", ".join(f"{n} by {r}" for r, n in o["records_by_route"].items()) or "none"
-        console.print(f"outcome {o['name']}: {o['standard_concepts']} standard concepts ({o['with_descendants']} "
-                      f"with descendants), {o['icd10_source_concepts']} ICD-10 source concepts; {o['records']} "
-                      f"records ({routes}) for {o['persons_with_a_record']} persons", highlight=False)
+        console.print(
+            f"outcome {o['name']}: {o['standard_concepts']} standard concepts ({o['with_descendants']} "
+            f"with descendants), {o['icd10_source_concepts']} ICD-10 source concepts; {o['records']} "
+            f"records ({routes}) for {o['persons_with_a_record']} persons",
+            highlight=False,
+        )
     a = Table(title=f"Cohort: {s.subjects} subjects")
     a.add_column("step")
     a.add_column("records", justify="right")
@@ -263,24 +333,48 @@ def print_import_summary(s: ImportSummary, out: Path, seconds: float, summary_pa
         a.add_row("unlabelled", str(s.unlabelled))
     console.print(a)
     events = ", ".join(f"{k} {n}" for k, n in sorted(s.events_written.items(), key=lambda kv: -kv[1]))
-    console.print(f"events written (on or before each index date): {events or 'none'}; "
-                  f"{s.events_after_index} later events left out"
-                  + (f"; {s.no_history} patients have no events before the index date" if s.no_history else ""),
-                  highlight=False)
-    console.print(f"wrote {s.records} records of {s.subjects} subjects ({s.cases} cases, {s.controls} controls"
-                  + (f", {s.unlabelled} unlabelled" if s.unlabelled else "")
-                  + (f", {s.censored} censored left out" if s.censored else "")
-                  + f") to {out} in {seconds:.1f}s; summary in {summary_path}", highlight=False)
+    console.print(
+        f"events written (on or before each index date): {events or 'none'}; "
+        f"{s.events_after_index} later events left out"
+        + (f"; {s.no_history} patients have no events before the index date" if s.no_history else ""),
+        highlight=False,
+    )
+    console.print(
+        f"wrote {s.records} records of {s.subjects} subjects ({s.cases} cases, {s.controls} controls"
+        + (f", {s.unlabelled} unlabelled" if s.unlabelled else "")
+        + (f", {s.censored} censored left out" if s.censored else "")
+        + f") to {out} in {seconds:.1f}s; summary in {summary_path}",
+        highlight=False,
+    )
 
 
 @app.command("from-meds")
 def from_meds(
-    root: Annotated[Path, typer.Option(help="MEDS root: data/**/*.parquet and metadata/ (codes.parquet, subject_splits.parquet).")],
-    labels: Annotated[Path, typer.Option(help="ACES label file (subject_id, prediction_time, boolean_value), or a folder of them.")],
+    root: Annotated[
+        Path, typer.Option(help="MEDS root: data/**/*.parquet and metadata/ (codes.parquet, subject_splits.parquet).")
+    ],
+    labels: Annotated[
+        Path, typer.Option(help="ACES label file (subject_id, prediction_time, boolean_value), or a folder of them.")
+    ],
     out: Annotated[Path, typer.Option(help="Output cohort JSONL file; a summary goes beside it (<out>.summary.json).")],
-    split: Annotated[Optional[str], typer.Option(help="Only subjects of this MEDS split: train, tuning or held_out (from metadata/subject_splits.parquet).")] = None,
-    code_map: Annotated[Optional[Path], typer.Option(help="TOML file mapping more codes and vocabularies to event kinds ([codes], [vocabularies], [static], ignore); see the README.")] = None,
-    outcome: Annotated[Optional[Path], typer.Option(help="Outcome codes (TOML/JSON: name, icd10_prefixes, snomed_codes, meds_codes), for each case's outcome date; default ADRD.")] = None,
+    split: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Only subjects of this MEDS split: train, tuning or held_out (from metadata/subject_splits.parquet)."
+        ),
+    ] = None,
+    code_map: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="TOML file mapping more codes and vocabularies to event kinds ([codes], [vocabularies], [static], ignore); see the README."
+        ),
+    ] = None,
+    outcome: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Outcome codes (TOML/JSON: name, icd10_prefixes, snomed_codes, meds_codes), for each case's outcome date; default ADRD."
+        ),
+    ] = None,
 ) -> None:
     """Build a cohort from a MEDS dataset and an ACES label file: one record per label row, history up to its prediction time."""
     from icl_toolkit.core.artifacts import base_meta, write_json_atomic
@@ -288,17 +382,32 @@ def from_meds(
     from icl_toolkit.data.omop import load_outcome
 
     start = time.perf_counter()
-    cohort = open_meds(root, labels, split=split, code_map=load_code_map(code_map) if code_map else None,
-                       outcome=load_outcome(outcome) if outcome else None)
+    cohort = open_meds(
+        root,
+        labels,
+        split=split,
+        code_map=load_code_map(code_map) if code_map else None,
+        outcome=load_outcome(outcome) if outcome else None,
+    )
     with progress_bar("reading MEDS rows", cohort.total_rows) as advance:
         cohort.progress = advance
         write_cohort(cohort, out)
     s = cohort.summary
     summary_path = out.with_name(out.name + ".summary.json")
-    write_json_atomic(summary_path, {"meta": {**base_meta("meds-cohort"), "root": str(root), "labels": str(labels),
-                                              "split": split, "code_map": str(code_map) if code_map else None,
-                                              "outcome": str(outcome) if outcome else "ADRD"},
-                                     "summary": s.as_dict()})
+    write_json_atomic(
+        summary_path,
+        {
+            "meta": {
+                **base_meta("meds-cohort"),
+                "root": str(root),
+                "labels": str(labels),
+                "split": split,
+                "code_map": str(code_map) if code_map else None,
+                "outcome": str(outcome) if outcome else "ADRD",
+            },
+            "summary": s.as_dict(),
+        },
+    )
     print_import_summary(s, out, time.perf_counter() - start, summary_path)
 
 
@@ -318,11 +427,23 @@ def to_meds(
     start = time.perf_counter()
     patients = read_cohort(cohort)
     with progress_bar("writing MEDS", len(patients)) as advance:
-        s = write_meds(patients, out, dataset_name=cohort.stem, dataset_version=content_hash(patients),
-                       task=task, labels_out=labels_out, shard_size=shard_size, overwrite=overwrite, progress=advance)
-    console.print(f"wrote {s.subjects} subjects ({s.data_rows} rows in {len(s.shards)} shard"
-                  f"{'s' if len(s.shards) != 1 else ''}, {s.codes} codes) to {out} and {s.label_rows} labels to "
-                  f"{s.labels}" + (f"; {s.unlabelled_left_out} unlabelled records have no label row"
-                                   if s.unlabelled_left_out else "")
-                  + f"; {s.onset_rows_added} onset diagnoses added at the cases' outcome dates "
-                  f"in {time.perf_counter() - start:.1f}s", highlight=False)
+        s = write_meds(
+            patients,
+            out,
+            dataset_name=cohort.stem,
+            dataset_version=content_hash(patients),
+            task=task,
+            labels_out=labels_out,
+            shard_size=shard_size,
+            overwrite=overwrite,
+            progress=advance,
+        )
+    console.print(
+        f"wrote {s.subjects} subjects ({s.data_rows} rows in {len(s.shards)} shard"
+        f"{'s' if len(s.shards) != 1 else ''}, {s.codes} codes) to {out} and {s.label_rows} labels to "
+        f"{s.labels}"
+        + (f"; {s.unlabelled_left_out} unlabelled records have no label row" if s.unlabelled_left_out else "")
+        + f"; {s.onset_rows_added} onset diagnoses added at the cases' outcome dates "
+        f"in {time.perf_counter() - start:.1f}s",
+        highlight=False,
+    )

@@ -16,7 +16,12 @@ from icl_toolkit.retrieval.index import IndexKind
 
 app = typer.Typer(help="Build, inspect and evaluate faiss indexes of demonstration pools.", no_args_is_help=True)
 
-EmbedderOpt = Annotated[str, typer.Option(help="dense and hybrid: 'default' (embedded all-MiniLM-L6-v2), a local folder, a cached hub name, or 'hash' (a fast bag-of-words stand-in, for tests).")]
+EmbedderOpt = Annotated[
+    str,
+    typer.Option(
+        help="dense and hybrid: 'default' (embedded all-MiniLM-L6-v2), a local folder, a cached hub name, or 'hash' (a fast bag-of-words stand-in, for tests)."
+    ),
+]
 
 
 def _embedder(name: str, retrieval: Any, batch_size: int = 64) -> Any:
@@ -39,11 +44,21 @@ def _embedder(name: str, retrieval: Any, batch_size: int = 64) -> Any:
 def build(
     pool: Annotated[Path, typer.Option(help="Demonstration pool (cohort JSONL with labels).")],
     out: Annotated[Path, typer.Option(help="Output folder for index.faiss, index.json and retriever.npz.")],
-    kind: Annotated[IndexKind, typer.Option(help="exact (flat inner product), hnsw (approximate, for large pools) or auto (exact up to 50,000 patients, hnsw above).")] = "auto",
+    kind: Annotated[
+        IndexKind,
+        typer.Option(
+            help="exact (flat inner product), hnsw (approximate, for large pools) or auto (exact up to 50,000 patients, hnsw above)."
+        ),
+    ] = "auto",
     embedder: EmbedderOpt = "default",
     batch_size: Annotated[int, typer.Option(min=1, help="Profiles per embedding batch.")] = 64,
     hnsw_m: Annotated[int, typer.Option(min=4, help="HNSW graph degree.")] = 32,
-    ef_search: Annotated[int, typer.Option(min=8, help="HNSW search breadth (256: recall@8 0.98 at 1M vectors, p99 2.3 ms on 2 cores; see benchmarks).")] = 256,
+    ef_search: Annotated[
+        int,
+        typer.Option(
+            min=8, help="HNSW search breadth (256: recall@8 0.98 at 1M vectors, p99 2.3 ms on 2 cores; see benchmarks)."
+        ),
+    ] = 256,
     *,
     retriever_options: dict[str, Any],
 ) -> None:
@@ -58,10 +73,14 @@ def build(
     rep = make_representation(retrieval, _embedder(embedder, retrieval, batch_size))
     index = DemoIndex.build(patients, rep, kind=kind, hnsw_m=hnsw_m, ef_search=ef_search)
     index.save(out)
-    console.print(f"indexed {len(patients)} patients from {pool} into {out} ({index.meta['kind']}, "
-                  f"{retrieval.retriever} retriever"
-                  + (f", {rep.embedder_id}" if rep.embedder_id else "") + f", dim {rep.dim}) in "
-                  f"{time.perf_counter() - start:.1f}s", highlight=False)
+    console.print(
+        f"indexed {len(patients)} patients from {pool} into {out} ({index.meta['kind']}, "
+        f"{retrieval.retriever} retriever"
+        + (f", {rep.embedder_id}" if rep.embedder_id else "")
+        + f", dim {rep.dim}) in "
+        f"{time.perf_counter() - start:.1f}s",
+        highlight=False,
+    )
 
 
 @app.command()
@@ -77,10 +96,20 @@ def info(folder: Annotated[Path, typer.Argument(help="Index folder.")]) -> None:
 @with_retriever_flags
 def evaluate(
     pool: Annotated[Path, typer.Option(help="Demonstration pool (cohort JSONL with labels).")],
-    cohort: Annotated[Path, typer.Option(help="Query patients with labels (validation patients; keep the test split for the end).")],
-    retrievers: Annotated[str, typer.Option("--retrievers", help="Comma-separated retrievers to compare, or 'all' (default: all; with --index, its own).")] = "all",
+    cohort: Annotated[
+        Path, typer.Option(help="Query patients with labels (validation patients; keep the test split for the end).")
+    ],
+    retrievers: Annotated[
+        str,
+        typer.Option(
+            "--retrievers",
+            help="Comma-separated retrievers to compare, or 'all' (default: all; with --index, its own).",
+        ),
+    ] = "all",
     ks: Annotated[str, typer.Option("--k", help="Comma-separated neighbour counts.")] = "1,2,4,8,16,64",
-    index: Annotated[Optional[Path], typer.Option(help="Evaluate this index (built over --pool with the --retriever settings).")] = None,
+    index: Annotated[
+        Optional[Path], typer.Option(help="Evaluate this index (built over --pool with the --retriever settings).")
+    ] = None,
     embedder: EmbedderOpt = "default",
     bootstrap: Annotated[int, typer.Option(min=10, help="Bootstrap resamples for the 95% intervals.")] = 1000,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Only the first N query patients.")] = None,
@@ -105,8 +134,10 @@ def evaluate(
         names = [DemoIndex.load(index).meta["retriever"]["kind"]]
     unknown = [n for n in names if n not in RETRIEVERS]
     if unknown or not names:
-        raise ConfigError(f"--retrievers: unknown {', '.join(unknown) or '(none given)'}; choose from "
-                          f"{', '.join(RETRIEVERS)} or 'all'.")
+        raise ConfigError(
+            f"--retrievers: unknown {', '.join(unknown) or '(none given)'}; choose from "
+            f"{', '.join(RETRIEVERS)} or 'all'."
+        )
     base = {key: v for key, v in retriever_options.items() if key != "retriever"}
     configs = [spec_from_flags("default", **base, retriever=n).retrieval for n in names]
     queries = read_cohort(cohort)[:limit] if limit else read_cohort(cohort)
@@ -114,19 +145,47 @@ def evaluate(
     emb = next((e for e in (_embedder(embedder, c) for c in configs) if e is not None), None)
     report = evaluate_retrievers(demo_pool, queries, configs, ks=counts, embedder=emb, index=index, n_boot=bootstrap)
 
-    table = Table(title=f"neighbour vote on {report.n_queries} patients of {cohort} ({report.cases} cases), pool "
-                        f"{report.n_pool}", title_justify="left")
-    for col in ("retriever", "k", "vote AUROC (95% CI)", "AUPRC", "purity", "age gap", "sex match", "code overlap",
-                "query ms p50/p99"):
+    table = Table(
+        title=f"neighbour vote on {report.n_queries} patients of {cohort} ({report.cases} cases), pool {report.n_pool}",
+        title_justify="left",
+    )
+    for col in (
+        "retriever",
+        "k",
+        "vote AUROC (95% CI)",
+        "AUPRC",
+        "purity",
+        "age gap",
+        "sex match",
+        "code overlap",
+        "query ms p50/p99",
+    ):
         table.add_column(col, justify="left" if col == "retriever" else "right", no_wrap=col == "retriever")
     for r in report.rows:
-        table.add_row(r["retriever"], str(r["k"]), f"{r['auroc']:.3f} ({r['auroc_lo']:.3f}-{r['auroc_hi']:.3f})",
-                      f"{r['auprc']:.3f}", f"{r['purity']:.3f}", f"{r['age_gap']:.1f}", f"{r['sex_match']:.2f}",
-                      f"{r['code_overlap']:.3f}", f"{r['query_ms_p50']:.2f}/{r['query_ms_p99']:.2f}")
+        table.add_row(
+            r["retriever"],
+            str(r["k"]),
+            f"{r['auroc']:.3f} ({r['auroc_lo']:.3f}-{r['auroc_hi']:.3f})",
+            f"{r['auprc']:.3f}",
+            f"{r['purity']:.3f}",
+            f"{r['age_gap']:.1f}",
+            f"{r['sex_match']:.2f}",
+            f"{r['code_overlap']:.3f}",
+            f"{r['query_ms_p50']:.2f}/{r['query_ms_p99']:.2f}",
+        )
     for ref in report.references:
         short = "logistic regression" if ref["reference"].startswith("logistic") else ref["reference"]
-        table.add_row(f"[dim]{short}[/]", "", f"{ref['auroc']:.3f} ({ref['auroc_lo']:.3f}-"
-                      f"{ref['auroc_hi']:.3f})", f"{ref['auprc']:.3f}", "", "", "", "", "")
+        table.add_row(
+            f"[dim]{short}[/]",
+            "",
+            f"{ref['auroc']:.3f} ({ref['auroc_lo']:.3f}-{ref['auroc_hi']:.3f})",
+            f"{ref['auprc']:.3f}",
+            "",
+            "",
+            "",
+            "",
+            "",
+        )
     console.print(table)
     if out is not None:
         import csv

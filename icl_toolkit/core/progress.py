@@ -32,7 +32,7 @@ def _log_lines(desc: str, total: int, initial: int = 0) -> Iterator[Callable[...
     def line() -> None:
         done, spent = state["done"], time.monotonic() - start
         state["shown"] = done
-        rate = (done - initial) / spent if spent > 0 else 0.0   # this run's rate: work done before a resume is not
+        rate = (done - initial) / spent if spent > 0 else 0.0  # this run's rate: work done before a resume is not
         eta = f", about {(total - done) / rate / 60:.0f} min left" if rate > 0 and done < total else ""
         note = f" {state['note']}" if state["note"] else ""
         stderr_console.print(f"{desc}{note}: {done}/{total} in {spent / 60:.1f} min{eta}", highlight=False)
@@ -46,7 +46,7 @@ def _log_lines(desc: str, total: int, initial: int = 0) -> Iterator[Callable[...
             line()
 
     yield advance
-    if state["shown"] != state["done"]:   # the final count, unless the last periodic line already showed it
+    if state["shown"] != state["done"]:  # the final count, unless the last periodic line already showed it
         line()
 
 
@@ -64,8 +64,15 @@ def progress_bar(desc: str, total: int, enabled: bool = True, initial: int = 0) 
         with _log_lines(desc, total, initial) as advance:
             yield advance
         return
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=stderr_console, transient=False) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=stderr_console,
+        transient=False,
+    ) as bar:
         task = bar.add_task(desc, total=total, completed=initial)
 
         def advance(n: int = 1, note: str | None = None) -> None:

@@ -138,15 +138,26 @@ class Patient:
 
 
 _PATIENT = TypeAdapter(Patient)
-_FIELDS = ("patient_id", "sex", "birth_date", "index_date", "events", "label",
-           "outcome_date", "rationales", "split", "metadata", "groups")
+_FIELDS = (
+    "patient_id",
+    "sex",
+    "birth_date",
+    "index_date",
+    "events",
+    "label",
+    "outcome_date",
+    "rationales",
+    "split",
+    "metadata",
+    "groups",
+)
 
 
 # --------------------------------------------------------------------------- writing
 
+
 def _event_to_dict(e: Event) -> dict[str, Any]:
-    d: dict[str, Any] = {"date": e.date.isoformat(), "kind": e.kind, "code": e.code,
-                         "system": e.system, "name": e.name}
+    d: dict[str, Any] = {"date": e.date.isoformat(), "kind": e.kind, "code": e.code, "system": e.system, "name": e.name}
     if e.value is not None:
         d["value"] = e.value
     if e.unit is not None:
@@ -166,8 +177,11 @@ def patient_to_dict(p: Patient) -> dict[str, Any]:
         "outcome_date": p.outcome_date.isoformat() if p.outcome_date else None,
     }
     if p.rationales is not None:
-        d["rationales"] = {k: v for k, v in (("free_text", p.rationales.free_text),
-                                             ("stepwise", p.rationales.stepwise)) if v is not None}
+        d["rationales"] = {
+            k: v
+            for k, v in (("free_text", p.rationales.free_text), ("stepwise", p.rationales.stepwise))
+            if v is not None
+        }
     if p.split is not None:
         d["split"] = p.split
     if p.metadata:
@@ -232,6 +246,7 @@ def write_cohort(patients: Iterable[Patient], path: str | os.PathLike[str]) -> i
 
 # --------------------------------------------------------------------------- validation
 
+
 def _loc_to_field(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
@@ -267,7 +282,7 @@ def _describe(err: Mapping[str, Any]) -> tuple[str, str]:
     if kind in ("extra_forbidden", "unexpected_keyword_argument"):
         return where, f"unknown field (found {_short(found)}); remove it or fix its spelling"
     msg = err.get("msg", "invalid value")
-    expected = msg[len("Input should be "):] if msg.startswith("Input should be ") else msg
+    expected = msg[len("Input should be ") :] if msg.startswith("Input should be ") else msg
     if kind == "string_too_short":
         expected = "a non-empty string"
     if kind.startswith("dataclass") or kind == "model_type":
@@ -308,12 +323,21 @@ def record_issues(obj: dict[str, Any]) -> list[tuple[str, str]]:
             if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
                 out.append((f"events[{i}].value", f"expected a finite number, found {v}"))
     if obj.get("label") == 1 and obj.get("label") is not True and obj.get("outcome_date") is None:
-        out.append(("outcome_date", "expected the onset date when label is 1, found null; "
-                                    "add the date or set label to null if unknown"))
+        out.append(
+            (
+                "outcome_date",
+                "expected the onset date when label is 1, found null; add the date or set label to null if unknown",
+            )
+        )
     if outcome and index and outcome <= index:
-        out.append(("outcome_date", f"expected a date after index_date {index}, "
-                                    f"found {outcome}; an outcome on or before the index "
-                                    "date belongs to an excluded (prevalent) case"))
+        out.append(
+            (
+                "outcome_date",
+                f"expected a date after index_date {index}, "
+                f"found {outcome}; an outcome on or before the index "
+                "date belongs to an excluded (prevalent) case",
+            )
+        )
     return out
 
 
@@ -350,8 +374,11 @@ def parse_record(text: str) -> tuple[Patient | None, list[tuple[str, str]], Any]
     except ValueError as exc:
         return None, [("-", f"expected one JSON object per line, found invalid JSON ({exc})")], None
     except RecursionError:
-        return None, [("-", "expected one patient record, found JSON nested too deeply to read (thousands of "
-                            "levels)")], None
+        return (
+            None,
+            [("-", "expected one patient record, found JSON nested too deeply to read (thousands of levels)")],
+            None,
+        )
     if not isinstance(obj, dict):
         return None, [("-", f"expected a JSON object (one patient), found {_short(obj)}")], obj
     p: Patient | None = None
@@ -380,7 +407,9 @@ def _validate_stream(path: Path, keep: bool) -> tuple[ValidationReport, list[Pat
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            report.issues.append(InputIssue(name, lineno, "-", f"expected UTF-8 text, found invalid byte at column {exc.start + 1}"))
+            report.issues.append(
+                InputIssue(name, lineno, "-", f"expected UTF-8 text, found invalid byte at column {exc.start + 1}")
+            )
             continue
         p, problems, obj = parse_record(text)
         report.issues.extend(InputIssue(name, lineno, where, what) for where, what in problems)
@@ -399,8 +428,9 @@ def _validate_stream(path: Path, keep: bool) -> tuple[ValidationReport, list[Pat
 def _check_duplicate(pid: str, lineno: int, seen: dict[str, int], report: ValidationReport, name: str) -> bool:
     first = seen.setdefault(pid, lineno)
     if first != lineno:
-        report.issues.append(InputIssue(name, lineno, "patient_id",
-                                        f"expected a unique id, found {pid!r} already used on line {first}"))
+        report.issues.append(
+            InputIssue(name, lineno, "patient_id", f"expected a unique id, found {pid!r} already used on line {first}")
+        )
         return True
     return False
 

@@ -17,9 +17,14 @@ def _dist(values: Sequence[float]) -> dict[str, float] | None:
     if not len(values):
         return None
     a = np.asarray(values, dtype=float)
-    return {"mean": round(float(a.mean()), 2), "median": round(float(np.median(a)), 2),
-            "p10": round(float(np.percentile(a, 10)), 2), "p90": round(float(np.percentile(a, 90)), 2),
-            "min": round(float(a.min()), 2), "max": round(float(a.max()), 2)}
+    return {
+        "mean": round(float(a.mean()), 2),
+        "median": round(float(np.median(a)), 2),
+        "p10": round(float(np.percentile(a, 10)), 2),
+        "p90": round(float(np.percentile(a, 90)), 2),
+        "min": round(float(a.min()), 2),
+        "max": round(float(a.max()), 2),
+    }
 
 
 def _history_years(p: Patient, hist: Sequence[Event]) -> float:
@@ -53,20 +58,26 @@ def group_summary(patients: Sequence[Patient]) -> list[dict[str, Any]]:
             risks = [p.metadata.get("true_risk") for p in sub]
             known = [p.label for p in sub if p.label is not None]
             auc = oracle_auroc(sub)
-            rows.append({
-                "attribute": attr, "value": value, "n": len(sub),
-                "prevalence": round(sum(known) / len(known), 4) if known else None,
-                "mean_true_risk": round(float(np.mean([float(r) for r in risks if isinstance(r, int | float)])), 4)
-                if all(isinstance(r, int | float) for r in risks) else None,
-                "events_per_patient": round(float(np.mean([len(h) for h in hists])), 2),
-                "visits_per_patient": round(float(np.mean([sum(e.kind == "visit" for e in h) for h in hists])), 2),
-                "oracle_auroc": round(auc, 4) if auc is not None else None,
-            })
+            rows.append(
+                {
+                    "attribute": attr,
+                    "value": value,
+                    "n": len(sub),
+                    "prevalence": round(sum(known) / len(known), 4) if known else None,
+                    "mean_true_risk": round(float(np.mean([float(r) for r in risks if isinstance(r, int | float)])), 4)
+                    if all(isinstance(r, int | float) for r in risks)
+                    else None,
+                    "events_per_patient": round(float(np.mean([len(h) for h in hists])), 2),
+                    "visits_per_patient": round(float(np.mean([sum(e.kind == "visit" for e in h) for h in hists])), 2),
+                    "oracle_auroc": round(auc, 4) if auc is not None else None,
+                }
+            )
     return rows
 
 
-def describe_cohort(patients: Sequence[Patient], *, tokens: bool = True,
-                    progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+def describe_cohort(
+    patients: Sequence[Patient], *, tokens: bool = True, progress: Callable[[int], None] | None = None
+) -> dict[str, Any]:
     """Statistics of a cohort as a JSON-ready dict.
 
     Args:
@@ -97,8 +108,7 @@ def describe_cohort(patients: Sequence[Patient], *, tokens: bool = True,
         group = [p for p in patients if p.split == name]
         if group and (name is not None or len(group) < len(patients)):
             ys = [p.label for p in group if p.label is not None]
-            out["splits"][name or "none"] = {"n": len(group),
-                                             "prevalence": round(sum(ys) / len(ys), 4) if ys else None}
+            out["splits"][name or "none"] = {"n": len(group), "prevalence": round(sum(ys) / len(ys), 4) if ys else None}
     with_r = [p.rationales for p in patients if p.rationales is not None]
     out["n_with_rationales"] = len(with_r)
     out["rationale_words"] = {
@@ -115,7 +125,7 @@ def describe_cohort(patients: Sequence[Patient], *, tokens: bool = True,
         prof_cut = 0
         step = 256
         for start in range(0, len(patients), step):
-            chunk = patients[start:start + step]
+            chunk = patients[start : start + step]
             hist_tokens += lm([serialize_history(p).text for p in chunk])
             for p in chunk:
                 prof = condensed_profile(p, counter=emb)
@@ -143,16 +153,21 @@ def plot_cohort(patients: Sequence[Patient], path: str, stats: dict[str, Any] | 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = {"ADRD within 5 y": [p for p in patients if p.label == 1],
-              "no ADRD": [p for p in patients if p.label == 0]}
+    groups = {
+        "ADRD within 5 y": [p for p in patients if p.label == 1],
+        "no ADRD": [p for p in patients if p.label == 0],
+    }
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
     has_risk = any(isinstance(p.metadata.get("true_risk"), (int, float)) for p in patients)
     panels = [
         ("age at index (years)", lambda p: p.age_at_index, axes[0, 0]),
-        ("true 5-year risk (metadata)", lambda p: p.metadata.get("true_risk"), axes[0, 1]) if has_risk else
-        ("visits in the last 5 years before the index date",
-         lambda p: sum(1 for e in p.history() if e.kind == "visit" and (p.index_date - e.date).days <= 5 * 365.25),
-         axes[0, 1]),
+        ("true 5-year risk (metadata)", lambda p: p.metadata.get("true_risk"), axes[0, 1])
+        if has_risk
+        else (
+            "visits in the last 5 years before the index date",
+            lambda p: sum(1 for e in p.history() if e.kind == "visit" and (p.index_date - e.date).days <= 5 * 365.25),
+            axes[0, 1],
+        ),
         ("events before the index date", lambda p: len(p.history()), axes[1, 0]),
         ("years of history", lambda p: _history_years(p, p.history()), axes[1, 1]),
     ]
@@ -169,8 +184,11 @@ def plot_cohort(patients: Sequence[Patient], path: str, stats: dict[str, Any] | 
     if stats is not None:
         auc = stats.get("oracle_auroc")
         prev = stats.get("prevalence")
-        subtitle = f"n={stats['n']}" + (f", prevalence {prev:.3f}" if prev is not None else "") \
+        subtitle = (
+            f"n={stats['n']}"
+            + (f", prevalence {prev:.3f}" if prev is not None else "")
             + (f", oracle AUROC {auc:.3f}" if auc is not None else "")
+        )
     fig.suptitle(f"Cohort overview  {subtitle}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -104,9 +104,9 @@ class Item:
     code: str
     name: str
     count: int
-    first: float            # years before the index date
+    first: float  # years before the index date
     last: float
-    values: list[float] = field(default_factory=list)   # numeric values, oldest first
+    values: list[float] = field(default_factory=list)  # numeric values, oldest first
     unit: str | None = None
     text_value: str | None = None
 
@@ -210,13 +210,19 @@ def _header(patient: Patient, items: list[Item], visits: list[Event]) -> list[st
     kinds: dict[str, int] = {}
     for v in visits:
         word = v.name.split(",")[0].lower().replace(" visit", "").replace("office or other outpatient", "office")
-        word = {"emergency department": "emergency", "initial hospital inpatient care": "inpatient",
-                "annual wellness": "wellness"}.get(word, word)
+        word = {
+            "emergency department": "emergency",
+            "initial hospital inpatient care": "inpatient",
+            "annual wellness": "wellness",
+        }.get(word, word)
         kinds[word] = kinds.get(word, 0) + 1
     recent = sum(1 for v in visits if _years(patient.index_date, v.date) <= 1.0)
     detail = ", ".join(f"{k} {n}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1]))
-    lines.append(f"Record: {span:.1f} years before the index date; {len(visits)} visits"
-                 + (f" ({detail})" if detail else "") + f", {recent} in the last 12 months.")
+    lines.append(
+        f"Record: {span:.1f} years before the index date; {len(visits)} visits"
+        + (f" ({detail})" if detail else "")
+        + f", {recent} in the last 12 months."
+    )
     lines.append("Times are years before the index date (-0.5y = six months before).")
     return lines
 
@@ -244,9 +250,15 @@ def _upper(bound: float) -> float:
     return {1.0: 5.0, -1.0: 1.0}[bound]
 
 
-def _fit(items: list[Item], render: Callable[[list[Item], int], str], line_of: Callable[[Item], str],
-         budget: int, count: TokenCounter, what: str,
-         priority: Callable[[Item], float] = Item.priority) -> tuple[str, int, list[Item]]:
+def _fit(
+    items: list[Item],
+    render: Callable[[list[Item], int], str],
+    line_of: Callable[[Item], str],
+    budget: int,
+    count: TokenCounter,
+    what: str,
+    priority: Callable[[Item], float] = Item.priority,
+) -> tuple[str, int, list[Item]]:
     """Keep the highest-priority items that fit ``budget`` tokens; return text, tokens, dropped."""
     text = render(items, 0)
     n = count([text])[0]
@@ -255,8 +267,10 @@ def _fit(items: list[Item], render: Callable[[list[Item], int], str], line_of: C
     # the fixed lines with the longest "[N items left out]" note: what is left when every item goes
     floor = count([render([], len(items))])[0]
     if floor > budget:
-        raise ConfigError(f"The token budget for the {what} must be at least {floor} tokens (the fixed lines "
-                          f"alone need that many). Got {budget} instead.")
+        raise ConfigError(
+            f"The token budget for the {what} must be at least {floor} tokens (the fixed lines "
+            f"alone need that many). Got {budget} instead."
+        )
     base = count([render([], 1)])[0]
     ranked = sorted(items, key=lambda i: -priority(i))
     costs = count([line_of(i) for i in ranked])
@@ -293,9 +307,14 @@ def mentioned_in(text: str) -> Callable[[Item], bool]:
     return named
 
 
-def serialize_history(patient: Patient, *, max_tokens: int | None = None, tokenizer: Any = None,
-                      counter: TokenCounter | None = None, prefer: Callable[[Item], bool] | None = None
-                      ) -> Serialized:
+def serialize_history(
+    patient: Patient,
+    *,
+    max_tokens: int | None = None,
+    tokenizer: Any = None,
+    counter: TokenCounter | None = None,
+    prefer: Callable[[Item], bool] | None = None,
+) -> Serialized:
     """A patient's history before the index date as prompt text.
 
     Args:
@@ -327,10 +346,12 @@ def serialize_history(patient: Patient, *, max_tokens: int | None = None, tokeni
     if max_tokens < 1:
         raise ConfigError(f"The 'max_tokens' parameter must be an int >= 1 or None. Got {max_tokens!r} instead.")
     rank = Item.priority if prefer is None else (lambda i: i.priority() + (100.0 if prefer(i) else 0.0))
-    text, n, dropped = _fit(items, lambda keep, nd: _render(header, keep, nd), Item.line, max_tokens, count,
-                            "history", rank)
-    return Serialized(text, n, max_tokens, len(items), len(items) - len(dropped),
-                      [d.line()[2:] for d in dropped], n_hist, after)
+    text, n, dropped = _fit(
+        items, lambda keep, nd: _render(header, keep, nd), Item.line, max_tokens, count, "history", rank
+    )
+    return Serialized(
+        text, n, max_tokens, len(items), len(items) - len(dropped), [d.line()[2:] for d in dropped], n_hist, after
+    )
 
 
 def _default_tokenizer() -> Any:
@@ -340,6 +361,7 @@ def _default_tokenizer() -> Any:
 
 
 # ------------------------------------------------------------------- condensed profile
+
 
 def _profile_phrase(it: Item) -> str:
     if it.is_measure:
@@ -352,10 +374,12 @@ def _profile_phrase(it: Item) -> str:
 
 def _render_profile(patient: Patient, items: list[Item], n_dropped: int) -> str:
     parts = [f"{_SEX.get(patient.sex, patient.sex).capitalize()}, age {int(patient.age_at_index)}."]
-    sections = (("Conditions", lambda i: i.kind == "diagnosis"),
-                ("Medications", lambda i: i.kind == "medication"),
-                ("Abnormal results", lambda i: i.is_measure),
-                ("Other", lambda i: i.kind in ("procedure", "observation") and not i.is_measure))
+    sections = (
+        ("Conditions", lambda i: i.kind == "diagnosis"),
+        ("Medications", lambda i: i.kind == "medication"),
+        ("Abnormal results", lambda i: i.is_measure),
+        ("Other", lambda i: i.kind in ("procedure", "observation") and not i.is_measure),
+    )
     for title, pick in sections:
         chosen = [i for i in items if pick(i)]
         if chosen:
@@ -365,8 +389,9 @@ def _render_profile(patient: Patient, items: list[Item], n_dropped: int) -> str:
     return " ".join(parts)
 
 
-def condensed_profile(patient: Patient, *, max_tokens: int = 256, tokenizer: Any = None,
-                      counter: TokenCounter | None = None) -> Serialized:
+def condensed_profile(
+    patient: Patient, *, max_tokens: int = 256, tokenizer: Any = None, counter: TokenCounter | None = None
+) -> Serialized:
     """A short, embedding-friendly summary of the history that fits the embedder's input.
 
     Items come in keep-priority order; measurements only when out of range.
@@ -389,5 +414,13 @@ def condensed_profile(patient: Patient, *, max_tokens: int = 256, tokenizer: Any
         return _render_profile(patient, sorted(keep, key=lambda i: ordered[id(i)]), nd)
 
     text, n, dropped = _fit(items, render, _profile_phrase, max_tokens, counter, "profile")
-    return Serialized(text, n, max_tokens, len(items), len(items) - len(dropped),
-                      [_profile_phrase(d) for d in dropped], n_hist, len(patient.events) - n_hist)
+    return Serialized(
+        text,
+        n,
+        max_tokens,
+        len(items),
+        len(items) - len(dropped),
+        [_profile_phrase(d) for d in dropped],
+        n_hist,
+        len(patient.events) - n_hist,
+    )

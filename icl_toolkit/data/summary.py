@@ -31,7 +31,7 @@ class TableReport:
 
     source: str
     read: int = 0
-    rejected: int = 0        # lines the reader could not split into fields
+    rejected: int = 0  # lines the reader could not split into fields
     kept: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
     repaired: dict[str, int] = field(default_factory=dict)
@@ -50,7 +50,7 @@ class ImportSummary:
     """What was read, dropped, repaired and written, and why (see the module docstring)."""
 
     source: str
-    kind: str                                   # csv, duckdb, sqlite (OMOP) or meds
+    kind: str  # csv, duckdb, sqlite (OMOP) or meds
     split: str | None = None
     tables: dict[str, TableReport] = field(default_factory=dict)
     missing_tables: list[str] = field(default_factory=list)
@@ -83,14 +83,22 @@ class ImportSummary:
     def as_dict(self) -> dict[str, Any]:
         """The summary as ``<out>.summary.json`` keeps it (one schema for every importer)."""
         return {
-            "source": self.source, "kind": self.kind, "split": self.split,
+            "source": self.source,
+            "kind": self.kind,
+            "split": self.split,
             "tables": {k: vars(v) for k, v in self.tables.items()},
-            "missing_tables": self.missing_tables, "notes": self.notes, "outcome": self.outcome,
+            "missing_tables": self.missing_tables,
+            "notes": self.notes,
+            "outcome": self.outcome,
             "subjects": self.subjects,
             "attrition": dict(sorted(self.attrition.items(), key=lambda kv: -kv[1])),
-            "records": self.records, "cases": self.cases, "controls": self.controls,
-            "unlabelled": self.unlabelled, "censored": self.censored,
-            "events_written": self.events_written, "events_after_index_left_out": self.events_after_index,
+            "records": self.records,
+            "cases": self.cases,
+            "controls": self.controls,
+            "unlabelled": self.unlabelled,
+            "censored": self.censored,
+            "events_written": self.events_written,
+            "events_after_index_left_out": self.events_after_index,
             "patients_without_history": self.no_history,
             "unknown_codes_most_common": [[c, n] for c, n in self.unknown_codes.most_common(20)],
         }

@@ -43,13 +43,16 @@ class ModelCard(BaseModel):
 
     def markdown(self, provenance: dict[str, Any], default_intended_use: str | None = None) -> list[str]:
         """Bullet lines of a model card."""
+
         def val(x: Any) -> str:
             return str(x) if x else "not set"
 
         review = val(self.review_date)
         if self.review_date and self.review_date < dt.date.today():
             review += " (overdue)"
-        return [f"- **Owner**: {val(self.owner)}; **contact**: {val(self.contact)}; **next review**: {review}",
-                f"- **Intended use**: {self.intended_use or default_intended_use or 'not set'}",
-                f"- **Out of scope**: {val(self.out_of_scope_use)}",
-                "- **Data provenance**: " + "; ".join(f"{k} `{v}`" for k, v in provenance.items())]
+        return [
+            f"- **Owner**: {val(self.owner)}; **contact**: {val(self.contact)}; **next review**: {review}",
+            f"- **Intended use**: {self.intended_use or default_intended_use or 'not set'}",
+            f"- **Out of scope**: {val(self.out_of_scope_use)}",
+            "- **Data provenance**: " + "; ".join(f"{k} `{v}`" for k, v in provenance.items()),
+        ]

@@ -41,9 +41,26 @@ from icl_toolkit.core.errors import ConfigError
 from icl_toolkit.data.cohort import Patient
 from icl_toolkit.evaluation.metrics import Labels, Probabilities
 
-__all__ = ["ORACLE", "GROUP_METRICS", "age_band", "auroc_or_nan", "group_attributes", "calibration_slope", "calibration_intercept",
-           "subgroup_frame", "FairnessReport", "fairness_report", "excess_gap", "gaps_markdown", "subgroups_markdown",
-           "plot_fairness", "write_fairness_tables", "predictions_with_cohort", "load_cache", "save_cache"]
+__all__ = [
+    "ORACLE",
+    "GROUP_METRICS",
+    "age_band",
+    "auroc_or_nan",
+    "group_attributes",
+    "calibration_slope",
+    "calibration_intercept",
+    "subgroup_frame",
+    "FairnessReport",
+    "fairness_report",
+    "excess_gap",
+    "gaps_markdown",
+    "subgroups_markdown",
+    "plot_fairness",
+    "write_fairness_tables",
+    "predictions_with_cohort",
+    "load_cache",
+    "save_cache",
+]
 
 ORACLE = "oracle true risk"
 """The name the oracle (a synthetic cohort's true risk) goes by in comparisons and reports."""
@@ -62,14 +79,17 @@ def age_band(age: float) -> str:
 def group_attributes(patients: Sequence[Patient]) -> dict[str, list[str]]:
     """The groupings of a cohort: sex, age band at the index date, and each attribute of ``Patient.groups``
     (``"unknown"`` for a patient without it), in patient order."""
-    out: dict[str, list[str]] = {"sex": [p.sex for p in patients],
-                                 "age_band": [age_band(p.age_at_index) for p in patients]}
+    out: dict[str, list[str]] = {
+        "sex": [p.sex for p in patients],
+        "age_band": [age_band(p.age_at_index) for p in patients],
+    }
     for attr in sorted({a for p in patients for a in p.groups}):
         out[attr] = [p.groups.get(attr, "unknown") for p in patients]
     return out
 
 
 # --------------------------------------------------------------------------- metric functions
+
 
 def auroc_or_nan(y: Any, p: Any) -> float:
     """AUROC by midranks (equal to scikit-learn's); NaN when the group has one class."""
@@ -142,29 +162,46 @@ def calibration_intercept(y: Any, p: Any) -> float:
 def _rates(threshold: float) -> dict[str, Any]:
     """Selection rate, TPR and FPR at ``threshold`` (numpy; fairlearn's own functions go through scikit-learn's
     confusion matrix, several times slower inside a bootstrap; a test checks they agree)."""
+
     def rate(which: int | None) -> Any:
         def fn(y: Any, p: Any) -> float:
             pred = np.asarray(p, dtype=float) >= threshold
             if which is not None:
                 pred = pred[np.asarray(y) == which]
             return float(pred.mean()) if len(pred) else float("nan")
+
         return fn
 
     return {"selection_rate": rate(None), "tpr": rate(1), "fpr": rate(0)}
 
 
 def _metric_functions(threshold: float) -> dict[str, Any]:
-    return {"n": lambda y, p: float(len(y)), "cases": lambda y, p: float(np.sum(y)),
-            "auroc": auroc_or_nan, "auprc": _auprc, "brier": _brier,
-            "calibration_slope": calibration_slope, "calibration_intercept": calibration_intercept,
-            **_rates(threshold)}
+    return {
+        "n": lambda y, p: float(len(y)),
+        "cases": lambda y, p: float(np.sum(y)),
+        "auroc": auroc_or_nan,
+        "auprc": _auprc,
+        "brier": _brier,
+        "calibration_slope": calibration_slope,
+        "calibration_intercept": calibration_intercept,
+        **_rates(threshold),
+    }
 
 
 # --------------------------------------------------------------------------- frames
 
-def subgroup_frame(y: Labels, p: Probabilities, values: Sequence[str] | npt.NDArray[Any], *, threshold: float = 0.5,
-                   n_boot: int = 200, seed: int = 0, level: float = 0.95,
-                   metrics: Sequence[str] | None = None) -> Any:
+
+def subgroup_frame(
+    y: Labels,
+    p: Probabilities,
+    values: Sequence[str] | npt.NDArray[Any],
+    *,
+    threshold: float = 0.5,
+    n_boot: int = 200,
+    seed: int = 0,
+    level: float = 0.95,
+    metrics: Sequence[str] | None = None,
+) -> Any:
     """fairlearn's ``MetricFrame`` of one predictor over one grouping, with bootstrap intervals
     (``n_boot`` 0: point values only); ``metrics`` picks some of ``n``, ``cases``, ``auroc``, ``auprc``, ``brier``,
     ``calibration_slope``, ``calibration_intercept``, ``selection_rate``, ``tpr``, ``fpr`` (all by default: each
@@ -185,9 +222,13 @@ def subgroup_frame(y: Labels, p: Probabilities, values: Sequence[str] | npt.NDAr
     # groups that are NaN in every resample (their interval is NaN, shown as "-")
     with sklearn.config_context(skip_parameter_validation=True), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return MetricFrame(metrics=chosen, y_true=np.asarray(y, dtype=int),
-                           y_pred=np.asarray(p, dtype=float), sensitive_features=np.asarray(values, dtype=object),
-                           **boot)
+        return MetricFrame(
+            metrics=chosen,
+            y_true=np.asarray(y, dtype=int),
+            y_pred=np.asarray(p, dtype=float),
+            sensitive_features=np.asarray(values, dtype=object),
+            **boot,
+        )
 
 
 def _gap_samples(y: np.ndarray, probs: Sequence[np.ndarray], values: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -204,8 +245,16 @@ def _gap_samples(y: np.ndarray, probs: Sequence[np.ndarray], values: np.ndarray,
     return out
 
 
-def excess_gap(y: Labels, p: Probabilities, p_other: Probabilities, values: Sequence[str] | npt.NDArray[Any], *,
-               n_boot: int = 200, seed: int = 0, level: float = 0.95) -> dict[str, float]:
+def excess_gap(
+    y: Labels,
+    p: Probabilities,
+    p_other: Probabilities,
+    values: Sequence[str] | npt.NDArray[Any],
+    *,
+    n_boot: int = 200,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, float]:
     """``AUROC gap(p) - AUROC gap(p_other)`` over the groups in ``values``, with a paired percentile bootstrap
     interval (both predictors on the same resamples). Above 0: ``p`` separates outcomes less evenly across the
     groups than ``p_other`` does."""
@@ -220,7 +269,7 @@ def excess_gap(y: Labels, p: Probabilities, p_other: Probabilities, values: Sequ
     d = samples[:, 0] - samples[:, 1]
     d = d[~np.isnan(d)]
     tail = (1 - level) / 2
-    lo, hi = (np.quantile(d, [tail, 1 - tail]) if len(d) else (np.nan, np.nan))
+    lo, hi = np.quantile(d, [tail, 1 - tail]) if len(d) else (np.nan, np.nan)
     return {"value": diff, "lo": float(lo), "hi": float(hi)}
 
 
@@ -233,7 +282,7 @@ class FairnessReport:
     oracle: str | None = None
     reference: str | None = None
     n_boot: int = 0
-    cache_keys: list[str] = field(default_factory=list)     # the cache entries this report read or wrote
+    cache_keys: list[str] = field(default_factory=list)  # the cache entries this report read or wrote
 
 
 def _ci_cell(frame_ci: list[Any], group: Any, metric: str) -> tuple[float, float]:
@@ -241,20 +290,49 @@ def _ci_cell(frame_ci: list[Any], group: Any, metric: str) -> tuple[float, float
     return float(lo), float(hi)
 
 
-def _cache_key(*, prob: np.ndarray, y: np.ndarray, v: np.ndarray, threshold: float, n_boot: int, seed: int,
-               level: float, others: Mapping[str, np.ndarray]) -> str:
+def _cache_key(
+    *,
+    prob: np.ndarray,
+    y: np.ndarray,
+    v: np.ndarray,
+    threshold: float,
+    n_boot: int,
+    seed: int,
+    level: float,
+    others: Mapping[str, np.ndarray],
+) -> str:
     """A digest of everything one predictor's rows under one grouping depend on."""
     h = hashlib.sha256()
-    h.update(json.dumps({"threshold": threshold, "n_boot": n_boot, "seed": seed, "level": level,
-                         "values": [str(x) for x in v], "others": sorted(others)}).encode())
+    h.update(
+        json.dumps(
+            {
+                "threshold": threshold,
+                "n_boot": n_boot,
+                "seed": seed,
+                "level": level,
+                "values": [str(x) for x in v],
+                "others": sorted(others),
+            }
+        ).encode()
+    )
     for a in (prob, y, *(others[k] for k in sorted(others))):
         h.update(np.ascontiguousarray(a, dtype=float).tobytes())
     return h.hexdigest()
 
 
-def _predictor_grouping(name: str, prob: np.ndarray, y: np.ndarray, gname: str, v: np.ndarray, *, t: float,
-                        others: Mapping[str, np.ndarray], n_boot: int, seed: int,
-                        level: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def _predictor_grouping(
+    name: str,
+    prob: np.ndarray,
+    y: np.ndarray,
+    gname: str,
+    v: np.ndarray,
+    *,
+    t: float,
+    others: Mapping[str, np.ndarray],
+    n_boot: int,
+    seed: int,
+    level: float,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """One predictor's subgroup rows and gap row under one grouping (``others``: "oracle"/"reference" ->
     that predictor's probabilities, for the excess gaps)."""
     from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference
@@ -264,8 +342,14 @@ def _predictor_grouping(name: str, prob: np.ndarray, y: np.ndarray, gname: str, 
     ci = mf.by_group_ci if n_boot else None
     subgroups = []
     for g in by.index:
-        row: dict[str, Any] = {"name": name, "group": gname, "value": str(g), "n": int(by.loc[g, "n"]),
-                               "cases": int(by.loc[g, "cases"]), "threshold": round(t, 6)}
+        row: dict[str, Any] = {
+            "name": name,
+            "group": gname,
+            "value": str(g),
+            "n": int(by.loc[g, "n"]),
+            "cases": int(by.loc[g, "cases"]),
+            "threshold": round(t, 6),
+        }
         for m in (*GROUP_METRICS, *_RATES):
             row[m] = float(by.loc[g, m])
             if ci is not None and m in GROUP_METRICS:
@@ -273,9 +357,14 @@ def _predictor_grouping(name: str, prob: np.ndarray, y: np.ndarray, gname: str, 
         subgroups.append(row)
     diff = mf.difference()
     aurocs = by["auroc"].dropna()
-    gap: dict[str, Any] = {"name": name, "group": gname, "groups": len(by.index), "threshold": round(t, 6),
-                           "auroc_gap": float(diff["auroc"]),
-                           "lowest_auroc_group": str(aurocs.idxmin()) if len(aurocs) else None}
+    gap: dict[str, Any] = {
+        "name": name,
+        "group": gname,
+        "groups": len(by.index),
+        "threshold": round(t, 6),
+        "auroc_gap": float(diff["auroc"]),
+        "lowest_auroc_group": str(aurocs.idxmin()) if len(aurocs) else None,
+    }
     if n_boot:
         dci = mf.difference_ci()
         gap["auroc_gap_lo"], gap["auroc_gap_hi"] = float(dci[0]["auroc"]), float(dci[1]["auroc"])
@@ -293,12 +382,20 @@ def _predictor_grouping(name: str, prob: np.ndarray, y: np.ndarray, gname: str, 
     return subgroups, gap
 
 
-def fairness_report(predictions: Mapping[str, Probabilities], labels: Labels,
-                    groups: Mapping[str, Sequence[str]], *, thresholds: Mapping[str, float] | None = None,
-                    oracle: str | None = None, reference: str | None = None, n_boot: int = 200,
-                    seed: int = 0, level: float = 0.95,
-                    progress: Callable[[int], None] | None = None,
-                    cache: MutableMapping[str, Any] | None = None) -> FairnessReport:
+def fairness_report(
+    predictions: Mapping[str, Probabilities],
+    labels: Labels,
+    groups: Mapping[str, Sequence[str]],
+    *,
+    thresholds: Mapping[str, float] | None = None,
+    oracle: str | None = None,
+    reference: str | None = None,
+    n_boot: int = 200,
+    seed: int = 0,
+    level: float = 0.95,
+    progress: Callable[[int], None] | None = None,
+    cache: MutableMapping[str, Any] | None = None,
+) -> FairnessReport:
     """Subgroup metrics and gaps of every predictor (see the module docstring).
 
     Args:
@@ -333,24 +430,27 @@ def fairness_report(predictions: Mapping[str, Probabilities], labels: Labels,
     for name, p in predictions.items():
         prob = np.asarray(p, dtype=float)
         t = float(thresholds.get(name, 0.5))
-        others = {key: np.asarray(predictions[other], dtype=float)
-                  for key, other in (("oracle", oracle), ("reference", reference))
-                  if other is not None and other != name}
+        others = {
+            key: np.asarray(predictions[other], dtype=float)
+            for key, other in (("oracle", oracle), ("reference", reference))
+            if other is not None and other != name
+        }
         for gname, values in groups.items():
             v = np.asarray(values, dtype=object)
             if cache is None:
-                subgroups, gap = _predictor_grouping(name, prob, y, gname, v, t=t, others=others, n_boot=n_boot,
-                                                     seed=seed, level=level)
+                subgroups, gap = _predictor_grouping(
+                    name, prob, y, gname, v, t=t, others=others, n_boot=n_boot, seed=seed, level=level
+                )
             else:
-                key = _cache_key(prob=prob, y=y, v=v, threshold=t, n_boot=n_boot, seed=seed, level=level,
-                                 others=others)
+                key = _cache_key(prob=prob, y=y, v=v, threshold=t, n_boot=n_boot, seed=seed, level=level, others=others)
                 if key not in cache:
-                    found = _predictor_grouping(name, prob, y, gname, v, t=t, others=others, n_boot=n_boot,
-                                                seed=seed, level=level)
+                    found = _predictor_grouping(
+                        name, prob, y, gname, v, t=t, others=others, n_boot=n_boot, seed=seed, level=level
+                    )
                     cache[key] = {"subgroups": found[0], "gap": found[1]}
                 report.cache_keys.append(key)
                 subgroups, gap = copy.deepcopy(cache[key]["subgroups"]), copy.deepcopy(cache[key]["gap"])
-                for r in (*subgroups, gap):    # the same predictions may sit under another name now
+                for r in (*subgroups, gap):  # the same predictions may sit under another name now
                     r["name"], r["group"] = name, gname
             report.subgroups += subgroups
             report.gaps.append(gap)
@@ -375,6 +475,7 @@ def save_cache(path: Path, cache: Mapping[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------- outputs
+
 
 def _f(x: Any, digits: int = 3, sign: bool = False) -> str:
     if x is None or (isinstance(x, float) and np.isnan(x)):
@@ -412,13 +513,17 @@ def gaps_markdown(report: FairnessReport, groupings: Sequence[str] | None = None
 
 def subgroups_markdown(report: FairnessReport, name: str) -> str:
     """One predictor's metrics per group, with bootstrap CIs."""
-    lines = ["| group | n | cases | AUROC | AUPRC | Brier | calib. slope | calib. intercept | TPR | FPR |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| group | n | cases | AUROC | AUPRC | Brier | calib. slope | calib. intercept | TPR | FPR |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in report.subgroups:
         if r["name"] == name:
-            lines.append(f"| {r['group']} = {r['value']} | {r['n']} | {r['cases']} | {_with_ci(r, 'auroc')} | "
-                         f"{_with_ci(r, 'auprc')} | {_with_ci(r, 'brier')} | {_with_ci(r, 'calibration_slope')} | "
-                         f"{_with_ci(r, 'calibration_intercept', sign=True)} | {_f(r['tpr'])} | {_f(r['fpr'])} |")
+            lines.append(
+                f"| {r['group']} = {r['value']} | {r['n']} | {r['cases']} | {_with_ci(r, 'auroc')} | "
+                f"{_with_ci(r, 'auprc')} | {_with_ci(r, 'brier')} | {_with_ci(r, 'calibration_slope')} | "
+                f"{_with_ci(r, 'calibration_intercept', sign=True)} | {_f(r['tpr'])} | {_f(r['fpr'])} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -442,8 +547,16 @@ def plot_fairness(path: Any, report: FairnessReport) -> None:
             lo = np.array([pts[v].get("auroc_lo", np.nan) if v in pts else np.nan for v in values])
             hi = np.array([pts[v].get("auroc_hi", np.nan) if v in pts else np.nan for v in values])
             err = np.vstack([ys - lo, hi - ys]) if not np.all(np.isnan(lo)) else None
-            ax.errorbar(xs, ys, yerr=err, fmt="o", markersize=4, capsize=2, color=cmap(j % 20),
-                        label=name if ax is axes[0][0] else None)
+            ax.errorbar(
+                xs,
+                ys,
+                yerr=err,
+                fmt="o",
+                markersize=4,
+                capsize=2,
+                color=cmap(j % 20),
+                label=name if ax is axes[0][0] else None,
+            )
         ax.set_xticks(np.arange(len(values)), values)
         ax.set_xlim(-0.5, len(values) - 0.5)
         ax.axhline(0.5, color="grey", linewidth=0.8)
@@ -466,8 +579,9 @@ def write_fairness_tables(out: Any, report: FairnessReport) -> None:
     pd.DataFrame(report.gaps).round(6).to_csv(out / "fairness_gaps.csv", index=False)
 
 
-def predictions_with_cohort(files: Mapping[str, Any], cohort: Sequence[Patient], *, cohort_name: str = "cohort"
-                            ) -> tuple[dict[str, list[float]], list[Patient], dict[str, int]]:
+def predictions_with_cohort(
+    files: Mapping[str, Any], cohort: Sequence[Patient], *, cohort_name: str = "cohort"
+) -> tuple[dict[str, list[float]], list[Patient], dict[str, int]]:
     """Join prediction files (``icl predict`` output: ``patient_id`` and ``probability`` per line) with the
     cohort they were made on, over the labelled patients every file predicted.
 
@@ -488,8 +602,10 @@ def predictions_with_cohort(files: Mapping[str, Any], cohort: Sequence[Patient],
         for line, rec in enumerate(read_records(path), 1):
             pid = rec["patient_id"]
             if pid not in by_id:
-                raise ConfigError(f"{path}:{line}: patient_id {pid!r} is not in {cohort_name}; give the cohort the "
-                                  "predictions were made on (--cohort).")
+                raise ConfigError(
+                    f"{path}:{line}: patient_id {pid!r} is not in {cohort_name}; give the cohort the "
+                    "predictions were made on (--cohort)."
+                )
             p = rec.get("probability")
             if not isinstance(p, (int, float)) or isinstance(p, bool):
                 dropped["failed"] += 1
@@ -505,6 +621,8 @@ def predictions_with_cohort(files: Mapping[str, Any], cohort: Sequence[Patient],
         else:
             dropped["not_predicted"] += 1
     if not keep:
-        raise ConfigError(f"No labelled patient of {cohort_name} has a prediction in every file; check that the "
-                          "prediction files come from this cohort.")
+        raise ConfigError(
+            f"No labelled patient of {cohort_name} has a prediction in every file; check that the "
+            "prediction files come from this cohort."
+        )
     return {name: [got[p.patient_id] for p in keep] for name, got in probs.items()}, keep, dropped

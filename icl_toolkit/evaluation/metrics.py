@@ -71,8 +71,13 @@ def summary(labels: Labels, probabilities: Probabilities) -> dict[str, Any]:
     from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
     y, p = _arrays(labels, probabilities)
-    out: dict[str, Any] = {"n": int(len(y)), "prevalence": float(y.mean()) if len(y) else None,
-                           "auroc": None, "auprc": None, "brier": float(brier_score_loss(y, p)) if len(y) else None}
+    out: dict[str, Any] = {
+        "n": int(len(y)),
+        "prevalence": float(y.mean()) if len(y) else None,
+        "auroc": None,
+        "auprc": None,
+        "brier": float(brier_score_loss(y, p)) if len(y) else None,
+    }
     if len(np.unique(y)) == 2:
         out["auroc"] = float(roc_auc_score(y, p))
         out["auprc"] = float(average_precision_score(y, p))
@@ -128,7 +133,7 @@ def _rowwise_average_precision(y: np.ndarray, p: np.ndarray) -> np.ndarray:
     s, lab = np.take_along_axis(p, order, axis=1), np.take_along_axis(y, order, axis=1)
     n = s.shape[1]
     tp = np.cumsum(lab, axis=1)
-    last = np.ones(s.shape, dtype=bool)              # the last item of each run of tied scores
+    last = np.ones(s.shape, dtype=bool)  # the last item of each run of tied scores
     last[:, :-1] = s[:, :-1] != s[:, 1:]
     # each item's threshold is the end of its tie run: the nearest run end at or after it
     end = np.minimum.accumulate(np.where(last, np.arange(n), n)[:, ::-1], axis=1)[:, ::-1]
@@ -154,9 +159,16 @@ def _rowwise_f1(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
 
 
-def bootstrap_ci(labels: Labels, probabilities: Probabilities, *, n_resamples: int = 1000,
-                 seed: int = 0, level: float = 0.95, threshold: float = 0.5,
-                 metrics: Sequence[str] = ("auroc", "auprc", "brier", "ece", "f1")) -> dict[str, dict[str, float]]:
+def bootstrap_ci(
+    labels: Labels,
+    probabilities: Probabilities,
+    *,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    threshold: float = 0.5,
+    metrics: Sequence[str] = ("auroc", "auprc", "brier", "ece", "f1"),
+) -> dict[str, dict[str, float]]:
     """Stratified bootstrap percentile intervals of the metrics.
 
     Cases and controls are resampled separately with replacement (keeping their
@@ -199,7 +211,7 @@ def bootstrap_ci(labels: Labels, probabilities: Probabilities, *, n_resamples: i
     out = {}
     for name in metrics:
         if name == "auroc":
-            values = _rank_auroc(pr[:, :len(pos)], pr[:, len(pos):])
+            values = _rank_auroc(pr[:, : len(pos)], pr[:, len(pos) :])
         elif name in per:
             values = per[name]()
         else:
@@ -230,13 +242,12 @@ def _midrank_components(pos: np.ndarray, neg: np.ndarray) -> tuple[float, np.nda
     tx, ty = rankdata(pos), rankdata(neg)
     tz = rankdata(np.concatenate([pos, neg]))
     auc = (tz[:m].sum() - m * (m + 1) / 2) / (m * n)
-    v10 = (tz[:m] - tx) / n          # per case: share of controls it outranks
-    v01 = 1.0 - (tz[m:] - ty) / m    # per control: share of cases that outrank it
+    v10 = (tz[:m] - tx) / n  # per case: share of controls it outranks
+    v01 = 1.0 - (tz[m:] - ty) / m  # per control: share of cases that outrank it
     return float(auc), v10, v01
 
 
-def delong_test(labels: Labels, prob_a: Probabilities, prob_b: Probabilities,
-                level: float = 0.95) -> DeLongResult:
+def delong_test(labels: Labels, prob_a: Probabilities, prob_b: Probabilities, level: float = 0.95) -> DeLongResult:
     """Paired DeLong test (two-sided) of the AUROC difference of two predictors on the same patients.
 
     Args:

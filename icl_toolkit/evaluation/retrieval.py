@@ -56,14 +56,25 @@ class RetrievalReport:
     n_pool: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"n_queries": self.n_queries, "cases": self.cases, "n_pool": self.n_pool, "rows": self.rows,
-                "references": self.references}
+        return {
+            "n_queries": self.n_queries,
+            "cases": self.cases,
+            "n_pool": self.n_pool,
+            "rows": self.rows,
+            "references": self.references,
+        }
 
 
 def _ci(labels: np.ndarray, scores: np.ndarray, n_boot: int, seed: int) -> dict[str, float]:
     ci = bootstrap_ci(labels, scores, n_resamples=n_boot, seed=seed, metrics=("auroc", "auprc"))
-    return {"auroc": ci["auroc"]["value"], "auroc_lo": ci["auroc"]["lo"], "auroc_hi": ci["auroc"]["hi"],
-            "auprc": ci["auprc"]["value"], "auprc_lo": ci["auprc"]["lo"], "auprc_hi": ci["auprc"]["hi"]}
+    return {
+        "auroc": ci["auroc"]["value"],
+        "auroc_lo": ci["auroc"]["lo"],
+        "auroc_hi": ci["auroc"]["hi"],
+        "auprc": ci["auprc"]["value"],
+        "auprc_lo": ci["auprc"]["lo"],
+        "auprc_hi": ci["auprc"]["hi"],
+    }
 
 
 def _latency(retriever: Retriever, queries: Sequence[Patient], n: int = 200) -> tuple[float, float]:
@@ -78,10 +89,19 @@ def _latency(retriever: Retriever, queries: Sequence[Patient], n: int = 200) -> 
     return float(np.percentile(times, 50)), float(np.percentile(times, 99))
 
 
-def evaluate_retrievers(pool: Sequence[Patient], queries: Sequence[Patient], configs: Sequence[RetrievalConfig], *,
-                        ks: Sequence[int] = DEFAULT_KS, embedder: Any = None, index: DemoIndex | str | Path | None = None,
-                        n_boot: int = 1000, seed: int = 0, latency_queries: int = 200,
-                        progress: bool = True) -> RetrievalReport:
+def evaluate_retrievers(
+    pool: Sequence[Patient],
+    queries: Sequence[Patient],
+    configs: Sequence[RetrievalConfig],
+    *,
+    ks: Sequence[int] = DEFAULT_KS,
+    embedder: Any = None,
+    index: DemoIndex | str | Path | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    latency_queries: int = 200,
+    progress: bool = True,
+) -> RetrievalReport:
     """The report of the module docstring for each retriever in ``configs`` (their ``k`` and ``strategy`` are
     ignored: neighbours are the ``max(ks)`` most similar, and each k reads the first k of them).
 
@@ -130,16 +150,33 @@ def evaluate_retrievers(pool: Sequence[Patient], queries: Sequence[Patient], con
                 purity = np.mean([np.mean(pool_y[r] == yq) for r, yq in zip(nbr, y) if r])
                 age_gap = np.mean([np.mean(np.abs(ages[r] - q.age_at_index)) for r, q in zip(nbr, queries) if r])
                 sex = np.mean([np.mean(sexes[r] == q.sex) for r, q in zip(nbr, queries) if r])
-                overlap = np.mean([np.mean([len(qc & pool_codes[j]) / max(len(qc | pool_codes[j]), 1) for j in r])
-                                   for r, qc in zip(nbr, q_codes) if r])
-                rows.append({"retriever": config.retriever, "k": k, **_ci(y, vote, n_boot, seed),
-                             "purity": float(purity), "age_gap": float(age_gap), "sex_match": float(sex),
-                             "code_overlap": float(overlap), "build_s": round(build_s, 3),
-                             "query_ms_p50": round(p50, 3), "query_ms_p99": round(p99, 3)})
+                overlap = np.mean(
+                    [
+                        np.mean([len(qc & pool_codes[j]) / max(len(qc | pool_codes[j]), 1) for j in r])
+                        for r, qc in zip(nbr, q_codes)
+                        if r
+                    ]
+                )
+                rows.append(
+                    {
+                        "retriever": config.retriever,
+                        "k": k,
+                        **_ci(y, vote, n_boot, seed),
+                        "purity": float(purity),
+                        "age_gap": float(age_gap),
+                        "sex_match": float(sex),
+                        "code_overlap": float(overlap),
+                        "build_s": round(build_s, 3),
+                        "query_ms_p50": round(p50, 3),
+                        "query_ms_p99": round(p99, 3),
+                    }
+                )
             advance(1)
     references = [
-        {"reference": "logistic regression (codes + age + sex)",
-         **_ci(y, np.array(predict_logreg(fit_logreg(pool), queries)), n_boot, seed)},
+        {
+            "reference": "logistic regression (codes + age + sex)",
+            **_ci(y, np.array(predict_logreg(fit_logreg(pool), queries)), n_boot, seed),
+        },
         {"reference": "age only", **_ci(y, np.array(predict_age(fit_age_only(pool), queries)), n_boot, seed)},
     ]
     return RetrievalReport(rows, references, len(queries), int(y.sum()), len(pool))
@@ -161,8 +198,12 @@ def plot_report(report: RetrievalReport, path: str | Path, title: str = "") -> N
     for ref, style in zip(report.references, ("--", ":")):
         ax.axhline(ref["auroc"], color="grey", ls=style, lw=1, label=f"{ref['reference']} {ref['auroc']:.2f}")
     ax.axhline(0.5, color="black", lw=0.5)
-    ax.set(xscale="log", xlabel="neighbours k", ylabel="AUROC of the neighbour vote",
-           title=title or f"{report.n_queries} queries ({report.cases} cases), pool {report.n_pool}")
+    ax.set(
+        xscale="log",
+        xlabel="neighbours k",
+        ylabel="AUROC of the neighbour vote",
+        title=title or f"{report.n_queries} queries ({report.cases} cases), pool {report.n_pool}",
+    )
     ks_all = sorted({r["k"] for r in report.rows})
     ax.set_xticks(ks_all, [str(k) for k in ks_all])
     ax.grid(alpha=0.3)

@@ -64,9 +64,13 @@ class PredictConfig(BaseModel):
     def _zero_shot(cls, data: Any, handler: Any) -> PredictConfig:
         config = handler(data)
         if (config.retrieval.k == 0) != (config.prompt.demos == "none"):
-            config = handler({"retrieval": config.retrieval.model_copy(update={"k": 0}),
-                              "prompt": config.prompt.model_copy(update={"demos": "none"}),
-                              "threshold": config.threshold})
+            config = handler(
+                {
+                    "retrieval": config.retrieval.model_copy(update={"k": 0}),
+                    "prompt": config.prompt.model_copy(update={"demos": "none"}),
+                    "threshold": config.threshold,
+                }
+            )
         return config
 
     @property
@@ -84,8 +88,8 @@ class PredictConfig(BaseModel):
                 name, for the caller to name the flag, key or field it came from.
         """
         sections: dict[str, dict[str, Any]] = {
-            name: (getattr(base, name).model_dump() if base is not None else {})
-            for name in SECTIONS}
+            name: (getattr(base, name).model_dump() if base is not None else {}) for name in SECTIONS
+        }
         top: dict[str, Any] = {"threshold": base.threshold} if base is not None else {}
         for key, value in options.items():
             owners = [name for name, model in SECTIONS.items() if key in model.model_fields]

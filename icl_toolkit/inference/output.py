@@ -42,8 +42,17 @@ from icl_toolkit.core.errors import ConfigError
 from icl_toolkit.core.files import check_not_input, keep_mode, os_error
 from icl_toolkit.core.models import recorded_model_id
 
-__all__ = ["Record", "read_records", "read_sharded_records", "check_output", "sidecar_path", "RunOutput",
-           "OutputFile", "ShardedOutput", "MANIFEST"]
+__all__ = [
+    "Record",
+    "read_records",
+    "read_sharded_records",
+    "check_output",
+    "sidecar_path",
+    "RunOutput",
+    "OutputFile",
+    "ShardedOutput",
+    "MANIFEST",
+]
 
 MANIFEST = "manifest.json"
 """The file that makes a folder a sharded run."""
@@ -76,11 +85,15 @@ def _scan(path: Path, kind: str) -> tuple[list[dict[str, Any]], int]:
         try:
             record = json.loads(line)
         except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested past Python's limit
-            raise ConfigError(f"{path}:{lineno}: not a {kind} record ({type(exc).__name__}: {str(exc)[:80]}); the "
-                              "file is damaged. Start again with --overwrite, or remove that line.") from None
+            raise ConfigError(
+                f"{path}:{lineno}: not a {kind} record ({type(exc).__name__}: {str(exc)[:80]}); the "
+                "file is damaged. Start again with --overwrite, or remove that line."
+            ) from None
         if not isinstance(record, dict) or not isinstance(record.get("patient_id"), str):
-            raise ConfigError(f"{path}:{lineno}: not a {kind} record (expected a JSON object with a patient_id); "
-                              "start again with --overwrite, or write to another --out.")
+            raise ConfigError(
+                f"{path}:{lineno}: not a {kind} record (expected a JSON object with a patient_id); "
+                "start again with --overwrite, or write to another --out."
+            )
         records.append(record)
     return records, end
 
@@ -114,8 +127,9 @@ def read_sharded_records(folder: str | os.PathLike[str], kind: str = "prediction
     for shard in manifest.get("shards", []):
         path = folder / shard["file"]
         if not path.is_file():
-            raise ConfigError(f"{path}: listed in {MANIFEST} but missing; the run's folder is damaged. Start again "
-                              "with --overwrite.")
+            raise ConfigError(
+                f"{path}: listed in {MANIFEST} but missing; the run's folder is damaged. Start again with --overwrite."
+            )
         out += _scan(path, kind)[0]
     return out
 
@@ -141,14 +155,23 @@ def _holds_sharded_run(folder: Path, kind: str) -> bool:
     foreign = sorted(f.name for f in folder.iterdir() if not is_shard_file(f.name) and f.name != INDEX_DIR)
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        raise ConfigError(f"{folder} holds files that are not a sharded run of the {kind} ({shown}; no "
-                          "manifest.json). With --engine ray the output is a folder of its own: name a new or "
-                          "empty folder. Nothing was changed.")
+        raise ConfigError(
+            f"{folder} holds files that are not a sharded run of the {kind} ({shown}; no "
+            "manifest.json). With --engine ray the output is a folder of its own: name a new or "
+            "empty folder. Nothing was changed."
+        )
     return False
 
 
-def check_output(path: str | os.PathLike[str], *, resume: bool = False, overwrite: bool = False,
-                 kind: str = "predictions", inputs: Inputs | None = None, sharded: bool = False) -> bool:
+def check_output(
+    path: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    kind: str = "predictions",
+    inputs: Inputs | None = None,
+    sharded: bool = False,
+) -> bool:
     """The checks every output makes before it needs any settings, for a front end to make before it loads
     anything: the output is not an input, has the right shape (a file; a folder of shards), and does not hold a run
     already without resume or overwrite.
@@ -172,14 +195,18 @@ def check_output(path: str | os.PathLike[str], *, resume: bool = False, overwrit
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other; pass one.")
     if sharded and path.exists() and not path.is_dir():
-        raise ConfigError(f"{path} is a file; with --engine ray the {kind} output is a folder of shards with a "
-                          "manifest. Name a folder.")
+        raise ConfigError(
+            f"{path} is a file; with --engine ray the {kind} output is a folder of shards with a "
+            "manifest. Name a folder."
+        )
     if not sharded and path.is_dir():
         raise ConfigError(f"{path} is a folder; the {kind} output is a file. Name a file (e.g. {path / 'out.jsonl'}).")
     held = _holds_sharded_run(path, kind) if sharded else path.exists()
     if held and not (resume or overwrite):
-        raise ConfigError(f"{path} already {'holds a run' if sharded else 'exists'}. Pass --resume to continue it "
-                          "or --overwrite to replace it.")
+        raise ConfigError(
+            f"{path} already {'holds a run' if sharded else 'exists'}. Pass --resume to continue it "
+            "or --overwrite to replace it."
+        )
     return held
 
 
@@ -211,22 +238,37 @@ class RunOutput:
 
     sharded: ClassVar[bool] = False
 
-    def __init__(self, path: str | os.PathLike[str], provenance: Mapping[str, Any], *, resume: bool = False,
-                 overwrite: bool = False, kind: str = "predictions", inputs: Inputs | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        provenance: Mapping[str, Any],
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+        kind: str = "predictions",
+        inputs: Inputs | None = None,
+    ) -> None:
         self.path = Path(path)
         self.kind = kind
         self.provenance = dict(provenance)
         self.done: set[str] = set()
-        held = check_output(self.path, resume=resume, overwrite=overwrite, kind=kind, inputs=inputs,
-                            sharded=self.sharded)
-        self._fresh = not (resume and held)        # a new run (or a replacement): nothing of it is written yet
+        held = check_output(
+            self.path, resume=resume, overwrite=overwrite, kind=kind, inputs=inputs, sharded=self.sharded
+        )
+        self._fresh = not (resume and held)  # a new run (or a replacement): nothing of it is written yet
         if not self._fresh:
             where, recorded = self._recorded()
             # a model recorded by its folder's path (before content ids) is read as that folder's content id
-            recorded = {k: recorded_model_id(v) if k in ("model_id", "teacher_model") else v
-                        for k, v in recorded.items()}
-            check_meta(recorded, self.provenance, what=f"{kind} output", where=where,
-                       fix="Resume with the same settings, or write to another --out.")
+            recorded = {
+                k: recorded_model_id(v) if k in ("model_id", "teacher_model") else v for k, v in recorded.items()
+            }
+            check_meta(
+                recorded,
+                self.provenance,
+                what=f"{kind} output",
+                where=where,
+                fix="Resume with the same settings, or write to another --out.",
+            )
             self.done = self._reopen()
 
     # --- what a shape provides
@@ -260,8 +302,10 @@ class RunOutput:
         ids = [r["patient_id"] for r in rows]
         again = [i for i in ids if i in self.done] or [i for i in set(ids) if ids.count(i) > 1]
         if again:
-            raise ConfigError(f"{self.path}: patient {again[0]!r} would be written twice; the cohort repeats an "
-                              "id or the run's inputs changed while it ran.")
+            raise ConfigError(
+                f"{self.path}: patient {again[0]!r} would be written twice; the cohort repeats an "
+                "id or the run's inputs changed while it ran."
+            )
         try:
             self._store(rows, self._fresh)
         except OSError as exc:
@@ -290,8 +334,16 @@ class OutputFile(RunOutput):
     """A run's JSONL file and its settings sidecar ``<path>.meta.json`` (the rules of the module docstring). A new
     or replacing run writes to a hidden temporary file beside the target, moved over it with its first chunk."""
 
-    def __init__(self, path: str | os.PathLike[str], provenance: Mapping[str, Any], *, resume: bool = False,
-                 overwrite: bool = False, kind: str = "predictions", inputs: Inputs | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        provenance: Mapping[str, Any],
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+        kind: str = "predictions",
+        inputs: Inputs | None = None,
+    ) -> None:
         self.meta_path = sidecar_path(path)
         super().__init__(path, provenance, resume=resume, overwrite=overwrite, kind=kind, inputs=inputs)
         self._tmp = self.path.with_name(f".{self.path.name}.new")
@@ -302,7 +354,8 @@ class OutputFile(RunOutput):
                 f"{self.path}: cannot resume: its settings sidecar {self.meta_path.name} is missing, so nothing "
                 f"says which settings, model and inputs made the {len(read_records(self.path, self.kind))} records "
                 "in it, and continuing could mix two runs in one file. Start again with --overwrite, or write to "
-                "another --out.")
+                "another --out."
+            )
         meta = read_json(self.meta_path, f"{self.kind} metadata")
         if not isinstance(meta, dict):
             raise ConfigError(f"{self.meta_path}: not a {self.kind} metadata record. Start again with --overwrite.")
@@ -358,8 +411,16 @@ class ShardedOutput(RunOutput):
 
     sharded = True
 
-    def __init__(self, folder: str | os.PathLike[str], provenance: Mapping[str, Any], *, resume: bool = False,
-                 overwrite: bool = False, kind: str = "predictions", inputs: Inputs | None = None) -> None:
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        provenance: Mapping[str, Any],
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+        kind: str = "predictions",
+        inputs: Inputs | None = None,
+    ) -> None:
         self.shards: list[dict[str, Any]] = []
         super().__init__(folder, provenance, resume=resume, overwrite=overwrite, kind=kind, inputs=inputs)
         self.folder = self.path
@@ -372,13 +433,16 @@ class ShardedOutput(RunOutput):
     def _reopen(self) -> set[str]:
         listed = {s["file"] for s in self.shards}
         for f in self.path.glob("part-*.jsonl*"):
-            if f.name not in listed:          # written before a kill, never listed: not part of the run
+            if f.name not in listed:  # written before a kill, never listed: not part of the run
                 f.unlink()
         return {r["patient_id"] for r in self.records()}
 
     def _manifest(self) -> dict[str, Any]:
-        return base_meta(f"sharded {self.kind}") | {"provenance": self.provenance, "shards": self.shards,
-                                                    "records": sum(s["records"] for s in self.shards)}
+        return base_meta(f"sharded {self.kind}") | {
+            "provenance": self.provenance,
+            "shards": self.shards,
+            "records": sum(s["records"] for s in self.shards),
+        }
 
     def _remove_old_run(self) -> None:
         (self.path / MANIFEST).unlink(missing_ok=True)
@@ -388,7 +452,7 @@ class ShardedOutput(RunOutput):
                     f.unlink()
 
     def _store(self, records: list[dict[str, Any]], first: bool) -> None:
-        if first:                                   # the new run's first shard: the old run goes now
+        if first:  # the new run's first shard: the old run goes now
             self._remove_old_run()
         self.path.mkdir(parents=True, exist_ok=True)
         name = f"part-{len(self.shards):05d}.jsonl"

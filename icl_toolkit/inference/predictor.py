@@ -83,9 +83,15 @@ class Predictor:
         progress: show progress bars.
     """
 
-    def __init__(self, backend: Backend, config: PredictConfig | None = None, *,
-                 embedder: ProfileEmbedder | None = None, retrieval_cache: str | os.PathLike[str] | None = None,
-                 progress: bool = True) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        config: PredictConfig | None = None,
+        *,
+        embedder: ProfileEmbedder | None = None,
+        retrieval_cache: str | os.PathLike[str] | None = None,
+        progress: bool = True,
+    ) -> None:
         self.backend = backend
         self.config = config or PredictConfig()
         self.embedder = embedder
@@ -98,8 +104,14 @@ class Predictor:
     def uses_demos(self) -> bool:
         return self.config.uses_demos
 
-    def fit(self, pool: Sequence[Patient], index: DemoIndex | str | os.PathLike[str] | None = None, *,
-            index_kind: str = "auto", pool_name: str = "pool") -> Predictor:
+    def fit(
+        self,
+        pool: Sequence[Patient],
+        index: DemoIndex | str | os.PathLike[str] | None = None,
+        *,
+        index_kind: str = "auto",
+        pool_name: str = "pool",
+    ) -> Predictor:
         """Attach the demonstration pool; build its index, or load ``index`` and check it matches."""
         pool = list(pool)
         self.pool_ = {p.patient_id: p for p in pool}
@@ -108,7 +120,8 @@ class Predictor:
         if self.uses_demos:
             check_pool(pool, self.config.prompt, pool_name)
             self.retriever_ = Retriever(self.config.retrieval, self.embedder).fit(
-                pool, index, index_kind=index_kind, progress=self.progress)
+                pool, index, index_kind=index_kind, progress=self.progress
+            )
         return self
 
     def _check_fitted(self) -> None:
@@ -140,11 +153,13 @@ class Predictor:
     def predict_proba(self, patients: Patient, retrievals: Sequence[Retrieval] | None = None) -> Prediction: ...
 
     @overload
-    def predict_proba(self, patients: Sequence[Patient],
-                      retrievals: Sequence[Retrieval] | None = None) -> list[Prediction]: ...
+    def predict_proba(
+        self, patients: Sequence[Patient], retrievals: Sequence[Retrieval] | None = None
+    ) -> list[Prediction]: ...
 
-    def predict_proba(self, patients: Patient | Sequence[Patient],
-                      retrievals: Sequence[Retrieval] | None = None) -> Prediction | list[Prediction]:
+    def predict_proba(
+        self, patients: Patient | Sequence[Patient], retrievals: Sequence[Retrieval] | None = None
+    ) -> Prediction | list[Prediction]:
         """One :class:`Prediction` per patient, in input order (a single patient gives a single one)."""
         self._check_fitted()
         single = isinstance(patients, Patient)
@@ -169,35 +184,53 @@ class Predictor:
         out = []
         for p, bp, lp, reason in zip(batch, prompts, logprobs, reasoning):
             prob = choice_probabilities(lp)[0]
-            out.append(Prediction(
-                patient_id=p.patient_id, probability=round(prob, 6), predicted=int(prob >= self.config.threshold),
-                label=p.label, demos=_hits(bp.demos), dropped_demos=_hits(bp.dropped),
-                truncated_items=bp.truncated_items, prompt_tokens=bp.n_tokens, prompt_hash=bp.hash,
-                model_id=self.backend.model_id, template=bp.template, mode=self.config.prompt.mode,
-                reasoning=reason, seconds=round(each, 3), logprobs=[round(x, 5) for x in lp]))
+            out.append(
+                Prediction(
+                    patient_id=p.patient_id,
+                    probability=round(prob, 6),
+                    predicted=int(prob >= self.config.threshold),
+                    label=p.label,
+                    demos=_hits(bp.demos),
+                    dropped_demos=_hits(bp.dropped),
+                    truncated_items=bp.truncated_items,
+                    prompt_tokens=bp.n_tokens,
+                    prompt_hash=bp.hash,
+                    model_id=self.backend.model_id,
+                    template=bp.template,
+                    mode=self.config.prompt.mode,
+                    reasoning=reason,
+                    seconds=round(each, 3),
+                    logprobs=[round(x, 5) for x in lp],
+                )
+            )
         return out[0] if single else out
 
     def predict(self, patients: Sequence[Patient]) -> list[int]:
         """Hard labels at the configured threshold."""
         return [p.predicted for p in self.predict_proba(list(patients))]
 
-    def iter_predict(self, patients: Sequence[Patient], chunk_size: int = 8,
-                     retrievals: Sequence[Retrieval] | None = None) -> Iterator[list[Prediction]]:
+    def iter_predict(
+        self, patients: Sequence[Patient], chunk_size: int = 8, retrievals: Sequence[Retrieval] | None = None
+    ) -> Iterator[list[Prediction]]:
         """Retrieve for all patients (unless given), then yield predictions chunk by chunk (for streaming to disk)."""
         patients = list(patients)
         if retrievals is None:
             retrievals = self.retrieve(patients)
         for start in range(0, len(patients), chunk_size):
-            yield self.predict_proba(patients[start:start + chunk_size], retrievals[start:start + chunk_size])
+            yield self.predict_proba(patients[start : start + chunk_size], retrievals[start : start + chunk_size])
 
     def provenance(self, cohort: Sequence[Patient]) -> dict[str, Any]:
         """What a predictions file depends on (for its metadata sidecar)."""
         self._check_fitted()
-        return {"model_id": self.backend.model_id, "dtype": getattr(self.backend, "dtype", None),
-                "config": self.config.model_dump(mode="json"),
-                "templates_hash": self.builder_.templates_hash,
-                "cohort_hash": content_hash(cohort), "pool_hash": content_hash(self.pool_.values()),
-                "embedder": self.retriever_.representation_.embedder_id if self.retriever_ is not None else None}
+        return {
+            "model_id": self.backend.model_id,
+            "dtype": getattr(self.backend, "dtype", None),
+            "config": self.config.model_dump(mode="json"),
+            "templates_hash": self.builder_.templates_hash,
+            "cohort_hash": content_hash(cohort),
+            "pool_hash": content_hash(self.pool_.values()),
+            "embedder": self.retriever_.representation_.embedder_id if self.retriever_ is not None else None,
+        }
 
 
 def check_pool(pool: Sequence[Patient], prompt: PromptConfig, name: str) -> None:
@@ -209,12 +242,16 @@ def check_pool(pool: Sequence[Patient], prompt: PromptConfig, name: str) -> None
     """
     unlabelled = [p.patient_id for p in pool if p.label is None]
     if unlabelled:
-        raise ConfigError(f"{name}: {len(unlabelled)} pool patients have no label (first: {unlabelled[0]}); "
-                          "demonstrations need known outcomes. Remove them from the pool.")
+        raise ConfigError(
+            f"{name}: {len(unlabelled)} pool patients have no label (first: {unlabelled[0]}); "
+            "demonstrations need known outcomes. Remove them from the pool."
+        )
     if prompt.demos == "rationale":
-        missing = [p.patient_id for p in pool if p.rationales is None or
-                   not getattr(p.rationales, prompt.rationale).strip()]
+        missing = [
+            p.patient_id for p in pool if p.rationales is None or not getattr(p.rationales, prompt.rationale).strip()
+        ]
         if missing:
             raise ConfigError(
                 f"{name}: {len(missing)} of {len(pool)} pool patients have no {prompt.rationale} rationale (first: "
-                f"{missing[0]}); --demos rationale needs them. Use --demos label, or generate rationales first.")
+                f"{missing[0]}); --demos rationale needs them. Use --demos label, or generate rationales first."
+            )

@@ -42,8 +42,15 @@ if TYPE_CHECKING:
     from icl_toolkit.backends.options import EngineOptions
     from icl_toolkit.inference.config import PredictConfig
 
-__all__ = ["INSTALL_HINT", "RayOptions", "require_ray", "RaySource", "run_on_ray", "predict_ray",
-           "vllm_processor_config"]
+__all__ = [
+    "INSTALL_HINT",
+    "RayOptions",
+    "require_ray",
+    "RaySource",
+    "run_on_ray",
+    "predict_ray",
+    "vllm_processor_config",
+]
 
 INSTALL_HINT = 'pip install "icl-toolkit[ray]"'
 
@@ -117,7 +124,7 @@ class _Replica:
                 good.append(patient)
         try:
             records = self.work(good) if good else []
-        except Exception:                                   # one bad patient must not sink the batch: one by one
+        except Exception:  # one bad patient must not sink the batch: one by one
             records = []
             for p in good:
                 try:
@@ -165,8 +172,11 @@ class RaySource:
         if self.meds_labels is None:
             return ray.data.read_text(str(self.cohort.resolve()))
         items = ray.data.from_items([{"shard": str(p.resolve())} for p in self.shards])
-        kwargs = {"root": str(self.cohort.resolve()), "labels": str(self.meds_labels.resolve()),
-                  "split": self.meds_split}
+        kwargs = {
+            "root": str(self.cohort.resolve()),
+            "labels": str(self.meds_labels.resolve()),
+            "split": self.meds_split,
+        }
         return items.flat_map(_meds_lines, fn_kwargs=kwargs)  # type: ignore[arg-type]  # the stub omits fn_kwargs
 
 
@@ -211,15 +221,22 @@ def _init(ray: Any, options: RayOptions) -> bool:
 class RayRunStats:
     """What :func:`run_on_ray` did."""
 
-    records: int                # records written now
+    records: int  # records written now
     seconds: float
     first_batch_seconds: float  # until the first records came back (model loads included)
 
 
-def run_on_ray(source: RaySource, output: ShardedOutput, setup: Callable[..., Worker], kwargs: dict[str, Any],
-               options: RayOptions, *, limit: int | None = None,
-               on_resume: Callable[[int, int], None] | None = None,
-               advance: Callable[[int], None] | None = None) -> RayRunStats:
+def run_on_ray(
+    source: RaySource,
+    output: ShardedOutput,
+    setup: Callable[..., Worker],
+    kwargs: dict[str, Any],
+    options: RayOptions,
+    *,
+    limit: int | None = None,
+    on_resume: Callable[[int, int], None] | None = None,
+    advance: Callable[[int], None] | None = None,
+) -> RayRunStats:
     """Stream ``source`` through replicas running ``setup(**kwargs)``'s worker into ``output``: report a resume,
     start (or join) Ray, skip the patients already written, write shards as records come back, finish the
     output, stop what was started.
@@ -250,10 +267,15 @@ def run_on_ray(source: RaySource, output: ShardedOutput, setup: Callable[..., Wo
         if output.done:
             ds = ds.map_batches(_skip_done, fn_kwargs={"done": output.done}, batch_format="numpy")
         ds = ds.map_batches(
-            _Replica, fn_constructor_kwargs={"setup": setup, "kwargs": kwargs}, batch_size=options.batch_size,
-            compute=ray.data.ActorPoolStrategy(size=options.replicas), num_cpus=options.cpus_per_replica,
-            num_gpus=options.gpus_per_replica or None, max_restarts=options.max_restarts,
-            max_task_retries=options.max_restarts)
+            _Replica,
+            fn_constructor_kwargs={"setup": setup, "kwargs": kwargs},
+            batch_size=options.batch_size,
+            compute=ray.data.ActorPoolStrategy(size=options.replicas),
+            num_cpus=options.cpus_per_replica,
+            num_gpus=options.gpus_per_replica or None,
+            max_restarts=options.max_restarts,
+            max_task_retries=options.max_restarts,
+        )
         start = time.perf_counter()
         first: float | None = None
         pending: list[dict[str, Any]] = []
@@ -267,8 +289,8 @@ def run_on_ray(source: RaySource, output: ShardedOutput, setup: Callable[..., Wo
             if advance is not None:
                 advance(len(recs))
             while len(pending) >= options.shard_size:
-                output.write(pending[:options.shard_size])
-                pending = pending[options.shard_size:]
+                output.write(pending[: options.shard_size])
+                pending = pending[options.shard_size :]
         if pending:
             output.write(pending)
         output.finish()
@@ -278,8 +300,9 @@ def run_on_ray(source: RaySource, output: ShardedOutput, setup: Callable[..., Wo
     return RayRunStats(n, time.perf_counter() - start, first or 0.0)
 
 
-def _predictor_worker(model: str, engine: dict[str, Any], config: dict[str, Any], pool: str | None,
-                      index: str | None) -> Worker:
+def _predictor_worker(
+    model: str, engine: dict[str, Any], config: dict[str, Any], pool: str | None, index: str | None
+) -> Worker:
     """A replica's predictor: the model, the pool and the driver's index, loaded once."""
     from icl_toolkit.backends.options import EngineOptions, open_backend
     from icl_toolkit.data.cohort import read_cohort
@@ -288,16 +311,27 @@ def _predictor_worker(model: str, engine: dict[str, Any], config: dict[str, Any]
 
     backend = open_backend(model, EngineOptions(**engine), progress=False)
     predictor = Predictor(backend, PredictConfig.model_validate(config), progress=False).fit(
-        read_cohort(pool) if pool else [], index)
+        read_cohort(pool) if pool else [], index
+    )
     return lambda patients: [p.to_dict() for p in predictor.predict_proba(patients)]
 
 
-def predict_ray(source: RaySource, out: str | os.PathLike[str], config: PredictConfig, *, model: str = "default",
-                engine: EngineOptions | None = None, pool: str | os.PathLike[str] | None = None,
-                index: str | os.PathLike[str] | None = None, options: RayOptions | None = None,
-                resume: bool = False, overwrite: bool = False, limit: int | None = None,
-                on_resume: Callable[[int, int], None] | None = None,
-                advance: Callable[[int], None] | None = None) -> tuple[ShardedOutput, RayRunStats]:
+def predict_ray(
+    source: RaySource,
+    out: str | os.PathLike[str],
+    config: PredictConfig,
+    *,
+    model: str = "default",
+    engine: EngineOptions | None = None,
+    pool: str | os.PathLike[str] | None = None,
+    index: str | os.PathLike[str] | None = None,
+    options: RayOptions | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    limit: int | None = None,
+    on_resume: Callable[[int, int], None] | None = None,
+    advance: Callable[[int], None] | None = None,
+) -> tuple[ShardedOutput, RayRunStats]:
     """The patients of ``source`` predicted on Ray replicas into the shard folder ``out``.
 
     The driver checks the inputs and the output, builds (or loads and checks) the pool's index once and saves it
@@ -319,13 +353,19 @@ def predict_ray(source: RaySource, out: str | os.PathLike[str], config: PredictC
     out = Path(out)
     pool_records = read_cohort(pool) if pool is not None else []
     builder = PromptBuilder(load_tokenizer(model), config.prompt, engine.max_context or 1 << 30)
-    provenance = {"model_id": lm_id(model), "engine": engine.model_dump(mode="json"),
-                  "config": config.model_dump(mode="json"), "templates_hash": builder.templates_hash,
-                  "cohort_file": str(source.cohort.resolve()), "pool_hash": content_hash(pool_records),
-                  "meds_labels": str(source.meds_labels.resolve()) if source.meds_labels else None,
-                  "meds_split": source.meds_split}
-    output = ShardedOutput(out, provenance, resume=resume, overwrite=overwrite,
-                           inputs={"--cohort": source.cohort, "--pool": pool})
+    provenance = {
+        "model_id": lm_id(model),
+        "engine": engine.model_dump(mode="json"),
+        "config": config.model_dump(mode="json"),
+        "templates_hash": builder.templates_hash,
+        "cohort_file": str(source.cohort.resolve()),
+        "pool_hash": content_hash(pool_records),
+        "meds_labels": str(source.meds_labels.resolve()) if source.meds_labels else None,
+        "meds_split": source.meds_split,
+    }
+    output = ShardedOutput(
+        out, provenance, resume=resume, overwrite=overwrite, inputs={"--cohort": source.cohort, "--pool": pool}
+    )
     index_dir = None
     if config.uses_demos:
         r = config.retrieval
@@ -335,13 +375,18 @@ def predict_ray(source: RaySource, out: str | os.PathLike[str], config: PredictC
             if not _fits(index_dir, pool_records, rep):
                 check_pool(pool_records, config.prompt, str(pool))
                 DemoIndex.build(pool_records, rep).save(index_dir)
-        else:       # a given index is checked here, before Ray starts, not in every replica's first batch
+        else:  # a given index is checked here, before Ray starts, not in every replica's first batch
             DemoIndex.load(index_dir).check(pool_records, rep, where=str(index_dir))
-    kwargs = {"model": model, "engine": engine.model_dump(), "config": config.model_dump(mode="json"),
-              "pool": str(Path(pool).resolve()) if pool else None,
-              "index": str(index_dir.resolve()) if index_dir else None}
-    stats = run_on_ray(source, output, _predictor_worker, kwargs, options, limit=limit, on_resume=on_resume,
-                       advance=advance)
+    kwargs = {
+        "model": model,
+        "engine": engine.model_dump(),
+        "config": config.model_dump(mode="json"),
+        "pool": str(Path(pool).resolve()) if pool else None,
+        "index": str(index_dir.resolve()) if index_dir else None,
+    }
+    stats = run_on_ray(
+        source, output, _predictor_worker, kwargs, options, limit=limit, on_resume=on_resume, advance=advance
+    )
     return output, stats
 
 
@@ -359,10 +404,15 @@ def _fits(folder: Path, pool: list[Patient], representation: Any) -> bool:
     return True
 
 
-def vllm_processor_config(model_source: str, choice_token_ids: list[int], *, replicas: int = 1,
-                          tensor_parallel_size: int = 1, batch_size: int = 64, max_model_len: int | None = None
-                          ) -> tuple[dict[str, Any], Callable[[dict[str, Any]], dict[str, Any]],
-                                     Callable[[dict[str, Any]], dict[str, Any]]]:
+def vllm_processor_config(
+    model_source: str,
+    choice_token_ids: list[int],
+    *,
+    replicas: int = 1,
+    tensor_parallel_size: int = 1,
+    batch_size: int = 64,
+    max_model_len: int | None = None,
+) -> tuple[dict[str, Any], Callable[[dict[str, Any]], dict[str, Any]], Callable[[dict[str, Any]], dict[str, Any]]]:
     """The ``vLLMEngineProcessorConfig`` keyword arguments and the pre/post-processing functions that score a
     built prompt's answer slot on ``ray.data.llm`` replicas (score mode, single-token choices).
 
@@ -375,14 +425,23 @@ def vllm_processor_config(model_source: str, choice_token_ids: list[int], *, rep
     engine_kwargs: dict[str, Any] = {"tensor_parallel_size": tensor_parallel_size, "enable_prefix_caching": True}
     if max_model_len:
         engine_kwargs["max_model_len"] = max_model_len
-    kwargs = {"model_source": model_source, "concurrency": replicas, "batch_size": batch_size,
-              "engine_kwargs": engine_kwargs, "apply_chat_template": False, "tokenize": False, "detokenize": False}
+    kwargs = {
+        "model_source": model_source,
+        "concurrency": replicas,
+        "batch_size": batch_size,
+        "engine_kwargs": engine_kwargs,
+        "apply_chat_template": False,
+        "tokenize": False,
+        "detokenize": False,
+    }
     ids = list(choice_token_ids)
 
     def pre(row: dict[str, Any]) -> dict[str, Any]:
-        return {**row, "prompt": row["prompt"],
-                "sampling_params": {"max_tokens": 1, "temperature": 0.0, "detokenize": False,
-                                    "logprob_token_ids": ids}}
+        return {
+            **row,
+            "prompt": row["prompt"],
+            "sampling_params": {"max_tokens": 1, "temperature": 0.0, "detokenize": False, "logprob_token_ids": ids},
+        }
 
     def post(row: dict[str, Any]) -> dict[str, Any]:
         from icl_toolkit.backends import choice_probabilities

@@ -36,20 +36,26 @@ class RunResult:
     """What :func:`run_resumable` did."""
 
     output: RunOutput
-    done_before: int        # records already in the output (resumed)
-    written: int            # records written now
+    done_before: int  # records already in the output (resumed)
+    written: int  # records written now
 
     def records(self) -> list[dict[str, Any]]:
         return self.output.records()
 
 
-def run_resumable(items: Sequence[T], produce: Callable[[list[T]], Sequence[Record | Mapping[str, Any]]],
-                  output: RunOutput, *,
-                  key: Callable[[T], str] = lambda item: item.patient_id,  # type: ignore[attr-defined]
-                  chunk_size: int = 8, desc: str = "running", progress: bool = True,
-                  prepare: Callable[[list[T]], None] | None = None,
-                  on_resume: Callable[[int, int], None] | None = None,
-                  advance: Callable[[int], None] | None = None) -> RunResult:
+def run_resumable(
+    items: Sequence[T],
+    produce: Callable[[list[T]], Sequence[Record | Mapping[str, Any]]],
+    output: RunOutput,
+    *,
+    key: Callable[[T], str] = lambda item: item.patient_id,  # type: ignore[attr-defined]
+    chunk_size: int = 8,
+    desc: str = "running",
+    progress: bool = True,
+    prepare: Callable[[list[T]], None] | None = None,
+    on_resume: Callable[[int, int], None] | None = None,
+    advance: Callable[[int], None] | None = None,
+) -> RunResult:
     """Produce records for the items not yet in ``output``, chunk by chunk, appending each chunk as it finishes.
 
     Args:
@@ -80,7 +86,7 @@ def run_resumable(items: Sequence[T], produce: Callable[[list[T]], Sequence[Reco
         with progress_bar(desc, len(todo), progress and advance is None) as own:
             step = advance or own
             for start in range(0, len(todo), chunk_size):
-                records = produce(todo[start:start + chunk_size])
+                records = produce(todo[start : start + chunk_size])
                 output.write(records)
                 written += len(records)
                 step(len(records))
@@ -91,11 +97,17 @@ def run_resumable(items: Sequence[T], produce: Callable[[list[T]], Sequence[Reco
     return RunResult(output, before, written)
 
 
-
-def predict_to_file(predictor: Predictor, patients: Sequence[Patient], output: RunOutput, *,
-                    retrievals: Mapping[str, Retrieval] | None = None, chunk_size: int = 8, progress: bool = True,
-                    advance: Callable[[int], None] | None = None,
-                    on_resume: Callable[[int, int], None] | None = None) -> RunResult:
+def predict_to_file(
+    predictor: Predictor,
+    patients: Sequence[Patient],
+    output: RunOutput,
+    *,
+    retrievals: Mapping[str, Retrieval] | None = None,
+    chunk_size: int = 8,
+    progress: bool = True,
+    advance: Callable[[int], None] | None = None,
+    on_resume: Callable[[int, int], None] | None = None,
+) -> RunResult:
     """:func:`run_resumable` for a fitted :class:`~icl_toolkit.inference.predictor.Predictor`: the patients still
     to do are retrieved for once (unless ``retrievals`` by patient id are given, as ``icl compare`` shares them),
     then scored chunk by chunk into ``output``."""
@@ -108,8 +120,17 @@ def predict_to_file(predictor: Predictor, patients: Sequence[Patient], output: R
     def produce(chunk: list[Patient]) -> Sequence[Prediction]:
         return predictor.predict_proba(chunk, [found.get(p.patient_id) or Retrieval(p.patient_id) for p in chunk])
 
-    return run_resumable(patients, produce, output, chunk_size=chunk_size, desc="predicting", progress=progress,
-                         prepare=prepare, advance=advance, on_resume=on_resume)
+    return run_resumable(
+        patients,
+        produce,
+        output,
+        chunk_size=chunk_size,
+        desc="predicting",
+        progress=progress,
+        prepare=prepare,
+        advance=advance,
+        on_resume=on_resume,
+    )
 
 
 @dataclass
@@ -135,14 +156,27 @@ class PredictRun:
         return sum(1 for r in self.records if "error" in r)
 
 
-def predict_file(cohort: str | os.PathLike[str], out: str | os.PathLike[str], config: PredictConfig | None = None,
-                 *, model: str = "default", engine: EngineOptions | None = None,
-                 pool: str | os.PathLike[str] | None = None, index: str | os.PathLike[str] | None = None,
-                 retrieval: str | os.PathLike[str] | None = None, resume: bool = False, overwrite: bool = False,
-                 limit: int | None = None, chunk_size: int = 8, ray: RayOptions | None = None,
-                 meds_labels: str | os.PathLike[str] | None = None, meds_split: str | None = None,
-                 meds_out: bool = False, progress: bool = True,
-                 on_resume: Callable[[int, int], None] | None = None) -> PredictRun:
+def predict_file(
+    cohort: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    config: PredictConfig | None = None,
+    *,
+    model: str = "default",
+    engine: EngineOptions | None = None,
+    pool: str | os.PathLike[str] | None = None,
+    index: str | os.PathLike[str] | None = None,
+    retrieval: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    limit: int | None = None,
+    chunk_size: int = 8,
+    ray: RayOptions | None = None,
+    meds_labels: str | os.PathLike[str] | None = None,
+    meds_split: str | None = None,
+    meds_out: bool = False,
+    progress: bool = True,
+    on_resume: Callable[[int, int], None] | None = None,
+) -> PredictRun:
     """Predict the patients of a cohort file into ``out``, in this process or on Ray Data replicas (``icl predict``
     as a function).
 
@@ -191,13 +225,30 @@ def predict_file(cohort: str | os.PathLike[str], out: str | os.PathLike[str], co
         raise ConfigError("--index needs the --pool it was built from (the demos' records come from the pool).")
     start = time.perf_counter()
     if ray is not None:
-        return _predict_on_ray(cohort, out, config, model=model, engine=engine, pool=pool, index=index,
-                               retrieval=retrieval, resume=resume, overwrite=overwrite, limit=limit, ray=ray,
-                               meds_labels=meds_labels, meds_split=meds_split, meds_out=meds_out,
-                               progress=progress, on_resume=on_resume)
+        return _predict_on_ray(
+            cohort,
+            out,
+            config,
+            model=model,
+            engine=engine,
+            pool=pool,
+            index=index,
+            retrieval=retrieval,
+            resume=resume,
+            overwrite=overwrite,
+            limit=limit,
+            ray=ray,
+            meds_labels=meds_labels,
+            meds_split=meds_split,
+            meds_out=meds_out,
+            progress=progress,
+            on_resume=on_resume,
+        )
     if meds_labels is not None:
-        raise ConfigError("--meds-labels reads a MEDS root on Ray replicas (--engine ray); for one process convert "
-                          "it first with `icl data from-meds`.")
+        raise ConfigError(
+            "--meds-labels reads a MEDS root on Ray replicas (--engine ray); for one process convert "
+            "it first with `icl data from-meds`."
+        )
     inputs = {"--cohort": cohort, "--pool": pool, "--retrieval": retrieval}
     check_output(out, resume=resume, overwrite=overwrite, inputs=inputs)
     patients = read_cohort(cohort)
@@ -205,15 +256,15 @@ def predict_file(cohort: str | os.PathLike[str], out: str | os.PathLike[str], co
         patients = patients[:limit]
     if meds_out:
         for p in patients:
-            meds_key(p)          # a record without a MEDS subject is refused before any scoring
+            meds_key(p)  # a record without a MEDS subject is refused before any scoring
     demo_pool = read_cohort(pool) if pool is not None else []
     lm = open_backend(model, engine, progress=progress)
     predictor = Predictor(lm, config, retrieval_cache=retrieval, progress=progress).fit(
-        demo_pool, index, pool_name=str(pool))
+        demo_pool, index, pool_name=str(pool)
+    )
     output = OutputFile(out, predictor.provenance(patients), resume=resume, overwrite=overwrite, inputs=inputs)
     lm.progress = False
-    result = predict_to_file(predictor, patients, output, chunk_size=chunk_size, progress=progress,
-                             on_resume=on_resume)
+    result = predict_to_file(predictor, patients, output, chunk_size=chunk_size, progress=progress, on_resume=on_resume)
     wanted = {p.patient_id for p in patients}
     records = [r for r in output.records() if r["patient_id"] in wanted]
     meds_path = None
@@ -223,19 +274,35 @@ def predict_file(cohort: str | os.PathLike[str], out: str | os.PathLike[str], co
     return PredictRun(records, result.written, time.perf_counter() - start, Path(out), meds_path)
 
 
-def _predict_on_ray(cohort: str | os.PathLike[str], out: str | os.PathLike[str], config: PredictConfig, *,
-                    model: str, engine: EngineOptions | None, pool: str | os.PathLike[str] | None,
-                    index: str | os.PathLike[str] | None, retrieval: str | os.PathLike[str] | None, resume: bool,
-                    overwrite: bool, limit: int | None, ray: RayOptions, meds_labels: str | os.PathLike[str] | None,
-                    meds_split: str | None, meds_out: bool, progress: bool,
-                    on_resume: Callable[[int, int], None] | None) -> PredictRun:
+def _predict_on_ray(
+    cohort: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    config: PredictConfig,
+    *,
+    model: str,
+    engine: EngineOptions | None,
+    pool: str | os.PathLike[str] | None,
+    index: str | os.PathLike[str] | None,
+    retrieval: str | os.PathLike[str] | None,
+    resume: bool,
+    overwrite: bool,
+    limit: int | None,
+    ray: RayOptions,
+    meds_labels: str | os.PathLike[str] | None,
+    meds_split: str | None,
+    meds_out: bool,
+    progress: bool,
+    on_resume: Callable[[int, int], None] | None,
+) -> PredictRun:
     """:func:`predict_file` on Ray (its arguments): the source opened and counted once, the driver's progress bar
     over the records that come back."""
     from icl_toolkit.inference.ray import RaySource, predict_ray, require_ray
 
     if retrieval is not None:
-        raise ConfigError("--retrieval (a retrieval cache file) is for --engine local; with --engine ray each "
-                          "replica retrieves from the index the driver saves in the output folder.")
+        raise ConfigError(
+            "--retrieval (a retrieval cache file) is for --engine local; with --engine ray each "
+            "replica retrieves from the index the driver saves in the output folder."
+        )
     if meds_out:
         raise ConfigError("--format meds is for --engine local for now; convert the shards' records after the run.")
     require_ray()
@@ -243,8 +310,25 @@ def _predict_on_ray(cohort: str | os.PathLike[str], out: str | os.PathLike[str],
     source = RaySource(Path(cohort), Path(meds_labels) if meds_labels else None, meds_split)
     replicas = f"{ray.replicas} replica{'s' if ray.replicas > 1 else ''}"
     with progress_bar(f"predicting on Ray ({replicas})", source.count(limit), progress) as advance:
-        output, stats = predict_ray(source, out, config, model=model, engine=engine, pool=pool, index=index,
-                                    options=ray, resume=resume, overwrite=overwrite, limit=limit,
-                                    on_resume=on_resume, advance=advance)
-    return PredictRun(output.records(), stats.records, time.perf_counter() - start, Path(out),
-                      first_batch_seconds=stats.first_batch_seconds)
+        output, stats = predict_ray(
+            source,
+            out,
+            config,
+            model=model,
+            engine=engine,
+            pool=pool,
+            index=index,
+            options=ray,
+            resume=resume,
+            overwrite=overwrite,
+            limit=limit,
+            on_resume=on_resume,
+            advance=advance,
+        )
+    return PredictRun(
+        output.records(),
+        stats.records,
+        time.perf_counter() - start,
+        Path(out),
+        first_batch_seconds=stats.first_batch_seconds,
+    )

@@ -58,8 +58,10 @@ __all__ = ["BuiltPrompt", "PromptBuilder", "templates_hash", "task_question"]
 
 def task_question(horizon_years: float) -> str:
     years = f"{horizon_years:g}"
-    return (f"Will this patient be diagnosed with Alzheimer's disease or a related dementia within "
-            f"{years} years after the index date?")
+    return (
+        f"Will this patient be diagnosed with Alzheimer's disease or a related dementia within "
+        f"{years} years after the index date?"
+    )
 
 
 @dataclass
@@ -69,9 +71,9 @@ class BuiltPrompt:
     text: str
     n_tokens: int
     choices: list[str]
-    demos: list[Hit]                      # in presentation order
+    demos: list[Hit]  # in presentation order
     dropped: list[Hit] = field(default_factory=list)
-    truncated_items: dict[str, int] = field(default_factory=dict)   # patient_id -> history items left out
+    truncated_items: dict[str, int] = field(default_factory=dict)  # patient_id -> history items left out
     template: str = ""
 
     @property
@@ -86,8 +88,10 @@ def _templates(config: PromptConfig) -> tuple[list[Any], str, str]:
     extra = None
     if Path(name).is_file():
         if Path(name).suffix != ".j2":
-            raise ConfigError(f"--template {name}: a template file is a Jinja file ending in .j2; give one, or "
-                              "the name of a template in prompts (without .j2).")
+            raise ConfigError(
+                f"--template {name}: a template file is a Jinja file ending in .j2; give one, or "
+                "the name of a template in prompts (without .j2)."
+            )
         extra = Path(name).resolve().parent
         name = Path(name).stem
     templates, digest = load_templates(SYSTEM_TEMPLATE, name, ANSWER_TEMPLATE, extra_dir=extra)
@@ -150,8 +154,13 @@ class PromptBuilder:
         rationale = ""
         if self.config.demos == "rationale" and patient.rationales is not None:
             rationale = getattr(patient.rationales, self.config.rationale).strip()
-        return {"history": self.history(patient, self.config.demo_tokens, demo=True).text, "rationale": rationale,
-                "outcome": "Yes" if hit.label == 1 else "No", "label": hit.label, "score": hit.score}
+        return {
+            "history": self.history(patient, self.config.demo_tokens, demo=True).text,
+            "rationale": rationale,
+            "outcome": "Yes" if hit.label == 1 else "No",
+            "label": hit.label,
+            "score": hit.score,
+        }
 
     def _order(self, hits: list[Hit], query_id: str) -> list[Hit]:
         by_sim = sorted(hits, key=lambda h: (-h.score, h.patient_id))
@@ -170,8 +179,11 @@ class PromptBuilder:
             "task": task_question(c.horizon_years),
             "horizon_years": f"{c.horizon_years:g}",
             "choices": ["Yes", "No"],
-            "query": {"history": self.history(query, c.query_tokens).text, "age": int(query.age_at_index),
-                      "sex": sex_word(query.sex)},
+            "query": {
+                "history": self.history(query, c.query_tokens).text,
+                "age": int(query.age_at_index),
+                "sex": sex_word(query.sex),
+            },
             "demos": [self._demo_vars(h, p) for h, p in demos],
             "with_rationales": c.demos == "rationale",
             "answer_prefix": self.answer_prefix,
@@ -208,7 +220,8 @@ class PromptBuilder:
                 raise ConfigError(
                     f"The prompt of patient {query.patient_id} needs {n} tokens without any demonstration, more than "
                     f"the {room} available (context {self.max_context}). Lower the query history budget "
-                    f"(--query-tokens, now {c.query_tokens}) or raise --max-context.")
+                    f"(--query-tokens, now {c.query_tokens}) or raise --max-context."
+                )
             weakest = min(kept, key=lambda h: (h.score, h.patient_id))
             kept.remove(weakest)
             dropped.append(weakest)

@@ -15,8 +15,16 @@ from typing import Any
 from icl_toolkit.core.artifacts import text_hash
 from icl_toolkit.core.errors import ConfigError
 
-__all__ = ["TEMPLATES", "REASON_TEMPLATE", "SYSTEM_TEMPLATE", "ANSWER_TEMPLATE", "prompts_dir", "user_prompts_dir",
-           "load_templates", "chat_prompt"]
+__all__ = [
+    "TEMPLATES",
+    "REASON_TEMPLATE",
+    "SYSTEM_TEMPLATE",
+    "ANSWER_TEMPLATE",
+    "prompts_dir",
+    "user_prompts_dir",
+    "load_templates",
+    "chat_prompt",
+]
 
 TEMPLATES = {"none": "zero_shot", "rationale": "few_shot_rationale", "label": "few_shot_label"}
 REASON_TEMPLATE = "reason_first"
@@ -57,14 +65,22 @@ def load_templates(*names: str, extra_dir: str | Path | None = None) -> tuple[li
 
     folders = [str(f) for f in (extra_dir, user_prompts_dir()) if f is not None]
     loader = ChoiceLoader([FileSystemLoader(folders), FileSystemLoader(str(prompts_dir()))])
-    env = ImmutableSandboxedEnvironment(loader=loader, undefined=StrictUndefined, trim_blocks=True,
-                                        lstrip_blocks=True, keep_trailing_newline=False, autoescape=False)
+    env = ImmutableSandboxedEnvironment(
+        loader=loader,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=False,
+        autoescape=False,
+    )
     try:
         templates = [env.get_template(f"{n}.j2") for n in names]
     except TemplateNotFound as exc:
         known = sorted(t[:-3] for t in env.list_templates(extensions=["j2"]))
-        raise ConfigError(f"Prompt template {exc.name!r} not found in {', '.join([*folders, 'the package'])}. "
-                          f"Templates there: {', '.join(known) or 'none'} (or give a path to a .j2 file).") from None
+        raise ConfigError(
+            f"Prompt template {exc.name!r} not found in {', '.join([*folders, 'the package'])}. "
+            f"Templates there: {', '.join(known) or 'none'} (or give a path to a .j2 file)."
+        ) from None
     except TemplateSyntaxError as exc:
         raise ConfigError(f"{exc.filename or exc.name}:{exc.lineno}: not a valid template: {exc.message}.") from None
     sources = [loader.get_source(env, str(t.name))[0] for t in templates]

@@ -29,8 +29,26 @@ from icl_toolkit.data.vocabulary import DRUG_NAMES, MEASURES
 
 __all__ = ["Claim", "GroundingReport", "extract_claims", "check_grounding"]
 
-_MONTHS = {m: i for i, m in enumerate(("january", "february", "march", "april", "may", "june", "july", "august",
-                                       "september", "october", "november", "december"), start=1)}
+_MONTHS = {
+    m: i
+    for i, m in enumerate(
+        (
+            "january",
+            "february",
+            "march",
+            "april",
+            "may",
+            "june",
+            "july",
+            "august",
+            "september",
+            "october",
+            "november",
+            "december",
+        ),
+        start=1,
+    )
+}
 _ICD = re.compile(r"(?<![\w.-])([A-TV-Z][0-9][0-9A-Z](?:\.[0-9A-Z]{1,4})?)(?![\w-])")
 _LOINC = re.compile(r"(?<![\w.-])(\d{3,5}-\d)(?![\w-])")
 _NUMERIC_CODE = re.compile(r"(?<![\w.,-])(\d{6,18})(?![\w.,-])")
@@ -41,8 +59,15 @@ _UNIT_VALUE = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)\s?(" + "|".join(re.escape(u
 _NAMED: list[tuple[re.Pattern[str], str]] = []
 for _m in MEASURES.values():
     for _name in sorted({_m.short, *_m.aliases}, key=len, reverse=True):
-        _NAMED.append((re.compile(r"(?<!\w)" + re.escape(_name) + r"(?!\w)[^\d.;()\[\]]{0,40}?(?<![\w.])(\d+(?:\.\d+)?)(?![\d-])",
-                                  re.IGNORECASE), _m.key))
+        _NAMED.append(
+            (
+                re.compile(
+                    r"(?<!\w)" + re.escape(_name) + r"(?!\w)[^\d.;()\[\]]{0,40}?(?<![\w.])(\d+(?:\.\d+)?)(?![\d-])",
+                    re.IGNORECASE,
+                ),
+                _m.key,
+            )
+        )
 _DRUG = re.compile(r"\b(" + "|".join(sorted(DRUG_NAMES, key=len, reverse=True)) + r")\b", re.IGNORECASE)
 _NOT_CODES = ("vitamin ",)
 
@@ -51,9 +76,9 @@ _NOT_CODES = ("vitamin ",)
 class Claim:
     """One checkable statement in a rationale."""
 
-    kind: str          # code | date | value | drug
-    text: str          # as written
-    start: int         # character offset in the rationale
+    kind: str  # code | date | value | drug
+    text: str  # as written
+    start: int  # character offset in the rationale
     grounded: bool
 
 
@@ -88,7 +113,7 @@ def extract_claims(text: str) -> list[tuple[str, str, int, tuple]]:
     """The claims in ``text`` as (kind, text, offset, parsed) tuples, in order of appearance."""
     out: list[tuple[str, str, int, tuple]] = []
     for m in _ICD.finditer(text):
-        before = text[max(0, m.start() - 8): m.start()].lower()
+        before = text[max(0, m.start() - 8) : m.start()].lower()
         if any(before.endswith(w) for w in _NOT_CODES):
             continue
         out.append(("code", m.group(1), m.start(), (m.group(1),)))
@@ -138,8 +163,10 @@ def _grounded(kind: str, parsed: tuple, hist: list[Event]) -> bool:
             return any(e.unit == unit and _matches_number(e.value, cited) for e in hist)
         spec = MEASURES[key]
         names = [n.lower() for n in (spec.short, *spec.aliases)]
-        return any((e.code == spec.code.code or any(n in e.name.lower() for n in names))
-                   and _matches_number(e.value, cited) for e in hist)
+        return any(
+            (e.code == spec.code.code or any(n in e.name.lower() for n in names)) and _matches_number(e.value, cited)
+            for e in hist
+        )
     if kind == "drug":
         word = re.compile(r"\b" + re.escape(parsed[0]) + r"\b")
         return any(e.kind == "medication" and word.search(e.name.lower()) for e in hist)
@@ -149,5 +176,6 @@ def _grounded(kind: str, parsed: tuple, hist: list[Event]) -> bool:
 def check_grounding(text: str, patient: Patient) -> GroundingReport:
     """Check every claim of ``text`` against ``patient``'s history before the index date."""
     hist = patient.history()
-    return GroundingReport([Claim(kind, raw, start, _grounded(kind, parsed, hist))
-                            for kind, raw, start, parsed in extract_claims(text)])
+    return GroundingReport(
+        [Claim(kind, raw, start, _grounded(kind, parsed, hist)) for kind, raw, start, parsed in extract_claims(text)]
+    )

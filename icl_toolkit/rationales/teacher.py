@@ -30,8 +30,14 @@ from icl_toolkit.prompting.templates import chat_prompt, load_templates
 from icl_toolkit.rationales.config import TeacherConfig
 from icl_toolkit.rationales.grounding import check_grounding
 
-__all__ = ["TeacherRecord", "RationaleTeacher", "GroundingSummary", "apply_rationales", "generate_rationales_file",
-           "RationaleRun"]
+__all__ = [
+    "TeacherRecord",
+    "RationaleTeacher",
+    "GroundingSummary",
+    "apply_rationales",
+    "generate_rationales_file",
+    "RationaleRun",
+]
 
 SYSTEM_TEMPLATE = "teacher_system"
 USER_TEMPLATE = "teacher_rationale"
@@ -44,7 +50,7 @@ class TeacherRecord:
 
     patient_id: str
     texts: dict[str, str]
-    grounding: dict[str, dict[str, Any]]        # style -> {"claims": n, "ungrounded": [{"kind", "text"}]}
+    grounding: dict[str, dict[str, Any]]  # style -> {"claims": n, "ungrounded": [{"kind", "text"}]}
 
     def to_dict(self) -> dict[str, Any]:
         return {"patient_id": self.patient_id, "texts": self.texts, "grounding": self.grounding}
@@ -53,8 +59,10 @@ class TeacherRecord:
     def from_dict(cls, d: dict[str, Any]) -> TeacherRecord:
         texts, grounding = d.get("texts"), d.get("grounding")
         if not isinstance(texts, dict) or not isinstance(grounding, dict) or set(texts) != set(grounding):
-            raise ConfigError(f"the teacher generations record of patient {d.get('patient_id')!r} lacks its texts "
-                              "or their grounding; start the generations again with --overwrite.")
+            raise ConfigError(
+                f"the teacher generations record of patient {d.get('patient_id')!r} lacks its texts "
+                "or their grounding; start the generations again with --overwrite."
+            )
         return cls(d["patient_id"], texts, grounding)
 
 
@@ -82,15 +90,24 @@ class RationaleTeacher:
             raise ConfigError(f"patient {patient.patient_id} has no label: a teacher explains a known outcome")
         c = self.config
         history = serialize_history(patient, max_tokens=c.history_tokens, counter=self._count).text
-        variables = {"history": history, "label": patient.label, "horizon_years": f"{c.horizon_years:g}",
-                     "style": style, "age": int(patient.age_at_index), "sex": sex_word(patient.sex)}
+        variables = {
+            "history": history,
+            "label": patient.label,
+            "horizon_years": f"{c.horizon_years:g}",
+            "style": style,
+            "age": int(patient.age_at_index),
+            "sex": sex_word(patient.sex),
+        }
         system = self._system.render(**variables).strip()
         user = self._user.render(**variables).strip()
         return chat_prompt(self.backend.tokenizer, system, user)
 
     def provenance(self) -> dict[str, Any]:
-        return {"teacher_model": self.backend.model_id, "teacher_config": self.config.model_dump(mode="json"),
-                "templates_hash": self.templates_hash}
+        return {
+            "teacher_model": self.backend.model_id,
+            "teacher_config": self.config.model_dump(mode="json"),
+            "templates_hash": self.templates_hash,
+        }
 
     def generate(self, patients: Sequence[Patient]) -> list[TeacherRecord]:
         """Rationales for ``patients`` in one batched backend call, with their grounding."""
@@ -104,14 +121,16 @@ class RationaleTeacher:
             report = check_grounding(text, p)
             rec = records[p.patient_id]
             rec.texts[style] = text
-            rec.grounding[style] = {"claims": len(report.claims),
-                                    "ungrounded": [{"kind": x.kind, "text": x.text} for x in report.ungrounded]}
+            rec.grounding[style] = {
+                "claims": len(report.claims),
+                "ungrounded": [{"kind": x.kind, "text": x.text} for x in report.ungrounded],
+            }
         return [records[p.patient_id] for p in patients]
 
     def iter_generate(self, patients: Sequence[Patient], chunk_size: int = 8) -> Iterator[list[TeacherRecord]]:
         """:meth:`generate` chunk by chunk, so that callers can save and report as they go."""
         for start in range(0, len(patients), chunk_size):
-            yield self.generate(patients[start:start + chunk_size])
+            yield self.generate(patients[start : start + chunk_size])
 
 
 @dataclass
@@ -132,9 +151,13 @@ class GroundingSummary:
         return 1.0 - self.ungrounded_claims / self.claims if self.claims else None
 
 
-def apply_rationales(patients: Sequence[Patient], records: Sequence[TeacherRecord], *,
-                     drop_ungrounded: bool = False, min_grounded: float = 1.0
-                     ) -> tuple[list[Patient], dict[str, GroundingSummary]]:
+def apply_rationales(
+    patients: Sequence[Patient],
+    records: Sequence[TeacherRecord],
+    *,
+    drop_ungrounded: bool = False,
+    min_grounded: float = 1.0,
+) -> tuple[list[Patient], dict[str, GroundingSummary]]:
     """Patients with the teacher's rationales set, and the grounding summary per style.
 
     A rationale is dropped (left out of the patient's record) when it is empty,
@@ -153,8 +176,10 @@ def apply_rationales(patients: Sequence[Patient], records: Sequence[TeacherRecor
             out.append(p)
             continue
         old = p.rationales
-        kept: dict[str, str | None] = {"free_text": old.free_text if old else None,
-                                       "stepwise": old.stepwise if old else None}
+        kept: dict[str, str | None] = {
+            "free_text": old.free_text if old else None,
+            "stepwise": old.stepwise if old else None,
+        }
         for style, text in rec.texts.items():
             kept[style] = None  # the teacher's version replaces the record's, or nothing does
             g = rec.grounding[style]
@@ -186,40 +211,55 @@ def apply_rationales(patients: Sequence[Patient], records: Sequence[TeacherRecor
 class RationaleRun:
     """What :func:`generate_rationales_file` did."""
 
-    patients: list[Patient]                     # the cohort written (with rationales where kept)
-    records: list[TeacherRecord]                # every generation, with its grounding
-    summary: dict[str, GroundingSummary]        # per style
-    labelled: int                               # patients the teacher explained (the rest have no label)
-    generations: Path                           # <out>.generations.jsonl (or, on Ray, the shard folder)
-    failed: list[dict[str, Any]] = field(default_factory=list)   # on Ray: records that failed, with the reason
+    patients: list[Patient]  # the cohort written (with rationales where kept)
+    records: list[TeacherRecord]  # every generation, with its grounding
+    summary: dict[str, GroundingSummary]  # per style
+    labelled: int  # patients the teacher explained (the rest have no label)
+    generations: Path  # <out>.generations.jsonl (or, on Ray, the shard folder)
+    failed: list[dict[str, Any]] = field(default_factory=list)  # on Ray: records that failed, with the reason
 
 
-def _teacher_worker(model: str, engine: dict[str, Any], config: dict[str, Any]) -> Callable[[list[Patient]],
-                                                                                           list[dict[str, Any]]]:
+def _teacher_worker(
+    model: str, engine: dict[str, Any], config: dict[str, Any]
+) -> Callable[[list[Patient]], list[dict[str, Any]]]:
     """A Ray replica's teacher (:func:`icl_toolkit.inference.ray.run_on_ray`): the model loaded once; per batch, the
     labelled patients' generations, and ``{"patient_id", "skipped"}`` for the unlabelled (as the single-process
     run explains labelled patients only)."""
     from icl_toolkit.backends.options import EngineOptions, open_backend
 
-    teacher = RationaleTeacher(open_backend(model, EngineOptions(**engine), progress=False),
-                               TeacherConfig.model_validate(config))
+    teacher = RationaleTeacher(
+        open_backend(model, EngineOptions(**engine), progress=False), TeacherConfig.model_validate(config)
+    )
 
     def work(patients: list[Patient]) -> list[dict[str, Any]]:
         labelled = [p for p in patients if p.label is not None]
         out = [r.to_dict() for r in teacher.generate(labelled)] if labelled else []
-        return out + [{"patient_id": p.patient_id, "skipped": "no label: a teacher explains known outcomes"}
-                      for p in patients if p.label is None]
+        return out + [
+            {"patient_id": p.patient_id, "skipped": "no label: a teacher explains known outcomes"}
+            for p in patients
+            if p.label is None
+        ]
 
     return work
 
 
-def generate_rationales_file(cohort: str | os.PathLike[str], out: str | os.PathLike[str],
-                             config: TeacherConfig | None = None, *, model: str = "default",
-                             engine: EngineOptions | None = None, drop_ungrounded: bool = False,
-                             min_grounded: float = 1.0, chunk_size: int = 8, limit: int | None = None,
-                             resume: bool = False, overwrite: bool = False, ray: RayOptions | None = None,
-                             progress: bool = True,
-                             on_resume: Callable[[int, int], None] | None = None) -> RationaleRun:
+def generate_rationales_file(
+    cohort: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    config: TeacherConfig | None = None,
+    *,
+    model: str = "default",
+    engine: EngineOptions | None = None,
+    drop_ungrounded: bool = False,
+    min_grounded: float = 1.0,
+    chunk_size: int = 8,
+    limit: int | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    ray: RayOptions | None = None,
+    progress: bool = True,
+    on_resume: Callable[[int, int], None] | None = None,
+) -> RationaleRun:
     """A teacher explains each labelled patient of a cohort file, in this process or on Ray Data replicas
     (``icl rationales generate`` as a function). The raw generations go to ``<out>.generations.jsonl`` through the
     run loop (on Ray: the shard folder ``<out>.generations/``), resumable; then the cohort with the (grounded)
@@ -264,17 +304,28 @@ def generate_rationales_file(cohort: str | os.PathLike[str], out: str | os.PathL
         require_ray()
         source = RaySource(Path(cohort))
         generations = out.with_name(out.name + ".generations")
-        provenance = {"teacher_model": lm_id(model), "engine": engine.model_dump(mode="json"),
-                      "teacher_config": config.model_dump(mode="json"),
-                      "templates_hash": load_templates(SYSTEM_TEMPLATE, USER_TEMPLATE)[1],
-                      "cohort_file": str(Path(cohort).resolve())}
-        sharded = ShardedOutput(generations, provenance, resume=resume, overwrite=overwrite,
-                                kind="teacher generations", inputs=inputs)
+        provenance = {
+            "teacher_model": lm_id(model),
+            "engine": engine.model_dump(mode="json"),
+            "teacher_config": config.model_dump(mode="json"),
+            "templates_hash": load_templates(SYSTEM_TEMPLATE, USER_TEMPLATE)[1],
+            "cohort_file": str(Path(cohort).resolve()),
+        }
+        sharded = ShardedOutput(
+            generations, provenance, resume=resume, overwrite=overwrite, kind="teacher generations", inputs=inputs
+        )
         replicas = f"{ray.replicas} replica{'s' if ray.replicas > 1 else ''}"
         with progress_bar(f"writing rationales on Ray ({replicas})", source.count(limit), progress) as advance:
-            run_on_ray(source, sharded, _teacher_worker, {"model": model, "engine": engine.model_dump(),
-                                                          "config": config.model_dump(mode="json")},
-                       ray, limit=limit, on_resume=on_resume, advance=advance)
+            run_on_ray(
+                source,
+                sharded,
+                _teacher_worker,
+                {"model": model, "engine": engine.model_dump(), "config": config.model_dump(mode="json")},
+                ray,
+                limit=limit,
+                on_resume=on_resume,
+                advance=advance,
+            )
         patients = read_cohort(cohort)
         if limit:
             patients = patients[:limit]
@@ -294,11 +345,24 @@ def generate_rationales_file(cohort: str | os.PathLike[str], out: str | os.PathL
             raise ConfigError(f"{cohort}: no patient has a label; a teacher explains known outcomes.")
         lm = open_backend(model, engine, progress=progress)
         teacher = RationaleTeacher(lm, config)
-        output = OutputFile(generations, teacher.provenance() | {"cohort": cohort_hash}, resume=resume,
-                            overwrite=overwrite, kind="teacher generations", inputs=inputs)
+        output = OutputFile(
+            generations,
+            teacher.provenance() | {"cohort": cohort_hash},
+            resume=resume,
+            overwrite=overwrite,
+            kind="teacher generations",
+            inputs=inputs,
+        )
         lm.progress = False
-        run_resumable(todo, teacher.generate, output, chunk_size=chunk_size, progress=progress,
-                      desc=f"writing rationales ({lm.model_id})", on_resume=on_resume)
+        run_resumable(
+            todo,
+            teacher.generate,
+            output,
+            chunk_size=chunk_size,
+            progress=progress,
+            desc=f"writing rationales ({lm.model_id})",
+            on_resume=on_resume,
+        )
         records = [TeacherRecord.from_dict(r) for r in output.records()]
         labelled = len(todo)
     result, summary = apply_rationales(patients, records, drop_ungrounded=drop_ungrounded, min_grounded=min_grounded)

@@ -28,14 +28,26 @@ def _upgrade_key(key: dict[str, Any]) -> dict[str, Any]:
         config = RetrievalConfig(**{**key["config"], "retriever": "dense"}).model_dump(mode="json")
     except (TypeError, ValueError):
         return key
-    return {"pool_hash": key.get("pool_hash"), "index_kind": key.get("index_kind"), "config": config,
-            "retriever": describe_retriever({"embedder": key["embedder"], "profile_version": key.get("profile_version")})}
+    return {
+        "pool_hash": key.get("pool_hash"),
+        "index_kind": key.get("index_kind"),
+        "config": config,
+        "retriever": describe_retriever({"embedder": key["embedder"], "profile_version": key.get("profile_version")}),
+    }
 
 
 def _valid_hit(h: Any) -> bool:
-    return (isinstance(h, list) and len(h) == 4 and isinstance(h[0], str) and isinstance(h[1], int | float)
-            and not isinstance(h[1], bool) and h[2] in (0, 1, None) and not isinstance(h[2], bool)
-            and isinstance(h[3], int) and not isinstance(h[3], bool))
+    return (
+        isinstance(h, list)
+        and len(h) == 4
+        and isinstance(h[0], str)
+        and isinstance(h[1], int | float)
+        and not isinstance(h[1], bool)
+        and h[2] in (0, 1, None)
+        and not isinstance(h[2], bool)
+        and isinstance(h[3], int)
+        and not isinstance(h[3], bool)
+    )
 
 
 class RetrievalCache:
@@ -58,15 +70,20 @@ class RetrievalCache:
             return cls(key)
         record = read_json(path, "retrieval cache")
         fix = "Use another --retrieval file, or delete this one to retrieve again."
-        if not isinstance(record, dict) or not isinstance(record.get("key"), dict) \
-                or not isinstance(record.get("queries", {}), dict):
+        if (
+            not isinstance(record, dict)
+            or not isinstance(record.get("key"), dict)
+            or not isinstance(record.get("queries", {}), dict)
+        ):
             raise ConfigError(f"{path}: not a retrieval cache (expected an object with 'key' and 'queries'). {fix}")
         check_meta(_upgrade_key(record["key"]), key, what="retrieval cache", where=str(path), fix=fix)
         queries = record.get("queries", {})
         for qid, hits in queries.items():
             if not isinstance(hits, list) or not all(_valid_hit(h) for h in hits):
-                raise ConfigError(f"{path}: queries.{qid}: expected a list of [pool id, score, label 0/1/null, pool "
-                                  f"row] entries, found {json.dumps(hits)[:120]}. {fix}")
+                raise ConfigError(
+                    f"{path}: queries.{qid}: expected a list of [pool id, score, label 0/1/null, pool "
+                    f"row] entries, found {json.dumps(hits)[:120]}. {fix}"
+                )
         cache = cls(key, queries)
         cache.path = str(path)
         return cache
@@ -94,9 +111,11 @@ class RetrievalCache:
         for p in queries:
             for pid, _, _, row in self.entries.get(p.patient_id, ()):
                 if not (0 <= row < len(retriever.ids_)) or retriever.ids_[row] != pid:
-                    raise ConfigError(f"{self.path}: queries.{p.patient_id}: demonstration {pid!r} (row {row}) is not "
-                                      "in the pool at that row; the cache was edited or made for another pool. "
-                                      "Delete it to retrieve again.")
+                    raise ConfigError(
+                        f"{self.path}: queries.{p.patient_id}: demonstration {pid!r} (row {row}) is not "
+                        "in the pool at that row; the cache was edited or made for another pool. "
+                        "Delete it to retrieve again."
+                    )
         missing = [p for p in queries if p.patient_id not in self.entries]
         self.put(retriever.retrieve(missing, progress=progress))
         return [self.get(p.patient_id) for p in queries]  # type: ignore[misc]

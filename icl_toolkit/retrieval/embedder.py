@@ -33,8 +33,15 @@ class ProfileEmbedder:
         batch_size: texts per encoder batch.
     """
 
-    def __init__(self, embedder: str = "default", *, model: Any = None, model_id: str | None = None,
-                 batch_size: int = 64, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        embedder: str = "default",
+        *,
+        model: Any = None,
+        model_id: str | None = None,
+        batch_size: int = 64,
+        device: str = "cpu",
+    ) -> None:
         from icl_toolkit.core.models import embedder_id, load_embedder, load_embedder_tokenizer
 
         if model is None:
@@ -55,7 +62,9 @@ class ProfileEmbedder:
         """The condensed profile text of each patient (what gets embedded)."""
         return [condensed_profile(p, max_tokens=self.max_tokens, counter=self._counter).text for p in patients]
 
-    def embed(self, patients: Sequence[Patient], *, progress: bool = True, desc: str = "embedding profiles") -> np.ndarray:
+    def embed(
+        self, patients: Sequence[Patient], *, progress: bool = True, desc: str = "embedding profiles"
+    ) -> np.ndarray:
         """Normalised embeddings, shape ``[len(patients), dim]``, in input order."""
         out = np.zeros((len(patients), self.dim), dtype=np.float32)
         step = max(self.batch_size, 1)
@@ -64,9 +73,14 @@ class ProfileEmbedder:
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         with progress_bar(desc, len(patients), progress and len(patients) > step) as advance:
             for start in range(0, len(order), step):
-                rows = order[start:start + step]
-                vecs = self.model.encode([texts[i] for i in rows], batch_size=step, normalize_embeddings=True,
-                                         show_progress_bar=False, convert_to_numpy=True)
+                rows = order[start : start + step]
+                vecs = self.model.encode(
+                    [texts[i] for i in rows],
+                    batch_size=step,
+                    normalize_embeddings=True,
+                    show_progress_bar=False,
+                    convert_to_numpy=True,
+                )
                 out[rows] = np.asarray(vecs, dtype=np.float32)
                 advance(len(rows))
         return out
@@ -81,8 +95,14 @@ class HashEmbedder:
     def get_embedding_dimension(self) -> int:
         return self.dim
 
-    def encode(self, texts: str | Sequence[str], batch_size: int = 32, normalize_embeddings: bool = True,
-               show_progress_bar: bool = False, convert_to_numpy: bool = True) -> np.ndarray:
+    def encode(
+        self,
+        texts: str | Sequence[str],
+        batch_size: int = 32,
+        normalize_embeddings: bool = True,
+        show_progress_bar: bool = False,
+        convert_to_numpy: bool = True,
+    ) -> np.ndarray:
         single = isinstance(texts, str)
         rows: list[str] = [texts] if isinstance(texts, str) else list(texts)
         out: np.ndarray = np.zeros((len(rows), self.dim), dtype=np.float32)

@@ -26,14 +26,22 @@ from icl_toolkit.retrieval.representations import (
     needs_embedder,
 )
 
-__all__ = ["IndexKind", "INDEX_KINDS", "AUTO_HNSW_ABOVE", "resolve_index_kind", "faiss_index", "DemoIndex",
-           "build_index"]
+__all__ = [
+    "IndexKind",
+    "INDEX_KINDS",
+    "AUTO_HNSW_ABOVE",
+    "resolve_index_kind",
+    "faiss_index",
+    "DemoIndex",
+    "build_index",
+]
 
 IndexKind = Literal["auto", "exact", "hnsw"]
 """``exact`` (flat inner product), ``hnsw`` (a graph, approximate) or ``auto``: exact up to
 :data:`AUTO_HNSW_ABOVE` pool patients, HNSW above (where exact search passes 10 ms a query on 2 cores)."""
 INDEX_KINDS: tuple[str, ...] = get_args(IndexKind)
 AUTO_HNSW_ABOVE = 50_000
+
 
 def resolve_index_kind(kind: str, n: int) -> str:
     """The index kind ``auto`` stands for at a pool of ``n`` patients."""
@@ -44,8 +52,9 @@ def resolve_index_kind(kind: str, n: int) -> str:
     return kind
 
 
-def faiss_index(vecs: np.ndarray, kind: str = "exact", *, hnsw_m: int = 32, ef_construction: int = 80,
-                ef_search: int = 256) -> Any:
+def faiss_index(
+    vecs: np.ndarray, kind: str = "exact", *, hnsw_m: int = 32, ef_construction: int = 80, ef_search: int = 256
+) -> Any:
     """A faiss inner-product index over normalised ``vecs`` (``exact``: flat; ``hnsw``: a graph)."""
     import faiss
 
@@ -73,8 +82,10 @@ def describe_retriever(meta: dict[str, Any]) -> dict[str, Any]:
     """The retriever an index was built with; an index from before retrievers had kinds is a dense one."""
     if isinstance(meta.get("retriever"), dict):
         return meta["retriever"]
-    return {"kind": "dense", "dense": {"weight": 1.0, "embedder": meta.get("embedder"),
-                                       "profile_version": meta.get("profile_version")}}
+    return {
+        "kind": "dense",
+        "dense": {"weight": 1.0, "embedder": meta.get("embedder"), "profile_version": meta.get("profile_version")},
+    }
 
 
 @dataclass
@@ -92,9 +103,17 @@ class DemoIndex:
     STATE_FILE = "retriever.npz"
 
     @classmethod
-    def build(cls, pool: Sequence[Patient], representation: PatientRepresentation | ProfileEmbedder, *, kind: str = "auto",
-              hnsw_m: int = 32, ef_construction: int = 80, ef_search: int = 256,
-              progress: bool = True) -> DemoIndex:
+    def build(
+        cls,
+        pool: Sequence[Patient],
+        representation: PatientRepresentation | ProfileEmbedder,
+        *,
+        kind: str = "auto",
+        hnsw_m: int = 32,
+        ef_construction: int = 80,
+        ef_search: int = 256,
+        progress: bool = True,
+    ) -> DemoIndex:
         """Fit the retriever on the pool and index the pool's vectors (``kind``: ``exact`` flat search, ``hnsw``
         for large pools, or ``auto``: exact up to 50,000 patients, HNSW above; the metadata records which). ``representation``: a retriever from
         :func:`~icl_toolkit.retrieval.representations.make_representation`, or a :class:`ProfileEmbedder` (dense)."""
@@ -105,9 +124,16 @@ class DemoIndex:
         vecs = rep.fit(pool, progress=progress).pool_vectors()
         index = faiss_index(vecs, kind, hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search)
         meta = base_meta("demo-index") | {
-            "retriever": rep.describe(), "embedder": rep.embedder_id, "dim": int(vecs.shape[1]),
-            "profile_version": PROFILE_VERSION, "pool_hash": content_hash(pool), "n": len(pool), "kind": kind,
-            "hnsw": {"m": hnsw_m, "ef_construction": ef_construction, "ef_search": ef_search} if kind == "hnsw" else None,
+            "retriever": rep.describe(),
+            "embedder": rep.embedder_id,
+            "dim": int(vecs.shape[1]),
+            "profile_version": PROFILE_VERSION,
+            "pool_hash": content_hash(pool),
+            "n": len(pool),
+            "kind": kind,
+            "hnsw": {"m": hnsw_m, "ef_construction": ef_construction, "ef_search": ef_search}
+            if kind == "hnsw"
+            else None,
         }
         return cls(index, [p.patient_id for p in pool], meta, rep.state())
 
@@ -139,50 +165,62 @@ class DemoIndex:
 
         folder = Path(folder)
         if not folder.is_dir():
-            raise ConfigError(f"{folder}: no index folder here. Build one with `icl index build --pool POOL --out {folder}`.")
+            raise ConfigError(
+                f"{folder}: no index folder here. Build one with `icl index build --pool POOL --out {folder}`."
+            )
         rebuild = f"Rebuild it with `icl index build --pool POOL --out {folder}`."
         record = read_json(folder / cls.META_FILE, "demo index metadata")
         meta = record.get("meta") if isinstance(record, dict) else None
         ids = record.get("ids") if isinstance(record, dict) else None
         if not isinstance(meta, dict) or not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-            raise ConfigError(f"{folder / cls.META_FILE}: not a demo index metadata record (expected an object with "
-                              f"'meta' and a list of pool ids 'ids'). {rebuild}")
+            raise ConfigError(
+                f"{folder / cls.META_FILE}: not a demo index metadata record (expected an object with "
+                f"'meta' and a list of pool ids 'ids'). {rebuild}"
+            )
         if not (folder / cls.INDEX_FILE).is_file():
             raise ConfigError(f"{folder / cls.INDEX_FILE}: missing. {rebuild}")
         try:
             index = faiss.read_index(str(folder / cls.INDEX_FILE))
         except RuntimeError as exc:  # faiss reports a damaged or truncated file as a RuntimeError
             first = str(exc).strip().splitlines()[-1][:160] if str(exc).strip() else type(exc).__name__
-            raise ConfigError(f"{folder / cls.INDEX_FILE}: not a readable faiss index, damaged or truncated "
-                              f"({first}). {rebuild}") from None
+            raise ConfigError(
+                f"{folder / cls.INDEX_FILE}: not a readable faiss index, damaged or truncated ({first}). {rebuild}"
+            ) from None
         if index.ntotal != len(ids) or index.d != meta.get("dim"):
-            raise ConfigError(f"{folder}: index.faiss holds {index.ntotal} vectors of dimension {index.d} but "
-                              f"index.json lists {len(ids)} ids of dimension {meta.get('dim')}. Rebuild the index.")
+            raise ConfigError(
+                f"{folder}: index.faiss holds {index.ntotal} vectors of dimension {index.d} but "
+                f"index.json lists {len(ids)} ids of dimension {meta.get('dim')}. Rebuild the index."
+            )
         state: dict[str, np.ndarray] = {}
         if (folder / cls.STATE_FILE).is_file():
             try:
                 with np.load(folder / cls.STATE_FILE, allow_pickle=False) as npz:
                     state = {k: npz[k] for k in npz.files}
             except (OSError, ValueError, EOFError) as exc:
-                raise ConfigError(f"{folder / cls.STATE_FILE}: not a readable retriever state ({exc}). {rebuild}") \
-                    from None
+                raise ConfigError(
+                    f"{folder / cls.STATE_FILE}: not a readable retriever state ({exc}). {rebuild}"
+                ) from None
         meta = dict(meta)
         meta["retriever"] = describe_retriever(meta)
         return cls(index, list(ids), meta, state)
 
-    def check(self, pool: Sequence[Patient], representation: PatientRepresentation | ProfileEmbedder, where: str = "index") -> None:
+    def check(
+        self, pool: Sequence[Patient], representation: PatientRepresentation | ProfileEmbedder, where: str = "index"
+    ) -> None:
         """Raise when the index was built from another pool, or with another retriever or other retriever settings
         (embedder, weights, features, ...), naming the field; then give ``representation`` the index's fitted
         state, so queries are mapped as the pool was."""
         rep = _as_representation(representation)
-        fix = ("Rebuild it with `icl index build --pool POOL --out DIR` with these retriever settings, or use the "
-               "settings it was built with (icl index info shows them).")
+        fix = (
+            "Rebuild it with `icl index build --pool POOL --out DIR` with these retriever settings, or use the "
+            "settings it was built with (icl index info shows them)."
+        )
         built, now = describe_retriever(self.meta), rep.describe()
         if built.get("kind") != now["kind"]:
-            check_meta({"retriever": built.get("kind")}, {"retriever": now["kind"]}, what="demo index", where=where,
-                       fix=fix)
-        check_meta({"retriever": built}, {"retriever": now},
-                   what="demo index", where=where, fix=fix)
+            check_meta(
+                {"retriever": built.get("kind")}, {"retriever": now["kind"]}, what="demo index", where=where, fix=fix
+            )
+        check_meta({"retriever": built}, {"retriever": now}, what="demo index", where=where, fix=fix)
         check_meta(self.meta, {"pool_hash": content_hash(pool)}, what="demo index", where=where, fix=fix)
         if self.ids != [p.patient_id for p in pool]:
             raise ConfigError(f"{where}: the index lists its pool patients in another order than the pool file.")
@@ -192,8 +230,9 @@ class DemoIndex:
             except KeyError as exc:
                 raise ConfigError(f"{where}: the retriever state ({self.STATE_FILE}) lacks {exc}. {fix}") from None
         if rep.dim != self.index.d:
-            raise ConfigError(f"{where}: the index holds vectors of dimension {self.index.d}, the retriever makes "
-                              f"{rep.dim}. {fix}")
+            raise ConfigError(
+                f"{where}: the index holds vectors of dimension {self.index.d}, the retriever makes {rep.dim}. {fix}"
+            )
 
     def search(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """faiss ``(scores, rows)`` of the ``n`` nearest pool rows per query (row -1 = none)."""
@@ -202,13 +241,22 @@ class DemoIndex:
 
     def vectors(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
         """The stored vectors of some pool rows."""
-        return np.stack([self.index.reconstruct(int(r)) for r in rows]) if len(rows) else \
-            np.zeros((0, self.index.d), dtype=np.float32)
+        return (
+            np.stack([self.index.reconstruct(int(r)) for r in rows])
+            if len(rows)
+            else np.zeros((0, self.index.d), dtype=np.float32)
+        )
 
 
-def build_index(pool: Sequence[Patient], config: RetrievalConfig | None = None, *,
-                embedder: ProfileEmbedder | None = None, kind: str = "auto", out: str | os.PathLike[str] | None = None,
-                progress: bool = True) -> DemoIndex:
+def build_index(
+    pool: Sequence[Patient],
+    config: RetrievalConfig | None = None,
+    *,
+    embedder: ProfileEmbedder | None = None,
+    kind: str = "auto",
+    out: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+) -> DemoIndex:
     """Fit a retriever on a demonstration pool and index the pool (``icl index build`` as a function).
 
     Args:

@@ -63,9 +63,19 @@ from icl_toolkit.data.cohort import Patient
 from icl_toolkit.retrieval.config import RETRIEVERS, RetrievalConfig
 from icl_toolkit.retrieval.embedder import ProfileEmbedder
 
-__all__ = ["FEATURES_VERSION", "clinical_tokens", "prognostic_features", "Block",
-           "DenseBlock", "SparseBlock", "StructuredBlock", "PrognosticBlock", "PatientRepresentation",
-           "make_representation", "needs_embedder"]
+__all__ = [
+    "FEATURES_VERSION",
+    "clinical_tokens",
+    "prognostic_features",
+    "Block",
+    "DenseBlock",
+    "SparseBlock",
+    "StructuredBlock",
+    "PrognosticBlock",
+    "PatientRepresentation",
+    "make_representation",
+    "needs_embedder",
+]
 
 FEATURES_VERSION = 1
 """Version of the code features below; indexes built with another version are refused."""
@@ -74,6 +84,7 @@ _YEAR = 365.25
 
 
 # --------------------------------------------------------------------------- features (pre-index only)
+
 
 def clinical_tokens(p: Patient) -> dict[str, float]:
     """The pre-index codes of a patient as a bag (1 per code): diagnoses, drugs, procedures, observations (with
@@ -109,7 +120,7 @@ def _rbf(values: np.ndarray, centers: np.ndarray, width: float) -> np.ndarray:
     """Soft-binned Gaussian features: the inner product of two rows is a Gaussian kernel of the values' gap
     (bandwidth about ``width``); values are clamped to the centres' range."""
     v = np.clip(values, centers[0], centers[-1])
-    return _unit(np.exp(-((v[:, None] - centers[None, :]) ** 2) / (width ** 2)))
+    return _unit(np.exp(-((v[:, None] - centers[None, :]) ** 2) / (width**2)))
 
 
 def _grid(lo: float, hi: float, width: float) -> np.ndarray:
@@ -117,6 +128,7 @@ def _grid(lo: float, hi: float, width: float) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- blocks
+
 
 class Block:
     """One unit-vector view of a patient. ``fit`` learns from the pool; ``pool_vectors`` are the pool's rows
@@ -287,8 +299,12 @@ class PrognosticBlock(Block):
         a patient's own label decides neither its fold nor (through the other folds' model) its score, and the
         records of one subject (several prediction times) share a fold."""
         n = folds or self.folds
-        return np.array([int.from_bytes(hashlib.sha256(f"{self.seed}:{p.subject_id}".encode()).digest()[:8],
-                                        "little") % n for p in pool])
+        return np.array(
+            [
+                int.from_bytes(hashlib.sha256(f"{self.seed}:{p.subject_id}".encode()).digest()[:8], "little") % n
+                for p in pool
+            ]
+        )
 
     def fit(self, pool: Sequence[Patient], *, progress: bool = False) -> Block:
         from sklearn.feature_extraction import DictVectorizer
@@ -298,15 +314,16 @@ class PrognosticBlock(Block):
             raise ConfigError("The prognostic retriever learns from the pool's labels; every pool patient needs one.")
 
         def usable(fold: np.ndarray, n: int) -> bool:
-            return all((fold == f).any() and (y[fold != f] == 1).any() and (y[fold != f] == 0).any()
-                       for f in range(n))
+            return all((fold == f).any() and (y[fold != f] == 1).any() and (y[fold != f] == 0).any() for f in range(n))
 
         # a small pool gets fewer folds (down to 2) when some fold would leave no case or no control to learn from
         n_folds = next((n for n in range(self.folds, 1, -1) if usable(self.folds_of(pool, n), n)), 0)
         if not n_folds:
-            raise ConfigError(f"The prognostic retriever cross-fits its score and needs cases and controls outside "
-                              f"every fold; this pool ({int((y == 1).sum())} cases, {int((y == 0).sum())} controls) "
-                              "is too small even for 2 folds. Use --retriever sparse or dense.")
+            raise ConfigError(
+                f"The prognostic retriever cross-fits its score and needs cases and controls outside "
+                f"every fold; this pool ({int((y == 1).sum())} cases, {int((y == 0).sum())} controls) "
+                "is too small even for 2 folds. Use --retriever sparse or dense."
+            )
         fold = self.folds_of(pool, n_folds)
         self.folds_used_ = n_folds
         vec = DictVectorizer()
@@ -319,14 +336,21 @@ class PrognosticBlock(Block):
         # one affine map for everyone (the pool's spread), so the bandwidth means the same in any cohort
         mu, sd = float(crossfit.mean()), float(crossfit.std()) or 1.0
         z = (crossfit - mu) / sd
-        self._set(vec.feature_names_, final.coef_[0], float(final.intercept_[0]), mu, sd,
-                  _grid(float(z.min()), float(z.max()), self.bandwidth))
+        self._set(
+            vec.feature_names_,
+            final.coef_[0],
+            float(final.intercept_[0]),
+            mu,
+            sd,
+            _grid(float(z.min()), float(z.max()), self.bandwidth),
+        )
         self._pool = _rbf(z, self._centers, self.bandwidth)
         self.pool_logits_ = crossfit  # cross-fitted logits: each from a model that never saw that patient's label
         return self
 
-    def _set(self, names: Sequence[str], coef: np.ndarray, intercept: float, mu: float, sd: float,
-             centers: np.ndarray) -> None:
+    def _set(
+        self, names: Sequence[str], coef: np.ndarray, intercept: float, mu: float, sd: float, centers: np.ndarray
+    ) -> None:
         self._names = list(names)
         self._index = {n: i for i, n in enumerate(self._names)}
         self._coef = np.asarray(coef, dtype=np.float64)
@@ -337,8 +361,9 @@ class PrognosticBlock(Block):
         """Each patient's risk score from the model fit on the whole pool (logit, in pool-spread units)."""
         out = np.empty(len(patients))
         for r, p in enumerate(patients):
-            logit = self._intercept + sum(self._coef[self._index[k]] * v
-                                          for k, v in prognostic_features(p).items() if k in self._index)
+            logit = self._intercept + sum(
+                self._coef[self._index[k]] * v for k, v in prognostic_features(p).items() if k in self._index
+            )
             out[r] = (logit - self._mu) / self._sd
         return out
 
@@ -350,12 +375,21 @@ class PrognosticBlock(Block):
         return len(self._centers)
 
     def describe(self) -> dict[str, Any]:
-        return {"features_version": FEATURES_VERSION, "bandwidth": self.bandwidth, "folds": self.folds,
-                "C": self.C, "seed": self.seed}
+        return {
+            "features_version": FEATURES_VERSION,
+            "bandwidth": self.bandwidth,
+            "folds": self.folds,
+            "C": self.C,
+            "seed": self.seed,
+        }
 
     def state(self) -> dict[str, np.ndarray]:
-        return {"names": np.array(self._names, dtype=str), "coef": self._coef,
-                "scalars": np.array([self._intercept, self._mu, self._sd]), "centers": self._centers}
+        return {
+            "names": np.array(self._names, dtype=str),
+            "coef": self._coef,
+            "scalars": np.array([self._intercept, self._mu, self._sd]),
+            "centers": self._centers,
+        }
 
     def load_state(self, state: dict[str, np.ndarray]) -> Block:
         intercept, mu, sd = (float(x) for x in state["scalars"])
@@ -364,6 +398,7 @@ class PrognosticBlock(Block):
 
 
 # --------------------------------------------------------------------------- retrievers
+
 
 @dataclass
 class PatientRepresentation:
@@ -421,7 +456,7 @@ class PatientRepresentation:
     def load_state(self, state: dict[str, np.ndarray]) -> PatientRepresentation:
         for block, _ in self._active():
             prefix = f"{block.name}."
-            block.load_state({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+            block.load_state({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
         return self
 
 
@@ -448,9 +483,15 @@ def make_representation(config: RetrievalConfig, embedder: ProfileEmbedder | Non
         return PatientRepresentation(kind, [SparseBlock()], [1.0])
     if kind == "hybrid":
         d, s, x = config.hybrid_weights
-        blocks: list[Block] = [DenseBlock(embedder) if d > 0 and embedder is not None else SparseBlock(), SparseBlock(),
-                               StructuredBlock()]
+        blocks: list[Block] = [
+            DenseBlock(embedder) if d > 0 and embedder is not None else SparseBlock(),
+            SparseBlock(),
+            StructuredBlock(),
+        ]
         return PatientRepresentation(kind, blocks, [d, s, x])
     w = config.prognostic_weight
-    return PatientRepresentation(kind, [PrognosticBlock(config.prognostic_bandwidth, config.folds), SparseBlock(),
-                                        StructuredBlock()], [w, (1 - w) * 0.75, (1 - w) * 0.25])
+    return PatientRepresentation(
+        kind,
+        [PrognosticBlock(config.prognostic_bandwidth, config.folds), SparseBlock(), StructuredBlock()],
+        [w, (1 - w) * 0.75, (1 - w) * 0.25],
+    )

@@ -96,8 +96,14 @@ class Retriever:
         self.config = config or RetrievalConfig()
         self.embedder = embedder
 
-    def fit(self, pool: Sequence[Patient], index: DemoIndex | str | os.PathLike[str] | None = None, *,
-            index_kind: str = "auto", progress: bool = True) -> Retriever:
+    def fit(
+        self,
+        pool: Sequence[Patient],
+        index: DemoIndex | str | os.PathLike[str] | None = None,
+        *,
+        index_kind: str = "auto",
+        progress: bool = True,
+    ) -> Retriever:
         """Attach the pool; load and check ``index`` (built with the same retriever and settings) or build one."""
         c = self.config
         if self.embedder is None and needs_embedder(c.retriever, c.hybrid_weights):
@@ -106,8 +112,10 @@ class Retriever:
         if not pool:
             raise ConfigError("The demonstration pool is empty.")
         if c.k > len(pool):
-            raise ConfigError(f"The 'k' parameter ({c.k}) is larger than the demonstration pool "
-                              f"({len(pool)} patients). Lower --k or use a larger --pool.")
+            raise ConfigError(
+                f"The 'k' parameter ({c.k}) is larger than the demonstration pool "
+                f"({len(pool)} patients). Lower --k or use a larger --pool."
+            )
         rep = make_representation(c, self.embedder)
         if index is None:
             index = DemoIndex.build(pool, rep, kind=index_kind, progress=progress)
@@ -132,7 +140,7 @@ class Retriever:
             raise ConfigError("This Retriever is not fitted yet. Call fit(pool) first.")
 
     def _eligible(self, query: Patient, rows: np.ndarray) -> np.ndarray:
-        ok = (rows >= 0)
+        ok = rows >= 0
         ok[ok] &= self.subjects_[rows[ok]] != query.subject_id
         if self.config.temporal_guard:
             ok[ok] &= self.window_ends_[rows[ok]] <= query.index_date
@@ -147,8 +155,9 @@ class Retriever:
         need = max(4 * c.k, 20) if c.strategy == "mmr" else c.k
         return len(rows) >= need
 
-    def _candidates(self, query: Patient, q: np.ndarray, scores: np.ndarray, rows: np.ndarray
-                    ) -> tuple[np.ndarray, np.ndarray]:
+    def _candidates(
+        self, query: Patient, q: np.ndarray, scores: np.ndarray, rows: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Eligible candidate rows with scores, widening the search until enough are found."""
         total = self.index_.index.ntotal
         n = len(rows)
@@ -232,5 +241,9 @@ class Retriever:
         """What a retrieval depends on, for :class:`RetrievalCache`."""
         self._check_fitted()
         m = self.index_.meta
-        return {"pool_hash": m["pool_hash"], "retriever": describe_retriever(m), "index_kind": m["kind"],
-                "config": self.config.model_dump(mode="json")}
+        return {
+            "pool_hash": m["pool_hash"],
+            "retriever": describe_retriever(m),
+            "index_kind": m["kind"],
+            "config": self.config.model_dump(mode="json"),
+        }

@@ -34,9 +34,14 @@ from icl_toolkit.serve.state import ServerState
 __all__ = ["ServerSettings", "create_app", "make_server", "drain_seconds"]
 
 
-def create_app(load: Callable[[], PredictionService], settings: ServerSettings | None = None,
-               *, info: Callable[[PredictionService], dict[str, Any]] | None = None,
-               monitor: MonitorLog | None = None, card: dict[str, Any] | None = None) -> FastAPI:
+def create_app(
+    load: Callable[[], PredictionService],
+    settings: ServerSettings | None = None,
+    *,
+    info: Callable[[PredictionService], dict[str, Any]] | None = None,
+    monitor: MonitorLog | None = None,
+    card: dict[str, Any] | None = None,
+) -> FastAPI:
     """The app.
 
     Args:
@@ -91,8 +96,15 @@ def drain_seconds(grace_seconds: float) -> float:
     return max(grace_seconds * 0.5, grace_seconds - 15.0)
 
 
-def make_server(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
-                grace_seconds: float = 30.0, **config: Any) -> Any:
+def make_server(
+    app: FastAPI,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "info",
+    grace_seconds: float = 30.0,
+    **config: Any,
+) -> Any:
     """A uvicorn server for ``app`` whose SIGTERM (or SIGINT) handling first tells the service to refuse new work
     and to answer what is queued within :func:`drain_seconds`, then lets uvicorn close connections and exit
     within ``grace_seconds``."""
@@ -103,5 +115,13 @@ def make_server(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8000, log_
             app.state.begin_shutdown(drain_seconds(grace_seconds))
             super().handle_exit(sig, frame)
 
-    return GracefulServer(uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                                         timeout_graceful_shutdown=int(math.ceil(grace_seconds)), **config))
+    return GracefulServer(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level=log_level,
+            timeout_graceful_shutdown=int(math.ceil(grace_seconds)),
+            **config,
+        )
+    )

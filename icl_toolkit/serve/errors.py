@@ -27,8 +27,9 @@ class Rejected(Exception):
         return error_response(self.status, request_id, self.error, self.detail, headers)
 
 
-def error_response(status: int, request_id: str, error: str, detail: Any = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int, request_id: str, error: str, detail: Any = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     body = ErrorOut(request_id=request_id, error=error, detail=detail).model_dump(exclude_none=True)
     return JSONResponse(body, status_code=status, headers=headers)  # X-Request-ID: added by RequestContext
 
@@ -50,6 +51,8 @@ def parse_body(model: type[M], body: bytes) -> M:
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:
-        detail = [{"field": field_path(e["loc"]), "loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
-                  for e in exc.errors(include_url=False, include_input=False)]
+        detail = [
+            {"field": field_path(e["loc"]), "loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
+            for e in exc.errors(include_url=False, include_input=False)
+        ]
         raise Rejected(422, "invalid request", detail) from None

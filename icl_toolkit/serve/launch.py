@@ -92,8 +92,9 @@ def wait_healthy(base: str, alive: Callable[[], bool], timeout_s: float = 60.0) 
     raise ServerStartError(f"the server at {base} was not healthy after {timeout_s:.0f} s")
 
 
-def start_local_server(args: Sequence[str], *, timeout_s: float = 600.0, env: Mapping[str, str] | None = None,
-                       capture_output: bool = True) -> LocalServer:
+def start_local_server(
+    args: Sequence[str], *, timeout_s: float = 600.0, env: Mapping[str, str] | None = None, capture_output: bool = True
+) -> LocalServer:
     """Run ``icl serve ARGS --host 127.0.0.1 --port <free>`` and return once ``/health`` answers 200.
 
     Args:
@@ -111,15 +112,20 @@ def start_local_server(args: Sequence[str], *, timeout_s: float = 600.0, env: Ma
     port = free_port()
     icl = Path(sys.executable).parent / "icl"
     log = tempfile.TemporaryFile("w+", encoding="utf-8") if capture_output else None
-    process = subprocess.Popen([str(icl), "serve", *args, "--host", HOST, "--port", str(port)],
-                               stdout=log, stderr=subprocess.STDOUT if capture_output else None, text=True,
-                               env=dict(env) if env is not None else None)
+    process = subprocess.Popen(
+        [str(icl), "serve", *args, "--host", HOST, "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT if capture_output else None,
+        text=True,
+        env=dict(env) if env is not None else None,
+    )
     server = LocalServer(process, f"http://{HOST}:{port}", log)
     try:
         wait_healthy(server.base, lambda: process.poll() is None, timeout_s)
     except ServerStartError as exc:
         server.stop(timeout_s=5)
         tail = server.output()[-2000:] if capture_output else "(its output is above)"
-        raise ServerStartError(f"icl serve {' '.join(args)}: {exc} (exit status {process.returncode}): "
-                               f"{tail}") from None
+        raise ServerStartError(
+            f"icl serve {' '.join(args)}: {exc} (exit status {process.returncode}): {tail}"
+        ) from None
     return server

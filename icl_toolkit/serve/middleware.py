@@ -70,7 +70,9 @@ class RequestContext:
             if path.startswith("/v1/") and self.settings.api_key:
                 given = headers.get("authorization", "")
                 if not hmac.compare_digest(given.encode(), f"Bearer {self.settings.api_key}".encode()):
-                    await reply(error_response(401, rid, "missing or wrong bearer token (Authorization: Bearer $ICL_API_KEY)"))
+                    await reply(
+                        error_response(401, rid, "missing or wrong bearer token (Authorization: Bearer $ICL_API_KEY)")
+                    )
                     return
             length = headers.get("content-length", "")
             if length.isdigit() and int(length) > limit:
@@ -86,7 +88,10 @@ class RequestContext:
             log.error("%s %s %s failed: %s", rid, method, path, type(exc).__name__)
             log.debug("%s traceback", rid, exc_info=True)
             if "code" not in status:
-                await reply(error_response(500, rid, "internal error; the server log has the details under this request id"))
+                await reply(
+                    error_response(500, rid, "internal error; the server log has the details under this request id")
+                )
         finally:
-            log.info("%s %s %s %d %.1fms", rid, method, path, status.get("code", 499),
-                     (time.perf_counter() - start) * 1000)
+            log.info(
+                "%s %s %s %d %.1fms", rid, method, path, status.get("code", 499), (time.perf_counter() - start) * 1000
+            )

@@ -20,8 +20,18 @@ from icl_toolkit.inference.predictor import Prediction
 from icl_toolkit.prompting.config import Demos
 from icl_toolkit.retrieval.config import Strategy
 
-__all__ = ["PredictOptions", "PredictRequest", "PredictionOut", "PredictResponse", "Info", "Health", "ErrorOut",
-           "Outcome", "FeedbackRequest", "FeedbackResponse"]
+__all__ = [
+    "PredictOptions",
+    "PredictRequest",
+    "PredictionOut",
+    "PredictResponse",
+    "Info",
+    "Health",
+    "ErrorOut",
+    "Outcome",
+    "FeedbackRequest",
+    "FeedbackResponse",
+]
 
 
 class PredictOptions(BaseModel):
@@ -56,15 +66,20 @@ def _prediction_out() -> type[BaseModel]:
     """The response record: every field of :class:`icl_toolkit.inference.predictor.Prediction` (a line of ``icl predict``'s
     output), plus the prompt text when asked for."""
     hints = get_type_hints(Prediction)
+
     def default(f: dataclasses.Field[Any]) -> Any:
         if f.default is not MISSING:
             return f.default
         return ... if f.default_factory is MISSING else f.default_factory()
 
     fields: dict[str, Any] = {f.name: (hints[f.name], default(f)) for f in dataclasses.fields(Prediction)}
-    return create_model("PredictionOut", __doc__="One patient's prediction: the same record as a line of icl "
-                        "predict's output (prompt: the exact prompt text, with return_prompt).",
-                        **fields, prompt=(str | None, None))
+    return create_model(
+        "PredictionOut",
+        __doc__="One patient's prediction: the same record as a line of icl "
+        "predict's output (prompt: the exact prompt text, with return_prompt).",
+        **fields,
+        prompt=(str | None, None),
+    )
 
 
 if TYPE_CHECKING:  # built at import time from the Prediction record: a type checker sees a model

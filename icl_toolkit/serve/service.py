@@ -84,18 +84,30 @@ class PredictionService:
         batching: micro-batching and queue settings.
     """
 
-    def __init__(self, backend: Backend, pool: Sequence[Patient], index: DemoIndex | None, config: PredictConfig,
-                 *, embedder: ProfileEmbedder | None = None, batching: BatchSettings | None = None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        pool: Sequence[Patient],
+        index: DemoIndex | None,
+        config: PredictConfig,
+        *,
+        embedder: ProfileEmbedder | None = None,
+        batching: BatchSettings | None = None,
+    ) -> None:
         from icl_toolkit.retrieval.representations import make_representation, needs_embedder
 
         self.backend = backend
         self.pool = list(pool)
         self.config = config
         r = config.retrieval
-        self.embedder = embedder or (ProfileEmbedder() if self.pool and needs_embedder(r.retriever, r.hybrid_weights)
-                                     else None)
-        self.index = index if index is not None or not self.pool else DemoIndex.build(
-            self.pool, make_representation(r, self.embedder), progress=False)
+        self.embedder = embedder or (
+            ProfileEmbedder() if self.pool and needs_embedder(r.retriever, r.hybrid_weights) else None
+        )
+        self.index = (
+            index
+            if index is not None or not self.pool
+            else DemoIndex.build(self.pool, make_representation(r, self.embedder), progress=False)
+        )
         self.batching = batching or BatchSettings()
         self._predictors: dict[PredictConfig, Predictor] = {}
         self._executor: ThreadPoolExecutor | None = None
@@ -107,8 +119,8 @@ class PredictionService:
         self._cutoff: asyncio.TimerHandle | None = None
         self.seconds_per_patient = 0.5  # running mean of the backend's time per patient, for Retry-After
         self.batches = 0
-        self.dropped = 0      # patients taken out of the queue because their client went away
-        self.refused = 0      # requests refused because the queue was full
+        self.dropped = 0  # patients taken out of the queue because their client went away
+        self.refused = 0  # requests refused because the queue was full
 
     # ------------------------------------------------------------------ predictors
 
@@ -121,7 +133,8 @@ class PredictionService:
         config = self.spec(options)
         if config not in self._predictors:
             self._predictors[config] = Predictor(self.backend, config, embedder=self.embedder, progress=False).fit(
-                self.pool, self.index)
+                self.pool, self.index
+            )
         return self._predictors[config]
 
     def request_tokens(self, n_patients: int, options: PredictOptions) -> int:
@@ -168,8 +181,9 @@ class PredictionService:
         """
         if self.queued >= self.batching.max_queue:
             self.refused += 1
-            raise Rejected(503, f"the server is busy ({self.queued} patients queued); retry later",
-                           retry_after=self.retry_after())
+            raise Rejected(
+                503, f"the server is busy ({self.queued} patients queued); retry later", retry_after=self.retry_after()
+            )
 
     async def start(self) -> None:
         """Start the batch worker in the running event loop (again after :meth:`stop`)."""
@@ -185,8 +199,11 @@ class PredictionService:
             return
         self._stopping = True
         loop = asyncio.get_running_loop()
-        self._cutoff = loop.call_later(max(drain_seconds, 0.0), self._fail_waiting,
-                                       ShuttingDown("the server is shutting down; this request was not scored"))
+        self._cutoff = loop.call_later(
+            max(drain_seconds, 0.0),
+            self._fail_waiting,
+            ShuttingDown("the server is shutting down; this request was not scored"),
+        )
         if self._wake is not None:
             self._wake.set()
 
@@ -227,8 +244,10 @@ class PredictionService:
             raise ShuttingDown("the server is shutting down; send the request to another instance or retry later")
         if self.queued + len(patients) > self.batching.max_queue:
             self.refused += 1
-            raise Overloaded(f"the server is busy ({self.queued} patients queued, room for "
-                             f"{self.batching.max_queue}); retry later", self.retry_after())
+            raise Overloaded(
+                f"the server is busy ({self.queued} patients queued, room for {self.batching.max_queue}); retry later",
+                self.retry_after(),
+            )
         loop = asyncio.get_running_loop()
         self._requests += 1
         items = [_Item(p, options, self._requests, loop.create_future()) for p in patients]
@@ -302,8 +321,14 @@ class PredictionService:
                 it.future.set_result(res)
 
 
-def admit(req: PredictRequest, body: bytes, settings: ServerSettings, service: PredictionService | None,
-          ready: bool, stopping: bool) -> PredictionService:
+def admit(
+    req: PredictRequest,
+    body: bytes,
+    settings: ServerSettings,
+    service: PredictionService | None,
+    ready: bool,
+    stopping: bool,
+) -> PredictionService:
     """Check a validated request before any work: the cohort format's cross-field rules, the per-request limits,
     the server's state. Returns the service that takes it.
 
@@ -315,14 +340,20 @@ def admit(req: PredictRequest, body: bytes, settings: ServerSettings, service: P
 
     # the cohort format's cross-field rules (onset date with label 1, onset after index, finite values, ...)
     raw = json.loads(body)["patients"]
-    issues = [{"field": f"patients[{i}].{where}", "msg": what, "type": "cohort_rule"}
-              for i, p in enumerate(raw) for where, what in record_issues(p)]
+    issues = [
+        {"field": f"patients[{i}].{where}", "msg": what, "type": "cohort_rule"}
+        for i, p in enumerate(raw)
+        for where, what in record_issues(p)
+    ]
     if issues:
         raise Rejected(422, "invalid request", issues)
     o, n = req.options, len(req.patients)
     if o.k > settings.max_k:
-        raise Rejected(422, "invalid request", [{"field": "options.k", "type": "less_than_equal",
-                                                 "msg": f"k is at most {settings.max_k} on this server"}])
+        raise Rejected(
+            422,
+            "invalid request",
+            [{"field": "options.k", "type": "less_than_equal", "msg": f"k is at most {settings.max_k} on this server"}],
+        )
     if n > settings.max_patients:
         raise Rejected(413, f"{n} patients in one request; the limit is {settings.max_patients}")
     if stopping:
@@ -331,17 +362,28 @@ def admit(req: PredictRequest, body: bytes, settings: ServerSettings, service: P
         raise Rejected(503, "not ready: the model and index are still loading", retry_after=5)
     k = service.spec(o).retrieval.k
     if n * k > settings.max_demos:
-        raise Rejected(413, f"{n} patients x k={k} = {n * k} demonstrations in one request; the limit is "
-                            f"{settings.max_demos}. Send fewer patients per request or a smaller k.")
+        raise Rejected(
+            413,
+            f"{n} patients x k={k} = {n * k} demonstrations in one request; the limit is "
+            f"{settings.max_demos}. Send fewer patients per request or a smaller k.",
+        )
     tokens = service.request_tokens(n, o)
     if tokens > settings.max_request_tokens:
-        raise Rejected(413, f"this request would score about {tokens} prompt tokens; the limit is "
-                            f"{settings.max_request_tokens}. Send fewer patients per request or a smaller k.")
+        raise Rejected(
+            413,
+            f"this request would score about {tokens} prompt tokens; the limit is "
+            f"{settings.max_request_tokens}. Send fewer patients per request or a smaller k.",
+        )
     return service
 
 
-async def answer(service: PredictionService, req: PredictRequest, is_disconnected: Callable[[], Awaitable[bool]],
-                 request_id: str, poll_s: float = 0.25) -> list[dict[str, Any]] | None:
+async def answer(
+    service: PredictionService,
+    req: PredictRequest,
+    is_disconnected: Callable[[], Awaitable[bool]],
+    request_id: str,
+    poll_s: float = 0.25,
+) -> list[dict[str, Any]] | None:
     """The request's predictions, batched with concurrent requests; ``None`` when the client went away first (its
     queued patients are dropped: nobody is left to answer).
 

@@ -69,12 +69,23 @@ from icl_toolkit.prompting.builder import PromptBuilder
 from icl_toolkit.prompting.config import PromptConfig
 from icl_toolkit.training.config import TARGETS, FinetuneConfig
 
-__all__ = ["finetune", "SFTExample", "build_examples", "sft_prompt_config", "Finetuner", "FinetuneResult",
-           "ICLTrainer", "plot_loss_curve"]
+__all__ = [
+    "finetune",
+    "SFTExample",
+    "build_examples",
+    "sft_prompt_config",
+    "Finetuner",
+    "FinetuneResult",
+    "ICLTrainer",
+    "plot_loss_curve",
+]
 
 SFT_TEMPLATE = "zero_shot"
-_CHECKPOINTING = ("activation_checkpointing" if "activation_checkpointing" in SFTConfig.__dataclass_fields__
-                  else "gradient_checkpointing")
+_CHECKPOINTING = (
+    "activation_checkpointing"
+    if "activation_checkpointing" in SFTConfig.__dataclass_fields__
+    else "gradient_checkpointing"
+)
 """The trainer's name for recomputing activations: ``activation_checkpointing`` since transformers 5.2x,
 ``gradient_checkpointing`` before (the vLLM CPU build pins transformers 5.19)."""
 IGNORE = -100
@@ -83,8 +94,9 @@ IGNORE = -100
 def sft_prompt_config(query_tokens: int = 256, horizon_years: float = 5.0) -> PromptConfig:
     """The prompt layout SFT trains on: zero-shot, ending at the start of the assistant's turn (the spec's
     prompt section, so it is exactly what prediction renders for the same options)."""
-    return PredictConfig.from_options(k=0, mode="reason", template=SFT_TEMPLATE, query_tokens=query_tokens,
-                                      horizon_years=horizon_years).prompt
+    return PredictConfig.from_options(
+        k=0, mode="reason", template=SFT_TEMPLATE, query_tokens=query_tokens, horizon_years=horizon_years
+    ).prompt
 
 
 @dataclass
@@ -106,14 +118,23 @@ def _target_text(patient: Patient, target: str, answer: str, where: str) -> str:
     field = "free_text" if target == "rationale" else "stepwise"
     text = getattr(patient.rationales, field, None) if patient.rationales is not None else None
     if not text or not text.strip():
-        raise ConfigError(f"{where}: patient {patient.patient_id} has no {field} rationale, which --target {target} "
-                          "needs. Use --target label, or generate rationales first (icl rationales generate).")
+        raise ConfigError(
+            f"{where}: patient {patient.patient_id} has no {field} rationale, which --target {target} "
+            "needs. Use --target label, or generate rationales first (icl rationales generate)."
+        )
     return text.strip() + "\n" + answer
 
 
-def build_examples(patients: Sequence[Patient], tokenizer: Any, target: str = "label", *,
-                   query_tokens: int = 256, horizon_years: float = 5.0, max_context: int = 8192,
-                   where: str = "training data") -> list[SFTExample]:
+def build_examples(
+    patients: Sequence[Patient],
+    tokenizer: Any,
+    target: str = "label",
+    *,
+    query_tokens: int = 256,
+    horizon_years: float = 5.0,
+    max_context: int = 8192,
+    where: str = "training data",
+) -> list[SFTExample]:
     """Prompt + target token sequences with the prompt masked out of the loss.
 
     Raises:
@@ -136,8 +157,10 @@ def build_examples(patients: Sequence[Patient], tokenizer: Any, target: str = "l
         while cut < min(len(ids), len(ids_prompt)) and ids[cut] == ids_prompt[cut]:
             cut += 1
         if len(ids) > max_context:
-            raise ConfigError(f"{where}: the training example of patient {p.patient_id} has {len(ids)} tokens, more "
-                              f"than the model's context ({max_context}). Lower --query-tokens.")
+            raise ConfigError(
+                f"{where}: the training example of patient {p.patient_id} has {len(ids)} tokens, more "
+                f"than the model's context ({max_context}). Lower --query-tokens."
+            )
         examples.append(SFTExample(p.patient_id, ids, [IGNORE] * cut + ids[cut:]))
     return examples
 
@@ -165,8 +188,16 @@ class Finetuner:
         callbacks: extra ``transformers.TrainerCallback`` objects (tests use one to interrupt a run).
     """
 
-    def __init__(self, config: FinetuneConfig | None = None, *, base: str = "default", model: Any = None,
-                 tokenizer: Any = None, progress: bool = True, callbacks: Sequence[Any] = ()) -> None:
+    def __init__(
+        self,
+        config: FinetuneConfig | None = None,
+        *,
+        base: str = "default",
+        model: Any = None,
+        tokenizer: Any = None,
+        progress: bool = True,
+        callbacks: Sequence[Any] = (),
+    ) -> None:
         self.config = config or FinetuneConfig()
         self.base = base
         self.model = model
@@ -193,18 +224,24 @@ class Finetuner:
         layers = causal.get_decoder().layers
         n_layers = len(layers)
         if c.train_layers is not None and c.train_layers > n_layers:
-            raise ConfigError(f"The 'train_layers' parameter ({c.train_layers}) is more than the model's "
-                              f"{n_layers} transformer blocks.")
+            raise ConfigError(
+                f"The 'train_layers' parameter ({c.train_layers}) is more than the model's "
+                f"{n_layers} transformer blocks."
+            )
         top = range(n_layers - (c.train_layers or n_layers), n_layers)
         if c.lora:
             try:
                 from peft import LoraConfig, get_peft_model
             except ImportError:
                 raise ConfigError("--lora needs peft: pip install peft") from None
-            lcfg = LoraConfig(r=c.lora_r, lora_alpha=c.alpha, lora_dropout=c.lora_dropout, task_type="CAUSAL_LM",
-                              target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                              "down_proj"],
-                              layers_to_transform=list(top) if c.train_layers else None)
+            lcfg = LoraConfig(
+                r=c.lora_r,
+                lora_alpha=c.alpha,
+                lora_dropout=c.lora_dropout,
+                task_type="CAUSAL_LM",
+                target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                layers_to_transform=list(top) if c.train_layers else None,
+            )
             trainable = get_peft_model(causal, lcfg)
             causal = trainable.get_base_model()
         else:
@@ -223,9 +260,17 @@ class Finetuner:
 
     # ------------------------------------------------------------------ run
 
-    def fit(self, train: Sequence[Patient], out: str | Path, *, val: Sequence[Patient] | None = None,
-            overwrite: bool = False, resume: bool = False, train_name: str = "train",
-            val_name: str = "val") -> FinetuneResult:
+    def fit(
+        self,
+        train: Sequence[Patient],
+        out: str | Path,
+        *,
+        val: Sequence[Patient] | None = None,
+        overwrite: bool = False,
+        resume: bool = False,
+        train_name: str = "train",
+        val_name: str = "val",
+    ) -> FinetuneResult:
         """Train on ``train`` and write the checkpoint folder ``out``.
 
         The trainer works in ``.<out>.partial/`` beside ``out``; the folder is moved into place only when
@@ -239,16 +284,22 @@ class Finetuner:
         c = self.config
         out = Path(out)
         if out.exists() and any(out.iterdir()) and not overwrite:
-            raise ConfigError(f"{out} already exists and is not empty. Pass --overwrite to replace it, or choose "
-                              "another --out.")
+            raise ConfigError(
+                f"{out} already exists and is not empty. Pass --overwrite to replace it, or choose another --out."
+            )
         train = list(train)
         if not train:
             raise ConfigError(f"{train_name}: no training patients.")
-        val_patients = list(val)[:c.val_limit] if val else []
+        val_patients = list(val)[: c.val_limit] if val else []
         start_time = time.perf_counter()
         work = out.with_name(f".{out.name}.partial")
-        run_id = {"target": c.target, "base_id": lm_id(self.base), "settings": c.run_settings(),
-                  "train_hash": content_hash(train), "val_hash": content_hash(val_patients) if val_patients else None}
+        run_id = {
+            "target": c.target,
+            "base_id": lm_id(self.base),
+            "settings": c.run_settings(),
+            "train_hash": content_hash(train),
+            "val_hash": content_hash(val_patients) if val_patients else None,
+        }
         checkpoint = self._resume_point(work, run_id, resume=resume, overwrite=overwrite, out=out)
         trainable, causal, tok = self._prepare()
         max_context = int(getattr(causal.config, "max_position_embeddings", 0) or 8192)
@@ -257,15 +308,19 @@ class Finetuner:
         val_examples = build_examples(val_patients, tok, c.target, where=val_name, **kw) if val_patients else []
         steps_per_epoch = math.ceil(len(examples) / (c.batch_size * c.gradient_accumulation))
         total = c.max_steps or max(1, math.ceil(c.epochs * steps_per_epoch))
-        trainer = self._trainer(trainable, causal, tok, examples, val_examples, val_patients, work, total,
-                                fresh=checkpoint is None)
+        trainer = self._trainer(
+            trainable, causal, tok, examples, val_examples, val_patients, work, total, fresh=checkpoint is None
+        )
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         trainable.eval()
         history = _history(trainer.state.log_history)
         params = [p for p in trainable.parameters() if p.requires_grad]
-        meta = self._meta(run_id, train_name, examples, val_examples, trainer, history, params,
-                          steps_per_epoch, total) | {"seconds": round(time.perf_counter() - start_time, 1),
-                                                     "resumed_from": checkpoint.name if checkpoint else None}
+        meta = self._meta(
+            run_id, train_name, examples, val_examples, trainer, history, params, steps_per_epoch, total
+        ) | {
+            "seconds": round(time.perf_counter() - start_time, 1),
+            "resumed_from": checkpoint.name if checkpoint else None,
+        }
         self._save(trainable, tok, out, meta, history)
         shutil.rmtree(work, ignore_errors=True)
         return FinetuneResult(out, meta, history)
@@ -277,29 +332,49 @@ class Finetuner:
         """The trainer checkpoint to resume from (``None``: start fresh), after checking the interrupted run."""
         record = work / "run.json"
         # a save cut off mid-write (no trainer_state.json, written last) is not one to resume from
-        saves = sorted((d for d in work.glob("trainer/checkpoint-*") if (d / "trainer_state.json").is_file()),
-                       key=lambda d: int(d.name.rpartition("-")[2]))
+        saves = sorted(
+            (d for d in work.glob("trainer/checkpoint-*") if (d / "trainer_state.json").is_file()),
+            key=lambda d: int(d.name.rpartition("-")[2]),
+        )
         if work.exists() and (overwrite or not resume):
             if saves and not overwrite:
-                raise ConfigError(f"An interrupted fine-tuning run of {out} is in {work} (last save: "
-                                  f"{saves[-1].name}). Pass --resume to continue it, or --overwrite to start over.")
+                raise ConfigError(
+                    f"An interrupted fine-tuning run of {out} is in {work} (last save: "
+                    f"{saves[-1].name}). Pass --resume to continue it, or --overwrite to start over."
+                )
             shutil.rmtree(work)
             saves = []
         if saves:
             try:
                 meta = json.loads(record.read_text())
             except (OSError, ValueError) as exc:
-                raise ArtifactMismatch(f"{record}: unreadable record of the interrupted run ({exc}). Pass --overwrite "
-                                       "to start over.") from None
-            check_meta(meta, run_id, what="interrupted fine-tuning run", where=str(record),
-                       fix="Resume with the same settings and data, or pass --overwrite to start over.")
+                raise ArtifactMismatch(
+                    f"{record}: unreadable record of the interrupted run ({exc}). Pass --overwrite to start over."
+                ) from None
+            check_meta(
+                meta,
+                run_id,
+                what="interrupted fine-tuning run",
+                where=str(record),
+                fix="Resume with the same settings and data, or pass --overwrite to start over.",
+            )
         work.mkdir(parents=True, exist_ok=True)
         write_json_atomic(record, run_id)
         return saves[-1] if saves else None
 
-    def _trainer(self, trainable: Any, causal: Any, tok: Any, examples: list[SFTExample],
-                 val_examples: list[SFTExample], val_patients: list[Patient], work: Path, total: int, *,
-                 fresh: bool = True) -> ICLTrainer:
+    def _trainer(
+        self,
+        trainable: Any,
+        causal: Any,
+        tok: Any,
+        examples: list[SFTExample],
+        val_examples: list[SFTExample],
+        val_patients: list[Patient],
+        work: Path,
+        total: int,
+        *,
+        fresh: bool = True,
+    ) -> ICLTrainer:
         from icl_toolkit.core.hardware import resolve_dtype
 
         c = self.config
@@ -310,27 +385,55 @@ class Finetuner:
         every = c.eval_steps or max(1, math.ceil(total / (points + 1)))
         metric = {"auroc": "eval_auroc", "loss": "eval_loss"}[c.stop_on]
         args = SFTConfig(
-            output_dir=str(work / "trainer"), seed=c.seed, data_seed=c.seed, max_steps=total,
-            per_device_train_batch_size=c.batch_size, per_device_eval_batch_size=c.batch_size,
-            gradient_accumulation_steps=c.gradient_accumulation, learning_rate=c.learning_rate,
-            lr_scheduler_type="linear", warmup_steps=math.ceil(c.warmup * total), weight_decay=c.weight_decay,
-            max_grad_norm=c.max_grad_norm, optim="adamw_torch", adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
-            bf16=bf16, **cast(dict[str, Any], {_CHECKPOINTING: c.gradient_checkpointing}), completion_only_loss=True,
+            output_dir=str(work / "trainer"),
+            seed=c.seed,
+            data_seed=c.seed,
+            max_steps=total,
+            per_device_train_batch_size=c.batch_size,
+            per_device_eval_batch_size=c.batch_size,
+            gradient_accumulation_steps=c.gradient_accumulation,
+            learning_rate=c.learning_rate,
+            lr_scheduler_type="linear",
+            warmup_steps=math.ceil(c.warmup * total),
+            weight_decay=c.weight_decay,
+            max_grad_norm=c.max_grad_norm,
+            optim="adamw_torch",
+            adam_beta1=0.9,
+            adam_beta2=0.999,
+            adam_epsilon=1e-8,
+            bf16=bf16,
+            **cast(dict[str, Any], {_CHECKPOINTING: c.gradient_checkpointing}),
+            completion_only_loss=True,
             max_length=None,
-            logging_steps=1, eval_strategy="steps" if val_examples else "no", eval_steps=every,
+            logging_steps=1,
+            eval_strategy="steps" if val_examples else "no",
+            eval_steps=every,
             eval_on_start=bool(val_examples) and fresh,  # the step-0 point of the validation curves
-            save_strategy="steps", save_steps=every, save_total_limit=2, load_best_model_at_end=bool(val_examples),
-            metric_for_best_model=metric if val_examples else None, greater_is_better=c.stop_on == "auroc",
-            report_to="none", disable_tqdm=True, dataloader_num_workers=0, use_cpu=c.device == "cpu",
-            remove_unused_columns=True)
+            save_strategy="steps",
+            save_steps=every,
+            save_total_limit=2,
+            load_best_model_at_end=bool(val_examples),
+            metric_for_best_model=metric if val_examples else None,
+            greater_is_better=c.stop_on == "auroc",
+            report_to="none",
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            use_cpu=c.device == "cpu",
+            remove_unused_columns=True,
+        )
         callbacks = list(self.callbacks)
         if val_examples and c.patience:
             per_epoch = math.ceil(len(examples) / (c.batch_size * c.gradient_accumulation))
             stopper = EarlyStoppingCallback(c.patience, c.min_delta)
             callbacks += [stopper, _NotBefore(stopper, math.ceil(c.min_epochs * per_epoch))]
         trainer = ICLTrainer(
-            model=trainable, args=args, processing_class=tok, train_dataset=_dataset(examples),
-            eval_dataset=_dataset(val_examples) if val_examples else None, callbacks=callbacks)
+            model=trainable,
+            args=args,
+            processing_class=tok,
+            train_dataset=_dataset(examples),
+            eval_dataset=_dataset(val_examples) if val_examples else None,
+            callbacks=callbacks,
+        )
         trainer.val_auroc = _ValAUROC(causal, tok, val_patients, c) if val_patients else None
         trainer.target_positions_only = trainer.args.device.type == "cpu" and trainer.accelerator.num_processes == 1
         for cls in (PrinterCallback, TQDMProgressCallback):
@@ -338,13 +441,22 @@ class Finetuner:
         trainer.add_callback(ProgressCallback(f"fine-tuning ({c.target})", total, self.progress))
         return trainer
 
-    def _meta(self, run_id: dict[str, Any], train_name: str,
-              examples: list[SFTExample], val_examples: list[SFTExample], trainer: Any,
-              history: list[dict[str, Any]], params: list[Any], steps_per_epoch: int, total: int) -> dict[str, Any]:
+    def _meta(
+        self,
+        run_id: dict[str, Any],
+        train_name: str,
+        examples: list[SFTExample],
+        val_examples: list[SFTExample],
+        trainer: Any,
+        history: list[dict[str, Any]],
+        params: list[Any],
+        steps_per_epoch: int,
+        total: int,
+    ) -> dict[str, Any]:
         c = self.config
         steps = int(trainer.state.global_step)
         train_losses = [r["train_loss"] for r in history if r["train_loss"] is not None]
-        tail = train_losses[-max(1, len(train_losses) // 10):]
+        tail = train_losses[-max(1, len(train_losses) // 10) :]
         evals = [r for r in history if r["val_loss"] is not None or r["val_auroc"] is not None]
         best_step = trainer.state.best_global_step if val_examples else None
         best = next((r for r in evals if r["step"] == best_step), evals[-1] if evals else None)
@@ -377,8 +489,7 @@ class Finetuner:
             "first_train_loss": train_losses[0] if train_losses else None,
         }
 
-    def _save(self, trainable: Any, tok: Any, out: Path, meta: dict[str, Any],
-              history: list[dict[str, Any]]) -> Path:
+    def _save(self, trainable: Any, tok: Any, out: Path, meta: dict[str, Any], history: list[dict[str, Any]]) -> Path:
         tmp = out.with_name(f".{out.name}.final")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -395,8 +506,12 @@ class Finetuner:
 
 def _dataset(examples: Sequence[SFTExample]) -> Dataset:
     """Tokenised prompt-completion examples as TRL takes them: ``input_ids`` and a ``completion_mask``."""
-    return Dataset.from_dict({"input_ids": [e.input_ids for e in examples],
-                              "completion_mask": [[int(t != IGNORE) for t in e.labels] for e in examples]})
+    return Dataset.from_dict(
+        {
+            "input_ids": [e.input_ids for e in examples],
+            "completion_mask": [[int(t != IGNORE) for t in e.labels] for e in examples],
+        }
+    )
 
 
 def _history(log_history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -423,15 +538,20 @@ class _ValAUROC:
 
     def __init__(self, causal: Any, tok: Any, patients: list[Patient], config: FinetuneConfig) -> None:
         self.causal, self.tok, self.patients = causal, tok, patients
-        self.spec = PredictConfig.from_options(k=0, mode="score", template=SFT_TEMPLATE,
-                                               query_tokens=config.query_tokens, horizon_years=config.horizon_years)
+        self.spec = PredictConfig.from_options(
+            k=0,
+            mode="score",
+            template=SFT_TEMPLATE,
+            query_tokens=config.query_tokens,
+            horizon_years=config.horizon_years,
+        )
 
     def __call__(self) -> float | None:
         from icl_toolkit.backends.hf import HFBackend
         from icl_toolkit.evaluation.metrics import summary
         from icl_toolkit.inference.predictor import Predictor
 
-        labels = cast(list[int], [p.label for p in self.patients])   # validation patients are labelled
+        labels = cast(list[int], [p.label for p in self.patients])  # validation patients are labelled
         if len(set(labels)) < 2:
             return None
         was = self.causal.training
@@ -463,8 +583,9 @@ class ICLTrainer(SFTTrainer):
                 logs["eval_auroc"] = self.val_auroc()
         super().log(logs, start_time)
 
-    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
-                     num_items_in_batch: Any = None) -> Any:
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
         if not self.target_positions_only or return_outputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         import torch
@@ -516,8 +637,12 @@ class ProgressCallback(TrainerCallback):
         self._ema: float | None = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-        self._bar = progress_bar(self.desc + (f" (resumed at step {state.global_step})" if state.global_step else ""),
-                                 self.total, self.enabled, initial=state.global_step)
+        self._bar = progress_bar(
+            self.desc + (f" (resumed at step {state.global_step})" if state.global_step else ""),
+            self.total,
+            self.enabled,
+            initial=state.global_step,
+        )
         self._advance = self._bar.__enter__()
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
@@ -542,9 +667,12 @@ def _write_history(folder: Path, history: list[dict[str, Any]], meta: dict[str, 
         writer.writeheader()
         writer.writerows(history)
     stop = f", stopped early (best step {meta['best_step']})" if meta.get("stopped_early") else ""
-    plot_loss_curve(history, folder / "loss_curve.png",
-                    title=f"SFT ({meta['target']} target) of {meta['base_id']}: {meta['n_train']} patients, "
-                          f"{meta['steps']} steps{stop}")
+    plot_loss_curve(
+        history,
+        folder / "loss_curve.png",
+        title=f"SFT ({meta['target']} target) of {meta['base_id']}: {meta['n_train']} patients, "
+        f"{meta['steps']} steps{stop}",
+    )
 
 
 def plot_loss_curve(history: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> None:
@@ -562,7 +690,7 @@ def plot_loss_curve(history: Sequence[dict[str, Any]], path: str | Path, title: 
         ax.plot(steps, losses, color="tab:blue", alpha=0.35, label="train (per step)")
         window = max(1, len(losses) // 10)
         smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
-        ax.plot(steps[window - 1:], smooth, color="tab:blue", label=f"train (mean of {window})")
+        ax.plot(steps[window - 1 :], smooth, color="tab:blue", label=f"train (mean of {window})")
     val = [(r["step"], r["val_loss"]) for r in history if r["val_loss"] is not None]
     if val:
         ax.plot(*zip(*val), "o-", color="tab:orange", label="validation")
@@ -585,10 +713,18 @@ def plot_loss_curve(history: Sequence[dict[str, Any]], path: str | Path, title: 
     plt.close(fig)
 
 
-
-def finetune(train: str | Path | Sequence[Patient], out: str | Path, config: FinetuneConfig | None = None, *,
-             val: str | Path | Sequence[Patient] | None = None, base: str = "default", limit: int | None = None,
-             resume: bool = False, overwrite: bool = False, progress: bool = True) -> FinetuneResult:
+def finetune(
+    train: str | Path | Sequence[Patient],
+    out: str | Path,
+    config: FinetuneConfig | None = None,
+    *,
+    val: str | Path | Sequence[Patient] | None = None,
+    base: str = "default",
+    limit: int | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> FinetuneResult:
     """Fine-tune ``base`` on the zero-shot prompt through TRL's SFTTrainer and write a checkpoint folder (``icl
     finetune`` as a function). The checkpoint is then a model for prediction: ``Predictor(open_backend(out))`` or
     ``predict_file(..., model=out)``.
@@ -621,5 +757,11 @@ def finetune(train: str | Path | Sequence[Patient], out: str | Path, config: Fin
         patients = patients[:limit]
     val_patients, val_name = cohort(val) if val is not None else (None, None)
     return Finetuner(config, base=base, progress=progress).fit(
-        patients, out, val=val_patients, overwrite=overwrite, resume=resume, train_name=train_name or "train",
-        val_name=val_name or "val")
+        patients,
+        out,
+        val=val_patients,
+        overwrite=overwrite,
+        resume=resume,
+        train_name=train_name or "train",
+        val_name=val_name or "val",
+    )

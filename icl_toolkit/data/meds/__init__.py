@@ -13,5 +13,16 @@ from icl_toolkit.data.meds.predictions import PREDICTION_COLUMNS, write_meds_pre
 from icl_toolkit.data.meds.read import MedsCohort, open_meds, read_labels
 from icl_toolkit.data.meds.write import MedsExportSummary, subject_key, write_meds
 
-__all__ = ["INDEX_CODE", "CodeMap", "load_code_map", "MedsCohort", "open_meds", "read_labels",
-           "MedsExportSummary", "write_meds", "subject_key", "PREDICTION_COLUMNS", "write_meds_predictions"]
+__all__ = [
+    "INDEX_CODE",
+    "CodeMap",
+    "load_code_map",
+    "MedsCohort",
+    "open_meds",
+    "read_labels",
+    "MedsExportSummary",
+    "write_meds",
+    "subject_key",
+    "PREDICTION_COLUMNS",
+    "write_meds_predictions",
+]

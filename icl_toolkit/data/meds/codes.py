@@ -30,8 +30,19 @@ from icl_toolkit.core.files import load_settings_file
 from icl_toolkit.data.omop.outcome import OutcomeDefinition, normalize_code
 from icl_toolkit.data.vocabulary import MEASURE_BY_CODE, VITAL_CODES
 
-__all__ = ["VOCABULARIES", "MARKER_PREFIX", "INDEX_CODE", "CodeRule", "CodeMap", "load_code_map", "MappedCode",
-           "CodeResolver", "OutcomeMatcher", "sex_of", "to_meds_code"]
+__all__ = [
+    "VOCABULARIES",
+    "MARKER_PREFIX",
+    "INDEX_CODE",
+    "CodeRule",
+    "CodeMap",
+    "load_code_map",
+    "MappedCode",
+    "CodeResolver",
+    "OutcomeMatcher",
+    "sex_of",
+    "to_meds_code",
+]
 
 Kind = Literal["diagnosis", "medication", "procedure", "lab", "vital", "visit", "observation"]
 
@@ -42,21 +53,42 @@ INDEX_CODE = "ICL//INDEX"
 
 # vocabulary prefix -> (system written in the cohort, default kind)
 VOCABULARIES: dict[str, tuple[str, str]] = {
-    "ICD10CM": ("ICD10CM", "diagnosis"), "ICD10": ("ICD10CM", "diagnosis"), "ICD-10-CM": ("ICD10CM", "diagnosis"),
-    "ICD9CM": ("ICD9CM", "diagnosis"), "ICD9": ("ICD9CM", "diagnosis"), "ICD-9-CM": ("ICD9CM", "diagnosis"),
-    "SNOMED": ("SNOMED", "diagnosis"), "SNOMEDCT": ("SNOMED", "diagnosis"), "SNOMEDCT_US": ("SNOMED", "diagnosis"),
-    "RXNORM": ("RxNorm", "medication"), "RXNORM EXTENSION": ("RxNorm", "medication"), "NDC": ("NDC", "medication"),
-    "ATC": ("ATC", "medication"), "LOINC": ("LOINC", "lab"),
-    "CPT": ("CPT", "procedure"), "CPT4": ("CPT", "procedure"), "HCPCS": ("HCPCS", "procedure"),
-    "ICD10PCS": ("ICD10PCS", "procedure"), "ICD9PROC": ("ICD9PROC", "procedure"),
+    "ICD10CM": ("ICD10CM", "diagnosis"),
+    "ICD10": ("ICD10CM", "diagnosis"),
+    "ICD-10-CM": ("ICD10CM", "diagnosis"),
+    "ICD9CM": ("ICD9CM", "diagnosis"),
+    "ICD9": ("ICD9CM", "diagnosis"),
+    "ICD-9-CM": ("ICD9CM", "diagnosis"),
+    "SNOMED": ("SNOMED", "diagnosis"),
+    "SNOMEDCT": ("SNOMED", "diagnosis"),
+    "SNOMEDCT_US": ("SNOMED", "diagnosis"),
+    "RXNORM": ("RxNorm", "medication"),
+    "RXNORM EXTENSION": ("RxNorm", "medication"),
+    "NDC": ("NDC", "medication"),
+    "ATC": ("ATC", "medication"),
+    "LOINC": ("LOINC", "lab"),
+    "CPT": ("CPT", "procedure"),
+    "CPT4": ("CPT", "procedure"),
+    "HCPCS": ("HCPCS", "procedure"),
+    "ICD10PCS": ("ICD10PCS", "procedure"),
+    "ICD9PROC": ("ICD9PROC", "procedure"),
     "VISIT": ("visit", "visit"),
 }
 """Built-in vocabularies (matched case-insensitively): prefix -> (system, default kind)."""
 
-_EM_VISIT = re.compile(r"^99[2-4]\d\d$")        # CPT evaluation and management codes: office, hospital, ED visits
+_EM_VISIT = re.compile(r"^99[2-4]\d\d$")  # CPT evaluation and management codes: office, hospital, ED visits
 _SEX_PREFIX = re.compile(r"^(GENDER|SEX)(//|/|:)(.+)$", re.IGNORECASE)
-_SEX_VALUES = {"F": "F", "FEMALE": "F", "W": "F", "WOMAN": "F", "8532": "F",
-               "M": "M", "MALE": "M", "MAN": "M", "8507": "M"}
+_SEX_VALUES = {
+    "F": "F",
+    "FEMALE": "F",
+    "W": "F",
+    "WOMAN": "F",
+    "8532": "F",
+    "M": "M",
+    "MALE": "M",
+    "MAN": "M",
+    "8507": "M",
+}
 _BIRTH_CODES = {"MEDS_BIRTH", "BIRTH", "DOB", "BIRTH//BIRTH"}
 GROUP_PREFIX = "GROUP"
 """``GROUP//ATTR//VALUE``: the static row of one group attribute (``Patient.groups``)."""
@@ -102,9 +134,13 @@ class CodeMap(BaseModel):
 
 def load_code_map(path: str | Path) -> CodeMap:
     """Read a code map TOML file; a bad field is a :class:`ConfigError` naming the file and the field."""
-    return load_settings_file(path, CodeMap, "code map",
-                              'Sections: [codes."VOCAB//CODE"] and [vocabularies."PREFIX"] with kind, system (code, '
-                              "name for codes); [static] with birth, sex and groups; ignore = [prefixes].")
+    return load_settings_file(
+        path,
+        CodeMap,
+        "code map",
+        'Sections: [codes."VOCAB//CODE"] and [vocabularies."PREFIX"] with kind, system (code, '
+        "name for codes); [static] with birth, sex and groups; ignore = [prefixes].",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +153,7 @@ class MappedCode:
 
 def _split(code: str) -> list[str]:
     parts = code.split("//")
-    if len(parts) == 1 and "/" in code:        # meds_etl style: ICD10CM/I10
+    if len(parts) == 1 and "/" in code:  # meds_etl style: ICD10CM/I10
         head, _, rest = code.partition("/")
         if head.upper() in VOCABULARIES:
             return [head, rest]
@@ -156,8 +192,9 @@ class CodeResolver:
         self.birth_codes = _BIRTH_CODES | {c.upper() for c in self.map.static.birth}
         self.sex_codes = {k.upper(): v for k, v in self.map.static.sex.items()}
         # longest prefix first, so that "RACE//DETAIL//" wins over "RACE//"
-        self.group_prefixes = sorted(((k.upper(), v) for k, v in self.map.static.groups.items()),
-                                     key=lambda kv: -len(kv[0]))
+        self.group_prefixes = sorted(
+            ((k.upper(), v) for k, v in self.map.static.groups.items()), key=lambda kv: -len(kv[0])
+        )
 
     def is_birth(self, code: str) -> bool:
         return code.upper() in self.birth_codes
@@ -168,7 +205,7 @@ class CodeResolver:
         upper = code.upper()
         for prefix, attr in self.group_prefixes:
             if upper.startswith(prefix) and len(code) > len(prefix):
-                return attr, code[len(prefix):]
+                return attr, code[len(prefix) :]
         parts = code.split("//", 2)
         if len(parts) == 3 and parts[0].upper() == GROUP_PREFIX and parts[1] and parts[2]:
             return parts[1], parts[2]
@@ -203,7 +240,7 @@ class CodeResolver:
         if any(code.startswith(p) for p in self.map.ignore):
             return "ignored code (code map)"
         parts = _split(code)
-        for n in range(len(parts) - 1, 0, -1):            # longest prefix first
+        for n in range(len(parts) - 1, 0, -1):  # longest prefix first
             prefix = "//".join(parts[:n]).upper()
             found = self._vocab.get(prefix) or self._builtin.get(prefix)
             if found is not None:

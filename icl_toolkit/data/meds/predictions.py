@@ -23,9 +23,15 @@ from icl_toolkit.data.cohort import Patient
 
 __all__ = ["PREDICTION_COLUMNS", "PREDICTION_SCHEMA", "meds_key", "meds_predictions_path", "write_meds_predictions"]
 
-PREDICTION_SCHEMA = pa.schema([("subject_id", pa.int64()), ("prediction_time", pa.timestamp("us")),
-                               ("boolean_value", pa.bool_()), ("predicted_boolean_value", pa.bool_()),
-                               ("predicted_boolean_probability", pa.float32())])
+PREDICTION_SCHEMA = pa.schema(
+    [
+        ("subject_id", pa.int64()),
+        ("prediction_time", pa.timestamp("us")),
+        ("boolean_value", pa.bool_()),
+        ("predicted_boolean_value", pa.bool_()),
+        ("predicted_boolean_probability", pa.float32()),
+    ]
+)
 PREDICTION_COLUMNS = tuple(PREDICTION_SCHEMA.names)
 
 
@@ -40,9 +46,11 @@ def meds_key(p: Patient) -> tuple[int, dt.datetime]:
     if sid is None and p.patient_id.isdigit():
         sid = int(p.patient_id)
     if not isinstance(sid, int) or isinstance(sid, bool):
-        raise ConfigError(f"patient {p.patient_id!r}: no MEDS subject id (metadata.subject_id) and not a "
-                          "whole-number id; MEDS outputs need records read with `icl data from-meds` (or ids that "
-                          "are whole numbers).")
+        raise ConfigError(
+            f"patient {p.patient_id!r}: no MEDS subject id (metadata.subject_id) and not a "
+            "whole-number id; MEDS outputs need records read with `icl data from-meds` (or ids that "
+            "are whole numbers)."
+        )
     raw = meta.get("prediction_time")
     if isinstance(raw, str):
         try:
@@ -56,12 +64,13 @@ def meds_key(p: Patient) -> tuple[int, dt.datetime]:
 def meds_predictions_path(out: str | os.PathLike[str]) -> Path:
     """``preds.jsonl`` -> ``preds.meds.parquet`` (beside it)."""
     out = Path(out)
-    stem = out.name[:-len(".jsonl")] if out.name.endswith(".jsonl") else out.name
+    stem = out.name[: -len(".jsonl")] if out.name.endswith(".jsonl") else out.name
     return out.with_name(stem + ".meds.parquet")
 
 
-def write_meds_predictions(records: Iterable[Mapping[str, Any]], patients: Iterable[Patient],
-                           path: str | os.PathLike[str]) -> tuple[int, int]:
+def write_meds_predictions(
+    records: Iterable[Mapping[str, Any]], patients: Iterable[Patient], path: str | os.PathLike[str]
+) -> tuple[int, int]:
     """Write prediction records (``icl predict``'s JSONL records) as a meds-evaluation parquet file.
 
     Returns:
@@ -73,15 +82,19 @@ def write_meds_predictions(records: Iterable[Mapping[str, Any]], patients: Itera
     for r in records:
         p = by_id.get(r["patient_id"])
         if p is None:
-            raise ConfigError(f"prediction for {r['patient_id']!r} has no record in the cohort; write MEDS "
-                              "predictions from the cohort that was predicted.")
+            raise ConfigError(
+                f"prediction for {r['patient_id']!r} has no record in the cohort; write MEDS "
+                "predictions from the cohort that was predicted."
+            )
         if r.get("label") is None:
             skipped += 1
             continue
         sid, t = meds_key(p)
         rows.append((sid, t, bool(r["label"]), bool(r["predicted"]), float(r["probability"])))
-    table = pa.Table.from_arrays([pa.array([row[i] for row in rows], type=f.type)
-                                  for i, f in enumerate(PREDICTION_SCHEMA)], schema=PREDICTION_SCHEMA)
+    table = pa.Table.from_arrays(
+        [pa.array([row[i] for row in rows], type=f.type) for i, f in enumerate(PREDICTION_SCHEMA)],
+        schema=PREDICTION_SCHEMA,
+    )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

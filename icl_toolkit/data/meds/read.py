@@ -39,8 +39,14 @@ RECORDS_FILE = "metadata/icl_records.parquet"
 """Written by ``icl data to-meds``: the record id of each (subject, prediction time), so a round trip keeps ids."""
 
 _TS = pa.timestamp("us")
-_DATA_TYPES = {"subject_id": pa.int64(), "time": _TS, "code": pa.string(), "numeric_value": pa.float32(),
-               "text_value": pa.large_string(), "unit": pa.string()}
+_DATA_TYPES = {
+    "subject_id": pa.int64(),
+    "time": _TS,
+    "code": pa.string(),
+    "numeric_value": pa.float32(),
+    "text_value": pa.large_string(),
+    "unit": pa.string(),
+}
 _LABEL_TYPES = {"subject_id": pa.int64(), "prediction_time": _TS, "boolean_value": pa.bool_()}
 
 
@@ -54,15 +60,24 @@ def _meds() -> Any:
 
 # --------------------------------------------------------------------------- schema checks and casts
 
-def _check_columns(path: Path, schema: pa.Schema, types: dict[str, pa.DataType], required: tuple[str, ...],
-                   summary: ImportSummary | None, fix: str) -> dict[str, pa.DataType]:
+
+def _check_columns(
+    path: Path,
+    schema: pa.Schema,
+    types: dict[str, pa.DataType],
+    required: tuple[str, ...],
+    summary: ImportSummary | None,
+    fix: str,
+) -> dict[str, pa.DataType]:
     """The columns to read and the type to cast each to; a missing or uncastable column is an error naming the
     file and the column."""
     names = set(schema.names)
     missing = [c for c in required if c not in names]
     if missing:
-        raise ConfigError(f"{path}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
-                          f"(found: {', '.join(schema.names) or 'none'}). {fix}")
+        raise ConfigError(
+            f"{path}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+            f"(found: {', '.join(schema.names) or 'none'}). {fix}"
+        )
     out: dict[str, pa.DataType] = {}
     for col, want in types.items():
         if col not in names:
@@ -70,16 +85,23 @@ def _check_columns(path: Path, schema: pa.Schema, types: dict[str, pa.DataType],
         got = schema.field(col).type
         if got != want:
             text = pa.types.is_string(got) or pa.types.is_large_string(got) or pa.types.is_dictionary(got)
-            ok = ((pa.types.is_integer(want) and pa.types.is_integer(got))
-                  or (pa.types.is_timestamp(want) and (pa.types.is_timestamp(got) or pa.types.is_date(got)))
-                  or (pa.types.is_floating(want) and (pa.types.is_floating(got) or pa.types.is_integer(got)))
-                  or ((pa.types.is_string(want) or pa.types.is_large_string(want)) and text)
-                  or (pa.types.is_boolean(want) and pa.types.is_integer(got)))
+            ok = (
+                (pa.types.is_integer(want) and pa.types.is_integer(got))
+                or (pa.types.is_timestamp(want) and (pa.types.is_timestamp(got) or pa.types.is_date(got)))
+                or (pa.types.is_floating(want) and (pa.types.is_floating(got) or pa.types.is_integer(got)))
+                or ((pa.types.is_string(want) or pa.types.is_large_string(want)) and text)
+                or (pa.types.is_boolean(want) and pa.types.is_integer(got))
+            )
             if not ok:
-                raise ConfigError(f"{path}: column {col!r}: expected {want} (MEDS), found {got}; convert it "
-                                  f"before import (for example with pyarrow.compute.cast or polars .cast).")
-            if summary is not None and not (pa.types.is_floating(want) and pa.types.is_floating(got)) \
-                    and not (pa.types.is_string(want) or pa.types.is_large_string(want)):
+                raise ConfigError(
+                    f"{path}: column {col!r}: expected {want} (MEDS), found {got}; convert it "
+                    f"before import (for example with pyarrow.compute.cast or polars .cast)."
+                )
+            if (
+                summary is not None
+                and not (pa.types.is_floating(want) and pa.types.is_floating(got))
+                and not (pa.types.is_string(want) or pa.types.is_large_string(want))
+            ):
                 summary.notes.append(f"{path}: {col}: cast from {got} to {want}")
         out[col] = want
     return out
@@ -92,14 +114,16 @@ def _cast(table: pa.Table | pa.RecordBatch, path: Path, col: str, want: pa.DataT
     if pa.types.is_dictionary(arr.type):
         arr = arr.dictionary_decode()
     if pa.types.is_floating(want) and pa.types.is_floating(arr.type):
-        return arr                        # float64 stays float64 (no precision lost); float32 is read exactly
+        return arr  # float64 stays float64 (no precision lost); float32 is read exactly
     if arr.type == want:
         return arr
     try:
         return arr.cast(want, safe=True)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise ConfigError(f"{path}: column {col!r}: values that cannot be read as {want} ({exc}); "
-                          "fix the column's values or type before import.") from None
+        raise ConfigError(
+            f"{path}: column {col!r}: values that cannot be read as {want} ({exc}); "
+            "fix the column's values or type before import."
+        ) from None
 
 
 def _parquet_files(path: Path) -> list[Path]:
@@ -112,8 +136,10 @@ def _parquet_files(path: Path) -> list[Path]:
 
 # --------------------------------------------------------------------------- labels
 
-def read_labels(path: str | Path, summary: ImportSummary,
-                subjects: set[int] | None = None) -> dict[int, list[tuple[dt.datetime, bool | None]]]:
+
+def read_labels(
+    path: str | Path, summary: ImportSummary, subjects: set[int] | None = None
+) -> dict[int, list[tuple[dt.datetime, bool | None]]]:
     """An ACES/MEDS label file (or a folder of them) -> ``subject -> [(prediction_time, label)]`` sorted by time.
 
     Rows with a null subject or time, and repeated (subject, time) pairs, are dropped and counted. ``subjects``
@@ -131,13 +157,22 @@ def read_labels(path: str | Path, summary: ImportSummary,
             raise ConfigError(f"{f}: not a readable parquet file ({exc}).") from None
         if "boolean_value" not in schema.names:
             other = [c for c in ("integer_value", "float_value", "categorical_value") if c in schema.names]
-            raise ConfigError(f"{f}: no boolean_value column" + (f" (found {', '.join(other)})" if other else "")
-                              + "; icl predicts binary outcomes: give a task whose label is boolean_value.")
-        types = _check_columns(f, schema, _LABEL_TYPES, ("subject_id", "prediction_time"), summary,
-                               "A MEDS label file has subject_id, prediction_time and boolean_value "
-                               f"({meds.LabelSchema.__name__}).")
-        extra = [c for c in schema.names if c not in types and c not in ("integer_value", "float_value",
-                                                                           "categorical_value")]
+            raise ConfigError(
+                f"{f}: no boolean_value column"
+                + (f" (found {', '.join(other)})" if other else "")
+                + "; icl predicts binary outcomes: give a task whose label is boolean_value."
+            )
+        types = _check_columns(
+            f,
+            schema,
+            _LABEL_TYPES,
+            ("subject_id", "prediction_time"),
+            summary,
+            f"A MEDS label file has subject_id, prediction_time and boolean_value ({meds.LabelSchema.__name__}).",
+        )
+        extra = [
+            c for c in schema.names if c not in types and c not in ("integer_value", "float_value", "categorical_value")
+        ]
         if extra:
             summary.notes.append(f"{f}: extra columns not in the MEDS label schema left unread: {', '.join(extra)}")
         table = pq.read_table(f, columns=list(types))
@@ -152,8 +187,11 @@ def read_labels(path: str | Path, summary: ImportSummary,
                 continue
             times = out.setdefault(sid, {})
             if t in times:
-                summary.exclude("repeated (subject_id, prediction_time)" if times[t] == y else
-                                   "conflicting labels for one (subject_id, prediction_time): first kept")
+                summary.exclude(
+                    "repeated (subject_id, prediction_time)"
+                    if times[t] == y
+                    else "conflicting labels for one (subject_id, prediction_time): first kept"
+                )
                 continue
             times[t] = y
     return {sid: sorted(times.items()) for sid, times in out.items()}
@@ -165,8 +203,14 @@ def _read_splits(root: Path) -> dict[int, str]:
     if not f.is_file():
         return {}
     schema = pq.read_schema(f)
-    types = _check_columns(f, schema, {"subject_id": pa.int64(), "split": pa.string()}, ("subject_id", "split"),
-                           None, "See the MEDS subject split schema.")
+    types = _check_columns(
+        f,
+        schema,
+        {"subject_id": pa.int64(), "split": pa.string()},
+        ("subject_id", "split"),
+        None,
+        "See the MEDS subject split schema.",
+    )
     table = pq.read_table(f, columns=list(types))
     ids, names = (_cast(table, f, c, t).to_pylist() for c, t in types.items())
     return {s: n for s, n in zip(ids, names) if s is not None and n is not None}
@@ -186,8 +230,7 @@ def _read_codes(root: Path) -> tuple[dict[str, str], dict[str, str]]:
     table = pq.read_table(f, columns=cols)
     codes = table.column("code").to_pylist()
     desc = {c: d for c, d in zip(codes, table.column("description").to_pylist()) if c and d}
-    kinds = ({c: k for c, k in zip(codes, table.column("icl_kind").to_pylist()) if c and k}
-             if "icl_kind" in cols else {})
+    kinds = {c: k for c, k in zip(codes, table.column("icl_kind").to_pylist()) if c and k} if "icl_kind" in cols else {}
     return desc, kinds
 
 
@@ -196,11 +239,18 @@ def _read_record_ids(root: Path) -> dict[tuple[int, dt.datetime], str]:
     if not f.is_file():
         return {}
     t = pq.read_table(f)
-    return {(s, p): r for s, p, r in zip(t.column("subject_id").to_pylist(), t.column("prediction_time").to_pylist(),
-                                          t.column("patient_id").to_pylist())}
+    return {
+        (s, p): r
+        for s, p, r in zip(
+            t.column("subject_id").to_pylist(),
+            t.column("prediction_time").to_pylist(),
+            t.column("patient_id").to_pylist(),
+        )
+    }
 
 
 # --------------------------------------------------------------------------- data
+
 
 def _value(v: Any, is_f32: bool) -> float | int | None:
     if v is None:
@@ -208,7 +258,7 @@ def _value(v: Any, is_f32: bool) -> float | int | None:
     if not math.isfinite(v):
         return math.nan
     if is_f32:
-        v = float(str(np.float32(v)))   # the shortest decimal that is this float32 (7.4, not 7.400000095)
+        v = float(str(np.float32(v)))  # the shortest decimal that is this float32 (7.4, not 7.400000095)
     return int(v) if v.is_integer() and abs(v) < 2**53 else v
 
 
@@ -254,9 +304,15 @@ class MedsCohort:
             pf = pq.ParquetFile(path)
         except (pa.ArrowInvalid, OSError) as exc:
             raise ConfigError(f"{path}: not a readable parquet file ({exc}).") from None
-        types = _check_columns(path, pf.schema_arrow, _DATA_TYPES, ("subject_id", "time", "code"), self.summary,
-                               f"A MEDS data shard has subject_id, time and code ({meds.DataSchema.__name__}); "
-                               "numeric_value and text_value are optional.")
+        types = _check_columns(
+            path,
+            pf.schema_arrow,
+            _DATA_TYPES,
+            ("subject_id", "time", "code"),
+            self.summary,
+            f"A MEDS data shard has subject_id, time and code ({meds.DataSchema.__name__}); "
+            "numeric_value and text_value are optional.",
+        )
         is_f32 = "numeric_value" in types and pf.schema_arrow.field("numeric_value").type == pa.float32()
         current: int | None = None
         rows: list[tuple[Any, ...]] = []
@@ -265,9 +321,14 @@ class MedsCohort:
             n = batch.num_rows
             self.summary.tables["data"].read += n
             none = [None] * n
-            for sid, t, code, num, txt, unit in zip(cols["subject_id"], cols["time"], cols["code"],
-                                                   cols.get("numeric_value", none), cols.get("text_value", none),
-                                                   cols.get("unit", none)):
+            for sid, t, code, num, txt, unit in zip(
+                cols["subject_id"],
+                cols["time"],
+                cols["code"],
+                cols.get("numeric_value", none),
+                cols.get("text_value", none),
+                cols.get("unit", none),
+            ):
                 if sid != current:
                     if current is not None and rows:
                         yield from self._subject(current, rows)
@@ -275,9 +336,11 @@ class MedsCohort:
                     if sid is None:
                         raise ConfigError(f"{path}: a row with a null subject_id; MEDS requires one on every row.")
                     if sid in seen:
-                        raise ConfigError(f"{path}: subject_id {sid} appears again after other subjects (or in an "
-                                          "earlier shard); MEDS keeps each subject's rows together in one shard, "
-                                          "sorted by time. Sort the data by subject_id, time before import.")
+                        raise ConfigError(
+                            f"{path}: subject_id {sid} appears again after other subjects (or in an "
+                            "earlier shard); MEDS keeps each subject's rows together in one shard, "
+                            "sorted by time. Sort the data by subject_id, time before import."
+                        )
                     seen.add(sid)
                     current = sid
                 if sid in self.labels:
@@ -333,9 +396,21 @@ class MedsCohort:
             if isinstance(value, float) and math.isnan(value):
                 data.repair("non-finite numeric_value removed (event kept)")
                 value = None
-            events.append((t, Event(date=t.date(), kind=cast(EventKind, mapped.kind), code=mapped.code, system=mapped.system,
-                                    name=mapped.name, value=value, unit=unit if value is not None and unit else None),
-                           code))
+            events.append(
+                (
+                    t,
+                    Event(
+                        date=t.date(),
+                        kind=cast(EventKind, mapped.kind),
+                        code=mapped.code,
+                        system=mapped.system,
+                        name=mapped.name,
+                        value=value,
+                        unit=unit if value is not None and unit else None,
+                    ),
+                    code,
+                )
+            )
         labels = self.labels[sid]
         if birth is None:
             s.exclude("subject has no birth date (no MEDS_BIRTH row)", len(labels))
@@ -363,14 +438,19 @@ class MedsCohort:
             if y:
                 outcome = next((t.date() for t, _, code in events if t > pt and self.outcome(code)), None)
                 if outcome is None or outcome <= pt.date():
-                    s.exclude("label true but no outcome record after the prediction time (name the task's "
-                                 "codes with --outcome)")
+                    s.exclude(
+                        "label true but no outcome record after the prediction time (name the task's "
+                        "codes with --outcome)"
+                    )
                     continue
             s.events_after_index += len(events) - len(history)
             rid = self.record_ids.get((sid, pt))
             if rid is None:
-                rid = str(sid) if len(labels) == 1 else \
-                    f"{sid}@{pt.date().isoformat() if by_date else pt.isoformat(timespec='minutes')}"
+                rid = (
+                    str(sid)
+                    if len(labels) == 1
+                    else f"{sid}@{pt.date().isoformat() if by_date else pt.isoformat(timespec='minutes')}"
+                )
             split = self.splits.get(sid)
             meta: dict[str, Any] = {"source": "meds", "subject_id": sid, "prediction_time": pt.isoformat()}
             if split is not None and split not in SPLIT_NAMES:
@@ -383,14 +463,28 @@ class MedsCohort:
                 s.controls += 1
             for e in history:
                 s.event(e.kind)
-            yield Patient(patient_id=rid, sex=cast(Sex, sex), birth_date=birth, index_date=pt.date(), events=history,
-                          label=None if y is None else cast(Label, int(y)), outcome_date=outcome,
-                          split=cast(SplitName | None, SPLIT_NAMES.get(split) if split else None), metadata=meta,
-                          groups=dict(groups))
+            yield Patient(
+                patient_id=rid,
+                sex=cast(Sex, sex),
+                birth_date=birth,
+                index_date=pt.date(),
+                events=history,
+                label=None if y is None else cast(Label, int(y)),
+                outcome_date=outcome,
+                split=cast(SplitName | None, SPLIT_NAMES.get(split) if split else None),
+                metadata=meta,
+                groups=dict(groups),
+            )
 
 
-def open_meds(root: str | Path, labels: str | Path, *, split: str | None = None, code_map: CodeMap | None = None,
-              outcome: OutcomeDefinition | None = None) -> MedsCohort:
+def open_meds(
+    root: str | Path,
+    labels: str | Path,
+    *,
+    split: str | None = None,
+    code_map: CodeMap | None = None,
+    outcome: OutcomeDefinition | None = None,
+) -> MedsCohort:
     """Check a MEDS root and a label file and get ready to stream records (see the module docstring).
 
     Args:
@@ -412,12 +506,19 @@ def open_meds(root: str | Path, labels: str | Path, *, split: str | None = None,
     shards = _parquet_files(data) if data.is_dir() else []
     if not shards:
         raise ConfigError(f"{data}: no parquet shards; a MEDS root keeps its data in data/**/*.parquet.")
-    summary = ImportSummary(str(root), "meds", split, tables={
-        "data": TableReport(f"{data} ({len(shards)} shard{'s' if len(shards) != 1 else ''})"),
-        "labels": TableReport(str(labels))})
+    summary = ImportSummary(
+        str(root),
+        "meds",
+        split,
+        tables={
+            "data": TableReport(f"{data} ({len(shards)} shard{'s' if len(shards) != 1 else ''})"),
+            "labels": TableReport(str(labels)),
+        },
+    )
     ds = root / meds.dataset_metadata_filepath
     if ds.is_file():
         import json
+
         try:
             meds.DatasetMetadataSchema.validate(json.loads(ds.read_text(encoding="utf-8")))
         except Exception as exc:
@@ -426,14 +527,26 @@ def open_meds(root: str | Path, labels: str | Path, *, split: str | None = None,
     subjects = None
     if split is not None:
         if not splits:
-            raise ConfigError(f"{root / meds.subject_splits_filepath}: not found, so --split {split} cannot be "
-                              "applied; leave --split out to read every labelled subject.")
+            raise ConfigError(
+                f"{root / meds.subject_splits_filepath}: not found, so --split {split} cannot be "
+                "applied; leave --split out to read every labelled subject."
+            )
         subjects = {s for s, n in splits.items() if n == split}
         if not subjects:
             names = sorted(set(splits.values()))
-            raise ConfigError(f"--split {split}: no subject has this split in {meds.subject_splits_filepath} "
-                              f"(splits there: {', '.join(names)}).")
+            raise ConfigError(
+                f"--split {split}: no subject has this split in {meds.subject_splits_filepath} "
+                f"(splits there: {', '.join(names)})."
+            )
     lab = read_labels(labels, summary, subjects)
     desc, kinds = _read_codes(root)
-    return MedsCohort(root, lab, shards, CodeResolver(code_map, desc, kinds), OutcomeMatcher(outcome or ADRD),
-                      splits, _read_record_ids(root), summary)
+    return MedsCohort(
+        root,
+        lab,
+        shards,
+        CodeResolver(code_map, desc, kinds),
+        OutcomeMatcher(outcome or ADRD),
+        splits,
+        _read_record_ids(root),
+        summary,
+    )

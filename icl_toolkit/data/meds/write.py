@@ -39,13 +39,25 @@ from icl_toolkit.data.omop.outcome import ADRD
 
 __all__ = ["ONSET_CODE", "MedsExportSummary", "write_meds", "subject_key"]
 
-ONSET_CODE = ("ICD10CM", "F03.90", "Unspecified dementia, unspecified severity, without behavioral disturbance, "
-                                   "psychotic disturbance, mood disturbance, and anxiety")
+ONSET_CODE = (
+    "ICD10CM",
+    "F03.90",
+    "Unspecified dementia, unspecified severity, without behavioral disturbance, "
+    "psychotic disturbance, mood disturbance, and anxiety",
+)
 """The diagnosis written at a case's outcome date when its record holds no outcome code."""
 
 _SPLIT_OUT = {v: k for k, v in SPLIT_NAMES.items()}
-_DATA_SCHEMA = pa.schema([("subject_id", pa.int64()), ("time", pa.timestamp("us")), ("code", pa.string()),
-                          ("numeric_value", pa.float32()), ("text_value", pa.large_string()), ("unit", pa.string())])
+_DATA_SCHEMA = pa.schema(
+    [
+        ("subject_id", pa.int64()),
+        ("time", pa.timestamp("us")),
+        ("code", pa.string()),
+        ("numeric_value", pa.float32()),
+        ("text_value", pa.large_string()),
+        ("unit", pa.string()),
+    ]
+)
 
 
 @dataclass
@@ -92,10 +104,18 @@ def _subject_ids(keys: list[str]) -> dict[str, int]:
     return {k: i for i, k in enumerate(keys, start=1)}
 
 
-def write_meds(patients: Sequence[Patient], out: str | os.PathLike[str], *, dataset_name: str,
-               dataset_version: str, task: str = "adrd_5y", labels_out: str | os.PathLike[str] | None = None,
-               shard_size: int = 10_000, overwrite: bool = False,
-               progress: Callable[[int], None] | None = None) -> MedsExportSummary:
+def write_meds(
+    patients: Sequence[Patient],
+    out: str | os.PathLike[str],
+    *,
+    dataset_name: str,
+    dataset_version: str,
+    task: str = "adrd_5y",
+    labels_out: str | os.PathLike[str] | None = None,
+    shard_size: int = 10_000,
+    overwrite: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> MedsExportSummary:
     """Write ``patients`` as a MEDS dataset at ``out`` and their labels as a MEDS label file.
 
     Args:
@@ -128,11 +148,13 @@ def write_meds(patients: Sequence[Patient], out: str | os.PathLike[str], *, data
         for r in recs[1:]:
             for attr in ("birth_date", "sex", "split"):
                 if getattr(r, attr) != getattr(first, attr):
-                    raise ConfigError(f"records {first.patient_id!r} and {r.patient_id!r} belong to subject {key} "
-                                      f"but disagree on {attr} ({getattr(first, attr)} vs {getattr(r, attr)}); "
-                                      "a MEDS subject has one.")
+                    raise ConfigError(
+                        f"records {first.patient_id!r} and {r.patient_id!r} belong to subject {key} "
+                        f"but disagree on {attr} ({getattr(first, attr)} vs {getattr(r, attr)}); "
+                        "a MEDS subject has one."
+                    )
     outcome = OutcomeMatcher(ADRD)
-    names: dict[str, tuple[str, str | None]] = {}     # code -> (description, icl_kind)
+    names: dict[str, tuple[str, str | None]] = {}  # code -> (description, icl_kind)
     names["MEDS_BIRTH"] = ("Birth", None)
     names[INDEX_CODE] = ("Index date of an icl-toolkit cohort record (its prediction time)", None)
     label_rows: list[tuple[int, dt.datetime, bool]] = []
@@ -142,7 +164,7 @@ def write_meds(patients: Sequence[Patient], out: str | os.PathLike[str], *, data
     for key, recs in groups.items():
         sid = ids[key]
         first = recs[0]
-        rows: Counter[tuple[Any, ...]] = Counter()     # a row repeated within a record is kept repeated
+        rows: Counter[tuple[Any, ...]] = Counter()  # a row repeated within a record is kept repeated
         sex_code = f"GENDER//{first.sex}"
         names.setdefault(sex_code, ({"F": "Female", "M": "Male"}.get(first.sex, "Unknown sex"), None))
         static = [(sid, None, sex_code, None, None, None)]
@@ -160,12 +182,15 @@ def write_meds(patients: Sequence[Patient], out: str | os.PathLike[str], *, data
                 num = float(e.value) if isinstance(e.value, (int, float)) and not isinstance(e.value, bool) else None
                 txt = e.value if isinstance(e.value, str) else None
                 own[(sid, _midnight(e.date), code, num, txt, e.unit if e.value is not None else None)] += 1
-            if r.label == 1 and r.outcome_date is not None and not any(
-                    e.date > r.index_date and outcome(to_meds_code(e.system, e.code)) for e in r.events):
+            if (
+                r.label == 1
+                and r.outcome_date is not None
+                and not any(e.date > r.index_date and outcome(to_meds_code(e.system, e.code)) for e in r.events)
+            ):
                 code = to_meds_code(ONSET_CODE[0], ONSET_CODE[1])
                 names.setdefault(code, (ONSET_CODE[2], "diagnosis"))
                 own[(sid, _midnight(r.outcome_date), code, None, None, None)] = 1
-            for row, n in own.items():            # records of one subject share their history: union, not sum
+            for row, n in own.items():  # records of one subject share their history: union, not sum
                 if row[2] == to_meds_code(ONSET_CODE[0], ONSET_CODE[1]) and row not in rows:
                     summary.onset_rows_added += 1
                 rows[row] = max(rows[row], n)
@@ -190,42 +215,66 @@ def write_meds(patients: Sequence[Patient], out: str | os.PathLike[str], *, data
             folder = tmp / meds.data_subdirectory / split if split else tmp / meds.data_subdirectory
             folder.mkdir(parents=True, exist_ok=True)
             for k in range(0, len(subjects), shard_size):
-                chunk = [row for subj in subjects[k:k + shard_size] for row in subj]
-                table = pa.Table.from_arrays([pa.array([r[i] for r in chunk], type=f.type)
-                                              for i, f in enumerate(_DATA_SCHEMA)], schema=_DATA_SCHEMA)
+                chunk = [row for subj in subjects[k : k + shard_size] for row in subj]
+                table = pa.Table.from_arrays(
+                    [pa.array([r[i] for r in chunk], type=f.type) for i, f in enumerate(_DATA_SCHEMA)],
+                    schema=_DATA_SCHEMA,
+                )
                 meds.DataSchema.validate(table)
                 path = folder / f"{k // shard_size}.parquet"
                 pq.write_table(table, path)
                 summary.data_rows += table.num_rows
                 summary.shards.append(str(path.relative_to(tmp)))
         (tmp / "metadata").mkdir(parents=True, exist_ok=True)
-        codes = pa.table({"code": pa.array(list(names), pa.string()),
-                          "description": pa.array([v[0] for v in names.values()], pa.string()),
-                          "parent_codes": pa.array([None] * len(names), pa.list_(pa.string())),
-                          "icl_kind": pa.array([v[1] for v in names.values()], pa.string())})
+        codes = pa.table(
+            {
+                "code": pa.array(list(names), pa.string()),
+                "description": pa.array([v[0] for v in names.values()], pa.string()),
+                "parent_codes": pa.array([None] * len(names), pa.list_(pa.string())),
+                "icl_kind": pa.array([v[1] for v in names.values()], pa.string()),
+            }
+        )
         meds.CodeMetadataSchema.validate(codes)
         pq.write_table(codes, tmp / meds.code_metadata_filepath)
         summary.codes = len(names)
-        dataset = {"dataset_name": dataset_name, "dataset_version": dataset_version, "etl_name": "icl-toolkit",
-                   "etl_version": __version__, "meds_version": getattr(meds, "__version__", "0.4"),
-                   "created_at": dt.datetime.now(dt.UTC).replace(tzinfo=None).isoformat(),
-                   "code_modifier_columns": ["unit"]}
+        dataset = {
+            "dataset_name": dataset_name,
+            "dataset_version": dataset_version,
+            "etl_name": "icl-toolkit",
+            "etl_version": __version__,
+            "meds_version": getattr(meds, "__version__", "0.4"),
+            "created_at": dt.datetime.now(dt.UTC).replace(tzinfo=None).isoformat(),
+            "code_modifier_columns": ["unit"],
+        }
         meds.DatasetMetadataSchema.validate(dataset)
         (tmp / meds.dataset_metadata_filepath).write_text(json.dumps(dataset, indent=2) + "\n", encoding="utf-8")
-        split_rows = [(ids[k], _SPLIT_OUT[recs[0].split]) for k, recs in groups.items()
-                      if recs[0].split in _SPLIT_OUT]
+        split_rows = [(ids[k], _SPLIT_OUT[recs[0].split]) for k, recs in groups.items() if recs[0].split in _SPLIT_OUT]
         if split_rows:
-            splits = pa.table({"subject_id": pa.array([r[0] for r in split_rows], pa.int64()),
-                               "split": pa.array([r[1] for r in split_rows], pa.string())})
+            splits = pa.table(
+                {
+                    "subject_id": pa.array([r[0] for r in split_rows], pa.int64()),
+                    "split": pa.array([r[1] for r in split_rows], pa.string()),
+                }
+            )
             meds.SubjectSplitSchema.validate(splits)
             pq.write_table(splits, tmp / meds.subject_splits_filepath)
-        pq.write_table(pa.table({"subject_id": pa.array([r[0] for r in record_rows], pa.int64()),
-                                 "prediction_time": pa.array([r[1] for r in record_rows], pa.timestamp("us")),
-                                 "patient_id": pa.array([r[2] for r in record_rows], pa.string())}),
-                       tmp / RECORDS_FILE)
-        labels = pa.table({"subject_id": pa.array([r[0] for r in label_rows], pa.int64()),
-                           "prediction_time": pa.array([r[1] for r in label_rows], pa.timestamp("us")),
-                           "boolean_value": pa.array([r[2] for r in label_rows], pa.bool_())})
+        pq.write_table(
+            pa.table(
+                {
+                    "subject_id": pa.array([r[0] for r in record_rows], pa.int64()),
+                    "prediction_time": pa.array([r[1] for r in record_rows], pa.timestamp("us")),
+                    "patient_id": pa.array([r[2] for r in record_rows], pa.string()),
+                }
+            ),
+            tmp / RECORDS_FILE,
+        )
+        labels = pa.table(
+            {
+                "subject_id": pa.array([r[0] for r in label_rows], pa.int64()),
+                "prediction_time": pa.array([r[1] for r in label_rows], pa.timestamp("us")),
+                "boolean_value": pa.array([r[2] for r in label_rows], pa.bool_()),
+            }
+        )
         meds.LabelSchema.validate(labels)
         inside = labels_path.resolve().is_relative_to(root.resolve())
         staged = tmp / labels_path.resolve().relative_to(root.resolve()) if inside else labels_path

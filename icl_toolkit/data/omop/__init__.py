@@ -12,5 +12,16 @@ from icl_toolkit.data.omop.outcome import ADRD, OutcomeDefinition, load_outcome
 from icl_toolkit.data.omop.source import OmopSource, open_source
 from icl_toolkit.data.summary import ImportSummary
 
-__all__ = ["ADRD", "OutcomeDefinition", "load_outcome", "OmopSource", "open_source", "IndexRule", "OmopConfig",
-           "ImportSummary", "OmopCohort", "prepare_cohort", "build_cohort"]
+__all__ = [
+    "ADRD",
+    "OutcomeDefinition",
+    "load_outcome",
+    "OmopSource",
+    "open_source",
+    "IndexRule",
+    "OmopConfig",
+    "ImportSummary",
+    "OmopCohort",
+    "prepare_cohort",
+    "build_cohort",
+]

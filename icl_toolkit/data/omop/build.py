@@ -40,12 +40,24 @@ from icl_toolkit.data.omop.source import OmopSource, column_or_null
 from icl_toolkit.data.summary import ImportSummary, TableReport
 from icl_toolkit.data.vocabulary import VITAL_CODES
 
-__all__ = ["IndexRule", "OmopConfig", "Candidate", "label_person", "place_index",
-           "add_years", "prepare_cohort", "build_cohort", "OmopCohort"]
+__all__ = [
+    "IndexRule",
+    "OmopConfig",
+    "Candidate",
+    "label_person",
+    "place_index",
+    "add_years",
+    "prepare_cohort",
+    "build_cohort",
+    "OmopCohort",
+]
 
 _FIXED = re.compile(r"^fixed:(\d{4}-\d{2}-\d{2})$")
-_VITAL_WORDS = re.compile(r"blood pressure|heart rate|pulse|body weight|body height|body mass index|bmi\b|"
-                          r"respiratory rate|body temperature|oxygen saturation", re.IGNORECASE)
+_VITAL_WORDS = re.compile(
+    r"blood pressure|heart rate|pulse|body weight|body height|body mass index|bmi\b|"
+    r"respiratory rate|body temperature|oxygen saturation",
+    re.IGNORECASE,
+)
 
 
 def _age_reached(birth: dt.date, age: float) -> dt.date:
@@ -119,11 +131,14 @@ class OmopConfig(BaseModel):
 
 # --------------------------------------------------------------------------- cleaning (SQL)
 
+
 def _id(expr: str) -> str:
     """A whole number, or NULL. Exports that store ids as DOUBLE write ``4180628.0``: a whole-number float is
     accepted, a true fraction (``1.5``) is not (a plain cast would round it to another concept)."""
-    return (f"CASE WHEN regexp_full_match(trim({expr}), '[0-9]+(\\.0*)?') "
-            f"THEN TRY_CAST(regexp_replace(trim({expr}), '\\.0*$', '') AS BIGINT) END")
+    return (
+        f"CASE WHEN regexp_full_match(trim({expr}), '[0-9]+(\\.0*)?') "
+        f"THEN TRY_CAST(regexp_replace(trim({expr}), '\\.0*$', '') AS BIGINT) END"
+    )
 
 
 def _date(*exprs: str) -> str:
@@ -161,10 +176,10 @@ def _clean_persons(src: OmopSource, cfg: OmopConfig, report: TableReport) -> Non
     src.con.execute(f"""
         CREATE TEMP TABLE person_t AS
         WITH t AS (
-            SELECT {c('person_id')} AS raw_pid, {pid} AS pid, {yob} AS yob, {mob} AS mob, {dob} AS dob,
-                   {_date(c('birth_datetime'))} AS bdt, {_id(c('gender_concept_id'))} AS gender,
-                   upper(left({c('gender_source_value')}, 1)) AS gsv, {_id(c('race_concept_id'))} AS race_id,
-                   {_id(c('ethnicity_concept_id'))} AS eth_id, row_number() OVER () AS rn
+            SELECT {c("person_id")} AS raw_pid, {pid} AS pid, {yob} AS yob, {mob} AS mob, {dob} AS dob,
+                   {_date(c("birth_datetime"))} AS bdt, {_id(c("gender_concept_id"))} AS gender,
+                   upper(left({c("gender_source_value")}, 1)) AS gsv, {_id(c("race_concept_id"))} AS race_id,
+                   {_id(c("ethnicity_concept_id"))} AS eth_id, row_number() OVER () AS rn
             FROM raw_person),
         b AS (
             SELECT *, COALESCE(bdt, TRY_CAST(printf('%04d-%02d-%02d', yob, mob, dob) AS DATE),
@@ -176,17 +191,23 @@ def _clean_persons(src: OmopSource, cfg: OmopConfig, report: TableReport) -> Non
                CASE WHEN gender = 8532 THEN 'F' WHEN gender = 8507 THEN 'M'
                     WHEN gsv IN ('F', 'M') THEN gsv ELSE 'U' END AS sex,
                bdt IS NULL AND (mob IS NULL OR dob IS NULL) AS birth_guessed,
-               {_problems([("raw_pid IS NULL", "person_id missing"),
-                           ("pid IS NULL", "person_id not a whole number"),
-                           ("birth IS NULL", "year_of_birth missing or not a number"),
-                           (f"birth > DATE '{cfg.as_of}' OR year(birth) < 1850", "birth date before 1850 or after the as-of date"),
-                           ("dup > 1", "duplicate person_id (first row kept)")])} AS problem
+               {
+        _problems(
+            [
+                ("raw_pid IS NULL", "person_id missing"),
+                ("pid IS NULL", "person_id not a whole number"),
+                ("birth IS NULL", "year_of_birth missing or not a number"),
+                (f"birth > DATE '{cfg.as_of}' OR year(birth) < 1850", "birth date before 1850 or after the as-of date"),
+                ("dup > 1", "duplicate person_id (first row kept)"),
+            ]
+        )
+    } AS problem
         FROM b""")
     _count(src.con, "person_t", report, {"birth month or day missing (mid-month / 1 July used)": "birth_guessed"})
     src.con.execute(f"""
         CREATE TEMP TABLE person AS
-        SELECT p.pid, p.birth, p.sex, {_group_name('p.race_id', 'rc')} AS race,
-               {_group_name('p.eth_id', 'ec')} AS ethnicity
+        SELECT p.pid, p.birth, p.sex, {_group_name("p.race_id", "rc")} AS race,
+               {_group_name("p.eth_id", "ec")} AS ethnicity
         FROM person_t p LEFT JOIN concept rc ON rc.concept_id = p.race_id
                         LEFT JOIN concept ec ON ec.concept_id = p.eth_id
         WHERE p.problem IS NULL""")
@@ -194,31 +215,45 @@ def _clean_persons(src: OmopSource, cfg: OmopConfig, report: TableReport) -> Non
 
 # OMB race and ethnicity concepts (OMOP vocabulary "Race" and "Ethnicity"), named here for sources whose concept
 # table is missing or does not carry them
-GROUP_CONCEPTS = {8527: "White", 8516: "Black or African American", 8515: "Asian",
-                  8557: "Native Hawaiian or Other Pacific Islander", 8657: "American Indian or Alaska Native",
-                  38003563: "Hispanic or Latino", 38003564: "Not Hispanic or Latino"}
+GROUP_CONCEPTS = {
+    8527: "White",
+    8516: "Black or African American",
+    8515: "Asian",
+    8557: "Native Hawaiian or Other Pacific Islander",
+    8657: "American Indian or Alaska Native",
+    38003563: "Hispanic or Latino",
+    38003564: "Not Hispanic or Latino",
+}
 
 
 def _group_name(concept_id: str, concept: str) -> str:
     """SQL naming a person's race or ethnicity concept: ``unknown`` for 0 or none, else the concept table's name,
     else the OMB name, else ``concept <id>``."""
     known = " ".join(f"WHEN {k} THEN '{v}'" for k, v in GROUP_CONCEPTS.items())
-    return (f"CASE WHEN coalesce({concept_id}, 0) = 0 THEN 'unknown' "
-            f"ELSE coalesce({concept}.concept_name, CASE {concept_id} {known} END, 'concept ' || {concept_id}) END")
+    return (
+        f"CASE WHEN coalesce({concept_id}, 0) = 0 THEN 'unknown' "
+        f"ELSE coalesce({concept}.concept_name, CASE {concept_id} {known} END, 'concept ' || {concept_id}) END"
+    )
 
 
 def _clean_periods(src: OmopSource, cfg: OmopConfig, report: TableReport) -> None:
     c = column_or_null(src, "observation_period")
     src.con.execute(f"""
         CREATE TEMP TABLE period_t AS
-        WITH t AS (SELECT {_id(c('person_id'))} AS pid, {_date(c('observation_period_start_date'))} AS s,
-                          {_date(c('observation_period_end_date'))} AS e FROM raw_observation_period)
+        WITH t AS (SELECT {_id(c("person_id"))} AS pid, {_date(c("observation_period_start_date"))} AS s,
+                          {_date(c("observation_period_end_date"))} AS e FROM raw_observation_period)
         SELECT t.pid, t.s, least(t.e, DATE '{cfg.as_of}') AS e, t.e > DATE '{cfg.as_of}' AS clipped,
-               {_problems([("t.pid IS NULL", "person_id missing or not a whole number"),
-                           ("t.s IS NULL OR t.e IS NULL", "date missing or not a date"),
-                           ("p.pid IS NULL", "person not in the person table (or dropped there)"),
-                           ("t.e < t.s", "ends before it starts"),
-                           (f"t.s > DATE '{cfg.as_of}'", "starts after the as-of date")])} AS problem
+               {
+        _problems(
+            [
+                ("t.pid IS NULL", "person_id missing or not a whole number"),
+                ("t.s IS NULL OR t.e IS NULL", "date missing or not a date"),
+                ("p.pid IS NULL", "person not in the person table (or dropped there)"),
+                ("t.e < t.s", "ends before it starts"),
+                (f"t.s > DATE '{cfg.as_of}'", "starts after the as-of date"),
+            ]
+        )
+    } AS problem
         FROM t LEFT JOIN person p ON p.pid = t.pid""")
     _count(src.con, "period_t", report, {"end after the as-of date (cut back to it)": "clipped"})
     src.con.execute("CREATE TEMP TABLE period AS SELECT pid, s, e FROM period_t WHERE problem IS NULL")
@@ -231,44 +266,64 @@ def _clean_death(src: OmopSource, cfg: OmopConfig, report: TableReport | None) -
     c = column_or_null(src, "death")
     src.con.execute(f"""
         CREATE TEMP TABLE death_t AS
-        WITH t AS (SELECT {_id(c('person_id'))} AS pid, {_date(c('death_date'), c('death_datetime'))} AS d FROM raw_death)
+        WITH t AS (SELECT {_id(c("person_id"))} AS pid, {
+        _date(c("death_date"), c("death_datetime"))
+    } AS d FROM raw_death)
         SELECT t.pid, t.d,
-               {_problems([("t.pid IS NULL", "person_id missing or not a whole number"),
-                           ("t.d IS NULL", "date missing or not a date"),
-                           ("p.pid IS NULL", "person not in the person table (or dropped there)"),
-                           ("t.d < p.birth", "dated before birth"),
-                           (f"t.d > DATE '{cfg.as_of}'", "dated after the as-of date")])} AS problem
+               {
+        _problems(
+            [
+                ("t.pid IS NULL", "person_id missing or not a whole number"),
+                ("t.d IS NULL", "date missing or not a date"),
+                ("p.pid IS NULL", "person not in the person table (or dropped there)"),
+                ("t.d < p.birth", "dated before birth"),
+                (f"t.d > DATE '{cfg.as_of}'", "dated after the as-of date"),
+            ]
+        )
+    } AS problem
         FROM t LEFT JOIN person p ON p.pid = t.pid""")
     _count(src.con, "death_t", report)
-    src.con.execute("CREATE TEMP TABLE death AS SELECT pid, min(d) AS d FROM death_t WHERE problem IS NULL GROUP BY pid")
+    src.con.execute(
+        "CREATE TEMP TABLE death AS SELECT pid, min(d) AS d FROM death_t WHERE problem IS NULL GROUP BY pid"
+    )
 
 
 def _clean_concepts(src: OmopSource, report: TableReport | None, ancestor: TableReport | None) -> None:
     if report is None:
-        src.con.execute("CREATE TEMP TABLE concept (concept_id BIGINT, concept_name VARCHAR, vocabulary_id VARCHAR, "
-                        "concept_code VARCHAR)")
+        src.con.execute(
+            "CREATE TEMP TABLE concept (concept_id BIGINT, concept_name VARCHAR, vocabulary_id VARCHAR, "
+            "concept_code VARCHAR)"
+        )
     else:
         c = column_or_null(src, "concept")
         src.con.execute(f"""
             CREATE TEMP TABLE concept_t AS
-            WITH t AS (SELECT {_id(c('concept_id'))} AS concept_id, {c('concept_name')} AS concept_name,
-                              {c('vocabulary_id')} AS vocabulary_id, {c('concept_code')} AS concept_code
+            WITH t AS (SELECT {_id(c("concept_id"))} AS concept_id, {c("concept_name")} AS concept_name,
+                              {c("vocabulary_id")} AS vocabulary_id, {c("concept_code")} AS concept_code
                        FROM raw_concept),
             u AS (SELECT *, row_number() OVER (PARTITION BY concept_id) AS dup FROM t)
             SELECT concept_id, concept_name, vocabulary_id, concept_code,
-                   {_problems([("concept_id IS NULL", "concept_id missing or not a whole number"),
-                               ("dup > 1", "duplicate concept_id (first row kept)")])} AS problem
+                   {
+            _problems(
+                [
+                    ("concept_id IS NULL", "concept_id missing or not a whole number"),
+                    ("dup > 1", "duplicate concept_id (first row kept)"),
+                ]
+            )
+        } AS problem
             FROM u""")
         _count(src.con, "concept_t", report, {"concept_name missing (named by code or id)": "concept_name IS NULL"})
-        src.con.execute("CREATE TEMP TABLE concept AS SELECT concept_id, concept_name, vocabulary_id, concept_code "
-                        "FROM concept_t WHERE problem IS NULL")
+        src.con.execute(
+            "CREATE TEMP TABLE concept AS SELECT concept_id, concept_name, vocabulary_id, concept_code "
+            "FROM concept_t WHERE problem IS NULL"
+        )
     if ancestor is None:
         src.con.execute("CREATE TEMP TABLE concept_ancestor (a BIGINT, d BIGINT)")
     else:
         c = column_or_null(src, "concept_ancestor")
         src.con.execute(f"""
             CREATE TEMP TABLE ancestor_t AS
-            WITH t AS (SELECT {_id(c('ancestor_concept_id'))} AS a, {_id(c('descendant_concept_id'))} AS d
+            WITH t AS (SELECT {_id(c("ancestor_concept_id"))} AS a, {_id(c("descendant_concept_id"))} AS d
                        FROM raw_concept_ancestor)
             SELECT a, d, {_problems([("a IS NULL OR d IS NULL", "concept id missing or not a whole number")])} AS problem
             FROM t""")
@@ -279,24 +334,58 @@ def _clean_concepts(src: OmopSource, report: TableReport | None, ancestor: Table
 # Per event table: kind, date columns (first usable wins), concept, source value, source concept,
 # value columns (number, text, concept) and unit columns (concept, source value).
 _EVENT_TABLES: dict[str, dict[str, Any]] = {
-    "condition_occurrence": dict(kind="diagnosis", dates=("condition_start_date", "condition_start_datetime"),
-                                 concept="condition_concept_id", sv="condition_source_value",
-                                 scid="condition_source_concept_id"),
-    "drug_exposure": dict(kind="medication", dates=("drug_exposure_start_date", "drug_exposure_start_datetime"),
-                          concept="drug_concept_id", sv="drug_source_value", scid="drug_source_concept_id"),
-    "procedure_occurrence": dict(kind="procedure", dates=("procedure_date", "procedure_datetime"),
-                                 concept="procedure_concept_id", sv="procedure_source_value",
-                                 scid="procedure_source_concept_id"),
-    "measurement": dict(kind="lab", dates=("measurement_date", "measurement_datetime"),
-                        concept="measurement_concept_id", sv="measurement_source_value",
-                        scid="measurement_source_concept_id", vnum="value_as_number", vtext="value_source_value",
-                        vcid="value_as_concept_id", ucid="unit_concept_id", usv="unit_source_value"),
-    "observation": dict(kind="observation", dates=("observation_date", "observation_datetime"),
-                        concept="observation_concept_id", sv="observation_source_value",
-                        scid="observation_source_concept_id", vnum="value_as_number", vtext="value_as_string",
-                        vcid="value_as_concept_id", ucid="unit_concept_id", usv="unit_source_value"),
-    "visit_occurrence": dict(kind="visit", dates=("visit_start_date", "visit_start_datetime"),
-                             concept="visit_concept_id", sv="visit_source_value", scid="visit_source_concept_id"),
+    "condition_occurrence": dict(
+        kind="diagnosis",
+        dates=("condition_start_date", "condition_start_datetime"),
+        concept="condition_concept_id",
+        sv="condition_source_value",
+        scid="condition_source_concept_id",
+    ),
+    "drug_exposure": dict(
+        kind="medication",
+        dates=("drug_exposure_start_date", "drug_exposure_start_datetime"),
+        concept="drug_concept_id",
+        sv="drug_source_value",
+        scid="drug_source_concept_id",
+    ),
+    "procedure_occurrence": dict(
+        kind="procedure",
+        dates=("procedure_date", "procedure_datetime"),
+        concept="procedure_concept_id",
+        sv="procedure_source_value",
+        scid="procedure_source_concept_id",
+    ),
+    "measurement": dict(
+        kind="lab",
+        dates=("measurement_date", "measurement_datetime"),
+        concept="measurement_concept_id",
+        sv="measurement_source_value",
+        scid="measurement_source_concept_id",
+        vnum="value_as_number",
+        vtext="value_source_value",
+        vcid="value_as_concept_id",
+        ucid="unit_concept_id",
+        usv="unit_source_value",
+    ),
+    "observation": dict(
+        kind="observation",
+        dates=("observation_date", "observation_datetime"),
+        concept="observation_concept_id",
+        sv="observation_source_value",
+        scid="observation_source_concept_id",
+        vnum="value_as_number",
+        vtext="value_as_string",
+        vcid="value_as_concept_id",
+        ucid="unit_concept_id",
+        usv="unit_source_value",
+    ),
+    "visit_occurrence": dict(
+        kind="visit",
+        dates=("visit_start_date", "visit_start_datetime"),
+        concept="visit_concept_id",
+        sv="visit_source_value",
+        scid="visit_source_concept_id",
+    ),
 }
 
 
@@ -308,16 +397,23 @@ def _clean_events(src: OmopSource, cfg: OmopConfig, table: str, report: TableRep
     def opt(key: str) -> str:
         return c(spec[key]) if key in spec else null
 
-    outside = ("" if cfg.keep_outside_observation else
-               "NOT EXISTS (SELECT 1 FROM period o WHERE o.pid = t.pid AND t.d BETWEEN o.s AND o.e)")
-    problems = [("t.raw_pid IS NULL", "person_id missing"),
-                ("t.pid IS NULL", "person_id not a whole number"),
-                ("t.d IS NULL", "date missing or not a date"),
-                ("p.pid IS NULL", "person not in the person table (or dropped there)"),
-                ("t.d < p.birth", "dated before birth"),
-                (f"t.d > DATE '{cfg.as_of}'", "dated after the as-of date"),
-                ("(t.cid IS NULL OR t.cid = 0) AND (t.scid IS NULL OR t.scid = 0) AND t.sv IS NULL",
-                 "no concept and no source value")]
+    outside = (
+        ""
+        if cfg.keep_outside_observation
+        else "NOT EXISTS (SELECT 1 FROM period o WHERE o.pid = t.pid AND t.d BETWEEN o.s AND o.e)"
+    )
+    problems = [
+        ("t.raw_pid IS NULL", "person_id missing"),
+        ("t.pid IS NULL", "person_id not a whole number"),
+        ("t.d IS NULL", "date missing or not a date"),
+        ("p.pid IS NULL", "person not in the person table (or dropped there)"),
+        ("t.d < p.birth", "dated before birth"),
+        (f"t.d > DATE '{cfg.as_of}'", "dated after the as-of date"),
+        (
+            "(t.cid IS NULL OR t.cid = 0) AND (t.scid IS NULL OR t.scid = 0) AND t.sv IS NULL",
+            "no concept and no source value",
+        ),
+    ]
     if outside:
         problems.append((outside, "outside every observation period"))
     # visit source values are often encounter ids, not codes: name visits by concept only
@@ -325,23 +421,29 @@ def _clean_events(src: OmopSource, cfg: OmopConfig, table: str, report: TableRep
     src.con.execute(f"""
         CREATE TEMP TABLE ev_{table} AS
         WITH t AS (
-            SELECT {c('person_id')} AS raw_pid, {_id(c('person_id'))} AS pid, {_date(*(c(x) for x in spec['dates']))} AS d,
-                   {_id(c(spec['concept']))} AS cid, {sv} AS sv,
-                   {_id(opt('scid'))} AS scid, TRY_CAST({opt('vnum')} AS DOUBLE) AS vnum,
-                   COALESCE({opt('vtext')}, CASE WHEN TRY_CAST({opt('vnum')} AS DOUBLE) IS NULL THEN {opt('vnum')} END)
-                       AS vtext, {opt('vnum')} AS vnum_raw, {_id(opt('vcid'))} AS vcid,
-                   {_id(opt('ucid'))} AS ucid, {opt('usv')} AS usv
+            SELECT {c("person_id")} AS raw_pid, {_id(c("person_id"))} AS pid, {_date(*(c(x) for x in spec["dates"]))} AS d,
+                   {_id(c(spec["concept"]))} AS cid, {sv} AS sv,
+                   {_id(opt("scid"))} AS scid, TRY_CAST({opt("vnum")} AS DOUBLE) AS vnum,
+                   COALESCE({opt("vtext")}, CASE WHEN TRY_CAST({opt("vnum")} AS DOUBLE) IS NULL THEN {opt("vnum")} END)
+                       AS vtext, {opt("vnum")} AS vnum_raw, {_id(opt("vcid"))} AS vcid,
+                   {_id(opt("ucid"))} AS ucid, {opt("usv")} AS usv
             FROM raw_{table})
-        SELECT t.*, '{spec['kind']}' AS kind, {_problems(problems)} AS problem
+        SELECT t.*, '{spec["kind"]}' AS kind, {_problems(problems)} AS problem
         FROM t LEFT JOIN person p ON p.pid = t.pid""")
-    _count(src.con, f"ev_{table}", report, {
-        "concept_id 0 or missing: named by its source concept or value": "cid IS NULL OR cid = 0",
-        "concept_id not in the concept table: named by source concept, value or id":
-            "cid <> 0 AND cid NOT IN (SELECT concept_id FROM concept)",
-        "value_as_number not a number: kept as text": "vnum IS NULL AND vnum_raw IS NOT NULL"})
+    _count(
+        src.con,
+        f"ev_{table}",
+        report,
+        {
+            "concept_id 0 or missing: named by its source concept or value": "cid IS NULL OR cid = 0",
+            "concept_id not in the concept table: named by source concept, value or id": "cid <> 0 AND cid NOT IN (SELECT concept_id FROM concept)",
+            "value_as_number not a number: kept as text": "vnum IS NULL AND vnum_raw IS NOT NULL",
+        },
+    )
 
 
 # --------------------------------------------------------------------------- outcome (SQL)
+
 
 def _outcome_records(src: OmopSource, outcome: OutcomeDefinition, summary: ImportSummary) -> None:
     con = src.con
@@ -352,14 +454,24 @@ def _outcome_records(src: OmopSource, outcome: OutcomeDefinition, summary: Impor
         SELECT concept_id AS cid FROM concept WHERE vocabulary_id = 'SNOMED' AND concept_code IN ({codes})
         UNION SELECT UNNEST([{ids}]::BIGINT[]) AS cid""")
     con.execute("DELETE FROM outcome_roots WHERE cid IS NULL")
-    desc = ("UNION SELECT d FROM concept_ancestor WHERE a IN (SELECT cid FROM outcome_roots)"
-            if outcome.include_descendants else "")
+    desc = (
+        "UNION SELECT d FROM concept_ancestor WHERE a IN (SELECT cid FROM outcome_roots)"
+        if outcome.include_descendants
+        else ""
+    )
     con.execute(f"CREATE TEMP TABLE outcome_concepts AS SELECT cid FROM outcome_roots {desc}")
     pre = [normalize_code(p) for p in outcome.icd10_prefixes]
     norm_sv = "regexp_replace(upper(sv), '[. ]', '', 'g')"
-    sv_match = " OR ".join([f"starts_with({norm_sv}, '{p}')" for p in pre]
-                           + ([f"{norm_sv} IN ({codes})"] if outcome.snomed_codes else [])) or "FALSE"
-    icd_match = " OR ".join(f"starts_with(regexp_replace(upper(concept_code), '[. ]', '', 'g'), '{p}')" for p in pre) or "FALSE"
+    sv_match = (
+        " OR ".join(
+            [f"starts_with({norm_sv}, '{p}')" for p in pre]
+            + ([f"{norm_sv} IN ({codes})"] if outcome.snomed_codes else [])
+        )
+        or "FALSE"
+    )
+    icd_match = (
+        " OR ".join(f"starts_with(regexp_replace(upper(concept_code), '[. ]', '', 'g'), '{p}')" for p in pre) or "FALSE"
+    )
     con.execute(f"""CREATE TEMP TABLE icd_concepts AS SELECT concept_id AS cid FROM concept
                     WHERE vocabulary_id IN ('ICD10', 'ICD10CM') AND ({icd_match})""")
     con.execute(f"""
@@ -374,13 +486,19 @@ def _outcome_records(src: OmopSource, outcome: OutcomeDefinition, summary: Impor
     n_roots = con.execute("SELECT count(*) FROM outcome_roots").fetchone()[0]
     n_all = con.execute("SELECT count(*) FROM outcome_concepts").fetchone()[0]
     routes = dict(con.execute("SELECT route, count(*) FROM outcome_rec GROUP BY route").fetchall())
-    summary.outcome = {"name": outcome.name, "standard_concepts": n_roots, "with_descendants": n_all,
-                       "icd10_source_concepts": con.execute("SELECT count(*) FROM icd_concepts").fetchone()[0],
-                       "records": sum(routes.values()), "records_by_route": routes,
-                       "persons_with_a_record": con.execute("SELECT count(DISTINCT pid) FROM outcome_rec").fetchone()[0]}
+    summary.outcome = {
+        "name": outcome.name,
+        "standard_concepts": n_roots,
+        "with_descendants": n_all,
+        "icd10_source_concepts": con.execute("SELECT count(*) FROM icd_concepts").fetchone()[0],
+        "records": sum(routes.values()),
+        "records_by_route": routes,
+        "persons_with_a_record": con.execute("SELECT count(DISTINCT pid) FROM outcome_rec").fetchone()[0],
+    }
 
 
 # --------------------------------------------------------------------------- index and labels (Python)
+
 
 @dataclass(slots=True)
 class Candidate:
@@ -417,8 +535,9 @@ def place_index(c: Candidate, rule: IndexRule) -> tuple[dt.date | None, tuple[dt
     return None, None, f"never {rule.min_history_years:g} years of observation at age {rule.min_age:g} or older"
 
 
-def label_person(c: Candidate, index: dt.date, period: tuple[dt.date, dt.date], window_years: float
-                 ) -> tuple[int | None, dt.date | None, str | None]:
+def label_person(
+    c: Candidate, index: dt.date, period: tuple[dt.date, dt.date], window_years: float
+) -> tuple[int | None, dt.date | None, str | None]:
     """(label, outcome date, exclusion reason) for a person with an index date.
 
     - an outcome record on or before the index date: excluded (prevalent case);
@@ -451,12 +570,21 @@ def _candidates(con: Any) -> Iterator[Candidate]:
     for pid, d in con.execute("SELECT pid, d FROM outcome_rec ORDER BY pid, d").fetchall():
         outcomes.setdefault(pid, []).append(d)
     for pid, birth, sex, race, ethnicity in con.execute(
-            "SELECT pid, birth, sex, race, ethnicity FROM person ORDER BY pid").fetchall():
-        yield Candidate(pid, birth, sex, periods.get(pid, []), deaths.get(pid), outcomes.get(pid, []),
-                        {"race": race, "ethnicity": ethnicity})
+        "SELECT pid, birth, sex, race, ethnicity FROM person ORDER BY pid"
+    ).fetchall():
+        yield Candidate(
+            pid,
+            birth,
+            sex,
+            periods.get(pid, []),
+            deaths.get(pid),
+            outcomes.get(pid, []),
+            {"race": race, "ethnicity": ethnicity},
+        )
 
 
 # --------------------------------------------------------------------------- events -> patients
+
 
 def _event(kind: str, d: dt.date, code: str, system: str, name: str, value: Any, unit: str | None) -> Event:
     if kind == "lab" and (code in VITAL_CODES or _VITAL_WORDS.search(name)):
@@ -504,9 +632,20 @@ def prepare_cohort(src: OmopSource, config: OmopConfig | None = None) -> OmopCoh
     cfg = config or OmopConfig()
     con = src.con
     summary = ImportSummary(src.location, src.kind)
-    summary.missing_tables = [t + (f" ({src.skipped[t]})" if t in src.skipped else "")
-                              for t in ("drug_exposure", "procedure_occurrence", "measurement", "visit_occurrence",
-                                        "observation", "death", "concept", "concept_ancestor") if not src.has(t)]
+    summary.missing_tables = [
+        t + (f" ({src.skipped[t]})" if t in src.skipped else "")
+        for t in (
+            "drug_exposure",
+            "procedure_occurrence",
+            "measurement",
+            "visit_occurrence",
+            "observation",
+            "death",
+            "concept",
+            "concept_ancestor",
+        )
+        if not src.has(t)
+    ]
     by_file: dict[str, int] = {}
     for r in src.rejected:
         by_file[r.table] = by_file.get(r.table, 0) + 1
@@ -521,15 +660,19 @@ def prepare_cohort(src: OmopSource, config: OmopConfig | None = None) -> OmopCoh
         return report(table) if src.has(table) else None
 
     _clean_concepts(src, optional("concept"), optional("concept_ancestor"))
-    _clean_persons(src, cfg, report("person"))                  # person and observation_period are required
+    _clean_persons(src, cfg, report("person"))  # person and observation_period are required
     _clean_periods(src, cfg, report("observation_period"))
     _clean_death(src, cfg, optional("death"))
     present = [t for t in _EVENT_TABLES if src.has(t)]
     for table in present:
         _clean_events(src, cfg, table, report(table))
-    con.execute("CREATE TEMP VIEW ev AS " + " UNION ALL ".join(
-        f"SELECT pid, d, kind, cid, sv, scid, vnum, vtext, vcid, ucid, usv FROM ev_{t} WHERE problem IS NULL"
-        for t in present))
+    con.execute(
+        "CREATE TEMP VIEW ev AS "
+        + " UNION ALL ".join(
+            f"SELECT pid, d, kind, cid, sv, scid, vnum, vtext, vcid, ucid, usv FROM ev_{t} WHERE problem IS NULL"
+            for t in present
+        )
+    )
     _outcome_records(src, cfg.outcome, summary)
 
     chosen: list[tuple[Candidate, dt.date, tuple[dt.date, dt.date], int, dt.date | None]] = []
@@ -555,12 +698,15 @@ def prepare_cohort(src: OmopSource, config: OmopConfig | None = None) -> OmopCoh
 
     path = _write_temp_csv([(c.pid, index) for c, index, *_ in chosen], ("pid", "index_date"))
     try:
-        con.execute(f"CREATE TEMP TABLE cohort AS SELECT CAST(pid AS BIGINT) AS pid, CAST(index_date AS DATE) AS index_date "
-                    f"FROM read_csv('{path}', header=true, all_varchar=true)")
+        con.execute(
+            f"CREATE TEMP TABLE cohort AS SELECT CAST(pid AS BIGINT) AS pid, CAST(index_date AS DATE) AS index_date "
+            f"FROM read_csv('{path}', header=true, all_varchar=true)"
+        )
     finally:
         os.unlink(path)
     summary.events_after_index = con.execute(
-        "SELECT count(*) FROM ev JOIN cohort USING (pid) WHERE ev.d > cohort.index_date").fetchone()[0]
+        "SELECT count(*) FROM ev JOIN cohort USING (pid) WHERE ev.d > cohort.index_date"
+    ).fetchone()[0]
 
     return OmopCohort(con, chosen, summary)
 
@@ -585,10 +731,12 @@ class OmopCohort:
         return len(self.chosen)
 
     def _rows(self) -> Iterator[tuple[Any, ...]]:
-        cur = self.con.execute(f"SELECT n.* FROM ({_NAMED_EVENTS}) n JOIN cohort k ON k.pid = n.pid "
-                               # every column, so that ties cannot come out in another order on the next run
-                               "WHERE n.d <= k.index_date ORDER BY n.pid, n.d, n.kind, n.code, n.system, n.name, "
-                               "n.vnum, n.vtext, n.unit")
+        cur = self.con.execute(
+            f"SELECT n.* FROM ({_NAMED_EVENTS}) n JOIN cohort k ON k.pid = n.pid "
+            # every column, so that ties cannot come out in another order on the next run
+            "WHERE n.d <= k.index_date ORDER BY n.pid, n.d, n.kind, n.code, n.system, n.name, "
+            "n.vnum, n.vtext, n.unit"
+        )
         while rows := cur.fetchmany(50_000):
             yield from rows
 
@@ -597,7 +745,7 @@ class OmopCohort:
         summary.events_written, summary.no_history = {}, 0
         rows = self._rows()
         row = next(rows, None)
-        for cand, index, period, label, outcome_date in self.chosen:   # both ordered by person id
+        for cand, index, period, label, outcome_date in self.chosen:  # both ordered by person id
             evs: list[Event] = []
             while row is not None and row[0] <= cand.pid:
                 pid, d, kind, code, system, name, vnum, vtext, unit = row
@@ -610,10 +758,20 @@ class OmopCohort:
             if not evs:
                 summary.no_history += 1
             yield Patient(
-                patient_id=str(cand.pid), sex=cast(Sex, cand.sex), birth_date=cand.birth, index_date=index, events=evs,
-                label=cast(Label, label), outcome_date=outcome_date, groups=cand.groups,
-                metadata={"source": "omop", "observation_start": period[0].isoformat(),
-                          "observation_end": period[1].isoformat()})
+                patient_id=str(cand.pid),
+                sex=cast(Sex, cand.sex),
+                birth_date=cand.birth,
+                index_date=index,
+                events=evs,
+                label=cast(Label, label),
+                outcome_date=outcome_date,
+                groups=cand.groups,
+                metadata={
+                    "source": "omop",
+                    "observation_start": period[0].isoformat(),
+                    "observation_end": period[1].isoformat(),
+                },
+            )
 
 
 def build_cohort(src: OmopSource, config: OmopConfig | None = None) -> tuple[list[Patient], ImportSummary]:
@@ -621,4 +779,3 @@ def build_cohort(src: OmopSource, config: OmopConfig | None = None) -> tuple[lis
     cohort = prepare_cohort(src, config)
     patients = list(cohort)
     return patients, cohort.summary
-

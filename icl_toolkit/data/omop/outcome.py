@@ -71,22 +71,22 @@ class OutcomeDefinition(BaseModel):
 ADRD = OutcomeDefinition(
     name="ADRD",
     snomed_codes=(
-        "52448006",   # Dementia
-        "26929004",   # Alzheimer's disease
+        "52448006",  # Dementia
+        "26929004",  # Alzheimer's disease
         "230265002",  # Familial Alzheimer's disease of early onset
         "429998004",  # Vascular dementia
-        "56267009",   # Multi-infarct dementia
+        "56267009",  # Multi-infarct dementia
         "312991009",  # Senile dementia of the Lewy body type
-        "80098002",   # Diffuse Lewy body disease
+        "80098002",  # Diffuse Lewy body disease
         "230270009",  # Frontotemporal dementia
-        "15662003",   # Senile dementia
-        "12348006",   # Presenile dementia
+        "15662003",  # Senile dementia
+        "12348006",  # Presenile dementia
     ),
     concept_ids=(
-        4182210,      # Dementia
-        378419,       # Alzheimer's disease
-        4043241,      # Familial Alzheimer's disease of early onset
-        4043378,      # Frontotemporal dementia
+        4182210,  # Dementia
+        378419,  # Alzheimer's disease
+        4043241,  # Familial Alzheimer's disease of early onset
+        4043378,  # Frontotemporal dementia
     ),
     icd10_prefixes=("F00", "F01", "F02", "F03", "G30", "G31.0", "G31.83"),
 )
@@ -94,6 +94,9 @@ ADRD = OutcomeDefinition(
 
 def load_outcome(path: str | Path) -> OutcomeDefinition:
     """Read an outcome definition from a TOML or JSON file."""
-    return load_settings_file(path, OutcomeDefinition, "outcome definition",
-                              "Fields: name, snomed_codes, concept_ids, icd10_prefixes, include_descendants, "
-                              "meds_codes.")
+    return load_settings_file(
+        path,
+        OutcomeDefinition,
+        "outcome definition",
+        "Fields: name, snomed_codes, concept_ids, icd10_prefixes, include_descendants, meds_codes.",
+    )

@@ -27,8 +27,16 @@ __all__ = ["CDM_TABLES", "REQUIRED_TABLES", "KEY_COLUMNS", "OmopSource", "Reject
 
 # Tables the importer reads; the first three must be present.
 REQUIRED_TABLES = ("person", "observation_period", "condition_occurrence")
-CDM_TABLES = REQUIRED_TABLES + ("drug_exposure", "procedure_occurrence", "measurement", "visit_occurrence",
-                                "observation", "death", "concept", "concept_ancestor")
+CDM_TABLES = REQUIRED_TABLES + (
+    "drug_exposure",
+    "procedure_occurrence",
+    "measurement",
+    "visit_occurrence",
+    "observation",
+    "death",
+    "concept",
+    "concept_ancestor",
+)
 _SUFFIXES = (".csv", ".csv.gz", ".tsv", ".txt")
 # Columns without which a table cannot be used at all.
 KEY_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -62,11 +70,11 @@ class OmopSource:
 
     con: Any
     location: str
-    kind: str                                  # csv | duckdb | sqlite
-    tables: dict[str, str] = field(default_factory=dict)       # table -> where it came from
+    kind: str  # csv | duckdb | sqlite
+    tables: dict[str, str] = field(default_factory=dict)  # table -> where it came from
     columns: dict[str, set[str]] = field(default_factory=dict)  # table -> lower-case column names
     rejected: list[RejectedRow] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)      # table -> why it was not used
+    skipped: dict[str, str] = field(default_factory=dict)  # table -> why it was not used
     _tmp: Any = None
 
     def has(self, table: str) -> bool:
@@ -105,8 +113,9 @@ def _csv_files(folder: Path) -> dict[str, Path]:
                 table = name[: -len(suffix)]
                 if table in CDM_TABLES:
                     if table in found:
-                        raise ConfigError(f"{folder}: two files for table {table}: {found[table].name} and {p.name}. "
-                                          "Keep one.")
+                        raise ConfigError(
+                            f"{folder}: two files for table {table}: {found[table].name} and {p.name}. Keep one."
+                        )
                     found[table] = p
     return found
 
@@ -115,18 +124,24 @@ def _attach_csv(src: OmopSource, folder: Path) -> None:
     files = _csv_files(folder)
     for table, path in files.items():
         delim = "\t" if path.name.lower().endswith(".tsv") else None
-        opts = "header=true, all_varchar=true, store_rejects=true, rejects_table='rejects_" + table + "'" \
-               ", rejects_scan='scans_" + table + "', auto_detect=true"
+        opts = (
+            "header=true, all_varchar=true, store_rejects=true, rejects_table='rejects_" + table + "'"
+            ", rejects_scan='scans_" + table + "', auto_detect=true"
+        )
         if delim:
             opts += ", delim='\\t'"
         try:
             src.con.execute(f"CREATE TABLE raw_{table} AS SELECT * FROM read_csv({_quote(path)}, {opts})")
         except Exception as exc:  # duckdb raises its own exception types
             first = str(exc).strip().splitlines()[0]
-            raise ConfigError(f"{path}: cannot be read as a CSV table ({first}). "
-                              "Check that it is a comma- or tab-separated file with a header line.") from None
+            raise ConfigError(
+                f"{path}: cannot be read as a CSV table ({first}). "
+                "Check that it is a comma- or tab-separated file with a header line."
+            ) from None
         src.tables[table] = str(path)
-        for line, err in src.con.execute(f"SELECT line, min(error_message) FROM rejects_{table} GROUP BY line ORDER BY line").fetchall():
+        for line, err in src.con.execute(
+            f"SELECT line, min(error_message) FROM rejects_{table} GROUP BY line ORDER BY line"
+        ).fetchall():
             src.rejected.append(RejectedRow(table, str(path), int(line), str(err).splitlines()[0]))
 
 
@@ -135,8 +150,9 @@ def _attach_duckdb(src: OmopSource, path: Path) -> None:
         src.con.execute(f"ATTACH {_quote(path)} AS src (READ_ONLY)")
     except Exception as exc:
         raise ConfigError(f"{path}: cannot be opened as a DuckDB database ({str(exc).splitlines()[0]}).") from None
-    rows = src.con.execute("SELECT table_schema, table_name FROM information_schema.tables "
-                           "WHERE table_catalog = 'src'").fetchall()
+    rows = src.con.execute(
+        "SELECT table_schema, table_name FROM information_schema.tables WHERE table_catalog = 'src'"
+    ).fetchall()
     for schema, name in rows:
         table = name.lower()
         if table in CDM_TABLES and table not in src.tables:
@@ -203,17 +219,21 @@ def open_source(location: str | Path) -> OmopSource:
         where = src.tables[table]
         if table in REQUIRED_TABLES:
             src.close()
-            raise ConfigError(f"{where}: the {table} table has no column {', '.join(lacking)} (columns: "
-                              f"{', '.join(sorted(src.columns[table]))}). Rename the columns to the OMOP CDM names.")
+            raise ConfigError(
+                f"{where}: the {table} table has no column {', '.join(lacking)} (columns: "
+                f"{', '.join(sorted(src.columns[table]))}). Rename the columns to the OMOP CDM names."
+            )
         src.skipped[table] = f"no column {', '.join(lacking)}"
         del src.tables[table]
     missing = [t for t in REQUIRED_TABLES if t not in src.tables]
     if missing:
         src.close()
         where = "files" if src.kind == "csv" else "tables"
-        raise ConfigError(f"{path}: the OMOP {where} {', '.join(missing)} are missing (found: "
-                          f"{', '.join(sorted(src.tables)) or 'none'}). A CSV folder needs files named like "
-                          "PERSON.csv or person.csv.")
+        raise ConfigError(
+            f"{path}: the OMOP {where} {', '.join(missing)} are missing (found: "
+            f"{', '.join(sorted(src.tables)) or 'none'}). A CSV folder needs files named like "
+            "PERSON.csv or person.csv."
+        )
     return src
 
 

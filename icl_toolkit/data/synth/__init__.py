@@ -17,5 +17,11 @@ from icl_toolkit.data.synth.generate import (
     parse_split,
 )
 
-__all__ = ["GENERATOR_VERSION", "SynthConfig", "generate_cohort", "iter_synthetic_patients", "parse_split",
-           "assign_splits"]
+__all__ = [
+    "GENERATOR_VERSION",
+    "SynthConfig",
+    "generate_cohort",
+    "iter_synthetic_patients",
+    "parse_split",
+    "assign_splits",
+]

@@ -22,8 +22,15 @@ from icl_toolkit.data.synth import vocab
 from icl_toolkit.data.synth.rationales import write_rationales
 from icl_toolkit.data.synth.risk import PRODROMAL_RR, RISK_FACTOR_RR, Population, sample_population, true_risk
 
-__all__ = ["SynthConfig", "Disparity", "parse_disparity", "generate_cohort", "iter_synthetic_patients", "parse_split",
-           "assign_splits"]
+__all__ = [
+    "SynthConfig",
+    "Disparity",
+    "parse_disparity",
+    "generate_cohort",
+    "iter_synthetic_patients",
+    "parse_split",
+    "assign_splits",
+]
 
 GENERATOR_VERSION = "icl-synth-1"
 _EPOCH = dt.date(1970, 1, 1)
@@ -68,8 +75,9 @@ class Disparity:
         if not 0.0 <= self.delay_years <= 10.0:
             raise ConfigError(f"--disparity: delay_years must be in [0, 10]. Got {self.delay_years!r}.")
         if not self.attribute.replace("_", "").isalnum():
-            raise ConfigError(f"--disparity: attribute must be a name of letters, digits and '_'. "
-                              f"Got {self.attribute!r}.")
+            raise ConfigError(
+                f"--disparity: attribute must be a name of letters, digits and '_'. Got {self.attribute!r}."
+            )
 
 
 def parse_disparity(text: str) -> Disparity:
@@ -84,8 +92,10 @@ def parse_disparity(text: str) -> Disparity:
         key, sep, value = part.partition("=")
         key = key.strip()
         if not sep or key not in known:
-            raise ConfigError(f"--disparity expects 'default' or KEY=VALUE pairs with keys {sorted(known)}, "
-                              f"e.g. 'share=0.3,visit_factor=0.5'. Got {part!r}.")
+            raise ConfigError(
+                f"--disparity expects 'default' or KEY=VALUE pairs with keys {sorted(known)}, "
+                f"e.g. 'share=0.3,visit_factor=0.5'. Got {part!r}."
+            )
         if key == "attribute":
             values[key] = value.strip()
             continue
@@ -157,8 +167,9 @@ def parse_split(text: str) -> dict[str, float]:
                 raise ValueError
             out[name.strip()] = float(value)
         except ValueError:
-            raise ConfigError(f"The 'split' option expects NAME=FRACTION pairs such as "
-                              f"'train=0.7,val=0.1,test=0.2'. Got {text!r}.") from None
+            raise ConfigError(
+                f"The 'split' option expects NAME=FRACTION pairs such as 'train=0.7,val=0.1,test=0.2'. Got {text!r}."
+            ) from None
     _check_split(out)
     return out
 
@@ -185,6 +196,7 @@ def assign_splits(labels: Sequence[int | None], fractions: dict[str, float], see
 
 # ----------------------------------------------------------------------- per patient
 
+
 class _Record:
     """Collects one patient's events while they are generated."""
 
@@ -198,8 +210,9 @@ class _Record:
     def date_at(self, years_before: float) -> dt.date:
         return self.index - dt.timedelta(days=max(1, int(round(years_before * _YEAR))))
 
-    def add(self, date: dt.date, kind: str, code: vocab.Code, value: float | str | None = None,
-            unit: str | None = None) -> None:
+    def add(
+        self, date: dt.date, kind: str, code: vocab.Code, value: float | str | None = None, unit: str | None = None
+    ) -> None:
         self.events.append(Event(date, cast(EventKind, kind), code.code, code.system, code.name, value, unit))
 
     def measure(self, date: dt.date, key: str, value: float) -> None:
@@ -257,8 +270,8 @@ def _patient_events(pop: Population, i: int, rec: _Record, access: _Access = _FU
     present = {k: bool(pop.present[k][i]) for k in vocab.CONDITIONS}
     onset = {k: float(pop.onset[k][i]) for k in vocab.CONDITIONS if present[k]}
     exposed_ach = present["anticholinergic"]
-    started: dict[str, float] = {}   # condition -> years before index its drug started
-    coded: dict[str, float] = {}     # condition -> years before index it was first coded
+    started: dict[str, float] = {}  # condition -> years before index its drug started
+    coded: dict[str, float] = {}  # condition -> years before index it was first coded
 
     # ---- diagnoses and drugs
     for key, t0 in onset.items():
@@ -333,8 +346,15 @@ def _refills(rec: _Record, drug: vocab.Code, first_t: float, after: list[tuple[f
             rec.add(rec.date_at(t), "medication", drug)
 
 
-def _episodes(rec: _Record, key: str, spec: vocab.ConditionSpec, t0: float,
-              after: list[tuple[float, str]], pop: Population, i: int) -> None:
+def _episodes(
+    rec: _Record,
+    key: str,
+    spec: vocab.ConditionSpec,
+    t0: float,
+    after: list[tuple[float, str]],
+    pop: Population,
+    i: int,
+) -> None:
     rng = rec.rng
     if key == "tbi":
         rec.add(rec.date_at(t0), "visit", vocab.VISITS["emergency"])
@@ -359,8 +379,15 @@ def _episodes(rec: _Record, key: str, spec: vocab.ConditionSpec, t0: float,
                 rec.add(rec.date_at(t), "medication", spec.drugs[0])
 
 
-def _measurements(pop: Population, i: int, rec: _Record, visits: list[tuple[float, str]],
-                  present: dict[str, bool], onset: dict[str, float], started: dict[str, float]) -> None:
+def _measurements(
+    pop: Population,
+    i: int,
+    rec: _Record,
+    visits: list[tuple[float, str]],
+    present: dict[str, bool],
+    onset: dict[str, float],
+    started: dict[str, float],
+) -> None:
     rng = rec.rng
     female = bool(pop.female[i])
     age = float(pop.age[i])
@@ -428,8 +455,13 @@ def _measurements(pop: Population, i: int, rec: _Record, visits: list[tuple[floa
         if rng.random() < 0.06 or (active("alcohol", t) and rng.random() < 0.15):
             rec.measure(d, "auditc", min(12, max(0, (7 if active("alcohol", t) else 1.5) + rng.gauss(0, 1.5))))
         if rng.random() < 0.12:
-            status = ("Current every day smoker" if active("smoking", t)
-                      else "Former smoker" if former or present["smoking"] else "Never smoker")
+            status = (
+                "Current every day smoker"
+                if active("smoking", t)
+                else "Former smoker"
+                if former or present["smoking"]
+                else "Never smoker"
+            )
             rec.add(d, "observation", vocab.SMOKING_STATUS, status)
         if active("social_isolation", t) and rng.random() < 0.12:
             rec.add(d, "observation", vocab.LIVES_ALONE)
@@ -474,8 +506,7 @@ def iter_synthetic_patients(config: SynthConfig, progress: Callable[[int], None]
             label=cast(Label, label),
             outcome_date=outcome,
             split=cast(SplitName | None, splits[i] if splits else None),
-            metadata={"true_risk": round(float(risk[i]), 6), "true_factors": factors,
-                      "generator": GENERATOR_VERSION},
+            metadata={"true_risk": round(float(risk[i]), 6), "true_factors": factors, "generator": GENERATOR_VERSION},
             groups={d.attribute: Disparity.LIMITED if is_limited else Disparity.STANDARD} if d else {},
         )
         if config.rationales:
@@ -483,7 +514,6 @@ def iter_synthetic_patients(config: SynthConfig, progress: Callable[[int], None]
         if progress is not None:
             progress(1)
         yield p
-
 
 
 def generate_cohort(config: SynthConfig) -> list[Patient]:

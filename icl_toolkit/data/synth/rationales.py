@@ -25,18 +25,44 @@ from icl_toolkit.data.synth.risk import PRODROMAL_RR, RISK_FACTOR_RR
 
 __all__ = ["Finding", "collect_findings", "write_rationales"]
 
-_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
-           "September", "October", "November", "December")
+_MONTHS = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
 
-_CODE_TO_KEY: dict[str, str] = {c.code: spec.key for spec in (*vocab.RISK_FACTORS, *vocab.PRODROMAL)
-                                for c in spec.codes}
+_CODE_TO_KEY: dict[str, str] = {
+    c.code: spec.key for spec in (*vocab.RISK_FACTORS, *vocab.PRODROMAL) for c in spec.codes
+}
 _DOMAIN = {
-    "mci": "cognitive", "memory_complaints": "cognitive",
-    "falls": "prodromal", "weight_loss": "prodromal", "anxiety": "mood", "sleep": "mood",
-    "depression": "mood", "anticholinergic": "drugs",
-    "hypertension": "vascular", "high_ldl": "vascular", "diabetes": "metabolic", "obesity": "metabolic",
-    "smoking": "lifestyle", "alcohol": "lifestyle", "inactivity": "lifestyle", "social_isolation": "lifestyle",
-    "hearing_loss": "sensory", "vision_loss": "sensory", "tbi": "injury",
+    "mci": "cognitive",
+    "memory_complaints": "cognitive",
+    "falls": "prodromal",
+    "weight_loss": "prodromal",
+    "anxiety": "mood",
+    "sleep": "mood",
+    "depression": "mood",
+    "anticholinergic": "drugs",
+    "hypertension": "vascular",
+    "high_ldl": "vascular",
+    "diabetes": "metabolic",
+    "obesity": "metabolic",
+    "smoking": "lifestyle",
+    "alcohol": "lifestyle",
+    "inactivity": "lifestyle",
+    "social_isolation": "lifestyle",
+    "hearing_loss": "sensory",
+    "vision_loss": "sensory",
+    "tbi": "injury",
 }
 
 
@@ -101,9 +127,18 @@ def collect_findings(p: Patient) -> list[Finding]:
     if ach:
         first = ach[0]
         yrs = _years_before(p.index_date, first.date)
-        out.append(Finding("anticholinergic", "drugs", math.log(PRODROMAL_RR["anticholinergic"]) * _timing("anticholinergic", yrs),
-                           "strong anticholinergic drug use", first=first.date, last=ach[-1].date,
-                           count=len(ach), drug=first.name.split(" ")[0]))
+        out.append(
+            Finding(
+                "anticholinergic",
+                "drugs",
+                math.log(PRODROMAL_RR["anticholinergic"]) * _timing("anticholinergic", yrs),
+                "strong anticholinergic drug use",
+                first=first.date,
+                last=ach[-1].date,
+                count=len(ach),
+                drug=first.name.split(" ")[0],
+            )
+        )
     out.extend(_measure_findings(p, hist))
     out.sort(key=lambda f: -f.weight)
     return out
@@ -125,8 +160,9 @@ def _number(e: Event) -> float:
 
 def _measure(key: str, e: Event, weight: float, domain: str, label: str) -> Finding:
     spec = vocab.MEASURES[key]
-    return Finding(key, domain, weight, label, first=e.date, last=e.date, value=e.value,
-                   unit=spec.unit, short=spec.short)
+    return Finding(
+        key, domain, weight, label, first=e.date, last=e.date, value=e.value, unit=spec.unit, short=spec.short
+    )
 
 
 def _measure_findings(p: Patient, hist: list[Event]) -> list[Finding]:
@@ -147,8 +183,13 @@ def _measure_findings(p: Patient, hist: list[Event]) -> list[Finding]:
         elif e is not None and key in ("moca", "sbp", "hba1c"):
             out.append(_measure(key, e, -0.2, "reassurance", f"normal {vocab.MEASURES[key].short}"))
     # weight loss visible as a falling BMI over the last three years
-    bmis = [e for e in hist if e.code == vocab.MEASURES["bmi"].code.code
-            and _years_before(p.index_date, e.date) <= 3.0 and isinstance(e.value, (int, float))]
+    bmis = [
+        e
+        for e in hist
+        if e.code == vocab.MEASURES["bmi"].code.code
+        and _years_before(p.index_date, e.date) <= 3.0
+        and isinstance(e.value, (int, float))
+    ]
     if len(bmis) >= 2 and _number(bmis[0]) - _number(bmis[-1]) >= 2.0:
         f = _measure("bmi", bmis[-1], 0.3, "prodromal", "falling BMI")
         f.first = bmis[0].date
@@ -158,12 +199,22 @@ def _measure_findings(p: Patient, hist: list[Event]) -> list[Finding]:
         out.append(f)
     smoking = [e for e in hist if e.code == vocab.SMOKING_STATUS.code]
     if smoking and smoking[-1].value == "Current every day smoker":
-        out.append(Finding("smoking_status", "lifestyle", 0.1, "current smoking", first=smoking[-1].date,
-                           last=smoking[-1].date, value=str(smoking[-1].value)))
+        out.append(
+            Finding(
+                "smoking_status",
+                "lifestyle",
+                0.1,
+                "current smoking",
+                first=smoking[-1].date,
+                last=smoking[-1].date,
+                value=str(smoking[-1].value),
+            )
+        )
     return out
 
 
 # ------------------------------------------------------------------------- rendering
+
 
 class _Writer:
     """Phrase banks and the random choices that vary a rationale's wording."""
@@ -171,10 +222,11 @@ class _Writer:
     def __init__(self, p: Patient, rng: random.Random) -> None:
         self.p = p
         self.rng = rng
-        self.iso = rng.random() < 0.5        # date style for this rationale
+        self.iso = rng.random() < 0.5  # date style for this rationale
         self.age = int(p.age_at_index)
-        self.noun = rng.choice({"F": ("woman", "female patient", "woman"),
-                                "M": ("man", "male patient", "man")}.get(p.sex, ("patient",)))
+        self.noun = rng.choice(
+            {"F": ("woman", "female patient", "woman"), "M": ("man", "male patient", "man")}.get(p.sex, ("patient",))
+        )
 
     def pick(self, *options: str) -> str:
         return self.rng.choice(options)
@@ -193,10 +245,14 @@ class _Writer:
         yrs = _years_before(self.p.index_date, d)
         if yrs < 1:
             m = max(1, int(round(yrs * 12)))
-            return self.pick(f"about {m} month{'s' if m > 1 else ''} before the index date",
-                             f"{m} month{'s' if m > 1 else ''} before the index date")
-        return self.pick(f"about {yrs:.0f} year{'s' if round(yrs) != 1 else ''} before the index date",
-                         f"roughly {yrs:.0f} year{'s' if round(yrs) != 1 else ''} earlier")
+            return self.pick(
+                f"about {m} month{'s' if m > 1 else ''} before the index date",
+                f"{m} month{'s' if m > 1 else ''} before the index date",
+            )
+        return self.pick(
+            f"about {yrs:.0f} year{'s' if round(yrs) != 1 else ''} before the index date",
+            f"roughly {yrs:.0f} year{'s' if round(yrs) != 1 else ''} earlier",
+        )
 
     def value(self, f: Finding) -> str:
         v = f.value
@@ -210,31 +266,43 @@ class _Writer:
         """One finding as a clause, citing its code, drug or value and its date."""
         r = self.pick
         if f.key == "bmi_decline":
-            return r(f"BMI falling from {f.name} to {f.value} kg/m2 between {self.date(f.first)} and {self.date(f.last)}",
-                     f"a drop in BMI to {f.value} kg/m2 by {self.date(f.last)}, down from {f.name} kg/m2",
-                     f"weight loss, with BMI sliding from {f.name} to {f.value} kg/m2 ({self.date(f.first)} to {self.date(f.last)})")
+            return r(
+                f"BMI falling from {f.name} to {f.value} kg/m2 between {self.date(f.first)} and {self.date(f.last)}",
+                f"a drop in BMI to {f.value} kg/m2 by {self.date(f.last)}, down from {f.name} kg/m2",
+                f"weight loss, with BMI sliding from {f.name} to {f.value} kg/m2 ({self.date(f.first)} to {self.date(f.last)})",
+            )
         if f.key == "smoking_status":
-            return r(f"a smoking status of '{f.value}' as of {self.date(f.last)}",
-                     f"continued smoking, still charted as '{f.value}' {self.on(f.last)}")
+            return r(
+                f"a smoking status of '{f.value}' as of {self.date(f.last)}",
+                f"continued smoking, still charted as '{f.value}' {self.on(f.last)}",
+            )
         if f.short is not None:
             if f.unit == "{score}":
-                return r(f"{_article(f.short)} {f.short} score of {self.value(f)} {self.on(f.last)}",
-                         f"{f.short} {self.value(f)} ({self.date(f.last)})",
-                         f"{_article(f.short)} {f.short} result of {self.value(f)} recorded {self.date(f.last)}")
-            return r(f"{_article(f.short)} {f.short} of {self.value(f)} {self.on(f.last)}",
-                     f"{f.short} at {self.value(f)} ({self.date(f.last)})",
-                     f"a most recent {f.short} of {self.value(f)}, measured {self.date(f.last)}")
+                return r(
+                    f"{_article(f.short)} {f.short} score of {self.value(f)} {self.on(f.last)}",
+                    f"{f.short} {self.value(f)} ({self.date(f.last)})",
+                    f"{_article(f.short)} {f.short} result of {self.value(f)} recorded {self.date(f.last)}",
+                )
+            return r(
+                f"{_article(f.short)} {f.short} of {self.value(f)} {self.on(f.last)}",
+                f"{f.short} at {self.value(f)} ({self.date(f.last)})",
+                f"a most recent {f.short} of {self.value(f)}, measured {self.date(f.last)}",
+            )
         if f.drug is not None:
             times = f", refilled {f.count - 1} times" if f.count > 2 and self.rng.random() < 0.5 else ""
-            return r(f"{f.drug} prescribed from {self.date(f.first)}{times}",
-                     f"a prescription for {f.drug} starting {self.date(f.first)}{times}",
-                     f"ongoing {f.drug}, a strongly anticholinergic drug, since {self.date(f.first)}")
+            return r(
+                f"{f.drug} prescribed from {self.date(f.first)}{times}",
+                f"a prescription for {f.drug} starting {self.date(f.first)}{times}",
+                f"ongoing {f.drug}, a strongly anticholinergic drug, since {self.date(f.first)}",
+            )
         times = f", coded {f.count} times" if f.count > 1 and self.rng.random() < 0.6 else ""
-        return r(f"{f.label} ({f.code}) first recorded {self.date(f.first)}{times}",
-                 f"a diagnosis of {f.label} [{f.code}] dated {self.date(f.first)}",
-                 f"{f.code} ({f.label}) on the record from {self.date(f.first)}{times}",
-                 f"{f.label}, coded {f.code} since {self.date(f.first)}",
-                 f"documented {f.label} ({f.code}, {self.date(f.first)})")
+        return r(
+            f"{f.label} ({f.code}) first recorded {self.date(f.first)}{times}",
+            f"a diagnosis of {f.label} [{f.code}] dated {self.date(f.first)}",
+            f"{f.code} ({f.label}) on the record from {self.date(f.first)}{times}",
+            f"{f.label}, coded {f.code} since {self.date(f.first)}",
+            f"documented {f.label} ({f.code}, {self.date(f.first)})",
+        )
 
     def join(self, parts: list[str]) -> str:
         if len(parts) == 1:
@@ -270,72 +338,124 @@ def _free_text(w: _Writer, findings: list[Finding], label: int | None) -> str:
     sents: list[str] = []
     pos = label == 1
     if pos:
-        sents.append(w.pick(
-            f"This {w.age}-year-old {w.noun} went on to develop ADRD within five years, and the record before the index date shows why.",
-            f"Looking back from a dementia diagnosis that followed within five years, several things in this {w.age}-year-old {w.noun}'s history stand out.",
-            f"In hindsight the chart of this {w.age}-year-old {w.noun} carried a real burden of dementia risk.",
-            f"The outcome was ADRD within five years, and at {w.age} this {w.noun} already had notable warning signs.",
-        ))
+        sents.append(
+            w.pick(
+                f"This {w.age}-year-old {w.noun} went on to develop ADRD within five years, and the record before the index date shows why.",
+                f"Looking back from a dementia diagnosis that followed within five years, several things in this {w.age}-year-old {w.noun}'s history stand out.",
+                f"In hindsight the chart of this {w.age}-year-old {w.noun} carried a real burden of dementia risk.",
+                f"The outcome was ADRD within five years, and at {w.age} this {w.noun} already had notable warning signs.",
+            )
+        )
     else:
-        sents.append(w.pick(
-            f"This {w.age}-year-old {w.noun} did not develop ADRD in the five years after the index date.",
-            f"No dementia diagnosis followed in the five years after the index date for this {w.age}-year-old {w.noun}.",
-            f"At {w.age}, this {w.noun} stayed free of ADRD through the five-year window.",
-            f"The five years after the index date passed without an ADRD diagnosis for this {w.age}-year-old {w.noun}.",
-        ))
+        sents.append(
+            w.pick(
+                f"This {w.age}-year-old {w.noun} did not develop ADRD in the five years after the index date.",
+                f"No dementia diagnosis followed in the five years after the index date for this {w.age}-year-old {w.noun}.",
+                f"At {w.age}, this {w.noun} stayed free of ADRD through the five-year window.",
+                f"The five years after the index date passed without an ADRD diagnosis for this {w.age}-year-old {w.noun}.",
+            )
+        )
     if cognitive:
         clause = w.join([w.finding(f) for f in cognitive[:2]])
         if pos:
-            sents.append(_cap(w.pick(
-                f"the clearest signal is cognitive: {clause}, the last of it {w.ago(cognitive[0].last)}.",
-                f"most telling is {clause}, a pattern that typically precedes a dementia diagnosis.",
-                f"cognitive symptoms were already on the record: {clause}.",
-            )))
+            sents.append(
+                _cap(
+                    w.pick(
+                        f"the clearest signal is cognitive: {clause}, the last of it {w.ago(cognitive[0].last)}.",
+                        f"most telling is {clause}, a pattern that typically precedes a dementia diagnosis.",
+                        f"cognitive symptoms were already on the record: {clause}.",
+                    )
+                )
+            )
         else:
-            sents.append(_cap(w.pick(
-                f"there were some cognitive notes ({clause}), but they did not progress to dementia within the window.",
-                f"{clause} raised the question of cognitive decline, which in this case did not materialise.",
-            )))
+            sents.append(
+                _cap(
+                    w.pick(
+                        f"there were some cognitive notes ({clause}), but they did not progress to dementia within the window.",
+                        f"{clause} raised the question of cognitive decline, which in this case did not materialise.",
+                    )
+                )
+            )
     elif pos:
-        sents.append(w.pick("No memory complaint or cognitive diagnosis had been coded yet, so the risk has to be read from other factors.",
-                            "Cognitive symptoms were not yet documented; the risk shows up instead in the rest of the record."))
+        sents.append(
+            w.pick(
+                "No memory complaint or cognitive diagnosis had been coded yet, so the risk has to be read from other factors.",
+                "Cognitive symptoms were not yet documented; the risk shows up instead in the rest of the record.",
+            )
+        )
     else:
-        sents.append(w.pick("Nothing in the record points to memory problems or cognitive decline.",
-                            "There are no memory complaints, no cognitive impairment codes and no other prodromal cognitive signs.",
-                            "The chart is silent on memory complaints or cognitive impairment."))
+        sents.append(
+            w.pick(
+                "Nothing in the record points to memory problems or cognitive decline.",
+                "There are no memory complaints, no cognitive impairment codes and no other prodromal cognitive signs.",
+                "The chart is silent on memory complaints or cognitive impairment.",
+            )
+        )
     if other:
         chosen = other[: rng.randint(2, 4)] if len(other) > 1 else other
         clause = w.join([w.finding(f) for f in chosen])
         if pos:
-            sents.append(_cap(w.pick(
-                f"on top of that the record shows {clause}.",
-                f"{clause} add to the picture.",
-                f"the modifiable risk factors are there too: {clause}.",
-                f"alongside this come {clause}.",
-            )))
+            sents.append(
+                _cap(
+                    w.pick(
+                        f"on top of that the record shows {clause}.",
+                        f"{clause} add to the picture.",
+                        f"the modifiable risk factors are there too: {clause}.",
+                        f"alongside this come {clause}.",
+                    )
+                )
+            )
         else:
-            sents.append(_cap(w.pick(
-                f"the record does include {clause}, which raise risk in principle.",
-                f"risk factors such as {clause} were present, but they did not tip the balance.",
-                f"even with {clause}, the overall burden stayed moderate.",
-            )))
+            sents.append(
+                _cap(
+                    w.pick(
+                        f"the record does include {clause}, which raise risk in principle.",
+                        f"risk factors such as {clause} were present, but they did not tip the balance.",
+                        f"even with {clause}, the overall burden stayed moderate.",
+                    )
+                )
+            )
     elif not pos:
-        sents.append(w.pick("Few of the modifiable risk factors are present.",
-                            "Vascular, metabolic and lifestyle risk factors are largely absent."))
+        sents.append(
+            w.pick(
+                "Few of the modifiable risk factors are present.",
+                "Vascular, metabolic and lifestyle risk factors are largely absent.",
+            )
+        )
     if not pos and reassuring:
         clause = w.join([w.finding(f) for f in reassuring[:2]])
-        sents.append(_cap(w.pick(f"reassuringly, the chart shows {clause}.",
-                                 f"{clause} also argue against a developing dementia.",
-                                 f"the measurements are reassuring: {clause}.")))
-    age_note = ("advanced age" if w.age >= 80 else "age in the mid-seventies or later" if w.age >= 74 else "a comparatively young age")
+        sents.append(
+            _cap(
+                w.pick(
+                    f"reassuringly, the chart shows {clause}.",
+                    f"{clause} also argue against a developing dementia.",
+                    f"the measurements are reassuring: {clause}.",
+                )
+            )
+        )
+    age_note = (
+        "advanced age"
+        if w.age >= 80
+        else "age in the mid-seventies or later"
+        if w.age >= 74
+        else "a comparatively young age"
+    )
     if pos:
-        sents.append(w.pick(f"Together with {age_note}, these findings make the later ADRD diagnosis unsurprising.",
-                            f"Combined with {age_note}, the risk over the next five years was high.",
-                            "Taken together, the balance of evidence pointed toward dementia onset within five years."))
+        sents.append(
+            w.pick(
+                f"Together with {age_note}, these findings make the later ADRD diagnosis unsurprising.",
+                f"Combined with {age_note}, the risk over the next five years was high.",
+                "Taken together, the balance of evidence pointed toward dementia onset within five years.",
+            )
+        )
     else:
-        sents.append(w.pick(f"With {age_note} and no cognitive warning signs, a five-year risk below the average fits the outcome.",
-                            "Overall the evidence for imminent dementia was weak, consistent with no diagnosis in the window.",
-                            "On balance the record supports a low near-term risk, which is what happened."))
+        sents.append(
+            w.pick(
+                f"With {age_note} and no cognitive warning signs, a five-year risk below the average fits the outcome.",
+                "Overall the evidence for imminent dementia was weak, consistent with no diagnosis in the window.",
+                "On balance the record supports a low near-term risk, which is what happened.",
+            )
+        )
     return " ".join(sents)
 
 
@@ -346,48 +466,75 @@ def _stepwise(w: _Writer, findings: list[Finding], label: int | None) -> str:
     rest = [f for f in other if f.domain not in ("vascular", "metabolic")]
     steps: list[str] = []
     sex = {"F": "female", "M": "male"}.get(w.p.sex, "unknown sex")
-    steps.append(w.pick(
-        f"Age and sex: {w.age}-year-old {sex}; age is the strongest single risk factor for ADRD.",
-        f"Demographics: {sex}, aged {w.age} at the index date, {'well into' if w.age >= 78 else 'within'} the ages where incidence climbs steeply.",
-        f"Start with the baseline: {_article_age(w.age)} {w.age}-year-old {sex} patient.",
-    ))
+    steps.append(
+        w.pick(
+            f"Age and sex: {w.age}-year-old {sex}; age is the strongest single risk factor for ADRD.",
+            f"Demographics: {sex}, aged {w.age} at the index date, {'well into' if w.age >= 78 else 'within'} the ages where incidence climbs steeply.",
+            f"Start with the baseline: {_article_age(w.age)} {w.age}-year-old {sex} patient.",
+        )
+    )
     if cognitive:
-        steps.append(w.pick("Cognitive and prodromal signs: ", "Look for early cognitive signs: ", "Prodromal features: ")
-                     + "; ".join(w.finding(f) for f in cognitive[:3]) + ".")
+        steps.append(
+            w.pick("Cognitive and prodromal signs: ", "Look for early cognitive signs: ", "Prodromal features: ")
+            + "; ".join(w.finding(f) for f in cognitive[:3])
+            + "."
+        )
     else:
-        steps.append(w.pick("Cognitive and prodromal signs: none recorded before the index date.",
-                            "Look for early cognitive signs: no memory complaints, MCI or screening deficits are documented.",
-                            "Prodromal features: absent from the record."))
+        steps.append(
+            w.pick(
+                "Cognitive and prodromal signs: none recorded before the index date.",
+                "Look for early cognitive signs: no memory complaints, MCI or screening deficits are documented.",
+                "Prodromal features: absent from the record.",
+            )
+        )
     if vascular:
-        steps.append(w.pick("Vascular and metabolic risk: ", "Cardiometabolic factors: ", "Check vascular risk: ")
-                     + "; ".join(w.finding(f) for f in vascular[:3]) + ".")
+        steps.append(
+            w.pick("Vascular and metabolic risk: ", "Cardiometabolic factors: ", "Check vascular risk: ")
+            + "; ".join(w.finding(f) for f in vascular[:3])
+            + "."
+        )
     else:
-        steps.append(w.pick("Vascular and metabolic risk: no hypertension, diabetes, obesity or high LDL on record.",
-                            "Cardiometabolic factors: none documented."))
+        steps.append(
+            w.pick(
+                "Vascular and metabolic risk: no hypertension, diabetes, obesity or high LDL on record.",
+                "Cardiometabolic factors: none documented.",
+            )
+        )
     if rest:
-        steps.append(w.pick("Other risk factors: ", "Mood, senses, lifestyle and medications: ", "Remaining risk factors: ")
-                     + "; ".join(w.finding(f) for f in rest[:3]) + ".")
+        steps.append(
+            w.pick("Other risk factors: ", "Mood, senses, lifestyle and medications: ", "Remaining risk factors: ")
+            + "; ".join(w.finding(f) for f in rest[:3])
+            + "."
+        )
     if reassuring and not pos:
-        steps.append(w.pick("Reassuring findings: ", "Against the diagnosis: ")
-                     + "; ".join(w.finding(f) for f in reassuring[:2]) + ".")
+        steps.append(
+            w.pick("Reassuring findings: ", "Against the diagnosis: ")
+            + "; ".join(w.finding(f) for f in reassuring[:2])
+            + "."
+        )
     n_risk = len(cognitive) + len(other)
     if pos:
-        steps.append(w.pick(
-            f"Weigh it up: {n_risk} risk finding{'s' if n_risk != 1 else ''} on top of age{', including cognitive signs' if cognitive else ''}; the five-year risk is high, and ADRD did follow.",
-            "Conclusion: the combination points to ADRD onset within five years, which is what occurred.",
-            "Overall: high risk; the patient developed ADRD within the window.",
-        ))
+        steps.append(
+            w.pick(
+                f"Weigh it up: {n_risk} risk finding{'s' if n_risk != 1 else ''} on top of age{', including cognitive signs' if cognitive else ''}; the five-year risk is high, and ADRD did follow.",
+                "Conclusion: the combination points to ADRD onset within five years, which is what occurred.",
+                "Overall: high risk; the patient developed ADRD within the window.",
+            )
+        )
     else:
-        steps.append(w.pick(
-            f"Weigh it up: {'no cognitive signs and ' if not cognitive else ''}{n_risk} risk finding{'s' if n_risk != 1 else ''}; the five-year risk is modest, and no ADRD followed.",
-            "Conclusion: the evidence does not point to dementia within five years, and none was diagnosed.",
-            "Overall: low to moderate risk; no ADRD in the window.",
-        ))
+        steps.append(
+            w.pick(
+                f"Weigh it up: {'no cognitive signs and ' if not cognitive else ''}{n_risk} risk finding{'s' if n_risk != 1 else ''}; the five-year risk is modest, and no ADRD followed.",
+                "Conclusion: the evidence does not point to dementia within five years, and none was diagnosed.",
+                "Overall: low to moderate risk; no ADRD in the window.",
+            )
+        )
     return "\n".join(f"Step {i}: {s}" for i, s in enumerate(steps, start=1))
 
 
 def write_rationales(p: Patient, rng: random.Random) -> Rationales:
     """A free-text and a step-by-step rationale for a patient with a known label."""
     findings = collect_findings(p)
-    return Rationales(free_text=_free_text(_Writer(p, rng), findings, p.label),
-                      stepwise=_stepwise(_Writer(p, rng), findings, p.label))
+    return Rationales(
+        free_text=_free_text(_Writer(p, rng), findings, p.label), stepwise=_stepwise(_Writer(p, rng), findings, p.label)
+    )

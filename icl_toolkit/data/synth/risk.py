@@ -61,18 +61,18 @@ FEMALE_OR = 1.10
 # intervention and care (Livingston et al. 2024, Lancet 404:572-628, Figure 7 /
 # the risk-factor table): the twelve that a health record can show.
 RISK_FACTOR_RR: dict[str, float] = {
-    "hearing_loss": 1.37,      # untreated; hearing-aid users carry no excess risk
-    "high_ldl": 1.27,          # high LDL cholesterol (midlife)
+    "hearing_loss": 1.37,  # untreated; hearing-aid users carry no excess risk
+    "high_ldl": 1.27,  # high LDL cholesterol (midlife)
     "depression": 2.2,
-    "tbi": 1.69,               # traumatic brain injury
-    "inactivity": 1.17,        # physical inactivity
+    "tbi": 1.69,  # traumatic brain injury
+    "inactivity": 1.17,  # physical inactivity
     "diabetes": 1.73,
     "smoking": 1.3,
     "hypertension": 1.2,
     "obesity": 1.3,
-    "alcohol": 1.18,           # excessive alcohol consumption
+    "alcohol": 1.18,  # excessive alcohol consumption
     "social_isolation": 1.6,
-    "vision_loss": 1.47,       # untreated vision loss
+    "vision_loss": 1.47,  # untreated vision loss
 }
 
 # --- prodromal signals ---------------------------------------------------------------
@@ -187,9 +187,9 @@ class Population:
     n: int
     age: np.ndarray
     female: np.ndarray
-    span: np.ndarray               # years of record before the index date
-    index_day: np.ndarray          # index date as days since 1970-01-01
-    visit_rate: np.ndarray         # visits per year
+    span: np.ndarray  # years of record before the index date
+    index_day: np.ndarray  # index date as days since 1970-01-01
+    visit_rate: np.ndarray  # visits per year
     c: np.ndarray
     s: np.ndarray
     u: np.ndarray
@@ -222,8 +222,17 @@ def sample_population(n: int, rng: np.random.Generator) -> Population:
     c, s, u, h = (rng.standard_normal(n) for _ in range(4))
     sparse = rng.random(n) < 0.15
     visit_rate = np.where(sparse, rng.uniform(0.5, 1.0, n), np.exp(np.log(2.6) + 0.35 * h + 0.15 * c))
-    pop = Population(n=n, age=age, female=female, span=span, index_day=index_day,
-                     visit_rate=np.clip(visit_rate, 0.4, 9.0), c=c, s=s, u=u)
+    pop = Population(
+        n=n,
+        age=age,
+        female=female,
+        span=span,
+        index_day=index_day,
+        visit_rate=np.clip(visit_rate, 0.4, 9.0),
+        c=c,
+        s=s,
+        u=u,
+    )
     a = age - 75.0
     for key, (p75, lc, ls, lu, slope) in _RF_PARAMS.items():
         lin = _logit(p75) + lc * c + ls * s + lu * u + slope * a

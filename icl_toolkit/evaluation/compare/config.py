@@ -65,8 +65,12 @@ def _shared_section(model: type[BaseModel], name: str) -> type[BaseModel]:
     """The spec section ``model`` without its per-arm fields: the same field definitions (types, ranges,
     defaults, docs), so a shared table is validated exactly as the spec validates that section."""
     fields = {f: (info.annotation, info) for f, info in model.model_fields.items() if f not in PER_ARM[name]}
-    return create_model(f"Shared{name.title()}", __config__=ConfigDict(extra="forbid", frozen=True),
-                        __doc__=f"The [{name}] table of arms.toml.", **fields)  # type: ignore[call-overload]
+    return create_model(
+        f"Shared{name.title()}",
+        __config__=ConfigDict(extra="forbid", frozen=True),
+        __doc__=f"The [{name}] table of arms.toml.",
+        **fields,
+    )  # type: ignore[call-overload]
 
 
 if TYPE_CHECKING:  # built at import time: a type checker sees a model
@@ -105,7 +109,7 @@ class ArmSpec(BaseModel):
     def _k(cls, value: int | list[int]) -> int | list[int]:
         for k in _listify(value):
             if not 1 <= k <= 1024:
-                raise ValueError(f"k must be between 1 and 1024 (use demos = \"none\" for no demos), got {k}")
+                raise ValueError(f'k must be between 1 and 1024 (use demos = "none" for no demos), got {k}')
         return value
 
 
@@ -125,8 +129,12 @@ class Arm(BaseModel):
 
     def options(self) -> dict[str, Any]:
         """This arm's prediction options (the spec's names); an arm without demos has no k or strategy."""
-        out: dict[str, Any] = {"demos": self.demos, "mode": self.mode, "rationale": self.rationale,
-                               "template": self.template}
+        out: dict[str, Any] = {
+            "demos": self.demos,
+            "mode": self.mode,
+            "rationale": self.rationale,
+            "template": self.template,
+        }
         return out | ({"k": 0} if self.demos == "none" else {"k": self.k, "strategy": self.strategy})
 
     @property
@@ -202,13 +210,17 @@ class CompareConfig(BaseModel):
 
     def shared_options(self) -> dict[str, Any]:
         """The options every arm shares: ``[retrieval]`` and ``[prompt]`` as written, and the seed."""
-        return {**self.retrieval.model_dump(exclude_unset=True), **self.prompt.model_dump(exclude_unset=True),
-                "seed": self.seed}
+        return {
+            **self.retrieval.model_dump(exclude_unset=True),
+            **self.prompt.model_dump(exclude_unset=True),
+            "seed": self.seed,
+        }
 
     def spec(self, arm: Arm) -> PredictConfig:
         """The prediction spec of one arm (its model's trained template resolved)."""
         return PredictConfig.from_options(**self.shared_options(), **arm.options()).for_model(
-            self.checkpoints[arm.checkpoint])
+            self.checkpoints[arm.checkpoint]
+        )
 
     def retrieval_config(self, strategy: str, k: int) -> RetrievalConfig:
         """The retrieval settings of ``strategy`` and ``k`` under the shared settings (one cache per pair)."""
@@ -218,15 +230,26 @@ class CompareConfig(BaseModel):
         """Every concrete arm, in spec order, without duplicates."""
         out: dict[tuple[Any, ...], Arm] = {}
         for i, spec in enumerate(self.arm, 1):
-            combos = list(itertools.product(_listify(spec.checkpoint), _listify(spec.demos), _listify(spec.k),
-                                            _listify(spec.strategy), _listify(spec.mode)))
+            combos = list(
+                itertools.product(
+                    _listify(spec.checkpoint),
+                    _listify(spec.demos),
+                    _listify(spec.k),
+                    _listify(spec.strategy),
+                    _listify(spec.mode),
+                )
+            )
             if spec.name and len(combos) > 1:
-                raise ConfigError(f"[[arm]] #{i} ({spec.name!r}) expands to {len(combos)} arms, so it cannot have "
-                                  "one name; drop 'name' to get automatic names.")
+                raise ConfigError(
+                    f"[[arm]] #{i} ({spec.name!r}) expands to {len(combos)} arms, so it cannot have "
+                    "one name; drop 'name' to get automatic names."
+                )
             for ckpt, demos, k, strategy, mode in combos:
                 if ckpt not in self.checkpoints:
-                    raise ConfigError(f"[[arm]] #{i}: checkpoint {ckpt!r} is not in [checkpoints] (there: "
-                                      f"{', '.join(self.checkpoints)}).")
+                    raise ConfigError(
+                        f"[[arm]] #{i}: checkpoint {ckpt!r} is not in [checkpoints] (there: "
+                        f"{', '.join(self.checkpoints)})."
+                    )
                 if demos == "none":
                     k, strategy = 0, "-"
                 key = (ckpt, demos, k, strategy, mode, spec.rationale, spec.template)
@@ -236,8 +259,16 @@ class CompareConfig(BaseModel):
                 if demos == "rationale" and spec.rationale == "stepwise":
                     shown += " stepwise"
                 name = spec.name or f"{ckpt} / {shown} / {mode}"
-                out[key] = Arm(name=name, checkpoint=ckpt, demos=demos, k=k, strategy=strategy, mode=mode,
-                               rationale=spec.rationale, template=spec.template)
+                out[key] = Arm(
+                    name=name,
+                    checkpoint=ckpt,
+                    demos=demos,
+                    k=k,
+                    strategy=strategy,
+                    mode=mode,
+                    rationale=spec.rationale,
+                    template=spec.template,
+                )
         arms = list(out.values())
         names = [a.name for a in arms]
         dup = {n for n in names if names.count(n) > 1}
@@ -259,8 +290,12 @@ class CompareConfig(BaseModel):
         return self.reference or self.arms()[0].name
 
 
-_TABLES: dict[str, type[BaseModel]] = {"prompt": SharedPrompt, "retrieval": SharedRetrieval,
-                                        "engine": EngineOptions, "arm": ArmSpec}
+_TABLES: dict[str, type[BaseModel]] = {
+    "prompt": SharedPrompt,
+    "retrieval": SharedRetrieval,
+    "engine": EngineOptions,
+    "arm": ArmSpec,
+}
 
 
 def _where(loc: tuple[Any, ...]) -> str:
@@ -281,7 +316,9 @@ def _problem(err: Mapping[str, Any]) -> str:
     if err["type"] == "extra_forbidden":
         table = str(loc[0]) if len(loc) > 1 else ""
         if str(loc[-1]) in PER_ARM.get(table, ()):
-            return f"set {loc[-1]} per [[arm]]{' (seed at the top level)' if loc[-1] == 'seed' else ''}, not in [{table}]"
+            return (
+                f"set {loc[-1]} per [[arm]]{' (seed at the top level)' if loc[-1] == 'seed' else ''}, not in [{table}]"
+            )
         known = list(_TABLES.get(table, CompareConfig).model_fields)
         close = difflib.get_close_matches(str(loc[-1]), known, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
@@ -307,8 +344,10 @@ def load_compare_config(path: str | Path) -> tuple[CompareConfig, Path]:
     except FileNotFoundError:
         raise ConfigError(f"{path}: no comparison config here (file not found).") from None
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not a comparison config (not UTF-8 text: invalid byte at offset {exc.start}). "
-                          "Save it as UTF-8 TOML.") from None
+        raise ConfigError(
+            f"{path}: not a comparison config (not UTF-8 text: invalid byte at offset {exc.start}). "
+            "Save it as UTF-8 TOML."
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}.") from None
     except RecursionError:

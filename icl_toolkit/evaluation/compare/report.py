@@ -54,8 +54,9 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         name = r["name"] if r["kind"] == "arm" else f"*{r['name']}* (baseline)"
-        delta = "-" if r["p_value"] is None else \
-            f"{r['delta_auroc']:+.3f} ({r['delta_lo']:+.3f} to {r['delta_hi']:+.3f})"
+        delta = (
+            "-" if r["p_value"] is None else f"{r['delta_auroc']:+.3f} ({r['delta_lo']:+.3f} to {r['delta_hi']:+.3f})"
+        )
         lines.append("| " + " | ".join([name, *(_ci(r, m) for m in METRICS), delta, _p(r["p_value"])]) + " |")
     return "\n".join(lines) + "\n"
 
@@ -70,8 +71,9 @@ def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
         writer.writerows({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
 
 
-def write_tables(out: Path, rows: Sequence[dict[str, Any]], fairness: FairnessReport,
-                 contrasts: Sequence[dict[str, Any]] = ()) -> None:
+def write_tables(
+    out: Path, rows: Sequence[dict[str, Any]], fairness: FairnessReport, contrasts: Sequence[dict[str, Any]] = ()
+) -> None:
     """``results.csv``, ``results.md`` (with the contrasts under the table), ``subgroups.csv`` and
     ``fairness_gaps.csv`` in ``out``; ``contrasts.csv`` when the config names contrasts."""
     _write_csv(out / "results.csv", rows)
@@ -91,19 +93,30 @@ def _needed(c: dict[str, Any]) -> str:
 
 def contrast_table(contrasts: Sequence[dict[str, Any]]) -> str:
     """The named paired contrasts as a markdown table."""
-    lines = ["| contrast (a vs b) | AUROC a | AUROC b | a - b (95% CI) | DeLong p | detectable at 80% power "
-             "| test patients to detect 0.05 |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| contrast (a vs b) | AUROC a | AUROC b | a - b (95% CI) | DeLong p | detectable at 80% power "
+        "| test patients to detect 0.05 |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for c in contrasts:
-        lines.append(f"| {c['a']} vs {c['b']} | {c['auroc_a']:.3f} | {c['auroc_b']:.3f} | "
-                     f"{c['difference']:+.3f} ({c['lo']:+.3f} to {c['hi']:+.3f}) | {c['p_value']:.3g} | "
-                     f"{c['detectable_80']:.3f} | {_needed(c)} |")
-    return "\n".join(lines) + "\n" + (
-        "\nDetectable at 80% power: the smallest true difference this paired test would find (two-sided 5%) "
-        "with its observed standard error (2.80 SE); test patients to detect 0.05: the test-set size, at the same "
-        "case mix, at which a 0.05 difference would be found with 80% power (SE shrinking as 1/sqrt(n)).\n")
+        lines.append(
+            f"| {c['a']} vs {c['b']} | {c['auroc_a']:.3f} | {c['auroc_b']:.3f} | "
+            f"{c['difference']:+.3f} ({c['lo']:+.3f} to {c['hi']:+.3f}) | {c['p_value']:.3g} | "
+            f"{c['detectable_80']:.3f} | {_needed(c)} |"
+        )
+    return (
+        "\n".join(lines)
+        + "\n"
+        + (
+            "\nDetectable at 80% power: the smallest true difference this paired test would find (two-sided 5%) "
+            "with its observed standard error (2.80 SE); test patients to detect 0.05: the test-set size, at the same "
+            "case mix, at which a 0.05 difference would be found with 80% power (SE shrinking as 1/sqrt(n)).\n"
+        )
+    )
 
 
 # --------------------------------------------------------------------------- plots
+
 
 def _plt() -> Any:
     import matplotlib
@@ -140,8 +153,14 @@ def plot_roc(path: Path, entries: Sequence[Entry], y: np.ndarray, rows: Sequence
         fpr, tpr, _ = roc_curve(y, e.test)
         ax.plot(fpr, tpr, color=cmap(i % 20), label=f"{e.name} ({auroc[e.name]:.3f})", **_style(e))
     ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8)
-    _save(fig, ax, path, "false positive rate", "true positive rate",
-          f"ROC on {len(y)} test patients ({int(y.sum())} cases)")
+    _save(
+        fig,
+        ax,
+        path,
+        "false positive rate",
+        "true positive rate",
+        f"ROC on {len(y)} test patients ({int(y.sum())} cases)",
+    )
 
 
 def plot_auroc_vs_k(path: Path, rows: Sequence[dict[str, Any]]) -> bool:
@@ -151,8 +170,9 @@ def plot_auroc_vs_k(path: Path, rows: Sequence[dict[str, Any]]) -> bool:
     if not any(r["demos"] != "none" for r in arms):
         return False
     plt = _plt()
-    zero: dict[tuple[str, ...], dict[str, Any]] = {(r["checkpoint"], r["mode"]): r for r in arms
-                                                   if r["demos"] == "none"}
+    zero: dict[tuple[str, ...], dict[str, Any]] = {
+        (r["checkpoint"], r["mode"]): r for r in arms if r["demos"] == "none"
+    }
     series: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
     for r in arms:
         if r["demos"] != "none":
@@ -167,14 +187,27 @@ def plot_auroc_vs_k(path: Path, rows: Sequence[dict[str, Any]]) -> bool:
         vals = np.array([r["auroc"] for r in pts])
         err = np.array([[v - r["auroc_lo"] for v, r in zip(vals, pts)], [r["auroc_hi"] - v for v, r in zip(vals, pts)]])
         offset = (i - len(series) / 2) * 0.06
-        ax.errorbar(np.array(ks) + offset, vals, yerr=err, marker="o", capsize=3, color=cmap(i % 10),
-                    label=f"{key[0]}, {key[1]} demos, {key[2]}, {key[3]}")
+        ax.errorbar(
+            np.array(ks) + offset,
+            vals,
+            yerr=err,
+            marker="o",
+            capsize=3,
+            color=cmap(i % 10),
+            label=f"{key[0]}, {key[1]} demos, {key[2]}, {key[3]}",
+        )
     for j, r in enumerate(x for x in rows if x["kind"] == "baseline"):
         ax.axhline(r["auroc"], linestyle=":", linewidth=1, color=plt.get_cmap("Dark2")(j % 8))
         ax.annotate(r["name"], (ax.get_xlim()[1], r["auroc"]), fontsize=7, ha="right", va="bottom")
     ax.axhline(0.5, color="grey", linewidth=0.8)
-    _save(fig, ax, path, "demonstrations k (0 = none)", "AUROC (95% bootstrap CI)",
-          "AUROC against the number of demonstrations")
+    _save(
+        fig,
+        ax,
+        path,
+        "demonstrations k (0 = none)",
+        "AUROC (95% bootstrap CI)",
+        "AUROC against the number of demonstrations",
+    )
     return True
 
 
@@ -189,36 +222,44 @@ def plot_calibration(path: Path, entries: Sequence[Entry], y: np.ndarray, n_bins
         frac, mean = calibration_curve(y, np.clip(e.test, 0, 1), n_bins=n_bins, strategy="quantile")
         ax.plot(mean, frac, marker="o", markersize=3, color=cmap(i % 20), label=e.name, **_style(e))
     ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8)
-    _save(fig, ax, path, f"mean predicted probability ({n_bins} quantile bins)", "observed share with ADRD",
-          "Calibration")
+    _save(
+        fig, ax, path, f"mean predicted probability ({n_bins} quantile bins)", "observed share with ADRD", "Calibration"
+    )
 
 
 # --------------------------------------------------------------------------- report
 
-_DEFAULT_USE = ("research comparison of prompting and fine-tuning for five-year ADRD onset from coded histories. "
-                "Not a clinical decision tool; not validated on real patients.")
+_DEFAULT_USE = (
+    "research comparison of prompting and fine-tuning for five-year ADRD onset from coded histories. "
+    "Not a clinical decision tool; not validated on real patients."
+)
 
 
 NARROW_SPREAD = 0.05
 """A model card notes an entry whose middle 90% of predicted probabilities spans less than this."""
 
 
-def _model_card(r: dict[str, Any], fairness: FairnessReport, info: dict[str, Any],
-                reference: str, context: dict[str, Any]) -> list[str]:
+def _model_card(
+    r: dict[str, Any], fairness: FairnessReport, info: dict[str, Any], reference: str, context: dict[str, Any]
+) -> list[str]:
     lines = [f"### {r['name']}", ""]
     ckpt = info.get("checkpoint_meta")
     if r["kind"] == "arm":
         model = f"`{r['checkpoint']}` = `{info.get('model_id', '?')}`"
         if ckpt:
-            model += (f"; {ckpt['target']} SFT of `{ckpt['base_id']}` ({'LoRA' if ckpt.get('lora') else 'weights'}), "
-                      f"{ckpt['n_train']} training patients (data hash `{_short(ckpt['train_hash'])}`), "
-                      f"{ckpt['steps']} steps, train loss {ckpt['first_train_loss']:.3f} -> "
-                      f"{ckpt['final_train_loss']:.3f}")
+            model += (
+                f"; {ckpt['target']} SFT of `{ckpt['base_id']}` ({'LoRA' if ckpt.get('lora') else 'weights'}), "
+                f"{ckpt['n_train']} training patients (data hash `{_short(ckpt['train_hash'])}`), "
+                f"{ckpt['steps']} steps, train loss {ckpt['first_train_loss']:.3f} -> "
+                f"{ckpt['final_train_loss']:.3f}"
+            )
         demos = "none" if r["demos"] == "none" else f"{r['k']} {r['demos']} demos chosen by `{r['strategy']}` retrieval"
-        lines += ["- **Model**: " + model,
-                  f"- **Prompting**: {demos}; `{r['mode']}` mode (template `{info.get('template', '?')}`); "
-                  f"mean prompt {info.get('mean_prompt_tokens', 0):.0f} tokens, "
-                  f"{info.get('seconds_per_patient', 0):.2f} s per patient"]
+        lines += [
+            "- **Model**: " + model,
+            f"- **Prompting**: {demos}; `{r['mode']}` mode (template `{info.get('template', '?')}`); "
+            f"mean prompt {info.get('mean_prompt_tokens', 0):.0f} tokens, "
+            f"{info.get('seconds_per_patient', 0):.2f} s per patient",
+        ]
     else:
         lines += [f"- **Model**: baseline: {info.get('description', r['name'])}"]
     card: ModelCard = context.get("card") or ModelCard()
@@ -232,15 +273,30 @@ def _model_card(r: dict[str, Any], fairness: FairnessReport, info: dict[str, Any
         "- **Metrics (95% bootstrap CI)**: " + "; ".join(f"{_LABELS[m]} {_ci(r, m)}" for m in METRICS),
     ]
     if r["p_value"] is not None:
-        lines.append(f"- **Against `{reference}`**: ΔAUROC {r['delta_auroc']:+.3f} "
-                     f"({r['delta_lo']:+.3f} to {r['delta_hi']:+.3f}), DeLong p = {_p(r['p_value'])}")
-    lines.append(f"- **Calibration**: ECE {_fmt(r['ece'])}, mean predicted {r['mean_probability']:.3f} against "
-                 f"observed {r['cases'] / r['n']:.3f}")
-    lines += ["", f"Subgroups (fairlearn MetricFrame, {fairness.n_boot} bootstrap resamples; rates at the "
-                  f"threshold {r['threshold']:.3f}):", "", subgroups_markdown(fairness, r["name"]),
-              "Gaps between groups:", "", gaps_markdown(FairnessReport(
-                  gaps=[g for g in fairness.gaps if g["name"] == r["name"]], oracle=fairness.oracle,
-                  reference=fairness.reference))]
+        lines.append(
+            f"- **Against `{reference}`**: ΔAUROC {r['delta_auroc']:+.3f} "
+            f"({r['delta_lo']:+.3f} to {r['delta_hi']:+.3f}), DeLong p = {_p(r['p_value'])}"
+        )
+    lines.append(
+        f"- **Calibration**: ECE {_fmt(r['ece'])}, mean predicted {r['mean_probability']:.3f} against "
+        f"observed {r['cases'] / r['n']:.3f}"
+    )
+    lines += [
+        "",
+        f"Subgroups (fairlearn MetricFrame, {fairness.n_boot} bootstrap resamples; rates at the "
+        f"threshold {r['threshold']:.3f}):",
+        "",
+        subgroups_markdown(fairness, r["name"]),
+        "Gaps between groups:",
+        "",
+        gaps_markdown(
+            FairnessReport(
+                gaps=[g for g in fairness.gaps if g["name"] == r["name"]],
+                oracle=fairness.oracle,
+                reference=fairness.reference,
+            )
+        ),
+    ]
     limits = []
     if r["cases"] < 30:
         limits.append(f"only {r['cases']} cases: intervals are wide and small differences are noise")
@@ -251,47 +307,68 @@ def _model_card(r: dict[str, Any], fairness: FairnessReport, info: dict[str, Any
     if r["kind"] == "arm" and r["demos"] != "none":
         limits.append("demonstrations come from the pool's synthetic rationales and may not transfer to real notes")
     if r.get("p95") is not None and r["p95"] - r["p05"] < NARROW_SPREAD:
-        note = (f"90% of its predicted probabilities lie between {r['p05']:.3f} and {r['p95']:.3f}: it barely "
-                "separates patients, so its F1 and calibration say little")
+        note = (
+            f"90% of its predicted probabilities lie between {r['p05']:.3f} and {r['p95']:.3f}: it barely "
+            "separates patients, so its F1 and calibration say little"
+        )
         if r["kind"] == "arm" and r["mode"] == "score" and ckpt and ckpt.get("target") in ("rationale", "stepwise"):
-            note += (f" (a {ckpt['target']} checkpoint was trained to write before it answers: read it with "
-                     "mode = \"reason\")")
+            note += (
+                f' (a {ckpt["target"]} checkpoint was trained to write before it answers: read it with mode = "reason")'
+            )
         limits.append(note)
     limits.append("evaluated on the cohort given; subgroup metrics rest on few patients")
     lines += ["", "- **Limitations**: " + "; ".join(limits) + ".", ""]
     return lines
 
 
-def write_report(out: Path, rows: Sequence[dict[str, Any]], fairness: FairnessReport,
-                 infos: dict[str, dict[str, Any]], context: dict[str, Any], plots: Sequence[str],
-                 contrasts: Sequence[dict[str, Any]] = ()) -> Path:
+def write_report(
+    out: Path,
+    rows: Sequence[dict[str, Any]],
+    fairness: FairnessReport,
+    infos: dict[str, dict[str, Any]],
+    context: dict[str, Any],
+    plots: Sequence[str],
+    contrasts: Sequence[dict[str, Any]] = (),
+) -> Path:
     """``report.md``: settings, the results table, plots and a model card per arm and baseline."""
     ref = context["reference"]
     lines = [
-        "# Comparison report", "",
-        f"Generated {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')} by icl-toolkit {context['version']}.", "",
-        "## Data and settings", "",
+        "# Comparison report",
+        "",
+        f"Generated {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')} by icl-toolkit {context['version']}.",
+        "",
+        "## Data and settings",
+        "",
         f"- Test: `{context['test_file']}`, first {context['n_test']} patients ({context['cases']} cases), "
         f"content hash `{_short(context['test_hash'])}`",
         f"- Demonstration pool / baseline training: `{context['pool_file']}`, {context['n_pool']} patients, hash "
         f"`{_short(context['pool_hash'])}`",
-        "- Validation (thresholds for F1): " + (f"`{context['val_file']}`, {context['n_val']} patients"
-                                                 if context.get("val_file") else "none (F1 at 0.5)"),
+        "- Validation (thresholds for F1): "
+        + (f"`{context['val_file']}`, {context['n_val']} patients" if context.get("val_file") else "none (F1 at 0.5)"),
         f"- Bootstrap: {context['bootstrap']} stratified resamples, seed {context['seed']}; DeLong tests are paired, "
         f"against `{ref}`",
-        f"- Shared prompt settings: `{context['prompt']}`; retrieval settings: `{context['retrieval']}`", "",
-        "## Results", "", markdown_table(rows),
+        f"- Shared prompt settings: `{context['prompt']}`; retrieval settings: `{context['retrieval']}`",
+        "",
+        "## Results",
+        "",
+        markdown_table(rows),
         *(["## Contrasts (paired DeLong)", "", contrast_table(contrasts)] if contrasts else []),
-        "## Fairness", "",
+        "## Fairness",
+        "",
         "AUROC gap: the largest difference of AUROC between the groups of a grouping (fairlearn "
         f"`MetricFrame.difference`, {fairness.n_boot} bootstrap resamples). The excess gap is this entry's gap "
         "minus the oracle's (what the data itself allows) or the reference's, on the same resamples: above 0 "
         "with an interval above 0 means the entry widens the disparity. Parity and odds differences at each "
-        "entry's threshold. Per-group metrics are in each model card and in `subgroups.csv`.", "",
-        gaps_markdown(fairness), "",
-        "## Plots", "",
-        *[f"![{p}]({p})" for p in plots], "",
-        "## Model cards", "",
+        "entry's threshold. Per-group metrics are in each model card and in `subgroups.csv`.",
+        "",
+        gaps_markdown(fairness),
+        "",
+        "## Plots",
+        "",
+        *[f"![{p}]({p})" for p in plots],
+        "",
+        "## Model cards",
+        "",
     ]
     for r in rows:
         lines += _model_card(r, fairness, infos.get(r["name"], {}), ref, context)

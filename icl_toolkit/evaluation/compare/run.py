@@ -81,8 +81,8 @@ class CompareResult:
     rows: list[dict[str, Any]]
     subgroups: list[dict[str, Any]]
     report: Path
-    ran: list[str]        # arms predicted (fully or partly) in this call
-    skipped: list[str]    # arms already complete
+    ran: list[str]  # arms predicted (fully or partly) in this call
+    skipped: list[str]  # arms already complete
     contrasts: list[dict[str, Any]] = field(default_factory=list)  # the config's paired tests among the arms run
     fairness_gaps: list[dict[str, Any]] = field(default_factory=list)  # per entry and grouping: gaps, excess gaps
 
@@ -93,17 +93,21 @@ def select_arms(arms: list[Arm], only: Sequence[str], reference: str) -> list[Ar
     Raises:
         ConfigError: a pattern matches nothing, or the reference arm is left out.
     """
+
     def hit(arm: Arm, pattern: str) -> bool:
         return arm.checkpoint == pattern or fnmatch.fnmatchcase(arm.name, pattern)
 
     for pattern in only:
         if not any(hit(a, pattern) for a in arms):
-            raise ConfigError(f"--only {pattern!r} matches no arm or checkpoint; the arms are: "
-                              + "; ".join(a.name for a in arms))
+            raise ConfigError(
+                f"--only {pattern!r} matches no arm or checkpoint; the arms are: " + "; ".join(a.name for a in arms)
+            )
     chosen = [a for a in arms if any(hit(a, p) for p in only)]
     if reference not in {a.name for a in chosen}:
-        raise ConfigError(f"--only leaves out the reference arm {reference!r}, which every DeLong test is against; "
-                          "add it (e.g. --only base).")
+        raise ConfigError(
+            f"--only leaves out the reference arm {reference!r}, which every DeLong test is against; "
+            "add it (e.g. --only base)."
+        )
     return chosen
 
 
@@ -118,8 +122,15 @@ class Comparison:
         progress: show progress bars.
     """
 
-    def __init__(self, config: CompareConfig, out: str | Path, *, embedder: ProfileEmbedder | None = None,
-                 backend_factory: BackendFactory | None = None, progress: bool = True) -> None:
+    def __init__(
+        self,
+        config: CompareConfig,
+        out: str | Path,
+        *,
+        embedder: ProfileEmbedder | None = None,
+        backend_factory: BackendFactory | None = None,
+        progress: bool = True,
+    ) -> None:
         self.config = config
         self.out = Path(out)
         self.embedder = embedder
@@ -145,8 +156,9 @@ class Comparison:
         index.save(folder)
         return index
 
-    def _retrievals(self, keys: set[tuple[str, int]], pool: Sequence[Patient], index: DemoIndex,
-                    queries: Sequence[Patient]) -> dict[tuple[str, int], dict[str, Retrieval]]:
+    def _retrievals(
+        self, keys: set[tuple[str, int]], pool: Sequence[Patient], index: DemoIndex, queries: Sequence[Patient]
+    ) -> dict[tuple[str, int], dict[str, Retrieval]]:
         out = {}
         for strategy, k in sorted(keys):
             retriever = Retriever(self.config.retrieval_config(strategy, k), self.embedder).fit(pool, index)
@@ -170,8 +182,9 @@ class Comparison:
         vdone = {r["patient_id"] for r in read_records(vpath)}
         return sum(p.patient_id not in done for p in test) + sum(p.patient_id not in vdone for p in val)
 
-    def _check_finished(self, arm: Arm, test: Sequence[Patient], val: Sequence[Patient],
-                        hashes: dict[str, str]) -> None:
+    def _check_finished(
+        self, arm: Arm, test: Sequence[Patient], val: Sequence[Patient], hashes: dict[str, str]
+    ) -> None:
         """A finished arm is reused only if its settings sidecars match what the arm would be run with now:
         every setting of its spec (retrieval settings only where it shows demos), the prompt templates, the test
         or validation patients and the pool, checked without loading its model (the model is checked when an
@@ -182,30 +195,47 @@ class Comparison:
         config = spec.model_dump(mode="json")
         if arm.demos == "none":
             del config["retrieval"]
-        now: dict[str, Any] = {"config": config, "templates_hash": templates_hash(spec.prompt),
-                               "pool_hash": hashes["pool"]}
+        now: dict[str, Any] = {
+            "config": config,
+            "templates_hash": templates_hash(spec.prompt),
+            "pool_hash": hashes["pool"],
+        }
         if not model_available(self.config.checkpoints[arm.checkpoint]):
             del now["config"]["prompt"]["template"], now["templates_hash"]
         for cohort, key, path in zip((test, val), ("test", "val"), self._arm_paths(arm)):
             if not cohort:
                 continue
             meta_path = sidecar_path(path)
-            fix = (f"Restore the settings and inputs it was made with, or delete {path.name} and its "
-                   f"{meta_path.name} to rerun the arm with these.")
+            fix = (
+                f"Restore the settings and inputs it was made with, or delete {path.name} and its "
+                f"{meta_path.name} to rerun the arm with these."
+            )
             if not meta_path.exists():
-                raise ConfigError(f"{path}: its settings sidecar {meta_path.name} is missing, so nothing says "
-                                  f"which settings made these predictions. {fix}")
+                raise ConfigError(
+                    f"{path}: its settings sidecar {meta_path.name} is missing, so nothing says "
+                    f"which settings made these predictions. {fix}"
+                )
             meta = read_json(meta_path, "predictions metadata")
             if not isinstance(meta, dict):
                 raise ConfigError(f"{meta_path}: not a predictions metadata record. {fix}")
             diffs = meta_differences(meta, now | {"cohort_hash": hashes[key]}, verb="made", ignore_missing=True)
             if diffs:
-                raise ConfigError(f"{path}: arm {arm.name!r} was made with other settings or inputs than it "
-                                  f"would be run with now ({'; '.join(diffs)}). {fix}")
+                raise ConfigError(
+                    f"{path}: arm {arm.name!r} was made with other settings or inputs than it "
+                    f"would be run with now ({'; '.join(diffs)}). {fix}"
+                )
 
-    def _run_arm(self, arm: Arm, backend: Backend, pool: Sequence[Patient], index: DemoIndex | None,
-                 test: Sequence[Patient], val: Sequence[Patient],
-                 retrievals: dict[tuple[str, int], dict[str, Retrieval]], advance: Callable[..., None]) -> None:
+    def _run_arm(
+        self,
+        arm: Arm,
+        backend: Backend,
+        pool: Sequence[Patient],
+        index: DemoIndex | None,
+        test: Sequence[Patient],
+        val: Sequence[Patient],
+        retrievals: dict[tuple[str, int], dict[str, Retrieval]],
+        advance: Callable[..., None],
+    ) -> None:
         predictor = Predictor(backend, self.config.spec(arm), embedder=self.embedder, progress=False).fit(pool, index)
         found = retrievals.get(arm.retrieval_key, {}) if arm.retrieval_key else {}
         for cohort, path in zip((test, val), self._arm_paths(arm)):
@@ -215,8 +245,15 @@ class Comparison:
 
     # ------------------------------------------------------------------ run
 
-    def run(self, test: Sequence[Patient], pool: Sequence[Patient], val: Sequence[Patient] | None = None, *,
-            names: dict[str, str] | None = None, only: Sequence[str] = ()) -> CompareResult:
+    def run(
+        self,
+        test: Sequence[Patient],
+        pool: Sequence[Patient],
+        val: Sequence[Patient] | None = None,
+        *,
+        names: dict[str, str] | None = None,
+        only: Sequence[str] = (),
+    ) -> CompareResult:
         """Predict every arm, compute the baselines and statistics, write the outputs.
 
         Args:
@@ -230,18 +267,20 @@ class Comparison:
         """
         c = self.config
         names = names or {}
-        test = list(test)[:c.limit] if c.limit else list(test)
-        val = (list(val)[:c.val_limit] if c.val_limit else list(val)) if val else []
+        test = list(test)[: c.limit] if c.limit else list(test)
+        val = (list(val)[: c.val_limit] if c.val_limit else list(val)) if val else []
         pool = list(pool)
         overlap = {p.subject_id for p in pool} & {p.subject_id for p in [*test, *val]}
         if overlap:
-            raise ConfigError(f"{len(overlap)} test or validation subjects are also in the pool (first: "
-                              f"{sorted(overlap)[0]}); they would see their own outcome. Use splits that are "
-                              "disjoint by subject (MEDS: a subject's records at every prediction time in one split).")
+            raise ConfigError(
+                f"{len(overlap)} test or validation subjects are also in the pool (first: "
+                f"{sorted(overlap)[0]}); they would see their own outcome. Use splits that are "
+                "disjoint by subject (MEDS: a subject's records at every prediction time in one split)."
+            )
         arms = select_arms(c.arms(), only, c.reference_arm) if only else c.arms()
         hashes = {"pool": content_hash(pool), "test": content_hash(test), "val": content_hash(val)}
         pending = {arm.name: self._pending(arm, test, val) for arm in arms}
-        for arm in arms:                  # a finished arm is checked before anything is built or run
+        for arm in arms:  # a finished arm is checked before anything is built or run
             if pending[arm.name] == 0:
                 self._check_finished(arm, test, val, hashes)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -262,7 +301,7 @@ class Comparison:
         for arm in arms:
             by_ckpt.setdefault(arm.checkpoint, []).append(arm)
         for ckpt, group in by_ckpt.items():
-            todo = [(a, pending[a.name]) for a in group]   # an arm's file changes only when it runs
+            todo = [(a, pending[a.name]) for a in group]  # an arm's file changes only when it runs
             skipped += [a.name for a, n in todo if n == 0]
             todo = [(a, n) for a, n in todo if n > 0]
             if not todo:
@@ -283,14 +322,24 @@ class Comparison:
         records = {r["patient_id"]: r for r in read_records(path)}
         missing = [p.patient_id for p in cohort if p.patient_id not in records]
         if missing:
-            raise ConfigError(f"{path}: no prediction for {len(missing)} patients (first {missing[0]}); rerun "
-                              "icl compare to finish the arm.")
+            raise ConfigError(
+                f"{path}: no prediction for {len(missing)} patients (first {missing[0]}); rerun "
+                "icl compare to finish the arm."
+            )
         rows = [records[p.patient_id] for p in cohort]
         return [r["probability"] for r in rows], rows
 
-    def _finish(self, arms: list[Arm], test: list[Patient], val: list[Patient], pool: list[Patient],
-                retrievals: dict[tuple[str, int], dict[str, Retrieval]], names: dict[str, str],
-                ran: list[str], skipped: list[str]) -> CompareResult:
+    def _finish(
+        self,
+        arms: list[Arm],
+        test: list[Patient],
+        val: list[Patient],
+        pool: list[Patient],
+        retrievals: dict[tuple[str, int], dict[str, Retrieval]],
+        names: dict[str, str],
+        ran: list[str],
+        skipped: list[str],
+    ) -> CompareResult:
         c = self.config
         entries: list[Entry] = []
         infos: dict[str, dict[str, Any]] = {}
@@ -298,22 +347,38 @@ class Comparison:
             path, vpath = self._arm_paths(arm)
             probs, records = self._read_arm(test, path)
             vprobs = self._read_arm(val, vpath)[0] if val else None
-            info = {"checkpoint": arm.checkpoint, "demos": arm.demos, "k": arm.k, "strategy": arm.strategy,
-                    "mode": arm.mode}
+            info = {
+                "checkpoint": arm.checkpoint,
+                "demos": arm.demos,
+                "k": arm.k,
+                "strategy": arm.strategy,
+                "mode": arm.mode,
+            }
             entries.append(Entry(arm.name, "arm", probs, vprobs, info))
             meta = checkpoint_meta(c.checkpoints[arm.checkpoint])
-            infos[arm.name] = {"model_id": recorded_model_id(records[0]["model_id"]), "template": records[0]["template"],
-                               "mean_prompt_tokens": float(np.mean([r["prompt_tokens"] for r in records])),
-                               "seconds_per_patient": float(np.mean([r["seconds"] for r in records])),
-                               "checkpoint_meta": meta}
+            infos[arm.name] = {
+                "model_id": recorded_model_id(records[0]["model_id"]),
+                "template": records[0]["template"],
+                "mean_prompt_tokens": float(np.mean([r["prompt_tokens"] for r in records])),
+                "seconds_per_patient": float(np.mean([r["seconds"] for r in records])),
+                "checkpoint_meta": meta,
+            }
         entries += self._baselines(test, val, pool, retrievals, infos)
         y = np.array([p.label for p in test])
         cache_path = self.out / FAIRNESS_CACHE
         fairness_cache = load_cache(cache_path)
-        rows, fairness = evaluate(entries, test, val or None, reference=c.reference_arm,
-                                  n_resamples=c.bootstrap, seed=c.seed, fairness_resamples=c.fairness_bootstrap,
-                                  progress=self.progress, fairness_cache=fairness_cache)
-        if len(arms) == len(c.arms()):   # a full run keeps what it used; an --only run keeps the rest too
+        rows, fairness = evaluate(
+            entries,
+            test,
+            val or None,
+            reference=c.reference_arm,
+            n_resamples=c.bootstrap,
+            seed=c.seed,
+            fairness_resamples=c.fairness_bootstrap,
+            progress=self.progress,
+            fairness_cache=fairness_cache,
+        )
+        if len(arms) == len(c.arms()):  # a full run keeps what it used; an --only run keeps the rest too
             fairness_cache = {k: fairness_cache[k] for k in fairness.cache_keys}
         save_cache(cache_path, fairness_cache)
         subgroups = fairness.subgroups
@@ -327,29 +392,58 @@ class Comparison:
         if plot_auroc_vs_k(self.out / "auroc_vs_k.png", rows):
             plots.insert(1, "auroc_vs_k.png")
         context = {
-            "reference": c.reference_arm, "version": md.version("icl-toolkit"),
-            "test_file": names.get("test", "test"), "n_test": len(test), "cases": int(y.sum()),
-            "test_hash": content_hash(test), "pool_file": names.get("pool", "pool"), "n_pool": len(pool),
-            "pool_hash": content_hash(pool), "val_file": names.get("val") if val else None, "n_val": len(val),
-            "bootstrap": c.bootstrap, "fairness_bootstrap": c.fairness_bootstrap, "seed": c.seed,
+            "reference": c.reference_arm,
+            "version": md.version("icl-toolkit"),
+            "test_file": names.get("test", "test"),
+            "n_test": len(test),
+            "cases": int(y.sum()),
+            "test_hash": content_hash(test),
+            "pool_file": names.get("pool", "pool"),
+            "n_pool": len(pool),
+            "pool_hash": content_hash(pool),
+            "val_file": names.get("val") if val else None,
+            "n_val": len(val),
+            "bootstrap": c.bootstrap,
+            "fairness_bootstrap": c.fairness_bootstrap,
+            "seed": c.seed,
             "prompt": c.prompt.model_dump(exclude_unset=True),
             "retrieval": c.retrieval.model_dump(exclude_unset=True),
         }
         report = write_report(self.out, rows, fairness, infos, context | {"card": c.card}, plots, contrasts)
-        write_json_atomic(self.out / "summary.json", {"context": context, "card": c.card.model_dump(mode="json"), "results": rows, "contrasts": contrasts,
-                                                      "fairness_gaps": fairness.gaps})
+        write_json_atomic(
+            self.out / "summary.json",
+            {
+                "context": context,
+                "card": c.card.model_dump(mode="json"),
+                "results": rows,
+                "contrasts": contrasts,
+                "fairness_gaps": fairness.gaps,
+            },
+        )
         return CompareResult(self.out, rows, subgroups, report, ran, skipped, contrasts, fairness.gaps)
 
-    def _baselines(self, test: list[Patient], val: list[Patient], pool: list[Patient],
-                   retrievals: dict[tuple[str, int], dict[str, Retrieval]],
-                   infos: dict[str, dict[str, Any]]) -> list[Entry]:
+    def _baselines(
+        self,
+        test: list[Patient],
+        val: list[Patient],
+        pool: list[Patient],
+        retrievals: dict[tuple[str, int], dict[str, Retrieval]],
+        infos: dict[str, dict[str, Any]],
+    ) -> list[Entry]:
         folder = self.out / "baselines"
         folder.mkdir(parents=True, exist_ok=True)
         out: list[Entry] = []
 
         def add(name: str, description: str, probs: list[float], vprobs: list[float] | None) -> None:
-            out.append(Entry(name, "baseline", probs, vprobs, {"checkpoint": "-", "demos": "-", "k": 0,
-                                                               "strategy": "-", "mode": "-"}))
+            out.append(
+                Entry(
+                    name,
+                    "baseline",
+                    probs,
+                    vprobs,
+                    {"checkpoint": "-", "demos": "-", "k": 0, "strategy": "-", "mode": "-"},
+                )
+            )
             infos[name] = {"description": description}
             with open(folder / f"{name.replace(' ', '_').replace('=', '').replace(',', '')}.jsonl", "w") as fh:
                 for p, prob in zip(test, probs):
@@ -358,31 +452,54 @@ class Comparison:
         for kind in self.config.baselines:
             if kind == "logreg":
                 model = bl.fit_logreg(pool)
-                add("logreg codes+age+sex", "logistic regression on a binary bag of pre-index codes, age and sex, "
-                    f"fit on the {len(pool)} pool patients", bl.predict_logreg(model, test),
-                    bl.predict_logreg(model, val) if val else None)
+                add(
+                    "logreg codes+age+sex",
+                    "logistic regression on a binary bag of pre-index codes, age and sex, "
+                    f"fit on the {len(pool)} pool patients",
+                    bl.predict_logreg(model, test),
+                    bl.predict_logreg(model, val) if val else None,
+                )
             elif kind == "age":
                 model = bl.fit_age_only(pool)
-                add("age only", f"logistic regression on age, fit on the {len(pool)} pool patients",
-                    bl.predict_age(model, test), bl.predict_age(model, val) if val else None)
+                add(
+                    "age only",
+                    f"logistic regression on age, fit on the {len(pool)} pool patients",
+                    bl.predict_age(model, test),
+                    bl.predict_age(model, val) if val else None,
+                )
             elif kind == "knn":
                 for (strategy, k), found in sorted(retrievals.items()):
-                    add(f"kNN vote {strategy} k={k}", f"share of positive outcomes among the same {k} neighbours "
+                    add(
+                        f"kNN vote {strategy} k={k}",
+                        f"share of positive outcomes among the same {k} neighbours "
                         f"({strategy} retrieval) the demonstration arms show",
                         bl.knn_vote([found[p.patient_id] for p in test]),
-                        bl.knn_vote([found[p.patient_id] for p in val]) if val else None)
+                        bl.knn_vote([found[p.patient_id] for p in val]) if val else None,
+                    )
             elif kind == "oracle":
                 risk = bl.oracle_risk(test)
                 if risk is not None:
-                    add(ORACLE, "the true risk the synthetic generator drew each outcome from "
-                        "(an upper reference, not a model)", risk, bl.oracle_risk(val) if val else None)
+                    add(
+                        ORACLE,
+                        "the true risk the synthetic generator drew each outcome from "
+                        "(an upper reference, not a model)",
+                        risk,
+                        bl.oracle_risk(val) if val else None,
+                    )
         return out
 
 
-def compare(config: CompareConfig | str | Path, test: str | Path | Sequence[Patient],
-            pool: str | Path | Sequence[Patient], out: str | Path, *,
-            val: str | Path | Sequence[Patient] | None = None, limit: int | None = None, only: Sequence[str] = (),
-            progress: bool = True) -> CompareResult:
+def compare(
+    config: CompareConfig | str | Path,
+    test: str | Path | Sequence[Patient],
+    pool: str | Path | Sequence[Patient],
+    out: str | Path,
+    *,
+    val: str | Path | Sequence[Patient] | None = None,
+    limit: int | None = None,
+    only: Sequence[str] = (),
+    progress: bool = True,
+) -> CompareResult:
     """Every arm of a comparison and the baselines on the same test patients, with statistics, plots and a report
     (``icl compare`` as a function). An existing ``out`` is resumed: finished arms are checked and reused.
 

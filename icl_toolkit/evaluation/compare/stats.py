@@ -33,16 +33,24 @@ class Entry:
     """Predictions of one arm or baseline on the test (and validation) patients, in cohort order."""
 
     name: str
-    kind: str                                     # "arm" or "baseline"
+    kind: str  # "arm" or "baseline"
     test: list[float]
     val: list[float] | None = None
-    info: dict[str, Any] = field(default_factory=dict)   # checkpoint, demos, k, strategy, mode, ...
+    info: dict[str, Any] = field(default_factory=dict)  # checkpoint, demos, k, strategy, mode, ...
 
 
-def evaluate(entries: Sequence[Entry], test: Sequence[Patient], val: Sequence[Patient] | None, *,
-             reference: str, n_resamples: int = 1000, seed: int = 0,
-             fairness_resamples: int = 200, progress: bool = False,
-             fairness_cache: MutableMapping[str, Any] | None = None) -> tuple[list[dict[str, Any]], FairnessReport]:
+def evaluate(
+    entries: Sequence[Entry],
+    test: Sequence[Patient],
+    val: Sequence[Patient] | None,
+    *,
+    reference: str,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    fairness_resamples: int = 200,
+    progress: bool = False,
+    fairness_cache: MutableMapping[str, Any] | None = None,
+) -> tuple[list[dict[str, Any]], FairnessReport]:
     """Result rows (one per entry) and the fairness report (subgroup rows per entry, grouping and value; gap
     rows per entry and grouping; ``fairness_cache`` as :func:`~icl_toolkit.evaluation.fairness.fairness_report` takes it).
 
@@ -64,9 +72,16 @@ def evaluate(entries: Sequence[Entry], test: Sequence[Patient], val: Sequence[Pa
         has_val = yv is not None and e.val is not None and len(set(yv.tolist())) == 2
         threshold = choose_threshold(yv, e.val) if yv is not None and e.val is not None and has_val else 0.5
         ci = bootstrap_ci(y, p, n_resamples=n_resamples, seed=seed, threshold=threshold, metrics=METRICS)
-        row: dict[str, Any] = {"name": e.name, "kind": e.kind} | e.info | {
-            "n": int(len(y)), "cases": int(y.sum()), "threshold": round(threshold, 6),
-            "threshold_from": "validation" if has_val else "fixed 0.5"}
+        row: dict[str, Any] = (
+            {"name": e.name, "kind": e.kind}
+            | e.info
+            | {
+                "n": int(len(y)),
+                "cases": int(y.sum()),
+                "threshold": round(threshold, 6),
+                "threshold_from": "validation" if has_val else "fixed 0.5",
+            }
+        )
         for m in METRICS:
             row[m], row[f"{m}_lo"], row[f"{m}_hi"] = ci[m]["value"], ci[m]["lo"], ci[m]["hi"]
         row["mean_probability"] = float(p.mean())
@@ -79,19 +94,30 @@ def evaluate(entries: Sequence[Entry], test: Sequence[Patient], val: Sequence[Pa
         rows.append(row)
         thresholds[e.name] = threshold
     groups = group_attributes(test)
-    with progress_bar(f"fairness ({fairness_resamples} bootstrap resamples)", len(entries) * len(groups),
-                      progress) as advance:
-        fairness = fairness_report({e.name: e.test for e in entries}, y, groups, thresholds=thresholds,
-                                   oracle=ORACLE if ORACLE in by_name else None, reference=reference,
-                                   n_boot=fairness_resamples, seed=seed, progress=advance, cache=fairness_cache)
+    with progress_bar(
+        f"fairness ({fairness_resamples} bootstrap resamples)", len(entries) * len(groups), progress
+    ) as advance:
+        fairness = fairness_report(
+            {e.name: e.test for e in entries},
+            y,
+            groups,
+            thresholds=thresholds,
+            oracle=ORACLE if ORACLE in by_name else None,
+            reference=reference,
+            n_boot=fairness_resamples,
+            seed=seed,
+            progress=advance,
+            cache=fairness_cache,
+        )
     kinds = {e.name: e.kind for e in entries}
     for r in (*fairness.subgroups, *fairness.gaps):
         r["kind"] = kinds[r["name"]]
     return rows, fairness
 
 
-def contrast_rows(entries: Sequence[Entry], test: Sequence[Patient],
-                  contrasts: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+def contrast_rows(
+    entries: Sequence[Entry], test: Sequence[Patient], contrasts: Sequence[tuple[str, str]]
+) -> list[dict[str, Any]]:
     """The paired DeLong test of each ``(a, b)`` pair present among ``entries``: AUROC of both, the difference
     ``a - b`` with its 95% CI, and the two-sided p-value (pairs with an arm not run are left out)."""
     y = np.array([p.label for p in test])
@@ -101,9 +127,22 @@ def contrast_rows(entries: Sequence[Entry], test: Sequence[Patient],
         if a not in by_name or b not in by_name:
             continue
         d = delong_test(y, by_name[a].test, by_name[b].test)
-        rows.append({"a": a, "b": b, "n": int(len(y)), "cases": int(y.sum()), "auroc_a": d.auroc_a, "auroc_b": d.auroc_b,
-                     "difference": d.difference, "lo": d.ci_low, "hi": d.ci_high, "p_value": d.p_value,
-                     "se": d.se} | power(d.se, len(y)))
+        rows.append(
+            {
+                "a": a,
+                "b": b,
+                "n": int(len(y)),
+                "cases": int(y.sum()),
+                "auroc_a": d.auroc_a,
+                "auroc_b": d.auroc_b,
+                "difference": d.difference,
+                "lo": d.ci_low,
+                "hi": d.ci_high,
+                "p_value": d.p_value,
+                "se": d.se,
+            }
+            | power(d.se, len(y))
+        )
     return rows
 
 

@@ -12,5 +12,13 @@ alerts.
 from icl_toolkit.evaluation.monitor.log import MonitorLog, Pseudonymizer, load_key, read_log
 from icl_toolkit.evaluation.monitor.report import AlertSettings, monitor_report, parse_window, psi
 
-__all__ = ["MonitorLog", "Pseudonymizer", "load_key", "read_log", "AlertSettings", "monitor_report",
-           "parse_window", "psi"]
+__all__ = [
+    "MonitorLog",
+    "Pseudonymizer",
+    "load_key",
+    "read_log",
+    "AlertSettings",
+    "monitor_report",
+    "parse_window",
+    "psi",
+]

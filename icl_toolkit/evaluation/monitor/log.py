@@ -36,7 +36,16 @@ from icl_toolkit.core.files import os_error
 from icl_toolkit.data.cohort import Patient
 from icl_toolkit.evaluation.fairness import age_band
 
-__all__ = ["Pseudonymizer", "load_key", "input_features", "MonitorLog", "read_log", "PREDICTIONS", "FEEDBACK", "KEY_ENV"]
+__all__ = [
+    "Pseudonymizer",
+    "load_key",
+    "input_features",
+    "MonitorLog",
+    "read_log",
+    "PREDICTIONS",
+    "FEEDBACK",
+    "KEY_ENV",
+]
 
 PREDICTIONS = "predictions.jsonl"
 FEEDBACK = "feedback.jsonl"
@@ -48,8 +57,10 @@ class Pseudonymizer:
 
     def __init__(self, key: bytes) -> None:
         if len(key) < 16:
-            raise ConfigError("The monitor key must be at least 16 bytes (set ICL_MONITOR_KEY to a long random "
-                              "string, e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`).")
+            raise ConfigError(
+                "The monitor key must be at least 16 bytes (set ICL_MONITOR_KEY to a long random "
+                "string, e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`)."
+            )
         self._key = key
 
     def __call__(self, patient_id: str) -> str:
@@ -80,8 +91,11 @@ def input_features(p: Patient) -> dict[str, int]:
     """What the monitor records of a patient's input, and what its drift check compares with the pool: age in
     whole years, events in the history, and the history's length in days."""
     hist = p.history()
-    return {"age": int(p.age_at_index), "events": len(hist),
-            "history_days": (p.index_date - hist[0].date).days if hist else 0}
+    return {
+        "age": int(p.age_at_index),
+        "events": len(hist),
+        "history_days": (p.index_date - hist[0].date).days if hist else 0,
+    }
 
 
 class _AppendFile:
@@ -150,8 +164,10 @@ class FeedbackRejected(ValueError):
 
     def __init__(self, unknown: list[int], conflicts: list[tuple[int, str]]) -> None:
         self.unknown, self.conflicts = unknown, conflicts
-        super().__init__(f"{len(unknown)} outcome(s) for unknown patients, {len(conflicts)} contradicting "
-                         "recorded ones; nothing was recorded")
+        super().__init__(
+            f"{len(unknown)} outcome(s) for unknown patients, {len(conflicts)} contradicting "
+            "recorded ones; nothing was recorded"
+        )
 
     @property
     def status(self) -> int:
@@ -167,8 +183,14 @@ class FeedbackRejected(ValueError):
     def detail(self) -> list[dict[str, str]]:
         """Per item at fault: its field path in the request and why."""
         if self.unknown:
-            return [{"field": f"outcomes[{i}].patient_id", "msg": "no prediction of this patient is in the monitor "
-                     "log (send outcomes for patients this server predicted)"} for i in self.unknown]
+            return [
+                {
+                    "field": f"outcomes[{i}].patient_id",
+                    "msg": "no prediction of this patient is in the monitor "
+                    "log (send outcomes for patients this server predicted)",
+                }
+                for i in self.unknown
+            ]
         return [{"field": f"outcomes[{i}]", "msg": msg} for i, msg in self.conflicts]
 
 
@@ -188,36 +210,46 @@ class MonitorLog:
         except OSError as exc:
             raise os_error(exc, self.folder, "creating the monitor folder") from None
         self.pseudonym = Pseudonymizer(key)
-        self.model_hash = "sha256:" + hashlib.sha256(
-            json.dumps(model or {}, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        self.model_hash = (
+            "sha256:" + hashlib.sha256(json.dumps(model or {}, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        )
         self._predictions = _AppendFile(self.folder / PREDICTIONS)
         self._feedback = _AppendFile(self.folder / FEEDBACK)
         self._lock = threading.Lock()
         self.known: set[str] = {r["id"] for r in read_log(self.folder / PREDICTIONS)[0]}
         self.outcomes: dict[str, tuple[int, str]] = {
-            r["id"]: (r["outcome"], r["date"]) for r in read_log(self.folder / FEEDBACK)[0]}
+            r["id"]: (r["outcome"], r["date"]) for r in read_log(self.folder / FEEDBACK)[0]
+        }
 
-    def record_predictions(self, patients: Sequence[Patient], predictions: Sequence[dict[str, Any]],
-                           when: dt.datetime | None = None) -> None:
+    def record_predictions(
+        self, patients: Sequence[Patient], predictions: Sequence[dict[str, Any]], when: dt.datetime | None = None
+    ) -> None:
         """Append one record per prediction (no patient id, date of birth or history text)."""
         ts = (when or dt.datetime.now(dt.UTC)).isoformat(timespec="milliseconds")
         records = []
         for p, pred in zip(patients, predictions):
             pid = self.pseudonym(p.patient_id)
-            records.append({
-                "ts": ts, "id": pid, "probability": round(float(pred["probability"]), 6),
-                "model_id": pred.get("model_id"), "model_hash": self.model_hash,
-                "prompt_hash": pred.get("prompt_hash"), "template": pred.get("template"),
-                "demos": [self.pseudonym(d["patient_id"]) for d in pred.get("demos", [])],
-                **input_features(p), "age_band": age_band(p.age_at_index), "sex": p.sex,
-                "groups": dict(p.groups),
-            })
+            records.append(
+                {
+                    "ts": ts,
+                    "id": pid,
+                    "probability": round(float(pred["probability"]), 6),
+                    "model_id": pred.get("model_id"),
+                    "model_hash": self.model_hash,
+                    "prompt_hash": pred.get("prompt_hash"),
+                    "template": pred.get("template"),
+                    "demos": [self.pseudonym(d["patient_id"]) for d in pred.get("demos", [])],
+                    **input_features(p),
+                    "age_band": age_band(p.age_at_index),
+                    "sex": p.sex,
+                    "groups": dict(p.groups),
+                }
+            )
         self._predictions.append(records)
         with self._lock:
             self.known.update(str(r["id"]) for r in records)
 
-    def record_feedback(self, patient_id: str, outcome: int, date: dt.date,
-                        when: dt.datetime | None = None) -> str:
+    def record_feedback(self, patient_id: str, outcome: int, date: dt.date, when: dt.datetime | None = None) -> str:
         """Record one outcome (see :meth:`record_outcomes`). Returns ``"recorded"`` or ``"duplicate"``.
 
         Raises:
@@ -232,8 +264,9 @@ class MonitorLog:
             raise ValueError(exc.conflicts[0][1]) from None
         return "recorded" if result.recorded else "duplicate"
 
-    def record_outcomes(self, outcomes: Sequence[tuple[str, int, dt.date]],
-                        when: dt.datetime | None = None) -> FeedbackResult:
+    def record_outcomes(
+        self, outcomes: Sequence[tuple[str, int, dt.date]], when: dt.datetime | None = None
+    ) -> FeedbackResult:
         """Record outcomes ``(patient_id, outcome, date)`` for patients predicted before, all or nothing.
 
         The same outcome and date sent again (before, or twice in this batch) is a duplicate and is not written.
@@ -258,13 +291,17 @@ class MonitorLog:
                 elif before == value:
                     duplicates += 1
                 else:
-                    conflicts.append((i, f"outcome {before[0]} dated {before[1]} was recorded for this patient "
-                                         "before; outcomes are not overwritten"))
+                    conflicts.append(
+                        (
+                            i,
+                            f"outcome {before[0]} dated {before[1]} was recorded for this patient "
+                            "before; outcomes are not overwritten",
+                        )
+                    )
             if unknown or conflicts:
                 raise FeedbackRejected(unknown, conflicts)
             if new:
-                self._feedback.append([{"ts": ts, "id": pid, "outcome": y, "date": d}
-                                       for pid, (y, d) in new.items()])
+                self._feedback.append([{"ts": ts, "id": pid, "outcome": y, "date": d} for pid, (y, d) in new.items()])
                 self.outcomes.update(new)
         return FeedbackResult(recorded=len(new), duplicates=duplicates)
 

@@ -104,10 +104,16 @@ def _outcome_metrics(rows: list[dict[str, Any]], settings: AlertSettings) -> dic
 
     y = np.array([r["outcome"] for r in rows], dtype=int)
     p = np.array([r["probability"] for r in rows], dtype=float)
-    out: dict[str, Any] = {"outcomes": len(rows), "observed_rate": float(y.mean()) if len(y) else None,
-                           "mean_probability_with_outcome": float(p.mean()) if len(p) else None,
-                           "calibration_error": float(p.mean() - y.mean()) if len(y) else None,
-                           "calibration_slope": None, "calibration_intercept": None, "auroc": None, "gaps": {}}
+    out: dict[str, Any] = {
+        "outcomes": len(rows),
+        "observed_rate": float(y.mean()) if len(y) else None,
+        "mean_probability_with_outcome": float(p.mean()) if len(p) else None,
+        "calibration_error": float(p.mean() - y.mean()) if len(y) else None,
+        "calibration_slope": None,
+        "calibration_intercept": None,
+        "auroc": None,
+        "gaps": {},
+    }
     if len(y) < settings.min_outcomes or len(set(y.tolist())) < 2:
         return out
     out["auroc"] = auroc_or_nan(y, p)
@@ -119,8 +125,11 @@ def _outcome_metrics(rows: list[dict[str, Any]], settings: AlertSettings) -> dic
         groupings[attr] = [r.get("groups", {}).get(attr, "unknown") for r in rows]
     for name, values in groupings.items():
         v = np.asarray(values, dtype=object)
-        big = [g for g in set(values) if (v == g).sum() >= settings.min_group_outcomes
-               and len(set(y[v == g].tolist())) == 2]
+        big = [
+            g
+            for g in set(values)
+            if (v == g).sum() >= settings.min_group_outcomes and len(set(y[v == g].tolist())) == 2
+        ]
         if len(big) < 2:
             continue
         keep = np.isin(v, big)
@@ -131,8 +140,13 @@ def _outcome_metrics(rows: list[dict[str, Any]], settings: AlertSettings) -> dic
     return out
 
 
-def monitor_report(folder: str | os.PathLike[str], window: dt.timedelta, *, pool: list[Patient] | None = None,
-                   settings: AlertSettings | None = None) -> dict[str, Any]:
+def monitor_report(
+    folder: str | os.PathLike[str],
+    window: dt.timedelta,
+    *,
+    pool: list[Patient] | None = None,
+    settings: AlertSettings | None = None,
+) -> dict[str, Any]:
     """Windows of the monitor log in ``folder`` with their alerts (JSON-ready).
 
     Raises:
@@ -143,8 +157,10 @@ def monitor_report(folder: str | os.PathLike[str], window: dt.timedelta, *, pool
     preds, bad_p = read_log(folder / PREDICTIONS)
     feedback, bad_f = read_log(folder / FEEDBACK)
     if not preds:
-        raise ConfigError(f"{folder / PREDICTIONS}: no predictions logged yet (start `icl serve --monitor-dir "
-                          f"{folder}` and send requests).")
+        raise ConfigError(
+            f"{folder / PREDICTIONS}: no predictions logged yet (start `icl serve --monitor-dir "
+            f"{folder}` and send requests)."
+        )
     outcomes = {r["id"]: r for r in feedback}
     preds.sort(key=_ts)
     start = _ts(preds[0])
@@ -164,14 +180,20 @@ def monitor_report(folder: str | os.PathLike[str], window: dt.timedelta, *, pool
     for w in range(max(by_window) + 1):
         rows = by_window.get(w, [])
         w_start = start + w * window
-        row: dict[str, Any] = {"window": w, "start": w_start.isoformat(timespec="seconds"),
-                               "end": (w_start + window).isoformat(timespec="seconds"), "volume": len(rows)}
+        row: dict[str, Any] = {
+            "window": w,
+            "start": w_start.isoformat(timespec="seconds"),
+            "end": (w_start + window).isoformat(timespec="seconds"),
+            "volume": len(rows),
+        }
         if rows:
-            row.update(mean_age=float(np.mean([r["age"] for r in rows])),
-                       female_share=float(np.mean([r["sex"] == "F" for r in rows])),
-                       mean_events=float(np.mean([r["events"] for r in rows])),
-                       mean_history_years=float(np.mean([r["history_days"] for r in rows])) / 365.25,
-                       mean_probability=float(np.mean([r["probability"] for r in rows])))
+            row.update(
+                mean_age=float(np.mean([r["age"] for r in rows])),
+                female_share=float(np.mean([r["sex"] == "F" for r in rows])),
+                mean_events=float(np.mean([r["events"] for r in rows])),
+                mean_history_years=float(np.mean([r["history_days"] for r in rows])) / 365.25,
+                mean_probability=float(np.mean([r["probability"] for r in rows])),
+            )
             for k in INPUTS:
                 row[f"psi_{k}"] = psi(ref_inputs[k], [r[k] for r in rows])
             latest = {r["id"]: r for r in rows}  # a patient predicted twice in a window counts once (latest)
@@ -179,17 +201,33 @@ def monitor_report(folder: str | os.PathLike[str], window: dt.timedelta, *, pool
             row.update(_outcome_metrics(joined, settings))
         windows.append(row)
         alerts += _check(row, settings, ref_prev)
-    return {"reference": ref_name, "reference_prevalence": ref_prev, "window_seconds": window.total_seconds(),
-            "predictions": len(preds), "feedback": len(feedback), "unreadable_lines": bad_p + bad_f,
-            "settings": settings.model_dump(), "windows": windows, "alerts": alerts}
+    return {
+        "reference": ref_name,
+        "reference_prevalence": ref_prev,
+        "window_seconds": window.total_seconds(),
+        "predictions": len(preds),
+        "feedback": len(feedback),
+        "unreadable_lines": bad_p + bad_f,
+        "settings": settings.model_dump(),
+        "windows": windows,
+        "alerts": alerts,
+    }
 
 
 def _check(row: dict[str, Any], s: AlertSettings, ref_prev: float | None) -> list[dict[str, Any]]:
     out = []
 
     def alert(metric: str, value: float, threshold: float, message: str) -> None:
-        out.append({"window": row["window"], "start": row["start"], "metric": metric, "value": round(value, 4),
-                    "threshold": threshold, "message": message})
+        out.append(
+            {
+                "window": row["window"],
+                "start": row["start"],
+                "metric": metric,
+                "value": round(value, 4),
+                "threshold": threshold,
+                "message": message,
+            }
+        )
 
     if s.min_volume and row["volume"] < s.min_volume:
         alert("volume", row["volume"], s.min_volume, f"{row['volume']} predictions, fewer than {s.min_volume}")
@@ -200,12 +238,20 @@ def _check(row: dict[str, Any], s: AlertSettings, ref_prev: float | None) -> lis
     if row.get("outcomes", 0) >= s.min_outcomes:
         ce, obs = row["calibration_error"], row["observed_rate"]
         if abs(ce) > s.calibration_max:
-            alert("calibration_error", ce, s.calibration_max,
-                  f"miscalibrated: mean probability {row['mean_probability_with_outcome']:.3f} against observed "
-                  f"{obs:.3f} over {row['outcomes']} outcomes")
+            alert(
+                "calibration_error",
+                ce,
+                s.calibration_max,
+                f"miscalibrated: mean probability {row['mean_probability_with_outcome']:.3f} against observed "
+                f"{obs:.3f} over {row['outcomes']} outcomes",
+            )
         if ref_prev is not None and abs(obs - ref_prev) > s.prevalence_shift_max:
-            alert("prevalence_shift", obs - ref_prev, s.prevalence_shift_max,
-                  f"prevalence shift: observed {obs:.3f} against {ref_prev:.3f} in the reference")
+            alert(
+                "prevalence_shift",
+                obs - ref_prev,
+                s.prevalence_shift_max,
+                f"prevalence shift: observed {obs:.3f} against {ref_prev:.3f} in the reference",
+            )
         if row.get("auroc") is not None and row["auroc"] < s.auroc_min:
             alert("auroc", row["auroc"], s.auroc_min, f"AUROC {row['auroc']:.3f} < {s.auroc_min}")
         for g, gap in row.get("gaps", {}).items():
@@ -216,6 +262,7 @@ def _check(row: dict[str, Any], s: AlertSettings, ref_prev: float | None) -> lis
 
 
 # --------------------------------------------------------------------------- outputs
+
 
 def _plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib
@@ -234,16 +281,25 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     axes[0, 1].axhline(s["psi_max"], color="red", linestyle="--", linewidth=1, label="alert")
     axes[0, 1].set(title=f"input drift: PSI against the {report['reference']}", xlabel="window")
     axes[1, 0].plot(x, [w.get("mean_probability", np.nan) for w in ws], marker="o", label="mean probability (all)")
-    axes[1, 0].plot(x, [w.get("mean_probability_with_outcome") or np.nan for w in ws], marker="s",
-                    label="mean probability (with outcome)")
-    axes[1, 0].plot(x, [w.get("observed_rate") if w.get("observed_rate") is not None else np.nan for w in ws],
-                    marker="^", label="observed rate")
+    axes[1, 0].plot(
+        x,
+        [w.get("mean_probability_with_outcome") or np.nan for w in ws],
+        marker="s",
+        label="mean probability (with outcome)",
+    )
+    axes[1, 0].plot(
+        x,
+        [w.get("observed_rate") if w.get("observed_rate") is not None else np.nan for w in ws],
+        marker="^",
+        label="observed rate",
+    )
     axes[1, 0].set(title="calibration in the large", xlabel="window")
     axes[1, 1].plot(x, [w.get("auroc") or np.nan for w in ws], marker="o", label="AUROC")
     groupings = sorted({g for w in ws for g in w.get("gaps", {})})
     for g in groupings:
-        axes[1, 1].plot(x, [w.get("gaps", {}).get(g, np.nan) for w in ws], marker=".", linestyle=":",
-                        label=f"AUROC gap by {g}")
+        axes[1, 1].plot(
+            x, [w.get("gaps", {}).get(g, np.nan) for w in ws], marker=".", linestyle=":", label=f"AUROC gap by {g}"
+        )
     axes[1, 1].axhline(s["auroc_min"], color="red", linestyle="--", linewidth=1, label="AUROC alert")
     axes[1, 1].set(title=f"with at least {s['min_outcomes']} outcomes", xlabel="window", ylim=(0, 1))
     for ax in axes.flat:
@@ -264,9 +320,21 @@ def _fmt(v: Any) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-TABLE_COLUMNS = ("start", "volume", "mean_age", "female_share", "mean_events", "psi_age", "psi_events",
-                 "psi_history_days", "mean_probability", "outcomes", "observed_rate", "calibration_error",
-                 "auroc")
+TABLE_COLUMNS = (
+    "start",
+    "volume",
+    "mean_age",
+    "female_share",
+    "mean_events",
+    "psi_age",
+    "psi_events",
+    "psi_history_days",
+    "mean_probability",
+    "outcomes",
+    "observed_rate",
+    "calibration_error",
+    "auroc",
+)
 
 
 def write_monitor_page(report: dict[str, Any], out: Path) -> Path:
@@ -274,17 +342,24 @@ def write_monitor_page(report: dict[str, Any], out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     _plot(report, out / "monitor.png")
     head = "".join(f"<th>{html.escape(c)}</th>" for c in TABLE_COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(w.get(c)))}</td>" for c in TABLE_COLUMNS) + "</tr>"
-                   for w in report["windows"])
-    alerts = "".join(f"<li>window {a['window']} ({html.escape(a['start'])}): {html.escape(a['message'])}</li>"
-                     for a in report["alerts"]) or "<li>none</li>"
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_fmt(w.get(c)))}</td>" for c in TABLE_COLUMNS) + "</tr>"
+        for w in report["windows"]
+    )
+    alerts = (
+        "".join(
+            f"<li>window {a['window']} ({html.escape(a['start'])}): {html.escape(a['message'])}</li>"
+            for a in report["alerts"]
+        )
+        or "<li>none</li>"
+    )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>icl monitor</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;font-size:13px}}
 td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}}</style></head><body>
 <h1>Served predictor: monitoring</h1>
-<p>{report['predictions']} predictions, {report['feedback']} outcomes reported; windows of
-{report['window_seconds'] / 86400:g} days; reference: {html.escape(report['reference'])}; generated
-{dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}.</p>
+<p>{report["predictions"]} predictions, {report["feedback"]} outcomes reported; windows of
+{report["window_seconds"] / 86400:g} days; reference: {html.escape(report["reference"])}; generated
+{dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")}.</p>
 <h2>Alerts</h2><ul>{alerts}</ul>
 <img src="monitor.png" alt="monitoring plots" style="max-width:100%">
 <h2>Windows</h2><table><tr>{head}</tr>{body}</table>

@@ -24,8 +24,9 @@ async def feedback(request: Request) -> Any:
     state = server_state(request)
     rid = request.state.request_id
     if state.monitor is None:
-        return error_response(501, rid, "this server keeps no monitor log; start icl serve with --monitor-dir DIR "
-                                        "to take outcomes")
+        return error_response(
+            501, rid, "this server keeps no monitor log; start icl serve with --monitor-dir DIR to take outcomes"
+        )
     try:
         req = parse_body(FeedbackRequest, await request.body())
         done = state.monitor.record_outcomes([(o.patient_id, o.outcome, o.date) for o in req.outcomes])

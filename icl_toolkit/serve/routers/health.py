@@ -16,5 +16,7 @@ router = APIRouter()
 async def health(request: Request) -> JSONResponse:
     state = server_state(request)
     status = "ready" if state.ready else ("loading" if state.status in ("loading", "ready") else state.status)
-    return JSONResponse(Health(status=status, detail=state.detail).model_dump(exclude_none=True),
-                        status_code=200 if state.ready else 503)
+    return JSONResponse(
+        Health(status=status, detail=state.detail).model_dump(exclude_none=True),
+        status_code=200 if state.ready else 503,
+    )

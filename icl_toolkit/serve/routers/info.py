@@ -19,15 +19,30 @@ router = APIRouter()
 def default_info(service: PredictionService, settings: ServerSettings) -> dict[str, Any]:
     """What ``/v1/info`` says about a loaded service."""
     meta = dict(service.index.meta) if service.index is not None else {}
-    limits = settings.model_dump(exclude={"api_key"}) | {"max_body_bytes": settings.max_body_bytes,
-                                                         "max_queue": service.batching.max_queue}
-    return {"version": __version__, "model_id": service.backend.model_id,
-            "backend": type(service.backend).__name__, "max_context": service.backend.max_context,
-            "index": meta, "pool_size": len(service.pool), "limits": limits,
-            "batching": {"enabled": service.batching.enabled, "max_batch": service.batching.max_batch,
-                         "max_wait_ms": service.batching.max_wait_ms},
-            "queue": {"queued": service.queued, "dropped": service.dropped, "refused": service.refused,
-                      "seconds_per_patient": round(service.seconds_per_patient, 4)}}
+    limits = settings.model_dump(exclude={"api_key"}) | {
+        "max_body_bytes": settings.max_body_bytes,
+        "max_queue": service.batching.max_queue,
+    }
+    return {
+        "version": __version__,
+        "model_id": service.backend.model_id,
+        "backend": type(service.backend).__name__,
+        "max_context": service.backend.max_context,
+        "index": meta,
+        "pool_size": len(service.pool),
+        "limits": limits,
+        "batching": {
+            "enabled": service.batching.enabled,
+            "max_batch": service.batching.max_batch,
+            "max_wait_ms": service.batching.max_wait_ms,
+        },
+        "queue": {
+            "queued": service.queued,
+            "dropped": service.dropped,
+            "refused": service.refused,
+            "seconds_per_patient": round(service.seconds_per_patient, 4),
+        },
+    }
 
 
 @router.get("/v1/info", response_model=Info, responses={503: {"model": ErrorOut}})
@@ -39,6 +54,7 @@ async def get_info(request: Request) -> Any:
     out = state.info(service) if state.info else default_info(service, state.settings)
     out.setdefault("model_card", state.card)
     if state.monitor is not None:
-        out.setdefault("monitor", {"predictions_logged": len(state.monitor.known),
-                                   "outcomes": len(state.monitor.outcomes)})
+        out.setdefault(
+            "monitor", {"predictions_logged": len(state.monitor.known), "outcomes": len(state.monitor.outcomes)}
+        )
     return Info(**out)

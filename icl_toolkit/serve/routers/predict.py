@@ -23,9 +23,17 @@ log = logging.getLogger("icl.serve")
 ERRORS = {code: {"model": ErrorOut} for code in (401, 413, 422, 500, 503)}
 
 
-@router.post("/v1/predict", response_model=PredictResponse, responses=ERRORS,  # type: ignore[arg-type]
-             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                 "schema": {"$ref": "#/components/schemas/PredictRequest"}}}}})
+@router.post(
+    "/v1/predict",
+    response_model=PredictResponse,
+    responses=ERRORS,  # type: ignore[arg-type]
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}},
+        }
+    },
+)
 async def predict(request: Request) -> Any:
     state = server_state(request)
     rid = request.state.request_id
