@@ -252,6 +252,7 @@ class RunOutput:
         self.kind = kind
         self.provenance = dict(provenance)
         self.done: set[str] = set()
+        self._reset()
         held = check_output(
             self.path, resume=resume, overwrite=overwrite, kind=kind, inputs=inputs, sharded=self.sharded
         )
@@ -272,6 +273,9 @@ class RunOutput:
             self.done = self._reopen()
 
     # --- what a shape provides
+    def _reset(self) -> None:
+        """Set the shape's own state before anything is read (called first by the constructor)."""
+
     def _recorded(self) -> tuple[str, Mapping[str, Any]]:
         """Where the recorded provenance is, and what it says (an existing run being resumed)."""
         raise NotImplementedError
@@ -334,19 +338,15 @@ class OutputFile(RunOutput):
     """A run's JSONL file and its settings sidecar ``<path>.meta.json`` (the rules of the module docstring). A new
     or replacing run writes to a hidden temporary file beside the target, moved over it with its first chunk."""
 
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        provenance: Mapping[str, Any],
-        *,
-        resume: bool = False,
-        overwrite: bool = False,
-        kind: str = "predictions",
-        inputs: Inputs | None = None,
-    ) -> None:
-        self.meta_path = sidecar_path(path)
-        super().__init__(path, provenance, resume=resume, overwrite=overwrite, kind=kind, inputs=inputs)
-        self._tmp = self.path.with_name(f".{self.path.name}.new")
+    @property
+    def meta_path(self) -> Path:
+        """The settings sidecar, ``<path>.meta.json``."""
+        return sidecar_path(self.path)
+
+    @property
+    def _tmp(self) -> Path:
+        """Where a new or replacing run writes until its first chunk."""
+        return self.path.with_name(f".{self.path.name}.new")
 
     def _recorded(self) -> tuple[str, Mapping[str, Any]]:
         if not self.meta_path.exists():
@@ -411,19 +411,13 @@ class ShardedOutput(RunOutput):
 
     sharded = True
 
-    def __init__(
-        self,
-        folder: str | os.PathLike[str],
-        provenance: Mapping[str, Any],
-        *,
-        resume: bool = False,
-        overwrite: bool = False,
-        kind: str = "predictions",
-        inputs: Inputs | None = None,
-    ) -> None:
+    def _reset(self) -> None:
         self.shards: list[dict[str, Any]] = []
-        super().__init__(folder, provenance, resume=resume, overwrite=overwrite, kind=kind, inputs=inputs)
-        self.folder = self.path
+
+    @property
+    def folder(self) -> Path:
+        """The output folder (the same as :attr:`path`)."""
+        return self.path
 
     def _recorded(self) -> tuple[str, Mapping[str, Any]]:
         manifest = read_json(self.path / MANIFEST, "shard manifest")

@@ -224,25 +224,41 @@ def predict_file(
     if index is not None and pool is None:
         raise ConfigError("--index needs the --pool it was built from (the demos' records come from the pool).")
     start = time.perf_counter()
-    if ray is not None:
-        return _predict_on_ray(
-            cohort,
-            out,
-            config,
-            model=model,
-            engine=engine,
-            pool=pool,
-            index=index,
-            retrieval=retrieval,
-            resume=resume,
-            overwrite=overwrite,
-            limit=limit,
-            ray=ray,
-            meds_labels=meds_labels,
-            meds_split=meds_split,
-            meds_out=meds_out,
-            progress=progress,
-            on_resume=on_resume,
+    if ray is not None:  # on Ray: the source opened and counted once, the driver's bar over what comes back
+        from icl_toolkit.inference.ray import RaySource, predict_ray, require_ray
+
+        if retrieval is not None:
+            raise ConfigError(
+                "--retrieval (a retrieval cache file) is for --engine local; with --engine ray each "
+                "replica retrieves from the index the driver saves in the output folder."
+            )
+        if meds_out:
+            raise ConfigError("--format meds is for --engine local for now; convert the shards' records after the run.")
+        require_ray()
+        source = RaySource(Path(cohort), Path(meds_labels) if meds_labels else None, meds_split)
+        replicas = f"{ray.replicas} replica{'s' if ray.replicas > 1 else ''}"
+        with progress_bar(f"predicting on Ray ({replicas})", source.count(limit), progress) as advance:
+            sharded, stats = predict_ray(
+                source,
+                out,
+                config,
+                model=model,
+                engine=engine,
+                pool=pool,
+                index=index,
+                options=ray,
+                resume=resume,
+                overwrite=overwrite,
+                limit=limit,
+                on_resume=on_resume,
+                advance=advance,
+            )
+        return PredictRun(
+            sharded.records(),
+            stats.records,
+            time.perf_counter() - start,
+            Path(out),
+            first_batch_seconds=stats.first_batch_seconds,
         )
     if meds_labels is not None:
         raise ConfigError(
@@ -272,63 +288,3 @@ def predict_file(
         meds_path = meds_predictions_path(out)
         write_meds_predictions(records, patients, meds_path)
     return PredictRun(records, result.written, time.perf_counter() - start, Path(out), meds_path)
-
-
-def _predict_on_ray(
-    cohort: str | os.PathLike[str],
-    out: str | os.PathLike[str],
-    config: PredictConfig,
-    *,
-    model: str,
-    engine: EngineOptions | None,
-    pool: str | os.PathLike[str] | None,
-    index: str | os.PathLike[str] | None,
-    retrieval: str | os.PathLike[str] | None,
-    resume: bool,
-    overwrite: bool,
-    limit: int | None,
-    ray: RayOptions,
-    meds_labels: str | os.PathLike[str] | None,
-    meds_split: str | None,
-    meds_out: bool,
-    progress: bool,
-    on_resume: Callable[[int, int], None] | None,
-) -> PredictRun:
-    """:func:`predict_file` on Ray (its arguments): the source opened and counted once, the driver's progress bar
-    over the records that come back."""
-    from icl_toolkit.inference.ray import RaySource, predict_ray, require_ray
-
-    if retrieval is not None:
-        raise ConfigError(
-            "--retrieval (a retrieval cache file) is for --engine local; with --engine ray each "
-            "replica retrieves from the index the driver saves in the output folder."
-        )
-    if meds_out:
-        raise ConfigError("--format meds is for --engine local for now; convert the shards' records after the run.")
-    require_ray()
-    start = time.perf_counter()
-    source = RaySource(Path(cohort), Path(meds_labels) if meds_labels else None, meds_split)
-    replicas = f"{ray.replicas} replica{'s' if ray.replicas > 1 else ''}"
-    with progress_bar(f"predicting on Ray ({replicas})", source.count(limit), progress) as advance:
-        output, stats = predict_ray(
-            source,
-            out,
-            config,
-            model=model,
-            engine=engine,
-            pool=pool,
-            index=index,
-            options=ray,
-            resume=resume,
-            overwrite=overwrite,
-            limit=limit,
-            on_resume=on_resume,
-            advance=advance,
-        )
-    return PredictRun(
-        output.records(),
-        stats.records,
-        time.perf_counter() - start,
-        Path(out),
-        first_batch_seconds=stats.first_batch_seconds,
-    )
