@@ -12,6 +12,8 @@ from rich.table import Table
 
 from icl_toolkit.cli._common import console, spec_from_flags, with_retriever_flags
 from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.retrieval.config import RetrievalConfig
+from icl_toolkit.retrieval.embedder import ProfileEmbedder
 from icl_toolkit.retrieval.index import IndexKind
 
 app = typer.Typer(help="Build, inspect and evaluate faiss indexes of demonstration pools.", no_args_is_help=True)
@@ -24,10 +26,9 @@ EmbedderOpt = Annotated[
 ]
 
 
-def _embedder(name: str, retrieval: Any, batch_size: int = 64) -> Any:
+def _embedder(name: str, retrieval: RetrievalConfig, batch_size: int = 64) -> ProfileEmbedder | None:
     """The profile embedder a retriever needs (None for those that need none); ``hash`` is the fast bag-of-words
     stand-in of the tests."""
-    from icl_toolkit.retrieval.embedder import ProfileEmbedder
     from icl_toolkit.retrieval.representations import needs_embedder
 
     if not needs_embedder(retrieval.retriever, retrieval.hybrid_weights):

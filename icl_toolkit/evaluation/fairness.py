@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import warnings
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
@@ -527,7 +528,7 @@ def subgroups_markdown(report: FairnessReport, name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_fairness(path: Any, report: FairnessReport) -> None:
+def plot_fairness(path: str | os.PathLike[str], report: FairnessReport) -> None:
     """AUROC per group (95% CI bars), one panel per grouping, one marker series per predictor."""
     import matplotlib
 
@@ -569,7 +570,7 @@ def plot_fairness(path: Any, report: FairnessReport) -> None:
     plt.close(fig)
 
 
-def write_fairness_tables(out: Any, report: FairnessReport) -> None:
+def write_fairness_tables(out: str | os.PathLike[str], report: FairnessReport) -> None:
     """``subgroups.csv`` (one row per predictor, grouping and group) and ``fairness_gaps.csv`` (one row per
     predictor and grouping) in the folder ``out``."""
     import pandas as pd

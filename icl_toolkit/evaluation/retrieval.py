@@ -36,6 +36,7 @@ from icl_toolkit.core.progress import progress_bar
 from icl_toolkit.data.cohort import Patient
 from icl_toolkit.evaluation.metrics import bootstrap_ci
 from icl_toolkit.retrieval.config import RetrievalConfig
+from icl_toolkit.retrieval.embedder import ProfileEmbedder
 from icl_toolkit.retrieval.index import DemoIndex
 from icl_toolkit.retrieval.representations import clinical_tokens
 from icl_toolkit.retrieval.retriever import Retriever
@@ -95,7 +96,7 @@ def evaluate_retrievers(
     configs: Sequence[RetrievalConfig],
     *,
     ks: Sequence[int] = DEFAULT_KS,
-    embedder: Any = None,
+    embedder: ProfileEmbedder | None = None,
     index: DemoIndex | str | Path | None = None,
     n_boot: int = 1000,
     seed: int = 0,

@@ -41,6 +41,7 @@ from icl_toolkit.inference.output import INDEX_DIR, ShardedOutput
 if TYPE_CHECKING:
     from icl_toolkit.backends.options import EngineOptions
     from icl_toolkit.inference.config import PredictConfig
+    from icl_toolkit.retrieval.representations import PatientRepresentation
 
 __all__ = [
     "INSTALL_HINT",
@@ -390,7 +391,7 @@ def predict_ray(
     return output, stats
 
 
-def _fits(folder: Path, pool: list[Patient], representation: Any) -> bool:
+def _fits(folder: Path, pool: list[Patient], representation: PatientRepresentation) -> bool:
     """Whether the run's own index in ``folder`` was built from this pool with these retriever settings. One
     that was not (left by the run an ``--overwrite`` replaces) is rebuilt, never reused."""
     from icl_toolkit.retrieval.index import DemoIndex
