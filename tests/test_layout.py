@@ -76,6 +76,14 @@ def test_every_folder_is_a_layer_and_the_top_level_is_small():
     assert sorted(entries) == sorted(name for layer in LAYERS for name in layer)
 
 
+def test_the_tests_mirror_the_package():
+    tests = Path(__file__).resolve().parent
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))}
+    assert folders <= {name for layer in LAYERS for name in layer}, folders
+    for folder in folders:
+        assert any((tests / folder).glob("test_*.py")), folder
+
+
 def test_imports_point_down_the_layers():
     upward = [f"{m} (layer {LAYERS[_layer(m)]}) imports {t} (layer {LAYERS[_layer(t)] if _layer(t) < len(LAYERS) else 'top'})"
               for m, targets in _imports().items() for t, _ in targets if _layer(t) > _layer(m)]

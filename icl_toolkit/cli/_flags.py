@@ -6,7 +6,7 @@ the values (a bad value is one line naming the flag). A :class:`FlagGroup` picks
 where the command line names them otherwise, the flag's name; :func:`with_flags` adds the groups' flags to a
 command, which receives each group's values as one argument (a config, or a dict of options for a config built
 with more settings later). The CLI states no default and no help text of a config field itself, and
-``tests/test_cli.py`` checks every such flag's default against its field's.
+``tests/cli/test_cli.py`` checks every such flag's default against its field's.
 """
 
 from __future__ import annotations

@@ -200,7 +200,7 @@ def bootstrap_ci(
     yr, pr = y[rows], p[rows]
     point = point_metrics(y, p, threshold)
     # every resample at once (one row each): the same values as scikit-learn's functions called per resample
-    # (tests/test_metrics.py), without their per-call overhead, which made 2,000 resamples take minutes
+    # (tests/evaluation/test_metrics.py), without their per-call overhead, which made 2,000 resamples take minutes
     per: dict[str, Callable[[], np.ndarray]] = {
         "auprc": lambda: _rowwise_average_precision(yr, pr),
         "brier": lambda: np.mean((pr - yr) ** 2, axis=1),

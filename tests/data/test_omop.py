@@ -444,7 +444,7 @@ def test_cli_from_omop(messy: Path, tmp_path: Path):
     assert [(p.events, p.label) for p in written] == [(p.events, p.label) for p in want]
     meta = json.loads((tmp_path / "cohort.jsonl.summary.json").read_text())
     assert meta["summary"]["cases"] == 2 and meta["meta"]["config"]["index"]["rule"] == "fixed:2008-01-01"
-    # one summary for every importer: the same names and console tables as icl data from-meds (tests/test_meds.py)
+    # one summary for every importer: the same names and console tables as icl data from-meds (tests/data/test_meds.py)
     from icl_toolkit.data.summary import ImportSummary
 
     assert set(meta["summary"]) == set(ImportSummary("", "").as_dict())

@@ -21,7 +21,7 @@ from icl_toolkit.data.meds.codes import CodeResolver, sex_of
 from icl_toolkit.data.synth import SynthConfig, generate_cohort
 from icl_toolkit.data.synth.generate import Disparity
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -343,7 +343,7 @@ def test_cli_to_meds_from_meds_and_predict_format_meds(cohort, tmp_path, invoke,
     assert sorted(map(_key, read_cohort(tmp_path / "back.jsonl"))) == sorted(map(_key, cohort[:12]))
     summary = json.loads((tmp_path / "back.jsonl.summary.json").read_text())["summary"]
     assert summary["records"] == 12
-    # one summary for every importer: the same names and console tables as icl data from-omop (tests/test_omop.py)
+    # one summary for every importer: the same names and console tables as icl data from-omop (tests/data/test_omop.py)
     from icl_toolkit.data.summary import ImportSummary
 
     assert set(summary) == set(ImportSummary("", "").as_dict())
