@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from icl_toolkit.data.cohort import Event, EventKind, Label, Patient, Sex
 from icl_toolkit.data.omop.outcome import ADRD, OutcomeDefinition, normalize_code
-from icl_toolkit.data.omop.source import OmopSource, column_or_null
+from icl_toolkit.data.omop.source import OPTIONAL_TABLES, OmopSource, column_or_null
 from icl_toolkit.data.summary import ImportSummary, TableReport
 from icl_toolkit.data.vocabulary import VITAL_CODES
 
@@ -633,18 +633,7 @@ def prepare_cohort(src: OmopSource, config: OmopConfig | None = None) -> OmopCoh
     con = src.con
     summary = ImportSummary(src.location, src.kind)
     summary.missing_tables = [
-        t + (f" ({src.skipped[t]})" if t in src.skipped else "")
-        for t in (
-            "drug_exposure",
-            "procedure_occurrence",
-            "measurement",
-            "visit_occurrence",
-            "observation",
-            "death",
-            "concept",
-            "concept_ancestor",
-        )
-        if not src.has(t)
+        t + (f" ({src.skipped[t]})" if t in src.skipped else "") for t in OPTIONAL_TABLES if not src.has(t)
     ]
     by_file: dict[str, int] = {}
     for r in src.rejected:

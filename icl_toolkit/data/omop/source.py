@@ -25,9 +25,9 @@ from icl_toolkit.core.errors import ConfigError, IclError
 
 __all__ = ["CDM_TABLES", "REQUIRED_TABLES", "KEY_COLUMNS", "OmopSource", "RejectedRow", "open_source", "column_or_null"]
 
-# Tables the importer reads; the first three must be present.
+# Tables the importer reads: the required ones must be present, the optional ones are read when they are.
 REQUIRED_TABLES = ("person", "observation_period", "condition_occurrence")
-CDM_TABLES = REQUIRED_TABLES + (
+OPTIONAL_TABLES = (
     "drug_exposure",
     "procedure_occurrence",
     "measurement",
@@ -37,6 +37,7 @@ CDM_TABLES = REQUIRED_TABLES + (
     "concept",
     "concept_ancestor",
 )
+CDM_TABLES = REQUIRED_TABLES + OPTIONAL_TABLES
 _SUFFIXES = (".csv", ".csv.gz", ".tsv", ".txt")
 # Columns without which a table cannot be used at all.
 KEY_COLUMNS: dict[str, tuple[str, ...]] = {
