@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import json
 
 import pytest
@@ -125,6 +126,9 @@ def test_interrupt_and_resume_gives_every_patient_exactly_once(files, tiny_model
     # resuming with other settings is refused
     code, text = invoke(_predict_args(files, tiny_model_dir, out, "--k", "3", "--resume"))
     assert code == 1 and "does not match" in text
+    # ... naming the one field that differs, not two dumps of every setting
+    said = " ".join(text.split())
+    assert re.search(r"config\.retrieval\.k: built with \d, now 3", said) and "config.prompt" not in said, said
 
 
 @pytest.mark.parametrize("extra,message", [
@@ -156,6 +160,18 @@ def test_unreadable_cohort_and_missing_rationales(files, tiny_model_dir, tmp_pat
     proc = subprocess.run([sys.executable, "-c", "from icl_toolkit.cli import main; main()", *args],
                           capture_output=True, text=True)
     assert proc.returncode == 1 and "no free_text rationale" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_patient_is_written_once(tmp_path):
+    from icl_toolkit.inference.output import OutputFile
+
+    out = OutputFile(tmp_path / "p.jsonl", {"model_id": "m"})
+    out.write([{"patient_id": "1"}])
+    with pytest.raises(ConfigError, match="patient '1' would be written twice"):
+        out.write([{"patient_id": "1"}])
+    with pytest.raises(ConfigError, match="patient '2' would be written twice"):
+        out.write([{"patient_id": "2"}, {"patient_id": "2"}])
+    assert [r["patient_id"] for r in out.records()] == ["1"]
 
 
 def test_writer_refuses_to_clobber(tmp_path):
