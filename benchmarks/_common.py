@@ -63,10 +63,11 @@ def demo_cohort(n_test: int | None = None, *, quick: bool = False) -> tuple[list
 
 
 def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
-    """Write ``rows`` (dicts with the same keys) to ``path``, creating its folder."""
+    """Write ``rows`` to ``path``, creating its folder; the columns are every key in order of first appearance (a
+    row without one leaves it empty)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), restval="")
         w.writeheader()
         w.writerows(rows)
     return path

