@@ -58,6 +58,31 @@ def _command(argv: list[str]) -> str:
     return " ".join(["icl", *words])
 
 
+HINTS = {
+    "--shots": "--k",
+    "--n-shots": "--k",
+    "--num-shots": "--k",
+    "--demonstrations": "--k",
+    "--n-demos": "--k",
+    "--num-demos": "--k",
+    "--examples": "--k",
+    "--checkpoint": "--model",
+    "--ckpt": "--model",
+    "--demo-pool": "--pool",
+    "--input": "--cohort",
+    "--output": "--out",
+}
+"""Options people reach for that the command line spells otherwise: the hint names the option to use."""
+
+
+def _hint(argv: list[str]) -> str | None:
+    for arg in argv:
+        name = arg.split("=", 1)[0]
+        if name in HINTS:
+            return f"no option {name}: use {HINTS[name]} (see `{_command(argv)} --help`)."
+    return None
+
+
 def _fail(message: str, code: int = 1) -> None:
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
     sys.exit(code)
@@ -65,6 +90,9 @@ def _fail(message: str, code: int = 1) -> None:
 
 def main() -> None:
     """Entry point of the ``icl`` console script: errors end as one paragraph on stderr, never a traceback."""
+    hint = _hint(sys.argv[1:])
+    if hint is not None:
+        _fail(hint, code=2)
     try:
         app()
     except IclError as exc:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from icl_toolkit.cli._common import console
+from icl_toolkit.cli._common import console, err_console
 
 
 def compare(
@@ -51,6 +51,9 @@ def compare(
             p,
         )
     console.print(table)
+    causes = {r["threshold_from"] for r in result.rows if r["threshold_from"] != "validation" and val is not None}
+    for cause in sorted(causes):
+        err_console.print(f"warning: F1 at a {cause} (the thresholds of the model cards say so too).", highlight=False)
     for ct in result.contrasts:
         console.print(
             f"{ct['a']} vs {ct['b']}: AUROC {ct['auroc_a']:.3f} vs {ct['auroc_b']:.3f}, difference "

@@ -12,12 +12,14 @@ import typer
 from rich.table import Table
 
 from icl_toolkit.cli._common import console, err_console, flag_error, progress_bar
+from icl_toolkit.cli._flags import FlagGroup, with_flags
 from icl_toolkit.core.artifacts import write_json_atomic
 from icl_toolkit.data.cohort import SplitName, read_cohort, validate_cohort, write_cohort
 from icl_toolkit.data.describe import describe_cohort, group_summary, oracle_auroc, plot_cohort
 from icl_toolkit.data.summary import ImportSummary
 from icl_toolkit.data.synth import SynthConfig, assign_splits, iter_synthetic_patients, parse_split
 from icl_toolkit.data.synth.generate import parse_disparity
+from icl_toolkit.prompting.config import PromptConfig
 
 app = typer.Typer(
     help="Make, check, describe and split cohort files (JSONL, one patient per line).", no_args_is_help=True
@@ -81,9 +83,19 @@ def synth(
 
 
 @app.command()
+@with_flags("pool_prompt", FlagGroup(PromptConfig, fields=("demos", "rationale"), prefix="with --pool: "))
 def validate(
     file: Annotated[Path, typer.Argument(help="Cohort JSONL file.")],
     max_shown: Annotated[int, typer.Option(help="Print at most this many problems (0: all).")] = 0,
+    pool: Annotated[
+        bool,
+        typer.Option(
+            "--pool",
+            help="Also check what a demonstration pool needs: every patient labelled, both outcomes present, and the rationales --demos rationale shows.",
+        ),
+    ] = False,
+    *,
+    pool_prompt: PromptConfig,
 ) -> None:
     """Check a cohort file and list every problem as FILE:LINE: field: message."""
     report = validate_cohort(file)
@@ -108,7 +120,30 @@ def validate(
         if report.n_events_after_index
         else ""
     )
+    if pool:
+        _check_pool_file(file, pool_prompt)
     console.print(f"{file}: {report.n_records} patients, no problems{extra}", highlight=False)
+
+
+def _check_pool_file(file: Path, shown: PromptConfig) -> None:
+    """What icl predict would refuse in this file as a pool (exit 1), and a pool of one outcome (a warning)."""
+    from icl_toolkit.core.errors import ConfigError
+    from icl_toolkit.inference.predictor import check_pool
+
+    patients = read_cohort(file)
+    try:
+        check_pool(patients, shown, str(file))
+    except ConfigError as exc:
+        err_console.print(f"not usable as a pool: {exc}", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    cases = sum(p.label == 1 for p in patients)
+    if cases in (0, len(patients)):
+        err_console.print(
+            f"warning: {file}: every pool patient has the same outcome ({cases} cases of "
+            f"{len(patients)}); the demonstrations can teach nothing and the prognostic retriever "
+            "cannot be fitted.",
+            highlight=False,
+        )
 
 
 def _fmt(d: dict | None, digits: int = 1) -> str:

@@ -71,7 +71,7 @@ def build(
     retrieval = spec_from_flags("default", **retriever_options).retrieval
     start = time.perf_counter()
     patients = read_cohort(pool)
-    rep = make_representation(retrieval, _embedder(embedder, retrieval, batch_size))
+    rep = make_representation(retrieval, _embedder(embedder, retrieval, batch_size), patients)
     index = DemoIndex.build(patients, rep, kind=kind, hnsw_m=hnsw_m, ef_search=ef_search)
     index.save(out)
     console.print(
@@ -121,7 +121,7 @@ def evaluate(
     """How much outcome signal each retriever's neighbours carry: vote AUROC/AUPRC with CIs, purity, similarity,
     latency, against the logistic-regression and age-only AUROC of the same patients."""
     from icl_toolkit.data.cohort import read_cohort
-    from icl_toolkit.evaluation.retrieval import evaluate_retrievers, plot_report
+    from icl_toolkit.evaluation.retrieval import evaluate_retrievers, plot_report, verdict
     from icl_toolkit.retrieval.config import RETRIEVERS
 
     try:
@@ -188,6 +188,8 @@ def evaluate(
             "",
         )
     console.print(table)
+    for line in verdict(report, default=RetrievalConfig().retriever):
+        console.print(line, highlight=False)
     if out is not None:
         import csv
 

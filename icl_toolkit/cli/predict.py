@@ -146,8 +146,12 @@ def _report(records: list[dict[str, Any]], show: int) -> None:
         _print_example(r)
     labelled = [r for r in records if r.get("label") is not None and "error" not in r]
     if labelled:
-        from icl_toolkit.evaluation.metrics import summary
+        from icl_toolkit.evaluation.metrics import metrics_warning, summary
 
+        warning = metrics_warning([r["label"] for r in labelled])
+        if warning is not None:
+            err_console.print(warning, highlight=False)
+            return
         m = summary([r["label"] for r in labelled], [r["probability"] for r in labelled])
         fmt = {key: ("n/a" if v is None else f"{v:.3f}") for key, v in m.items() if key != "n"}
         console.print(

@@ -98,7 +98,7 @@ def serve(
     embedder = ProfileEmbedder() if demo_pool and needs_embedder(r.retriever, r.hybrid_weights) else None
     loaded_index = DemoIndex.load(index) if index is not None else None
     if loaded_index is not None:  # the server's retriever settings must be the index's
-        loaded_index.check(demo_pool, make_representation(r, embedder), where=str(index))
+        loaded_index.check(demo_pool, make_representation(r, embedder, demo_pool), where=str(index))
     fields = load_settings_file(card, ModelCard, "model card", CARD_FIELDS) if card is not None else ModelCard()
     card_info = fields.as_info({"model": model, "pool": content_hash(demo_pool) if demo_pool else "none"})
     monitor = None

@@ -39,7 +39,8 @@ class InputIssue:
     """One problem in an input file: where it is and what is wrong.
 
     Rendered as ``FILE:LINE: field: message`` (the line is 1-based; ``field``
-    is a path such as ``events[3].date``, or ``-`` for the record as a whole).
+    is a path such as ``events[3].date``, or ``-`` for the record as a whole, which is not printed:
+    ``FILE:LINE: message``).
     """
 
     file: str
@@ -49,7 +50,7 @@ class InputIssue:
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line is not None else self.file
-        return f"{where}: {self.field}: {self.message}"
+        return f"{where}: {self.message}" if self.field == "-" else f"{where}: {self.field}: {self.message}"
 
 
 class CohortValidationError(IclError):
@@ -62,8 +63,10 @@ class CohortValidationError(IclError):
         self.issues = list(issues)
         head = "\n".join(str(i) for i in self.issues[:shown])
         more = len(self.issues) - shown
-        tail = f"\n... and {more} more (run `icl data validate FILE` to list all)" if more > 0 else ""
+        files = sorted({i.file for i in self.issues})
+        check = f"`icl data validate {files[0]}`" if len(files) == 1 else "`icl data validate FILE`"
+        tail = f"\n... and {more} more ({check} lists them all)" if more > 0 else f"\nCheck a file with {check}."
         if len(self.issues) == 1:
-            super().__init__(head)
+            super().__init__(head + tail)
         else:
             super().__init__(f"{len(self.issues)} problems in cohort input:\n{head}{tail}")

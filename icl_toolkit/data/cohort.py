@@ -33,7 +33,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
-from icl_toolkit.core.errors import CohortValidationError, IclError, InputIssue
+from icl_toolkit.core.errors import CohortValidationError, ConfigError, IclError, InputIssue
 from icl_toolkit.core.files import keep_mode, os_error
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
     "write_cohort",
     "patient_to_dict",
     "content_hash",
+    "check_patients",
     "parse_record",
     "record_issues",
 ]
@@ -189,6 +190,39 @@ def patient_to_dict(p: Patient) -> dict[str, Any]:
     if p.groups:
         d["groups"] = p.groups
     return d
+
+
+def check_patients(value: Any, what: str) -> list[Patient]:
+    """The patients a library call was given, as a list; a path, a record dict or anything else is a clear error
+    saying what to pass.
+
+    Args:
+        value: what the caller passed (patients expected).
+        what: the argument's name, for the message (``"pool"``, ``"patients"``).
+
+    Raises:
+        ConfigError: ``value`` is a file path, or holds something that is not a :class:`Patient`.
+    """
+    if isinstance(value, str | os.PathLike):
+        raise ConfigError(
+            f"{what}: got the path {str(value)!r}, expected patients; pass "
+            f"icl.read_cohort({str(value)!r}) (it also checks the file)."
+        )
+    if isinstance(value, Patient):
+        return [value]
+    try:
+        items = list(value)
+    except TypeError:
+        raise ConfigError(f"{what}: expected a list of Patient records, got {type(value).__name__}.") from None
+    for i, item in enumerate(items):
+        if not isinstance(item, Patient):
+            hint = (
+                " (a record dict: read the file with icl.read_cohort, or build Patient(**record) after validating it)"
+                if isinstance(item, dict)
+                else ""
+            )
+            raise ConfigError(f"{what}[{i}]: expected a Patient, got {type(item).__name__}{hint}.")
+    return items
 
 
 def content_hash(patients: Iterable[Patient]) -> str:
@@ -371,8 +405,12 @@ def parse_record(text: str) -> tuple[Patient | None, list[tuple[str, str]], Any]
     """
     try:
         obj = json.loads(text)
-    except ValueError as exc:
-        return None, [("-", f"expected one JSON object per line, found invalid JSON ({exc})")], None
+    except json.JSONDecodeError as exc:  # its own "line 1 column 5" would read as another line of the file
+        return (
+            None,
+            [("-", f"expected one JSON object per line, found invalid JSON at column {exc.colno} ({exc.msg})")],
+            None,
+        )
     except RecursionError:
         return (
             None,

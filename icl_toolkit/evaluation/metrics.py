@@ -34,6 +34,8 @@ __all__ = [
     "bootstrap_ci",
     "DeLongResult",
     "delong_test",
+    "metrics_warning",
+    "MIN_PATIENTS",
 ]
 
 
@@ -53,6 +55,30 @@ def _arrays(labels: Labels, probabilities: Probabilities) -> tuple[np.ndarray, n
     return y, p
 
 
+MIN_PATIENTS = 10
+"""Fewer labelled patients than this and a discrimination metric is noise, not a measurement."""
+
+
+def metrics_warning(labels: Labels) -> str | None:
+    """Why discrimination metrics of these outcomes would mislead (too few patients, a class missing), or ``None``.
+
+    Args:
+        labels: the outcomes (0 or 1).
+
+    Returns:
+        One sentence to print instead of the numbers, or ``None`` when they can be read.
+    """
+    y = np.asarray(labels, dtype=int)
+    cases = int(y.sum())
+    if len(y) < MIN_PATIENTS or cases == 0 or cases == len(y):
+        return (
+            f"metrics not shown: {len(y)} labelled patients with {cases} cases (AUROC and AUPRC need both "
+            f"classes, and below {MIN_PATIENTS} patients any value is noise); predict more patients "
+            "(--limit) to measure."
+        )
+    return None
+
+
 def summary(labels: Labels, probabilities: Probabilities) -> dict[str, Any]:
     """n, prevalence, AUROC, AUPRC and Brier score of predictions against outcomes.
 
@@ -62,7 +88,8 @@ def summary(labels: Labels, probabilities: Probabilities) -> dict[str, Any]:
 
     Returns:
         ``{"n", "prevalence", "auroc", "auprc", "brier"}``; AUROC and AUPRC are ``None`` when only one class is
-        present (they are undefined).
+        present (they are undefined); with fewer than :data:`MIN_PATIENTS` patients or one class, a ``"warning"``
+        says why the numbers should not be read (:func:`metrics_warning`).
 
     Raises:
         ConfigError: labels and probabilities of different lengths, labels other than 0/1, probabilities outside
@@ -81,6 +108,9 @@ def summary(labels: Labels, probabilities: Probabilities) -> dict[str, Any]:
     if len(np.unique(y)) == 2:
         out["auroc"] = float(roc_auc_score(y, p))
         out["auprc"] = float(average_precision_score(y, p))
+    warning = metrics_warning(y) if len(y) else None
+    if warning is not None:
+        out["warning"] = warning
     return out
 
 

@@ -41,7 +41,7 @@ from icl_toolkit.retrieval.index import DemoIndex
 from icl_toolkit.retrieval.representations import clinical_tokens
 from icl_toolkit.retrieval.retriever import Retriever
 
-__all__ = ["RetrievalReport", "evaluate_retrievers", "plot_report", "DEFAULT_KS"]
+__all__ = ["RetrievalReport", "evaluate_retrievers", "plot_report", "verdict", "DEFAULT_KS"]
 
 DEFAULT_KS = (1, 2, 4, 8, 16, 64)
 
@@ -64,6 +64,61 @@ class RetrievalReport:
             "rows": self.rows,
             "references": self.references,
         }
+
+
+def verdict(report: RetrievalReport, k: int = 4, default: str | None = None) -> list[str]:
+    """What the report says, in words: at ``k`` (the evaluated k nearest to it), the retriever with the highest
+    neighbour-vote AUROC, whether its interval separates it from the others, and how it stands against age alone.
+
+    Args:
+        report: from :func:`evaluate_retrievers`.
+        k: the number of demonstrations the choice is for.
+        default: the default retriever's name, said when the choice is not clear.
+
+    Returns:
+        Lines to print (empty when the report has no rows).
+    """
+    if not report.rows:
+        return []
+    at = min({r["k"] for r in report.rows}, key=lambda x: (abs(x - k), x))
+    rows = sorted((r for r in report.rows if r["k"] == at), key=lambda r: -r["auroc"])
+    best = rows[0]
+
+    def said(r: dict[str, Any]) -> str:
+        return f"{r['auroc']:.3f} ({r['auroc_lo']:.3f}-{r['auroc_hi']:.3f})"
+
+    lines = [
+        f"verdict at k={at} on {report.n_queries} patients ({report.cases} cases): {best['retriever']} has the "
+        f"highest neighbour vote, {said(best)}."
+    ]
+    if len(rows) > 1:
+        overlap = [r for r in rows[1:] if r["auroc_hi"] >= best["auroc_lo"]]
+        if overlap:
+            names = ", ".join(f"{r['retriever']} {said(r)}" for r in overlap)
+            keep = (
+                f"; the default ({default}) is as good a choice here"
+                if default and default != best["retriever"]
+                else ""
+            )
+            lines.append(
+                f"Its interval overlaps those of {names}: these patients do not separate them{keep}. "
+                "Use more validation patients to choose."
+            )
+        else:
+            lines.append(
+                f"Its interval is clear of every other retriever's (next: {rows[1]['retriever']} "
+                f"{said(rows[1])}): choose --retriever {best['retriever']}."
+            )
+    age = next((r for r in report.references if r["reference"] == "age only"), None)
+    if age is not None:
+        if best["auroc_lo"] > age["auroc_hi"]:
+            stand = "above it: the neighbours carry signal beyond age"
+        elif best["auroc_hi"] < age["auroc_lo"]:
+            stand = "below it: the neighbours carry less outcome signal than age alone"
+        else:
+            stand = "not distinguishable from it: the neighbours carry no clear signal beyond age"
+        lines.append(f"Against age alone ({said(age)}) the best vote is {stand}.")
+    return lines
 
 
 def _ci(labels: np.ndarray, scores: np.ndarray, n_boot: int, seed: int) -> dict[str, float]:

@@ -31,7 +31,7 @@ from typing import Any, cast, overload
 
 from icl_toolkit.backends import Backend, GenerationParams, choice_probabilities
 from icl_toolkit.core.errors import ConfigError
-from icl_toolkit.data.cohort import Patient, content_hash
+from icl_toolkit.data.cohort import Patient, check_patients, content_hash
 from icl_toolkit.inference.config import PredictConfig
 from icl_toolkit.prompting.builder import BuiltPrompt, PromptBuilder
 from icl_toolkit.prompting.config import PromptConfig
@@ -113,7 +113,7 @@ class Predictor:
         pool_name: str = "pool",
     ) -> Predictor:
         """Attach the demonstration pool; build its index, or load ``index`` and check it matches."""
-        pool = list(pool)
+        pool = check_patients(pool, "pool")
         self.pool_ = {p.patient_id: p for p in pool}
         self.builder_ = PromptBuilder(self.backend.tokenizer, self.config.prompt, self.backend.max_context)
         self.retriever_: Retriever | None = None
@@ -163,7 +163,7 @@ class Predictor:
         """One :class:`Prediction` per patient, in input order (a single patient gives a single one)."""
         self._check_fitted()
         single = isinstance(patients, Patient)
-        batch: list[Patient] = [patients] if isinstance(patients, Patient) else list(patients)
+        batch = check_patients(patients, "patients")
         if retrievals is None:
             retrievals = self.retrieve(batch)
         elif len(retrievals) != len(batch):

@@ -370,7 +370,9 @@ def predict_ray(
     index_dir = None
     if config.uses_demos:
         r = config.retrieval
-        rep = make_representation(r, ProfileEmbedder() if needs_embedder(r.retriever, r.hybrid_weights) else None)
+        rep = make_representation(
+            r, ProfileEmbedder() if needs_embedder(r.retriever, r.hybrid_weights) else None, pool_records
+        )
         index_dir = out / INDEX_DIR if index is None else Path(index)
         if index is None:
             if not _fits(index_dir, pool_records, rep):

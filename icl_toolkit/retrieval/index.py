@@ -278,7 +278,7 @@ def build_index(
     config = config or RetrievalConfig()
     if embedder is None and needs_embedder(config.retriever, config.hybrid_weights):
         embedder = ProfileEmbedder()
-    index = DemoIndex.build(pool, make_representation(config, embedder), kind=kind, progress=progress)
+    index = DemoIndex.build(pool, make_representation(config, embedder, pool), kind=kind, progress=progress)
     if out is not None:
         index.save(out)
     return index

@@ -60,7 +60,7 @@ import numpy as np
 
 from icl_toolkit.core.errors import ConfigError
 from icl_toolkit.data.cohort import Patient
-from icl_toolkit.retrieval.config import RETRIEVERS, RetrievalConfig
+from icl_toolkit.retrieval.config import RETRIEVERS, RetrievalConfig, RetrieverKind
 from icl_toolkit.retrieval.embedder import ProfileEmbedder
 
 __all__ = [
@@ -306,6 +306,18 @@ class PrognosticBlock(Block):
             ]
         )
 
+    def folds_for(self, pool: Sequence[Patient]) -> int:
+        """The cross-fitting folds this pool allows: ``folds``, or fewer (down to 2) when some fold would leave no
+        case or no control to learn from; 0 when not even 2 do (or a patient has no label)."""
+        y = np.array([-1 if p.label is None else p.label for p in pool])
+        if (y < 0).any():
+            return 0
+
+        def usable(fold: np.ndarray, n: int) -> bool:
+            return all((fold == f).any() and (y[fold != f] == 1).any() and (y[fold != f] == 0).any() for f in range(n))
+
+        return next((n for n in range(self.folds, 1, -1) if usable(self.folds_of(pool, n), n)), 0)
+
     def fit(self, pool: Sequence[Patient], *, progress: bool = False) -> Block:
         from sklearn.feature_extraction import DictVectorizer
 
@@ -313,11 +325,7 @@ class PrognosticBlock(Block):
         if (y < 0).any():
             raise ConfigError("The prognostic retriever learns from the pool's labels; every pool patient needs one.")
 
-        def usable(fold: np.ndarray, n: int) -> bool:
-            return all((fold == f).any() and (y[fold != f] == 1).any() and (y[fold != f] == 0).any() for f in range(n))
-
-        # a small pool gets fewer folds (down to 2) when some fold would leave no case or no control to learn from
-        n_folds = next((n for n in range(self.folds, 1, -1) if usable(self.folds_of(pool, n), n)), 0)
+        n_folds = self.folds_for(pool)
         if not n_folds:
             raise ConfigError(
                 f"The prognostic retriever cross-fits its score and needs cases and controls outside "
@@ -465,13 +473,37 @@ def needs_embedder(kind: str, hybrid_weights: Sequence[float] = (0.4, 0.4, 0.2))
     return kind == "dense" or (kind == "hybrid" and hybrid_weights[0] > 0)
 
 
-def make_representation(config: RetrievalConfig, embedder: ProfileEmbedder | None = None) -> PatientRepresentation:
+FALLBACK: RetrieverKind = "sparse"
+"""The retriever that stands in for the prognostic one on a pool too small to cross-fit its score: the prognostic
+retriever's clinical part (codes), which needs no labels."""
+
+
+def make_representation(
+    config: RetrievalConfig, embedder: ProfileEmbedder | None = None, pool: Sequence[Patient] | None = None
+) -> PatientRepresentation:
     """The retriever ``config.retriever`` with its options; ``embedder`` is needed by dense and hybrid only.
+
+    With ``pool`` (the pool it will be fitted on): a prognostic retriever whose score cannot be cross-fitted there
+    (not even 2 folds with cases and controls outside each) falls back to :data:`FALLBACK`, with a one-line note on
+    stderr, instead of failing; the index then records the retriever it really is.
 
     Raises:
         ConfigError: an unknown retriever, or dense / hybrid without an embedder.
     """
     kind = config.retriever
+    if kind == "prognostic" and pool is not None and all(p.label is not None for p in pool):
+        block = PrognosticBlock(config.prognostic_bandwidth, config.folds)
+        if pool and not block.folds_for(pool):
+            from icl_toolkit.core.progress import stderr_console
+
+            cases = sum(p.label == 1 for p in pool)
+            stderr_console.print(
+                f"note: the pool ({cases} cases, {len(pool) - cases} controls) is too small to "
+                f"cross-fit the prognostic retriever's score; using the {FALLBACK} retriever "
+                "(codes) instead.",
+                highlight=False,
+            )
+            kind = FALLBACK
     if kind not in RETRIEVERS:
         raise ConfigError(f"Unknown retriever {kind!r}. Available: {', '.join(RETRIEVERS)}.")
     if needs_embedder(kind, config.hybrid_weights) and embedder is None:

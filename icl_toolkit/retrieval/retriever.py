@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from icl_toolkit.core.errors import ConfigError
-from icl_toolkit.data.cohort import Patient
+from icl_toolkit.data.cohort import Patient, check_patients
 from icl_toolkit.retrieval.config import RetrievalConfig
 from icl_toolkit.retrieval.embedder import ProfileEmbedder
 from icl_toolkit.retrieval.index import DemoIndex, describe_retriever
@@ -105,10 +105,10 @@ class Retriever:
         progress: bool = True,
     ) -> Retriever:
         """Attach the pool; load and check ``index`` (built with the same retriever and settings) or build one."""
+        pool = check_patients(pool, "pool")
         c = self.config
         if self.embedder is None and needs_embedder(c.retriever, c.hybrid_weights):
             self.embedder = ProfileEmbedder()
-        pool = list(pool)
         if not pool:
             raise ConfigError("The demonstration pool is empty.")
         if c.k > len(pool):
@@ -116,7 +116,7 @@ class Retriever:
                 f"The 'k' parameter ({c.k}) is larger than the demonstration pool "
                 f"({len(pool)} patients). Lower --k or use a larger --pool."
             )
-        rep = make_representation(c, self.embedder)
+        rep = make_representation(c, self.embedder, pool)
         if index is None:
             index = DemoIndex.build(pool, rep, kind=index_kind, progress=progress)
         else:

@@ -106,7 +106,7 @@ class PredictionService:
         self.index = (
             index
             if index is not None or not self.pool
-            else DemoIndex.build(self.pool, make_representation(r, self.embedder), progress=False)
+            else DemoIndex.build(self.pool, make_representation(r, self.embedder, self.pool), progress=False)
         )
         self.batching = batching or BatchSettings()
         self._predictors: dict[PredictConfig, Predictor] = {}

@@ -65,7 +65,9 @@ def test_malformed_file_gets_line_numbered_errors_no_traceback(tmp_path: Path) -
     r = _icl("data", "validate", str(bad), cwd=tmp_path)
     assert r.returncode == 1
     err = r.stderr
-    assert f"{bad}:2: -: expected one JSON object per line" in err
+    # the file's line, the JSON column, no "-:" placeholder and no second "line 1" from the JSON parser
+    assert f"{bad}:2: expected one JSON object per line, found invalid JSON at column 2" in err
+    assert ": -:" not in err and "line 1 column" not in err
     assert f"{bad}:3: sex: expected 'F', 'M' or 'U', found 'x'" in err
     assert f"{bad}:3: label: expected 0 or 1, found 3" in err
     assert f"{bad}:4: patient_id: expected a unique id, found 'A' already used on line 1" in err
@@ -73,6 +75,7 @@ def test_malformed_file_gets_line_numbered_errors_no_traceback(tmp_path: Path) -
     # reading commands refuse the same file with the same messages
     r = _icl("data", "stats", str(bad), "--no-tokens", cwd=tmp_path)
     assert r.returncode == 1 and "Traceback" not in r.stderr and f"{bad}:3: sex" in r.stderr
+    assert f"Check a file with `icl data validate {bad}`" in " ".join(r.stderr.split())
     r = _icl("data", "validate", str(tmp_path / "missing.jsonl"), cwd=tmp_path)
     assert r.returncode == 1 and "file not found" in r.stderr and "Traceback" not in r.stderr
 
@@ -170,3 +173,28 @@ def test_tuple_flags_are_comma_separated_and_a_bad_value_names_the_flag(tmp_path
     code, text = invoke(["predict", "--cohort", tmp_path / "c.jsonl", "--out", tmp_path / "o.jsonl",
                          "--demos", "none", "--query-tokens", "10"])
     assert code == 2 and "Invalid value for '--query-tokens'" in text and "90" in text, text
+
+
+def test_validate_pool_checks_what_a_pool_needs(tmp_path, invoke, small_cohort):
+    """icl data validate said "no problems" of a pool with no labels, which icl predict then refused."""
+    import dataclasses
+
+    from icl_toolkit.data.cohort import write_cohort
+
+    unlabelled = [dataclasses.replace(p, label=None, outcome_date=None) for p in small_cohort[:20]]
+    write_cohort(unlabelled, tmp_path / "u.jsonl")
+    code, text = invoke(["data", "validate", tmp_path / "u.jsonl"])
+    assert code == 0 and "no problems" in text                       # a valid cohort file ...
+    code, text = invoke(["data", "validate", tmp_path / "u.jsonl", "--pool"])
+    assert code == 1 and "not usable as a pool" in text and "have no label" in text, text   # ... but not a pool
+    plain = [dataclasses.replace(p, rationales=None) for p in small_cohort[:20]]
+    write_cohort(plain, tmp_path / "plain.jsonl")
+    code, text = invoke(["data", "validate", tmp_path / "plain.jsonl", "--pool"])
+    assert code == 1 and "no free_text rationale" in text
+    code, text = invoke(["data", "validate", tmp_path / "plain.jsonl", "--pool", "--demos", "label"])
+    assert code == 0 and "no problems" in text
+
+
+def test_an_option_spelt_otherwise_gets_a_hint(tmp_path: Path) -> None:
+    r = _icl("predict", "--cohort", "c.jsonl", "--out", "p.jsonl", "--shots", "4", cwd=tmp_path)
+    assert r.returncode == 2 and "no option --shots: use --k" in r.stderr and "Traceback" not in r.stderr

@@ -334,7 +334,7 @@ def test_icl_compare_cli(setup, tiny_model_dir, invoke, tmp_path):
     code, text = invoke(args)
     assert code == 0 and "0 arms predicted, 1 already complete" in text
     rows = list(csv.DictReader(open(tmp_path / "res" / "results.csv")))
-    assert rows[0]["threshold_from"] == "fixed 0.5" and rows[0]["n"] == "20"
+    assert rows[0]["threshold_from"] == "fixed 0.5: no validation split given" and rows[0]["n"] == "20"
 
 
 def test_only_runs_a_stage_and_keeps_the_reference(data, setup, hash_embedder, tmp_path):
@@ -354,3 +354,48 @@ def test_only_runs_a_stage_and_keeps_the_reference(data, setup, hash_embedder, t
         staged.run(test, pool, val, only=["label_sft"])
     with pytest.raises(ConfigError, match="leaves out the reference arm"):
         staged.run(test, pool, val, only=["sft"])
+
+
+def test_auroc_vs_k_has_whole_number_ticks_and_baselines_in_the_legend(tmp_path, monkeypatch):
+    """The plot had fractional k ticks and baseline names printed over each other at the right edge."""
+    from icl_toolkit.evaluation.compare import report
+
+    seen = {}
+    monkeypatch.setattr(report, "_save", lambda fig, ax, *a: seen.update(ax=ax, fig=fig))
+    arm = {"kind": "arm", "checkpoint": "base", "mode": "score", "strategy": "similar", "auroc_lo": 0.5,
+           "auroc_hi": 0.7, "auroc": 0.6}
+    rows = [{**arm, "demos": "none", "k": 0}, {**arm, "demos": "label", "k": 2}, {**arm, "demos": "label", "k": 8},
+            {"kind": "baseline", "name": "age only", "auroc": 0.70}, {"kind": "baseline", "name": "knn", "auroc": 0.71}]
+    assert report.plot_auroc_vs_k(tmp_path / "p.png", rows)
+    ax = seen["ax"]
+    assert list(ax.get_xticks()) == [0, 2, 8]
+    labels = ax.get_legend_handles_labels()[1]
+    assert "age only 0.70" in labels and "knn 0.71" in labels and not ax.texts
+    report._plt().close(seen["fig"])
+
+
+def test_validation_patients_are_drawn_with_both_classes_and_a_missing_threshold_says_why(
+        setup, tiny_model_dir, invoke, tmp_path):
+    """val_limit used to take the first lines: with no case among them the card blamed a missing validation split."""
+    from icl_toolkit.data.cohort import read_cohort, write_cohort
+    from icl_toolkit.evaluation.compare.run import draw_validation
+
+    patients = read_cohort(setup / "test.jsonl")
+    controls = [p for p in patients if p.label == 0]
+    cases = [p for p in patients if p.label == 1]
+    val = controls[:12] + cases[:3]                     # the cases come last: the first 10 lines hold none
+    drawn = draw_validation(val, 10)
+    assert len(drawn) == 10 and sum(p.label for p in drawn) == 2          # 10 x 3/15 cases, in file order
+    assert [p.patient_id for p in drawn] == [p.patient_id for p in val if p in drawn]
+    assert sum(p.label for p in draw_validation(val, 10, "first")) == 0 and draw_validation(val, 50) == val
+    write_cohort(controls[:12], tmp_path / "val.jsonl")                   # a validation file of one class
+    (tmp_path / "arms.toml").write_text(
+        f'bootstrap = 50\nfairness_bootstrap = 0\nbaselines = ["age"]\n[checkpoints]\nbase = "{tiny_model_dir}"\n'
+        '[prompt]\nquery_tokens = 120\n[[arm]]\ncheckpoint = "base"\n')
+    code, text = invoke(["compare", "--config", tmp_path / "arms.toml", "--test", setup / "test.jsonl", "--pool",
+                         setup / "pool.jsonl", "--val", tmp_path / "val.jsonl", "--out", tmp_path / "res", "--limit",
+                         "20", "--no-progress"])
+    said = " ".join(text.split())
+    assert code == 0 and "warning: F1 at a fixed 0.5: the 12 validation patients hold no case" in said, text
+    card = (tmp_path / "res" / "report.md").read_text()
+    assert "the 12 validation patients hold no case" in card and "no validation split given" not in card

@@ -124,3 +124,17 @@ def test_rowwise_bootstrap_metrics_equal_sklearn_per_resample(scores, rounded):
         assert f1[i] == pytest.approx(f1_score(yr[i], (pr[i] >= 0.3).astype(int), zero_division=0), abs=1e-12)
     # a row predicting no positives has F1 0, as zero_division=0 gives
     assert _rowwise_f1(yr[:1], np.zeros_like(pr[:1], dtype=bool))[0] == 0.0
+
+
+def test_too_few_patients_or_one_class_come_with_a_warning(tmp_path, invoke, small_cohort, tiny_model_dir):
+    """n=2 printed AUROC=0.000 without a word; now the numbers carry a warning and icl predict prints it instead."""
+    from icl_toolkit.data.cohort import write_cohort
+    from icl_toolkit.evaluation.metrics import metrics_warning, summary
+
+    assert "2 labelled patients with 1 cases" in summary([0, 1], [0.9, 0.1])["warning"]
+    assert "0 cases" in metrics_warning([0] * 30)
+    assert metrics_warning([0] * 20 + [1] * 5) is None and "warning" not in summary([0] * 20 + [1] * 5, [0.5] * 25)
+    write_cohort(small_cohort[:3], tmp_path / "c.jsonl")
+    code, text = invoke(["predict", "--cohort", tmp_path / "c.jsonl", "--demos", "none", "--model", tiny_model_dir,
+                         "--out", tmp_path / "p.jsonl"])
+    assert code == 0 and "metrics not shown: 3 labelled patients" in text and "AUROC=" not in text, text

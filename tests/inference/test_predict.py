@@ -202,3 +202,20 @@ def test_embedded_model_follows_its_demonstrations(small_cohort):
         bp = builder.build(query, hits, pool)
         probs[label] = choice_probabilities(backend.score(bp.text, bp.choices))[0]
     assert probs[1] > probs[0] + 0.2, probs
+
+
+def test_the_python_api_says_what_to_pass(tmp_path, small_cohort, tiny_model_dir):
+    """A path or record dicts where patients are expected: an error saying what to pass, not an AttributeError."""
+    from icl_toolkit.backends.testing import tiny_backend
+    from icl_toolkit.data.cohort import patient_to_dict
+
+    predictor = Predictor(tiny_backend(), PredictConfig.from_options(k=0))
+    with pytest.raises(ConfigError, match=r"pool: got the path 'train.jsonl', expected patients; pass "
+                                          r"icl.read_cohort\('train.jsonl'\)"):
+        predictor.fit("train.jsonl")
+    with pytest.raises(ConfigError, match=r"pool\[0\]: expected a Patient, got dict \(a record dict"):
+        predictor.fit([patient_to_dict(small_cohort[0])])
+    fitted = predictor.fit([])
+    with pytest.raises(ConfigError, match="patients: got the path"):
+        fitted.predict_proba(tmp_path / "test.jsonl")
+    assert fitted.predict_proba(small_cohort[0]).patient_id == small_cohort[0].patient_id   # one in, one out

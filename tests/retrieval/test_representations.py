@@ -194,11 +194,22 @@ def test_a_small_pool_gets_fewer_folds_and_one_too_small_is_a_clear_error(small_
     assert 2 <= rep.blocks[0].folds_used_ < 5  # both cases in one of 5 folds: that fold would learn from no case
 
 
-def test_a_pool_too_small_to_cross_fit_is_a_clear_error(small_cohort):
+def test_a_pool_too_small_to_cross_fit_falls_back_to_sparse_with_a_note(small_cohort, capsys, tmp_path, invoke):
+    """Fitted directly, the block's refusal stays a clear error; given the pool, the retriever falls back."""
+    from icl_toolkit.data.cohort import write_cohort
+    from icl_toolkit.retrieval.retriever import Retriever
+
     cases = [p for p in small_cohort if p.label == 1][:1]
     controls = [p for p in small_cohort if p.label == 0][:20]
     with pytest.raises(ConfigError, match="too small even for 2 folds"):
         make_representation(RetrievalConfig(retriever="prognostic")).fit(cases + controls)
+    rep = make_representation(RetrievalConfig(retriever="prognostic"), pool=cases + controls)
+    assert rep.kind == "sparse" and "too small to cross-fit" in capsys.readouterr().err
+    fitted = Retriever(RetrievalConfig(k=2)).fit(cases + controls, progress=False)        # prediction goes on
+    assert fitted.index_.meta["retriever"]["kind"] == "sparse" and len(fitted.retrieve(controls[:1])[0].hits) == 2
+    write_cohort(cases + controls, tmp_path / "pool.jsonl")
+    code, text = invoke(["index", "build", "--pool", tmp_path / "pool.jsonl", "--out", tmp_path / "idx"])
+    assert code == 0 and "using the sparse retriever" in text and "sparse retriever" in text
 
 
 def test_icl_index_eval_end_to_end(small_cohort, tmp_path, invoke):

@@ -169,7 +169,11 @@ class CompareConfig(BaseModel):
     limit: int | None = Field(None, ge=1)
     """Use the first N test patients (the same N for every arm)."""
     val_limit: int | None = Field(None, ge=1)
-    """Use the first N validation patients (for the F1 thresholds)."""
+    """Use N validation patients (for the F1 thresholds), drawn as ``val_draw`` says."""
+    val_draw: Literal["stratified", "first"] = "stratified"
+    """How ``val_limit`` patients are drawn from a longer validation file: ``stratified`` keeps its share of cases
+    (at least one of each class when it has both; the first ones of each class, in file order), ``first`` takes
+    the first N lines (which may hold no case, leaving no threshold to choose)."""
     bootstrap: int = Field(1000, ge=1)
     """Bootstrap resamples for the confidence intervals."""
     card: ModelCard = Field(default_factory=ModelCard)

@@ -196,10 +196,17 @@ def plot_auroc_vs_k(path: Path, rows: Sequence[dict[str, Any]]) -> bool:
             color=cmap(i % 10),
             label=f"{key[0]}, {key[1]} demos, {key[2]}, {key[3]}",
         )
-    for j, r in enumerate(x for x in rows if x["kind"] == "baseline"):
-        ax.axhline(r["auroc"], linestyle=":", linewidth=1, color=plt.get_cmap("Dark2")(j % 8))
-        ax.annotate(r["name"], (ax.get_xlim()[1], r["auroc"]), fontsize=7, ha="right", va="bottom")
+    for j, r in enumerate(x for x in rows if x["kind"] == "baseline"):  # in the legend, not as labels that overlap
+        ax.axhline(
+            r["auroc"],
+            linestyle=":",
+            linewidth=1,
+            color=plt.get_cmap("Dark2")(j % 8),
+            label=f"{r['name']} {r['auroc']:.2f}",
+        )
     ax.axhline(0.5, color="grey", linewidth=0.8)
+    ks_used = sorted({int(r["k"]) for pts in series.values() for r in pts} | ({0} if zero else set()))
+    ax.set_xticks(ks_used)  # whole numbers of demonstrations, not a fractional axis
     _save(
         fig,
         ax,
@@ -303,7 +310,7 @@ def _model_card(
     if r["p_value"] is not None and r["p_value"] >= 0.05:
         limits.append(f"not distinguishable from `{reference}` at the 5% level")
     if r["threshold_from"] != "validation":
-        limits.append("F1 at a fixed 0.5 threshold (no validation split given)")
+        limits.append(f"F1 at a {r['threshold_from']}")
     if r["kind"] == "arm" and r["demos"] != "none":
         limits.append("demonstrations come from the pool's synthetic rationales and may not transfer to real notes")
     if r.get("p95") is not None and r["p95"] - r["p05"] < NARROW_SPREAD:

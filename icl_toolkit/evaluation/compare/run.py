@@ -87,6 +87,22 @@ class CompareResult:
     fairness_gaps: list[dict[str, Any]] = field(default_factory=list)  # per entry and grouping: gaps, excess gaps
 
 
+def draw_validation(val: list[Patient], limit: int | None, how: str = "stratified") -> list[Patient]:
+    """The validation patients a comparison uses: all of them, or ``limit`` of them drawn as ``how`` says
+    (see :attr:`CompareConfig.val_draw`), in file order."""
+    if not limit or limit >= len(val):
+        return val
+    if how == "first":
+        return val[:limit]
+    cases = [i for i, p in enumerate(val) if p.label == 1]
+    others = [i for i, p in enumerate(val) if p.label != 1]
+    want = round(limit * len(cases) / len(val))
+    if cases and others:
+        want = min(max(want, 1), limit - 1, len(cases))
+    keep = set(cases[:want]) | set(others[: limit - want])
+    return [p for i, p in enumerate(val) if i in keep]
+
+
 def select_arms(arms: list[Arm], only: Sequence[str], reference: str) -> list[Arm]:
     """The arms whose checkpoint is named in ``only`` or whose name matches one of its globs.
 
@@ -147,7 +163,7 @@ class Comparison:
     def _index(self, pool: Sequence[Patient]) -> DemoIndex:
         """The pool's index for the comparison's retriever (built once into ``index/``, checked when reused)."""
         folder = self.out / "index"
-        rep = make_representation(self.config.retrieval_config("similar", 1), self.embedder)
+        rep = make_representation(self.config.retrieval_config("similar", 1), self.embedder, pool)
         if (folder / DemoIndex.META_FILE).exists():
             index = DemoIndex.load(folder)
             index.check(pool, rep, str(folder))
@@ -268,7 +284,7 @@ class Comparison:
         c = self.config
         names = names or {}
         test = list(test)[: c.limit] if c.limit else list(test)
-        val = (list(val)[: c.val_limit] if c.val_limit else list(val)) if val else []
+        val = draw_validation(list(val), c.val_limit, c.val_draw) if val else []
         pool = list(pool)
         overlap = {p.subject_id for p in pool} & {p.subject_id for p in [*test, *val]}
         if overlap:

@@ -71,6 +71,13 @@ def evaluate(
         p = np.asarray(e.test, dtype=float)
         has_val = yv is not None and e.val is not None and len(set(yv.tolist())) == 2
         threshold = choose_threshold(yv, e.val) if yv is not None and e.val is not None and has_val else 0.5
+        if has_val:
+            source = "validation"
+        elif yv is None or e.val is None:
+            source = "fixed 0.5: no validation split given"
+        else:
+            kind = "no case" if not yv.any() else "no control"
+            source = f"fixed 0.5: the {len(yv)} validation patients hold {kind}, so no threshold could be chosen"
         ci = bootstrap_ci(y, p, n_resamples=n_resamples, seed=seed, threshold=threshold, metrics=METRICS)
         row: dict[str, Any] = (
             {"name": e.name, "kind": e.kind}
@@ -79,7 +86,7 @@ def evaluate(
                 "n": int(len(y)),
                 "cases": int(y.sum()),
                 "threshold": round(threshold, 6),
-                "threshold_from": "validation" if has_val else "fixed 0.5",
+                "threshold_from": source,
             }
         )
         for m in METRICS:
