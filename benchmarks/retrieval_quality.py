@@ -162,6 +162,40 @@ def seed_study(args: argparse.Namespace, where: str, embedder) -> list[dict]:
     return [r for name, _, _ in cohorts for r in done[name]]
 
 
+def pool_size_study(args: argparse.Namespace, where: str, embedder) -> list[dict]:
+    """Each retriever's vote AUROC at k = 4 on the test patients of the seed cohorts, with pools of the first N
+    training patients (``--pool-sizes``): is the default's margin a matter of pool size? Resumes per cohort and
+    size from retrieval_pool_size.json."""
+    from icl_toolkit.evaluation.metrics import bootstrap_ci
+
+    cache_path = args.out.with_name("retrieval_pool_size.json")
+    done: dict[str, list[dict]] = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    n = 400 if args.quick else 3000
+    for seed in args.seeds:
+        cohort = generate_cohort(SynthConfig(n=n, seed=seed, split={"train": 0.7, "val": 0.1, "test": 0.2}))
+        train = [p for p in cohort if p.split == "train"]
+        test = [p for p in cohort if p.split == "test"]
+        y = [int(p.label) for p in test]
+        for size in args.pool_sizes:
+            key = f"{seed}:{size}"
+            if key in done or size > len(train):
+                continue
+            pool, rows = train[:size], []
+            for kind in RETRIEVERS:
+                fitted = Retriever(RetrievalConfig(retriever=kind, k=4), embedder if needs_embedder(kind) else None)
+                found = fitted.fit(pool, progress=False).retrieve(test, progress=False)
+                vote = [float(np.mean([h.label for h in r.hits])) for r in found]
+                ci = bootstrap_ci(y, vote, n_resamples=args.bootstrap, seed=seed, metrics=("auroc",))["auroc"]
+                rows.append({"seed": seed, "pool": size, "pool_cases": sum(p.label for p in pool), "retriever": kind,
+                             "k": 4, "n_queries": len(y), "cases": sum(y), "auroc": round(ci["value"], 4),
+                             "auroc_lo": round(ci["lo"], 4), "auroc_hi": round(ci["hi"], 4), "machine": where})
+            done[key] = rows
+            cache_path.write_text(json.dumps(done, indent=1) + "\n")
+            print(f"seed {seed} pool {size}: " + ", ".join(f"{r['retriever']} {r['auroc']:.3f}" for r in rows),
+                  flush=True)
+    return [r for rows in done.values() for r in rows if r["seed"] in args.seeds and r["pool"] in args.pool_sizes]
+
+
 def seed_summary(rows: list[dict]) -> list[dict]:
     """Per split and retriever, at k = 4 (the references at their own value): the mean, spread, lowest and highest
     vote AUROC across cohorts, the mean paired difference of the default against it, and the cohorts where the
@@ -337,10 +371,16 @@ def main() -> None:
     ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=None,
                     help="the seed study: the default retriever on the demo cohort and a 3,000-patient cohort per "
                          "seed (e.g. 2027,2028,2029); writes retrieval_seeds*.csv instead of the one-cohort tables")
+    ap.add_argument("--pool-sizes", type=lambda s: [int(x) for x in s.split(",")], default=None,
+                    help="with --seeds: each retriever at k=4 on the seed cohorts' test patients with pools of the "
+                         "first N training patients (e.g. 350,700,1400,2100); writes retrieval_pool_size.csv")
     args = ap.parse_args()
     where = machine()
     print(f"machine: {where}", flush=True)
     embedder = ProfileEmbedder()
+    if args.seeds and args.pool_sizes:
+        write_csv(args.out.with_name("retrieval_pool_size.csv"), pool_size_study(args, where, embedder))
+        return
     if args.seeds:
         rows = seed_study(args, where, embedder)
         write_csv(args.out.with_name("retrieval_seeds.csv"), rows)
