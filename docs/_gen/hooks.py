@@ -136,8 +136,8 @@ def config_reference() -> str:
             else:
                 value = info.get_default(call_default_factory=True)
                 default = f"`{value!r}`" if not isinstance(value, BaseModel) else "(its defaults)"
-            limits = [f"{m.__class__.__name__.lower()} {next(iter(vars(m).values()))}" for m in info.metadata
-                      if m.__class__.__name__ in ("Ge", "Gt", "Le", "Lt")]
+            limits = [f"{sym} {getattr(m, attr)}" for m in info.metadata
+                      for attr, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if hasattr(m, attr)]
             meaning = " ".join((info.description or "").split())
             if limits:
                 meaning += f" ({', '.join(limits)})"

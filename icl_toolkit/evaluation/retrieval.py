@@ -96,8 +96,8 @@ def verdict(report: RetrievalReport, k: int = 4, default: str | None = None) -> 
         if overlap:
             names = ", ".join(f"{r['retriever']} {said(r)}" for r in overlap)
             keep = (
-                f"; the default ({default}) is as good a choice here"
-                if default and default != best["retriever"]
+                f", so they give no reason to change the default ({default})"
+                if default and default != best["retriever"] and any(r["retriever"] == default for r in overlap)
                 else ""
             )
             lines.append(
