@@ -199,7 +199,7 @@ test-vllm: $(VLLM_STAMP)
 # The documentation site (mkdocs-material, strict: a broken link or a missing page fails), into site/. The CLI,
 # configuration and HTTP references are generated from the code at every build (docs/_gen/hooks.py).
 docs: $(STAMP)
-	$(VENV)/bin/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 # ruff (lint and format check) and mypy over the package, as configured in pyproject.toml; CI runs it before the tests.
 lint: $(STAMP)

@@ -163,9 +163,10 @@ def seed_study(args: argparse.Namespace, where: str, embedder) -> list[dict]:
 
 
 def pool_size_study(args: argparse.Namespace, where: str, embedder) -> list[dict]:
-    """Each retriever's vote AUROC at k = 4 on the test patients of the seed cohorts, with pools of the first N
-    training patients (``--pool-sizes``): is the default's margin a matter of pool size? Resumes per cohort and
-    size from retrieval_pool_size.json."""
+    """Each retriever's vote AUROC at k = 4 on the validation and the test patients of the seed cohorts, with pools
+    of the first N training patients (``--pool-sizes``): is the default's margin a matter of pool size? A choice
+    by pool size is read from the validation rows only. Resumes per cohort, size and split from
+    retrieval_pool_size.json."""
     from icl_toolkit.evaluation.metrics import bootstrap_ci
 
     cache_path = args.out.with_name("retrieval_pool_size.json")
@@ -174,26 +175,80 @@ def pool_size_study(args: argparse.Namespace, where: str, embedder) -> list[dict
     for seed in args.seeds:
         cohort = generate_cohort(SynthConfig(n=n, seed=seed, split={"train": 0.7, "val": 0.1, "test": 0.2}))
         train = [p for p in cohort if p.split == "train"]
-        test = [p for p in cohort if p.split == "test"]
-        y = [int(p.label) for p in test]
-        for size in args.pool_sizes:
-            key = f"{seed}:{size}"
-            if key in done or size > len(train):
+        for queries in ("val", "test"):
+            patients = [p for p in cohort if p.split == queries]
+            y = [int(p.label) for p in patients]
+            for size in args.pool_sizes:
+                key = f"{seed}:{size}" + (":val" if queries == "val" else "")  # test keys predate the val rows
+                if key in done or size > len(train):
+                    continue
+                pool, rows = train[:size], []
+                for kind in RETRIEVERS:
+                    fitted = Retriever(RetrievalConfig(retriever=kind, k=4),
+                                       embedder if needs_embedder(kind) else None)
+                    found = fitted.fit(pool, progress=False).retrieve(patients, progress=False)
+                    vote = [float(np.mean([h.label for h in r.hits])) for r in found]
+                    ci = bootstrap_ci(y, vote, n_resamples=args.bootstrap, seed=seed, metrics=("auroc",))["auroc"]
+                    rows.append({"seed": seed, "queries": queries, "pool": size,
+                                 "pool_cases": sum(p.label for p in pool), "retriever": kind, "k": 4,
+                                 "n_queries": len(y), "cases": sum(y), "auroc": round(ci["value"], 4),
+                                 "auroc_lo": round(ci["lo"], 4), "auroc_hi": round(ci["hi"], 4), "machine": where})
+                done[key] = rows
+                cache_path.write_text(json.dumps(done, indent=1) + "\n")
+                print(f"seed {seed} {queries} pool {size}: "
+                      + ", ".join(f"{r['retriever']} {r['auroc']:.3f}" for r in rows), flush=True)
+    rows = [{"queries": "test", **r} for rows in done.values() for r in rows]
+    return [r for r in rows if r["seed"] in args.seeds and r["pool"] in args.pool_sizes]
+
+
+def pool_size_summary(rows: list[dict]) -> list[dict]:
+    """Per split, pool size and retriever: the mean vote AUROC across the seed cohorts and its lowest and
+    highest, with how often each retriever was the best of the four."""
+    out = []
+    for q in ("val", "test"):
+        for size in sorted({r["pool"] for r in rows}):
+            cell = [r for r in rows if r["queries"] == q and r["pool"] == size]
+            if not cell:
                 continue
-            pool, rows = train[:size], []
-            for kind in RETRIEVERS:
-                fitted = Retriever(RetrievalConfig(retriever=kind, k=4), embedder if needs_embedder(kind) else None)
-                found = fitted.fit(pool, progress=False).retrieve(test, progress=False)
-                vote = [float(np.mean([h.label for h in r.hits])) for r in found]
-                ci = bootstrap_ci(y, vote, n_resamples=args.bootstrap, seed=seed, metrics=("auroc",))["auroc"]
-                rows.append({"seed": seed, "pool": size, "pool_cases": sum(p.label for p in pool), "retriever": kind,
-                             "k": 4, "n_queries": len(y), "cases": sum(y), "auroc": round(ci["value"], 4),
-                             "auroc_lo": round(ci["lo"], 4), "auroc_hi": round(ci["hi"], 4), "machine": where})
-            done[key] = rows
-            cache_path.write_text(json.dumps(done, indent=1) + "\n")
-            print(f"seed {seed} pool {size}: " + ", ".join(f"{r['retriever']} {r['auroc']:.3f}" for r in rows),
-                  flush=True)
-    return [r for rows in done.values() for r in rows if r["seed"] in args.seeds and r["pool"] in args.pool_sizes]
+            best = {}
+            for seed in {r["seed"] for r in cell}:
+                top = max((r for r in cell if r["seed"] == seed), key=lambda r: r["auroc"])
+                best[top["retriever"]] = best.get(top["retriever"], 0) + 1
+            for name in dict.fromkeys(r["retriever"] for r in cell):
+                a = np.array([r["auroc"] for r in cell if r["retriever"] == name])
+                out.append({"queries": q, "pool": size, "retriever": name, "cohorts": len(a),
+                            "mean_auroc": round(float(a.mean()), 4), "min_auroc": round(float(a.min()), 4),
+                            "max_auroc": round(float(a.max()), 4), "best_in": best.get(name, 0)})
+    return out
+
+
+def plot_pool_sizes(summary: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, q in zip(axes, ("val", "test")):
+        for name in dict.fromkeys(r["retriever"] for r in summary):
+            pts = [r for r in summary if r["queries"] == q and r["retriever"] == name]
+            if pts:
+                ax.errorbar([r["pool"] for r in pts], [r["mean_auroc"] for r in pts],
+                            yerr=[[r["mean_auroc"] - r["min_auroc"] for r in pts],
+                                  [r["max_auroc"] - r["mean_auroc"] for r in pts]],
+                            marker="o", capsize=3, label=name)
+        ax.set_xscale("log")
+        sizes = sorted({r["pool"] for r in summary})
+        ax.set_xticks(sizes, [str(s) for s in sizes])
+        ax.minorticks_off()
+        ax.set_xlabel("labelled patients in the pool")
+        ax.set_title(f"{q} patients (mean over cohorts; bars: lowest to highest)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("vote AUROC of 4 neighbours")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def seed_summary(rows: list[dict]) -> list[dict]:
@@ -372,14 +427,19 @@ def main() -> None:
                     help="the seed study: the default retriever on the demo cohort and a 3,000-patient cohort per "
                          "seed (e.g. 2027,2028,2029); writes retrieval_seeds*.csv instead of the one-cohort tables")
     ap.add_argument("--pool-sizes", type=lambda s: [int(x) for x in s.split(",")], default=None,
-                    help="with --seeds: each retriever at k=4 on the seed cohorts' test patients with pools of the "
-                         "first N training patients (e.g. 350,700,1400,2100); writes retrieval_pool_size.csv")
+                    help="with --seeds: each retriever at k=4 on the seed cohorts' validation and test patients with "
+                         "pools of the first N training patients (e.g. 350,700,1400,2100); writes "
+                         "retrieval_pool_size{.csv,_summary.csv,.png}")
     args = ap.parse_args()
     where = machine()
     print(f"machine: {where}", flush=True)
     embedder = ProfileEmbedder()
     if args.seeds and args.pool_sizes:
-        write_csv(args.out.with_name("retrieval_pool_size.csv"), pool_size_study(args, where, embedder))
+        rows = pool_size_study(args, where, embedder)
+        write_csv(args.out.with_name("retrieval_pool_size.csv"), rows)
+        summary = pool_size_summary(rows)
+        write_csv(args.out.with_name("retrieval_pool_size_summary.csv"), summary)
+        plot_pool_sizes(summary, args.out.with_name("retrieval_pool_size.png"))
         return
     if args.seeds:
         rows = seed_study(args, where, embedder)
