@@ -45,7 +45,7 @@ def test_the_readme_is_a_front_page() -> None:
     for target in re.findall(r"\]\(((?:docs/)?[\w./-]+\.md)\)", text):
         assert (ROOT / target).is_file(), f"README links to {target}, which does not exist"
     changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
-    assert "## 0.1.0" in changelog and "issue 16" in changelog
+    assert "## 0.1.0" in changelog and "**Issue 16," in changelog
 
 
 def test_the_demo_block_is_what_make_demo_runs() -> None:
