@@ -173,3 +173,54 @@ def test_ray_scale_quick(tmp_path: Path, tiny_model_dir: Path) -> None:
     rows = list(csv.DictReader(out.open()))
     assert [r["arm"] for r in rows] == ["single process", "ray, 1 replica"]
     assert float(rows[1]["startup_added_s"]) > 0 and float(rows[1]["steady_patients_per_s"]) > 0
+
+
+def _retrieval_quality_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("retrieval_quality", ROOT / "benchmarks" / "retrieval_quality.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _numbers(rows: list[dict]) -> list[dict]:
+    return [{k: (round(float(v), 4) if v not in ("", None) and k not in ("queries", "retriever") else v)
+             for k, v in r.items()} for r in rows]
+
+
+def test_committed_seed_and_pool_size_summaries_follow_from_their_rows() -> None:
+    """The retrieval results page quotes the summary files; they must be what the rows beside them give."""
+    rq = _retrieval_quality_module()
+    results = ROOT / "benchmarks" / "results"
+    seeds = [{k: (float(v) if k in ("auroc", "default_minus_this", "diff_lo", "diff_hi") and v != "" else
+                  (int(v) if k == "k" and v else v)) for k, v in r.items()}
+             for r in csv.DictReader((results / "retrieval_seeds.csv").open())]
+    seeds = [{k: v for k, v in r.items() if not (k.startswith(("default_minus", "diff_")) and v == "")} for r in seeds]
+    assert _numbers(rq.seed_summary(seeds)) == _numbers(list(csv.DictReader((results / "retrieval_seeds_summary.csv")
+                                                                             .open())))
+    pools = [{**r, "pool": int(r["pool"]), "auroc": float(r["auroc"])}
+             for r in csv.DictReader((results / "retrieval_pool_size.csv").open())]
+    assert {(r["queries"], r["seed"]) for r in pools} == {(q, s) for q in ("val", "test")
+                                                           for s in ("2027", "2028", "2029")}
+    summary = rq.pool_size_summary(pools)
+    assert _numbers(summary) == _numbers(list(csv.DictReader((results / "retrieval_pool_size_summary.csv").open())))
+    # best_in counts one winner per cohort, pool size and split
+    for q in ("val", "test"):
+        for size in (350, 700, 1400, 2100):
+            assert sum(r["best_in"] for r in summary if r["queries"] == q and r["pool"] == size) == 3
+
+
+def test_retrieval_pool_size_study_quick(tmp_path: Path) -> None:
+    out = tmp_path / "retrieval_quality.csv"
+    _quick("retrieval_quality.py", "--seeds", "7", "--pool-sizes", "60,120", "--bootstrap", "20", "--out", str(out),
+           timeout=900)
+    rows = list(csv.DictReader((tmp_path / "retrieval_pool_size.csv").open()))
+    assert sorted({(r["queries"], r["pool"]) for r in rows}) == [("test", "120"), ("test", "60"), ("val", "120"),
+                                                                 ("val", "60")]
+    assert all(0 <= float(r["auroc_lo"]) <= float(r["auroc"]) <= float(r["auroc_hi"]) <= 1 for r in rows)
+    assert (tmp_path / "retrieval_pool_size.png").stat().st_size > 0
+    # a second run resumes from the cache and writes the same rows
+    _quick("retrieval_quality.py", "--seeds", "7", "--pool-sizes", "60,120", "--bootstrap", "20", "--out", str(out))
+    assert list(csv.DictReader((tmp_path / "retrieval_pool_size.csv").open())) == rows
