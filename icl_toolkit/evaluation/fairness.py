@@ -485,7 +485,8 @@ def _f(x: Any, digits: int = 3, sign: bool = False) -> str:
 
 
 def _with_ci(r: dict[str, Any], key: str, sign: bool = False) -> str:
-    if f"{key}_lo" not in r:
+    lo, hi = r.get(f"{key}_lo"), r.get(f"{key}_hi")
+    if lo is None or hi is None or (isinstance(lo, float) and np.isnan(lo)):  # no resamples: no interval to show
         return _f(r.get(key), sign=sign)
     return f"{_f(r[key], sign=sign)} ({_f(r[f'{key}_lo'], sign=sign)} to {_f(r[f'{key}_hi'], sign=sign)})"
 

@@ -189,6 +189,11 @@ def test_markdown_and_plot(data, tmp_path):
     assert subgroups_markdown(rep, "uneven").count("access = ") == 2
     plot_fairness(tmp_path / "f.png", rep)
     assert (tmp_path / "f.png").stat().st_size > 5000
+    assert "(" in md.split("\n")[2]  # 20 resamples: intervals
+    # with no resamples there is no interval: the numbers stand alone, not "(- to -)"
+    plain = gaps_markdown(fairness_report({"even": even, "uneven": p}, y, {"access": group}, oracle="even",
+                                          reference="even", n_boot=0))
+    assert "(- to -)" not in plain and plain.count("\n") == 2 + 2
 
 
 def test_age_bands_and_groupings():
