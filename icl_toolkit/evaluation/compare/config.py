@@ -48,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from icl_toolkit.backends.options import EngineOptions
 from icl_toolkit.core.errors import ConfigError
 from icl_toolkit.evaluation.card import ModelCard
+from icl_toolkit.evaluation.tabular import TabularConfig
 from icl_toolkit.inference.config import PredictConfig
 from icl_toolkit.prompting.config import Demos, Mode, PromptConfig, RationaleStyle
 from icl_toolkit.retrieval.config import RetrievalConfig, Strategy
@@ -55,7 +56,7 @@ from icl_toolkit.retrieval.index import IndexKind
 
 __all__ = ["ArmSpec", "Arm", "CompareConfig", "load_compare_config", "BASELINES"]
 
-Baseline = Literal["logreg", "knn", "age", "oracle"]
+Baseline = Literal["logreg", "gbt", "knn", "age", "oracle"]
 BASELINES: tuple[str, ...] = get_args(Baseline)
 PER_ARM = {"retrieval": ("k", "strategy", "seed"), "prompt": ("demos", "mode", "template", "rationale", "seed")}
 """Options set per ``[[arm]]`` (or, for ``seed``, at the top level), never in the shared tables."""
@@ -164,8 +165,12 @@ class CompareConfig(BaseModel):
     """Named paired comparisons besides the reference: ``[["label_sft / none / score", "rationale_sft / none /
     score"], ...]``; each gives the AUROC difference (first minus second), its 95% CI and the DeLong p."""
     baselines: list[Baseline] = Field(default_factory=lambda: list(get_args(Baseline)))
-    """Baselines on the same patients: ``logreg``, ``knn`` (the vote of the neighbours shown), ``age``,
-    ``oracle``."""
+    """Baselines on the same patients: ``logreg`` (codes present, age and sex; ``C`` tuned on the validation
+    patients), ``gbt`` (LightGBM trees on windowed code counts and value aggregates, tuned on the validation
+    patients), ``knn`` (the vote of the neighbours shown), ``age``, ``oracle``."""
+    tabular: TabularConfig = Field(default_factory=TabularConfig)
+    """The ``[tabular]`` table: feature ``windows`` (days before the index date, or ``"all"``) and the
+    ``trials`` of the trees' search."""
     limit: int | None = Field(None, ge=1)
     """Use the first N test patients (the same N for every arm)."""
     val_limit: int | None = Field(None, ge=1)

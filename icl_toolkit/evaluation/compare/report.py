@@ -328,6 +328,33 @@ def _model_card(
     return lines
 
 
+def tabular_section(tabular: dict[str, dict[str, Any]]) -> list[str]:
+    """The tuned baselines: what was chosen, on what, and what the features cost (empty without any)."""
+    if not tabular:
+        return []
+    lines = [
+        "## Tuned baselines",
+        "",
+        "Chosen on the validation patients only (every one in the validation file, not only the `val_limit` "
+        "the language-model arms use); the test patients are never read. Every trial is in "
+        "`baselines/tuning.csv`.",
+        "",
+        "| baseline | parameters | chosen by | fit and search (s) | features | feature matrix |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, t in tabular.items():
+        f = t["features"]
+        matrix = (
+            f"{f['patients']} x {f['features']}, {f['nonzero']:,} non-zero, {f['matrix_mb']} MB, built in "
+            f"{f['seconds']} s (windows {', '.join(f['windows'])})"
+            if "nonzero" in f
+            else f"{f.get('features')} ({f.get('kind')})"
+        )
+        params = ", ".join(f"{k}={v}" for k, v in t["params"].items())
+        lines.append(f"| {name} | {params} | {t['chosen_by']} | {t['fit_seconds']} | {f.get('features')} | {matrix} |")
+    return [*lines, ""]
+
+
 def write_report(
     out: Path,
     rows: Sequence[dict[str, Any]],
@@ -360,6 +387,7 @@ def write_report(
         "",
         markdown_table(rows),
         *(["## Contrasts (paired DeLong)", "", contrast_table(contrasts)] if contrasts else []),
+        *tabular_section(context.get("tabular") or {}),
         "## Fairness",
         "",
         "AUROC gap: the largest difference of AUROC between the groups of a grouping (fairlearn "

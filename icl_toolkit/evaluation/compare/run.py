@@ -26,6 +26,7 @@ model and resumes a half-finished one where it stopped.
 
 from __future__ import annotations
 
+import csv
 import fnmatch
 import gc
 import importlib.metadata as md
@@ -44,6 +45,7 @@ from icl_toolkit.core.models import checkpoint_meta, model_available, recorded_m
 from icl_toolkit.core.progress import progress_bar
 from icl_toolkit.data.cohort import Patient, content_hash
 from icl_toolkit.evaluation import baselines as bl
+from icl_toolkit.evaluation import tabular as tab
 from icl_toolkit.evaluation.compare.config import Arm, CompareConfig, load_compare_config
 from icl_toolkit.evaluation.compare.report import (
     plot_auroc_vs_k,
@@ -152,6 +154,9 @@ class Comparison:
         self.embedder = embedder
         self.backend_factory = backend_factory or self._default_backend
         self.progress = progress
+        self._val_all: list[Patient] = []
+        self.tabular: dict[str, dict[str, Any]] = {}
+        """Per tuned baseline: the parameters chosen, how, the fit time and its feature matrix's size."""
 
     # ------------------------------------------------------------------ pieces
 
@@ -284,6 +289,7 @@ class Comparison:
         c = self.config
         names = names or {}
         test = list(test)[: c.limit] if c.limit else list(test)
+        self._val_all = list(val) if val else []  # the tabular baselines tune on every validation patient
         val = draw_validation(list(val), c.val_limit, c.val_draw) if val else []
         pool = list(pool)
         overlap = {p.subject_id for p in pool} & {p.subject_id for p in [*test, *val]}
@@ -424,6 +430,7 @@ class Comparison:
             "seed": c.seed,
             "prompt": c.prompt.model_dump(exclude_unset=True),
             "retrieval": c.retrieval.model_dump(exclude_unset=True),
+            "tabular": self.tabular,
         }
         report = write_report(self.out, rows, fairness, infos, context | {"card": c.card}, plots, contrasts)
         write_json_atomic(
@@ -465,15 +472,45 @@ class Comparison:
                 for p, prob in zip(test, probs):
                     fh.write(json.dumps({"patient_id": p.patient_id, "probability": prob, "label": p.label}) + "\n")
 
+        tuning: list[dict[str, Any]] = []
+        tuned_val = self._val_all or val
+
+        def record(name: str, tuned: tab.Tuned, features: dict[str, Any]) -> str:
+            tuning.extend({"baseline": name, **r} for r in tuned.trials)
+            self.tabular[name] = {"params": tuned.params, "chosen_by": tuned.chosen_by,
+                                  "fit_seconds": round(tuned.fit_seconds, 2), "features": features}
+            return f"{tuned.chosen_by}: " + ", ".join(f"{k}={v}" for k, v in tuned.params.items())
+
         for kind in self.config.baselines:
             if kind == "logreg":
-                model = bl.fit_logreg(pool)
+                from sklearn.feature_extraction import DictVectorizer
+
+                vec = DictVectorizer(dtype=np.float32)
+                x = vec.fit_transform(bl.bag_of_codes(p) for p in pool)
+                tuned = tab.tune_logreg(x, pool, vec.transform(bl.bag_of_codes(p) for p in tuned_val), tuned_val)
+                how = record("logreg codes+age+sex", tuned, {"features": x.shape[1], "kind": "codes present"})
                 add(
                     "logreg codes+age+sex",
                     "logistic regression on a binary bag of pre-index codes, age and sex, "
-                    f"fit on the {len(pool)} pool patients",
-                    bl.predict_logreg(model, test),
-                    bl.predict_logreg(model, val) if val else None,
+                    f"fit on the {len(pool)} pool patients; C by {how}",
+                    tuned.predict(vec.transform(bl.bag_of_codes(p) for p in test)),
+                    tuned.predict(vec.transform(bl.bag_of_codes(p) for p in val)) if val else None,
+                )
+            elif kind == "gbt":
+                space = tab.FeatureSpace(self.config.tabular.windows)
+                x = space.fit_transform(pool)
+                tuned = tab.tune_gbt(x, pool, space.transform(tuned_val), tuned_val,
+                                     trials=self.config.tabular.trials, seed=self.config.seed)
+                name = "gbt windowed counts"
+                how = record(name, tuned, space.stats)
+                add(
+                    name,
+                    "LightGBM trees on code counts and value aggregates in windows of "
+                    f"{', '.join(space.stats['windows'])} (days before the index date), age and sex, fit on the "
+                    f"{len(pool)} pool patients ({space.stats['features']} features, built in "
+                    f"{space.stats['seconds']} s); parameters by {how}",
+                    tuned.predict(space.transform(test)),
+                    tuned.predict(space.transform(val)) if val else None,
                 )
             elif kind == "age":
                 model = bl.fit_age_only(pool)
@@ -502,6 +539,12 @@ class Comparison:
                         risk,
                         bl.oracle_risk(val) if val else None,
                     )
+        if tuning:
+            keys = list(dict.fromkeys(k for r in tuning for k in r))
+            with open(folder / "tuning.csv", "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=keys)
+                writer.writeheader()
+                writer.writerows(tuning)
         return out
 
 
