@@ -202,7 +202,9 @@ def _labels(patients: Sequence[Patient], what: str) -> np.ndarray:
 
 
 def _val_usable(val: Sequence[Patient] | None) -> bool:
-    return bool(val) and all(p.label is not None for p in val) and len({p.label for p in val}) == 2  # type: ignore[arg-type]
+    if not val:
+        return False
+    return all(p.label is not None for p in val) and len({p.label for p in val}) == 2
 
 
 def _search(
@@ -219,20 +221,23 @@ def _search(
     start = time.perf_counter()
     if yv is None:
         model = make(default).fit(x, y)
-        return Tuned(model, default, "stated default (no validation split with both classes)", [],
-                     time.perf_counter() - start)
+        return Tuned(
+            model, default, "stated default (no validation split with both classes)", [], time.perf_counter() - start
+        )
     trials, best, best_auc = [], None, -1.0
     for i, params in enumerate(candidates):
         t0 = time.perf_counter()
         model = make(params).fit(x, y)
         auc = float(roc_auc_score(yv, model.predict_proba(xv)[:, 1]))
-        trials.append({"trial": i + 1, **params, "val_auroc": round(auc, 4),
-                       "seconds": round(time.perf_counter() - t0, 2)})
+        trials.append(
+            {"trial": i + 1, **params, "val_auroc": round(auc, 4), "seconds": round(time.perf_counter() - t0, 2)}
+        )
         if auc > best_auc:  # the first of equal scores wins: the order is the seeded draw
             best, best_auc = (model, params), auc
     assert best is not None
-    return Tuned(best[0], best[1], f"validation AUROC, best of {len(trials)} trials", trials,
-                 time.perf_counter() - start)
+    return Tuned(
+        best[0], best[1], f"validation AUROC, best of {len(trials)} trials", trials, time.perf_counter() - start
+    )
 
 
 def tune_gbt(
@@ -257,17 +262,16 @@ def tune_gbt(
             candidates.append(c)
 
     def make(params: dict[str, Any]) -> Any:
-        return lgb.LGBMClassifier(**params, subsample=1.0, random_state=seed, n_jobs=2, verbose=-1,
-                                  deterministic=True, force_row_wise=True)
+        return lgb.LGBMClassifier(
+            **params, subsample=1.0, random_state=seed, n_jobs=2, verbose=-1, deterministic=True, force_row_wise=True
+        )
 
     y = _labels(pool, "a pool")
     yv = np.array([p.label for p in val]) if val is not None and _val_usable(val) else None
     return _search(make, candidates, x, y, xv, yv, GBT_DEFAULT)
 
 
-def tune_logreg(
-    x: Any, pool: Sequence[Patient], xv: Any = None, val: Sequence[Patient] | None = None
-) -> Tuned:
+def tune_logreg(x: Any, pool: Sequence[Patient], xv: Any = None, val: Sequence[Patient] | None = None) -> Tuned:
     """Logistic regression (features as given) with ``C`` chosen from :data:`LOGREG_C` by validation AUROC;
     :data:`LOGREG_DEFAULT_C` without a usable validation split."""
     from sklearn.linear_model import LogisticRegression

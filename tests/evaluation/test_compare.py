@@ -154,14 +154,30 @@ def test_tiny_compare_end_to_end(run, data):
     # the named contrast: the paired test of its two arms, not against the reference
     a, b = "sft / none / reason", "base / rationale k=2 similar / score"
     d2 = delong_test(y, [preds[a][pid]["probability"] for pid in ids], [preds[b][pid]["probability"] for pid in ids])
-    (ct,) = result.contrasts
-    assert (ct["a"], ct["b"]) == (a, b) and ct["p_value"] == pytest.approx(d2.p_value)
+    ct, *standard = result.contrasts
+    assert (ct["a"], ct["b"], ct["question"]) == (a, b, "named in the config")
+    assert ct["p_value"] == pytest.approx(d2.p_value)
     assert ct["difference"] == pytest.approx(d2.difference) and ct["lo"] == pytest.approx(d2.ci_low)
-    assert len(list(csv.DictReader(open(out / "contrasts.csv")))) == 1
+    # the standard contrasts: each demo arm against the vote of its own demos (a direct DeLong call on the
+    # neighbours' outcomes), and the best LM arm against the strongest tabular baseline, chosen on validation
+    votes = [c for c in standard if c["b"] == "kNN vote similar k=2"]
+    assert [c["a"] for c in votes] == ["base / label k=2 similar / score", "base / rationale k=2 similar / score"]
+    d3 = delong_test(y, [lab[pid]["probability"] for pid in ids], knn)
+    assert votes[0]["difference"] == pytest.approx(d3.difference) and votes[0]["p_value"] == pytest.approx(d3.p_value)
+    (best,) = [c for c in standard if c not in votes]
+    assert best["b"] == "logreg codes+age+sex" and "chosen by validation AUROC" in best["question"]
+    from sklearn.metrics import roc_auc_score
+
+    yv = [p.label for p in val]
+    val_auc = {arm.name: roc_auc_score(yv, [json.loads(x)["probability"] for x in
+                                             (out / "arms" / f"{arm.slug}.val.jsonl").read_text().splitlines()])
+               for arm in config.arms()}
+    assert best["a"] == max(val_auc, key=val_auc.get)
+    assert len(list(csv.DictReader(open(out / "contrasts.csv")))) == 1 + len(standard) == 4
     # its power: the difference detectable at 80% (2.80 standard errors) and the test size that detects 0.05
     assert ct["se"] == pytest.approx(d2.se) and ct["detectable_80"] == pytest.approx(2.8016 * d2.se, rel=1e-4)
     md = (out / "results.md").read_text()
-    assert md.count("\n") == len(result.rows) + 2 + 1 + 3 + 2 and "DeLong p" in md and f"{a} vs {b}" in md
+    assert md.count("\n") == len(result.rows) + 2 + 1 + 3 + 3 + 2 and "DeLong p" in md and f"{a} vs {b}" in md
     assert "detectable at 80% power" in md
     from icl_toolkit.evaluation.compare.report import _needed
 
@@ -193,6 +209,14 @@ def test_tiny_compare_end_to_end(run, data):
     assert g["excess_vs_oracle_lo"] <= g["excess_vs_oracle"] <= g["excess_vs_oracle_hi"]
     assert "excess_vs_reference" in g and "excess_vs_reference" not in gaps[("base / none / score", "site")]
     assert "## Fairness" in report and "gap - oracle's gap" in report
+    # recalibration of every entry on its validation predictions: Platt keeps the ranking exactly
+    recal = list(csv.DictReader(open(out / "recalibration.csv")))
+    assert [r["method"] for r in recal] == ["raw", "platt", "isotonic"] * len(rows)
+    for name in rows:
+        raw, platt, iso = [r for r in recal if r["name"] == name]
+        assert float(platt["auroc"]) == pytest.approx(float(raw["auroc"])) == pytest.approx(rows[name]["auroc"])
+        assert float(raw["brier"]) == pytest.approx(rows[name]["brier"])
+    assert "## Recalibration" in report and "## Tuned baselines" in report and "C=" in report
 
 
 def _auroc(y, p):

@@ -94,13 +94,13 @@ def _needed(c: dict[str, Any]) -> str:
 def contrast_table(contrasts: Sequence[dict[str, Any]]) -> str:
     """The named paired contrasts as a markdown table."""
     lines = [
-        "| contrast (a vs b) | AUROC a | AUROC b | a - b (95% CI) | DeLong p | detectable at 80% power "
+        "| question | contrast (a vs b) | AUROC a | AUROC b | a - b (95% CI) | DeLong p | detectable at 80% power "
         "| test patients to detect 0.05 |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for c in contrasts:
         lines.append(
-            f"| {c['a']} vs {c['b']} | {c['auroc_a']:.3f} | {c['auroc_b']:.3f} | "
+            f"| {c.get('question', 'named in the config')} | {c['a']} vs {c['b']} | {c['auroc_a']:.3f} | {c['auroc_b']:.3f} | "
             f"{c['difference']:+.3f} ({c['lo']:+.3f} to {c['hi']:+.3f}) | {c['p_value']:.3g} | "
             f"{c['detectable_80']:.3f} | {_needed(c)} |"
         )
@@ -328,6 +328,31 @@ def _model_card(
     return lines
 
 
+def recalibration_section(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Brier, ECE, calibration slope and AUROC of each entry raw, Platt-scaled and isotonic (empty without)."""
+    if not rows:
+        return []
+    lines = [
+        "## Recalibration",
+        "",
+        f"Each entry recalibrated on its predictions for the {rows[0]['n_val']} validation patients (scikit-learn: "
+        "Platt scaling, a logistic regression on the logit; isotonic regression), then scored on the test "
+        "patients. Platt scaling is strictly increasing, so AUROC and AUPRC are exactly unchanged; isotonic "
+        "regression pools probabilities into steps, and the ties can move AUROC a little. Calibration slope: 1 "
+        "is ideal, below 1 the probabilities are too extreme, above 1 too timid. With few validation patients "
+        "a recalibrator can do worse than none: compare with the raw row. All rows: `recalibration.csv`.",
+        "",
+        "| entry | recalibration | Brier (95% CI) | ECE (95% CI) | slope | AUROC |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['name'] if r['method'] == 'raw' else ''} | {r['method']} | {_ci(r, 'brier')} | {_ci(r, 'ece')} "
+            f"| {_fmt(r['slope'], 2)} | {_fmt(r['auroc'])} |"
+        )
+    return [*lines, ""]
+
+
 def tabular_section(tabular: dict[str, dict[str, Any]]) -> list[str]:
     """The tuned baselines: what was chosen, on what, and what the features cost (empty without any)."""
     if not tabular:
@@ -363,6 +388,7 @@ def write_report(
     context: dict[str, Any],
     plots: Sequence[str],
     contrasts: Sequence[dict[str, Any]] = (),
+    recalibration: Sequence[dict[str, Any]] = (),
 ) -> Path:
     """``report.md``: settings, the results table, plots and a model card per arm and baseline."""
     ref = context["reference"]
@@ -388,6 +414,7 @@ def write_report(
         markdown_table(rows),
         *(["## Contrasts (paired DeLong)", "", contrast_table(contrasts)] if contrasts else []),
         *tabular_section(context.get("tabular") or {}),
+        *recalibration_section(recalibration),
         "## Fairness",
         "",
         "AUROC gap: the largest difference of AUROC between the groups of a grouping (fairlearn "

@@ -55,7 +55,7 @@ from icl_toolkit.evaluation.compare.report import (
     write_report,
     write_tables,
 )
-from icl_toolkit.evaluation.compare.stats import Entry, contrast_rows, evaluate
+from icl_toolkit.evaluation.compare.stats import TABULAR, Entry, contrast_rows, evaluate, standard_contrasts
 from icl_toolkit.evaluation.fairness import ORACLE, load_cache, save_cache
 from icl_toolkit.inference.output import OutputFile, read_records, sidecar_path
 from icl_toolkit.inference.predictor import Predictor
@@ -404,8 +404,9 @@ class Comparison:
             fairness_cache = {k: fairness_cache[k] for k in fairness.cache_keys}
         save_cache(cache_path, fairness_cache)
         subgroups = fairness.subgroups
-        contrasts = contrast_rows(entries, test, c.contrasts)
+        contrasts = contrast_rows(entries, test, [*c.contrasts, *standard_contrasts(entries, test, val)])
         write_tables(self.out, rows, fairness, contrasts)
+        recalibration = self._recalibrate(entries, test, val)
         plots = ["roc.png", "calibration.png"]
         plot_roc(self.out / "roc.png", entries, y, rows)
         plot_calibration(self.out / "calibration.png", entries, y)
@@ -432,7 +433,9 @@ class Comparison:
             "retrieval": c.retrieval.model_dump(exclude_unset=True),
             "tabular": self.tabular,
         }
-        report = write_report(self.out, rows, fairness, infos, context | {"card": c.card}, plots, contrasts)
+        report = write_report(
+            self.out, rows, fairness, infos, context | {"card": c.card}, plots, contrasts, recalibration
+        )
         write_json_atomic(
             self.out / "summary.json",
             {
@@ -444,6 +447,29 @@ class Comparison:
             },
         )
         return CompareResult(self.out, rows, subgroups, report, ran, skipped, contrasts, fairness.gaps)
+
+    def _recalibrate(self, entries: list[Entry], test: list[Patient], val: list[Patient]) -> list[dict[str, Any]]:
+        """Platt and isotonic recalibration of every entry on its validation predictions
+        (``recalibration.csv``); nothing without validation patients of both classes."""
+        from icl_toolkit.evaluation.calibration import recalibration_rows
+
+        if not val:
+            return []
+        y, yv = np.array([p.label for p in test]), np.array([p.label for p in val])
+        rows = [
+            r
+            for e in entries
+            if e.val is not None
+            for r in recalibration_rows(
+                e.name, y, e.test, yv, e.val, n_resamples=self.config.bootstrap, seed=self.config.seed
+            )
+        ]
+        if rows:
+            with open(self.out / "recalibration.csv", "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+        return rows
 
     def _baselines(
         self,
@@ -464,7 +490,8 @@ class Comparison:
                     "baseline",
                     probs,
                     vprobs,
-                    {"checkpoint": "-", "demos": "-", "k": 0, "strategy": "-", "mode": "-"},
+                    {"checkpoint": "-", "demos": "-", "k": 0, "strategy": "-", "mode": "-"}
+                    | ({"family": "tabular"} if name in TABULAR else {}),
                 )
             )
             infos[name] = {"description": description}
@@ -477,8 +504,12 @@ class Comparison:
 
         def record(name: str, tuned: tab.Tuned, features: dict[str, Any]) -> str:
             tuning.extend({"baseline": name, **r} for r in tuned.trials)
-            self.tabular[name] = {"params": tuned.params, "chosen_by": tuned.chosen_by,
-                                  "fit_seconds": round(tuned.fit_seconds, 2), "features": features}
+            self.tabular[name] = {
+                "params": tuned.params,
+                "chosen_by": tuned.chosen_by,
+                "fit_seconds": round(tuned.fit_seconds, 2),
+                "features": features,
+            }
             return f"{tuned.chosen_by}: " + ", ".join(f"{k}={v}" for k, v in tuned.params.items())
 
         for kind in self.config.baselines:
@@ -499,8 +530,14 @@ class Comparison:
             elif kind == "gbt":
                 space = tab.FeatureSpace(self.config.tabular.windows)
                 x = space.fit_transform(pool)
-                tuned = tab.tune_gbt(x, pool, space.transform(tuned_val), tuned_val,
-                                     trials=self.config.tabular.trials, seed=self.config.seed)
+                tuned = tab.tune_gbt(
+                    x,
+                    pool,
+                    space.transform(tuned_val),
+                    tuned_val,
+                    trials=self.config.tabular.trials,
+                    seed=self.config.seed,
+                )
                 name = "gbt windowed counts"
                 how = record(name, tuned, space.stats)
                 add(

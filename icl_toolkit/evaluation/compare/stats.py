@@ -23,7 +23,7 @@ from icl_toolkit.data.cohort import Patient
 from icl_toolkit.evaluation.fairness import ORACLE, FairnessReport, fairness_report, group_attributes
 from icl_toolkit.evaluation.metrics import bootstrap_ci, choose_threshold, delong_test
 
-__all__ = ["Entry", "evaluate", "contrast_rows", "METRICS", "ORACLE"]
+__all__ = ["Entry", "evaluate", "contrast_rows", "standard_contrasts", "METRICS", "ORACLE", "TABULAR"]
 
 METRICS = ("auroc", "auprc", "brier", "ece", "f1")
 
@@ -122,22 +122,83 @@ def evaluate(
     return rows, fairness
 
 
+TABULAR = ("logreg codes+age+sex", "gbt windowed counts")
+"""The tabular baselines' entry names (the strongest of them is what a language-model arm must beat)."""
+
+
+def _val_auroc(e: Entry, yv: np.ndarray | None) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    if yv is None or e.val is None or len(set(yv.tolist())) < 2:
+        return None
+    return float(roc_auc_score(yv, e.val))
+
+
+def standard_contrasts(
+    entries: Sequence[Entry], test: Sequence[Patient], val: Sequence[Patient] | None
+) -> list[tuple[str, str, str]]:
+    """The contrasts every report names, as ``(a, b, question)``:
+
+    - each demonstration arm against the vote of the very neighbours it showed (``kNN vote <strategy> k=<k>``):
+      does the model add anything to its demonstrations' outcomes?
+    - the best language-model arm against the strongest tabular baseline, each chosen by its validation AUROC
+      (by test AUROC only when there are no validation predictions, and the question says so);
+    - each probe against the prompted reading of the same checkpoint (``<checkpoint> / none / score``).
+    """
+    yv = np.array([p.label for p in val]) if val else None
+    by_name = {e.name: e for e in entries}
+    y = np.array([p.label for p in test])
+    out: list[tuple[str, str, str]] = []
+    arms = [e for e in entries if e.kind == "arm"]
+    for e in arms:
+        demos, k, strategy = e.info.get("demos"), e.info.get("k"), e.info.get("strategy")
+        vote = f"kNN vote {strategy} k={k}"
+        if demos not in (None, "none", "-") and vote in by_name:
+            out.append((e.name, vote, "does the model add to the vote of the demos it was shown?"))
+    tabular = [by_name[n] for n in TABULAR if n in by_name]
+    lm = [e for e in arms if e.info.get("family") != "tabular"]
+    if tabular and lm:
+        scores = {e.name: _val_auroc(e, yv) for e in [*lm, *tabular]}
+        if all(s is not None for s in scores.values()):
+            how = "chosen by validation AUROC"
+            key: Any = lambda e: scores[e.name]  # noqa: E731
+        else:
+            from sklearn.metrics import roc_auc_score
+
+            how = "chosen by TEST AUROC (no validation predictions): optimistic"
+            key = lambda e: float(roc_auc_score(y, e.test))  # noqa: E731
+        best_lm, best_tab = max(lm, key=key), max(tabular, key=key)
+        out.append(
+            (best_lm.name, best_tab.name, f"the best language-model arm against the strongest tabular baseline ({how})")
+        )
+    for e in arms:
+        if e.info.get("kind") == "probe":
+            prompted = f"{e.info.get('checkpoint')} / none / score"
+            if prompted in by_name:
+                out.append((e.name, prompted, "does the model represent more than it says when prompted?"))
+    return out
+
+
 def contrast_rows(
-    entries: Sequence[Entry], test: Sequence[Patient], contrasts: Sequence[tuple[str, str]]
+    entries: Sequence[Entry], test: Sequence[Patient], contrasts: Sequence[tuple[str, ...]]
 ) -> list[dict[str, Any]]:
-    """The paired DeLong test of each ``(a, b)`` pair present among ``entries``: AUROC of both, the difference
-    ``a - b`` with its 95% CI, and the two-sided p-value (pairs with an arm not run are left out)."""
+    """The paired DeLong test of each ``(a, b)`` or ``(a, b, question)`` present among ``entries``: AUROC of
+    both, the difference ``a - b`` with its 95% CI, and the two-sided p-value (pairs with an arm not run are
+    left out; a pair named twice is tested once)."""
     y = np.array([p.label for p in test])
     by_name = {e.name: e for e in entries}
     rows = []
-    for a, b in contrasts:
-        if a not in by_name or b not in by_name:
+    seen = set()
+    for a, b, *question in contrasts:
+        if a not in by_name or b not in by_name or (a, b) in seen:
             continue
+        seen.add((a, b))
         d = delong_test(y, by_name[a].test, by_name[b].test)
         rows.append(
             {
                 "a": a,
                 "b": b,
+                "question": question[0] if question else "named in the config",
                 "n": int(len(y)),
                 "cases": int(y.sum()),
                 "auroc_a": d.auroc_a,
