@@ -224,3 +224,15 @@ def test_retrieval_pool_size_study_quick(tmp_path: Path) -> None:
     # a second run resumes from the cache and writes the same rows
     _quick("retrieval_quality.py", "--seeds", "7", "--pool-sizes", "60,120", "--bootstrap", "20", "--out", str(out))
     assert list(csv.DictReader((tmp_path / "retrieval_pool_size.csv").open())) == rows
+
+
+def test_synth_signal_quick(tmp_path: Path) -> None:
+    out = tmp_path / "synth_signal.csv"
+    _quick("synth_signal.py", "--out", str(out), timeout=300)
+    rows = list(csv.DictReader(out.open()))
+    assert [r["signal"] for r in rows] == ["presence", "trajectory"]
+    for r in rows:
+        assert float(r["shortfall_logreg"]) == pytest.approx(float(r["oracle"]) - float(r["presence_logreg"]), abs=2e-4)
+    (s,) = list(csv.DictReader((tmp_path / "synth_signal_summary.csv").open()))
+    assert float(s["extra_shortfall"]) == pytest.approx(float(s["shortfall_trajectory"]) - float(s["shortfall_presence"]),
+                                                        abs=2e-4)

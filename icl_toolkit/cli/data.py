@@ -19,6 +19,7 @@ from icl_toolkit.data.describe import describe_cohort, group_summary, oracle_aur
 from icl_toolkit.data.summary import ImportSummary
 from icl_toolkit.data.synth import SynthConfig, assign_splits, iter_synthetic_patients, parse_split
 from icl_toolkit.data.synth.generate import parse_disparity
+from icl_toolkit.data.synth.risk import Signal
 from icl_toolkit.prompting.config import PromptConfig
 
 app = typer.Typer(
@@ -43,6 +44,14 @@ def synth(
             "OUT.groups.json."
         ),
     ] = None,
+    signal: Annotated[
+        Signal,
+        typer.Option(
+            help="Where the outcome's signal lives: 'presence' (which conditions a patient has; the cohort of every "
+            "earlier release, byte for byte) or 'trajectory' (also how the history unfolds: a cognitive score and "
+            "BMI falling across visits, visits getting denser, memory complaints before falls)."
+        ),
+    ] = "presence",
 ) -> None:
     """Synthesise an ADRD cohort with known risk and grounded rationales."""
     config = SynthConfig(
@@ -52,6 +61,7 @@ def synth(
         rationales=rationales,
         split=parse_split(split) if split else None,
         disparity=parse_disparity(disparity) if disparity is not None else None,
+        signal=signal,
     )
     start = time.perf_counter()
     with progress_bar("synthesising patients", n) as advance:

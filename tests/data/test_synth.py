@@ -122,3 +122,46 @@ def test_prevalence_option_moves_the_rate() -> None:
     low = generate_cohort(SynthConfig(n=3000, seed=4, prevalence=0.1, rationales=False))
     high = generate_cohort(SynthConfig(n=3000, seed=4, prevalence=0.2, rationales=False))
     assert np.mean([p.label for p in low]) < np.mean([p.label for p in high])
+
+
+def test_presence_is_byte_identical_to_earlier_releases(tmp_path) -> None:
+    """The default signal writes exactly what every release before the trajectory signal wrote (digest of
+    `icl data synth --n 300 --seed 3` taken before the change)."""
+    import hashlib
+
+    from icl_toolkit.data.cohort import write_cohort
+
+    write_cohort(generate_cohort(SynthConfig(n=300, seed=3)), tmp_path / "c.jsonl")
+    digest = hashlib.sha256((tmp_path / "c.jsonl").read_bytes()).hexdigest()
+    assert digest == "3b7f52582e2c0619ee63cbbeab20805f58abd0132a60e63c932d676fdeffb70e"
+
+
+def test_trajectory_is_deterministic_and_its_signal_is_in_the_values() -> None:
+    import numpy as np
+
+    a = generate_cohort(SynthConfig(n=400, seed=5, rationales=False, signal="trajectory"))
+    b = generate_cohort(SynthConfig(n=400, seed=5, rationales=False, signal="trajectory"))
+    assert a == b
+    plain = generate_cohort(SynthConfig(n=400, seed=5, rationales=False))
+    assert [p.sex for p in a] == [p.sex for p in plain]  # the same people, the dynamics drawn on their own stream
+    assert all(p.metadata["signal"] == "trajectory" for p in a) and "signal" not in plain[0].metadata
+    risk = np.array([p.metadata["true_risk"] for p in a])
+    assert 0.1 < risk.mean() < 0.2  # the intercept keeps the prevalence
+    # a faster cognitive decline shows as a steeper fall of the MoCA score across visits
+    slopes, speeds = [], []
+    for p in a:
+        moca = [(e.date.toordinal() / 365.25, e.value) for e in p.history() if e.name.lower().startswith("moca")
+                or "montreal" in e.name.lower()]
+        if len(moca) >= 4:
+            t, v = np.array(moca, dtype=float).T
+            slopes.append(np.polyfit(t, v, 1)[0])
+            speeds.append(p.metadata["true_dynamics"]["cognitive_decline_z"])
+    assert len(slopes) > 200 and np.corrcoef(slopes, speeds)[0, 1] < -0.5
+    # denser recent visits for a higher acceleration
+    def recent_share(p):
+        days = [(p.index_date - e.date).days for e in p.history() if e.kind == "visit"]
+        return np.mean([d < 730 for d in days])
+    acc = [p.metadata["true_dynamics"]["visit_acceleration_z"] for p in a]
+    assert np.corrcoef(acc, [recent_share(p) for p in a])[0, 1] > 0.3
+    with pytest.raises(ConfigError, match="--signal"):
+        SynthConfig(n=3, signal="shape")

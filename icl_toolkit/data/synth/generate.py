@@ -20,7 +20,17 @@ from icl_toolkit.core.errors import ConfigError
 from icl_toolkit.data.cohort import Event, EventKind, Label, Patient, SplitName
 from icl_toolkit.data.synth import vocab
 from icl_toolkit.data.synth.rationales import write_rationales
-from icl_toolkit.data.synth.risk import PRODROMAL_RR, RISK_FACTOR_RR, Population, sample_population, true_risk
+from icl_toolkit.data.synth.risk import (
+    PRODROMAL_RR,
+    RISK_FACTOR_RR,
+    SIGNALS,
+    Dynamics,
+    Population,
+    Signal,
+    sample_dynamics,
+    sample_population,
+    true_risk,
+)
 
 __all__ = [
     "SynthConfig",
@@ -130,6 +140,11 @@ class SynthConfig:
         rationales: write a free-text and a step-by-step rationale per patient.
         split: fractions per split name (train/val/test) or None for no split.
         disparity: an access-to-care disparity (:class:`Disparity`), or None for none.
+        signal: ``presence`` (the risk depends on which conditions a patient has, and when prodromal signs
+            began) or ``trajectory`` (also on how the history unfolds: a falling cognitive score and BMI across
+            visits, visits getting denser, memory complaints before falls; see
+            :mod:`icl_toolkit.data.synth.risk`). ``presence`` is the cohort of every earlier release, byte for
+            byte.
     """
 
     n: int
@@ -139,8 +154,11 @@ class SynthConfig:
     rationales: bool = True
     split: dict[str, float] | None = None
     disparity: Disparity | None = None
+    signal: Signal = "presence"
 
     def __post_init__(self) -> None:
+        if self.signal not in SIGNALS:
+            raise ConfigError(f"--signal must be one of {', '.join(SIGNALS)}. Got {self.signal!r}.")
         if not isinstance(self.n, int) or self.n < 1:
             raise ConfigError(f"The 'n' parameter must be an int >= 1. Got {self.n!r} instead.")
         if not 0.01 <= self.prevalence <= 0.6:
@@ -256,7 +274,23 @@ def _pick_drug(spec: vocab.ConditionSpec, rng: random.Random, anticholinergic: b
     return rng.choice(allowed)
 
 
-def _patient_events(pop: Population, i: int, rec: _Record, access: _Access = _FULL_ACCESS) -> None:
+def _accelerate(rec: _Record, visits: list[tuple[float, str]], rate: float, factor: float) -> list[tuple[float, str]]:
+    """The trajectory signal's visits: the rate in the last two years times ``factor`` (extra office visits
+    when above 1, visits dropped when below; the record's first visit is kept)."""
+    rng = rec.rng
+    recent = min(2.0, visits[0][0])
+    if factor >= 1.0:
+        n_extra = int(np.random.default_rng(rng.getrandbits(32)).poisson(rate * recent * (factor - 1.0)))
+        extra = [(rng.uniform(0.02, recent), "office") for _ in range(n_extra)]
+        kept = visits + extra
+    else:
+        kept = [v for j, v in enumerate(visits) if j == 0 or v[0] >= recent or rng.random() < factor]
+    return sorted(kept, key=lambda v: -v[0])
+
+
+def _patient_events(
+    pop: Population, i: int, rec: _Record, access: _Access = _FULL_ACCESS, dyn: Dynamics | None = None
+) -> None:
     rng = rec.rng
     span = float(pop.span[i])
     age = float(pop.age[i])
@@ -264,6 +298,8 @@ def _patient_events(pop: Population, i: int, rec: _Record, access: _Access = _FU
     rate = pop.visit_rate[i] * access.visit_factor
     n_visits = max(3, int(np.random.default_rng(rng.getrandbits(32)).poisson(rate * span)))
     visits = _visit_plan(rec, span, age, n_visits)
+    if dyn is not None:
+        visits = _accelerate(rec, visits, float(rate), math.exp(0.5 * float(dyn.acceleration[i])))
     for t, kind in visits:
         rec.add(rec.date_at(t), "visit", vocab.VISITS[kind])
 
@@ -336,7 +372,7 @@ def _patient_events(pop: Population, i: int, rec: _Record, access: _Access = _FU
     if female and rng.random() < 0.3:
         rec.add(rec.date_at(rng.uniform(0.1, span)), "procedure", vocab.PROCEDURES["dxa"])
 
-    _measurements(pop, i, rec, visits, present, onset, started)
+    _measurements(pop, i, rec, visits, present, onset, started, dyn)
 
 
 def _refills(rec: _Record, drug: vocab.Code, first_t: float, after: list[tuple[float, str]]) -> None:
@@ -387,10 +423,12 @@ def _measurements(
     present: dict[str, bool],
     onset: dict[str, float],
     started: dict[str, float],
+    dyn: Dynamics | None = None,
 ) -> None:
     rng = rec.rng
     female = bool(pop.female[i])
     age = float(pop.age[i])
+    span = float(pop.span[i])
 
     def active(key: str, t: float) -> bool:
         return present[key] and onset[key] >= t
@@ -422,6 +460,8 @@ def _measurements(
             bmi = bmi0
             if active("weight_loss", t):
                 bmi -= 3.2 * (onset["weight_loss"] - t) / max(onset["weight_loss"], 0.5) + 0.8
+            if dyn is not None:
+                bmi -= 0.12 * float(dyn.weight[i]) * (span - t)
             rec.measure(d, "bmi", max(15.0, bmi + rng.gauss(0, 0.4)))
         if rng.random() < 0.22:
             ldl = 166.0 if active("high_ldl", t) else 108.0
@@ -443,7 +483,12 @@ def _measurements(
         if rng.random() < 0.1:
             rec.measure(d, "hemoglobin", _gauss(rng, 13.0 if female else 14.2, 1.1, 8.0, 18.0))
         cognitive = active("mci", t) or active("memory_complaints", t)
-        if (kind == "wellness" and rng.random() < 0.4) or (cognitive and rng.random() < 0.3):
+        if dyn is not None:  # the trajectory signal: a score at many visits, falling at the patient's own speed
+            if rng.random() < 0.45:
+                moca = float(dyn.baseline_moca[i]) - 0.25 * math.exp(0.6 * float(dyn.cognitive[i])) * (span - t)
+                moca -= (2.0 if active("memory_complaints", t) else 0.0) + (4.5 if active("mci", t) else 0.0)
+                rec.measure(d, "moca", min(30, max(5, moca + rng.gauss(0, 1.0))))
+        elif (kind == "wellness" and rng.random() < 0.4) or (cognitive and rng.random() < 0.3):
             moca = 27.2 - 0.06 * (age_then - 75)
             if active("memory_complaints", t):
                 moca -= 2.0
@@ -477,7 +522,11 @@ def iter_synthetic_patients(config: SynthConfig, progress: Callable[[int], None]
     """Yield the cohort's patients in order (deterministic for the config)."""
     rng = np.random.default_rng(config.seed)
     pop = sample_population(config.n, rng)
-    risk = true_risk(pop, config.prevalence)
+    # the trajectory signal's dynamics come from a stream of their own: every other draw is as in presence
+    dyn = (
+        sample_dynamics(config.n, np.random.default_rng([config.seed, 2718])) if config.signal == "trajectory" else None
+    )
+    risk = true_risk(pop, config.prevalence, dyn)
     labels = (rng.random(config.n) < risk).astype(int)
     onset_years = rng.uniform(0.05, config.window_years, config.n)
     splits = assign_splits(labels.tolist(), config.split, config.seed) if config.split else None
@@ -491,7 +540,7 @@ def iter_synthetic_patients(config: SynthConfig, progress: Callable[[int], None]
         index = _day_to_date(int(pop.index_day[i]))
         rec = _Record(index, prng)
         is_limited = bool(limited is not None and limited[i])
-        _patient_events(pop, i, rec, limited_access if is_limited else _FULL_ACCESS)
+        _patient_events(pop, i, rec, limited_access if is_limited else _FULL_ACCESS, dyn)
         rec.events.sort(key=lambda e: (e.date, e.kind, e.code))
         birth = index - dt.timedelta(days=int(round(float(pop.age[i]) * _YEAR)))
         label = int(labels[i])
@@ -506,7 +555,8 @@ def iter_synthetic_patients(config: SynthConfig, progress: Callable[[int], None]
             label=cast(Label, label),
             outcome_date=outcome,
             split=cast(SplitName | None, splits[i] if splits else None),
-            metadata={"true_risk": round(float(risk[i]), 6), "true_factors": factors, "generator": GENERATOR_VERSION},
+            metadata={"true_risk": round(float(risk[i]), 6), "true_factors": factors, "generator": GENERATOR_VERSION}
+            | (_dynamics_metadata(pop, dyn, i) if dyn is not None else {}),
             groups={d.attribute: Disparity.LIMITED if is_limited else Disparity.STANDARD} if d else {},
         )
         if config.rationales:
@@ -514,6 +564,20 @@ def iter_synthetic_patients(config: SynthConfig, progress: Callable[[int], None]
         if progress is not None:
             progress(1)
         yield p
+
+
+def _dynamics_metadata(pop: Population, dyn: Dynamics, i: int) -> dict[str, object]:
+    from icl_toolkit.data.synth.risk import memory_before_falls
+
+    return {
+        "signal": "trajectory",
+        "true_dynamics": {
+            "cognitive_decline_z": round(float(dyn.cognitive[i]), 4),
+            "weight_loss_z": round(float(dyn.weight[i]), 4),
+            "visit_acceleration_z": round(float(dyn.acceleration[i]), 4),
+            "memory_before_falls": bool(memory_before_falls(pop)[i]),
+        },
+    }
 
 
 def generate_cohort(config: SynthConfig) -> list[Patient]:
