@@ -17,9 +17,10 @@ extra pass over prompt + choice (the sum of its tokens' log-probs).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from icl_toolkit.backends import BaseBackend, GenerationParams, ScoringPlan
+from icl_toolkit.backends import BaseBackend, GenerationParams, ScoringPlan, encode_prompt
 from icl_toolkit.core.errors import ConfigError
 from icl_toolkit.core.progress import progress_bar
 
@@ -175,6 +176,43 @@ class HFBackend(BaseBackend):
             logits = self.model(input_ids=ids, logits_to_keep=len(cont) + 1).logits[0, :-1, :]
         lp = torch.log_softmax(logits.float(), dim=-1)
         return float(lp[torch.arange(len(cont)), torch.tensor(cont)].sum())
+
+    # ------------------------------------------------------------------ representations
+
+    @property
+    def n_layers(self) -> int:
+        """Transformer layers of the model (hidden states are numbered 0, the embeddings, to this)."""
+        return int(self.model.config.num_hidden_layers)
+
+    def prompt_states(self, prompts: Sequence[str], layers: Sequence[int], advance: Any = None) -> Any:
+        """The model's hidden states of each prompt (encoded as for scoring), pooled two ways: the mean over the
+        prompt's tokens and the last token's. Returns a float32 array ``[len(prompts), len(layers), 2, hidden]``
+        (pooling 0: mean, 1: last); layer ``l`` is the output of block ``l`` (0: the embeddings; the last: after
+        the final norm, as transformers returns them)."""
+        import numpy as np
+
+        torch = self._torch
+        seqs = [encode_prompt(self.tokenizer, p)[-self.max_context :] for p in prompts]
+        out = np.zeros((len(seqs), len(layers), 2, int(self.model.config.hidden_size)), dtype=np.float32)
+        for group in self._batches([len(s) for s in seqs]):
+            ids, mask, positions = self._pad([seqs[i] for i in group], "left")
+            with torch.inference_mode():
+                states = self.model(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    output_hidden_states=True,
+                    logits_to_keep=1,
+                ).hidden_states
+            m = mask.unsqueeze(-1).float()
+            for j, layer in enumerate(layers):
+                h = states[layer].float()
+                mean = (h * m).sum(1) / m.sum(1)
+                out[group, j, 0] = mean.cpu().numpy()
+                out[group, j, 1] = h[:, -1, :].cpu().numpy()  # left padding: the last column is the last token
+            if advance is not None:
+                advance(len(group))
+        return out
 
     # ------------------------------------------------------------------ contract
 

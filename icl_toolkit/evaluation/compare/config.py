@@ -93,6 +93,10 @@ class ArmSpec(BaseModel):
 
     name: str | None = None
     """Name of the arm (only for a spec that expands to one arm)."""
+    kind: Literal["prompt", "probe"] = "prompt"
+    """``prompt``: the model's answer to a prompt; ``probe``: a logistic regression on the frozen model's hidden
+    states of the zero-shot prompt, fit on the pool, layer, pooling and C chosen on the validation patients
+    (no demos; the transformers backend)."""
     checkpoint: str | list[str] = "base"
     """Name(s) from ``[checkpoints]``."""
     demos: Demos | list[Demos] = "none"
@@ -127,6 +131,7 @@ class Arm(BaseModel):
     mode: Mode
     rationale: RationaleStyle = "free_text"
     template: str | None = None
+    kind: Literal["prompt", "probe"] = "prompt"
 
     def options(self) -> dict[str, Any]:
         """This arm's prediction options (the spec's names); an arm without demos has no k or strategy."""
@@ -253,6 +258,13 @@ class CompareConfig(BaseModel):
                     f"[[arm]] #{i} ({spec.name!r}) expands to {len(combos)} arms, so it cannot have "
                     "one name; drop 'name' to get automatic names."
                 )
+            if spec.kind == "probe" and (
+                set(_listify(spec.demos)) != {"none"} or set(_listify(spec.mode)) != {"score"}
+            ):
+                raise ConfigError(
+                    f'[[arm]] #{i}: a probe reads the zero-shot prompt, so it takes demos = "none" and mode = '
+                    '"score" (the defaults); drop demos and mode from it.'
+                )
             for ckpt, demos, k, strategy, mode in combos:
                 if ckpt not in self.checkpoints:
                     raise ConfigError(
@@ -261,13 +273,13 @@ class CompareConfig(BaseModel):
                     )
                 if demos == "none":
                     k, strategy = 0, "-"
-                key = (ckpt, demos, k, strategy, mode, spec.rationale, spec.template)
+                key = (ckpt, demos, k, strategy, mode, spec.rationale, spec.template, spec.kind)
                 if key in out:
                     continue
                 shown = "none" if demos == "none" else f"{demos} k={k} {strategy}"
                 if demos == "rationale" and spec.rationale == "stepwise":
                     shown += " stepwise"
-                name = spec.name or f"{ckpt} / {shown} / {mode}"
+                name = spec.name or (f"{ckpt} / probe" if spec.kind == "probe" else f"{ckpt} / {shown} / {mode}")
                 out[key] = Arm(
                     name=name,
                     checkpoint=ckpt,
@@ -277,6 +289,7 @@ class CompareConfig(BaseModel):
                     mode=mode,
                     rationale=spec.rationale,
                     template=spec.template,
+                    kind=spec.kind,
                 )
         arms = list(out.values())
         names = [a.name for a in arms]

@@ -353,6 +353,25 @@ def recalibration_section(rows: Sequence[dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
+def probe_section(probes: dict[str, dict[str, Any]]) -> list[str]:
+    """What each probe arm chose (layer, pooling, C) and how (empty without probes)."""
+    if not probes:
+        return []
+    lines = [
+        "## Probes",
+        "",
+        "A probe is a logistic regression on the frozen model's hidden states of each patient's zero-shot prompt, "
+        "fit on the pool; its layer, pooling and C are chosen on the validation patients only (every trial in "
+        "`probes/<arm>/selection.csv`).",
+        "",
+        "| probe | layer | pooling | C | chosen by |",
+        "|---|---|---|---|---|",
+    ]
+    for name, c in probes.items():
+        lines.append(f"| {name} | {c['layer']} | {c['pooling']} | {c['C']} | {c['chosen_by']} |")
+    return [*lines, ""]
+
+
 def tabular_section(tabular: dict[str, dict[str, Any]]) -> list[str]:
     """The tuned baselines: what was chosen, on what, and what the features cost (empty without any)."""
     if not tabular:
@@ -414,6 +433,7 @@ def write_report(
         markdown_table(rows),
         *(["## Contrasts (paired DeLong)", "", contrast_table(contrasts)] if contrasts else []),
         *tabular_section(context.get("tabular") or {}),
+        *probe_section({n: i["probe"] for n, i in infos.items() if i.get("probe")}),
         *recalibration_section(recalibration),
         "## Fairness",
         "",

@@ -156,6 +156,8 @@ class Comparison:
         self.progress = progress
         self._val_all: list[Patient] = []
         self.tabular: dict[str, dict[str, Any]] = {}
+        self.probes: dict[str, dict[str, Any]] = {}
+        """Per probe arm run in this call: the layer, pooling and C chosen, how, and the cost."""
         """Per tuned baseline: the parameters chosen, how, the fit time and its feature matrix's size."""
 
     # ------------------------------------------------------------------ pieces
@@ -257,14 +259,118 @@ class Comparison:
         retrievals: dict[tuple[str, int], dict[str, Retrieval]],
         advance: Callable[..., None],
     ) -> None:
+        if arm.kind == "probe":
+            self._run_probe(arm, backend, pool, test, val, advance)
+            return
         predictor = Predictor(backend, self.config.spec(arm), embedder=self.embedder, progress=False).fit(pool, index)
         found = retrievals.get(arm.retrieval_key, {}) if arm.retrieval_key else {}
         for cohort, path in zip((test, val), self._arm_paths(arm)):
             if cohort:
-                output = OutputFile(path, predictor.provenance(cohort) | {"arm": arm.model_dump()}, resume=True)
+                output = OutputFile(path, predictor.provenance(cohort) | {"arm": _arm_record(arm)}, resume=True)
                 predict_to_file(predictor, cohort, output, retrievals=found, progress=False, advance=advance)
 
     # ------------------------------------------------------------------ run
+
+    def _run_probe(
+        self,
+        arm: Arm,
+        backend: Backend,
+        pool: Sequence[Patient],
+        test: Sequence[Patient],
+        val: Sequence[Patient],
+        advance: Callable[..., None],
+    ) -> None:
+        """A probe arm: the frozen model's pooled hidden states of each zero-shot prompt (cached under
+        ``probes/<arm>/``), a logistic regression fit on the pool, layer, pooling and C chosen on the validation
+        patients (:mod:`icl_toolkit.evaluation.probe`)."""
+        import time
+
+        from icl_toolkit.evaluation import probe as pr
+
+        states_of = getattr(backend, "prompt_states", None)
+        if states_of is None:
+            raise ConfigError(
+                f"arm {arm.name!r}: a probe reads the model's hidden states, which only the transformers backend "
+                'gives; set [engine] backend = "hf" (the vLLM and openai backends return text and log-probabilities).'
+            )
+        spec = self.config.spec(arm)
+        predictor = Predictor(backend, spec, progress=False).fit(pool)
+        layers = pr.probe_layers(backend.n_layers)  # type: ignore[attr-defined]
+        folder = self.out / "probes" / arm.slug
+        cache = pr.StateCache(
+            folder,
+            {
+                "model_id": backend.model_id,
+                "templates_hash": templates_hash(spec.prompt),
+                "prompt": spec.prompt.model_dump(mode="json"),
+                "layers": layers,
+            },
+        )
+        timing = {"seconds": 0.0, "patients": 0}
+
+        def states(name: str, cohort: Sequence[Patient], step: Callable[..., None] | None) -> Any:
+            built = predictor.build_prompts(cohort, [Retrieval(p.patient_id) for p in cohort])
+
+            def compute(positions: list[int]) -> Any:
+                start = time.perf_counter()
+                out = states_of([built[i].text for i in positions], layers)
+                timing["seconds"] += time.perf_counter() - start
+                timing["patients"] += len(positions)
+                if step is not None:
+                    step(len(positions))
+                return out
+
+            return cache.states(name, [p.patient_id for p in cohort], compute), built
+
+        with progress_bar(f"{arm.name}: hidden states of the pool", len(pool), self.progress) as pool_step:
+            pool_states, _ = states("pool", pool, pool_step)
+        y_pool = np.array([p.label for p in pool])
+        test_states, test_built = states("test", test, advance)
+        val_states, val_built = states("val", val, advance) if val else (None, [])
+        y_val = np.array([p.label for p in val]) if val else None
+        choice, trials = pr.choose_probe(pool_states, y_pool, val_states, y_val, layers)
+        if trials:
+            with open(folder / "selection.csv", "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=list(trials[0]))
+                writer.writeheader()
+                writer.writerows(trials)
+        probs = pr.probe_probabilities(
+            choice, layers, pool_states, y_pool, test_states, *([val_states] if val_states is not None else [])
+        )
+        per_patient = timing["seconds"] / timing["patients"] if timing["patients"] else 0.0
+        for cohort, built, p_cohort, path in zip((test, val), (test_built, val_built), probs, self._arm_paths(arm)):
+            output = OutputFile(
+                path, predictor.provenance(cohort) | {"arm": _arm_record(arm), "probe": choice}, overwrite=True
+            )
+            output.write(
+                [
+                    {
+                        "patient_id": p.patient_id,
+                        "probability": float(q),
+                        "predicted": int(q >= 0.5),
+                        "label": p.label,
+                        "demos": [],
+                        "dropped_demos": [],
+                        "truncated_items": b.truncated_items,
+                        "prompt_tokens": b.n_tokens,
+                        "prompt_hash": b.hash,
+                        "model_id": backend.model_id,
+                        "template": b.template,
+                        "mode": "probe",
+                        "reasoning": None,
+                        "seconds": per_patient,
+                        "logprobs": [],
+                    }
+                    for p, b, q in zip(cohort, built, p_cohort)
+                ]
+            )
+            output.finish()
+        self.probes[arm.name] = choice | {
+            "layers": layers,
+            "trials": len(trials),
+            "pool_patients": len(pool),
+            "seconds_per_patient": round(per_patient, 3),
+        }
 
     def run(
         self,
@@ -375,7 +481,7 @@ class Comparison:
                 "k": arm.k,
                 "strategy": arm.strategy,
                 "mode": arm.mode,
-            }
+            } | ({"arm_kind": "probe"} if arm.kind == "probe" else {})
             entries.append(Entry(arm.name, "arm", probs, vprobs, info))
             meta = checkpoint_meta(c.checkpoints[arm.checkpoint])
             infos[arm.name] = {
@@ -385,6 +491,8 @@ class Comparison:
                 "seconds_per_patient": float(np.mean([r["seconds"] for r in records])),
                 "checkpoint_meta": meta,
             }
+            if arm.kind == "probe":
+                infos[arm.name]["probe"] = read_json(sidecar_path(path), "predictions metadata").get("probe")
         entries += self._baselines(test, val, pool, retrievals, infos)
         y = np.array([p.label for p in test])
         cache_path = self.out / FAIRNESS_CACHE
@@ -583,6 +691,11 @@ class Comparison:
                 writer.writeheader()
                 writer.writerows(tuning)
         return out
+
+
+def _arm_record(arm: Arm) -> dict[str, Any]:
+    """The arm as its prediction files record it (a prompt arm as before probes existed, so older runs resume)."""
+    return arm.model_dump(exclude={"kind"} if arm.kind == "prompt" else set())
 
 
 def compare(

@@ -172,7 +172,7 @@ def standard_contrasts(
             (best_lm.name, best_tab.name, f"the best language-model arm against the strongest tabular baseline ({how})")
         )
     for e in arms:
-        if e.info.get("kind") == "probe":
+        if e.info.get("arm_kind") == "probe":
             prompted = f"{e.info.get('checkpoint')} / none / score"
             if prompted in by_name:
                 out.append((e.name, prompted, "does the model represent more than it says when prompted?"))
