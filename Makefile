@@ -28,7 +28,7 @@ SCALE_N ?= 350
 POWER_SFT_ARGS ?= --lora --lora-r 8 --train-layers 8 --epochs 3 --lr 5e-4 --batch-size 8 --query-tokens 160 --val-limit 200 \
 	--eval-points 11 --patience 3 --min-epochs 1 --stop-on auroc --seed 0 --dtype bfloat16 --resume
 
-.PHONY: docs venv demo omop-demo meds-demo disparity monitor-demo paper paper-quick paper-cohort paper-sft paper-compare paper-scale test test-all test-vllm test-floors lint clean
+.PHONY: docs venv demo omop-demo meds-demo disparity monitor-demo paper paper-quick paper-cohort paper-sft paper-compare paper-scale paper-trajectory paper-trajectory-cohort paper-trajectory-sft test test-all test-vllm test-floors lint clean
 
 venv: $(STAMP)
 
@@ -109,7 +109,7 @@ paper-cohort: $(STAMP)
 
 # The powered recipe (hours on 2 cores; README "The paper's design, powered" gives each stage's wall time). Every
 # stage keeps what it finished: checkpoints (and the trainer's saves of an interrupted one), arms, patients.
-paper: paper-compare paper-scale
+paper: paper-compare paper-scale paper-trajectory
 
 # SFT checkpoints: label, rationale and step-by-step on the full training split; label and rationale on the
 # first SCALE_N training patients (data scale).
@@ -129,6 +129,29 @@ paper-compare: paper-cohort
 	$(MAKE) paper-sft
 	$(VENV)/bin/icl compare --config recipes/paper_powered.toml --test $(RECIPE_DIR)/splits/test.jsonl \
 		--pool $(RECIPE_DIR)/splits/train.jsonl --val $(RECIPE_DIR)/splits/val.jsonl --out $(POWER_RESULTS)
+
+# The powered design on a trajectory cohort (the same size, seed and split; the signal in order and values):
+# base arms and probe first, then the label-SFT checkpoint on the same schedule, then its arms.
+TRAJ_DIR ?= $(RECIPE_DIR)/trajectory
+TRAJ_RESULTS ?= results/paper_trajectory
+paper-trajectory-cohort: $(STAMP)
+	mkdir -p $(TRAJ_DIR)
+	test -f $(TRAJ_DIR)/splits/test.jsonl || { \
+		$(VENV)/bin/icl data synth --n 2000 --seed 1 --signal trajectory --out $(TRAJ_DIR)/cohort.jsonl \
+			--split train=0.7,val=0.1,test=0.2 && \
+		$(VENV)/bin/icl data split $(TRAJ_DIR)/cohort.jsonl --out-dir $(TRAJ_DIR)/splits; }
+
+paper-trajectory-sft: paper-trajectory-cohort
+	test -f $(TRAJ_RESULTS)/ckpt/label/icl-checkpoint.json || $(VENV)/bin/icl finetune --target label \
+		--train $(TRAJ_DIR)/splits/train.jsonl --val $(TRAJ_DIR)/splits/val.jsonl --out $(TRAJ_RESULTS)/ckpt/label \
+		$(POWER_SFT_ARGS)
+
+paper-trajectory: paper-trajectory-cohort
+	$(VENV)/bin/icl compare --config recipes/paper_trajectory.toml --test $(TRAJ_DIR)/splits/test.jsonl \
+		--pool $(TRAJ_DIR)/splits/train.jsonl --val $(TRAJ_DIR)/splits/val.jsonl --out $(TRAJ_RESULTS) --only base
+	$(MAKE) paper-trajectory-sft
+	$(VENV)/bin/icl compare --config recipes/paper_trajectory.toml --test $(TRAJ_DIR)/splits/test.jsonl \
+		--pool $(TRAJ_DIR)/splits/train.jsonl --val $(TRAJ_DIR)/splits/val.jsonl --out $(TRAJ_RESULTS)
 
 # Data scale: the same design with SCALE_N labelled patients (SFT data and demonstration pool), then the plot of
 # AUROC against labelled patients used, from both runs.
