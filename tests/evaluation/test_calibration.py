@@ -40,3 +40,13 @@ def test_platt_and_isotonic_repair_a_distorted_scale_fit_on_validation_only():
     assert recalibration_rows("m", y, p, np.zeros(10, int), np.linspace(0, 1, 10)) == []
     with pytest.raises(ValueError, match="unknown recalibration"):
         fit_recalibrator("beta", yv, pv)
+
+
+def test_platt_keeps_the_ranking_when_validation_ranks_the_wrong_way():
+    yv, pv = _draw(300, 3)
+    y, p = _draw(300, 4)
+    raw, platt, _ = recalibration_rows("m", y, p, yv, 1 - pv, n_resamples=20)  # validation reversed
+    assert platt["auroc"] == pytest.approx(raw["auroc"])
+    f = fit_recalibrator("platt", yv, 1 - pv)
+    q = f(p)
+    assert np.all(np.diff(q[np.argsort(p)]) >= 0) and abs(q.mean() - yv.mean()) < 0.01  # the base rate, in order

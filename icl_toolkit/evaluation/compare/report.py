@@ -336,8 +336,9 @@ def recalibration_section(rows: Sequence[dict[str, Any]]) -> list[str]:
         "## Recalibration",
         "",
         f"Each entry recalibrated on its predictions for the {rows[0]['n_val']} validation patients (scikit-learn: "
-        "Platt scaling, a logistic regression on the logit; isotonic regression), then scored on the test "
-        "patients. Platt scaling is strictly increasing, so AUROC and AUPRC are exactly unchanged; isotonic "
+        "Platt scaling, a logistic regression on the logit with a positive slope; isotonic regression), then scored "
+        "on the test patients. Platt scaling is strictly increasing, so AUROC and AUPRC are exactly unchanged (where "
+        "the validation predictions rank the wrong way, it gives the base rate and keeps the order); isotonic "
         "regression pools probabilities into steps, and the ties can move AUROC a little. Calibration slope: 1 "
         "is ideal, below 1 the probabilities are too extreme, above 1 too timid. With few validation patients "
         "a recalibrator can do worse than none: compare with the raw row. All rows: `recalibration.csv`.",
