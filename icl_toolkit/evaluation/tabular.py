@@ -29,6 +29,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,10 @@ from icl_toolkit.data.cohort import Patient
 
 __all__ = [
     "TabularConfig",
+    "TabularBaseline",
+    "TABULAR_NAMES",
+    "fit_tabular",
+    "write_tuning",
     "windowed_features",
     "FeatureSpace",
     "Tuned",
@@ -282,3 +287,93 @@ def tune_logreg(x: Any, pool: Sequence[Patient], xv: Any = None, val: Sequence[P
     y = _labels(pool, "a pool")
     yv = np.array([p.label for p in val]) if val is not None and _val_usable(val) else None
     return _search(make, [{"C": c} for c in LOGREG_C], x, y, xv, yv, {"C": LOGREG_DEFAULT_C})
+
+
+TABULAR_NAMES = {"logreg": "logreg codes+age+sex", "gbt": "gbt windowed counts"}
+"""Each tabular baseline's name in reports and file names."""
+
+
+@dataclass
+class TabularBaseline:
+    """One tuned tabular baseline, fit on a pool: what it is, how it was chosen, and how it predicts."""
+
+    kind: str
+    name: str
+    description: str
+    tuned: Tuned
+    features: dict[str, Any]
+    transform: Any  # patients -> the model's feature matrix
+
+    def predict(self, patients: Sequence[Patient]) -> list[float]:
+        return self.tuned.predict(self.transform(patients))
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "params": self.tuned.params,
+            "chosen_by": self.tuned.chosen_by,
+            "fit_seconds": round(self.tuned.fit_seconds, 2),
+            "features": self.features,
+        }
+
+    def trials(self) -> list[dict[str, Any]]:
+        return [{"baseline": self.name, **r} for r in self.tuned.trials]
+
+
+def fit_tabular(
+    kind: str,
+    pool: Sequence[Patient],
+    val: Sequence[Patient] | None,
+    config: TabularConfig | None = None,
+    *,
+    seed: int = 0,
+) -> TabularBaseline:
+    """Fit the ``logreg`` or ``gbt`` baseline on ``pool``, tuned on ``val`` (stated defaults without validation
+    patients of both classes)."""
+    from sklearn.feature_extraction import DictVectorizer
+
+    from icl_toolkit.evaluation.baselines import bag_of_codes
+
+    config = config or TabularConfig()
+    val = list(val or [])
+    name = TABULAR_NAMES[kind]
+    if kind == "logreg":
+        vec = DictVectorizer(dtype=np.float32)
+        x = vec.fit_transform(bag_of_codes(p) for p in pool)
+
+        def codes(patients: Sequence[Patient]) -> Any:
+            return vec.transform(bag_of_codes(p) for p in patients)
+
+        tuned = tune_logreg(x, pool, codes(val), val)
+        features: dict[str, Any] = {"features": x.shape[1], "kind": "codes present"}
+        what = "logistic regression on a binary bag of pre-index codes, age and sex"
+        transform = codes
+    elif kind == "gbt":
+        space = FeatureSpace(config.windows)
+        x = space.fit_transform(pool)
+        tuned = tune_gbt(x, pool, space.transform(val), val, trials=config.trials, seed=seed)
+        features = space.stats
+        what = (
+            f"LightGBM trees on code counts and value aggregates in windows of {', '.join(space.stats['windows'])} "
+            f"(days before the index date), age and sex ({space.stats['features']} features, built in "
+            f"{space.stats['seconds']} s)"
+        )
+        transform = space.transform
+    else:
+        raise ConfigError(f"Unknown tabular baseline {kind!r}; use one of {', '.join(TABULAR_NAMES)}.")
+    how = f"{tuned.chosen_by}: " + ", ".join(f"{k}={v}" for k, v in tuned.params.items())
+    description = f"{what}, fit on the {len(pool)} pool patients; parameters by {how}"
+    return TabularBaseline(kind, name, description, tuned, features, transform)
+
+
+def write_tuning(path: Path, baselines: Sequence[TabularBaseline]) -> None:
+    """Every trial of every baseline's search as one CSV (nothing when none searched)."""
+    import csv
+
+    rows = [r for b in baselines for r in b.trials()]
+    if not rows:
+        return
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)

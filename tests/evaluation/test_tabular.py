@@ -105,3 +105,27 @@ def test_no_choice_changes_when_test_labels_are_permuted(split, tmp_path):
     assert chosen[0] == chosen[1]
     assert set(chosen[0][0]) == {"logreg codes+age+sex", "gbt windowed counts"}
     assert (tmp_path / "0" / "baselines" / "tuning.csv").read_text().count("\n") == 1 + 7 + 3
+
+
+def test_icl_report_baselines(split, tmp_path, invoke):
+    from icl_toolkit.data.cohort import write_cohort
+
+    pool, val, test = split
+    for name, cohort in (("pool", pool), ("val", val), ("test", test)):
+        write_cohort(cohort, tmp_path / f"{name}.jsonl")
+    args = ["report", "baselines", "--pool", tmp_path / "pool.jsonl", "--test", tmp_path / "test.jsonl", "--val",
+            tmp_path / "val.jsonl", "--out", tmp_path / "b", "--trials", "3", "--resamples", "50"]
+    code, text = invoke(args)
+    assert code == 0, text
+    md = (tmp_path / "b" / "baselines.md").read_text()
+    assert "logreg codes+age+sex" in md and "gbt windowed counts" in md and "validation AUROC" in md
+    lines = (tmp_path / "b" / "gbt_windowed_counts.jsonl").read_text().splitlines()
+    assert len(lines) == len(test)
+    assert (tmp_path / "b" / "tuning.csv").read_text().count("\n") == 1 + 7 + 3
+    # the same numbers as icl compare's baselines on the same patients
+    b = tab.fit_tabular("gbt", pool, val, tab.TabularConfig(trials=3))
+    import json
+
+    assert [json.loads(x)["probability"] for x in lines] == pytest.approx(b.predict(test))
+    code, text = invoke([*args[:-4], "--kind", "forest"])
+    assert code != 0 and "not a tabular baseline" in text

@@ -607,56 +607,13 @@ class Comparison:
                 for p, prob in zip(test, probs):
                     fh.write(json.dumps({"patient_id": p.patient_id, "probability": prob, "label": p.label}) + "\n")
 
-        tuning: list[dict[str, Any]] = []
-        tuned_val = self._val_all or val
-
-        def record(name: str, tuned: tab.Tuned, features: dict[str, Any]) -> str:
-            tuning.extend({"baseline": name, **r} for r in tuned.trials)
-            self.tabular[name] = {
-                "params": tuned.params,
-                "chosen_by": tuned.chosen_by,
-                "fit_seconds": round(tuned.fit_seconds, 2),
-                "features": features,
-            }
-            return f"{tuned.chosen_by}: " + ", ".join(f"{k}={v}" for k, v in tuned.params.items())
-
+        fitted: list[tab.TabularBaseline] = []
         for kind in self.config.baselines:
-            if kind == "logreg":
-                from sklearn.feature_extraction import DictVectorizer
-
-                vec = DictVectorizer(dtype=np.float32)
-                x = vec.fit_transform(bl.bag_of_codes(p) for p in pool)
-                tuned = tab.tune_logreg(x, pool, vec.transform(bl.bag_of_codes(p) for p in tuned_val), tuned_val)
-                how = record("logreg codes+age+sex", tuned, {"features": x.shape[1], "kind": "codes present"})
-                add(
-                    "logreg codes+age+sex",
-                    "logistic regression on a binary bag of pre-index codes, age and sex, "
-                    f"fit on the {len(pool)} pool patients; C by {how}",
-                    tuned.predict(vec.transform(bl.bag_of_codes(p) for p in test)),
-                    tuned.predict(vec.transform(bl.bag_of_codes(p) for p in val)) if val else None,
-                )
-            elif kind == "gbt":
-                space = tab.FeatureSpace(self.config.tabular.windows)
-                x = space.fit_transform(pool)
-                tuned = tab.tune_gbt(
-                    x,
-                    pool,
-                    space.transform(tuned_val),
-                    tuned_val,
-                    trials=self.config.tabular.trials,
-                    seed=self.config.seed,
-                )
-                name = "gbt windowed counts"
-                how = record(name, tuned, space.stats)
-                add(
-                    name,
-                    "LightGBM trees on code counts and value aggregates in windows of "
-                    f"{', '.join(space.stats['windows'])} (days before the index date), age and sex, fit on the "
-                    f"{len(pool)} pool patients ({space.stats['features']} features, built in "
-                    f"{space.stats['seconds']} s); parameters by {how}",
-                    tuned.predict(space.transform(test)),
-                    tuned.predict(space.transform(val)) if val else None,
-                )
+            if kind in tab.TABULAR_NAMES:
+                b = tab.fit_tabular(kind, pool, self._val_all or val, self.config.tabular, seed=self.config.seed)
+                fitted.append(b)
+                self.tabular[b.name] = b.summary()
+                add(b.name, b.description, b.predict(test), b.predict(val) if val else None)
             elif kind == "age":
                 model = bl.fit_age_only(pool)
                 add(
@@ -684,12 +641,7 @@ class Comparison:
                         risk,
                         bl.oracle_risk(val) if val else None,
                     )
-        if tuning:
-            keys = list(dict.fromkeys(k for r in tuning for k in r))
-            with open(folder / "tuning.csv", "w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=keys)
-                writer.writeheader()
-                writer.writerows(tuning)
+        tab.write_tuning(folder / "tuning.csv", fitted)
         return out
 
 

@@ -22,6 +22,7 @@ from icl_toolkit.core.progress import progress_bar
 from icl_toolkit.data.cohort import Patient
 from icl_toolkit.evaluation.fairness import ORACLE, FairnessReport, fairness_report, group_attributes
 from icl_toolkit.evaluation.metrics import bootstrap_ci, choose_threshold, delong_test
+from icl_toolkit.evaluation.tabular import TABULAR_NAMES
 
 __all__ = ["Entry", "evaluate", "contrast_rows", "standard_contrasts", "METRICS", "ORACLE", "TABULAR"]
 
@@ -122,7 +123,7 @@ def evaluate(
     return rows, fairness
 
 
-TABULAR = ("logreg codes+age+sex", "gbt windowed counts")
+TABULAR = tuple(TABULAR_NAMES.values())
 """The tabular baselines' entry names (the strongest of them is what a language-model arm must beat)."""
 
 
