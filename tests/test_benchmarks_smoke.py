@@ -236,3 +236,10 @@ def test_synth_signal_quick(tmp_path: Path) -> None:
     (s,) = list(csv.DictReader((tmp_path / "synth_signal_summary.csv").open()))
     assert float(s["extra_shortfall"]) == pytest.approx(float(s["shortfall_trajectory"]) - float(s["shortfall_presence"]),
                                                         abs=2e-4)
+
+
+def test_tabular_scale_quick(tmp_path: Path) -> None:
+    out = tmp_path / "tabular_scale.csv"
+    _quick("tabular_scale.py", "--out", str(out), timeout=300)
+    (row,) = list(csv.DictReader(out.open()))
+    assert row["patients"] == "2000" and int(row["nonzero"]) > 0 and float(row["peak_rss_mb"]) > 0
