@@ -12,7 +12,7 @@ import datetime as dt
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ __all__ = [
     "text_hash",
     "base_meta",
     "write_json_atomic",
+    "write_csv_rows",
     "read_json",
     "flatten",
     "meta_differences",
@@ -68,6 +69,21 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise os_error(exc, path, "writing") from None
+
+
+def write_csv_rows(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]], digits: int | None = None) -> None:
+    """Rows of dicts as one CSV: the columns are every key in first-seen order (a row without one leaves it
+    empty); floats rounded to ``digits`` when given."""
+    import csv
+
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow(
+                r if digits is None else {k: round(v, digits) if isinstance(v, float) else v for k, v in r.items()}
+            )
 
 
 def read_json(path: str | os.PathLike[str], what: str) -> Any:

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from icl_toolkit.core.artifacts import write_csv_rows
 from icl_toolkit.core.errors import ConfigError
 from icl_toolkit.data.cohort import Patient
 
@@ -367,13 +368,6 @@ def fit_tabular(
 
 def write_tuning(path: Path, baselines: Sequence[TabularBaseline]) -> None:
     """Every trial of every baseline's search as one CSV (nothing when none searched)."""
-    import csv
-
     rows = [r for b in baselines for r in b.trials()]
-    if not rows:
-        return
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
+    if rows:
+        write_csv_rows(path, rows)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 from collections import defaultdict
 from collections.abc import Sequence
@@ -11,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from icl_toolkit.core.artifacts import write_csv_rows
 from icl_toolkit.evaluation.card import ModelCard
 from icl_toolkit.evaluation.compare.stats import METRICS, Entry
 from icl_toolkit.evaluation.fairness import (
@@ -61,27 +61,17 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    fields: list[str] = []
-    for r in rows:
-        fields.extend(k for k in r if k not in fields)
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
-
-
 def write_tables(
     out: Path, rows: Sequence[dict[str, Any]], fairness: FairnessReport, contrasts: Sequence[dict[str, Any]] = ()
 ) -> None:
     """``results.csv``, ``results.md`` (with the contrasts under the table), ``subgroups.csv`` and
     ``fairness_gaps.csv`` in ``out``; ``contrasts.csv`` when the config names contrasts."""
-    _write_csv(out / "results.csv", rows)
+    write_csv_rows(out / "results.csv", rows, digits=6)
     text = markdown_table(rows) + (("\n" + contrast_table(contrasts)) if contrasts else "")
     (out / "results.md").write_text(text, encoding="utf-8")
     write_fairness_tables(out, fairness)
     if contrasts:
-        _write_csv(out / "contrasts.csv", contrasts)
+        write_csv_rows(out / "contrasts.csv", contrasts, digits=6)
 
 
 def _needed(c: dict[str, Any]) -> str:

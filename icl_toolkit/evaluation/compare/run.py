@@ -26,7 +26,6 @@ model and resumes a half-finished one where it stopped.
 
 from __future__ import annotations
 
-import csv
 import fnmatch
 import gc
 import importlib.metadata as md
@@ -39,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from icl_toolkit.backends import Backend
-from icl_toolkit.core.artifacts import meta_differences, read_json, write_json_atomic
+from icl_toolkit.core.artifacts import meta_differences, read_json, write_csv_rows, write_json_atomic
 from icl_toolkit.core.errors import ConfigError
 from icl_toolkit.core.models import checkpoint_meta, model_available, recorded_model_id
 from icl_toolkit.core.progress import progress_bar
@@ -156,9 +155,9 @@ class Comparison:
         self.progress = progress
         self._val_all: list[Patient] = []
         self.tabular: dict[str, dict[str, Any]] = {}
+        """Per tuned baseline: the parameters chosen, how, the fit time and its feature matrix's size."""
         self.probes: dict[str, dict[str, Any]] = {}
         """Per probe arm run in this call: the layer, pooling and C chosen, how, and the cost."""
-        """Per tuned baseline: the parameters chosen, how, the fit time and its feature matrix's size."""
 
     # ------------------------------------------------------------------ pieces
 
@@ -330,10 +329,7 @@ class Comparison:
         y_val = np.array([p.label for p in val]) if val else None
         choice, trials = pr.choose_probe(pool_states, y_pool, val_states, y_val, layers)
         if trials:
-            with open(folder / "selection.csv", "w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=list(trials[0]))
-                writer.writeheader()
-                writer.writerows(trials)
+            write_csv_rows(folder / "selection.csv", trials)
         probs = pr.probe_probabilities(
             choice, layers, pool_states, y_pool, test_states, *([val_states] if val_states is not None else [])
         )
@@ -573,10 +569,7 @@ class Comparison:
             )
         ]
         if rows:
-            with open(self.out / "recalibration.csv", "w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
+            write_csv_rows(self.out / "recalibration.csv", rows)
         return rows
 
     def _baselines(
