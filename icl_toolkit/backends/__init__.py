@@ -52,6 +52,7 @@ __all__ = [
     "encode_prompt",
     "continuation_ids",
     "cut_at_stop",
+    "no_ngram_repeats",
     "encode_checked",
     "plan_scoring",
     "ScoringPlan",
@@ -73,6 +74,10 @@ class GenerationParams(BaseModel):
     """Seed for sampling; greedy decoding ignores it."""
     stop: tuple[str, ...] = ()
     """Generation is cut at the first of these strings (the string itself removed)."""
+    repetition_penalty: float = Field(1.0, ge=1.0, le=3.0)
+    """Penalty on tokens already in the prompt or the output (1: off)."""
+    no_repeat_ngram_size: int = Field(0, ge=0, le=64)
+    """No n-gram of this many tokens appears twice in the output (0: off; the transformers backend only)."""
 
 
 @runtime_checkable
@@ -251,6 +256,19 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
         if j != -1:
             cut = min(cut, j)
     return text[:cut]
+
+
+def no_ngram_repeats(params: GenerationParams, backend: str) -> None:
+    """Refuse ``no_repeat_ngram_size`` on a backend whose engine has no such option (vLLM, and servers of it).
+
+    Raises:
+        ConfigError: naming the options that work there.
+    """
+    if params.no_repeat_ngram_size:
+        raise ConfigError(
+            f"no_repeat_ngram ({params.no_repeat_ngram_size}) is a transformers generation option; the {backend} "
+            "backend has none. Use --repetition-penalty or stop strings (--stop) there, or --backend hf."
+        )
 
 
 def as_batch(prompts: str | Sequence[str]) -> tuple[list[str], bool]:

@@ -240,6 +240,12 @@ class HFBackend(BaseBackend):
             sampling.update(temperature=params.temperature, top_p=params.top_p)
         else:
             sampling.update(temperature=None, top_p=None, top_k=None)
+        if params.repetition_penalty != 1.0:
+            sampling["repetition_penalty"] = params.repetition_penalty
+        if params.no_repeat_ngram_size:
+            sampling["no_repeat_ngram_size"] = params.no_repeat_ngram_size
+        if params.stop:  # end each sequence at its stop string (cut_at_stop then removes it) instead of max tokens
+            sampling.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
         with progress_bar(f"generating ({self.model_id})", len(ctxs), self.progress and len(ctxs) > 1) as advance:
             for group in self._batches([len(c) + params.max_new_tokens for c in ctxs], self.generate_batch_size):
                 ids, mask, _ = self._pad([ctxs[i] for i in group], "left")

@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from icl_toolkit.backends import BaseBackend, GenerationParams, ScoringPlan
+from icl_toolkit.backends import BaseBackend, GenerationParams, ScoringPlan, no_ngram_repeats
 from icl_toolkit.core.errors import ConfigError
 from icl_toolkit.core.progress import progress_bar
 
@@ -162,6 +162,8 @@ class OpenAIBackend(BaseBackend):
         return out
 
     def _generate(self, ctxs: list[list[int]], params: GenerationParams) -> list[str]:
+        no_ngram_repeats(params, "openai")
+        extra = {"repetition_penalty": params.repetition_penalty} if params.repetition_penalty != 1.0 else {}
         results = self._complete(
             ctxs,
             max_tokens=params.max_new_tokens,
@@ -169,5 +171,6 @@ class OpenAIBackend(BaseBackend):
             top_p=params.top_p if params.temperature > 0 else 1.0,
             seed=params.seed,
             **({"stop": list(params.stop)} if params.stop else {}),
+            **extra,
         )
         return [str(r.get("text", "")) for r in results]

@@ -33,7 +33,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from icl_toolkit.backends import BaseBackend, GenerationParams, ScoringPlan
+from icl_toolkit.backends import BaseBackend, GenerationParams, ScoringPlan, no_ngram_repeats
 from icl_toolkit.core.errors import ConfigError
 
 __all__ = ["VLLMBackend", "INSTALL_HINT", "release_engine"]
@@ -275,7 +275,9 @@ class VLLMBackend(BaseBackend):
         return out
 
     def _generate(self, ctxs: list[list[int]], params: GenerationParams) -> list[str]:
+        no_ngram_repeats(params, "vllm")
         sampling = self._vllm.SamplingParams(
+            repetition_penalty=params.repetition_penalty,
             max_tokens=params.max_new_tokens,
             temperature=params.temperature,
             top_p=params.top_p if params.temperature > 0 else 1.0,

@@ -72,7 +72,17 @@ RETRIEVER_FIELDS = ("retriever", "prognostic_weight", "prognostic_bandwidth", "f
 SPEC = (
     FlagGroup(
         RetrievalConfig,
-        fields=("k", "strategy", "balance", "mmr_lambda", "seed", "temporal_guard", "horizon_years", *RETRIEVER_FIELDS),
+        fields=(
+            "k",
+            "strategy",
+            "balance",
+            "mmr_lambda",
+            "gain_candidates",
+            "seed",
+            "temporal_guard",
+            "horizon_years",
+            *RETRIEVER_FIELDS,
+        ),
         extra_help={"seed": "Also seeds the random demonstration order."},
     ),
     FlagGroup(
@@ -86,6 +96,11 @@ SPEC = (
             "demo_tokens",
             "query_tokens",
             "reason_tokens",
+            "orders",
+            "show_risk",
+            "stop",
+            "no_repeat_ngram",
+            "repetition_penalty",
             "seed",
             "horizon_years",
         ),

@@ -21,7 +21,9 @@ LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 
 @with_engine_flags
 @with_retriever_flags
-@with_flags("prompt_options", FlagGroup(PromptConfig, fields=("query_tokens", "demo_tokens")), build=dict)
+@with_flags(
+    "prompt_options", FlagGroup(PromptConfig, fields=("query_tokens", "demo_tokens", "orders", "show_risk")), build=dict
+)
 @with_flags("batching", FlagGroup(BatchSettings, rename={"enabled": "batching"}))
 @with_flags(
     "limits",
@@ -85,6 +87,7 @@ def serve(
     from icl_toolkit.evaluation.card import CARD_FIELDS, ModelCard
     from icl_toolkit.evaluation.monitor.log import MonitorLog, load_key
     from icl_toolkit.retrieval.embedder import ProfileEmbedder
+    from icl_toolkit.retrieval.gain import GAIN_FILE, GainScores
     from icl_toolkit.retrieval.index import DemoIndex
     from icl_toolkit.retrieval.representations import make_representation, needs_embedder
     from icl_toolkit.serve.app import create_app, make_server
@@ -114,9 +117,12 @@ def serve(
             },
         )
 
+    # the index's gain scores serve requests with strategy "gain" (checked against the model when one asks)
+    gain = GainScores.load_for(index) if index is not None and (index / GAIN_FILE).is_file() else None
+
     def load() -> PredictionService:
         lm = open_backend(model, engine, progress=False)
-        return PredictionService(lm, demo_pool, loaded_index, config, embedder=embedder, batching=batching)
+        return PredictionService(lm, demo_pool, loaded_index, config, embedder=embedder, batching=batching, gain=gain)
 
     settings = ServerSettings(api_key=os.environ.get("ICL_API_KEY") or None, **limits)
     logging.basicConfig(

@@ -72,6 +72,21 @@ def knn_vote(retrievals: Sequence[Retrieval]) -> list[float]:
     return [float(np.mean([h.label for h in r.hits])) if r.hits else 0.0 for r in retrievals]
 
 
+RISK_SHOWN = "pool risk score (shown)"
+"""The entry name of the pool model's risk, the score ``show_risk`` arms show."""
+
+
+def vote_name(strategy: str, k: int, checkpoint: str | None = None) -> str:
+    """The name of the vote of an arm's demonstrations: ``kNN vote similar k=4``; a ``gain`` selection depends on
+    the model that scored it, so its vote names the checkpoint: ``kNN vote gain k=4 (base)``."""
+    return f"kNN vote {strategy} k={k}" + (f" ({checkpoint})" if strategy == "gain" and checkpoint else "")
+
+
+def record_vote(records: Sequence[dict[str, Any]]) -> list[float]:
+    """Share of positive outcomes among the demonstrations each prediction record shows (after packing)."""
+    return [float(np.mean([d["label"] for d in r["demos"]])) if r["demos"] else 0.0 for r in records]
+
+
 def oracle_risk(patients: Sequence[Patient]) -> list[float] | None:
     """``metadata.true_risk`` of every patient, or ``None`` when any lacks it."""
     out = []

@@ -29,6 +29,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, cast, overload
 
+import numpy as np
+
 from icl_toolkit.backends import Backend, GenerationParams, choice_probabilities
 from icl_toolkit.core.errors import ConfigError
 from icl_toolkit.data.cohort import Patient, check_patients, content_hash
@@ -37,8 +39,10 @@ from icl_toolkit.prompting.builder import BuiltPrompt, PromptBuilder
 from icl_toolkit.prompting.config import PromptConfig
 from icl_toolkit.retrieval.cache import RetrievalCache
 from icl_toolkit.retrieval.embedder import ProfileEmbedder
+from icl_toolkit.retrieval.gain import GainScores
 from icl_toolkit.retrieval.index import DemoIndex
 from icl_toolkit.retrieval.retriever import Retrieval, Retriever
+from icl_toolkit.retrieval.risk import PoolRisk
 
 __all__ = ["Prediction", "Predictor", "check_pool"]
 
@@ -62,9 +66,18 @@ class Prediction:
     reasoning: str | None = None
     seconds: float = 0.0
     logprobs: list[float] = field(default_factory=list)
+    orders: list[float] | None = None
+    """With an order ensemble: P(yes) under each demo order (the configured order first)."""
+    order_sd: float | None = None
+    """With an order ensemble: the standard deviation of P(yes) across orders (a per-patient uncertainty)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The record as written; a record without an order ensemble has no ``orders`` / ``order_sd`` keys."""
+        out = asdict(self)
+        for key in ("orders", "order_sd"):
+            if out[key] is None:
+                del out[key]
+        return out
 
 
 def _hits(hits: Sequence[Any]) -> list[dict[str, Any]]:
@@ -111,17 +124,34 @@ class Predictor:
         *,
         index_kind: str = "auto",
         pool_name: str = "pool",
+        gain: GainScores | None = None,
     ) -> Predictor:
-        """Attach the demonstration pool; build its index, or load ``index`` and check it matches."""
+        """Attach the demonstration pool; build its index, or load ``index`` and check it matches.
+
+        ``gain``: the pool's gain scores for ``strategy = "gain"`` (default: read from the index folder when one is
+        given); they must come from this predictor's model."""
+        if gain is None and self.config.retrieval.strategy == "gain" and self.uses_demos:
+            if isinstance(index, str | os.PathLike):
+                gain = GainScores.load_for(index)
+            else:
+                raise ConfigError(
+                    "strategy gain re-ranks demos by gain scores, which live in an index folder: compute them with "
+                    "`icl index gain` and pass that folder as the index (or pass gain=GainScores.load(...))."
+                )
         pool = check_patients(pool, "pool")
         self.pool_ = {p.patient_id: p for p in pool}
         self.builder_ = PromptBuilder(self.backend.tokenizer, self.config.prompt, self.backend.max_context)
         self.retriever_: Retriever | None = None
+        self.risk_: PoolRisk | None = None
         if self.uses_demos:
             check_pool(pool, self.config.prompt, pool_name)
-            self.retriever_ = Retriever(self.config.retrieval, self.embedder).fit(
+            if gain is not None:
+                gain.check_model(self.backend.model_id, pool_name)
+            self.retriever_ = Retriever(self.config.retrieval, self.embedder, gain=gain).fit(
                 pool, index, index_kind=index_kind, progress=self.progress
             )
+        if self.config.prompt.show_risk:
+            self.risk_ = PoolRisk(self.config.retrieval).fit(pool)
         return self
 
     def _check_fitted(self) -> None:
@@ -144,10 +174,46 @@ class Predictor:
 
     # ------------------------------------------------------------------ prediction
 
-    def build_prompts(self, patients: Sequence[Patient], retrievals: Sequence[Retrieval]) -> list[BuiltPrompt]:
-        """Rendered and packed prompts (what the backend will see)."""
+    def risks(self, patients: Sequence[Patient], retrievals: Sequence[Retrieval]) -> dict[str, float] | None:
+        """The pool model's risk of each patient and of each of its demos (``None`` without ``show_risk``)."""
+        if self.risk_ is None:
+            return None
+        shown = list(patients) + [self.pool_[h.patient_id] for r in retrievals for h in r.hits]
+        return {p.patient_id: float(x) for p, x in zip(shown, self.risk_.risk(shown))}
+
+    def build_prompts(
+        self, patients: Sequence[Patient], retrievals: Sequence[Retrieval], permutation: int = 0
+    ) -> list[BuiltPrompt]:
+        """Rendered and packed prompts (what the backend will see); ``permutation`` m > 0: the order ensemble's
+        m-th demo order."""
         self._check_fitted()
-        return [self.builder_.build(p, r.hits, self.pool_) for p, r in zip(patients, retrievals)]
+        risks = self.risks(patients, retrievals)
+        return [
+            self.builder_.build(p, r.hits, self.pool_, risks=risks, permutation=permutation)
+            for p, r in zip(patients, retrievals)
+        ]
+
+    def _answer(self, texts: list[str]) -> tuple[list[list[float]], list[str | None]]:
+        """Choice log-probabilities of each prompt (unique prompts scored once), after the reasoning in reason
+        mode; and the reasoning."""
+        unique = list(dict.fromkeys(texts))
+        reasoning: dict[str, str | None] = dict.fromkeys(unique)
+        scored = unique
+        if self.config.prompt.mode == "reason":
+            c = self.config.prompt
+            params = GenerationParams(
+                max_new_tokens=c.reason_tokens,
+                stop=self.builder_.stop_strings,
+                repetition_penalty=c.repetition_penalty,
+                no_repeat_ngram_size=c.no_repeat_ngram,
+            )
+            generated = list(self.backend.generate(unique, params))
+            reasoning = dict(zip(unique, generated))
+            prefix = self.builder_.answer_prefix
+            scored = [t + (r.rstrip() + "\n" if r.strip() else "") + prefix for t, r in zip(unique, generated)]
+        logprobs = cast(list[list[float]], self.backend.score(scored, list(self.builder_.choices))) if scored else []
+        by_text = dict(zip(unique, logprobs))
+        return [by_text[t] for t in texts], [reasoning[t] for t in texts]
 
     @overload
     def predict_proba(self, patients: Patient, retrievals: Sequence[Retrieval] | None = None) -> Prediction: ...
@@ -170,20 +236,18 @@ class Predictor:
             raise ConfigError(f"Got {len(retrievals)} retrievals for {len(batch)} patients.")
         start = time.perf_counter()
         prompts = self.build_prompts(batch, retrievals)
-        texts = [bp.text for bp in prompts]
-        reasoning: list[str | None] = [None] * len(batch)
-        choices = list(self.builder_.choices)
-        if self.config.prompt.mode == "reason":
-            prefix = self.builder_.answer_prefix
-            params = GenerationParams(max_new_tokens=self.config.prompt.reason_tokens, stop=(prefix,))
-            generated = list(self.backend.generate(texts, params))
-            reasoning = list(generated)
-            texts = [t + (r.rstrip() + "\n" if r.strip() else "") + prefix for t, r in zip(texts, generated)]
-        logprobs = cast(list[list[float]], self.backend.score(texts, choices)) if batch else []
+        # the order ensemble: the configured order, then M-1 seeded permutations of the same demos
+        n_orders = self.config.prompt.orders if self.uses_demos else 1
+        members = [prompts] + [self.build_prompts(batch, retrievals, m) for m in range(1, n_orders)]
+        flat, reasons = self._answer([bp.text for member in members for bp in member])
+        logprobs, reasoning = flat[: len(batch)], reasons[: len(batch)]
+        per_order = [
+            [choice_probabilities(flat[m * len(batch) + i])[0] for m in range(n_orders)] for i in range(len(batch))
+        ]
         each = (time.perf_counter() - start) / max(len(batch), 1)
         out = []
-        for p, bp, lp, reason in zip(batch, prompts, logprobs, reasoning):
-            prob = choice_probabilities(lp)[0]
+        for p, bp, lp, reason, probs in zip(batch, prompts, logprobs, reasoning, per_order):
+            prob = float(np.mean(probs))
             out.append(
                 Prediction(
                     patient_id=p.patient_id,
@@ -201,6 +265,8 @@ class Predictor:
                     reasoning=reason,
                     seconds=round(each, 3),
                     logprobs=[round(x, 5) for x in lp],
+                    orders=[round(x, 6) for x in probs] if n_orders > 1 else None,
+                    order_sd=round(float(np.std(probs)), 6) if n_orders > 1 else None,
                 )
             )
         return out[0] if single else out

@@ -33,7 +33,7 @@ Everything cut is recorded on the :class:`BuiltPrompt`.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,8 +52,12 @@ from icl_toolkit.prompting.templates import (
     load_templates,
 )
 from icl_toolkit.retrieval.retriever import Hit
+from icl_toolkit.retrieval.risk import risk_text
 
-__all__ = ["BuiltPrompt", "PromptBuilder", "templates_hash", "task_question"]
+__all__ = ["BuiltPrompt", "PromptBuilder", "templates_hash", "task_question", "RISK_LINE"]
+
+RISK_LINE = "Risk from a model of similar patients"
+"""The words before the risk percentage on a record's first line when ``show_risk`` is on."""
 
 
 def task_question(horizon_years: float) -> str:
@@ -121,6 +125,7 @@ class PromptBuilder:
         self._count = token_counter(tokenizer)
         (self._system, self._user, self._answer), self.templates_hash, self.template_name = _templates(self.config)
         self._histories: dict[tuple[str, int, bool], Serialized] = {}
+        self._template_stop: tuple[str, ...] = ()  # the user template's ``stop``, known once it has rendered
 
     # ------------------------------------------------------------------ pieces
 
@@ -150,58 +155,103 @@ class PromptBuilder:
             self._histories[key] = serialize_history(patient, max_tokens=budget, counter=self._count, prefer=prefer)
         return self._histories[key]
 
-    def _demo_vars(self, hit: Hit, patient: Patient) -> dict[str, Any]:
+    def _record(self, patient: Patient, budget: int, risks: Mapping[str, float] | None, *, demo: bool) -> str:
+        """A record as the prompt shows it: the serialised history, opened by the pool model's risk line when
+        ``show_risk`` is on (so every template shows it, the built-in ones unchanged)."""
+        text = self.history(patient, budget, demo=demo).text
+        if self.config.show_risk:
+            text = f"{RISK_LINE}: {risk_text(self._risk(patient, risks))}\n{text}"
+        return text
+
+    @staticmethod
+    def _risk(patient: Patient, risks: Mapping[str, float] | None) -> float:
+        if risks is None or patient.patient_id not in risks:
+            raise ConfigError(
+                f"show_risk is on but no pool-model risk was given for patient {patient.patient_id}; "
+                "the predictor computes them (PoolRisk) when it is fitted with show_risk."
+            )
+        return risks[patient.patient_id]
+
+    def _demo_vars(self, hit: Hit, patient: Patient, risks: Mapping[str, float] | None) -> dict[str, Any]:
         rationale = ""
         if self.config.demos == "rationale" and patient.rationales is not None:
             rationale = getattr(patient.rationales, self.config.rationale).strip()
         return {
-            "history": self.history(patient, self.config.demo_tokens, demo=True).text,
+            "history": self._record(patient, self.config.demo_tokens, risks, demo=True),
             "rationale": rationale,
             "outcome": "Yes" if hit.label == 1 else "No",
             "label": hit.label,
             "score": hit.score,
+            "risk": risks.get(patient.patient_id) if risks else None,
         }
 
-    def _order(self, hits: list[Hit], query_id: str) -> list[Hit]:
+    def _order(self, hits: list[Hit], query_id: str, permutation: int = 0) -> list[Hit]:
+        """The presentation order: the configured one, or (``permutation`` m > 0, the order ensemble's m-th
+        member) a permutation of it seeded by the seed, the query and m."""
         by_sim = sorted(hits, key=lambda h: (-h.score, h.patient_id))
         if self.config.order == "similar-first":
-            return by_sim
-        if self.config.order == "similar-last":
-            return by_sim[::-1]
-        shuffled = list(by_sim)
-        random.Random(f"{self.config.seed}:{query_id}").shuffle(shuffled)
-        return shuffled
+            ordered = by_sim
+        elif self.config.order == "similar-last":
+            ordered = by_sim[::-1]
+        else:
+            ordered = list(by_sim)
+            random.Random(f"{self.config.seed}:{query_id}").shuffle(ordered)
+        if permutation:
+            random.Random(f"{self.config.seed}:{query_id}:order{permutation}").shuffle(ordered)
+        return ordered
 
-    def render(self, query: Patient, demos: Sequence[tuple[Hit, Patient]]) -> str:
-        """The full prompt text for ``query`` with the demos in the given order (no packing)."""
+    def render(
+        self, query: Patient, demos: Sequence[tuple[Hit, Patient]], risks: Mapping[str, float] | None = None
+    ) -> str:
+        """The full prompt text for ``query`` with the demos in the given order (no packing); ``risks``: the pool
+        model's risk by patient id (needed with ``show_risk``)."""
         c = self.config
         variables = {
             "task": task_question(c.horizon_years),
             "horizon_years": f"{c.horizon_years:g}",
             "choices": ["Yes", "No"],
             "query": {
-                "history": self.history(query, c.query_tokens).text,
+                "history": self._record(query, c.query_tokens, risks, demo=False),
                 "age": int(query.age_at_index),
                 "sex": sex_word(query.sex),
+                "risk": risks.get(query.patient_id) if risks else None,
             },
-            "demos": [self._demo_vars(h, p) for h, p in demos],
+            "demos": [self._demo_vars(h, p, risks) for h, p in demos],
             "with_rationales": c.demos == "rationale",
             "answer_prefix": self.answer_prefix,
         }
         system = self._system.render(**variables).strip()
-        user = self._user.render(**variables).strip()
+        module = self._user.make_module(variables)
+        user = str(module).strip()
+        self._template_stop = tuple(getattr(module, "stop", ()) or ())
         answer = "" if c.mode == "reason" else self.answer_prefix
         return chat_prompt(self.tokenizer, system, user) + answer
 
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        """What ends the reasoning in reason mode: the answer prefix, the strings the user template sets
+        (``{% set stop = [...] %}``) and the ``stop`` option, in that order, without repeats."""
+        return tuple(dict.fromkeys((self.answer_prefix, *self._template_stop, *self.config.stop)))
+
     # ------------------------------------------------------------------ packing
 
-    def build(self, query: Patient, hits: Sequence[Hit], pool: dict[str, Patient]) -> BuiltPrompt:
+    def build(
+        self,
+        query: Patient,
+        hits: Sequence[Hit],
+        pool: dict[str, Patient],
+        *,
+        risks: Mapping[str, float] | None = None,
+        permutation: int = 0,
+    ) -> BuiltPrompt:
         """Render and pack the prompt of one query patient.
 
         Args:
             query: the patient to predict.
             hits: its chosen demonstrations (any order; scores decide dropping).
             pool: pool patients by id (the demos' records).
+            risks: the pool model's risk by patient id (query and demos), shown with ``show_risk``.
+            permutation: 0 for the configured demo order; m > 0 for the order ensemble's m-th permutation of it.
 
         Raises:
             ConfigError: when the query alone does not fit the context.
@@ -211,8 +261,8 @@ class PromptBuilder:
         kept = list(hits) if c.demos != "none" else []
         dropped: list[Hit] = []
         while True:
-            ordered = self._order(kept, query.patient_id)
-            text = self.render(query, [(h, pool[h.patient_id]) for h in ordered])
+            ordered = self._order(kept, query.patient_id, permutation)
+            text = self.render(query, [(h, pool[h.patient_id]) for h in ordered], risks)
             n = self._count([text])[0]
             if n <= room:
                 break

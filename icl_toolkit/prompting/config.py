@@ -45,4 +45,16 @@ class PromptConfig(BaseModel):
     horizon_years: float = Field(5.0, gt=0)
     """Outcome window length, shown in the prompt."""
     seed: int = 0
-    """Seed of the ``random`` demo order."""
+    """Seed of the ``random`` demo order and of the order ensemble's permutations."""
+    orders: int = Field(1, ge=1, le=32)
+    """Order ensemble: P(yes) averaged over this many orders of the demos (the configured order first, then seeded
+    permutations per patient); the spread across orders is kept per record. 1: one order, as without it."""
+    show_risk: bool = False
+    """Write the pool model's risk (the prognostic retriever's logistic regression, cross-fitted for pool
+    patients) of the patient and of each demo into the prompt."""
+    stop: tuple[str, ...] = ()
+    """Reason mode: more strings that end the reasoning (besides the answer prefix and any the template sets)."""
+    no_repeat_ngram: int = Field(0, ge=0, le=64)
+    """Reason mode: forbid repeating any n-gram of this many tokens (0: off; transformers backend only)."""
+    repetition_penalty: float = Field(1.0, ge=1.0, le=3.0)
+    """Reason mode: penalty on tokens already in the prompt or the reasoning (1: off)."""

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = ["Strategy", "STRATEGIES", "Balance", "RetrieverKind", "RETRIEVERS", "RetrievalConfig"]
 
-Strategy = Literal["similar", "balanced", "mmr", "random"]
+Strategy = Literal["similar", "balanced", "mmr", "random", "gain"]
 """How demonstrations are chosen (see the module docstring); the one place the strategies are listed."""
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 Balance = Literal["half", "prevalence"]
@@ -31,11 +31,15 @@ class RetrievalConfig(BaseModel):
     """Demonstrations per patient (0: zero-shot, the same as ``demos`` none)."""
     strategy: Strategy = "similar"
     """How demonstrations are chosen: ``similar`` (the k most similar), ``balanced`` (the most similar under label
-    quotas), ``mmr`` (similar but diverse), ``random`` (seeded per patient)."""
+    quotas), ``mmr`` (similar but diverse), ``random`` (seeded per patient), ``gain`` (the most similar re-ranked by what each demo did for the model: gain
+    scores from ``icl index gain``)."""
     balance: Balance = "half"
     """Label quotas of the ``balanced`` strategy: half and half, or the pool's prevalence."""
     mmr_lambda: float = Field(0.7, ge=0.0, le=1.0)
     """Relevance weight of ``mmr`` (1 = plain similarity, 0 = only diversity)."""
+    gain_candidates: int = Field(12, ge=1, le=4096)
+    """``gain``: how many of the most similar pool patients are re-ranked by their gain score (the k best are
+    shown)."""
     seed: int = 0
     """Seed of the ``random`` strategy."""
     temporal_guard: bool = False

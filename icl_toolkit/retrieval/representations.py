@@ -365,15 +365,18 @@ class PrognosticBlock(Block):
         self._intercept, self._mu, self._sd = intercept, mu, sd
         self._centers = np.asarray(centers, dtype=np.float64)
 
-    def scores(self, patients: Sequence[Patient]) -> np.ndarray:
-        """Each patient's risk score from the model fit on the whole pool (logit, in pool-spread units)."""
+    def logits(self, patients: Sequence[Patient]) -> np.ndarray:
+        """Each patient's logit from the model fit on the whole pool."""
         out = np.empty(len(patients))
         for r, p in enumerate(patients):
-            logit = self._intercept + sum(
+            out[r] = self._intercept + sum(
                 self._coef[self._index[k]] * v for k, v in prognostic_features(p).items() if k in self._index
             )
-            out[r] = (logit - self._mu) / self._sd
         return out
+
+    def scores(self, patients: Sequence[Patient]) -> np.ndarray:
+        """Each patient's risk score from the model fit on the whole pool (logit, in pool-spread units)."""
+        return (self.logits(patients) - self._mu) / self._sd
 
     def transform(self, patients: Sequence[Patient], *, progress: bool = False) -> np.ndarray:
         return _rbf(self.scores(patients), self._centers, self.bandwidth)

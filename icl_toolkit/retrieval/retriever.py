@@ -20,6 +20,11 @@ way and its demonstrations are chosen by a strategy:
 ``random``
     k pool patients drawn uniformly, seeded per query (the same query gets the
     same demonstrations whatever else is in the batch).
+``gain``
+    the ``gain_candidates`` most similar, re-ranked by each candidate's gain
+    score (what it did for the model as a demonstration, cross-fitted on the
+    pool: :mod:`icl_toolkit.inference.gain`); the k best are shown, ties broken
+    by similarity.
 
 Leakage guards, always on: a pool record of the query's subject (``Patient.subject_id``:
 the same ``patient_id``, or the same MEDS subject at another prediction time) is never
@@ -47,6 +52,7 @@ from icl_toolkit.core.errors import ConfigError
 from icl_toolkit.data.cohort import Patient, check_patients
 from icl_toolkit.retrieval.config import RetrievalConfig
 from icl_toolkit.retrieval.embedder import ProfileEmbedder
+from icl_toolkit.retrieval.gain import GainScores
 from icl_toolkit.retrieval.index import DemoIndex, describe_retriever
 from icl_toolkit.retrieval.representations import make_representation, needs_embedder
 
@@ -92,9 +98,16 @@ class Retriever:
     the retriever is not fitted.
     """
 
-    def __init__(self, config: RetrievalConfig | None = None, embedder: ProfileEmbedder | None = None) -> None:
+    def __init__(
+        self,
+        config: RetrievalConfig | None = None,
+        embedder: ProfileEmbedder | None = None,
+        *,
+        gain: GainScores | None = None,
+    ) -> None:
         self.config = config or RetrievalConfig()
         self.embedder = embedder
+        self.gain = gain
 
     def fit(
         self,
@@ -116,6 +129,13 @@ class Retriever:
                 f"The 'k' parameter ({c.k}) is larger than the demonstration pool "
                 f"({len(pool)} patients). Lower --k or use a larger --pool."
             )
+        if c.strategy == "gain" and c.k > 0:
+            if self.gain is None:
+                raise ConfigError(
+                    "strategy gain needs the pool's gain scores (computed with `icl index gain`, stored with the "
+                    "index); none were given."
+                )
+            self.gain.check_pool(pool)
         rep = make_representation(c, self.embedder, pool)
         if index is None:
             index = DemoIndex.build(pool, rep, kind=index_kind, progress=progress)
@@ -152,8 +172,14 @@ class Retriever:
             n_pos, n_neg = _quotas(c.k, c.balance, self.prevalence_)
             labels = self.labels_[rows]
             return int((labels == 1).sum()) >= n_pos and int((labels == 0).sum()) >= n_neg
-        need = max(4 * c.k, 20) if c.strategy == "mmr" else c.k
-        return len(rows) >= need
+        return len(rows) >= self._wanted()
+
+    def _wanted(self) -> int:
+        """How many eligible candidates a (non-balanced) strategy chooses among."""
+        c = self.config
+        if c.strategy == "mmr":
+            return max(4 * c.k, 20)
+        return max(c.gain_candidates, c.k) if c.strategy == "gain" else c.k
 
     def _candidates(
         self, query: Patient, q: np.ndarray, scores: np.ndarray, rows: np.ndarray
@@ -185,6 +211,11 @@ class Retriever:
                 rest = [i for i in range(len(rows)) if i not in set(take_pos) | set(take_neg)]
                 take_pos += rest[:short]
             return sorted(take_pos + take_neg)
+        if c.strategy == "gain":
+            assert self.gain is not None
+            n = min(len(rows), self._wanted())
+            gains = [self.gain.scores.get(str(self.ids_[rows[i]]), 0.0) for i in range(n)]
+            return sorted(sorted(range(n), key=lambda i: (-gains[i], -scores[i], i))[: c.k])
         # mmr
         pool_n = min(len(rows), max(4 * c.k, 20))
         vecs = self.index_.vectors(rows[:pool_n])
@@ -228,7 +259,7 @@ class Retriever:
         qv = self.representation_.transform(queries, progress=progress)
         if c.strategy == "random":
             return [self._random(p, qv[i]) for i, p in enumerate(queries)]
-        first = max(4 * c.k, 20) + 8 if c.strategy in ("mmr", "balanced") else c.k + 8
+        first = max(4 * c.k, 20) + 8 if c.strategy == "balanced" else self._wanted() + 8
         scores, rows = self.index_.search(qv, first)
         out = []
         for i, p in enumerate(queries):
@@ -245,5 +276,8 @@ class Retriever:
             "pool_hash": m["pool_hash"],
             "retriever": describe_retriever(m),
             "index_kind": m["kind"],
-            "config": self.config.model_dump(mode="json"),
-        }
+            # gain_candidates only matters to strategy gain (and caches made before it existed stay valid)
+            "config": self.config.model_dump(
+                mode="json", exclude=None if self.config.strategy == "gain" else {"gain_candidates"}
+            ),
+        } | ({"gain": self.gain.digest} if self.config.strategy == "gain" and self.gain is not None else {})

@@ -42,6 +42,7 @@ from icl_toolkit.data.cohort import Patient, record_issues
 from icl_toolkit.inference.config import PredictConfig
 from icl_toolkit.inference.predictor import Predictor
 from icl_toolkit.retrieval.embedder import ProfileEmbedder
+from icl_toolkit.retrieval.gain import GainScores
 from icl_toolkit.retrieval.index import DemoIndex
 from icl_toolkit.serve.config import BatchSettings, ServerSettings
 from icl_toolkit.serve.errors import Rejected
@@ -93,6 +94,7 @@ class PredictionService:
         *,
         embedder: ProfileEmbedder | None = None,
         batching: BatchSettings | None = None,
+        gain: GainScores | None = None,
     ) -> None:
         from icl_toolkit.retrieval.representations import make_representation, needs_embedder
 
@@ -108,6 +110,7 @@ class PredictionService:
             if index is not None or not self.pool
             else DemoIndex.build(self.pool, make_representation(r, self.embedder, self.pool), progress=False)
         )
+        self.gain = gain  # the index's gain scores, for strategy gain (checked against the model when used)
         self.batching = batching or BatchSettings()
         self._predictors: dict[PredictConfig, Predictor] = {}
         self._executor: ThreadPoolExecutor | None = None
@@ -132,8 +135,14 @@ class PredictionService:
         """The fitted predictor for these options (cached by spec; fitting reuses the loaded index)."""
         config = self.spec(options)
         if config not in self._predictors:
+            gain = self.gain if config.retrieval.strategy == "gain" else None
+            if config.retrieval.strategy == "gain" and config.uses_demos and gain is None:
+                raise ConfigError(
+                    "strategy gain needs gain scores, and this server has none: start it with --index a folder "
+                    "holding gain.json (from `icl index gain`)."
+                )
             self._predictors[config] = Predictor(self.backend, config, embedder=self.embedder, progress=False).fit(
-                self.pool, self.index
+                self.pool, self.index, gain=gain
             )
         return self._predictors[config]
 

@@ -50,15 +50,39 @@ from icl_toolkit.core.errors import ConfigError
 from icl_toolkit.evaluation.card import ModelCard
 from icl_toolkit.evaluation.tabular import TabularConfig
 from icl_toolkit.inference.config import PredictConfig
+from icl_toolkit.inference.gain import GainConfig
 from icl_toolkit.prompting.config import Demos, Mode, PromptConfig, RationaleStyle
 from icl_toolkit.retrieval.config import RetrievalConfig, Strategy
 from icl_toolkit.retrieval.index import IndexKind
 
 __all__ = ["ArmSpec", "Arm", "CompareConfig", "load_compare_config", "BASELINES"]
 
-Baseline = Literal["logreg", "gbt", "knn", "age", "oracle"]
+OPTION_DEFAULTS: dict[str, Any] = {
+    "orders": 1,
+    "show_risk": False,
+    "stop": (),
+    "no_repeat_ngram": 0,
+    "repetition_penalty": 1.0,
+}
+"""The per-arm options that name a variant of an arm, with their defaults (an arm at these is the plain arm)."""
+
+Baseline = Literal["logreg", "gbt", "knn", "age", "oracle", "risk"]
 BASELINES: tuple[str, ...] = get_args(Baseline)
-PER_ARM = {"retrieval": ("k", "strategy", "seed"), "prompt": ("demos", "mode", "template", "rationale", "seed")}
+PER_ARM = {
+    "retrieval": ("k", "strategy", "seed"),
+    "prompt": (
+        "demos",
+        "mode",
+        "template",
+        "rationale",
+        "seed",
+        "orders",
+        "show_risk",
+        "stop",
+        "no_repeat_ngram",
+        "repetition_penalty",
+    ),
+}
 """Options set per ``[[arm]]`` (or, for ``seed``, at the top level), never in the shared tables."""
 
 
@@ -108,6 +132,16 @@ class ArmSpec(BaseModel):
     template: str | None = None
     """Prompt template override (default: by demos and mode; a fine-tuned checkpoint in reason mode
     without demos uses the template it was trained on)."""
+    orders: int | list[int] = 1
+    """Order ensemble size(s): P(yes) averaged over this many demo orders (1: the configured order only)."""
+    show_risk: bool | list[bool] = False
+    """Show the pool model's risk of the patient and of each demo in the prompt."""
+    stop: list[str] = Field(default_factory=list)
+    """Reason mode: more strings that end the reasoning."""
+    no_repeat_ngram: int = 0
+    """Reason mode: no n-gram of this many tokens repeats in the reasoning (0: off)."""
+    repetition_penalty: float = 1.0
+    """Reason mode: penalty on repeated tokens (1: off)."""
 
     @field_validator("k")
     @classmethod
@@ -132,16 +166,43 @@ class Arm(BaseModel):
     rationale: RationaleStyle = "free_text"
     template: str | None = None
     kind: Literal["prompt", "probe"] = "prompt"
+    orders: int = 1
+    show_risk: bool = False
+    stop: tuple[str, ...] = ()
+    no_repeat_ngram: int = 0
+    repetition_penalty: float = 1.0
 
     def options(self) -> dict[str, Any]:
-        """This arm's prediction options (the spec's names); an arm without demos has no k or strategy."""
+        """This arm's prediction options (the spec's names); an arm without demos has no k or strategy. Options
+        left at their defaults are not set, so an arm made before they existed resumes under the same spec."""
         out: dict[str, Any] = {
             "demos": self.demos,
             "mode": self.mode,
             "rationale": self.rationale,
             "template": self.template,
         }
-        return out | ({"k": 0} if self.demos == "none" else {"k": self.k, "strategy": self.strategy})
+        extra = {
+            name: getattr(self, name) for name, default in OPTION_DEFAULTS.items() if getattr(self, name) != default
+        }
+        return out | extra | ({"k": 0} if self.demos == "none" else {"k": self.k, "strategy": self.strategy})
+
+    @property
+    def variant(self) -> str:
+        """What the arm's options add to its name: `` orders=5``, `` +risk``, `` stop(ngram=4)`` ..."""
+        out = ""
+        if self.orders > 1:
+            out += f" orders={self.orders}"
+        if self.show_risk:
+            out += " +risk"
+        rule = [f"ngram={self.no_repeat_ngram}"] if self.no_repeat_ngram else []
+        rule += [f"penalty={self.repetition_penalty:g}"] if self.repetition_penalty != 1.0 else []
+        rule += [f"stop={s.strip() or repr(s)}" for s in self.stop]
+        return out + (f" stop({', '.join(rule)})" if rule else "")
+
+    def without_options(self) -> Arm:
+        """The same arm without the options of :attr:`variant` (what each option is tested against)."""
+        plain = self.model_copy(update=dict(OPTION_DEFAULTS))
+        return plain.model_copy(update={"name": self.name.replace(self.variant, "") if self.variant else self.name})
 
     @property
     def slug(self) -> str:
@@ -151,7 +212,7 @@ class Arm(BaseModel):
     @property
     def retrieval_key(self) -> tuple[str, int] | None:
         """(strategy, k) of the retrieval this arm uses; ``None`` without demos."""
-        return None if self.demos == "none" else (self.strategy, self.k)
+        return None if self.demos == "none" or self.strategy == "gain" else (self.strategy, self.k)
 
 
 class CompareConfig(BaseModel):
@@ -172,7 +233,11 @@ class CompareConfig(BaseModel):
     baselines: list[Baseline] = Field(default_factory=lambda: list(get_args(Baseline)))
     """Baselines on the same patients: ``logreg`` (codes present, age and sex; ``C`` tuned on the validation
     patients), ``gbt`` (LightGBM trees on windowed code counts and value aggregates, tuned on the validation
-    patients), ``knn`` (the vote of the neighbours shown), ``age``, ``oracle``."""
+    patients), ``knn`` (the vote of the neighbours shown), ``age``, ``oracle``, ``risk`` (the pool model's risk
+    that ``show_risk`` arms show; added by itself when such an arm runs)."""
+    gain: GainConfig = Field(default_factory=GainConfig)
+    """The ``[gain]`` table: how the gain scores of ``strategy = "gain"`` arms are measured on the pool
+    (``neighbours``, ``limit``, ``folds``, ``seed``), once per checkpoint, stored under ``gain/<checkpoint>/``."""
     tabular: TabularConfig = Field(default_factory=TabularConfig)
     """The ``[tabular]`` table: feature ``windows`` (days before the index date, or ``"all"``) and the
     ``trials`` of the trees' search."""
@@ -251,6 +316,8 @@ class CompareConfig(BaseModel):
                     _listify(spec.k),
                     _listify(spec.strategy),
                     _listify(spec.mode),
+                    _listify(spec.orders),
+                    _listify(spec.show_risk),
                 )
             )
             if spec.name and len(combos) > 1:
@@ -265,23 +332,35 @@ class CompareConfig(BaseModel):
                     f'[[arm]] #{i}: a probe reads the zero-shot prompt, so it takes demos = "none" and mode = '
                     '"score" (the defaults); drop demos and mode from it.'
                 )
-            for ckpt, demos, k, strategy, mode in combos:
+            for ckpt, demos, k, strategy, mode, orders, show_risk in combos:
                 if ckpt not in self.checkpoints:
                     raise ConfigError(
                         f"[[arm]] #{i}: checkpoint {ckpt!r} is not in [checkpoints] (there: "
                         f"{', '.join(self.checkpoints)})."
                     )
                 if demos == "none":
-                    k, strategy = 0, "-"
-                key = (ckpt, demos, k, strategy, mode, spec.rationale, spec.template, spec.kind)
+                    k, strategy, orders = 0, "-", 1
+                rule = (tuple(spec.stop), spec.no_repeat_ngram, spec.repetition_penalty)
+                key = (
+                    ckpt,
+                    demos,
+                    k,
+                    strategy,
+                    mode,
+                    spec.rationale,
+                    spec.template,
+                    spec.kind,
+                    orders,
+                    show_risk,
+                    rule,
+                )
                 if key in out:
                     continue
                 shown = "none" if demos == "none" else f"{demos} k={k} {strategy}"
                 if demos == "rationale" and spec.rationale == "stepwise":
                     shown += " stepwise"
-                name = spec.name or (f"{ckpt} / probe" if spec.kind == "probe" else f"{ckpt} / {shown} / {mode}")
-                out[key] = Arm(
-                    name=name,
+                arm = Arm(
+                    name="-",
                     checkpoint=ckpt,
                     demos=demos,
                     k=k,
@@ -290,7 +369,16 @@ class CompareConfig(BaseModel):
                     rationale=spec.rationale,
                     template=spec.template,
                     kind=spec.kind,
+                    orders=orders,
+                    show_risk=show_risk,
+                    stop=tuple(spec.stop),
+                    no_repeat_ngram=spec.no_repeat_ngram,
+                    repetition_penalty=spec.repetition_penalty,
                 )
+                name = spec.name or (
+                    f"{ckpt} / probe" if spec.kind == "probe" else f"{ckpt} / {shown} / {mode}{arm.variant}"
+                )
+                out[key] = arm.model_copy(update={"name": name})
         arms = list(out.values())
         names = [a.name for a in arms]
         dup = {n for n in names if names.count(n) > 1}
@@ -306,6 +394,30 @@ class CompareConfig(BaseModel):
                 if name not in names:
                     raise ConfigError(f"contrasts #{i}: {name!r} is not an arm. Arms: {'; '.join(names)}.")
         return arms
+
+    def option_contrasts(self, arms: list[Arm]) -> list[tuple[str, str, str]]:
+        """The contrasts each option of an arm (order ensemble, gain selection, risk shown, stop rule) is judged
+        by, as ``(a, b, question)``: against the same arm without it and against its checkpoint's zero-shot
+        arm (when those are among ``arms``); the vote of its demos and the risk score shown are added with the
+        baselines (:func:`~icl_toolkit.evaluation.compare.stats.standard_contrasts`)."""
+        names = {a.name for a in arms}
+        out = []
+        for arm in arms:
+            if arm.kind != "prompt":
+                continue
+            if arm.variant:
+                plain = arm.without_options().name
+                if plain in names:
+                    out.append((arm.name, plain, f"what does{arm.variant} add to the same arm without it?"))
+            if arm.strategy == "gain":
+                similar = arm.model_copy(update={"strategy": "similar"})
+                name = arm.name.replace(" gain ", " similar ", 1)
+                if name in names and similar.demos != "none":
+                    out.append((arm.name, name, "does selection by gain beat the most similar demos?"))
+            zero = f"{arm.checkpoint} / none / {arm.mode}"
+            if (arm.variant or arm.strategy == "gain") and arm.demos != "none" and zero in names:
+                out.append((arm.name, zero, "what do the demos add over zero-shot?"))
+        return out
 
     @property
     def reference_arm(self) -> str:

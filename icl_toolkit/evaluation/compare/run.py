@@ -45,7 +45,7 @@ from icl_toolkit.core.progress import progress_bar
 from icl_toolkit.data.cohort import Patient, content_hash
 from icl_toolkit.evaluation import baselines as bl
 from icl_toolkit.evaluation import tabular as tab
-from icl_toolkit.evaluation.compare.config import Arm, CompareConfig, load_compare_config
+from icl_toolkit.evaluation.compare.config import OPTION_DEFAULTS, Arm, CompareConfig, load_compare_config
 from icl_toolkit.evaluation.compare.report import (
     plot_auroc_vs_k,
     plot_calibration,
@@ -56,12 +56,14 @@ from icl_toolkit.evaluation.compare.report import (
 )
 from icl_toolkit.evaluation.compare.stats import TABULAR, Entry, contrast_rows, evaluate, standard_contrasts
 from icl_toolkit.evaluation.fairness import ORACLE, load_cache, save_cache
+from icl_toolkit.inference.gain import compute_gain
 from icl_toolkit.inference.output import OutputFile, read_records, sidecar_path
 from icl_toolkit.inference.predictor import Predictor
 from icl_toolkit.inference.run import predict_to_file
 from icl_toolkit.prompting.builder import templates_hash
 from icl_toolkit.retrieval.cache import RetrievalCache
 from icl_toolkit.retrieval.embedder import ProfileEmbedder
+from icl_toolkit.retrieval.gain import GAIN_FILE, GainScores
 from icl_toolkit.retrieval.index import DemoIndex
 from icl_toolkit.retrieval.representations import make_representation, needs_embedder
 from icl_toolkit.retrieval.retriever import Retrieval, Retriever
@@ -261,12 +263,37 @@ class Comparison:
         if arm.kind == "probe":
             self._run_probe(arm, backend, pool, test, val, advance)
             return
-        predictor = Predictor(backend, self.config.spec(arm), embedder=self.embedder, progress=False).fit(pool, index)
-        found = retrievals.get(arm.retrieval_key, {}) if arm.retrieval_key else {}
+        spec = self.config.spec(arm)
+        if arm.strategy == "gain" and arm.demos != "none":  # its own retrieval: the gain scores are the model's
+            predictor = Predictor(
+                backend,
+                spec,
+                embedder=self.embedder,
+                retrieval_cache=self.out / "retrieval" / f"gain-{arm.checkpoint}-k{arm.k}.json",
+                progress=False,
+            ).fit(pool, index, gain=self._gain(arm, backend, pool))
+            found: dict[str, Retrieval] | None = None
+        else:
+            predictor = Predictor(backend, spec, embedder=self.embedder, progress=False).fit(pool, index)
+            found = retrievals.get(arm.retrieval_key, {}) if arm.retrieval_key else {}
         for cohort, path in zip((test, val), self._arm_paths(arm)):
             if cohort:
                 output = OutputFile(path, predictor.provenance(cohort) | {"arm": _arm_record(arm)}, resume=True)
                 predict_to_file(predictor, cohort, output, retrievals=found, progress=False, advance=advance)
+
+    def _gain(self, arm: Arm, backend: Backend, pool: Sequence[Patient]) -> GainScores:
+        """The pool's gain scores for this arm's checkpoint (computed once into ``gain/<checkpoint>/``, reused
+        while the model, pool and settings match)."""
+        folder = self.out / "gain" / arm.checkpoint
+        want = {"settings": self.config.gain.model_dump(mode="json"), "pool_hash": content_hash(pool)}
+        if (folder / GAIN_FILE).exists():
+            scores = GainScores.load(folder / GAIN_FILE)
+            if all(scores.meta.get(k) == v for k, v in want.items()) and scores.model_id == backend.model_id:
+                return scores
+        scores = compute_gain(backend, pool, self.config.spec(arm).prompt, self.config.gain, progress=self.progress)
+        folder.mkdir(parents=True, exist_ok=True)
+        scores.save(folder)
+        return scores
 
     # ------------------------------------------------------------------ run
 
@@ -467,6 +494,7 @@ class Comparison:
         c = self.config
         entries: list[Entry] = []
         infos: dict[str, dict[str, Any]] = {}
+        votes: list[tuple[str, int, list[dict[str, Any]], list[dict[str, Any]] | None]] = []
         for arm in arms:
             path, vpath = self._arm_paths(arm)
             probs, records = self._read_arm(test, path)
@@ -478,6 +506,7 @@ class Comparison:
                 "strategy": arm.strategy,
                 "mode": arm.mode,
             } | ({"arm_kind": "probe"} if arm.kind == "probe" else {})
+            info |= {"show_risk": True} if arm.show_risk else {}
             entries.append(Entry(arm.name, "arm", probs, vprobs, info))
             meta = checkpoint_meta(c.checkpoints[arm.checkpoint])
             infos[arm.name] = {
@@ -487,9 +516,13 @@ class Comparison:
                 "seconds_per_patient": float(np.mean([r["seconds"] for r in records])),
                 "checkpoint_meta": meta,
             }
+            if arm.strategy == "gain" and arm.demos != "none":  # the vote of the demos it showed, from its records
+                vrecords = self._read_arm(val, vpath)[1] if val else None
+                votes.append((bl.vote_name(arm.strategy, arm.k, arm.checkpoint), arm.k, records, vrecords))
             if arm.kind == "probe":
                 infos[arm.name]["probe"] = read_json(sidecar_path(path), "predictions metadata").get("probe")
-        entries += self._baselines(test, val, pool, retrievals, infos)
+        entries += self._baselines(test, val, pool, retrievals, infos, votes, any(a.show_risk for a in arms))
+        _add_costs(entries, infos, arms)
         y = np.array([p.label for p in test])
         cache_path = self.out / FAIRNESS_CACHE
         fairness_cache = load_cache(cache_path)
@@ -508,7 +541,9 @@ class Comparison:
             fairness_cache = {k: fairness_cache[k] for k in fairness.cache_keys}
         save_cache(cache_path, fairness_cache)
         subgroups = fairness.subgroups
-        contrasts = contrast_rows(entries, test, [*c.contrasts, *standard_contrasts(entries, test, val)])
+        contrasts = contrast_rows(
+            entries, test, [*c.contrasts, *c.option_contrasts(arms), *standard_contrasts(entries, test, val)]
+        )
         write_tables(self.out, rows, fairness, contrasts)
         recalibration = self._recalibrate(entries, test, val)
         plots = ["roc.png", "calibration.png"]
@@ -579,6 +614,8 @@ class Comparison:
         pool: list[Patient],
         retrievals: dict[tuple[str, int], dict[str, Retrieval]],
         infos: dict[str, dict[str, Any]],
+        votes: Sequence[tuple[str, int, list[dict[str, Any]], list[dict[str, Any]] | None]] = (),
+        risk_shown: bool = False,
     ) -> list[Entry]:
         folder = self.out / "baselines"
         folder.mkdir(parents=True, exist_ok=True)
@@ -616,9 +653,16 @@ class Comparison:
                     bl.predict_age(model, val) if val else None,
                 )
             elif kind == "knn":
+                for name, k, records, vrecords in votes:
+                    add(
+                        name,
+                        f"share of positive outcomes among the {k} demonstrations the arm showed (its records)",
+                        bl.record_vote(records),
+                        bl.record_vote(vrecords) if vrecords is not None else None,
+                    )
                 for (strategy, k), found in sorted(retrievals.items()):
                     add(
-                        f"kNN vote {strategy} k={k}",
+                        bl.vote_name(strategy, k),
                         f"share of positive outcomes among the same {k} neighbours "
                         f"({strategy} retrieval) the demonstration arms show",
                         bl.knn_vote([found[p.patient_id] for p in test]),
@@ -634,13 +678,37 @@ class Comparison:
                         risk,
                         bl.oracle_risk(val) if val else None,
                     )
+        if risk_shown or "risk" in self.config.baselines:
+            from icl_toolkit.retrieval.risk import PoolRisk
+
+            model = PoolRisk(self.config.retrieval_config("similar", 1)).fit(pool)
+            add(
+                bl.RISK_SHOWN,
+                "the pool model's risk (the prognostic retriever's logistic regression on the pool) that show_risk "
+                "arms write into the prompt: the score alone",
+                [float(x) for x in model.risk(test)],
+                [float(x) for x in model.risk(val)] if val else None,
+            )
         tab.write_tuning(folder / "tuning.csv", fitted)
         return out
 
 
 def _arm_record(arm: Arm) -> dict[str, Any]:
-    """The arm as its prediction files record it (a prompt arm as before probes existed, so older runs resume)."""
-    return arm.model_dump(exclude={"kind"} if arm.kind == "prompt" else set())
+    """The arm as its prediction files record it (a prompt arm as before probes and options existed, so older
+    runs resume: options at their defaults are left out)."""
+    at_default = {k for k, v in OPTION_DEFAULTS.items() if getattr(arm, k) == v}
+    return arm.model_dump(exclude=at_default | ({"kind"} if arm.kind == "prompt" else set()), mode="json")
+
+
+def _add_costs(entries: list[Entry], infos: dict[str, dict[str, Any]], arms: Sequence[Arm]) -> None:
+    """Each arm's cost beside its metrics: seconds per patient and prompt tokens computed per patient (an order
+    ensemble computes each of its orders' prompts)."""
+    orders = {a.name: a.orders if a.demos != "none" else 1 for a in arms}
+    for e in entries:
+        info = infos.get(e.name, {})
+        if e.kind == "arm" and "seconds_per_patient" in info:
+            e.info["seconds_per_patient"] = round(info["seconds_per_patient"], 3)
+            e.info["prompt_tokens"] = round(info["mean_prompt_tokens"] * orders.get(e.name, 1), 1)
 
 
 def compare(

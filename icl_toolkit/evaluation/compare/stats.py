@@ -20,6 +20,7 @@ import numpy as np
 from icl_toolkit.core.errors import ConfigError
 from icl_toolkit.core.progress import progress_bar
 from icl_toolkit.data.cohort import Patient
+from icl_toolkit.evaluation.baselines import RISK_SHOWN, vote_name
 from icl_toolkit.evaluation.fairness import ORACLE, FairnessReport, fairness_report, group_attributes
 from icl_toolkit.evaluation.metrics import bootstrap_ci, choose_threshold, delong_test
 from icl_toolkit.evaluation.tabular import TABULAR_NAMES
@@ -153,9 +154,11 @@ def standard_contrasts(
     arms = [e for e in entries if e.kind == "arm"]
     for e in arms:
         demos, k, strategy = e.info.get("demos"), e.info.get("k"), e.info.get("strategy")
-        vote = f"kNN vote {strategy} k={k}"
+        vote = vote_name(str(strategy), int(k or 0), e.info.get("checkpoint"))
         if demos not in (None, "none", "-") and vote in by_name:
             out.append((e.name, vote, "does the model add to the vote of the demos it was shown?"))
+        if e.info.get("show_risk") and RISK_SHOWN in by_name:
+            out.append((e.name, RISK_SHOWN, "does the model add anything to the score it is shown?"))
     tabular = [by_name[n] for n in TABULAR if n in by_name]
     lm = [e for e in arms if e.info.get("family") != "tabular"]
     if tabular and lm:
