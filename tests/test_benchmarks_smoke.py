@@ -243,3 +243,11 @@ def test_tabular_scale_quick(tmp_path: Path) -> None:
     _quick("tabular_scale.py", "--out", str(out), timeout=300)
     (row,) = list(csv.DictReader(out.open()))
     assert row["patients"] == "2000" and int(row["nonzero"]) > 0 and float(row["peak_rss_mb"]) > 0
+
+
+def test_order_ensemble_quick(tmp_path: Path, tiny_model_dir: Path) -> None:
+    out = tmp_path / "order_ensemble.csv"
+    _quick("order_ensemble.py", "--model", str(tiny_model_dir), "--dtype", "float32", "--out", str(out))
+    rows = list(csv.DictReader(out.open()))
+    assert [int(r["orders"]) for r in rows] == [1, 3, 5]
+    assert float(rows[-1]["token_ratio"]) == pytest.approx(5, rel=0.05)

@@ -12,7 +12,6 @@ import pytest
 
 from icl_toolkit.backends import GenerationParams, choice_probabilities, no_ngram_repeats
 from icl_toolkit.core.errors import ConfigError
-from icl_toolkit.data.cohort import write_cohort
 from icl_toolkit.evaluation.compare import Comparison, load_compare_config
 from icl_toolkit.inference.config import PredictConfig
 from icl_toolkit.inference.gain import GainConfig, compute_gain, gain_features
@@ -141,8 +140,9 @@ def test_gain_scores_equal_a_brute_force_computation(tiny_backend_obj, gain_pool
             alone = zero.build(patient, [], by_id).text
             lp_shown, lp_alone = tiny_backend_obj.score([shown, alone], [" Yes", " No"])
             p1, p0 = choice_probabilities(lp_shown)[0], choice_probabilities(lp_alone)[0]
-            true = (lambda p: p if patient.label == 1 else 1 - p)
-            deltas.append(np.log(true(p1)) - np.log(true(p0)))
+            if patient.label == 0:
+                p1, p0 = 1 - p1, 1 - p0
+            deltas.append(np.log(p1) - np.log(p0))
         assert gains.measured[cand.patient_id] == pytest.approx(float(np.mean(deltas)), abs=2e-5)
     assert set(gains.scores) == set(by_id) and gains.model_id == tiny_backend_obj.model_id
 
@@ -283,3 +283,19 @@ def test_options_through_icl_compare_with_their_contrasts(small_cohort, tiny_mod
         (tmp_path / "out" / "gain" / "base" / "gain.json").read_text()
     )["scores"]
     assert again.contrasts
+
+
+def test_looping_reasonings_and_the_stop_rule_choice():
+    from icl_toolkit.evaluation.reasoning import choose_stop_rule, count_looping, looping
+
+    loops = "Step 1: Start: 80.\nStep 4: Weigh it up: modest.\nStep 5: Weigh it up: modest.\nStep 6: Weigh it"
+    assert looping(loops) and not looping("Step 1: Start: 80.\nStep 2: Check risk: none.") and not looping(None)
+    assert count_looping([{"reasoning": loops}, {"reasoning": "fine"}]) == 1
+    rows = [
+        {"name": "none", "n": 64, "looping": 50, "val_auroc": 0.70},
+        {"name": "stop", "n": 64, "looping": 1, "val_auroc": 0.60},
+        {"name": "ngram", "n": 64, "looping": 3, "val_auroc": 0.65},
+        {"name": "penalty", "n": 64, "looping": 20, "val_auroc": 0.80},
+    ]
+    assert choose_stop_rule(rows)["name"] == "ngram"  # the best validation AUROC among rules that stop
+    assert choose_stop_rule([r | {"looping": 40} for r in rows])["name"] == "penalty"
