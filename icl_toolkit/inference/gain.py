@@ -31,7 +31,7 @@ import hashlib
 import math
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -64,6 +64,9 @@ class GainConfig(BaseModel):
     """Cross-fitting folds (by a hash of the subject): a patient's score comes from the other folds' gains."""
     seed: int = 0
     """Seed of the folds and of the draw of measured candidates."""
+    demos: Literal["rationale", "label"] = "rationale"
+    """What a one-shot demo shows while gains are measured (one set of scores serves every gain arm of a model, so
+    label-only and rationale gain arms show the same demos)."""
 
 
 def gain_features(pool: Sequence[Patient]) -> np.ndarray:
@@ -101,8 +104,9 @@ def compute_gain(
     Args:
         backend: the model the demonstrations are for.
         pool: the labelled demonstration pool (nothing else is read).
-        prompt: the prompt layout of the arm the scores are for (its ``demos``, rationale style and budgets; the
-            scoring is always one-shot against zero-shot, in score mode, one order, without risk lines).
+        prompt: the prompt layout of the arm the scores are for (its rationale style and budgets; the scoring is
+            always one-shot, showing ``config.demos``, against zero-shot, in score mode, one order, without risk
+            lines).
         config: neighbours, limit, folds, seed.
         progress: show a progress bar.
 
@@ -115,9 +119,9 @@ def compute_gain(
         raise ConfigError(
             "Gain scores measure the model's log-probability of the true outcome; every pool patient needs a label."
         )
-    base = (prompt or PromptConfig()).model_copy(update={"mode": "score", "orders": 1, "show_risk": False})
-    if base.demos == "none":
-        base = base.model_copy(update={"demos": "rationale"})
+    base = (prompt or PromptConfig()).model_copy(
+        update={"mode": "score", "orders": 1, "show_risk": False, "demos": config.demos}
+    )
     start = time.perf_counter()
     fold = PrognosticBlock(folds=config.folds, seed=config.seed).folds_of(pool)
     x = gain_features(pool)

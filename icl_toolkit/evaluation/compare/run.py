@@ -56,7 +56,7 @@ from icl_toolkit.evaluation.compare.report import (
 )
 from icl_toolkit.evaluation.compare.stats import TABULAR, Entry, contrast_rows, evaluate, standard_contrasts
 from icl_toolkit.evaluation.fairness import ORACLE, load_cache, save_cache
-from icl_toolkit.inference.gain import compute_gain
+from icl_toolkit.inference.gain import GainConfig, compute_gain
 from icl_toolkit.inference.output import OutputFile, read_records, sidecar_path
 from icl_toolkit.inference.predictor import Predictor
 from icl_toolkit.inference.run import predict_to_file
@@ -285,10 +285,14 @@ class Comparison:
         """The pool's gain scores for this arm's checkpoint (computed once into ``gain/<checkpoint>/``, reused
         while the model, pool and settings match)."""
         folder = self.out / "gain" / arm.checkpoint
-        want = {"settings": self.config.gain.model_dump(mode="json"), "pool_hash": content_hash(pool)}
         if (folder / GAIN_FILE).exists():
             scores = GainScores.load(folder / GAIN_FILE)
-            if all(scores.meta.get(k) == v for k, v in want.items()) and scores.model_id == backend.model_id:
+            made = GainConfig(**scores.meta.get("settings", {}))  # a setting the file predates: its default
+            if (
+                made == self.config.gain
+                and scores.meta.get("pool_hash") == content_hash(pool)
+                and scores.model_id == backend.model_id
+            ):
                 return scores
         scores = compute_gain(backend, pool, self.config.spec(arm).prompt, self.config.gain, progress=self.progress)
         folder.mkdir(parents=True, exist_ok=True)
