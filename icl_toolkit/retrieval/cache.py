@@ -25,7 +25,7 @@ def _upgrade_key(key: dict[str, Any]) -> dict[str, Any]:
     if "retriever" in key or "embedder" not in key or not isinstance(key.get("config"), dict):
         return key
     try:
-        config = RetrievalConfig(**{**key["config"], "retriever": "dense"}).model_dump(mode="json")
+        config = RetrievalConfig(**{**key["config"], "retriever": "dense"}).cache_config()
     except (TypeError, ValueError):
         return key
     return {

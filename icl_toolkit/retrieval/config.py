@@ -7,7 +7,7 @@ described in :mod:`icl_toolkit.retrieval.retriever` (selection) and :mod:`icl_to
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -59,6 +59,11 @@ class RetrievalConfig(BaseModel):
     """``prognostic``: width of the risk kernel, in units of the pool's spread of risk scores."""
     folds: int = Field(5, ge=2, le=50)
     """``prognostic``: cross-fitting folds (each pool patient is scored by a model that never saw its label)."""
+
+    def cache_config(self) -> dict[str, Any]:
+        """The settings as a retrieval cache key records them: ``gain_candidates`` only for strategy ``gain`` (the
+        one strategy it changes), so caches made before it existed stay valid."""
+        return self.model_dump(mode="json", exclude=None if self.strategy == "gain" else {"gain_candidates"})
 
     @field_validator("hybrid_weights")
     @classmethod

@@ -276,8 +276,5 @@ class Retriever:
             "pool_hash": m["pool_hash"],
             "retriever": describe_retriever(m),
             "index_kind": m["kind"],
-            # gain_candidates only matters to strategy gain (and caches made before it existed stay valid)
-            "config": self.config.model_dump(
-                mode="json", exclude=None if self.config.strategy == "gain" else {"gain_candidates"}
-            ),
+            "config": self.config.cache_config(),
         } | ({"gain": self.gain.digest} if self.config.strategy == "gain" and self.gain is not None else {})
