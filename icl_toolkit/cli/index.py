@@ -214,9 +214,7 @@ def evaluate(
 @app.command("gain")
 @with_engine_flags
 @with_flags("gain_options", FlagGroup(GainConfig), build=dict)
-@with_flags(
-    "prompt_options", FlagGroup(PromptConfig, fields=("demos", "rationale", "demo_tokens", "query_tokens")), build=dict
-)
+@with_flags("prompt_options", FlagGroup(PromptConfig, fields=("rationale", "demo_tokens", "query_tokens")), build=dict)
 def gain(
     pool: Annotated[Path, typer.Option(help="Demonstration pool (cohort JSONL with labels) the index was built on.")],
     index: Annotated[Path, typer.Option(help="Index folder from `icl index build`; gain.json is written into it.")],
