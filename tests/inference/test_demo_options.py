@@ -299,3 +299,23 @@ def test_looping_reasonings_and_the_stop_rule_choice():
     ]
     assert choose_stop_rule(rows)["name"] == "ngram"  # the best validation AUROC among rules that stop
     assert choose_stop_rule([r | {"looping": 40} for r in rows])["name"] == "penalty"
+
+
+def test_gain_order_and_risk_through_the_cli(small_cohort, tiny_model_dir, invoke, tmp_path):
+    from icl_toolkit.data.cohort import write_cohort
+
+    write_cohort(small_cohort[:60], tmp_path / "pool.jsonl")
+    write_cohort(small_cohort[200:203], tmp_path / "test.jsonl")
+    code, text = invoke(["index", "build", "--pool", tmp_path / "pool.jsonl", "--out", tmp_path / "idx"])
+    assert code == 0, text
+    base = ["predict", "--cohort", tmp_path / "test.jsonl", "--pool", tmp_path / "pool.jsonl", "--index",
+            tmp_path / "idx", "--model", tiny_model_dir, "--k", "2", "--query-tokens", "120", "--demo-tokens", "100"]
+    code, text = invoke([*base, "--strategy", "gain", "--out", tmp_path / "a.jsonl"])
+    assert code != 0 and "icl index gain" in text
+    code, text = invoke(["index", "gain", "--pool", tmp_path / "pool.jsonl", "--index", tmp_path / "idx", "--model",
+                         tiny_model_dir, "--limit", "12", "--neighbours", "2", "--query-tokens", "120"])
+    assert code == 0 and "12 measured" in text, text
+    code, text = invoke([*base, "--strategy", "gain", "--orders", "2", "--show-risk", "--out", tmp_path / "b.jsonl"])
+    assert code == 0, text
+    records = [json.loads(line) for line in (tmp_path / "b.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and all(len(r["orders"]) == 2 for r in records)
