@@ -319,3 +319,24 @@ def test_gain_order_and_risk_through_the_cli(small_cohort, tiny_model_dir, invok
     assert code == 0, text
     records = [json.loads(line) for line in (tmp_path / "b.jsonl").read_text().splitlines()]
     assert len(records) == 3 and all(len(r["orders"]) == 2 for r in records)
+
+
+def test_gain_orders_and_risk_in_the_service(tiny_backend_obj, gain_pool, gains, queries):
+    pytest.importorskip("fastapi")
+    from icl_toolkit.serve.schemas import PredictOptions
+    from icl_toolkit.serve.service import PredictionService
+
+    config = PredictConfig.from_options(**SMALL, k=2, orders=2, show_risk=True)
+    service = PredictionService(tiny_backend_obj, gain_pool, None, config, gain=gains)
+    got = service.predict_now(queries[:2], PredictOptions(k=2, strategy="gain", return_prompt=True))
+    offline = Predictor(
+        tiny_backend_obj, PredictConfig.from_options(**SMALL, k=2, orders=2, show_risk=True, strategy="gain"),
+        progress=False,
+    ).fit(gain_pool, gain=gains)
+    want = offline.predict_proba(queries[:2])
+    assert [[d["patient_id"] for d in g["demos"]] for g in got] == [[d["patient_id"] for d in w.demos] for w in want]
+    assert [g["probability"] for g in got] == pytest.approx([w.probability for w in want], abs=2e-6)
+    assert all(len(g["orders"]) == 2 and RISK_LINE in g["prompt"] for g in got)
+    without = PredictionService(tiny_backend_obj, gain_pool, None, config)
+    with pytest.raises(ConfigError, match="gain scores"):
+        without.predict_now(queries[:1], PredictOptions(k=2, strategy="gain"))
