@@ -238,9 +238,9 @@ def gain(
         raise ConfigError(f"{index}: this index was built on another pool than {pool}; give the pool it was built on.")
     try:
         settings = GainConfig(**gain_options)
-        prompt = PromptConfig(**prompt_options)
     except ValidationError as exc:
         raise flag_error(exc) from None
+    prompt = spec_from_flags(model, **prompt_options).prompt
     backend = open_backend(model, engine, progress=False)
     scores = compute_gain(backend, patients, prompt, settings)
     scores.save(index)

@@ -43,9 +43,8 @@ from icl_toolkit.core.progress import progress_bar
 from icl_toolkit.data.cohort import Patient, check_patients, content_hash
 from icl_toolkit.prompting.builder import PromptBuilder, templates_hash
 from icl_toolkit.prompting.config import PromptConfig
-from icl_toolkit.retrieval.config import RetrievalConfig
 from icl_toolkit.retrieval.gain import GainScores
-from icl_toolkit.retrieval.representations import PrognosticBlock, make_representation
+from icl_toolkit.retrieval.representations import PatientRepresentation, PrognosticBlock, SparseBlock, StructuredBlock
 from icl_toolkit.retrieval.retriever import Hit
 
 __all__ = ["GainConfig", "compute_gain", "gain_features"]
@@ -72,7 +71,7 @@ class GainConfig(BaseModel):
 def gain_features(pool: Sequence[Patient]) -> np.ndarray:
     """Label-free features of pool patients: the prognostic retriever's clinical part (codes TF-IDF 3/4, age /
     sex / history 1/4) without its learned risk; unit rows, so inner products are similarities."""
-    rep = make_representation(RetrievalConfig(retriever="hybrid", hybrid_weights=(0.0, 0.75, 0.25)))
+    rep = PatientRepresentation("clinical", [SparseBlock(), StructuredBlock()], [0.75, 0.25])
     return rep.fit(pool).pool_vectors()
 
 
