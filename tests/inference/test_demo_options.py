@@ -286,19 +286,26 @@ def test_options_through_icl_compare_with_their_contrasts(small_cohort, tiny_mod
 
 
 def test_looping_reasonings_and_the_stop_rule_choice():
-    from icl_toolkit.evaluation.reasoning import choose_stop_rule, count_looping, looping
+    from icl_toolkit.evaluation.reasoning import choose_stop_rule, count_looping, count_unfinished, looping
 
     loops = "Step 1: Start: 80.\nStep 4: Weigh it up: modest.\nStep 5: Weigh it up: modest.\nStep 6: Weigh it"
     assert looping(loops) and not looping("Step 1: Start: 80.\nStep 2: Check risk: none.") and not looping(None)
     assert count_looping([{"reasoning": loops}, {"reasoning": "fine"}]) == 1
     rows = [
-        {"name": "none", "n": 64, "looping": 50, "val_auroc": 0.70},
-        {"name": "stop", "n": 64, "looping": 1, "val_auroc": 0.60},
-        {"name": "ngram", "n": 64, "looping": 3, "val_auroc": 0.65},
-        {"name": "penalty", "n": 64, "looping": 20, "val_auroc": 0.80},
+        {"name": "none", "n": 64, "unfinished": 50, "val_auroc": 0.70},
+        {"name": "stop", "n": 64, "unfinished": 1, "val_auroc": 0.60},
+        {"name": "ngram", "n": 64, "unfinished": 3, "val_auroc": 0.65},
+        {"name": "penalty", "n": 64, "unfinished": 20, "val_auroc": 0.80},
     ]
     assert choose_stop_rule(rows)["name"] == "ngram"  # the best validation AUROC among rules that stop
-    assert choose_stop_rule([r | {"looping": 40} for r in rows])["name"] == "penalty"
+    assert choose_stop_rule([r | {"unfinished": 40} for r in rows])["name"] == "penalty"
+
+    class Words:  # a tokenizer of whitespace words
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": text.split()}
+
+    records = [{"reasoning": loops}, {"reasoning": "a " * 20}, {"reasoning": "short and done"}]
+    assert count_unfinished(records, Words(), reason_tokens=22) == 2  # the loop, and the one at the limit
 
 
 def test_gain_order_and_risk_through_the_cli(small_cohort, tiny_model_dir, invoke, tmp_path):
