@@ -28,7 +28,7 @@ SCALE_N ?= 350
 POWER_SFT_ARGS ?= --lora --lora-r 8 --train-layers 8 --epochs 3 --lr 5e-4 --batch-size 8 --query-tokens 160 --val-limit 200 \
 	--eval-points 11 --patience 3 --min-epochs 1 --stop-on auroc --seed 0 --dtype bfloat16 --resume
 
-.PHONY: docs venv demo omop-demo meds-demo disparity monitor-demo paper paper-quick paper-cohort paper-sft paper-compare paper-scale paper-trajectory paper-trajectory-cohort paper-trajectory-sft test test-all test-vllm test-floors lint clean
+.PHONY: docs venv demo omop-demo meds-demo disparity monitor-demo paper paper-quick paper-cohort paper-sft paper-stop-rule paper-compare paper-scale paper-trajectory paper-trajectory-cohort paper-trajectory-sft test test-all test-vllm test-floors lint clean
 
 venv: $(STAMP)
 
@@ -129,6 +129,12 @@ paper-compare: paper-cohort
 	$(MAKE) paper-sft
 	$(VENV)/bin/icl compare --config recipes/paper_powered.toml --test $(RECIPE_DIR)/splits/test.jsonl \
 		--pool $(RECIPE_DIR)/splits/train.jsonl --val $(RECIPE_DIR)/splits/val.jsonl --out $(POWER_RESULTS)
+
+# The stop rule of the step-by-step checkpoint in reason mode, chosen on the 64 validation patients of the
+# powered recipe (recipes/stop_rule.py; a few minutes; results/paper_powered/stop_rule/)
+paper-stop-rule: paper-sft
+	$(PY) recipes/stop_rule.py --val $(RECIPE_DIR)/splits/val.jsonl --pool $(RECIPE_DIR)/splits/train.jsonl \
+		--results $(POWER_RESULTS)
 
 # The powered design on a trajectory cohort (the same size, seed and split; the signal in order and values):
 # base arms and probe first, then the label-SFT checkpoint on the same schedule, then its arms.
