@@ -182,12 +182,16 @@ class Predictor:
         return {p.patient_id: float(x) for p, x in zip(shown, self.risk_.risk(shown))}
 
     def build_prompts(
-        self, patients: Sequence[Patient], retrievals: Sequence[Retrieval], permutation: int = 0
+        self,
+        patients: Sequence[Patient],
+        retrievals: Sequence[Retrieval],
+        permutation: int = 0,
+        risks: dict[str, float] | None = None,
     ) -> list[BuiltPrompt]:
         """Rendered and packed prompts (what the backend will see); ``permutation`` m > 0: the order ensemble's
-        m-th demo order."""
+        m-th demo order; ``risks``: from :meth:`risks` (computed here when not given)."""
         self._check_fitted()
-        risks = self.risks(patients, retrievals)
+        risks = risks if risks is not None else self.risks(patients, retrievals)
         return [
             self.builder_.build(p, r.hits, self.pool_, risks=risks, permutation=permutation)
             for p, r in zip(patients, retrievals)
@@ -235,10 +239,11 @@ class Predictor:
         elif len(retrievals) != len(batch):
             raise ConfigError(f"Got {len(retrievals)} retrievals for {len(batch)} patients.")
         start = time.perf_counter()
-        prompts = self.build_prompts(batch, retrievals)
+        risks = self.risks(batch, retrievals)
+        prompts = self.build_prompts(batch, retrievals, risks=risks)
         # the order ensemble: the configured order, then M-1 seeded permutations of the same demos
         n_orders = self.config.prompt.orders if self.uses_demos else 1
-        members = [prompts] + [self.build_prompts(batch, retrievals, m) for m in range(1, n_orders)]
+        members = [prompts] + [self.build_prompts(batch, retrievals, m, risks) for m in range(1, n_orders)]
         flat, reasons = self._answer([bp.text for member in members for bp in member])
         logprobs, reasoning = flat[: len(batch)], reasons[: len(batch)]
         per_order = [

@@ -217,7 +217,7 @@ class Retriever:
             gains = [self.gain.scores.get(str(self.ids_[rows[i]]), 0.0) for i in range(n)]
             return sorted(sorted(range(n), key=lambda i: (-gains[i], -scores[i], i))[: c.k])
         # mmr
-        pool_n = min(len(rows), max(4 * c.k, 20))
+        pool_n = min(len(rows), self._wanted())
         vecs = self.index_.vectors(rows[:pool_n])
         rel = scores[:pool_n]
         chosen: list[int] = []

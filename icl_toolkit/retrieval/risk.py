@@ -52,7 +52,6 @@ class PoolRisk:
         block.fit(pool)
         self.block_ = block
         self.pool_risk_ = {p.subject_id: _sigmoid(float(x)) for p, x in zip(pool, block.pool_logits_)}
-        self.pool_ids_ = {p.patient_id: p.subject_id for p in pool}
         return self
 
     def risk(self, patients: Sequence[Patient]) -> np.ndarray:

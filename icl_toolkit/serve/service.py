@@ -135,12 +135,7 @@ class PredictionService:
         """The fitted predictor for these options (cached by spec; fitting reuses the loaded index)."""
         config = self.spec(options)
         if config not in self._predictors:
-            gain = self.gain if config.retrieval.strategy == "gain" else None
-            if config.retrieval.strategy == "gain" and config.uses_demos and gain is None:
-                raise ConfigError(
-                    "strategy gain needs gain scores, and this server has none: start it with --index a folder "
-                    "holding gain.json (from `icl index gain`)."
-                )
+            gain = self.gain if config.retrieval.strategy == "gain" else None  # Predictor.fit refuses a missing one
             self._predictors[config] = Predictor(self.backend, config, embedder=self.embedder, progress=False).fit(
                 self.pool, self.index, gain=gain
             )

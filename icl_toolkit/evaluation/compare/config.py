@@ -410,10 +410,9 @@ class CompareConfig(BaseModel):
                 if plain in names:
                     out.append((arm.name, plain, f"what does{arm.variant} add to the same arm without it?"))
             if arm.strategy == "gain":
-                similar = arm.model_copy(update={"strategy": "similar"})
-                name = arm.name.replace(" gain ", " similar ", 1)
-                if name in names and similar.demos != "none":
-                    out.append((arm.name, name, "does selection by gain beat the most similar demos?"))
+                similar = arm.name.replace(" gain ", " similar ", 1)
+                if similar in names:
+                    out.append((arm.name, similar, "does selection by gain beat the most similar demos?"))
             zero = f"{arm.checkpoint} / none / {arm.mode}"
             if (arm.variant or arm.strategy == "gain") and arm.demos != "none" and zero in names:
                 out.append((arm.name, zero, "what do the demos add over zero-shot?"))
