@@ -15,7 +15,9 @@ from icl_toolkit.rationales.config import TeacherConfig
 
 app = typer.Typer(help="Teacher-written rationales for cohorts without them.", no_args_is_help=True)
 
-TEACHER = FlagGroup(TeacherConfig)
+TEACHER = FlagGroup(
+    TeacherConfig, fields=("styles", "max_new_tokens", "temperature", "seed", "history_tokens", "horizon_years")
+)
 """The teacher's settings (--styles, --max-new-tokens, --temperature, ...)."""
 
 

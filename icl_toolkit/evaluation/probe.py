@@ -59,6 +59,10 @@ class StateCache:
         meta_path = folder / "meta.json"
         if meta_path.exists():
             old = json.loads(meta_path.read_text())
+            if isinstance(old.get("templates_hash"), str):  # states made before templates read the task's words
+                from icl_toolkit.prompting.templates import current_templates_hash
+
+                old["templates_hash"] = current_templates_hash(old["templates_hash"])
             if old != json.loads(json.dumps(meta)):
                 changed = sorted(k for k in {*old, *meta} if old.get(k) != meta.get(k))
                 note(f"note: {folder}: cached states were made with other {', '.join(changed)}; recomputing them")

@@ -109,9 +109,18 @@ class PredictConfig(BaseModel):
 
     def for_model(self, model: str) -> PredictConfig:
         """This config for ``model``: a checkpoint from ``icl finetune`` asked to reason without demonstrations
-        gets the prompt it was trained on, unless a template is set."""
-        from icl_toolkit.core.models import trained_template
+        gets the prompt it was trained on, unless a template is set.
 
+        Raises:
+            ConfigError: a checkpoint fine-tuned for another task than this config's."""
+        from icl_toolkit.core.models import checkpoint_meta, trained_template
+        from icl_toolkit.data.task import check_same_task, recorded_task
+
+        meta = checkpoint_meta(model)
+        if meta is not None:  # a fine-tuned checkpoint learned one task's answer line
+            check_same_task(
+                recorded_task(meta.get("prompt")), self.prompt.task.name, f"checkpoint {model}", "the cohort"
+            )
         if self.prompt.template is not None:
             return self
         template = trained_template(model, self.prompt.mode, self.prompt.demos)

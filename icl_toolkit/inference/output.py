@@ -52,12 +52,27 @@ __all__ = [
     "OutputFile",
     "ShardedOutput",
     "MANIFEST",
+    "upgrade_provenance",
 ]
 
 MANIFEST = "manifest.json"
 """The file that makes a folder a sharded run."""
 INDEX_DIR = "index"
 """The pool's index a predicting driver builds in its output folder before the first shard."""
+
+
+def upgrade_provenance(recorded: Mapping[str, Any]) -> dict[str, Any]:
+    """A file's recorded provenance as the toolkit would write it now: a model recorded by its folder's path
+    (before content ids) as that folder's content id; a templates hash of the shipped templates before they read
+    the task's words as the same templates' hash now; a file without a task as the default task's."""
+    from icl_toolkit.data.task import recorded_task
+    from icl_toolkit.prompting.templates import current_templates_hash
+
+    out = {k: recorded_model_id(v) if k in ("model_id", "teacher_model") else v for k, v in recorded.items()}
+    if isinstance(out.get("templates_hash"), str):
+        out["templates_hash"] = current_templates_hash(out["templates_hash"])
+    out["task"] = recorded_task(out)
+    return out
 
 
 @runtime_checkable
@@ -259,10 +274,7 @@ class RunOutput:
         self._fresh = not (resume and held)  # a new run (or a replacement): nothing of it is written yet
         if not self._fresh:
             where, recorded = self._recorded()
-            # a model recorded by its folder's path (before content ids) is read as that folder's content id
-            recorded = {
-                k: recorded_model_id(v) if k in ("model_id", "teacher_model") else v for k, v in recorded.items()
-            }
+            recorded = upgrade_provenance(recorded)
             check_meta(
                 recorded,
                 self.provenance,

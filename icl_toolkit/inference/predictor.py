@@ -34,6 +34,7 @@ import numpy as np
 from icl_toolkit.backends import Backend, GenerationParams, choice_probabilities
 from icl_toolkit.core.errors import ConfigError
 from icl_toolkit.data.cohort import Patient, check_patients, content_hash
+from icl_toolkit.data.task import check_same_task, recorded_task
 from icl_toolkit.inference.config import PredictConfig
 from icl_toolkit.prompting.builder import BuiltPrompt, PromptBuilder
 from icl_toolkit.prompting.config import PromptConfig
@@ -150,6 +151,10 @@ class Predictor:
             self.retriever_ = Retriever(self.config.retrieval, self.embedder, gain=gain).fit(
                 pool, index, index_kind=index_kind, progress=self.progress
             )
+            if index is not None:  # an index built for another task's pool is refused by name
+                check_same_task(
+                    recorded_task(self.retriever_.index_.meta), self.config.prompt.task.name, "the index", pool_name
+                )
         if self.config.prompt.show_risk:
             self.risk_ = PoolRisk(self.config.retrieval).fit(pool)
         return self
@@ -167,7 +172,7 @@ class Predictor:
             return [Retrieval(p.patient_id) for p in patients]
         if self.retrieval_cache is None:
             return self.retriever_.retrieve(patients, progress=self.progress)
-        cache = RetrievalCache.open(self.retrieval_cache, self.retriever_.cache_key())
+        cache = RetrievalCache.open(self.retrieval_cache, self.retriever_.cache_key(self.config.prompt.task.name))
         out = cache.retrieve(self.retriever_, patients, progress=self.progress)
         cache.save(self.retrieval_cache)
         return out
@@ -298,6 +303,7 @@ class Predictor:
             "dtype": getattr(self.backend, "dtype", None),
             "config": self.config.model_dump(mode="json"),
             "templates_hash": self.builder_.templates_hash,
+            "task": self.config.prompt.task.name,
             "cohort_hash": content_hash(cohort),
             "pool_hash": content_hash(self.pool_.values()),
             "embedder": self.retriever_.representation_.embedder_id if self.retriever_ is not None else None,

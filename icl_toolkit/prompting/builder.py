@@ -48,24 +48,27 @@ from icl_toolkit.prompting.templates import (
     REASON_TEMPLATE,
     SYSTEM_TEMPLATE,
     TEMPLATES,
+    TaskWords,
     chat_prompt,
     load_templates,
 )
 from icl_toolkit.retrieval.retriever import Hit
 from icl_toolkit.retrieval.risk import risk_text
 
-__all__ = ["BuiltPrompt", "PromptBuilder", "templates_hash", "task_question", "RISK_LINE"]
+__all__ = ["BuiltPrompt", "PromptBuilder", "templates_hash", "task_question", "task_words", "RISK_LINE"]
 
 RISK_LINE = "Risk from a model of similar patients"
 """The words before the risk percentage on a record's first line when ``show_risk`` is on."""
 
 
-def task_question(horizon_years: float) -> str:
-    years = f"{horizon_years:g}"
-    return (
-        f"Will this patient be diagnosed with Alzheimer's disease or a related dementia within "
-        f"{years} years after the index date?"
-    )
+def task_question(config: PromptConfig) -> str:
+    """The question ``config``'s prompts ask (its task's, with the horizon filled in)."""
+    return task_words(config).question
+
+
+def task_words(config: PromptConfig) -> TaskWords:
+    """The task's words as ``config``'s templates receive them (``task``)."""
+    return TaskWords(config.task, f"{config.horizon_years:g}")
 
 
 @dataclass
@@ -126,6 +129,7 @@ class PromptBuilder:
         (self._system, self._user, self._answer), self.templates_hash, self.template_name = _templates(self.config)
         self._histories: dict[tuple[str, int, bool], Serialized] = {}
         self._template_stop: tuple[str, ...] = ()  # the user template's ``stop``, known once it has rendered
+        self._task = task_words(self.config)
 
     # ------------------------------------------------------------------ pieces
 
@@ -134,8 +138,9 @@ class PromptBuilder:
 
     @property
     def answer_prefix(self) -> str:
-        """The words that open the answer (and end every demo): ``"ADRD within 5 years:"``."""
-        return self._answer.render(horizon_years=f"{self.config.horizon_years:g}").strip()
+        """The words that open the answer (and end every demo): the task's ``answer`` and a colon (``"ADRD within 5
+        years:"``)."""
+        return self._answer.render(task=self._task, horizon_years=self._task.horizon).strip()
 
     def history(self, patient: Patient, budget: int, *, demo: bool = False) -> Serialized:
         """Serialised history under ``budget`` tokens (cached per patient, budget and role).
@@ -207,8 +212,8 @@ class PromptBuilder:
         model's risk by patient id (needed with ``show_risk``)."""
         c = self.config
         variables = {
-            "task": task_question(c.horizon_years),
-            "horizon_years": f"{c.horizon_years:g}",
+            "task": self._task,
+            "horizon_years": self._task.horizon,
             "choices": ["Yes", "No"],
             "query": {
                 "history": self._record(query, c.query_tokens, risks, demo=False),

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+
+from icl_toolkit.data.task import WithTask
 
 __all__ = ["Demos", "Mode", "Order", "RationaleStyle", "PromptConfig"]
 
@@ -16,7 +18,7 @@ Order = Literal["similar-last", "similar-first", "random"]
 RationaleStyle = Literal["free_text", "stepwise"]
 
 
-class PromptConfig(BaseModel):
+class PromptConfig(WithTask):
     """How prompts are laid out and packed (validated; unknown fields rejected)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)

@@ -14,6 +14,7 @@ from typing import Any
 
 from icl_toolkit.core.artifacts import text_hash
 from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.data.task import Task
 
 __all__ = [
     "TEMPLATES",
@@ -24,12 +25,47 @@ __all__ = [
     "user_prompts_dir",
     "load_templates",
     "chat_prompt",
+    "TaskWords",
+    "current_templates_hash",
 ]
 
 TEMPLATES = {"none": "zero_shot", "rationale": "few_shot_rationale", "label": "few_shot_label"}
 REASON_TEMPLATE = "reason_first"
 SYSTEM_TEMPLATE = "system"
 ANSWER_TEMPLATE = "answer"
+
+
+class TaskWords:
+    """A task's words as every template receives them in ``task``: ``{{ task }}`` is the question, and
+    ``{{ task.answer }}``, ``{{ task.outcome }}``, ... the task's other texts (:class:`~icl_toolkit.data.task.Task`),
+    with ``{years}`` replaced by the horizon."""
+
+    def __init__(self, task: Task, years: str) -> None:
+        self.__dict__.update(task.words(years))
+        self.horizon = years  # the horizon as templates show it ("5")
+
+    question: str
+
+    def __str__(self) -> str:
+        return self.question
+
+
+LEGACY_TEMPLATE_HASHES: dict[str, tuple[str, ...]] = {
+    "sha256:dc5646986db221b3": (SYSTEM_TEMPLATE, "zero_shot", ANSWER_TEMPLATE),
+    "sha256:50bba51506196dac": (SYSTEM_TEMPLATE, "few_shot_rationale", ANSWER_TEMPLATE),
+    "sha256:a84c65951a1793a3": (SYSTEM_TEMPLATE, "few_shot_label", ANSWER_TEMPLATE),
+    "sha256:9d327a9d412694b6": (SYSTEM_TEMPLATE, REASON_TEMPLATE, ANSWER_TEMPLATE),
+    "sha256:ac81f62f785ac699": ("teacher_system", "teacher_rationale"),
+}
+"""The hashes of the shipped templates before they read the task's words, and the templates they became."""
+
+
+def current_templates_hash(recorded: str) -> str:
+    """A templates hash recorded by a file made before templates read the task's words, as the hash of the same
+    shipped templates now (they render the same prompts for the default task, the only task then; a test checks
+    this byte for byte); any other hash as it is."""
+    names = LEGACY_TEMPLATE_HASHES.get(recorded)
+    return load_templates(*names)[1] if names else recorded
 
 
 def prompts_dir() -> Path:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
+from icl_toolkit.data.task import WithTask
 from icl_toolkit.prompting.config import RationaleStyle as Style
 
 __all__ = ["Style", "TeacherConfig"]
 
 
-class TeacherConfig(BaseModel):
+class TeacherConfig(WithTask):
     """How the teacher writes (validated; unknown fields are rejected)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)

@@ -26,7 +26,7 @@ from icl_toolkit.core.progress import progress_bar
 from icl_toolkit.data.cohort import Patient, Rationales
 from icl_toolkit.data.serialize import serialize_history, sex_word, token_counter
 from icl_toolkit.inference.ray import RayOptions
-from icl_toolkit.prompting.templates import chat_prompt, load_templates
+from icl_toolkit.prompting.templates import TaskWords, chat_prompt, load_templates
 from icl_toolkit.rationales.config import TeacherConfig
 from icl_toolkit.rationales.grounding import check_grounding
 
@@ -94,6 +94,7 @@ class RationaleTeacher:
             "history": history,
             "label": patient.label,
             "horizon_years": f"{c.horizon_years:g}",
+            "task": TaskWords(c.task, f"{c.horizon_years:g}"),
             "style": style,
             "age": int(patient.age_at_index),
             "sex": sex_word(patient.sex),
@@ -107,6 +108,7 @@ class RationaleTeacher:
             "teacher_model": self.backend.model_id,
             "teacher_config": self.config.model_dump(mode="json"),
             "templates_hash": self.templates_hash,
+            "task": self.config.task.name,
         }
 
     def generate(self, patients: Sequence[Patient]) -> list[TeacherRecord]:
@@ -290,11 +292,12 @@ def generate_rationales_file(
     from icl_toolkit.backends.options import EngineOptions, open_backend
     from icl_toolkit.core.models import lm_id
     from icl_toolkit.data.cohort import content_hash, read_cohort, write_cohort
+    from icl_toolkit.data.task import copy_cohort_task, read_cohort_task
     from icl_toolkit.inference.output import OutputFile, ShardedOutput, check_output
     from icl_toolkit.inference.ray import RaySource, require_ray, run_on_ray
     from icl_toolkit.inference.run import run_resumable
 
-    config = config or TeacherConfig()
+    config = (config or TeacherConfig()).model_copy(update={"task": read_cohort_task(cohort)})  # the cohort's task
     engine = engine or EngineOptions()
     out = Path(out)
     inputs = {"--cohort": cohort}
@@ -309,6 +312,7 @@ def generate_rationales_file(
             "engine": engine.model_dump(mode="json"),
             "teacher_config": config.model_dump(mode="json"),
             "templates_hash": load_templates(SYSTEM_TEMPLATE, USER_TEMPLATE)[1],
+            "task": config.task.name,
             "cohort_file": str(Path(cohort).resolve()),
         }
         sharded = ShardedOutput(
@@ -367,4 +371,5 @@ def generate_rationales_file(
         labelled = len(todo)
     result, summary = apply_rationales(patients, records, drop_ungrounded=drop_ungrounded, min_grounded=min_grounded)
     write_cohort(result, out)
+    copy_cohort_task(cohort, out)
     return RationaleRun(result, records, summary, labelled, generations, failed)

@@ -256,6 +256,7 @@ def build_index(
     kind: str = "auto",
     out: str | os.PathLike[str] | None = None,
     progress: bool = True,
+    task: str | None = None,
 ) -> DemoIndex:
     """Fit a retriever on a demonstration pool and index the pool (``icl index build`` as a function).
 
@@ -268,6 +269,8 @@ def build_index(
         kind: ``exact``, ``hnsw`` or ``auto`` (exact up to 50,000 patients).
         out: also save the index in this folder.
         progress: show progress bars.
+        task: the name of the task the pool's labels answer, recorded in the index's metadata (a predictor for
+            another task refuses the index).
 
     Returns:
         The index, with its metadata (what built it, from which pool).
@@ -279,6 +282,8 @@ def build_index(
     if embedder is None and needs_embedder(config.retriever, config.hybrid_weights):
         embedder = ProfileEmbedder()
     index = DemoIndex.build(pool, make_representation(config, embedder, pool), kind=kind, progress=progress)
+    if task is not None:
+        index.meta["task"] = task
     if out is not None:
         index.save(out)
     return index

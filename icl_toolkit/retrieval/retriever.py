@@ -50,6 +50,7 @@ import numpy as np
 
 from icl_toolkit.core.errors import ConfigError
 from icl_toolkit.data.cohort import Patient, check_patients
+from icl_toolkit.data.task import ADRD
 from icl_toolkit.retrieval.config import RetrievalConfig
 from icl_toolkit.retrieval.embedder import ProfileEmbedder
 from icl_toolkit.retrieval.gain import GainScores
@@ -268,13 +269,18 @@ class Retriever:
             out.append(Retrieval(p.patient_id, [self._hit(int(cand_rows[j]), float(cand_scores[j])) for j in picked]))
         return out
 
-    def cache_key(self) -> dict[str, Any]:
-        """What a retrieval depends on, for :class:`RetrievalCache`."""
+    def cache_key(self, task: str = ADRD.name) -> dict[str, Any]:
+        """What a retrieval depends on, for :class:`RetrievalCache` (``task``: the task's name; a cache of the
+        default task keeps the key it had before tasks existed)."""
         self._check_fitted()
         m = self.index_.meta
-        return {
-            "pool_hash": m["pool_hash"],
-            "retriever": describe_retriever(m),
-            "index_kind": m["kind"],
-            "config": self.config.cache_config(),
-        } | ({"gain": self.gain.digest} if self.config.strategy == "gain" and self.gain is not None else {})
+        return (
+            ({"task": task} if task != ADRD.name else {})
+            | {
+                "pool_hash": m["pool_hash"],
+                "retriever": describe_retriever(m),
+                "index_kind": m["kind"],
+                "config": self.config.cache_config(),
+            }
+            | ({"gain": self.gain.digest} if self.config.strategy == "gain" and self.gain is not None else {})
+        )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+
+from icl_toolkit.data.task import WithTask
 
 __all__ = ["Target", "TARGETS", "FinetuneConfig"]
 
@@ -14,7 +16,7 @@ answer line."""
 TARGETS: tuple[str, ...] = get_args(Target)
 
 
-class FinetuneConfig(BaseModel):
+class FinetuneConfig(WithTask):
     """Settings of one SFT run (validated; unknown fields rejected)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)

@@ -64,6 +64,7 @@ from icl_toolkit.core.errors import ConfigError
 from icl_toolkit.core.models import CHECKPOINT_META, lm_id
 from icl_toolkit.core.progress import progress_bar
 from icl_toolkit.data.cohort import Patient, content_hash
+from icl_toolkit.data.task import ADRD, Task
 from icl_toolkit.inference.config import PredictConfig
 from icl_toolkit.prompting.builder import PromptBuilder
 from icl_toolkit.prompting.config import PromptConfig
@@ -91,11 +92,11 @@ _CHECKPOINTING = (
 IGNORE = -100
 
 
-def sft_prompt_config(query_tokens: int = 256, horizon_years: float = 5.0) -> PromptConfig:
-    """The prompt layout SFT trains on: zero-shot, ending at the start of the assistant's turn (the spec's
-    prompt section, so it is exactly what prediction renders for the same options)."""
+def sft_prompt_config(query_tokens: int = 256, horizon_years: float = 5.0, task: Task = ADRD) -> PromptConfig:
+    """The prompt layout SFT trains on: zero-shot for ``task``, ending at the start of the assistant's turn (the
+    spec's prompt section, so it is exactly what prediction renders for the same options)."""
     return PredictConfig.from_options(
-        k=0, mode="reason", template=SFT_TEMPLATE, query_tokens=query_tokens, horizon_years=horizon_years
+        k=0, mode="reason", template=SFT_TEMPLATE, query_tokens=query_tokens, horizon_years=horizon_years, task=task
     ).prompt
 
 
@@ -134,6 +135,7 @@ def build_examples(
     horizon_years: float = 5.0,
     max_context: int = 8192,
     where: str = "training data",
+    task: Task = ADRD,
 ) -> list[SFTExample]:
     """Prompt + target token sequences with the prompt masked out of the loss.
 
@@ -142,7 +144,7 @@ def build_examples(
     """
     if target not in TARGETS:
         raise ConfigError(f"The 'target' parameter must be one of {', '.join(TARGETS)}. Got {target!r} instead.")
-    builder = PromptBuilder(tokenizer, sft_prompt_config(query_tokens, horizon_years), max_context)
+    builder = PromptBuilder(tokenizer, sft_prompt_config(query_tokens, horizon_years, task), max_context)
     prefix = builder.answer_prefix
     end = tokenizer.eos_token or ""
     examples = []
@@ -303,7 +305,9 @@ class Finetuner:
         checkpoint = self._resume_point(work, run_id, resume=resume, overwrite=overwrite, out=out)
         trainable, causal, tok = self._prepare()
         max_context = int(getattr(causal.config, "max_position_embeddings", 0) or 8192)
-        kw: dict[str, Any] = dict(query_tokens=c.query_tokens, horizon_years=c.horizon_years, max_context=max_context)
+        kw: dict[str, Any] = dict(
+            query_tokens=c.query_tokens, horizon_years=c.horizon_years, max_context=max_context, task=c.task
+        )
         examples = build_examples(train, tok, c.target, where=train_name, **kw)
         val_examples = build_examples(val_patients, tok, c.target, where=val_name, **kw) if val_patients else []
         steps_per_epoch = math.ceil(len(examples) / (c.batch_size * c.gradient_accumulation))
@@ -467,7 +471,12 @@ class Finetuner:
             "lora": c.lora,
             "trainer": f"trl {version('trl')} SFTTrainer (transformers {version('transformers')})",
             "config": c.model_dump() | {"lr": c.learning_rate},
-            "prompt": {"template": SFT_TEMPLATE, "query_tokens": c.query_tokens, "horizon_years": c.horizon_years},
+            "prompt": {
+                "template": SFT_TEMPLATE,
+                "query_tokens": c.query_tokens,
+                "horizon_years": c.horizon_years,
+                "task": c.task.name,
+            },
             "train_hash": run_id["train_hash"],
             "train_file": train_name,
             "n_train": len(examples),
@@ -544,6 +553,7 @@ class _ValAUROC:
             template=SFT_TEMPLATE,
             query_tokens=config.query_tokens,
             horizon_years=config.horizon_years,
+            task=config.task,
         )
 
     def __call__(self) -> float | None:
@@ -753,6 +763,15 @@ def finetune(
         return (read_cohort(x), str(x)) if isinstance(x, str | Path) else (list(x), None)
 
     patients, train_name = cohort(train)
+    if isinstance(train, str | Path):  # the cohort's task (stored beside it) is the task the checkpoint learns
+        from icl_toolkit.data.task import check_same_task, read_cohort_task
+
+        task = read_cohort_task(train)
+        if isinstance(val, str | Path):
+            check_same_task(
+                task.name, read_cohort_task(val).name, f"training cohort {train}", f"validation cohort {val}"
+            )
+        config = (config or FinetuneConfig()).model_copy(update={"task": task})
     if limit:
         patients = patients[:limit]
     val_patients, val_name = cohort(val) if val is not None else (None, None)

@@ -47,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from icl_toolkit.backends.options import EngineOptions
 from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.data.task import ADRD, Task
 from icl_toolkit.evaluation.card import ModelCard
 from icl_toolkit.evaluation.tabular import TabularConfig
 from icl_toolkit.inference.config import PredictConfig
@@ -89,7 +90,11 @@ PER_ARM = {
 def _shared_section(model: type[BaseModel], name: str) -> type[BaseModel]:
     """The spec section ``model`` without its per-arm fields: the same field definitions (types, ranges,
     defaults, docs), so a shared table is validated exactly as the spec validates that section."""
-    fields = {f: (info.annotation, info) for f, info in model.model_fields.items() if f not in PER_ARM[name]}
+    fields = {
+        f: (info.annotation, info)
+        for f, info in model.model_fields.items()
+        if f not in PER_ARM[name] and f != "task"  # the task comes with the cohorts
+    }
     return create_model(
         f"Shared{name.title()}",
         __config__=ConfigDict(extra="forbid", frozen=True),
@@ -272,6 +277,9 @@ class CompareConfig(BaseModel):
     prompt: SharedPrompt = Field(default_factory=lambda: SharedPrompt())
     """Shared prompt settings (``demo_tokens``, ``query_tokens``, ``reason_tokens``, ``order``, ``max_context``,
     ...), validated as the spec's prompt section when the file is loaded."""
+    task: Task = ADRD
+    """The task every arm's prompts ask about: :func:`compare` sets it from the test cohort's task file
+    (``<test>.task.json``; default ADRD); written here, it must agree with the cohorts'."""
 
     @model_validator(mode="before")
     @classmethod
@@ -297,7 +305,7 @@ class CompareConfig(BaseModel):
 
     def spec(self, arm: Arm) -> PredictConfig:
         """The prediction spec of one arm (its model's trained template resolved)."""
-        return PredictConfig.from_options(**self.shared_options(), **arm.options()).for_model(
+        return PredictConfig.from_options(**self.shared_options(), **arm.options(), task=self.task).for_model(
             self.checkpoints[arm.checkpoint]
         )
 

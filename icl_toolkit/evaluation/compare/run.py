@@ -43,6 +43,7 @@ from icl_toolkit.core.errors import ConfigError
 from icl_toolkit.core.models import checkpoint_meta, model_available, recorded_model_id
 from icl_toolkit.core.progress import progress_bar
 from icl_toolkit.data.cohort import Patient, content_hash
+from icl_toolkit.data.task import ADRD
 from icl_toolkit.evaluation import baselines as bl
 from icl_toolkit.evaluation import tabular as tab
 from icl_toolkit.evaluation.compare.config import OPTION_DEFAULTS, Arm, CompareConfig, load_compare_config
@@ -57,7 +58,7 @@ from icl_toolkit.evaluation.compare.report import (
 from icl_toolkit.evaluation.compare.stats import TABULAR, Entry, contrast_rows, evaluate, standard_contrasts
 from icl_toolkit.evaluation.fairness import ORACLE, load_cache, save_cache
 from icl_toolkit.inference.gain import GainConfig, compute_gain
-from icl_toolkit.inference.output import OutputFile, read_records, sidecar_path
+from icl_toolkit.inference.output import OutputFile, read_records, sidecar_path, upgrade_provenance
 from icl_toolkit.inference.predictor import Predictor
 from icl_toolkit.inference.run import predict_to_file
 from icl_toolkit.prompting.builder import templates_hash
@@ -188,7 +189,7 @@ class Comparison:
             retriever = Retriever(self.config.retrieval_config(strategy, k), self.embedder).fit(pool, index)
             path = self.out / "retrieval" / f"{strategy}-k{k}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
-            cache = RetrievalCache.open(path, retriever.cache_key())
+            cache = RetrievalCache.open(path, retriever.cache_key(self.config.task.name))
             known = len(cache.entries)
             found = cache.retrieve(retriever, queries, progress=self.progress)
             if len(cache.entries) != known or not path.exists():
@@ -222,6 +223,7 @@ class Comparison:
         now: dict[str, Any] = {
             "config": config,
             "templates_hash": templates_hash(spec.prompt),
+            "task": spec.prompt.task.name,
             "pool_hash": hashes["pool"],
         }
         if not model_available(self.config.checkpoints[arm.checkpoint]):
@@ -242,7 +244,9 @@ class Comparison:
             meta = read_json(meta_path, "predictions metadata")
             if not isinstance(meta, dict):
                 raise ConfigError(f"{meta_path}: not a predictions metadata record. {fix}")
-            diffs = meta_differences(meta, now | {"cohort_hash": hashes[key]}, verb="made", ignore_missing=True)
+            diffs = meta_differences(
+                upgrade_provenance(meta), now | {"cohort_hash": hashes[key]}, verb="made", ignore_missing=True
+            )
             if diffs:
                 raise ConfigError(
                     f"{path}: arm {arm.name!r} was made with other settings or inputs than it "
@@ -760,4 +764,21 @@ def compare(
         return list(x)
 
     patients = cohort("test", test), cohort("pool", pool), cohort("val", val) if val is not None else None
+    task = _cohorts_task(cfg, {"test": test, "pool": pool, "val": val})
+    if task != cfg.task:
+        cfg = cfg.model_copy(update={"task": task})
     return Comparison(cfg, out, progress=progress).run(*patients, names=names, only=only)
+
+
+def _cohorts_task(cfg: CompareConfig, files: dict[str, Any]) -> Any:
+    """The task the cohort files answer (each file's ``<file>.task.json``; the config's for patients given as
+    lists), refusing files, or a config, of different tasks."""
+    from icl_toolkit.data.task import check_same_task, read_cohort_task
+
+    tasks = {name: read_cohort_task(x) for name, x in files.items() if isinstance(x, str | Path)}
+    task = tasks.get("test", cfg.task)
+    for name, other in tasks.items():
+        check_same_task(task.name, other.name, "the test cohort", f"the {name} cohort {files[name]}")
+    if cfg.task.name != ADRD.name:  # a task written in the config must agree with the cohorts'
+        check_same_task(cfg.task.name, task.name, "the compare config", "the test cohort")
+    return task
