@@ -7,7 +7,8 @@ below say only which fields a command takes and how the command line names them.
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated, Any, Optional
 
 import typer
 from pydantic import ValidationError
@@ -16,6 +17,7 @@ from rich.console import Console
 from icl_toolkit.backends.options import EngineOptions
 from icl_toolkit.cli._flags import FlagGroup, flag_error, with_flags
 from icl_toolkit.core.progress import progress_bar, stderr_console
+from icl_toolkit.data.task import DEFAULT_HORIZON, Task, cohorts_task, load_task, task_horizon
 from icl_toolkit.inference.config import PredictConfig
 from icl_toolkit.inference.ray import RayOptions
 from icl_toolkit.prompting.config import PromptConfig
@@ -33,6 +35,8 @@ __all__ = [
     "with_retriever_flags",
     "with_ray_flags",
     "RETRIEVER_FIELDS",
+    "TaskOpt",
+    "cohort_task",
 ]
 
 
@@ -47,13 +51,32 @@ console = _stdout_console()
 err_console = stderr_console
 
 
-def spec_from_flags(model: str, **options: Any) -> PredictConfig:
-    """The validated :class:`~icl_toolkit.inference.config.PredictConfig` of these flat options for ``model`` (a
-    bad value is the flag's one-line error)."""
+def spec_from_flags(model: str, task: Task | None = None, **options: Any) -> PredictConfig:
+    """The validated :class:`~icl_toolkit.inference.config.PredictConfig` of these flat options for ``model`` and
+    the cohorts' ``task`` (its horizon replaces the default ``--horizon-years``; a bad value is the flag's one-line
+    error)."""
+    if task is not None:
+        options["task"] = task
+        options["horizon_years"] = task_horizon(task, options.get("horizon_years", DEFAULT_HORIZON))
     try:
         return PredictConfig.from_options(**options).for_model(model)
     except ValidationError as exc:
         raise flag_error(exc) from None
+
+
+TaskOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        help="Task file (TOML/JSON/YAML: name, question, ...) for cohorts stored without one (<cohort>.task.json); "
+        "default: the cohorts' own task, else ADRD."
+    ),
+]
+
+
+def cohort_task(files: dict[str, Any], given: Path | None = None) -> Task:
+    """The task of a command's cohort files (``{"--cohort": path, ...}``), or of the ``--task`` file for files
+    stored without one; files (or a --task) of different tasks are refused by name."""
+    return cohorts_task(files, load_task(given) if given is not None else None)
 
 
 ModelOpt = Annotated[

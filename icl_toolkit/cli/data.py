@@ -20,11 +20,33 @@ from icl_toolkit.data.summary import ImportSummary
 from icl_toolkit.data.synth import SynthConfig, assign_splits, iter_synthetic_patients, parse_split
 from icl_toolkit.data.synth.generate import parse_disparity
 from icl_toolkit.data.synth.risk import Signal
+from icl_toolkit.data.task import ADRD, Task, copy_cohort_task, load_task, write_cohort_task
 from icl_toolkit.prompting.config import PromptConfig
 
 app = typer.Typer(
     help="Make, check, describe and split cohort files (JSONL, one patient per line).", no_args_is_help=True
 )
+
+
+TaskFileOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        help="Task file (TOML, JSON, or an ACES task YAML with a question line): name, question, ... "
+        "Stored beside the cohort as <out>.task.json; every prompt asks its question. Default: ADRD onset."
+    ),
+]
+
+
+def _write_task(out: Path, given: Path | None) -> Task:
+    """Store the task (the ``--task`` file, else ADRD) beside the cohort; say which it is."""
+    task = load_task(given) if given is not None else ADRD
+    path = write_cohort_task(out, task)
+    console.print(
+        f"task {task.name}: {task.words(f'{task.horizon_years or 5:g}')['question']} (in {path})"
+        + ("" if given is not None else "; give --task FILE for another task's question"),
+        highlight=False,
+    )
+    return task
 
 
 @app.command()
@@ -67,6 +89,7 @@ def synth(
     with progress_bar("synthesising patients", n) as advance:
         patients = list(iter_synthetic_patients(config, progress=advance))
     write_cohort(patients, out)
+    write_cohort_task(out, ADRD)
     ys = [p.label or 0 for p in patients]  # the generator labels every patient
     auc = oracle_auroc(patients)
     auc_text = f"{auc:.3f}" if auc is not None else "n/a"
@@ -245,6 +268,7 @@ def split_cmd(
         group = [p for p in patients if p.split == name]
         if group:
             n = write_cohort(group, out_dir / f"{name}.jsonl")
+            copy_cohort_task(file, out_dir / f"{name}.jsonl")  # a split answers the cohort's task
             console.print(f"{out_dir / f'{name}.jsonl'}: {n} patients", highlight=False)
 
 
@@ -282,6 +306,7 @@ def from_omop(
         Optional[str], typer.Option(help="Also assign splits, e.g. train=0.7,test=0.3 (stratified by label).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed for --split.")] = 0,
+    task: TaskFileOpt = None,
 ) -> None:
     """Build a cohort from OMOP CDM tables: index date, outcome label, history before the index date."""
     import datetime as dt
@@ -324,9 +349,13 @@ def from_omop(
         with progress_bar("writing patients", len(cohort)) as advance:
             write_cohort(patients(), out)
     summary_path = out.with_name(out.name + ".summary.json")
+    the_task = _write_task(out, task)
     write_json_atomic(
         summary_path,
-        {"meta": {**base_meta("omop-cohort"), "config": config.model_dump(mode="json")}, "summary": summary.as_dict()},
+        {
+            "meta": {**base_meta("omop-cohort"), "config": config.model_dump(mode="json"), "task": the_task.name},
+            "summary": summary.as_dict(),
+        },
     )
     print_import_summary(summary, out, time.perf_counter() - start, summary_path)
 
@@ -356,7 +385,17 @@ def print_import_summary(s: ImportSummary, out: Path, seconds: float, summary_pa
     if s.unknown_codes:
         top = ", ".join(f"{c} ({n})" for c, n in s.unknown_codes.most_common(8))
         console.print(
-            f"most common codes of unknown vocabularies: {top}; map them with --code-map", highlight=False, markup=False
+            f"{sum(s.unknown_codes.values())} rows of {len(s.unknown_codes)} codes of no known vocabulary kept as "
+            f"generic events (observation, or lab with a value), most common: {top}; refine them with --code-map",
+            highlight=False,
+            markup=False,
+        )
+    if s.casts:
+        console.print(
+            "read as the MEDS schema's types: "
+            + "; ".join(f"{what} ({n} file{'s' if n != 1 else ''})" for what, n in s.casts.items()),
+            highlight=False,
+            markup=False,
         )
     o = s.outcome
     if o:
@@ -373,6 +412,8 @@ def print_import_summary(s: ImportSummary, out: Path, seconds: float, summary_pa
     for why, n in sorted(s.attrition.items(), key=lambda kv: -kv[1]):
         a.add_row(f"left out: {why}", str(n))
     a.add_row("cases (label 1)", str(s.cases))
+    if s.cases:
+        a.add_row("  with an outcome date", str(s.cases_dated))
     a.add_row("controls (label 0)", str(s.controls))
     if s.unlabelled:
         a.add_row("unlabelled", str(s.unlabelled))
@@ -417,9 +458,10 @@ def from_meds(
     outcome: Annotated[
         Optional[Path],
         typer.Option(
-            help="Outcome codes (TOML/JSON: name, icd10_prefixes, snomed_codes, meds_codes), for each case's outcome date; default ADRD."
+            help="Outcome codes (TOML/JSON: name, icd10_prefixes, snomed_codes, meds_codes), for each case's outcome date (optional: the labels are the truth; without it positives keep no date)."
         ),
     ] = None,
+    task: TaskFileOpt = None,
 ) -> None:
     """Build a cohort from a MEDS dataset and an ACES label file: one record per label row, history up to its prediction time."""
     from icl_toolkit.core.artifacts import base_meta, write_json_atomic
@@ -439,6 +481,7 @@ def from_meds(
         write_cohort(cohort, out)
     s = cohort.summary
     summary_path = out.with_name(out.name + ".summary.json")
+    the_task = _write_task(out, task)
     write_json_atomic(
         summary_path,
         {
@@ -448,7 +491,8 @@ def from_meds(
                 "labels": str(labels),
                 "split": split,
                 "code_map": str(code_map) if code_map else None,
-                "outcome": str(outcome) if outcome else "ADRD",
+                "outcome": str(outcome) if outcome else None,
+                "task": the_task.name,
             },
             "summary": s.as_dict(),
         },

@@ -71,6 +71,7 @@ def build(
 ) -> None:
     """Fit the retriever on the pool and save a faiss index with the retriever's state and metadata."""
     from icl_toolkit.data.cohort import read_cohort
+    from icl_toolkit.data.task import read_cohort_task
     from icl_toolkit.retrieval.index import DemoIndex
     from icl_toolkit.retrieval.representations import make_representation
 
@@ -79,6 +80,7 @@ def build(
     patients = read_cohort(pool)
     rep = make_representation(retrieval, _embedder(embedder, retrieval, batch_size), patients)
     index = DemoIndex.build(patients, rep, kind=kind, hnsw_m=hnsw_m, ef_search=ef_search)
+    index.meta["task"] = read_cohort_task(pool).name  # a predictor for another task refuses this index
     index.save(out)
     console.print(
         f"indexed {len(patients)} patients from {pool} into {out} ({index.meta['kind']}, "
@@ -229,6 +231,7 @@ def gain(
     model's id (another model refuses it)."""
     from icl_toolkit.backends.options import open_backend
     from icl_toolkit.data.cohort import read_cohort
+    from icl_toolkit.data.task import read_cohort_task
     from icl_toolkit.inference.gain import compute_gain
     from icl_toolkit.retrieval.index import DemoIndex
 
@@ -240,7 +243,7 @@ def gain(
         settings = GainConfig(**gain_options)
     except ValidationError as exc:
         raise flag_error(exc) from None
-    prompt = spec_from_flags(model, **prompt_options).prompt
+    prompt = spec_from_flags(model, read_cohort_task(pool), **prompt_options).prompt
     backend = open_backend(model, engine, progress=False)
     scores = compute_gain(backend, patients, prompt, settings)
     scores.save(index)

@@ -11,6 +11,8 @@ from rich.table import Table
 from icl_toolkit.backends.options import EngineOptions
 from icl_toolkit.cli._common import (
     ModelOpt,
+    TaskOpt,
+    cohort_task,
     console,
     err_console,
     spec_from_flags,
@@ -18,14 +20,15 @@ from icl_toolkit.cli._common import (
     with_ray_flags,
     with_spec_flags,
 )
+from icl_toolkit.prompting.builder import task_words
 
 OutFormat = Literal["jsonl", "meds"]
 RunEngine = Literal["local", "ray"]
 
 
-def _print_example(record: dict[str, Any]) -> None:
+def _print_example(record: dict[str, Any], answer: str) -> None:
     table = Table(
-        title=f"patient {record['patient_id']}: P(ADRD within window) = {record['probability']:.3f}"
+        title=f"patient {record['patient_id']}: P({answer}) = {record['probability']:.3f}"
         + (f", true label {record['label']}" if record["label"] is not None else ""),
         title_justify="left",
     )
@@ -33,7 +36,7 @@ def _print_example(record: dict[str, Any]) -> None:
     table.add_column("similarity", justify="right")
     table.add_column("outcome", justify="right")
     for d in record["demos"]:
-        table.add_row(d["patient_id"], f"{d['score']:.3f}", {1: "ADRD", 0: "no ADRD"}.get(d["label"], "?"))
+        table.add_row(d["patient_id"], f"{d['score']:.3f}", {1: "Yes", 0: "No"}.get(d["label"], "?"))
     console.print(table)
     extra = f"prompt {record['prompt_tokens']} tokens, {record['prompt_hash']}, model {record['model_id']}"
     if record["dropped_demos"]:
@@ -93,16 +96,19 @@ def predict(
             help="jsonl: the JSONL records; meds: also <out>.meds.parquet in the meds-evaluation schema (subject_id, prediction_time, boolean_value, predicted_boolean_value, predicted_boolean_probability).",
         ),
     ] = "jsonl",
+    task: TaskOpt = None,
     *,
     engine: EngineOptions,
     spec_options: dict[str, Any],
     ray_options: dict[str, Any],
 ) -> None:
-    """Predict ADRD onset for each patient with retrieved demonstrations; print metrics when labels are known."""
+    """Predict the cohort's task (ADRD onset by default) for each patient with retrieved demonstrations; print
+    metrics when labels are known."""
     from icl_toolkit.inference.ray import RayOptions
     from icl_toolkit.inference.run import predict_file
 
-    config = spec_from_flags(model, max_context=engine.max_context, **spec_options)
+    the_task = cohort_task({"--cohort": cohort, "--pool": pool}, task)
+    config = spec_from_flags(model, the_task, max_context=engine.max_context, **spec_options)
     ray = RayOptions(**ray_options, batch_size=chunk_size) if run_engine == "ray" else None
     run = predict_file(
         cohort,
@@ -138,12 +144,12 @@ def predict(
             + (f"; {left} unlabelled records left out (meds-evaluation needs the label)" if left else ""),
             highlight=False,
         )
-    _report(run.records, show)
+    _report(run.records, show, task_words(config.prompt).answer)
 
 
-def _report(records: list[dict[str, Any]], show: int) -> None:
+def _report(records: list[dict[str, Any]], show: int, answer: str) -> None:
     for r in [r for r in records if "error" not in r][:show]:
-        _print_example(r)
+        _print_example(r, answer)
     labelled = [r for r in records if r.get("label") is not None and "error" not in r]
     if labelled:
         from icl_toolkit.evaluation.metrics import metrics_warning, summary

@@ -10,7 +10,15 @@ from typing import Annotated, Any, Literal, Optional
 import typer
 
 from icl_toolkit.backends.options import EngineOptions
-from icl_toolkit.cli._common import ModelOpt, err_console, spec_from_flags, with_engine_flags, with_retriever_flags
+from icl_toolkit.cli._common import (
+    ModelOpt,
+    TaskOpt,
+    cohort_task,
+    err_console,
+    spec_from_flags,
+    with_engine_flags,
+    with_retriever_flags,
+)
 from icl_toolkit.cli._flags import FlagGroup, with_flags
 from icl_toolkit.core.errors import ConfigError
 from icl_toolkit.prompting.config import PromptConfig
@@ -37,6 +45,7 @@ def serve(
         typer.Option(help="Index folder from `icl index build` over --pool (built at start-up if absent)."),
     ] = None,
     model: ModelOpt = "default",
+    task: TaskOpt = None,
     host: Annotated[
         str, typer.Option(help="Address to bind (loopback by default; 0.0.0.0 exposes the service).")
     ] = "127.0.0.1",
@@ -95,7 +104,8 @@ def serve(
 
     if index is not None and pool is None:
         raise ConfigError("--index needs the --pool it was built from (the demos' records come from the pool).")
-    config = spec_from_flags(model, max_context=engine.max_context, **prompt_options, **retriever_options)
+    the_task = cohort_task({"--pool": pool}, task)
+    config = spec_from_flags(model, the_task, max_context=engine.max_context, **prompt_options, **retriever_options)
     demo_pool = read_cohort(pool) if pool is not None else []  # read before binding: a bad file fails here
     r = config.retrieval
     embedder = ProfileEmbedder() if demo_pool and needs_embedder(r.retriever, r.hybrid_weights) else None

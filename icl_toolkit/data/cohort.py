@@ -95,8 +95,10 @@ class Rationales:
 class Patient:
     """A patient: demographics, dated events, index date, outcome and optional rationales.
 
-    ``label`` is 1 when ADRD onset falls in the prediction window after
-    ``index_date``, 0 when it does not, ``None`` when unknown. ``metadata`` is free
+    ``label`` is 1 when the task's outcome (by default ADRD onset) falls in the prediction window after
+    ``index_date``, 0 when it does not, ``None`` when unknown; ``outcome_date``, when known, dates a positive
+    outcome (a task's labels may be positive without one: the temporal guard then treats the outcome as anywhere in
+    the window). ``metadata`` is free
     form; the synthetic generator keeps the true risk there (``true_risk``). ``groups`` holds attributes
     that fairness reports and monitoring break results down by (for example ``{"access": "limited"}`` or
     ``{"insurance": "medicaid"}``); they are never shown to a model.
@@ -356,13 +358,6 @@ def record_issues(obj: dict[str, Any]) -> list[tuple[str, str]]:
             v = e.get("value") if isinstance(e, dict) else None
             if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
                 out.append((f"events[{i}].value", f"expected a finite number, found {v}"))
-    if obj.get("label") == 1 and obj.get("label") is not True and obj.get("outcome_date") is None:
-        out.append(
-            (
-                "outcome_date",
-                "expected the onset date when label is 1, found null; add the date or set label to null if unknown",
-            )
-        )
     if outcome and index and outcome <= index:
         out.append(
             (

@@ -8,8 +8,10 @@ same console tables and the same ``<out>.summary.json`` schema (:meth:`ImportSum
 - ``attrition``: the records that did not become patients, by reason (OMOP: persons; MEDS: label rows);
 - ``subjects``, ``cases``, ``controls``, ``unlabelled``, ``censored``, and ``records`` (the patients written);
 - ``events_written`` (by kind), ``events_after_index`` (later events left out), ``no_history``;
-- ``notes`` (unreadable lines, type casts: what a reader should see), ``missing_tables``, ``unknown_codes``
-  (codes of unknown vocabularies, most common first), ``outcome`` (how outcomes were found).
+- ``notes`` (unreadable lines: what a reader should see), ``missing_tables``, ``unknown_codes`` (codes of no known
+  vocabulary, kept as generic events by MEDS, most common first), ``outcome`` (how outcomes were found),
+  ``cases_dated`` (cases with a known outcome date), ``casts`` (columns read as the MEDS schema's type, by
+  column and types, counted in files).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class ImportSummary:
     attrition: dict[str, int] = field(default_factory=dict)
     subjects: int = 0
     cases: int = 0
+    cases_dated: int = 0  # cases whose outcome date is known (an outcome record after the index date)
     controls: int = 0
     unlabelled: int = 0
     censored: int = 0
@@ -66,6 +69,7 @@ class ImportSummary:
     events_after_index: int = 0
     no_history: int = 0
     unknown_codes: Counter[str] = field(default_factory=Counter)
+    casts: dict[str, int] = field(default_factory=dict)  # "column: from -> to" -> files whose column was cast
 
     @property
     def records(self) -> int:
@@ -75,6 +79,10 @@ class ImportSummary:
     def exclude(self, reason: str, n: int = 1) -> None:
         """Count ``n`` records (persons, label rows) left out for ``reason``."""
         _add(self.attrition, reason, n)
+
+    def cast(self, column: str, found: str, want: str) -> None:
+        """Count one file whose ``column`` was read as ``want`` (the MEDS schema's type) from ``found``."""
+        _add(self.casts, f"{column}: {found} -> {want}", 1)
 
     def event(self, kind: str) -> None:
         """Count one event written."""
@@ -94,6 +102,7 @@ class ImportSummary:
             "attrition": dict(sorted(self.attrition.items(), key=lambda kv: -kv[1])),
             "records": self.records,
             "cases": self.cases,
+            "cases_with_outcome_date": self.cases_dated,
             "controls": self.controls,
             "unlabelled": self.unlabelled,
             "censored": self.censored,
@@ -101,4 +110,5 @@ class ImportSummary:
             "events_after_index_left_out": self.events_after_index,
             "patients_without_history": self.no_history,
             "unknown_codes_most_common": [[c, n] for c, n in self.unknown_codes.most_common(20)],
+            "casts": self.casts,
         }

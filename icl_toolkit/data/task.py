@@ -53,6 +53,9 @@ __all__ = [
     "TASK_FIELDS_HELP",
     "WithTask",
     "recorded_task",
+    "task_horizon",
+    "cohorts_task",
+    "DEFAULT_HORIZON",
 ]
 
 TASK_FIELDS_HELP = (
@@ -249,3 +252,39 @@ def recorded_task(meta: Any) -> str:
     default task."""
     name = meta.get("task") if isinstance(meta, dict) else None
     return str(name) if name else ADRD.name
+
+
+DEFAULT_HORIZON = 5.0
+"""The configs' default horizon (``--horizon-years``), which a task's own horizon replaces."""
+
+
+def task_horizon(task: Task, horizon: float) -> float:
+    """The horizon a prediction for ``task`` uses: the task's when it has one and ``horizon`` is the configs'
+    default; ``horizon`` otherwise.
+
+    Raises:
+        ConfigError: ``horizon`` set to another value than the task's own horizon.
+    """
+    if task.horizon_years is None or horizon == task.horizon_years:
+        return horizon
+    if horizon == DEFAULT_HORIZON:
+        return task.horizon_years
+    raise ConfigError(
+        f"--horizon-years {horizon:g}: the cohort's task {task.name!r} has a horizon of {task.horizon_years:g} "
+        "years (its labels' window); leave --horizon-years out, or give the task file another horizon_years."
+    )
+
+
+def cohorts_task(files: dict[str, Any], given: Task | None = None) -> Task:
+    """The task that cohort files answer (``{what: path}``; each path's ``<path>.task.json``, absent = the
+    default task), or the ``given`` task for files without one.
+
+    Raises:
+        ConfigError: two files of different tasks, or a given task that a file contradicts.
+    """
+    tasks = {what: load_task(task_file(p)) for what, p in files.items() if p is not None and task_file(p).is_file()}
+    task = given or next(iter(tasks.values()), ADRD)
+    first = "the task file given" if given is not None else next(iter(tasks), "the default task")
+    for what, other in tasks.items():
+        check_same_task(task.name, other.name, str(first), f"{what} {files[what]}")
+    return task

@@ -44,7 +44,10 @@ class TaskWords:
         self.__dict__.update(task.words(years))
         self.horizon = years  # the horizon as templates show it ("5")
 
+    name: str
     question: str
+    answer: str
+    outcome: str
 
     def __str__(self) -> str:
         return self.question

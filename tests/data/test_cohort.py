@@ -58,7 +58,6 @@ BAD_CASES = [
     (_event(extra="x"), "events[0].extra", "unknown field"),
     (_with(label=2), "label", "0 or 1, found 2"),
     (_with(label="1"), "label", "found '1'"),
-    (_with(label=1, outcome_date=None), "outcome_date", "onset date when label is 1"),
     (_with(outcome_date="2018-01-01"), "outcome_date", "after index_date 2019-01-01"),
     (_with(split="training"), "split", "found 'training'"),
     (_with(rationales={"free_text": 3}), "rationales.free_text", "found 3"),

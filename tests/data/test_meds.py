@@ -217,8 +217,11 @@ def test_malformed_meds_gives_counted_drops(tmp_path):
     c = open_meds(tmp_path / "m", lab)
     got = list(c)
     s = c.summary
-    assert [p.patient_id for p in got] == ["1"] and len(got[0].events) == 1 and got[0].events[0].value is None
-    assert s.tables["data"].dropped == {"dated before birth": 1, "unknown vocabulary FOO": 1, "death record (not an event kind)": 1,
+    assert [p.patient_id for p in got] == ["1"] and len(got[0].events) == 2
+    generic, lab = got[0].events                                       # a code of no known vocabulary is kept
+    assert (generic.kind, generic.system, generic.code, generic.name) == ("observation", "MEDS", "FOO//123", "FOO//123")
+    assert lab.code == "4548-4" and lab.value is None
+    assert s.tables["data"].dropped == {"dated before birth": 1, "death record (not an event kind)": 1,
                          "subject has no birth date": 1}
     assert s.tables["data"].repaired == {"non-finite numeric_value removed (event kept)": 1}
     assert s.attrition == {"label for a subject not in the data": 1, "repeated (subject_id, prediction_time)": 1,
@@ -283,7 +286,9 @@ def test_code_map_and_built_in_rules():
     assert r.resolve("SNOMED//44054006").kind == "observation"       # codes.parquet's icl_kind wins
     assert r.resolve("HOSPITAL_ADMISSION//X") == "ignored code (code map)"
     assert r.resolve(INDEX_CODE).startswith("toolkit marker")
-    assert r.resolve("XYZ//1") == "unknown vocabulary XYZ"
+    generic = r.resolve("XYZ//1")                                      # no vocabulary: a generic event of the code
+    assert (generic.kind, generic.system, generic.code, generic.name, generic.generic) == (
+        "observation", "MEDS", "XYZ//1", "XYZ//1", True)
     assert r.sex("DEMO//1") == "M" and sex_of("GENDER//F") == "F" and sex_of("Sex//male") == "M"
     assert sex_of("GENDER//X") == "U" and sex_of("ICD10CM//I10") is None
     # group attributes from static rows: the code map's prefixes (longest first), and GROUP//ATTR//VALUE built in

@@ -160,5 +160,6 @@ def test_icl_prompts_overrides_the_shipped_templates_file_by_file(tmp_path, monk
     monkeypatch.setenv("ICL_PROMPTS", str(tmp_path))
     (system, answer), digest = load_templates("system", "answer")
     assert system.render() == "A different system message." and digest != shipped_hash
-    assert answer.render(horizon_years="5") == shipped[1].render(horizon_years="5")   # the rest still shipped
+    words = {"task": {"answer": "ADRD within 5 years"}, "horizon_years": "5"}
+    assert answer.render(**words) == shipped[1].render(**words) == "ADRD within 5 years:"   # the rest still shipped
     assert (prompts_dir() / "answer.j2").is_file()

@@ -10,8 +10,13 @@ A code becomes an event through the first rule that matches:
 3. ``[vocabularies]`` of the code map, then the built-in vocabularies (:data:`VOCABULARIES`), by the longest
    matching prefix of ``//``-separated parts; the part after the prefix is the code.
 
-A code that matches nothing is dropped and counted under ``unknown vocabulary``. The prefix ``ICL//`` holds the
-toolkit's own markers (``ICL//INDEX``: the index date of an exported record) and is never an event.
+A code that matches nothing still becomes an event, a generic one (:data:`GENERIC_SYSTEM`): kind ``observation``,
+or ``lab`` (a measurement) on a row with a numeric value; the whole code as its code, and the description of
+``metadata/codes.parquet`` (else the code) as its name. Such codes are counted by the importer, so a code map can
+refine the most common. The prefix ``ICL//`` holds the toolkit's own markers (``ICL//INDEX``: the index date of an
+exported record) and is never an event; a code map's ``ignore`` prefixes are left out.
+
+``--code-map mimic-iv`` names the code map shipped for the MIMIC-IV MEDS ETL's codes (:data:`SHIPPED_MAPS`).
 
 Static rows (null time) and the birth row give the demographics: ``MEDS_BIRTH`` (any time: its time is the
 birth date) and sex codes such as ``GENDER//F``, ``SEX//MALE`` or ``Gender/F``; a code map adds others.
@@ -39,6 +44,9 @@ __all__ = [
     "load_code_map",
     "MappedCode",
     "CodeResolver",
+    "GENERIC_SYSTEM",
+    "SHIPPED_MAPS",
+    "shipped_map",
     "OutcomeMatcher",
     "sex_of",
     "to_meds_code",
@@ -105,6 +113,9 @@ class CodeRule(BaseModel):
     """The code in the cohort (``[codes]`` only; default: the part after the last ``//``)."""
     name: str | None = None
     """Display name (``[codes]`` only; default: codes.parquet's description, else the code)."""
+    unit: Literal["last"] | None = None
+    """``"last"``: the code's last ``//`` part is the unit of its value (MIMIC-IV's ``LAB//50931//mg/dL``), not
+    part of the code; a row's own ``unit`` wins."""
 
 
 class StaticRules(BaseModel):
@@ -132,8 +143,22 @@ class CodeMap(BaseModel):
     """Code prefixes to leave out without counting them as unknown (administrative codes, say)."""
 
 
+SHIPPED_MAPS = {"mimic-iv": "mimic_iv.toml"}
+"""Code maps shipped in the package, by the name ``--code-map`` takes: ``mimic-iv`` (the MIMIC-IV MEDS ETL)."""
+
+
+def shipped_map(name: str) -> Path:
+    """The file of a shipped code map."""
+    import importlib.resources
+
+    return Path(str(importlib.resources.files("icl_toolkit.data.meds") / "code_maps" / SHIPPED_MAPS[name]))
+
+
 def load_code_map(path: str | Path) -> CodeMap:
-    """Read a code map TOML file; a bad field is a :class:`ConfigError` naming the file and the field."""
+    """Read a code map TOML file, or a shipped one by name (``mimic-iv``); a bad field is a :class:`ConfigError`
+    naming the file and the field."""
+    if str(path) in SHIPPED_MAPS and not Path(path).exists():
+        path = shipped_map(str(path))
     return load_settings_file(
         path,
         CodeMap,
@@ -143,12 +168,18 @@ def load_code_map(path: str | Path) -> CodeMap:
     )
 
 
+GENERIC_SYSTEM = "MEDS"
+"""The system of a generic event (a code of no known vocabulary, kept as it is)."""
+
+
 @dataclass(frozen=True, slots=True)
 class MappedCode:
     kind: str
     system: str
     code: str
     name: str
+    unit: str | None = None  # the unit the code carries (a rule with ``unit = "last"``)
+    generic: bool = False  # no rule or vocabulary matched: kind observation, or lab with a numeric value
 
 
 def _split(code: str) -> list[str]:
@@ -186,8 +217,8 @@ class CodeResolver:
     def __init__(self, code_map: CodeMap | None, descriptions: dict[str, str], kinds: dict[str, str]) -> None:
         self.map = code_map or CodeMap()
         self.descriptions, self.kinds = descriptions, kinds
-        self._vocab = {k.upper(): (v.system, v.kind) for k, v in self.map.vocabularies.items()}
-        self._builtin = {k.upper(): v for k, v in VOCABULARIES.items()}
+        self._vocab = {k.upper(): (v.system, v.kind, v.unit == "last") for k, v in self.map.vocabularies.items()}
+        self._builtin = {k.upper(): (*v, False) for k, v in VOCABULARIES.items()}
         self._cache: dict[str, MappedCode | str] = {}
         self.birth_codes = _BIRTH_CODES | {c.upper() for c in self.map.static.birth}
         self.sex_codes = {k.upper(): v for k, v in self.map.static.sex.items()}
@@ -218,8 +249,8 @@ class CodeResolver:
         return sex_of(code)
 
     def resolve(self, code: str) -> MappedCode | str:
-        """The event for ``code``, or the reason it is not one (``unknown vocabulary X``, ``ignored code``,
-        ``toolkit marker``)."""
+        """The event for ``code`` (a generic one for a code of no known vocabulary), or the reason it is not one
+        (``ignored code``, ``toolkit marker``)."""
         hit = self._cache.get(code)
         if hit is None:
             hit = self._cache[code] = self._resolve(code)
@@ -244,13 +275,16 @@ class CodeResolver:
             prefix = "//".join(parts[:n]).upper()
             found = self._vocab.get(prefix) or self._builtin.get(prefix)
             if found is not None:
-                system, kind = found
-                local = "//".join(parts[n:])
+                system, kind, unit_last = found
+                rest = parts[n:]
+                unit = rest.pop() if unit_last and len(rest) > 1 else None
+                local = "//".join(rest)
                 if not local:
                     break
                 kind = self.kinds.get(code) or _refine(kind, system, local)
-                return MappedCode(kind, system, local, self._name(code, local))
-        return f"unknown vocabulary {parts[0] if len(parts) > 1 else '(no VOCAB// prefix)'}"
+                return MappedCode(kind, system, local, self._name(code, local), unit)
+        name = self.descriptions.get(code) or code
+        return MappedCode(self.kinds.get(code) or "observation", GENERIC_SYSTEM, code, name, generic=True)
 
 
 def sex_of(code: str) -> str | None:

@@ -7,8 +7,11 @@ at or before the prediction time, outcome date = the first outcome record after 
 
 Reading streams every ``data/**/*.parquet`` shard in record batches (pyarrow). MEDS keeps each subject's rows
 contiguous, sorted by time and in one shard, so memory holds the labels, the set of subject ids seen and one
-subject's rows; a shard that breaks this is an error naming the file and the subject. Schemas are checked with
-the ``meds`` package (castable types are cast and reported; others are an error naming the file and column).
+subject's rows; a shard that breaks this is an error naming the file and the subject. Every file (data, codes,
+splits, labels) is read as the ``meds`` package's schema types, as MEDS tools write them in any width: a
+``large_string`` as a string, a ``large_list`` as a list, nanosecond timestamps cut to microseconds, integer ids
+widened; each cast is counted in the summary (``casts``), and only a column that cannot be cast is an error naming
+the file and the column.
 Every row that does not become an event and every label row that does not become a record is counted by reason.
 """
 
@@ -28,7 +31,8 @@ import pyarrow.parquet as pq
 from icl_toolkit.core.errors import ConfigError, IclError
 from icl_toolkit.data.cohort import Event, EventKind, Label, Patient, Sex, SplitName
 from icl_toolkit.data.meds.codes import CodeMap, CodeResolver, MappedCode, OutcomeMatcher
-from icl_toolkit.data.omop.outcome import ADRD, OutcomeDefinition
+from icl_toolkit.data.omop.outcome import ADRD as ADRD_OUTCOME
+from icl_toolkit.data.omop.outcome import OutcomeDefinition
 from icl_toolkit.data.summary import ImportSummary, TableReport
 
 __all__ = ["SPLIT_NAMES", "MedsCohort", "read_labels", "open_meds", "RECORDS_FILE"]
@@ -91,18 +95,15 @@ def _check_columns(
                 or (pa.types.is_floating(want) and (pa.types.is_floating(got) or pa.types.is_integer(got)))
                 or ((pa.types.is_string(want) or pa.types.is_large_string(want)) and text)
                 or (pa.types.is_boolean(want) and pa.types.is_integer(got))
+                or (pa.types.is_list(want) and (pa.types.is_list(got) or pa.types.is_large_list(got)))
             )
             if not ok:
                 raise ConfigError(
                     f"{path}: column {col!r}: expected {want} (MEDS), found {got}; convert it "
                     f"before import (for example with pyarrow.compute.cast or polars .cast)."
                 )
-            if (
-                summary is not None
-                and not (pa.types.is_floating(want) and pa.types.is_floating(got))
-                and not (pa.types.is_string(want) or pa.types.is_large_string(want))
-            ):
-                summary.notes.append(f"{path}: {col}: cast from {got} to {want}")
+            if summary is not None and not (pa.types.is_floating(want) and pa.types.is_floating(got)):
+                summary.cast(col, str(got), str(want))
         out[col] = want
     return out
 
@@ -117,8 +118,10 @@ def _cast(table: pa.Table | pa.RecordBatch, path: Path, col: str, want: pa.DataT
         return arr  # float64 stays float64 (no precision lost); float32 is read exactly
     if arr.type == want:
         return arr
+    # a finer timestamp (polars writes nanoseconds) is cut to microseconds, MEDS's unit; other casts must be exact
+    safe = not (pa.types.is_timestamp(want) and pa.types.is_timestamp(arr.type))
     try:
-        return arr.cast(want, safe=True)
+        return arr.cast(want, safe=safe)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise ConfigError(
             f"{path}: column {col!r}: values that cannot be read as {want} ({exc}); "
@@ -197,7 +200,7 @@ def read_labels(
     return {sid: sorted(times.items()) for sid, times in out.items()}
 
 
-def _read_splits(root: Path) -> dict[int, str]:
+def _read_splits(root: Path, summary: ImportSummary) -> dict[int, str]:
     meds = _meds()
     f = root / meds.subject_splits_filepath
     if not f.is_file():
@@ -208,7 +211,7 @@ def _read_splits(root: Path) -> dict[int, str]:
         schema,
         {"subject_id": pa.int64(), "split": pa.string()},
         ("subject_id", "split"),
-        None,
+        summary,
         "See the MEDS subject split schema.",
     )
     table = pq.read_table(f, columns=list(types))
@@ -216,21 +219,35 @@ def _read_splits(root: Path) -> dict[int, str]:
     return {s: n for s, n in zip(ids, names) if s is not None and n is not None}
 
 
-def _read_codes(root: Path) -> tuple[dict[str, str], dict[str, str]]:
+def _read_codes(root: Path, summary: ImportSummary) -> tuple[dict[str, str], dict[str, str]]:
+    """codes.parquet's descriptions (and the ``icl_kind`` an export of this toolkit writes), its columns read as
+    the MEDS code metadata schema's types (``large_string`` as string; ``parent_codes`` is not read)."""
     meds = _meds()
     f = root / meds.code_metadata_filepath
     if not f.is_file():
         return {}, {}
-    schema = pq.read_schema(f)
     try:
-        meds.CodeMetadataSchema.validate(schema)
-    except Exception as exc:  # flexible_schema's SchemaValidationError
-        raise ConfigError(f"{f}: not a MEDS code metadata file ({exc}).") from None
-    cols = ["code", "description"] + (["icl_kind"] if "icl_kind" in schema.names else [])
-    table = pq.read_table(f, columns=cols)
-    codes = table.column("code").to_pylist()
-    desc = {c: d for c, d in zip(codes, table.column("description").to_pylist()) if c and d}
-    kinds = {c: k for c, k in zip(codes, table.column("icl_kind").to_pylist()) if c and k} if "icl_kind" in cols else {}
+        schema = pq.read_schema(f)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ConfigError(f"{f}: not a readable parquet file ({exc}).") from None
+    types = _check_columns(
+        f,
+        schema,
+        {
+            "code": pa.string(),
+            "description": pa.string(),
+            "parent_codes": pa.list_(pa.string()),
+            "icl_kind": pa.string(),
+        },
+        ("code",),
+        summary,
+        f"A MEDS code metadata file has code, description and parent_codes ({meds.CodeMetadataSchema.__name__}).",
+    )
+    table = pq.read_table(f, columns=list(types))
+    cols = {c: _cast(table, f, c, t).to_pylist() for c, t in types.items()}
+    codes = cols["code"]
+    desc = {c: d for c, d in zip(codes, cols.get("description", [])) if c and d}
+    kinds = {c: k for c, k in zip(codes, cols.get("icl_kind", [])) if c and k}
     return desc, kinds
 
 
@@ -389,19 +406,23 @@ class MedsCohort:
             mapped = res.resolve(code)
             if not isinstance(mapped, MappedCode):
                 data.drop(mapped)
-                if mapped.startswith("unknown vocabulary"):
-                    s.unknown_codes[code] += 1
                 continue
             value = num if num is not None else (txt if txt else None)
             if isinstance(value, float) and math.isnan(value):
                 data.repair("non-finite numeric_value removed (event kept)")
                 value = None
+            kind = mapped.kind
+            if mapped.generic:  # no vocabulary matched: kept as the code itself, a measurement when it has a number
+                s.unknown_codes[code] += 1
+                if isinstance(value, int | float) and kind == "observation":
+                    kind = "lab"
+            unit = unit or mapped.unit
             events.append(
                 (
                     t,
                     Event(
                         date=t.date(),
-                        kind=cast(EventKind, mapped.kind),
+                        kind=cast(EventKind, kind),
                         code=mapped.code,
                         system=mapped.system,
                         name=mapped.name,
@@ -435,14 +456,11 @@ class MedsCohort:
                 continue
             history = [e for t, e, _ in events if t <= pt]
             outcome = None
-            if y:
-                outcome = next((t.date() for t, _, code in events if t > pt and self.outcome(code)), None)
-                if outcome is None or outcome <= pt.date():
-                    s.exclude(
-                        "label true but no outcome record after the prediction time (name the task's "
-                        "codes with --outcome)"
-                    )
-                    continue
+            if y:  # the label is the truth; an outcome record after the prediction time dates it, when there is one
+                outcome = next(
+                    (t.date() for t, _, code in events if t > pt and t.date() > pt.date() and self.outcome(code)), None
+                )
+                s.cases_dated += outcome is not None
             s.events_after_index += len(events) - len(history)
             rid = self.record_ids.get((sid, pt))
             if rid is None:
@@ -523,7 +541,7 @@ def open_meds(
             meds.DatasetMetadataSchema.validate(json.loads(ds.read_text(encoding="utf-8")))
         except Exception as exc:
             summary.notes.append(f"{ds}: not valid MEDS dataset metadata ({exc}); read anyway")
-    splits = _read_splits(root)
+    splits = _read_splits(root, summary)
     subjects = None
     if split is not None:
         if not splits:
@@ -539,13 +557,13 @@ def open_meds(
                 f"(splits there: {', '.join(names)})."
             )
     lab = read_labels(labels, summary, subjects)
-    desc, kinds = _read_codes(root)
+    desc, kinds = _read_codes(root, summary)
     return MedsCohort(
         root,
         lab,
         shards,
         CodeResolver(code_map, desc, kinds),
-        OutcomeMatcher(outcome or ADRD),
+        OutcomeMatcher(outcome or ADRD_OUTCOME),
         splits,
         _read_record_ids(root),
         summary,

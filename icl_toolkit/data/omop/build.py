@@ -683,6 +683,7 @@ def prepare_cohort(src: OmopSource, config: OmopConfig | None = None) -> OmopCoh
             continue
         chosen.append((cand, index, period, label, outcome_date))
     summary.cases = sum(1 for x in chosen if x[3] == 1)
+    summary.cases_dated = sum(1 for x in chosen if x[3] == 1 and x[4] is not None)
     summary.controls = len(chosen) - summary.cases
 
     path = _write_temp_csv([(c.pid, index) for c, index, *_ in chosen], ("pid", "index_date"))

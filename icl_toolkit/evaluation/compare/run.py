@@ -43,7 +43,7 @@ from icl_toolkit.core.errors import ConfigError
 from icl_toolkit.core.models import checkpoint_meta, model_available, recorded_model_id
 from icl_toolkit.core.progress import progress_bar
 from icl_toolkit.data.cohort import Patient, content_hash
-from icl_toolkit.data.task import ADRD
+from icl_toolkit.data.task import ADRD, check_same_task, cohorts_task
 from icl_toolkit.evaluation import baselines as bl
 from icl_toolkit.evaluation import tabular as tab
 from icl_toolkit.evaluation.compare.config import OPTION_DEFAULTS, Arm, CompareConfig, load_compare_config
@@ -764,21 +764,10 @@ def compare(
         return list(x)
 
     patients = cohort("test", test), cohort("pool", pool), cohort("val", val) if val is not None else None
-    task = _cohorts_task(cfg, {"test": test, "pool": pool, "val": val})
+    files = {f"the {name} cohort": x for name, x in (("test", test), ("pool", pool), ("val", val))}
+    task = cohorts_task({k: v for k, v in files.items() if isinstance(v, str | Path)}, given=None)
+    if cfg.task != ADRD:  # a task written in the config must agree with the cohorts'
+        check_same_task(cfg.task.name, task.name, "the compare config", "the test cohort")
     if task != cfg.task:
         cfg = cfg.model_copy(update={"task": task})
     return Comparison(cfg, out, progress=progress).run(*patients, names=names, only=only)
-
-
-def _cohorts_task(cfg: CompareConfig, files: dict[str, Any]) -> Any:
-    """The task the cohort files answer (each file's ``<file>.task.json``; the config's for patients given as
-    lists), refusing files, or a config, of different tasks."""
-    from icl_toolkit.data.task import check_same_task, read_cohort_task
-
-    tasks = {name: read_cohort_task(x) for name, x in files.items() if isinstance(x, str | Path)}
-    task = tasks.get("test", cfg.task)
-    for name, other in tasks.items():
-        check_same_task(task.name, other.name, "the test cohort", f"the {name} cohort {files[name]}")
-    if cfg.task.name != ADRD.name:  # a task written in the config must agree with the cohorts'
-        check_same_task(cfg.task.name, task.name, "the compare config", "the test cohort")
-    return task
