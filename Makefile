@@ -28,7 +28,7 @@ SCALE_N ?= 350
 POWER_SFT_ARGS ?= --lora --lora-r 8 --train-layers 8 --epochs 3 --lr 5e-4 --batch-size 8 --query-tokens 160 --val-limit 200 \
 	--eval-points 11 --patience 3 --min-epochs 1 --stop-on auroc --seed 0 --dtype bfloat16 --resume
 
-.PHONY: docs venv demo omop-demo meds-demo disparity monitor-demo paper paper-quick paper-cohort paper-sft paper-stop-rule paper-compare paper-scale paper-trajectory paper-trajectory-cohort paper-trajectory-sft test test-all test-vllm test-floors lint clean
+.PHONY: docs venv demo omop-demo meds-demo meds-task disparity monitor-demo paper paper-quick paper-cohort paper-sft paper-stop-rule paper-compare paper-scale paper-trajectory paper-trajectory-cohort paper-trajectory-sft test test-all test-vllm test-floors lint clean
 
 venv: $(STAMP)
 
@@ -97,6 +97,24 @@ meds-demo: $(STAMP)
 		output_file=$(MEDS_DIR)/evaluation.json
 	$(PY) -c "import json; r = json.load(open('$(MEDS_DIR)/evaluation.json'))['samples_equally_weighted']; \
 		print('meds-evaluation:', {k: round(v, 3) for k, v in r.items() if isinstance(v, float)})"
+
+# A second task on MEDS data, end to end (docs/how-to/meds.md): the synthetic cohort exported to MEDS, ACES labels
+# of recipes/tasks/ed_visit_1y.yaml (an emergency visit within a year after an annual wellness visit), the MEDS
+# splits imported with that task's words (--task), then icl compare with its baselines into results/meds_task
+# (resumable; about 40 minutes on 2 cores).
+MEDS_TASK_DIR ?= meds_task_out
+MEDS_TASK_RESULTS ?= results/meds_task
+meds-task: $(STAMP)
+	mkdir -p $(MEDS_TASK_DIR)
+	$(VENV)/bin/icl data synth --n 2000 --seed 1 --out $(MEDS_TASK_DIR)/synth.jsonl --split train=0.7,val=0.1,test=0.2
+	$(VENV)/bin/icl data to-meds --cohort $(MEDS_TASK_DIR)/synth.jsonl --out $(MEDS_TASK_DIR)/meds --overwrite
+	$(VENV)/bin/aces-cli data.path=$(MEDS_TASK_DIR)/meds/data data.standard=meds \
+		config_path=$(CURDIR)/recipes/tasks/ed_visit_1y.yaml output_filepath=$(MEDS_TASK_DIR)/aces/ed_visit_1y.parquet
+	for s in train tuning held_out; do $(VENV)/bin/icl data from-meds --root $(MEDS_TASK_DIR)/meds \
+		--labels $(MEDS_TASK_DIR)/aces/ed_visit_1y.parquet --split $$s --task recipes/tasks/ed_visit_1y.toml \
+		--out $(MEDS_TASK_DIR)/$$s.jsonl || exit 1; done
+	$(VENV)/bin/icl compare --config recipes/meds_task.toml --test $(MEDS_TASK_DIR)/held_out.jsonl \
+		--pool $(MEDS_TASK_DIR)/train.jsonl --val $(MEDS_TASK_DIR)/tuning.jsonl --out $(MEDS_TASK_RESULTS)
 
 # The cohort both recipes share: 2,000 synthetic patients (seed 1), 1,400 train / 200 val / 400 test.
 paper-cohort: $(STAMP)

@@ -101,7 +101,7 @@ class Outcome(BaseModel):
     patient_id: str = Field(min_length=1)
     """The id the patient had in its prediction request (pseudonymised before it is stored)."""
     outcome: Literal[0, 1]
-    """1: ADRD onset within the prediction window; 0: none."""
+    """1: the task's outcome (ADRD onset by default) within the prediction window; 0: none."""
     date: dt.date
     """When the outcome was established (onset date, or the end of follow-up for 0)."""
 

@@ -220,16 +220,19 @@ def plot_calibration(path: Path, entries: Sequence[Entry], y: np.ndarray, n_bins
         ax.plot(mean, frac, marker="o", markersize=3, color=cmap(i % 20), label=e.name, **_style(e))
     ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8)
     _save(
-        fig, ax, path, f"mean predicted probability ({n_bins} quantile bins)", "observed share with ADRD", "Calibration"
+        fig, ax, path, f"mean predicted probability ({n_bins} quantile bins)", "observed share positive", "Calibration"
     )
 
 
 # --------------------------------------------------------------------------- report
 
-_DEFAULT_USE = (
-    "research comparison of prompting and fine-tuning for five-year ADRD onset from coded histories. "
-    "Not a clinical decision tool; not validated on real patients."
-)
+
+def _default_use(context: dict[str, Any]) -> str:
+    task = context.get("task") or {"question": "five-year ADRD onset"}
+    return (
+        f'research comparison of prompting and fine-tuning for the question "{task["question"]}" from coded '
+        "histories. Not a clinical decision tool; not validated on real patients."
+    )
 
 
 NARROW_SPREAD = 0.05
@@ -240,6 +243,8 @@ def _model_card(
     r: dict[str, Any], fairness: FairnessReport, info: dict[str, Any], reference: str, context: dict[str, Any]
 ) -> list[str]:
     lines = [f"### {r['name']}", ""]
+    if context.get("task"):
+        lines.append(f"- **Task**: `{context['task']['name']}`: {context['task']['question']}")
     ckpt = info.get("checkpoint_meta")
     if r["kind"] == "arm":
         model = f"`{r['checkpoint']}` = `{info.get('model_id', '?')}`"
@@ -264,7 +269,7 @@ def _model_card(
     if ckpt:
         provenance["SFT training data"] = _short(ckpt["train_hash"])
     lines += [
-        *card.markdown(provenance, default_intended_use=_DEFAULT_USE),
+        *card.markdown(provenance, default_intended_use=_default_use(context)),
         f"- **Data**: {r['n']} test patients ({r['cases']} cases), the same for every arm; threshold "
         f"{r['threshold']:.3f} ({r['threshold_from']}).",
         "- **Metrics (95% bootstrap CI)**: " + "; ".join(f"{_LABELS[m]} {_ci(r, m)}" for m in METRICS),
@@ -409,6 +414,7 @@ def write_report(
         "",
         "## Data and settings",
         "",
+        *([f"- Task: `{context['task']['name']}`: {context['task']['question']}"] if context.get("task") else []),
         f"- Test: `{context['test_file']}`, first {context['n_test']} patients ({context['cases']} cases), "
         f"content hash `{_short(context['test_hash'])}`",
         f"- Demonstration pool / baseline training: `{context['pool_file']}`, {context['n_pool']} patients, hash "

@@ -61,7 +61,7 @@ from icl_toolkit.inference.gain import GainConfig, compute_gain
 from icl_toolkit.inference.output import OutputFile, read_records, sidecar_path, upgrade_provenance
 from icl_toolkit.inference.predictor import Predictor
 from icl_toolkit.inference.run import predict_to_file
-from icl_toolkit.prompting.builder import templates_hash
+from icl_toolkit.prompting.builder import task_question, templates_hash
 from icl_toolkit.retrieval.cache import RetrievalCache
 from icl_toolkit.retrieval.embedder import ProfileEmbedder
 from icl_toolkit.retrieval.gain import GAIN_FILE, GainScores
@@ -562,6 +562,7 @@ class Comparison:
         if plot_auroc_vs_k(self.out / "auroc_vs_k.png", rows):
             plots.insert(1, "auroc_vs_k.png")
         context = {
+            "task": {"name": c.task.name, "question": task_question(c.spec(c.arms()[0]).prompt)},
             "reference": c.reference_arm,
             "version": md.version("icl-toolkit"),
             "test_file": names.get("test", "test"),
