@@ -20,7 +20,15 @@ from icl_toolkit.data.summary import ImportSummary
 from icl_toolkit.data.synth import SynthConfig, assign_splits, iter_synthetic_patients, parse_split
 from icl_toolkit.data.synth.generate import parse_disparity
 from icl_toolkit.data.synth.risk import Signal
-from icl_toolkit.data.task import ADRD, Task, copy_cohort_task, load_task, write_cohort_task
+from icl_toolkit.data.task import (
+    ADRD,
+    Task,
+    copy_cohort_task,
+    load_task,
+    read_cohort_task,
+    task_file,
+    write_cohort_task,
+)
 from icl_toolkit.prompting.config import PromptConfig
 
 app = typer.Typer(
@@ -155,7 +163,12 @@ def validate(
     )
     if pool:
         _check_pool_file(file, pool_prompt)
-    console.print(f"{file}: {report.n_records} patients, no problems{extra}", highlight=False)
+    task = read_cohort_task(file)  # a bad task file beside the cohort is a problem too (named by load_task)
+    console.print(
+        f"{file}: {report.n_records} patients, no problems{extra}; task {task.name}"
+        + ("" if task_file(file).is_file() else " (the default: no task file beside it)"),
+        highlight=False,
+    )
 
 
 def _check_pool_file(file: Path, shown: PromptConfig) -> None:

@@ -79,8 +79,8 @@ def build(
     start = time.perf_counter()
     patients = read_cohort(pool)
     rep = make_representation(retrieval, _embedder(embedder, retrieval, batch_size), patients)
-    index = DemoIndex.build(patients, rep, kind=kind, hnsw_m=hnsw_m, ef_search=ef_search)
-    index.meta["task"] = read_cohort_task(pool).name  # a predictor for another task refuses this index
+    task = read_cohort_task(pool).name  # a predictor of another task refuses this index
+    index = DemoIndex.build(patients, rep, kind=kind, hnsw_m=hnsw_m, ef_search=ef_search, task=task)
     index.save(out)
     console.print(
         f"indexed {len(patients)} patients from {pool} into {out} ({index.meta['kind']}, "

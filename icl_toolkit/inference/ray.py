@@ -375,9 +375,9 @@ def predict_ray(
         )
         index_dir = out / INDEX_DIR if index is None else Path(index)
         if index is None:
-            if not _fits(index_dir, pool_records, rep):
+            if not _fits(index_dir, pool_records, rep, config.prompt.task.name):
                 check_pool(pool_records, config.prompt, str(pool))
-                DemoIndex.build(pool_records, rep).save(index_dir)
+                DemoIndex.build(pool_records, rep, task=config.prompt.task.name).save(index_dir)
         else:  # a given index is checked here, before Ray starts, not in every replica's first batch
             DemoIndex.load(index_dir).check(pool_records, rep, where=str(index_dir))
     kwargs = {
@@ -393,18 +393,20 @@ def predict_ray(
     return output, stats
 
 
-def _fits(folder: Path, pool: list[Patient], representation: PatientRepresentation) -> bool:
-    """Whether the run's own index in ``folder`` was built from this pool with these retriever settings. One
-    that was not (left by the run an ``--overwrite`` replaces) is rebuilt, never reused."""
+def _fits(folder: Path, pool: list[Patient], representation: PatientRepresentation, task: str) -> bool:
+    """Whether the run's own index in ``folder`` was built from this pool with these retriever settings, for
+    ``task``. One that was not (left by the run an ``--overwrite`` replaces) is rebuilt, never reused."""
+    from icl_toolkit.data.task import recorded_task
     from icl_toolkit.retrieval.index import DemoIndex
 
     if not (folder / DemoIndex.META_FILE).exists():
         return False
     try:
-        DemoIndex.load(folder).check(pool, representation, where=str(folder))
+        index = DemoIndex.load(folder)
+        index.check(pool, representation, where=str(folder))
     except ConfigError:
         return False
-    return True
+    return recorded_task(index.meta) == task
 
 
 def vllm_processor_config(

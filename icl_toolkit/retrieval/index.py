@@ -113,28 +113,35 @@ class DemoIndex:
         ef_construction: int = 80,
         ef_search: int = 256,
         progress: bool = True,
+        task: str | None = None,
     ) -> DemoIndex:
         """Fit the retriever on the pool and index the pool's vectors (``kind``: ``exact`` flat search, ``hnsw``
         for large pools, or ``auto``: exact up to 50,000 patients, HNSW above; the metadata records which). ``representation``: a retriever from
-        :func:`~icl_toolkit.retrieval.representations.make_representation`, or a :class:`ProfileEmbedder` (dense)."""
+        :func:`~icl_toolkit.retrieval.representations.make_representation`, or a :class:`ProfileEmbedder` (dense).
+        ``task``: the name of the task the pool's labels answer, recorded in the metadata (a predictor of another
+        task refuses the index; an index without one answers the default task)."""
         if not pool:
             raise ConfigError("The demonstration pool is empty.")
         kind = resolve_index_kind(kind, len(pool))
         rep = _as_representation(representation)
         vecs = rep.fit(pool, progress=progress).pool_vectors()
         index = faiss_index(vecs, kind, hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search)
-        meta = base_meta("demo-index") | {
-            "retriever": rep.describe(),
-            "embedder": rep.embedder_id,
-            "dim": int(vecs.shape[1]),
-            "profile_version": PROFILE_VERSION,
-            "pool_hash": content_hash(pool),
-            "n": len(pool),
-            "kind": kind,
-            "hnsw": {"m": hnsw_m, "ef_construction": ef_construction, "ef_search": ef_search}
-            if kind == "hnsw"
-            else None,
-        }
+        meta = (
+            base_meta("demo-index")
+            | {
+                "retriever": rep.describe(),
+                "embedder": rep.embedder_id,
+                "dim": int(vecs.shape[1]),
+                "profile_version": PROFILE_VERSION,
+                "pool_hash": content_hash(pool),
+                "n": len(pool),
+                "kind": kind,
+                "hnsw": {"m": hnsw_m, "ef_construction": ef_construction, "ef_search": ef_search}
+                if kind == "hnsw"
+                else None,
+            }
+            | ({"task": task} if task is not None else {})
+        )
         return cls(index, [p.patient_id for p in pool], meta, rep.state())
 
     def save(self, folder: str | os.PathLike[str]) -> Path:
@@ -281,9 +288,7 @@ def build_index(
     config = config or RetrievalConfig()
     if embedder is None and needs_embedder(config.retriever, config.hybrid_weights):
         embedder = ProfileEmbedder()
-    index = DemoIndex.build(pool, make_representation(config, embedder, pool), kind=kind, progress=progress)
-    if task is not None:
-        index.meta["task"] = task
+    index = DemoIndex.build(pool, make_representation(config, embedder, pool), kind=kind, progress=progress, task=task)
     if out is not None:
         index.save(out)
     return index

@@ -108,7 +108,12 @@ class PredictionService:
         self.index = (
             index
             if index is not None or not self.pool
-            else DemoIndex.build(self.pool, make_representation(r, self.embedder, self.pool), progress=False)
+            else DemoIndex.build(
+                self.pool,
+                make_representation(r, self.embedder, self.pool),
+                progress=False,
+                task=config.prompt.task.name,
+            )
         )
         self.gain = gain  # the index's gain scores, for strategy gain (checked against the model when used)
         self.batching = batching or BatchSettings()

@@ -370,3 +370,32 @@ def test_meds_testing_library_dataset_imports_and_predicts_its_task(meds_sample,
     builder = PromptBuilder(lm_tokenizer, PredictConfig.from_options(k=0, task=read_cohort_task(out)).prompt, 8192)
     prompt = builder.build(pts[0], [], {}).text
     assert "Will this patient have the sample task's outcome?" in prompt and "ADRD" not in prompt
+
+
+def test_compare_runs_a_non_adrd_task_and_reports_it(tmp_path, tiny_model_dir):
+    """The comparison's own index, retrieval caches and arms carry the cohorts' task; the report and model cards
+    name it."""
+    from icl_toolkit.evaluation.compare.run import compare
+
+    pts = generate_cohort(SynthConfig(n=80, seed=6))
+    for name, part in (("pool", pts[:50]), ("test", pts[50:70]), ("val", pts[70:])):
+        write_cohort(part, tmp_path / f"{name}.jsonl")
+        write_cohort_task(tmp_path / f"{name}.jsonl", MORTALITY)
+    (tmp_path / "arms.toml").write_text(
+        f'baselines = ["knn", "age"]\nbootstrap = 50\nfairness_bootstrap = 0\n[checkpoints]\nbase = "{tiny_model_dir}"\n'
+        '[prompt]\nquery_tokens = 120\ndemo_tokens = 100\n[[arm]]\ncheckpoint = "base"\ndemos = ["none", "label"]\nk = 2\n'
+    )
+    out = tmp_path / "out"
+    result = compare(tmp_path / "arms.toml", tmp_path / "test.jsonl", tmp_path / "pool.jsonl", out,
+                     val=tmp_path / "val.jsonl", progress=False)
+    assert {r["name"] for r in result.rows} >= {"base / none / score", "base / label k=2 similar / score"}
+    assert json.loads((out / "index" / "index.json").read_text())["meta"]["task"] == MORTALITY.name
+    meta = json.loads((out / "arms" / "base_label_k_2_similar_score.jsonl.meta.json").read_text())
+    assert meta["task"] == MORTALITY.name and meta["config"]["prompt"]["task"]["question"] == MORTALITY.question
+    report = (out / "report.md").read_text()
+    assert f"Task: `{MORTALITY.name}`: {MORTALITY.question}" in report
+    assert "### base / none / score" in report and f"- **Task**: `{MORTALITY.name}`" in report
+    # run again: the finished arms are reused under the same task
+    again = compare(tmp_path / "arms.toml", tmp_path / "test.jsonl", tmp_path / "pool.jsonl", out,
+                    val=tmp_path / "val.jsonl", progress=False)
+    assert [r["auroc"] for r in again.rows] == [r["auroc"] for r in result.rows]

@@ -177,7 +177,9 @@ class Comparison:
             index = DemoIndex.load(folder)
             index.check(pool, rep, str(folder))
             return index
-        index = DemoIndex.build(pool, rep, kind=self.config.index_kind, progress=self.progress)
+        index = DemoIndex.build(
+            pool, rep, kind=self.config.index_kind, progress=self.progress, task=self.config.task.name
+        )
         index.save(folder)
         return index
 
