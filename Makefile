@@ -99,7 +99,7 @@ meds-demo: $(STAMP)
 		print('meds-evaluation:', {k: round(v, 3) for k, v in r.items() if isinstance(v, float)})"
 
 # A second task on MEDS data, end to end (docs/how-to/meds.md): the synthetic cohort exported to MEDS, ACES labels
-# of recipes/tasks/ed_visit_1y.yaml (an emergency visit within a year after an annual wellness visit), the MEDS
+# of recipes/tasks/high_sbp_1y.yaml (a systolic pressure of 140 mmHg or more within a year after an annual wellness visit), the MEDS
 # splits imported with that task's words (--task), then icl compare with its baselines into results/meds_task
 # (resumable; about 40 minutes on 2 cores).
 MEDS_TASK_DIR ?= meds_task_out
@@ -109,9 +109,9 @@ meds-task: $(STAMP)
 	$(VENV)/bin/icl data synth --n 2000 --seed 1 --out $(MEDS_TASK_DIR)/synth.jsonl --split train=0.7,val=0.1,test=0.2
 	$(VENV)/bin/icl data to-meds --cohort $(MEDS_TASK_DIR)/synth.jsonl --out $(MEDS_TASK_DIR)/meds --overwrite
 	$(VENV)/bin/aces-cli data.path=$(MEDS_TASK_DIR)/meds/data data.standard=meds \
-		config_path=$(CURDIR)/recipes/tasks/ed_visit_1y.yaml output_filepath=$(MEDS_TASK_DIR)/aces/ed_visit_1y.parquet
+		config_path=$(CURDIR)/recipes/tasks/high_sbp_1y.yaml output_filepath=$(MEDS_TASK_DIR)/aces/high_sbp_1y.parquet
 	for s in train tuning held_out; do $(VENV)/bin/icl data from-meds --root $(MEDS_TASK_DIR)/meds \
-		--labels $(MEDS_TASK_DIR)/aces/ed_visit_1y.parquet --split $$s --task recipes/tasks/ed_visit_1y.toml \
+		--labels $(MEDS_TASK_DIR)/aces/high_sbp_1y.parquet --split $$s --task recipes/tasks/high_sbp_1y.toml \
 		--out $(MEDS_TASK_DIR)/$$s.jsonl || exit 1; done
 	$(VENV)/bin/icl compare --config recipes/meds_task.toml --test $(MEDS_TASK_DIR)/held_out.jsonl \
 		--pool $(MEDS_TASK_DIR)/train.jsonl --val $(MEDS_TASK_DIR)/tuning.jsonl --out $(MEDS_TASK_RESULTS)

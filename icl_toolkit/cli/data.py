@@ -465,7 +465,7 @@ def from_meds(
     code_map: Annotated[
         Optional[Path],
         typer.Option(
-            help="TOML file mapping more codes and vocabularies to event kinds ([codes], [vocabularies], [static], ignore); see the README."
+            help="TOML file mapping more codes and vocabularies to event kinds ([codes], [vocabularies], [static], ignore), or mimic-iv (the map shipped for the MIMIC-IV MEDS ETL); codes no map or vocabulary knows become generic events."
         ),
     ] = None,
     outcome: Annotated[

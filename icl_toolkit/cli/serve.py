@@ -100,6 +100,7 @@ def serve(
     from icl_toolkit.retrieval.index import DemoIndex
     from icl_toolkit.retrieval.representations import make_representation, needs_embedder
     from icl_toolkit.serve.app import create_app, make_server
+    from icl_toolkit.prompting.builder import task_question
     from icl_toolkit.serve.service import PredictionService
 
     if index is not None and pool is None:
@@ -113,7 +114,9 @@ def serve(
     if loaded_index is not None:  # the server's retriever settings must be the index's
         loaded_index.check(demo_pool, make_representation(r, embedder, demo_pool), where=str(index))
     fields = load_settings_file(card, ModelCard, "model card", CARD_FIELDS) if card is not None else ModelCard()
-    card_info = fields.as_info({"model": model, "pool": content_hash(demo_pool) if demo_pool else "none"})
+    card_info = fields.as_info({"model": model, "pool": content_hash(demo_pool) if demo_pool else "none"}) | {
+        "task": {"name": the_task.name, "question": task_question(config.prompt)}
+    }
     monitor = None
     if monitor_dir is not None:  # opened before binding: an unwritable folder fails here
         key_file = monitor_key_file or monitor_dir.resolve().parent / f"{monitor_dir.resolve().name}.key"

@@ -250,18 +250,20 @@ T = dt.datetime
 
 
 def test_unknown_codes_become_generic_events_with_kind_name_value_and_unit(tmp_path):
-    rows = [(1, None, "EYE_COLOR//BROWN", None), (1, T(1970, 1, 1), "MEDS_BIRTH", None),
-            (1, T(2010, 5, 1, 9), "ADMISSION//CARDIAC", None), (1, T(2010, 5, 1, 9), "HR", 102.5),
-            (1, T(2010, 5, 1, 10), "DISCHARGE", None), (1, T(2010, 6, 1), "HR", 80.0)]
+    rows = [(1, None, "EYE_COLOR//BROWN", None, None), (1, T(1970, 1, 1), "MEDS_BIRTH", None, None),
+            (1, T(2010, 5, 1, 9), "ADMISSION//CARDIAC", None, None), (1, T(2010, 5, 1, 9), "HR", 102.5, "bpm"),
+            (1, T(2010, 5, 1, 10), "DISCHARGE", None, None), (1, T(2010, 6, 1), "HR", 80.0, "bpm")]
     codes = pa.table({"code": ["HR", "ADMISSION//CARDIAC"], "description": ["Heart Rate", "Cardiac admission"],
                       "parent_codes": pa.array([["LOINC/8867-4"], None], pa.list_(pa.string()))})
-    lab = _write(tmp_path / "m", rows, [(1, T(2010, 5, 1, 12), True)], codes=codes)
+    schema = pa.schema([("subject_id", pa.int64()), ("time", pa.timestamp("us")), ("code", pa.string()),
+                        ("numeric_value", pa.float32()), ("unit", pa.string())])
+    lab = _write(tmp_path / "m", rows, [(1, T(2010, 5, 1, 12), True)], codes=codes, data_schema=schema)
     c = open_meds(tmp_path / "m", lab)
     (p,) = list(c)
     by_code = {e.code: e for e in p.events}
     assert set(by_code) == {"ADMISSION//CARDIAC", "HR", "DISCHARGE"}  # the June HR is after the prediction time
     hr = by_code["HR"]
-    assert (hr.kind, hr.system, hr.name, hr.value, hr.unit) == ("lab", "MEDS", "Heart Rate", 102.5, None)
+    assert (hr.kind, hr.system, hr.name, hr.value, hr.unit) == ("lab", "MEDS", "Heart Rate", 102.5, "bpm")
     adm = by_code["ADMISSION//CARDIAC"]
     assert (adm.kind, adm.name, adm.value) == ("observation", "Cardiac admission", None)
     assert by_code["DISCHARGE"].name == "DISCHARGE"  # no description: the code

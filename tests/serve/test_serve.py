@@ -209,6 +209,7 @@ def test_real_server_answers_http_like_icl_predict(tiny_model_dir, small_cohort,
         card = httpx.get(base + "/v1/info", timeout=10).json()["model_card"]
         assert card["owner"] == "ADRD ML team" and card["review_date"] == "2027-06-30"
         assert card["data_provenance"]["pool"].startswith("sha256:")
+        assert card["task"]["name"] == "adrd_5y" and "Alzheimer" in card["task"]["question"]  # the pool's task
         fb = {"outcomes": [{"patient_id": small_cohort[80].patient_id, "outcome": 0, "date": "2027-01-01"}]}
         assert httpx.post(base + "/v1/feedback", json=fb, timeout=10).json()["recorded"] == 1
         # graceful shutdown: a request in flight when SIGTERM arrives is still answered
