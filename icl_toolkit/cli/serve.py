@@ -95,12 +95,12 @@ def serve(
     from icl_toolkit.data.cohort import content_hash, read_cohort
     from icl_toolkit.evaluation.card import CARD_FIELDS, ModelCard
     from icl_toolkit.evaluation.monitor.log import MonitorLog, load_key
+    from icl_toolkit.prompting.builder import task_question
     from icl_toolkit.retrieval.embedder import ProfileEmbedder
     from icl_toolkit.retrieval.gain import GAIN_FILE, GainScores
     from icl_toolkit.retrieval.index import DemoIndex
     from icl_toolkit.retrieval.representations import make_representation, needs_embedder
     from icl_toolkit.serve.app import create_app, make_server
-    from icl_toolkit.prompting.builder import task_question
     from icl_toolkit.serve.service import PredictionService
 
     if index is not None and pool is None:
