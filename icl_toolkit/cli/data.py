@@ -45,9 +45,9 @@ TaskFileOpt = Annotated[
 ]
 
 
-def _write_task(out: Path, given: Path | None) -> Task:
-    """Store the task (the ``--task`` file, else ADRD) beside the cohort; say which it is."""
-    task = load_task(given) if given is not None else ADRD
+def _write_task(out: Path, given: Path | None, task: Task | None = None) -> Task:
+    """Store the task (``task``, else the ``--task`` file, else ADRD) beside the cohort; say which it is."""
+    task = task or (load_task(given) if given is not None else ADRD)
     path = write_cohort_task(out, task)
     console.print(
         f"task {task.name}: {task.words(f'{task.horizon_years or 5:g}')['question']} (in {path})"
@@ -481,6 +481,7 @@ def from_meds(
     from icl_toolkit.data.meds import load_code_map, open_meds
     from icl_toolkit.data.omop import load_outcome
 
+    the_task = load_task(task) if task is not None else ADRD  # read first: a bad task file fails before the import
     start = time.perf_counter()
     cohort = open_meds(
         root,
@@ -488,13 +489,14 @@ def from_meds(
         split=split,
         code_map=load_code_map(code_map) if code_map else None,
         outcome=load_outcome(outcome) if outcome else None,
+        task=the_task,
     )
     with progress_bar("reading MEDS rows", cohort.total_rows) as advance:
         cohort.progress = advance
         write_cohort(cohort, out)
     s = cohort.summary
     summary_path = out.with_name(out.name + ".summary.json")
-    the_task = _write_task(out, task)
+    _write_task(out, task, the_task)
     write_json_atomic(
         summary_path,
         {

@@ -271,6 +271,17 @@ def test_unknown_codes_become_generic_events_with_kind_name_value_and_unit(tmp_p
     assert c.summary.unknown_codes["HR"] == 2
 
 
+def test_outcome_dates_come_from_the_tasks_codes_only(tmp_path):
+    """An ADRD code after the prediction time dates an ADRD positive; for another task (without --outcome) it
+    does not, and the positive keeps no date."""
+    rows = [(1, T(1950, 1, 1), "MEDS_BIRTH", None), (1, T(2010, 1, 1), "ICD10CM//I10", None),
+            (1, T(2013, 1, 1), "ICD10CM//G30.9", None)]
+    lab = _write(tmp_path / "m", rows, [(1, T(2011, 1, 1), True)])
+    (adrd,) = list(open_meds(tmp_path / "m", lab))
+    (other,) = list(open_meds(tmp_path / "m", lab, task=MORTALITY))
+    assert adrd.outcome_date == dt.date(2013, 1, 1) and other.outcome_date is None and other.label == 1
+
+
 def test_mimic_iv_code_map_on_rows_in_its_layout(tmp_path):
     rows = [(5, None, "GENDER//M", None, None), (5, T(1950, 3, 1), "MEDS_BIRTH", None, None),
             (5, T(2015, 1, 2, 8), "HOSPITAL_ADMISSION//EW EMER.//EMERGENCY ROOM", None, None),

@@ -34,6 +34,7 @@ from icl_toolkit.data.meds.codes import CodeMap, CodeResolver, MappedCode, Outco
 from icl_toolkit.data.omop.outcome import ADRD as ADRD_OUTCOME
 from icl_toolkit.data.omop.outcome import OutcomeDefinition
 from icl_toolkit.data.summary import ImportSummary, TableReport
+from icl_toolkit.data.task import ADRD, Task
 
 __all__ = ["SPLIT_NAMES", "MedsCohort", "read_labels", "open_meds", "RECORDS_FILE"]
 
@@ -291,7 +292,7 @@ class MedsCohort:
     labels: dict[int, list[tuple[dt.datetime, bool | None]]]
     shards: list[Path]
     resolver: CodeResolver
-    outcome: OutcomeMatcher
+    outcome: OutcomeMatcher | None  # None: positives keep no outcome date (another task than ADRD, no --outcome)
     splits: dict[int, str]
     record_ids: dict[tuple[int, dt.datetime], str]
     summary: ImportSummary
@@ -456,7 +457,7 @@ class MedsCohort:
                 continue
             history = [e for t, e, _ in events if t <= pt]
             outcome = None
-            if y:  # the label is the truth; an outcome record after the prediction time dates it, when there is one
+            if y and self.outcome is not None:  # the label is the truth; an outcome record after it dates it
                 outcome = next(
                     (t.date() for t, _, code in events if t > pt and t.date() > pt.date() and self.outcome(code)), None
                 )
@@ -502,6 +503,7 @@ def open_meds(
     split: str | None = None,
     code_map: CodeMap | None = None,
     outcome: OutcomeDefinition | None = None,
+    task: Task = ADRD,
 ) -> MedsCohort:
     """Check a MEDS root and a label file and get ready to stream records (see the module docstring).
 
@@ -511,7 +513,9 @@ def open_meds(
         split: keep only subjects of this split (``train``, ``tuning``, ``held_out`` or another name in
             ``metadata/subject_splits.parquet``).
         code_map: more codes and vocabularies (:func:`~icl_toolkit.data.meds.codes.load_code_map`).
-        outcome: which codes are outcome records, for the outcome date (default ADRD).
+        outcome: which codes are outcome records, for the outcome date (default: ADRD's codes when ``task`` is
+            the ADRD task; for another task without ``outcome``, positives keep no date).
+        task: the task the labels answer.
 
     Raises:
         ConfigError: a missing root, data folder, split file or column; a column of the wrong type.
@@ -563,7 +567,7 @@ def open_meds(
         lab,
         shards,
         CodeResolver(code_map, desc, kinds),
-        OutcomeMatcher(outcome or ADRD_OUTCOME),
+        OutcomeMatcher(outcome or ADRD_OUTCOME) if outcome is not None or task.name == ADRD.name else None,
         splits,
         _read_record_ids(root),
         summary,
