@@ -236,6 +236,8 @@ class WithTask(BaseModel):
     them for the default task) still match the configs that would make them now.
     """
 
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     task: Task = ADRD
     """The task the prompts ask about (read from the cohort's ``<cohort>.task.json``; default ADRD)."""
 

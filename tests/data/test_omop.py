@@ -444,6 +444,15 @@ def test_cli_from_omop(messy: Path, tmp_path: Path):
     assert [(p.events, p.label) for p in written] == [(p.events, p.label) for p in want]
     meta = json.loads((tmp_path / "cohort.jsonl.summary.json").read_text())
     assert meta["summary"]["cases"] == 2 and meta["meta"]["config"]["index"]["rule"] == "fixed:2008-01-01"
+    assert meta["meta"]["task"] == "adrd_5y" and meta["summary"]["cases_with_outcome_date"] == 2  # OMOP dates them
+    task = json.loads((tmp_path / "cohort.jsonl.task.json").read_text())  # the default task, stored beside it
+    assert task["name"] == "adrd_5y" and "task adrd_5y:" in r.output
+    (tmp_path / "task.toml").write_text('name = "copd_5y"\nquestion = "Will this patient be diagnosed with COPD?"\n')
+    r = CliRunner().invoke(app, ["data", "from-omop", "--source", str(messy), "--out", str(tmp_path / "c2.jsonl"),
+                                 "--index-date", "fixed:2008-01-01", "--min-history-years", "2", "--as-of", "2026-01-01",
+                                 "--task", str(tmp_path / "task.toml")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "c2.jsonl.task.json").read_text())["name"] == "copd_5y"
     # one summary for every importer: the same names and console tables as icl data from-meds (tests/data/test_meds.py)
     from icl_toolkit.data.summary import ImportSummary
 

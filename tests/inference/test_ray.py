@@ -267,11 +267,12 @@ def test_driver_rebuilds_an_index_left_by_another_run(tmp_path, small_cohort):
         return make_representation(RetrievalConfig(**settings))
 
     pool_a, pool_b = small_cohort[:120], small_cohort[120:240]
-    DemoIndex.build(pool_a, rep()).save(tmp_path / "index")
-    assert _fits(tmp_path / "index", pool_a, rep())
-    assert not _fits(tmp_path / "index", pool_b, rep())                       # another pool
-    assert not _fits(tmp_path / "index", pool_a, rep(retriever="sparse"))     # another retriever
-    assert not _fits(tmp_path / "nothing", pool_a, rep())
+    DemoIndex.build(pool_a, rep()).save(tmp_path / "index")  # an index without a task: the default task's
+    assert _fits(tmp_path / "index", pool_a, rep(), "adrd_5y")
+    assert not _fits(tmp_path / "index", pool_a, rep(), "in_hospital_mortality")  # another task
+    assert not _fits(tmp_path / "index", pool_b, rep(), "adrd_5y")                # another pool
+    assert not _fits(tmp_path / "index", pool_a, rep(retriever="sparse"), "adrd_5y")  # another retriever
+    assert not _fits(tmp_path / "nothing", pool_a, rep(), "adrd_5y")
 
 
 def test_vllm_processor_settings_score_the_answer_slot():
