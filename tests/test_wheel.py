@@ -43,6 +43,7 @@ def test_wheel_holds_the_templates(wheel: Path):
     templates = {p.name for p in (REPO / "prompts").iterdir()}
     assert templates <= shipped and "few_shot_label.j2" in shipped
     assert not (REPO / "icl_toolkit" / "prompts").exists()
+    assert "icl_toolkit/data/meds/code_maps/mimic_iv.toml" in names  # --code-map mimic-iv from an installed wheel
 
 
 def test_a_source_checkout_reads_the_top_level_prompts():

@@ -129,9 +129,11 @@ def evaluate(
     """How much outcome signal each retriever's neighbours carry: vote AUROC/AUPRC with CIs, purity, similarity,
     latency, against the logistic-regression and age-only AUROC of the same patients."""
     from icl_toolkit.data.cohort import read_cohort
+    from icl_toolkit.data.task import cohorts_task
     from icl_toolkit.evaluation.retrieval import evaluate_retrievers, plot_report, verdict
     from icl_toolkit.retrieval.config import RETRIEVERS
 
+    cohorts_task({"--pool": pool, "--cohort": cohort})  # neighbours of another task's pool say nothing here
     try:
         counts = [int(x) for x in ks.split(",") if x.strip()]
     except ValueError:
