@@ -35,7 +35,10 @@ LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 @with_flags("batching", FlagGroup(BatchSettings, rename={"enabled": "batching"}))
 @with_flags(
     "limits",
-    FlagGroup(ServerSettings, fields=("max_patients", "max_body_mb", "max_k", "max_demos", "max_request_tokens")),
+    FlagGroup(
+        ServerSettings,
+        fields=("max_patients", "max_body_mb", "max_k", "max_demos", "max_request_tokens", "metrics_auth"),
+    ),
     build=dict,
 )
 def serve(

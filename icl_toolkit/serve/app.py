@@ -4,7 +4,8 @@ Safe by default: the CLI binds 127.0.0.1; with ``ICL_API_KEY`` set, ``/v1/*`` ne
 <key>`` (401 otherwise); bodies over the size limit, requests with too many patients and requests whose cost
 (patients x k, estimated prompt tokens) is over the limits get 413; invalid input gets 422 with field paths, by the
 same rules as a cohort file; a full queue or a stopping server gets 503 with ``Retry-After``; a failed prediction
-gets 500 with the request id and no stack trace. Every response carries ``X-Request-ID``.
+gets 500 with the request id and no stack trace. Every response carries ``X-Request-ID``. ``GET /metrics`` gives
+the operational metrics in Prometheus' format (:mod:`~icl_toolkit.serve.metrics`).
 
 Layout (as vLLM's entrypoints): :mod:`~icl_toolkit.serve.config` (settings), :mod:`~icl_toolkit.serve.schemas`
 (requests and responses), :mod:`~icl_toolkit.serve.service` (the predictor, the micro-batcher, request admission),
@@ -25,6 +26,7 @@ from fastapi import FastAPI
 from icl_toolkit.core import __version__
 from icl_toolkit.evaluation.monitor.log import MonitorLog
 from icl_toolkit.serve.config import ServerSettings
+from icl_toolkit.serve.metrics import ServerMetrics
 from icl_toolkit.serve.middleware import RequestContext
 from icl_toolkit.serve.routers import ROUTERS
 from icl_toolkit.serve.schemas import PredictRequest
@@ -58,6 +60,7 @@ def create_app(
         work and answer what is waiting within ``seconds``.
     """
     state = ServerState(load, settings or ServerSettings(), monitor, card or {}, info)
+    state.metrics = ServerMetrics(lambda: state.service if state.ready else None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -67,7 +70,7 @@ def create_app(
         await state.stop()
 
     app = FastAPI(title="icl-toolkit prompted predictor", version=__version__, lifespan=lifespan)
-    app.add_middleware(RequestContext, settings=state.settings)
+    app.add_middleware(RequestContext, settings=state.settings, metrics=state.metrics)
     app.state.icl = state
     app.state.begin_shutdown = state.begin_shutdown
     for router in ROUTERS:

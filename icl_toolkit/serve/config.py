@@ -25,6 +25,9 @@ class ServerSettings(BaseModel):
     """Most demonstrations per request, patients x k (413 above)."""
     max_request_tokens: int = Field(200_000, ge=1)
     """Most prompt tokens per request, estimated from the history budgets before any work (413 above)."""
+    metrics_auth: bool = False
+    """``GET /metrics`` needs the bearer token too (when ``$ICL_API_KEY`` is set); off by default, as Prometheus
+    scrapers usually sit inside the network."""
 
     @property
     def max_body_bytes(self) -> int:

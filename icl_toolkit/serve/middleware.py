@@ -1,6 +1,6 @@
 """Request context as a plain ASGI middleware: a request id on every response, bearer auth on ``/v1/*``, the body
 size limit (also for bodies without a Content-Length), one log line per request (ids, routes, statuses and timings,
-never patient data), and a JSON 500 with the request id for anything unexpected. A client that goes away mid-body
+never patient data) and its Prometheus counts, and a JSON 500 with the request id for anything unexpected. A client that goes away mid-body
 or mid-wait is a one-line log entry, not a traceback."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from icl_toolkit.serve.config import ServerSettings
 from icl_toolkit.serve.errors import error_response
+from icl_toolkit.serve.metrics import ServerMetrics
 
 __all__ = ["RequestContext"]
 
@@ -30,9 +31,10 @@ class RequestContext:
     """Plain ASGI middleware: request id, bearer auth on /v1/*, the body size limit (also for bodies without a
     Content-Length), one log line per request, and a JSON 500 with the request id for anything unexpected."""
 
-    def __init__(self, app: ASGIApp, settings: ServerSettings) -> None:
+    def __init__(self, app: ASGIApp, settings: ServerSettings, metrics: ServerMetrics | None = None) -> None:
         self.app = app
         self.settings = settings
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -67,7 +69,8 @@ class RequestContext:
             return message
 
         try:
-            if path.startswith("/v1/") and self.settings.api_key:
+            guarded = path.startswith("/v1/") or (path == "/metrics" and self.settings.metrics_auth)
+            if guarded and self.settings.api_key:
                 given = headers.get("authorization", "")
                 if not hmac.compare_digest(given.encode(), f"Bearer {self.settings.api_key}".encode()):
                     await reply(
@@ -92,6 +95,7 @@ class RequestContext:
                     error_response(500, rid, "internal error; the server log has the details under this request id")
                 )
         finally:
-            log.info(
-                "%s %s %s %d %.1fms", rid, method, path, status.get("code", 499), (time.perf_counter() - start) * 1000
-            )
+            seconds = time.perf_counter() - start
+            log.info("%s %s %s %d %.1fms", rid, method, path, status.get("code", 499), seconds * 1000)
+            if self.metrics is not None:
+                self.metrics.observe_request(path, method, status.get("code", 499), seconds)

@@ -129,6 +129,7 @@ class PredictionService:
         self.batches = 0
         self.dropped = 0  # patients taken out of the queue because their client went away
         self.refused = 0  # requests refused because the queue was full
+        self.batch_observer: Callable[[int, float], None] | None = None  # (patients, seconds) per backend call
 
     # ------------------------------------------------------------------ predictors
 
@@ -323,7 +324,10 @@ class PredictionService:
             for it in group:
                 await self._run_group(loop, options, [it])
             return
-        each = (time.perf_counter() - start) / len(group)
+        took = time.perf_counter() - start
+        if self.batch_observer is not None:
+            self.batch_observer(len(group), took)
+        each = took / len(group)
         self.seconds_per_patient = 0.8 * self.seconds_per_patient + 0.2 * each
         for it, res in zip(group, results):
             if not it.future.done():

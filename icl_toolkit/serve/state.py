@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -14,6 +15,7 @@ from fastapi import Request
 
 from icl_toolkit.evaluation.monitor.log import MonitorLog
 from icl_toolkit.serve.config import ServerSettings
+from icl_toolkit.serve.metrics import ServerMetrics
 from icl_toolkit.serve.service import PredictionService
 
 __all__ = ["ServerState", "server_state"]
@@ -34,6 +36,7 @@ class ServerState:
         monitor: the monitor log (every prediction logged, outcomes taken on ``/v1/feedback``), or ``None``.
         card: the model card's fields and provenance, shown in ``/v1/info``.
         info: builds ``/v1/info`` from the service instead of the default (tests, embedding applications).
+        metrics: the app's Prometheus metrics (``GET /metrics``).
     """
 
     load: Callable[[], PredictionService]
@@ -41,6 +44,7 @@ class ServerState:
     monitor: MonitorLog | None = None
     card: dict[str, Any] = field(default_factory=dict)
     info: Callable[[PredictionService], dict[str, Any]] | None = None
+    metrics: ServerMetrics | None = None
     service: PredictionService | None = None
     status: Status = "loading"
     detail: str | None = None
@@ -53,8 +57,13 @@ class ServerState:
         return self.status == "ready" and self.started
 
     def _load(self) -> None:
+        start = time.perf_counter()
         try:
-            self.service = self.load()
+            service = self.load()
+            if self.metrics is not None:
+                self.metrics.model_load.set(time.perf_counter() - start)
+                service.batch_observer = self.metrics.observe_batch
+            self.service = service
             self.status = "ready"
         except Exception as exc:  # noqa: BLE001 - reported by /health
             self.status, self.detail = "failed", f"{type(exc).__name__}: {exc}"

@@ -29,7 +29,14 @@ async def feedback(request: Request) -> Any:
         )
     try:
         req = parse_body(FeedbackRequest, await request.body())
-        done = state.monitor.record_outcomes([(o.patient_id, o.outcome, o.date) for o in req.outcomes])
+        try:
+            done = state.monitor.record_outcomes([(o.patient_id, o.outcome, o.date) for o in req.outcomes])
+        except OSError:
+            if state.metrics is not None:
+                state.metrics.monitor_writes.labels("outcomes", "failed").inc()
+            raise
+        if state.metrics is not None:
+            state.metrics.monitor_writes.labels("outcomes", "ok").inc()
     except Rejected as exc:
         return exc.response(rid)
     except FeedbackRejected as exc:

@@ -48,9 +48,15 @@ async def predict(request: Request) -> Any:
         return exc.response(rid)
     if results is None:  # the client went away: its queued patients were dropped, nobody to answer
         return Response(status_code=499)
+    if state.metrics is not None:
+        state.metrics.observe_predictions(results)
     if state.monitor is not None:
         try:
             state.monitor.record_predictions(req.patients, results)
+            written = "ok"
         except OSError as exc:  # the prediction stands; the gap in the log is reported
             log.error("%s monitor log write failed: %s", rid, exc)
+            written = "failed"
+        if state.metrics is not None:
+            state.metrics.monitor_writes.labels("predictions", written).inc()
     return JSONResponse(PredictResponse(request_id=rid, predictions=results).model_dump())
