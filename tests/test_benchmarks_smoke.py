@@ -251,3 +251,10 @@ def test_order_ensemble_quick(tmp_path: Path, tiny_model_dir: Path) -> None:
     rows = list(csv.DictReader(out.open()))
     assert [int(r["orders"]) for r in rows] == [1, 3, 5]
     assert float(rows[-1]["token_ratio"]) == pytest.approx(5, rel=0.05)
+
+
+def test_metrics_scrape_quick(tmp_path: Path, tiny_model_dir: Path) -> None:
+    out = tmp_path / "metrics_scrape.csv"
+    _quick("metrics_scrape.py", "--model", str(tiny_model_dir), "--out", str(out))
+    (row,) = list(csv.DictReader(out.open()))
+    assert int(row["scrapes"]) == 160 and float(row["server_ms_per_scrape"]) > 0 and int(row["exposition_bytes"]) > 0

@@ -21,6 +21,7 @@ from icl_toolkit.serve.metrics import ServerMetrics
 __all__ = ["RequestContext"]
 
 log = logging.getLogger("icl.serve")
+_QUIET = frozenset({"/metrics", "/health"})
 
 
 class _BodyTooLarge(Exception):
@@ -96,6 +97,8 @@ class RequestContext:
                 )
         finally:
             seconds = time.perf_counter() - start
-            log.info("%s %s %s %d %.1fms", rid, method, path, status.get("code", 499), seconds * 1000)
+            # scrapes and health probes (every few seconds, forever) are logged at debug level, requests at info
+            level = logging.DEBUG if path in _QUIET else logging.INFO
+            log.log(level, "%s %s %s %d %.1fms", rid, method, path, status.get("code", 499), seconds * 1000)
             if self.metrics is not None:
                 self.metrics.observe_request(path, method, status.get("code", 499), seconds)
