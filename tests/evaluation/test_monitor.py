@@ -74,11 +74,13 @@ def test_log_holds_no_identifiers_or_history(people, tmp_path):
     pool, stream = people
     log = MonitorLog(tmp_path / "mon", KEY, model={"model": "m"})
     batch = stream[:40]
-    log.record_predictions(batch, [_pred(p) | {"demos": [{"patient_id": pool[0].patient_id}]} for p in batch])
+    shown = [{"patient_id": pool[0].patient_id, "score": 0.8, "label": 1},
+             {"patient_id": pool[1].patient_id, "score": 0.6, "label": 0}]
+    log.record_predictions(batch, [_pred(p) | {"demos": shown} for p in batch])
     log.record_feedback(batch[0].patient_id, 1, dt.date(2027, 5, 1))
     log.close()
     text = (tmp_path / "mon" / PREDICTIONS).read_text() + (tmp_path / "mon" / FEEDBACK).read_text()
-    for p in [*batch, pool[0]]:
+    for p in [*batch, pool[0], pool[1]]:
         assert p.patient_id not in text
         assert p.birth_date.isoformat() not in text
         assert p.index_date.isoformat() not in text
@@ -86,8 +88,12 @@ def test_log_holds_no_identifiers_or_history(people, tmp_path):
             assert e.name not in text and f'"{e.code}"' not in text
     rec = json.loads(text.splitlines()[0])
     assert set(rec) == {"ts", "id", "probability", "model_id", "model_hash", "prompt_hash", "template", "demos",
-                        "age", "age_band", "sex", "groups", "events", "history_days"}
-    assert rec["demos"] == [Pseudonymizer(KEY)(pool[0].patient_id)] and rec["groups"]["access"] in ("limited", "standard")
+                        "demo_vote", "demo_similarity", "age", "age_band", "sex", "groups", "events", "history_days"}
+    assert rec["demos"] == [Pseudonymizer(KEY)(p.patient_id) for p in pool[:2]]
+    assert rec["groups"]["access"] in ("limited", "standard")
+    assert (rec["demo_vote"], rec["demo_similarity"]) == (0.5, 0.7)  # the vote the model follows, the pool's fit
+    for p in pool[:2]:
+        assert p.patient_id not in text
 
 
 def test_feedback_rules_and_interrupted_writes(people, tmp_path):
@@ -211,3 +217,22 @@ def test_icl_monitor_cli(people, tmp_path, invoke):
     assert code == 1 and "bad.toml: psi_maxx" in text
     code, text = invoke(["monitor", "--dir", tmp_path / "empty"])
     assert code == 1 and "no predictions logged yet" in text
+
+
+def test_windows_report_the_demos_vote_and_similarity(people, tmp_path):
+    """Per window, the mean share of positive demos shown and their mean similarity (the signals only a
+    retrieval-based predictor has); a prediction without demos counts in neither."""
+    pool, stream = people
+    log = MonitorLog(tmp_path / "mon", KEY)
+    close = [{"patient_id": pool[0].patient_id, "score": 0.9, "label": 1},
+             {"patient_id": pool[1].patient_id, "score": 0.7, "label": 1}]
+    far = [{"patient_id": pool[2].patient_id, "score": 0.3, "label": 0},
+           {"patient_id": pool[3].patient_id, "score": 0.1, "label": 1}]
+    log.record_predictions(stream[:4], [_pred(p) | {"demos": close} for p in stream[:4]], when=T0)
+    log.record_predictions(stream[4:5], [_pred(stream[4])], when=T0)  # zero-shot: no demos
+    log.record_predictions(stream[5:9], [_pred(p) | {"demos": far} for p in stream[5:9]],
+                           when=T0 + dt.timedelta(days=31))
+    log.close()
+    w0, w1 = monitor_report(tmp_path / "mon", parse_window("30d"), pool=pool)["windows"]
+    assert (w0["mean_demo_vote"], w0["mean_demo_similarity"]) == pytest.approx((1.0, 0.8))
+    assert (w1["mean_demo_vote"], w1["mean_demo_similarity"]) == pytest.approx((0.5, 0.2))

@@ -40,6 +40,7 @@ __all__ = [
     "Pseudonymizer",
     "load_key",
     "input_features",
+    "demo_signals",
     "MonitorLog",
     "read_log",
     "PREDICTIONS",
@@ -194,6 +195,18 @@ class FeedbackRejected(ValueError):
         return [{"field": f"outcomes[{i}]", "msg": msg} for i, msg in self.conflicts]
 
 
+def demo_signals(demos: Sequence[dict[str, Any]]) -> dict[str, float | None]:
+    """What only a retrieval-based predictor shows about its inputs, per prediction: the share of positive outcomes
+    among the demos shown (``demo_vote``: the vote the model follows) and their mean similarity to the query
+    (``demo_similarity``: it falls when the pool stops resembling the patients asked about); None without demos."""
+    labels = [d["label"] for d in demos if d.get("label") is not None]
+    scores = [float(d["score"]) for d in demos if d.get("score") is not None]
+    return {
+        "demo_vote": round(sum(labels) / len(labels), 4) if labels else None,
+        "demo_similarity": round(sum(scores) / len(scores), 4) if scores else None,
+    }
+
+
 class MonitorLog:
     """The monitor folder of a running service.
 
@@ -239,6 +252,7 @@ class MonitorLog:
                     "prompt_hash": pred.get("prompt_hash"),
                     "template": pred.get("template"),
                     "demos": [self.pseudonym(d["patient_id"]) for d in pred.get("demos", [])],
+                    **demo_signals(pred.get("demos", [])),
                     **input_features(p),
                     "age_band": age_band(p.age_at_index),
                     "sex": p.sex,

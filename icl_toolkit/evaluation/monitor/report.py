@@ -7,6 +7,8 @@ Per window (``--window 30d``; windows start at the first logged prediction):
   (PSI) of age, events and history length against the reference (the demonstration pool when given, else the
   first window): ``sum (a - e) ln(a / e)`` over the reference's deciles; 0.1-0.2 is a moderate shift, above
   0.2 a large one (the usual rule of thumb);
+- **retrieval**: the mean share of positive outcomes among the demos shown (the vote the model follows) and their
+  mean similarity to the query (each logged per prediction; windows of a log written before have none);
 - **outcomes**: of the window's patients with an outcome reported: the observed rate against their mean
   probability (calibration in the large), calibration slope and intercept, AUROC, and the AUROC gap between
   groups (sex, age band, group attributes; fairlearn, with a bootstrap interval), once at least
@@ -194,6 +196,9 @@ def monitor_report(
                 mean_history_years=float(np.mean([r["history_days"] for r in rows])) / 365.25,
                 mean_probability=float(np.mean([r["probability"] for r in rows])),
             )
+            for key in ("demo_vote", "demo_similarity"):  # logged since the retrieval signals were added
+                values = [r[key] for r in rows if r.get(key) is not None]
+                row[f"mean_{key}"] = float(np.mean(values)) if values else None
             for k in INPUTS:
                 row[f"psi_{k}"] = psi(ref_inputs[k], [r[k] for r in rows])
             latest = {r["id"]: r for r in rows}  # a patient predicted twice in a window counts once (latest)
@@ -330,6 +335,8 @@ TABLE_COLUMNS = (
     "psi_events",
     "psi_history_days",
     "mean_probability",
+    "mean_demo_vote",
+    "mean_demo_similarity",
     "outcomes",
     "observed_rate",
     "calibration_error",
