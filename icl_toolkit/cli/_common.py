@@ -17,7 +17,7 @@ from rich.console import Console
 from icl_toolkit.backends.options import EngineOptions
 from icl_toolkit.cli._flags import FlagGroup, flag_error, with_flags
 from icl_toolkit.core.progress import progress_bar, stderr_console
-from icl_toolkit.data.task import DEFAULT_HORIZON, Task, cohorts_task, load_task, task_horizon
+from icl_toolkit.data.task import Task, cohorts_task, load_task
 from icl_toolkit.inference.config import PredictConfig
 from icl_toolkit.inference.ray import RayOptions
 from icl_toolkit.prompting.config import PromptConfig
@@ -57,7 +57,6 @@ def spec_from_flags(model: str, task: Task | None = None, **options: Any) -> Pre
     error)."""
     if task is not None:
         options["task"] = task
-        options["horizon_years"] = task_horizon(task, options.get("horizon_years", DEFAULT_HORIZON))
     try:
         return PredictConfig.from_options(**options).for_model(model)
     except ValidationError as exc:

@@ -45,16 +45,19 @@ TaskFileOpt = Annotated[
 ]
 
 
-def _write_task(out: Path, given: Path | None, task: Task | None = None) -> Task:
-    """Store the task (``task``, else the ``--task`` file, else ADRD) beside the cohort; say which it is."""
-    task = task or (load_task(given) if given is not None else ADRD)
+def _load_task(given: Path | None) -> Task:
+    """The ``--task`` file's task, else ADRD (read before an import, so that a bad file fails first)."""
+    return load_task(given) if given is not None else ADRD
+
+
+def _write_task(out: Path, task: Task, given: bool) -> None:
+    """Store ``task`` beside the cohort; say which it is (``given``: it came from ``--task``)."""
     path = write_cohort_task(out, task)
     console.print(
         f"task {task.name}: {task.words(f'{task.horizon_years or 5:g}')['question']} (in {path})"
-        + ("" if given is not None else "; give --task FILE for another task's question"),
+        + ("" if given else "; give --task FILE for another task's question"),
         highlight=False,
     )
-    return task
 
 
 @app.command()
@@ -345,6 +348,7 @@ def from_omop(
     except ValidationError as exc:
         raise flag_error(exc, {"rule": "--index-date"}) from None
     fractions = parse_split(split) if split else None
+    the_task = _load_task(task)
     start = time.perf_counter()
     with open_source(source) as src:
         with err_console.status(f"reading {source}"):
@@ -362,7 +366,7 @@ def from_omop(
         with progress_bar("writing patients", len(cohort)) as advance:
             write_cohort(patients(), out)
     summary_path = out.with_name(out.name + ".summary.json")
-    the_task = _write_task(out, task)
+    _write_task(out, the_task, task is not None)
     write_json_atomic(
         summary_path,
         {
@@ -481,7 +485,7 @@ def from_meds(
     from icl_toolkit.data.meds import load_code_map, open_meds
     from icl_toolkit.data.omop import load_outcome
 
-    the_task = load_task(task) if task is not None else ADRD  # read first: a bad task file fails before the import
+    the_task = _load_task(task)
     start = time.perf_counter()
     cohort = open_meds(
         root,
@@ -496,7 +500,7 @@ def from_meds(
         write_cohort(cohort, out)
     s = cohort.summary
     summary_path = out.with_name(out.name + ".summary.json")
-    _write_task(out, task, the_task)
+    _write_task(out, the_task, task is not None)
     write_json_atomic(
         summary_path,
         {

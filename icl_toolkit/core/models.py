@@ -451,14 +451,14 @@ def fp32_readout(lm: Any) -> Any:
     return lm
 
 
-def trained_template(model: str, mode: str, demos: str) -> str | None:
-    """The prompt template a fine-tuned checkpoint was trained on, when it should reason with it.
+def trained_template(meta: dict[str, Any] | None, mode: str, demos: str) -> str | None:
+    """The prompt template a fine-tuned checkpoint was trained on, when it should reason with it (``meta``: the
+    model's :func:`checkpoint_meta`).
 
     A checkpoint from ``icl finetune`` learned to write (its rationale, then the
     answer) after the zero-shot prompt, so in reason mode without demos it gets
     that prompt rather than ``reason_first.j2``. ``None`` for anything else.
     """
-    meta = checkpoint_meta(model)
     if meta is None or mode != "reason" or demos != "none":
         return None
     return meta.get("prompt", {}).get("template")

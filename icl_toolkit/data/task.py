@@ -241,6 +241,16 @@ class WithTask(BaseModel):
     task: Task = ADRD
     """The task the prompts ask about (read from the cohort's ``<cohort>.task.json``; default ADRD)."""
 
+    def for_task(self, task: Task) -> Any:
+        """This config for ``task``: the task, and its own horizon in place of the default ``horizon_years``
+        (a subclass's field).
+
+        Raises:
+            ConfigError: ``horizon_years`` set to another value than the task's own.
+        """
+        horizon = getattr(self, "horizon_years")  # noqa: B009 - every subclass has it; this base does not
+        return self.model_copy(update={"task": task, "horizon_years": task_horizon(task, horizon)})
+
     @model_serializer(mode="wrap")
     def _default_task_left_out(self, handler: SerializerFunctionWrapHandler) -> Any:
         data = handler(self)
@@ -277,16 +287,16 @@ def task_horizon(task: Task, horizon: float) -> float:
     )
 
 
-def cohorts_task(files: dict[str, Any], given: Task | None = None) -> Task:
+def cohorts_task(files: dict[str, Any], given: Task | None = None, given_what: str = "the task file given") -> Task:
     """The task that cohort files answer (``{what: path}``; each path's ``<path>.task.json``, absent = the
-    default task), or the ``given`` task for files without one.
+    default task), or the ``given`` task (named ``given_what`` in errors) for files without one.
 
     Raises:
         ConfigError: two files of different tasks, or a given task that a file contradicts.
     """
     tasks = {what: load_task(task_file(p)) for what, p in files.items() if p is not None and task_file(p).is_file()}
     task = given or next(iter(tasks.values()), ADRD)
-    first = "the task file given" if given is not None else next(iter(tasks), "the default task")
+    first = given_what if given is not None else next(iter(tasks), "the default task")
     for what, other in tasks.items():
         check_same_task(task.name, other.name, str(first), f"{what} {files[what]}")
     return task

@@ -82,11 +82,20 @@ class PredictConfig(BaseModel):
     def from_options(cls, base: PredictConfig | None = None, **options: Any) -> PredictConfig:
         """A config from flat option names (see the module docstring), on top of ``base`` (default: the defaults).
 
+        A ``task`` with a horizon of its own sets ``horizon_years`` when that is left at its default.
+
         Raises:
-            ConfigError: an option name that no section has (with the closest known names).
+            ConfigError: an option name that no section has (with the closest known names); a ``horizon_years``
+                other than the ``task``'s own.
             pydantic.ValidationError: a value out of range or of the wrong type; its location ends in the option's
                 name, for the caller to name the flag, key or field it came from.
         """
+        if options.get("task") is not None:  # the task's own horizon replaces the default one (or refuses another)
+            from icl_toolkit.data.task import DEFAULT_HORIZON, Task, task_horizon
+
+            task = Task.model_validate(options["task"])
+            given = options.get("horizon_years", base.prompt.horizon_years if base is not None else DEFAULT_HORIZON)
+            options = options | {"horizon_years": task_horizon(task, given)}
         sections: dict[str, dict[str, Any]] = {
             name: (getattr(base, name).model_dump() if base is not None else {}) for name in SECTIONS
         }
@@ -123,7 +132,7 @@ class PredictConfig(BaseModel):
             )
         if self.prompt.template is not None:
             return self
-        template = trained_template(model, self.prompt.mode, self.prompt.demos)
+        template = trained_template(meta, self.prompt.mode, self.prompt.demos)
         if template is None:
             return self
         return self.model_copy(update={"prompt": self.prompt.model_copy(update={"template": template})})

@@ -156,22 +156,6 @@ class PredictRun:
         return sum(1 for r in self.records if "error" in r)
 
 
-def _check_task(config: PredictConfig, files: dict[str, Any]) -> None:
-    """Refuse cohort files stored with another task than the one ``config``'s prompts ask about."""
-    from icl_toolkit.data.task import check_same_task, cohorts_task, task_file
-
-    stored = {what: p for what, p in files.items() if p is not None and task_file(p).is_file()}
-    if stored:
-        task = cohorts_task(stored)
-        check_same_task(
-            config.prompt.task.name,
-            task.name,
-            "the prediction's config",
-            f"the {next(iter(stored))} file (its task is in {task_file(next(iter(stored.values())))}; "
-            "give the config task=read_cohort_task(path))",
-        )
-
-
 def predict_file(
     cohort: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -235,7 +219,14 @@ def predict_file(
     from icl_toolkit.data.meds.predictions import meds_key, meds_predictions_path, write_meds_predictions
 
     config = config or PredictConfig()
-    _check_task(config, {"cohort": cohort, "pool": pool})
+    from icl_toolkit.data.task import cohorts_task
+
+    # cohort files stored with another task than the one the prompts ask about are refused
+    cohorts_task(
+        {"the cohort file": cohort, "the pool file": pool},
+        config.prompt.task,
+        "the prediction's config (for a cohort's own task: task=read_cohort_task(path))",
+    )
     if pool is None and config.uses_demos:
         raise ConfigError("--pool is required for demonstrations (or use --demos none / --k 0 for zero-shot).")
     if index is not None and pool is None:

@@ -292,14 +292,12 @@ def generate_rationales_file(
     from icl_toolkit.backends.options import EngineOptions, open_backend
     from icl_toolkit.core.models import lm_id
     from icl_toolkit.data.cohort import content_hash, read_cohort, write_cohort
-    from icl_toolkit.data.task import copy_cohort_task, read_cohort_task, task_horizon
+    from icl_toolkit.data.task import copy_cohort_task, read_cohort_task
     from icl_toolkit.inference.output import OutputFile, ShardedOutput, check_output
     from icl_toolkit.inference.ray import RaySource, require_ray, run_on_ray
     from icl_toolkit.inference.run import run_resumable
 
-    task = read_cohort_task(cohort)  # the teacher explains the cohort's task
-    config = config or TeacherConfig()
-    config = config.model_copy(update={"task": task, "horizon_years": task_horizon(task, config.horizon_years)})
+    config = (config or TeacherConfig()).for_task(read_cohort_task(cohort))  # the teacher explains the cohort's task
     engine = engine or EngineOptions()
     out = Path(out)
     inputs = {"--cohort": cohort}

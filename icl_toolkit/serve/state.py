@@ -56,6 +56,11 @@ class ServerState:
         """Loaded, started and not stopping: new work is taken."""
         return self.status == "ready" and self.started
 
+    def count_monitor_write(self, kind: str, ok: bool) -> None:
+        """Count one monitor log write (``predictions`` or ``outcomes``) in the metrics."""
+        if self.metrics is not None:
+            self.metrics.monitor_writes.labels(kind, "ok" if ok else "failed").inc()
+
     def _load(self) -> None:
         start = time.perf_counter()
         try:

@@ -764,15 +764,14 @@ def finetune(
 
     patients, train_name = cohort(train)
     if isinstance(train, str | Path):  # the cohort's task (stored beside it) is the task the checkpoint learns
-        from icl_toolkit.data.task import check_same_task, read_cohort_task, task_horizon
+        from icl_toolkit.data.task import check_same_task, read_cohort_task
 
         task = read_cohort_task(train)
         if isinstance(val, str | Path):
             check_same_task(
                 task.name, read_cohort_task(val).name, f"training cohort {train}", f"validation cohort {val}"
             )
-        config = config or FinetuneConfig()
-        config = config.model_copy(update={"task": task, "horizon_years": task_horizon(task, config.horizon_years)})
+        config = (config or FinetuneConfig()).for_task(task)
     if limit:
         patients = patients[:limit]
     val_patients, val_name = cohort(val) if val is not None else (None, None)

@@ -139,6 +139,13 @@ def test_task_files_toml_and_aces_yaml(tmp_path):
     assert task_horizon(ADRD, 5.0) == 5.0 and task_horizon(Task(name="x", question="Q?", horizon_years=1), 5.0) == 1
     with pytest.raises(ConfigError, match="has a horizon of 1 years"):
         task_horizon(Task(name="x", question="Q?", horizon_years=1), 3.0)
+    # the one spec applies it (every front end passes the task through it)
+    one_year = Task(name="x", question="Q?", horizon_years=1)
+    spec = PredictConfig.from_options(k=0, task=one_year)
+    assert spec.prompt.horizon_years == spec.retrieval.horizon_years == 1
+    assert PredictConfig.from_options(k=0, task=one_year, horizon_years=1).prompt.horizon_years == 1
+    with pytest.raises(ConfigError, match="has a horizon of 1 years"):
+        PredictConfig.from_options(k=0, task=one_year, horizon_years=3)
 
 
 # ------------------------------------------------------------------------------------------ mixing refused

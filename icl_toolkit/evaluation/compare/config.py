@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from icl_toolkit.backends.options import EngineOptions
 from icl_toolkit.core.errors import ConfigError
-from icl_toolkit.data.task import ADRD, DEFAULT_HORIZON, Task, task_horizon
+from icl_toolkit.data.task import ADRD, Task
 from icl_toolkit.evaluation.card import ModelCard
 from icl_toolkit.evaluation.tabular import TabularConfig
 from icl_toolkit.inference.config import PredictConfig
@@ -305,9 +305,9 @@ class CompareConfig(BaseModel):
 
     def spec(self, arm: Arm) -> PredictConfig:
         """The prediction spec of one arm (its model's trained template resolved)."""
-        options = self.shared_options() | arm.options()
-        options["horizon_years"] = task_horizon(self.task, options.get("horizon_years", DEFAULT_HORIZON))
-        return PredictConfig.from_options(**options, task=self.task).for_model(self.checkpoints[arm.checkpoint])
+        return PredictConfig.from_options(**self.shared_options(), **arm.options(), task=self.task).for_model(
+            self.checkpoints[arm.checkpoint]
+        )
 
     def retrieval_config(self, strategy: str, k: int) -> RetrievalConfig:
         """The retrieval settings of ``strategy`` and ``k`` under the shared settings (one cache per pair)."""

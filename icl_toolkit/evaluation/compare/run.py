@@ -43,7 +43,7 @@ from icl_toolkit.core.errors import ConfigError
 from icl_toolkit.core.models import checkpoint_meta, model_available, recorded_model_id
 from icl_toolkit.core.progress import progress_bar
 from icl_toolkit.data.cohort import Patient, content_hash
-from icl_toolkit.data.task import ADRD, check_same_task, cohorts_task
+from icl_toolkit.data.task import ADRD, cohorts_task
 from icl_toolkit.evaluation import baselines as bl
 from icl_toolkit.evaluation import tabular as tab
 from icl_toolkit.evaluation.compare.config import OPTION_DEFAULTS, Arm, CompareConfig, load_compare_config
@@ -768,9 +768,11 @@ def compare(
 
     patients = cohort("test", test), cohort("pool", pool), cohort("val", val) if val is not None else None
     files = {f"the {name} cohort": x for name, x in (("test", test), ("pool", pool), ("val", val))}
-    task = cohorts_task({k: v for k, v in files.items() if isinstance(v, str | Path)}, given=None)
-    if cfg.task != ADRD:  # a task written in the config must agree with the cohorts'
-        check_same_task(cfg.task.name, task.name, "the compare config", "the test cohort")
+    task = cohorts_task(  # a task written in the config must agree with the cohorts'
+        {k: v for k, v in files.items() if isinstance(v, str | Path)},
+        cfg.task if cfg.task != ADRD else None,
+        "the compare config",
+    )
     if task != cfg.task:
         cfg = cfg.model_copy(update={"task": task})
     return Comparison(cfg, out, progress=progress).run(*patients, names=names, only=only)

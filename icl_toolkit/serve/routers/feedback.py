@@ -32,11 +32,9 @@ async def feedback(request: Request) -> Any:
         try:
             done = state.monitor.record_outcomes([(o.patient_id, o.outcome, o.date) for o in req.outcomes])
         except OSError:
-            if state.metrics is not None:
-                state.metrics.monitor_writes.labels("outcomes", "failed").inc()
+            state.count_monitor_write("outcomes", ok=False)
             raise
-        if state.metrics is not None:
-            state.metrics.monitor_writes.labels("outcomes", "ok").inc()
+        state.count_monitor_write("outcomes", ok=True)
     except Rejected as exc:
         return exc.response(rid)
     except FeedbackRejected as exc:

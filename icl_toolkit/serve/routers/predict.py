@@ -53,10 +53,8 @@ async def predict(request: Request) -> Any:
     if state.monitor is not None:
         try:
             state.monitor.record_predictions(req.patients, results)
-            written = "ok"
+            state.count_monitor_write("predictions", ok=True)
         except OSError as exc:  # the prediction stands; the gap in the log is reported
             log.error("%s monitor log write failed: %s", rid, exc)
-            written = "failed"
-        if state.metrics is not None:
-            state.metrics.monitor_writes.labels("predictions", written).inc()
+            state.count_monitor_write("predictions", ok=False)
     return JSONResponse(PredictResponse(request_id=rid, predictions=results).model_dump())
