@@ -28,7 +28,7 @@ SCALE_N ?= 350
 POWER_SFT_ARGS ?= --lora --lora-r 8 --train-layers 8 --epochs 3 --lr 5e-4 --batch-size 8 --query-tokens 160 --val-limit 200 \
 	--eval-points 11 --patience 3 --min-epochs 1 --stop-on auroc --seed 0 --dtype bfloat16 --resume
 
-.PHONY: docs venv demo omop-demo meds-demo meds-task disparity monitor-demo paper paper-quick paper-cohort paper-sft paper-stop-rule paper-compare paper-scale paper-trajectory paper-trajectory-cohort paper-trajectory-sft test test-all test-vllm test-floors lint clean
+.PHONY: docs venv demo omop-demo meds-demo meds-task disparity monitor-demo monitor-streams paper paper-quick paper-cohort paper-sft paper-stop-rule paper-compare paper-scale paper-trajectory paper-trajectory-cohort paper-trajectory-sft test test-all test-vllm test-floors lint clean
 
 venv: $(STAMP)
 
@@ -207,6 +207,12 @@ disparity: $(STAMP)
 monitor-demo: $(STAMP)
 	test -f $(DEMO_DIR)/splits/test.jsonl || $(MAKE) demo
 	$(PY) recipes/monitor_demo.py --demo-dir $(DEMO_DIR) --out monitor_out
+
+# Simulated deployments, one per stream (stable, coding change, shorter histories at a site, older patients, a
+# mismatched pool), replayed through the service with the embedded model, then icl monitor before and after the
+# outcomes arrive (about 25 min on 2 cores; resumable). Results: results/monitor_streams (docs: monitoring page).
+monitor-streams: $(STAMP)
+	$(PY) recipes/monitor_streams.py --out monitor_streams_out --results results/monitor_streams
 
 # The paper's design, small (make paper-quick, about 35 min on 2 cores; issue 10's results/paper_design): three SFT checkpoints
 # (label, rationale, step-by-step), then every arm of recipes/paper_design.toml and the

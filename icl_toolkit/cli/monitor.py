@@ -17,13 +17,19 @@ def monitor(
     pool: Annotated[
         Optional[Path],
         typer.Option(
-            help="Reference population for input drift and prevalence (the server's demonstration pool); default: the first window."
+            help="Reference population for drift and prevalence; default: the pool summary `icl serve` wrote (DIR/reference.json), else the first window."
+        ),
+    ] = None,
+    calibration: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Predictions with known outcomes (`icl predict` on the validation split): the calibrator of the estimated performance and the reference of prediction drift; default: the first window whose outcomes are complete."
         ),
     ] = None,
     alerts: Annotated[
         Optional[Path],
         typer.Option(
-            help="Alert thresholds (TOML: psi_max, calibration_max, prevalence_shift_max, auroc_min, gap_max, min_outcomes, min_group_outcomes, min_volume)."
+            help="Alert thresholds (a TOML file; keys as on the monitoring page, e.g. auroc_min, input_drift_max, similarity_drop_max)."
         ),
     ] = None,
     out: Annotated[
@@ -33,8 +39,9 @@ def monitor(
         bool, typer.Option(help="Exit with code 3 when any alert fires (for cron jobs and CI).")
     ] = False,
 ) -> None:
-    """Per window: volume, input mix and drift (PSI), mean probability against the observed rate, calibration,
-    AUROC and subgroup gaps as outcomes arrive; each against its alert threshold."""
+    """Per window: volume, estimated performance before outcomes, drift of inputs, predictions and code mix, the
+    retrieval signals, and calibration, AUROC and subgroup gaps as outcomes arrive; each against its alert
+    threshold."""
     from icl_toolkit.core.artifacts import write_json_atomic
     from icl_toolkit.core.files import load_settings_file
     from icl_toolkit.data.cohort import read_cohort
@@ -48,27 +55,32 @@ def monitor(
         else AlertSettings()
     )
     span = parse_window(window)
-    report = monitor_report(dir, span, pool=read_cohort(pool) if pool is not None else None, settings=settings)
+    report = monitor_report(
+        dir, span, pool=read_cohort(pool) if pool is not None else None, settings=settings, calibration=calibration
+    )
     out = out or dir / "report"
     page = write_monitor_page(report, out)
     write_json_atomic(out / "monitor.json", report)
     table = Table(
         title=f"{report['predictions']} predictions, {report['feedback']} outcomes; windows of {window}; "
-        f"reference: {report['reference']}"
+        f"reference: {report['reference']}; estimates calibrated on {report['calibrated_on']['source']}"
     )
     for col in (
         "window start",
-        "volume",
+        "n",
         "age",
-        "women",
-        "events",
-        "PSI age/events/history",
-        "mean p",
-        "demo vote",
-        "demo sim.",
-        "outcomes",
-        "observed",
+        "est. AUROC [95%]",
         "AUROC",
+        "est. rate",
+        "observed",
+        "drift age/events/history",
+        "pred. drift",
+        "codes shifted",
+        "unseen",
+        "vocab",
+        "domain AUROC",
+        "sim. drop",
+        "vote shift",
     ):
         table.add_column(col, justify="right")
 
@@ -76,19 +88,25 @@ def monitor(
         return "-" if v is None else format(v, fmt)
 
     for w in report["windows"]:
+        est = f(w.get("estimated_auroc"))
+        if w.get("estimated_auroc_lo") is not None:
+            est += f" [{w['estimated_auroc_lo']:.2f}-{w['estimated_auroc_hi']:.2f}]"
         table.add_row(
-            w["start"][:16],
+            w["start"][:10],
             str(w["volume"]),
             f(w.get("mean_age"), ".1f"),
-            f(w.get("female_share"), ".2f"),
-            f(w.get("mean_events"), ".0f"),
-            "/".join(f(w.get(f"psi_{k}"), ".2f") for k in ("age", "events", "history_days")),
-            f(w.get("mean_probability")),
-            f(w.get("mean_demo_vote"), ".2f"),
-            f(w.get("mean_demo_similarity"), ".2f"),
-            str(w.get("outcomes", 0)),
-            f(w.get("observed_rate")),
+            est,
             f(w.get("auroc")),
+            f(w.get("estimated_rate")),
+            f(w.get("observed_rate")),
+            "/".join(f(w.get(f"drift_{k}"), ".2f") for k in ("age", "events", "history_days")),
+            f(w.get("prediction_drift"), ".2f"),
+            f(w.get("shifted_codes"), "d"),
+            f(w.get("unseen_share"), ".1%"),
+            f(w.get("vocabulary_distance"), ".2f"),
+            f(w.get("domain_auroc"), ".2f"),
+            f(w.get("similarity_drop"), ".2f"),
+            f(w.get("demo_vote_shift"), "+.2f"),
         )
     console.print(table)
     if report["unreadable_lines"]:

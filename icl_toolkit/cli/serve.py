@@ -131,6 +131,7 @@ def serve(
                 "engine": engine.model_dump(mode="json", exclude_unset=True),
                 "spec": config.model_dump(mode="json"),
             },
+            pool=demo_pool,
         )
 
     # the index's gain scores serve requests with strategy "gain" (checked against the model when one asks)

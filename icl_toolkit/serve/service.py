@@ -147,6 +147,18 @@ class PredictionService:
             )
         return self._predictors[config]
 
+    def monitor_reference(self, options: PredictOptions | None = None) -> dict[str, Any]:
+        """The pool summary the monitor log is compared with (``reference.json``): its rows, code counts and
+        prevalence, and the demos a sample of its own patients gets from this server's retriever under ``options``
+        (default: the default request options; :func:`~icl_toolkit.evaluation.monitor.reference.pool_reference`)."""
+        from icl_toolkit.evaluation.monitor.reference import pool_reference
+
+        default = options or PredictOptions()
+        if default.demos == "rationale":  # the same demos are retrieved; a label-only pool cannot show rationales
+            default = default.model_copy(update={"demos": "label"})
+        retrieve = self.predictor(default).retrieve if self.pool and default.k else None
+        return pool_reference(self.pool, retrieve)
+
     def request_tokens(self, n_patients: int, options: PredictOptions) -> int:
         """An upper estimate of the prompt tokens a request costs, from the server's history budgets (what a
         per-request cost limit is checked against before any work)."""

@@ -69,10 +69,19 @@ class ServerState:
                 self.metrics.model_load.set(time.perf_counter() - start)
                 service.batch_observer = self.metrics.observe_batch
             self.service = service
+            if self.monitor is not None:
+                self._write_reference(service)
             self.status = "ready"
         except Exception as exc:  # noqa: BLE001 - reported by /health
             self.status, self.detail = "failed", f"{type(exc).__name__}: {exc}"
             log.error("loading failed: %s", self.detail)
+
+    def _write_reference(self, service: PredictionService) -> None:
+        try:
+            path = self.monitor.write_reference(service.monitor_reference())  # type: ignore[union-attr]
+            log.info("monitor reference written to %s", path)
+        except Exception as exc:  # noqa: BLE001 - the service still serves; icl monitor falls back to the first window
+            log.error("writing the monitor reference failed: %s: %s", type(exc).__name__, exc)
 
     async def start(self) -> None:
         """Load the service in a thread; start its batch worker in this event loop when it is ready."""

@@ -4,13 +4,17 @@ alerts.
 - :mod:`.log`: :class:`MonitorLog` appends one record per prediction (``predictions.jsonl``) and one per
   outcome (``feedback.jsonl``) in a folder; ids are keyed pseudonyms (HMAC-SHA256), never the patient id,
   the date of birth or any history text.
-- :mod:`.report`: ``icl monitor``: per time window, volume, input mix and its population stability index
-  against the demonstration pool, mean probability against the observed rate, calibration, AUROC and
-  subgroup gaps once outcomes have arrived, each checked against a configurable alert threshold.
+- :mod:`.reference`: the demonstration pool summarised for comparison (``reference.json``, written by ``icl serve``).
+- :mod:`.estimate`: performance estimated from the predictions before outcomes arrive (confidence-based).
+- :mod:`.drift`: drift tests: numeric inputs and predictions, code mix, vocabulary, a domain classifier.
+- :mod:`.streams`: simulated changes of the patients served (coding change, shorter histories, older patients).
+- :mod:`.report`: ``icl monitor``: per time window, volume, estimated performance, drift against the reference,
+  the retrieval signals, and calibration, AUROC and subgroup gaps once outcomes have arrived, each checked
+  against a configurable alert threshold.
 """
 
 from icl_toolkit.evaluation.monitor.log import MonitorLog, Pseudonymizer, load_key, read_log
-from icl_toolkit.evaluation.monitor.report import AlertSettings, monitor_report, parse_window, psi
+from icl_toolkit.evaluation.monitor.report import AlertSettings, monitor_report, parse_window, write_monitor_page
 
 __all__ = [
     "MonitorLog",
@@ -20,5 +24,5 @@ __all__ = [
     "AlertSettings",
     "monitor_report",
     "parse_window",
-    "psi",
+    "write_monitor_page",
 ]

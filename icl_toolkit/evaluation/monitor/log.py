@@ -3,8 +3,13 @@
 One folder holds::
 
     predictions.jsonl   one line per prediction: time, pseudonym, probability, model and prompt hashes,
-                        demo pseudonyms, age (whole years), sex, age band, group attributes, events in the
-                        history and its length in days
+                        demo pseudonyms, the demos' vote and similarity, age (whole years), sex, age band, group
+                        attributes, events in the history and its length in days, events per vocabulary, and
+                        the history's distinct codes: the common ones by name (codes at least
+                        ``min_code_patients`` pool patients have), the others only counted (unseen in the pool)
+    reference.json      what the log is compared with, written by ``icl serve`` when the service has loaded:
+                        the demonstration pool's rows (as above, no ids), code counts and prevalence, and the
+                        similarity and vote of the demos its own patients get (:mod:`.reference`)
     feedback.jsonl      one line per outcome reported through POST /v1/feedback: time, pseudonym, outcome,
                         outcome date
 
@@ -26,7 +31,8 @@ import json
 import os
 import secrets
 import threading
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +47,9 @@ __all__ = [
     "load_key",
     "input_features",
     "demo_signals",
+    "code_key",
+    "code_counts",
+    "patient_row",
     "MonitorLog",
     "read_log",
     "PREDICTIONS",
@@ -51,6 +60,10 @@ __all__ = [
 PREDICTIONS = "predictions.jsonl"
 FEEDBACK = "feedback.jsonl"
 KEY_ENV = "ICL_MONITOR_KEY"
+REFERENCE = "reference.json"
+MIN_CODE_PATIENTS = 5
+"""A code is logged by name only when at least this many pool patients have it (rarer codes identify patients;
+they are counted, not named)."""
 
 
 class Pseudonymizer:
@@ -97,6 +110,42 @@ def input_features(p: Patient) -> dict[str, int]:
         "events": len(hist),
         "history_days": (p.index_date - hist[0].date).days if hist else 0,
     }
+
+
+def code_key(system: str, code: str) -> str:
+    """How the monitor names a code: ``SYSTEM/CODE`` (``ICD10CM/G30.9``)."""
+    return f"{system}/{code}"
+
+
+def code_counts(patients: Iterable[Patient]) -> Counter[str]:
+    """Patients having each code (distinct codes per patient, over their histories)."""
+    counts: Counter[str] = Counter()
+    for p in patients:
+        counts.update({code_key(e.system, e.code) for e in p.history()})
+    return counts
+
+
+def patient_row(p: Patient, pool_codes: Mapping[str, int] | None, min_code_patients: int) -> dict[str, Any]:
+    """What the monitor records of a patient (no id, date of birth or history text): :func:`input_features`, sex,
+    age band, group attributes, events per vocabulary, and distinct codes: named when at least
+    ``min_code_patients`` pool patients have them, ``unseen_codes`` counting those no pool patient has (without a
+    pool, ``codes`` is empty and ``unseen_codes`` None)."""
+    hist = p.history()
+    distinct = {code_key(e.system, e.code) for e in hist}
+    row: dict[str, Any] = {
+        **input_features(p),
+        "age_band": age_band(p.age_at_index),
+        "sex": p.sex,
+        "groups": dict(p.groups),
+        "vocab": dict(sorted(Counter(e.system for e in hist).items())),
+        "distinct_codes": len(distinct),
+        "unseen_codes": None,
+        "codes": [],
+    }
+    if pool_codes is not None:
+        row["unseen_codes"] = sum(1 for c in distinct if c not in pool_codes)
+        row["codes"] = sorted(c for c in distinct if pool_codes.get(c, 0) >= min_code_patients)
+    return row
 
 
 class _AppendFile:
@@ -214,9 +263,21 @@ class MonitorLog:
         folder: where ``predictions.jsonl`` and ``feedback.jsonl`` go (created).
         key: the pseudonym key (see :func:`load_key`).
         model: identity of the served model (id, dtype, checkpoint), hashed into each record's ``model_hash``.
+        pool: the demonstration pool: codes at least ``min_code_patients`` of its patients have are logged by name,
+            codes none has are counted as unseen (without it, neither).
+        clock: the time each record is stamped with (default: now, UTC); a simulation passes its own.
     """
 
-    def __init__(self, folder: str | os.PathLike[str], key: bytes, model: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        key: bytes,
+        model: dict[str, Any] | None = None,
+        *,
+        pool: Sequence[Patient] | None = None,
+        min_code_patients: int = MIN_CODE_PATIENTS,
+        clock: Callable[[], dt.datetime] | None = None,
+    ) -> None:
         self.folder = Path(folder)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -226,6 +287,9 @@ class MonitorLog:
         self.model_hash = (
             "sha256:" + hashlib.sha256(json.dumps(model or {}, sort_keys=True, default=str).encode()).hexdigest()[:16]
         )
+        self.pool_codes: Counter[str] | None = code_counts(pool) if pool else None
+        self.min_code_patients = min_code_patients
+        self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self._predictions = _AppendFile(self.folder / PREDICTIONS)
         self._feedback = _AppendFile(self.folder / FEEDBACK)
         self._lock = threading.Lock()
@@ -238,7 +302,7 @@ class MonitorLog:
         self, patients: Sequence[Patient], predictions: Sequence[dict[str, Any]], when: dt.datetime | None = None
     ) -> None:
         """Append one record per prediction (no patient id, date of birth or history text)."""
-        ts = (when or dt.datetime.now(dt.UTC)).isoformat(timespec="milliseconds")
+        ts = (when or self.clock()).isoformat(timespec="milliseconds")
         records = []
         for p, pred in zip(patients, predictions):
             pid = self.pseudonym(p.patient_id)
@@ -253,10 +317,7 @@ class MonitorLog:
                     "template": pred.get("template"),
                     "demos": [self.pseudonym(d["patient_id"]) for d in pred.get("demos", [])],
                     **demo_signals(pred.get("demos", [])),
-                    **input_features(p),
-                    "age_band": age_band(p.age_at_index),
-                    "sex": p.sex,
-                    "groups": dict(p.groups),
+                    **patient_row(p, self.pool_codes, self.min_code_patients),
                 }
             )
         self._predictions.append(records)
@@ -289,7 +350,7 @@ class MonitorLog:
             FeedbackRejected: some items name patients never predicted, or contradict an outcome recorded before
                 (or another item of this batch); nothing was written.
         """
-        ts = (when or dt.datetime.now(dt.UTC)).isoformat(timespec="milliseconds")
+        ts = (when or self.clock()).isoformat(timespec="milliseconds")
         unknown: list[int] = []
         conflicts: list[tuple[int, str]] = []
         new: dict[str, tuple[int, str]] = {}
@@ -318,6 +379,14 @@ class MonitorLog:
                 self._feedback.append([{"ts": ts, "id": pid, "outcome": y, "date": d} for pid, (y, d) in new.items()])
                 self.outcomes.update(new)
         return FeedbackResult(recorded=len(new), duplicates=duplicates)
+
+    def write_reference(self, reference: dict[str, Any]) -> Path:
+        """Write ``reference.json`` (see :func:`~icl_toolkit.evaluation.monitor.reference.pool_reference`)."""
+        from icl_toolkit.core.artifacts import write_json_atomic
+
+        path = self.folder / REFERENCE
+        write_json_atomic(path, reference)
+        return path
 
     def close(self) -> None:
         self._predictions.close()

@@ -1,14 +1,22 @@
 """``icl monitor``: a served predictor's log, window by window, against alert thresholds.
 
-Per window (``--window 30d``; windows start at the first logged prediction):
+Per window (``--window 30d``; windows start at the first logged prediction), against a **reference**: the
+demonstration pool as ``icl serve`` summarised it in ``reference.json`` (:mod:`.reference`), or the pool given
+with ``--pool``, else the first window:
 
 - **volume**: predictions in the window;
-- **input mix**: mean age, share of women, events per patient, history length; the population stability index
-  (PSI) of age, events and history length against the reference (the demonstration pool when given, else the
-  first window): ``sum (a - e) ln(a / e)`` over the reference's deciles; 0.1-0.2 is a moderate shift, above
-  0.2 a large one (the usual rule of thumb);
-- **retrieval**: the mean share of positive outcomes among the demos shown (the vote the model follows) and their
-  mean similarity to the query (each logged per prediction; windows of a log written before have none);
+- **estimated performance** before any outcome (:mod:`.estimate`): expected AUROC, event rate and calibration error
+  from the probabilities, with intervals; calibrated on ``--calibration`` (predictions with known outcomes, e.g.
+  ``icl predict`` on the validation split), else on the first window whose outcomes are complete, else taking
+  the model's probabilities as calibrated (the report says which);
+- **input drift** (:mod:`.drift`): mean age, share of women, events, history length; the normalised Wasserstein
+  distance of age, events and history length, and of the predicted probabilities (against ``--calibration``'s
+  probabilities, else the first window's);
+- **code mix**: per-code share shifts (Benjamini-Hochberg adjusted), the share of codes the pool never had, the
+  Jensen-Shannon distance of events per vocabulary, and a domain classifier's AUROC over all inputs together;
+- **retrieval**: the queries' similarity to their demos against the pool's own patients' (in reference standard
+  deviations), and the share of positive outcomes among the demos shown (the vote the model follows) against
+  the pool's own;
 - **outcomes**: of the window's patients with an outcome reported: the observed rate against their mean
   probability (calibration in the large), calibration slope and intercept, AUROC, and the AUROC gap between
   groups (sex, age band, group attributes; fairlearn, with a bootstrap interval), once at least
@@ -20,10 +28,13 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import json
 import math
 import os
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +42,23 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from icl_toolkit.core.errors import ConfigError
+from icl_toolkit.core.files import os_error
 from icl_toolkit.data.cohort import Patient
-from icl_toolkit.evaluation.monitor.log import FEEDBACK, PREDICTIONS, input_features, read_log
+from icl_toolkit.evaluation.monitor.drift import (
+    code_mix,
+    domain_classifier_auroc,
+    numeric_drift,
+    shift_in_sd,
+    vocabulary_distance,
+)
+from icl_toolkit.evaluation.monitor.estimate import estimate_performance, fit_calibrator
+from icl_toolkit.evaluation.monitor.log import FEEDBACK, PREDICTIONS, REFERENCE, read_log
+from icl_toolkit.evaluation.monitor.reference import pool_reference
 
-__all__ = ["AlertSettings", "parse_window", "psi", "monitor_report", "write_monitor_page", "INPUTS"]
+__all__ = ["AlertSettings", "parse_window", "monitor_report", "write_monitor_page", "INPUTS"]
 
 INPUTS = ("age", "events", "history_days")
-"""The numeric inputs whose distribution is compared with the reference (PSI)."""
+"""The numeric inputs whose distribution is compared with the reference."""
 
 
 class AlertSettings(BaseModel):
@@ -45,22 +66,54 @@ class AlertSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    psi_max: float = Field(0.2, gt=0)
-    """Alert when an input's PSI against the reference is above this."""
+    input_drift_max: float = Field(0.1, gt=0)
+    """Alert when an input's Wasserstein distance to the reference, in reference standard deviations, is above
+    this (Evidently's default threshold for this distance)."""
+    prediction_drift_max: float = Field(0.1, gt=0)
+    """Alert when the predicted probabilities' Wasserstein distance to the reference predictions, in their standard
+    deviations, is above this."""
+    drift_alpha: float = Field(0.001, gt=0, lt=1)
+    """An input or prediction drift alerts only when the Kolmogorov-Smirnov test's p-value is below this too (a
+    small window is often 0.1 SD off by chance)."""
+    code_alpha: float = Field(0.01, gt=0, lt=1)
+    """A code's share shift counts when its Benjamini-Hochberg adjusted p-value is below this ..."""
+    code_ratio_min: float = Field(1.5, gt=1)
+    """... and its share changed by at least this factor either way."""
+    shifted_codes_max: int = Field(0, ge=0)
+    """Alert when more codes than this have shifted."""
+    unseen_codes_max: float = Field(0.02, ge=0, le=1)
+    """Alert when more than this share of the window's distinct codes per patient are codes no pool patient has."""
+    vocabulary_max: float = Field(0.1, gt=0, le=1)
+    """Alert when the Jensen-Shannon distance (base 2) of events per vocabulary is above this."""
+    domain_auroc_max: float = Field(0.65, gt=0.5, le=1)
+    """Alert when the domain classifier tells the window from the reference with a cross-validated AUROC above
+    this (0.5: indistinguishable)."""
+    similarity_drop_max: float = Field(0.5, gt=0)
+    """Alert when the queries' mean similarity to their demos is more than this many standard deviations below the
+    pool's own patients' (the pool stops resembling the patients asked about)."""
+    demo_vote_shift_max: float = Field(0.1, gt=0, le=1)
+    """Alert when the mean share of positive outcomes among the demos shown moves more than this from the pool's
+    own patients' (the vote the model follows has changed)."""
     calibration_max: float = Field(0.05, gt=0)
     """Alert when |mean probability - observed rate| among patients with outcomes is above this."""
     prevalence_shift_max: float = Field(0.05, gt=0)
     """Alert when |observed rate - reference prevalence| is above this (needs a reference prevalence)."""
     auroc_min: float = Field(0.6, ge=0, le=1)
-    """Alert when the AUROC among patients with outcomes is below this."""
+    """Alert when the AUROC among patients with outcomes, or the estimated AUROC before them, is below this."""
     gap_max: float = Field(0.1, gt=0)
     """Alert when the AUROC gap between the groups of a grouping is above this with confidence: the lower end
     of its bootstrap 95% interval is above it (a point gap in a window of a few hundred outcomes is mostly noise:
     even the true risk shows 0.1-0.2 between age bands)."""
     gap_resamples: int = Field(100, ge=10)
     """Bootstrap resamples of the AUROC gap interval (fairlearn)."""
+    estimate_resamples: int = Field(200, ge=20)
+    """Outcome draws behind the estimated AUROC and event rate intervals."""
+    complete_outcomes: float = Field(0.9, gt=0, le=1)
+    """Without ``--calibration``, the calibrator is fit on the first window with at least this share of its
+    patients' outcomes reported."""
     min_outcomes: int = Field(30, ge=1)
-    """Outcome-based checks run only on windows with at least this many outcomes (and both classes)."""
+    """Outcome-based checks run only on windows with at least this many outcomes (and both classes); estimates and
+    drift tests only on windows with at least this many predictions."""
     min_group_outcomes: int = Field(10, ge=1)
     """A group enters the AUROC gap only with at least this many outcomes."""
     min_volume: int = Field(0, ge=0)
@@ -78,27 +131,77 @@ def parse_window(text: str) -> dt.timedelta:
     return dt.timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
 
 
-def psi(reference: Any, current: Any, bins: int = 10) -> float:
-    """Population stability index of ``current`` against ``reference`` over the reference's quantile bins
-    (NaN when either is empty)."""
-    ref, cur = np.asarray(reference, dtype=float), np.asarray(current, dtype=float)
-    if not len(ref) or not len(cur):
-        return float("nan")
-    edges = np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1)[1:-1]))
-    e = np.bincount(np.searchsorted(edges, ref, side="right"), minlength=len(edges) + 1) / len(ref)
-    a = np.bincount(np.searchsorted(edges, cur, side="right"), minlength=len(edges) + 1) / len(cur)
-    e, a = np.clip(e, 1e-4, None), np.clip(a, 1e-4, None)
-    return float(np.sum((a - e) * np.log(a / e)))
-
-
-def _inputs_of(patients: list[Patient]) -> dict[str, list[float]]:
-    rows = [input_features(p) for p in patients]
-    return {k: [r[k] for r in rows] for k in INPUTS}
-
-
 def _ts(record: dict[str, Any]) -> dt.datetime:
     t = dt.datetime.fromisoformat(record["ts"])
     return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+
+
+@dataclass
+class Reference:
+    """What each window is compared with."""
+
+    name: str
+    rows: list[dict[str, Any]]
+    code_patients: dict[str, int]
+    prevalence: float | None = None
+    neighbours: list[dict[str, Any]] = field(default_factory=list)
+    predictions: np.ndarray | None = None
+    predictions_name: str = "first window"
+
+    @classmethod
+    def from_summary(cls, summary: dict[str, Any], name: str) -> Reference:
+        return cls(
+            name=name,
+            rows=list(summary.get("rows", [])),
+            code_patients=dict(summary.get("code_patients", {})),
+            prevalence=summary.get("prevalence"),
+            neighbours=list(summary.get("neighbours", [])),
+        )
+
+    @classmethod
+    def from_rows(cls, rows: list[dict[str, Any]], name: str) -> Reference:
+        return cls(name=name, rows=rows, code_patients=dict(Counter(c for r in rows for c in r.get("codes") or ())))
+
+    @property
+    def vocab(self) -> Counter[str]:
+        total: Counter[str] = Counter()
+        for r in self.rows:
+            total.update(r.get("vocab") or {})
+        return total
+
+
+def read_calibration(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and outcomes of a predictions file (``icl predict``'s output on patients with known outcomes).
+
+    Raises:
+        ConfigError: the file cannot be read, a line is not a prediction, or fewer than 30 records have an outcome
+            (or all have the same one); the file and line are named.
+    """
+    p, y = [], []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise os_error(exc, Path(path), "reading the calibration predictions") from None
+    for no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            prob = float(rec["probability"])
+        except (ValueError, KeyError, TypeError):
+            raise ConfigError(
+                f"{path}, line {no}: not a prediction record (expected a JSON object with `probability` and "
+                "`label`, as `icl predict` writes)."
+            ) from None
+        if rec.get("label") is not None:
+            p.append(prob)
+            y.append(int(rec["label"]))
+    if len(y) < 30 or len(set(y)) < 2:
+        raise ConfigError(
+            f"{path}: {len(y)} predictions with a known outcome ({sum(y)} positive); the calibrator needs at least "
+            "30 with both outcomes (run `icl predict` on the validation split, whose patients have labels)."
+        )
+    return np.array(p), np.array(y)
 
 
 def _outcome_metrics(rows: list[dict[str, Any]], settings: AlertSettings) -> dict[str, Any]:
@@ -142,22 +245,106 @@ def _outcome_metrics(rows: list[dict[str, Any]], settings: AlertSettings) -> dic
     return out
 
 
+def _reference(folder: Path, pool: list[Patient] | None, first: list[dict[str, Any]]) -> Reference:
+    if pool:
+        return Reference.from_summary(pool_reference(pool), f"demonstration pool ({len(pool)} patients, --pool)")
+    path = folder / REFERENCE
+    if path.is_file():
+        try:
+            summary = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"{path}: unreadable ({exc}); delete it to compare with the first window, or restart "
+                "`icl serve` to write it again."
+            ) from None
+        return Reference.from_summary(summary, f"demonstration pool ({summary.get('patients', 0)} patients)")
+    return Reference.from_rows(first, "first window")
+
+
+def _calibrator(
+    calibration: str | os.PathLike[str] | None,
+    by_window: dict[int, list[dict[str, Any]]],
+    outcomes: dict[str, dict[str, Any]],
+    settings: AlertSettings,
+    ref: Reference,
+) -> tuple[Callable[[np.ndarray], np.ndarray] | None, dict[str, Any]]:
+    if calibration is not None:
+        p, y = read_calibration(calibration)
+        ref.predictions, ref.predictions_name = p, f"calibration predictions ({len(p)})"
+        return fit_calibrator(p, y), {"source": str(calibration), "patients": len(y), "prevalence": float(y.mean())}
+    for w in sorted(by_window):
+        latest = {r["id"]: r for r in by_window[w]}
+        joined = [(r["probability"], outcomes[i]["outcome"]) for i, r in latest.items() if i in outcomes]
+        ys = {o for _, o in joined}
+        if len(joined) >= max(settings.min_outcomes, settings.complete_outcomes * len(latest)) and len(ys) == 2:
+            p, y = np.array([j[0] for j in joined]), np.array([j[1] for j in joined])
+            return fit_calibrator(p, y), {"source": f"window {w} (its outcomes complete)", "patients": len(y)}
+    return None, {"source": "none: the model's probabilities are taken as calibrated", "patients": 0}
+
+
+def _drift(row: dict[str, Any], rows: list[dict[str, Any]], ref: Reference, settings: AlertSettings) -> None:
+    """The window's drift tests against the reference, into ``row``."""
+    for k in INPUTS:
+        row[f"drift_{k}"], row[f"drift_{k}_p"] = numeric_drift([r[k] for r in ref.rows], [r[k] for r in rows])
+    if ref.predictions is not None:
+        row["prediction_drift"], row["prediction_drift_p"] = numeric_drift(
+            ref.predictions, [r["probability"] for r in rows]
+        )
+    if ref.code_patients:
+        counts = Counter(c for r in rows for c in r.get("codes") or ())
+        row["code_mix"] = code_mix(
+            ref.code_patients, counts, alpha=settings.code_alpha, min_ratio=settings.code_ratio_min
+        )
+        row["shifted_codes"] = row["code_mix"]["shifted"]
+    logged = [r for r in rows if r.get("unseen_codes") is not None]
+    distinct = sum(r.get("distinct_codes") or 0 for r in logged)
+    row["unseen_share"] = sum(r["unseen_codes"] for r in logged) / distinct if distinct else None
+    vocab: Counter[str] = Counter()
+    for r in rows:
+        vocab.update(r.get("vocab") or {})
+    row["vocabulary_distance"] = vocabulary_distance(ref.vocab, vocab)
+    if all("vocab" in r for r in rows):  # logged since the code-mix signals were added
+        row["domain_auroc"] = domain_classifier_auroc(ref.rows, rows)
+    sims = [r["demo_similarity"] for r in rows if r.get("demo_similarity") is not None]
+    votes = [r["demo_vote"] for r in rows if r.get("demo_vote") is not None]
+    ref_sims = [n["demo_similarity"] for n in ref.neighbours if n.get("demo_similarity") is not None]
+    ref_votes = [n["demo_vote"] for n in ref.neighbours if n.get("demo_vote") is not None]
+    row["mean_demo_similarity"] = float(np.mean(sims)) if sims else None
+    row["mean_demo_vote"] = float(np.mean(votes)) if votes else None
+    row["similarity_drop"] = shift_in_sd(ref_sims, sims) if ref_sims else None
+    row["demo_vote_shift"] = float(np.mean(votes) - np.mean(ref_votes)) if votes and ref_votes else None
+
+
 def monitor_report(
     folder: str | os.PathLike[str],
     window: dt.timedelta,
     *,
     pool: list[Patient] | None = None,
     settings: AlertSettings | None = None,
+    calibration: str | os.PathLike[str] | None = None,
+    as_of: dt.datetime | None = None,
 ) -> dict[str, Any]:
     """Windows of the monitor log in ``folder`` with their alerts (JSON-ready).
 
+    Args:
+        folder: the monitor folder of ``icl serve --monitor-dir``.
+        window: the window length.
+        pool: the reference population (default: the folder's ``reference.json``, else the first window).
+        settings: alert thresholds.
+        calibration: predictions with known outcomes to fit the estimate's calibrator on (and the reference of
+            prediction drift); default: the first outcome-complete window, else none.
+        as_of: report what the log held at this time (records stamped later are left out).
+
     Raises:
-        ConfigError: the folder has no prediction log.
+        ConfigError: the folder has no prediction log; an unreadable reference or calibration file.
     """
     settings = settings or AlertSettings()
     folder = Path(folder)
     preds, bad_p = read_log(folder / PREDICTIONS)
     feedback, bad_f = read_log(folder / FEEDBACK)
+    if as_of is not None:
+        preds = [r for r in preds if _ts(r) <= as_of]
+        feedback = [r for r in feedback if _ts(r) <= as_of]
     if not preds:
         raise ConfigError(
             f"{folder / PREDICTIONS}: no predictions logged yet (start `icl serve --monitor-dir "
@@ -169,15 +356,10 @@ def monitor_report(
     by_window: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for r in preds:
         by_window[int((_ts(r) - start) / window)].append(r)
-    if pool:
-        ref_inputs = _inputs_of(pool)
-        labelled = [p.label for p in pool if p.label is not None]
-        ref_prev = float(np.mean(labelled)) if labelled else None
-        ref_name = f"demonstration pool ({len(pool)} patients)"
-    else:
-        first = by_window[min(by_window)]
-        ref_inputs = {k: [r[k] for r in first] for k in INPUTS}
-        ref_prev, ref_name = None, "first window"
+    ref = _reference(folder, pool, by_window[min(by_window)])
+    calibrator, calibrated_on = _calibrator(calibration, by_window, outcomes, settings, ref)
+    if ref.predictions is None:
+        ref.predictions = np.array([r["probability"] for r in by_window[min(by_window)]])
     windows, alerts = [], []
     for w in range(max(by_window) + 1):
         rows = by_window.get(w, [])
@@ -189,26 +371,28 @@ def monitor_report(
             "volume": len(rows),
         }
         if rows:
+            probs = np.array([r["probability"] for r in rows])
             row.update(
                 mean_age=float(np.mean([r["age"] for r in rows])),
                 female_share=float(np.mean([r["sex"] == "F" for r in rows])),
                 mean_events=float(np.mean([r["events"] for r in rows])),
                 mean_history_years=float(np.mean([r["history_days"] for r in rows])) / 365.25,
-                mean_probability=float(np.mean([r["probability"] for r in rows])),
+                mean_probability=float(probs.mean()),
             )
-            for key in ("demo_vote", "demo_similarity"):  # logged since the retrieval signals were added
-                values = [r[key] for r in rows if r.get(key) is not None]
-                row[f"mean_{key}"] = float(np.mean(values)) if values else None
-            for k in INPUTS:
-                row[f"psi_{k}"] = psi(ref_inputs[k], [r[k] for r in rows])
+            if len(rows) >= settings.min_outcomes:
+                row.update(estimate_performance(probs, calibrator, resamples=settings.estimate_resamples, seed=w))
+                _drift(row, rows, ref, settings)
             latest = {r["id"]: r for r in rows}  # a patient predicted twice in a window counts once (latest)
             joined = [r | {"outcome": outcomes[i]["outcome"]} for i, r in latest.items() if i in outcomes]
             row.update(_outcome_metrics(joined, settings))
         windows.append(row)
-        alerts += _check(row, settings, ref_prev)
+        alerts += _check(row, settings, ref.prevalence)
     return {
-        "reference": ref_name,
-        "reference_prevalence": ref_prev,
+        "reference": ref.name,
+        "reference_prevalence": ref.prevalence,
+        "reference_predictions": ref.predictions_name,
+        "reference_neighbours": len(ref.neighbours),
+        "calibrated_on": calibrated_on,
         "window_seconds": window.total_seconds(),
         "predictions": len(preds),
         "feedback": len(feedback),
@@ -234,12 +418,55 @@ def _check(row: dict[str, Any], s: AlertSettings, ref_prev: float | None) -> lis
             }
         )
 
+    def above(key: str, threshold: float) -> float | None:
+        v = row.get(key)
+        return v if v is not None and not (isinstance(v, float) and math.isnan(v)) and v > threshold else None
+
+    def drifted(key: str, threshold: float) -> float | None:
+        p = row.get(f"{key}_p")
+        return above(key, threshold) if p is not None and p < s.drift_alpha else None
+
     if s.min_volume and row["volume"] < s.min_volume:
         alert("volume", row["volume"], s.min_volume, f"{row['volume']} predictions, fewer than {s.min_volume}")
+    est = row.get("estimated_auroc")
+    if est is not None and est < s.auroc_min:
+        alert("estimated_auroc", est, s.auroc_min, f"estimated AUROC {est:.3f} < {s.auroc_min} (before outcomes)")
     for k in INPUTS:
-        v = row.get(f"psi_{k}")
-        if v is not None and v > s.psi_max:
-            alert(f"psi_{k}", v, s.psi_max, f"input drift: {k} PSI {v:.3f} > {s.psi_max}")
+        if (v := drifted(f"drift_{k}", s.input_drift_max)) is not None:
+            alert(f"input_{k}", v, s.input_drift_max, f"input drift: {k} moved {v:.3f} SD (Wasserstein)")
+    if (v := drifted("prediction_drift", s.prediction_drift_max)) is not None:
+        alert("prediction_drift", v, s.prediction_drift_max, f"prediction drift: probabilities moved {v:.3f} SD")
+    if (v := above("shifted_codes", s.shifted_codes_max)) is not None:
+        top = ", ".join(
+            f"{c['code']} {c['reference_share']:.4f}->{c['window_share']:.4f}" for c in row["code_mix"]["top"][:3]
+        )
+        alert(
+            "code_mix",
+            v,
+            s.shifted_codes_max,
+            f"code mix: {int(v)} of {row['code_mix']['tested']} codes shifted ({top})",
+        )
+    if (v := above("unseen_share", s.unseen_codes_max)) is not None:
+        alert("unseen_codes", v, s.unseen_codes_max, f"unseen codes: {v:.1%} of distinct codes never in the pool")
+    if (v := above("vocabulary_distance", s.vocabulary_max)) is not None:
+        alert("vocabulary", v, s.vocabulary_max, f"vocabulary mix moved: Jensen-Shannon distance {v:.3f}")
+    if (v := above("domain_auroc", s.domain_auroc_max)) is not None:
+        alert(
+            "multivariate",
+            v,
+            s.domain_auroc_max,
+            f"multivariate drift: a classifier tells the window from the reference (AUROC {v:.3f})",
+        )
+    if (v := above("similarity_drop", s.similarity_drop_max)) is not None:
+        alert(
+            "neighbour_similarity",
+            v,
+            s.similarity_drop_max,
+            f"the pool stops resembling the patients: demo similarity {v:.2f} SD below the pool's own patients'",
+        )
+    shift = row.get("demo_vote_shift")
+    if shift is not None and abs(shift) > s.demo_vote_shift_max:
+        alert("demo_vote", shift, s.demo_vote_shift_max, f"the demos' vote moved {shift:+.3f} from the pool's own")
     if row.get("outcomes", 0) >= s.min_outcomes:
         ce, obs = row["calibration_error"], row["observed_rate"]
         if abs(ce) > s.calibration_max:
@@ -269,7 +496,12 @@ def _check(row: dict[str, Any], s: AlertSettings, ref_prev: float | None) -> lis
 # --------------------------------------------------------------------------- outputs
 
 
+def _series(ws: list[dict[str, Any]], key: str) -> list[float]:
+    return [np.nan if w.get(key) is None else float(w[key]) for w in ws]
+
+
 def _plot(report: dict[str, Any], path: Path) -> None:
+    """One panel per signal over windows, each with its alert threshold (red dashes) and alerted windows shaded."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -278,44 +510,64 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     ws = report["windows"]
     x = [w["window"] for w in ws]
     s = report["settings"]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
-    axes[0, 0].bar(x, [w["volume"] for w in ws], color="tab:blue")
-    axes[0, 0].set(title="volume (predictions per window)", xlabel="window")
-    for k in INPUTS:
-        axes[0, 1].plot(x, [w.get(f"psi_{k}", np.nan) for w in ws], marker="o", label=k)
-    axes[0, 1].axhline(s["psi_max"], color="red", linestyle="--", linewidth=1, label="alert")
-    axes[0, 1].set(title=f"input drift: PSI against the {report['reference']}", xlabel="window")
-    axes[1, 0].plot(x, [w.get("mean_probability", np.nan) for w in ws], marker="o", label="mean probability (all)")
-    axes[1, 0].plot(
-        x,
-        [w.get("mean_probability_with_outcome") or np.nan for w in ws],
-        marker="s",
-        label="mean probability (with outcome)",
+    fig, axes = plt.subplots(4, 3, figsize=(14, 13))
+    ax = iter(axes.flat)
+
+    def panel(title: str, lines: dict[str, str], threshold: float | None = None, **kw: Any) -> Any:
+        a = next(ax)
+        for label, key in lines.items():
+            a.plot(x, _series(ws, key), marker="o", label=label)
+        if threshold is not None:
+            a.axhline(threshold, color="red", linestyle="--", linewidth=1, label="alert")
+        a.set(title=title, xlabel="window", **kw)
+        return a
+
+    a = next(ax)
+    a.bar(x, [w["volume"] for w in ws], color="tab:blue")
+    a.set(title="volume (predictions per window)", xlabel="window")
+    a = panel(
+        "AUROC: estimated (band: 95% interval) and realized",
+        {"estimated": "estimated_auroc", "realized": "auroc"},
+        s["auroc_min"],
+        ylim=(0.3, 1),
     )
-    axes[1, 0].plot(
-        x,
-        [w.get("observed_rate") if w.get("observed_rate") is not None else np.nan for w in ws],
-        marker="^",
-        label="observed rate",
+    a.fill_between(x, _series(ws, "estimated_auroc_lo"), _series(ws, "estimated_auroc_hi"), alpha=0.2)
+    a = panel("event rate: estimated and observed", {"estimated": "estimated_rate", "observed": "observed_rate"})
+    a.fill_between(x, _series(ws, "estimated_rate_lo"), _series(ws, "estimated_rate_hi"), alpha=0.2)
+    panel(
+        "calibration error (mean p - rate)",
+        {"estimated": "estimated_calibration_error", "observed": "calibration_error"},
     )
-    axes[1, 0].set(title="calibration in the large", xlabel="window")
-    axes[1, 1].plot(x, [w.get("auroc") or np.nan for w in ws], marker="o", label="AUROC")
-    groupings = sorted({g for w in ws for g in w.get("gaps", {})})
-    for g in groupings:
-        axes[1, 1].plot(
-            x, [w.get("gaps", {}).get(g, np.nan) for w in ws], marker=".", linestyle=":", label=f"AUROC gap by {g}"
-        )
-    axes[1, 1].axhline(s["auroc_min"], color="red", linestyle="--", linewidth=1, label="AUROC alert")
-    axes[1, 1].set(title=f"with at least {s['min_outcomes']} outcomes", xlabel="window", ylim=(0, 1))
-    for ax in axes.flat:
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    for a in report["alerts"]:
-        for ax in axes.flat:
-            ax.axvspan(a["window"] - 0.4, a["window"] + 0.4, color="red", alpha=0.04)
+    panel(
+        f"input drift (Wasserstein, SD) against the {report['reference']}",
+        {k: f"drift_{k}" for k in INPUTS},
+        s["input_drift_max"],
+    )
+    panel(
+        f"prediction drift (Wasserstein, SD) against {report['reference_predictions']}",
+        {"probabilities": "prediction_drift"},
+        s["prediction_drift_max"],
+    )
+    panel("codes with a shifted share (BH-adjusted)", {"codes": "shifted_codes"}, s["shifted_codes_max"] + 0.5)
+    panel("share of codes never in the pool", {"unseen": "unseen_share"}, s["unseen_codes_max"])
+    panel("vocabulary mix (Jensen-Shannon distance)", {"vocabularies": "vocabulary_distance"}, s["vocabulary_max"])
+    panel("multivariate: domain classifier AUROC", {"classifier": "domain_auroc"}, s["domain_auroc_max"])
+    panel(
+        "demo similarity: drop below the pool's own (SD)",
+        {"drop": "similarity_drop"},
+        s["similarity_drop_max"],
+    )
+    a = panel("demos' vote: shift from the pool's own", {"shift": "demo_vote_shift"}, s["demo_vote_shift_max"])
+    a.axhline(-s["demo_vote_shift_max"], color="red", linestyle="--", linewidth=1)
+    for a in axes.flat:
+        a.grid(alpha=0.3)
+        if a.get_legend_handles_labels()[0]:
+            a.legend(fontsize=7)
+    for alert in report["alerts"]:
+        for a in axes.flat:
+            a.axvspan(alert["window"] - 0.4, alert["window"] + 0.4, color="red", alpha=0.04)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
@@ -331,12 +583,22 @@ TABLE_COLUMNS = (
     "mean_age",
     "female_share",
     "mean_events",
-    "psi_age",
-    "psi_events",
-    "psi_history_days",
-    "mean_probability",
-    "mean_demo_vote",
+    "estimated_auroc",
+    "estimated_auroc_lo",
+    "estimated_auroc_hi",
+    "estimated_rate",
+    "drift_age",
+    "drift_events",
+    "drift_history_days",
+    "prediction_drift",
+    "shifted_codes",
+    "unseen_share",
+    "vocabulary_distance",
+    "domain_auroc",
     "mean_demo_similarity",
+    "similarity_drop",
+    "mean_demo_vote",
+    "demo_vote_shift",
     "outcomes",
     "observed_rate",
     "calibration_error",
@@ -365,7 +627,8 @@ def write_monitor_page(report: dict[str, Any], out: Path) -> Path:
 td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}}</style></head><body>
 <h1>Served predictor: monitoring</h1>
 <p>{report["predictions"]} predictions, {report["feedback"]} outcomes reported; windows of
-{report["window_seconds"] / 86400:g} days; reference: {html.escape(report["reference"])}; generated
+{report["window_seconds"] / 86400:g} days; reference: {html.escape(report["reference"])}; estimates calibrated on
+{html.escape(report["calibrated_on"]["source"])}; generated
 {dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")}.</p>
 <h2>Alerts</h2><ul>{alerts}</ul>
 <img src="monitor.png" alt="monitoring plots" style="max-width:100%">
