@@ -156,11 +156,12 @@ def _run_overload(args: argparse.Namespace, pool_path: Path, bodies: list[dict],
     print(f"wrote {out}")
 
 
-def _record_cost(test: list, tmp: Path) -> float:
-    """Microseconds to pseudonymise and append one prediction record (MonitorLog.record_predictions), in-process."""
+def _record_cost(test: list, tmp: Path, pool: list) -> float:
+    """Microseconds to pseudonymise and append one prediction record (MonitorLog.record_predictions), in-process,
+    with the pool's codes known (each record names its common codes and counts the unseen ones)."""
     from icl_toolkit.evaluation.monitor import MonitorLog
 
-    log = MonitorLog(tmp / "cost", b"k" * 32, model={"model": "bench"})
+    log = MonitorLog(tmp / "cost", b"k" * 32, model={"model": "bench"}, pool=pool)
     preds = [{"probability": 0.2, "model_id": "m", "prompt_hash": "sha256:0", "template": "zero_shot",
               "demos": [{"patient_id": p.patient_id} for p in test[:4]]} for _ in test]
     start = time.perf_counter()
@@ -187,7 +188,9 @@ def _run_monitor(args: argparse.Namespace, pool_path: Path, bodies: list[dict], 
                     latencies.setdefault((name, clients), []).extend(got["latencies"])
                     print(f"round {r} {name:9s} clients={clients} p50 {got['p50_ms']:.1f} ms", flush=True)
     logged = len((tmp / "monitor" / "predictions.jsonl").read_text().splitlines())
-    cost_us = _record_cost(test, tmp)
+    from icl_toolkit.data.cohort import read_cohort
+
+    cost_us = _record_cost(test, tmp, read_cohort(pool_path))
     rows = []
     for clients in (1, 4):
         a = np.array(latencies[("plain", clients)]) * 1000

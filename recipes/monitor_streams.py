@@ -32,7 +32,6 @@ from pathlib import Path
 
 from icl_toolkit.core.artifacts import write_json_atomic
 from icl_toolkit.core.hardware import describe
-from icl_toolkit.data.cohort import read_cohort, write_cohort
 from icl_toolkit.data.synth.generate import SynthConfig, generate_cohort
 from icl_toolkit.evaluation.monitor import AlertSettings, monitor_report, write_monitor_page
 from icl_toolkit.evaluation.monitor.streams import aged, recode, shorten_at_site
@@ -59,8 +58,8 @@ EXPECTED = {  # stream: (the alerts it is built to raise, others that may come w
 }
 
 
-def build_streams(args: argparse.Namespace, folder: Path) -> dict[str, dict]:
-    """The pool, calibration set and stream patients (written once, read back on a resumed run)."""
+def build_streams(args: argparse.Namespace) -> dict[str, dict]:
+    """The pool, calibration set and stream patients (the generator is seeded: a resumed run builds the same)."""
     n_stream = args.window_size
     sizes = {
         "pool": args.pool,
@@ -68,11 +67,8 @@ def build_streams(args: argparse.Namespace, folder: Path) -> dict[str, dict]:
         "stable": args.stable_windows * args.stable_window_size,
     }
     sizes |= {s: n_stream for s in ("coding_change", "shorter_histories", "mismatched_pool")}
-    path = folder / "cohort.jsonl"
     need = sum(sizes.values()) + 6 * n_stream + 8 * args.pool  # the older stream and young pool: from the rest
-    if not path.exists():
-        write_cohort(generate_cohort(SynthConfig(n=need, seed=args.seed, rationales=False)), path)
-    cohort = read_cohort(path)
+    cohort = generate_cohort(SynthConfig(n=need, seed=args.seed, rationales=False))  # the same on every run
     random.Random(args.seed).shuffle(cohort)  # the generator's order is not exchangeable; streams are random draws
     parts, at = {}, 0
     for name, n in sizes.items():
@@ -130,7 +126,7 @@ def main() -> None:
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     args.results.mkdir(parents=True, exist_ok=True)
-    streams = build_streams(args, args.out)
+    streams = build_streams(args)
     options = PredictOptions(k=args.k, demos="label")
     calib = args.out / "calibration_predictions.jsonl"
     services: dict[int, PredictionService] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -35,6 +36,10 @@ def monitor(
     out: Annotated[
         Optional[Path], typer.Option(help="Folder for monitor.json, monitor.png and index.html (default: DIR/report).")
     ] = None,
+    as_of: Annotated[
+        Optional[datetime],
+        typer.Option(help="Report what the log held at this time (UTC when no zone is given); default: now."),
+    ] = None,
     fail_on_alert: Annotated[
         bool, typer.Option(help="Exit with code 3 when any alert fires (for cron jobs and CI).")
     ] = False,
@@ -56,7 +61,12 @@ def monitor(
     )
     span = parse_window(window)
     report = monitor_report(
-        dir, span, pool=read_cohort(pool) if pool is not None else None, settings=settings, calibration=calibration
+        dir,
+        span,
+        pool=read_cohort(pool) if pool is not None else None,
+        settings=settings,
+        calibration=calibration,
+        as_of=as_of.replace(tzinfo=UTC) if as_of is not None and as_of.tzinfo is None else as_of,
     )
     out = out or dir / "report"
     page = write_monitor_page(report, out)

@@ -20,7 +20,6 @@ from icl_toolkit.evaluation.monitor import (
     load_key,
     monitor_report,
     parse_window,
-    psi,
 )
 from icl_toolkit.evaluation.monitor.log import FEEDBACK, PREDICTIONS, FeedbackRejected, read_log
 
@@ -88,7 +87,9 @@ def test_log_holds_no_identifiers_or_history(people, tmp_path):
             assert e.name not in text and f'"{e.code}"' not in text
     rec = json.loads(text.splitlines()[0])
     assert set(rec) == {"ts", "id", "probability", "model_id", "model_hash", "prompt_hash", "template", "demos",
-                        "demo_vote", "demo_similarity", "age", "age_band", "sex", "groups", "events", "history_days"}
+                        "demo_vote", "demo_similarity", "age", "age_band", "sex", "groups", "events", "history_days",
+                        "vocab", "distinct_codes", "unseen_codes", "codes"}
+    assert rec["codes"] == [] and rec["unseen_codes"] is None  # no pool given: no code is named
     assert rec["demos"] == [Pseudonymizer(KEY)(p.patient_id) for p in pool[:2]]
     assert rec["groups"]["access"] in ("limited", "standard")
     assert (rec["demo_vote"], rec["demo_similarity"]) == (0.5, 0.7)  # the vote the model follows, the pool's fit
@@ -130,14 +131,10 @@ def test_feedback_rules_and_interrupted_writes(people, tmp_path):
     assert len(records) == 5 and bad == 1
 
 
-def test_window_and_psi():
+def test_window():
     assert parse_window("30d") == dt.timedelta(days=30) and parse_window("12h") == dt.timedelta(hours=12)
     with pytest.raises(ConfigError, match="--window"):
         parse_window("soon")
-    rng = np.random.default_rng(0)
-    ref = rng.normal(70, 8, 2000)
-    assert psi(ref, rng.normal(70, 8, 500)) < 0.05
-    assert psi(ref, rng.normal(80, 8, 500)) > 0.5
 
 
 def test_stable_stream_trips_no_alert(people, tmp_path):
@@ -165,14 +162,14 @@ def test_drifting_stream_trips_the_matching_alerts(people, tmp_path):
     log.close()
     rep = monitor_report(tmp_path / "mon", parse_window("30d"), pool=pool, settings=AlertSettings(gap_resamples=20))
     fired = {(a["window"], a["metric"]) for a in rep["alerts"]}
-    assert (1, "psi_age") in fired
+    assert (1, "input_age") in fired
     assert not any(w == 0 for w, _ in fired)
     assert {(2, "calibration_error"), (2, "prevalence_shift")} <= fired
-    assert not any(m.startswith("psi") for w, m in fired if w == 2)  # same input mix as the pool
-    # thresholds are configurable: a loose PSI threshold silences the age alert
+    assert not any(m.startswith("input") for w, m in fired if w == 2)  # same input mix as the pool
+    # thresholds are configurable: loose ones silence every alert
     loose = monitor_report(tmp_path / "mon", parse_window("30d"), pool=pool,
-                           settings=AlertSettings(psi_max=50, calibration_max=0.9, prevalence_shift_max=0.9,
-                                                  gap_resamples=20))
+                           settings=AlertSettings(input_drift_max=50, prediction_drift_max=50, domain_auroc_max=1,
+                                                  calibration_max=0.9, prevalence_shift_max=0.9, gap_resamples=20))
     assert loose["alerts"] == []
 
 
@@ -203,18 +200,22 @@ def test_icl_monitor_cli(people, tmp_path, invoke):
     _stream(log, [p for p in stream[300:] if p.age_at_index >= 80][:200], day=9)
     log.close()
     write_cohort(pool, tmp_path / "pool.jsonl")
-    (tmp_path / "alerts.toml").write_text("psi_max = 0.25\nmin_outcomes = 50\ngap_resamples = 20\n")
+    (tmp_path / "alerts.toml").write_text("input_drift_max = 0.25\nmin_outcomes = 50\ngap_resamples = 20\n")
     code, text = invoke(["monitor", "--dir", tmp_path / "mon", "--window", "7d", "--pool", tmp_path / "pool.jsonl",
                          "--alerts", tmp_path / "alerts.toml", "--fail-on-alert"])
     assert code == 3, text
-    assert "input drift: age PSI" in text
+    assert "input drift: age moved" in text
     out = tmp_path / "mon" / "report"
     data = json.loads((out / "monitor.json").read_text())
-    assert data["settings"]["psi_max"] == 0.25 and len(data["windows"]) == 2
+    assert data["settings"]["input_drift_max"] == 0.25 and len(data["windows"]) == 2
     assert (out / "monitor.png").stat().st_size > 10_000 and "monitor.png" in (out / "index.html").read_text()
-    (tmp_path / "bad.toml").write_text("psi_maxx = 1\n")
+    code, text = invoke(["monitor", "--dir", tmp_path / "mon", "--window", "7d", "--as-of", "2026-01-05",
+                         "--out", tmp_path / "then"])  # what the log held on Jan 5: the first batch only
+    assert code == 0, text
+    assert json.loads((tmp_path / "then" / "monitor.json").read_text())["predictions"] == 300
+    (tmp_path / "bad.toml").write_text("psi_max = 1\n")  # the PSI threshold of earlier releases
     code, text = invoke(["monitor", "--dir", tmp_path / "mon", "--alerts", tmp_path / "bad.toml"])
-    assert code == 1 and "bad.toml: psi_maxx" in text
+    assert code == 1 and "bad.toml: psi_max" in text and "input_drift_max" in text
     code, text = invoke(["monitor", "--dir", tmp_path / "empty"])
     assert code == 1 and "no predictions logged yet" in text
 

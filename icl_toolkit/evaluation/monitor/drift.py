@@ -16,8 +16,8 @@ functions:
   and its share changed by at least ``min_ratio`` either way;
 - :func:`vocabulary_distance`: Jensen-Shannon distance (``scipy.spatial.distance.jensenshannon``, base 2: 0 the
   same, 1 disjoint) between the window's and the reference's events per vocabulary;
-- :func:`domain_classifier_auroc`: a multivariate test: how well a classifier (scikit-learn's
-  ``HistGradientBoostingClassifier``, 3-fold cross-validated) tells the window's patients from the reference's
+- :func:`domain_classifier_auroc`: a multivariate test: how well a classifier (LightGBM, as NannyML's domain
+  classifier; 3-fold cross-validated with scikit-learn) tells the window's patients from the reference's
   on all logged inputs together (numbers, sex, vocabulary mix, unseen-code share, the 50 commonest codes); 0.5
   is no drift, 1 complete separation;
 - :func:`shift_in_sd`: how far a window's mean falls below the reference's, in reference standard deviations
@@ -127,7 +127,7 @@ def domain_classifier_auroc(
     """Cross-validated AUROC of a classifier telling ``current`` rows from ``reference`` rows (monitor-log rows:
     inputs, sex, vocabulary, codes), at most ``max_rows`` of each side (seeded sample). None with fewer than 20
     rows on a side."""
-    from sklearn.ensemble import HistGradientBoostingClassifier
+    from lightgbm import LGBMClassifier
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
@@ -140,10 +140,16 @@ def domain_classifier_auroc(
         {s for r in ref for s in (r.get("vocab") or {})} | {s for r in cur for s in (r.get("vocab") or {})}
     )
     common = Counter(c for r in ref for c in (r.get("codes") or ()))
-    codes = [c for c, _ in common.most_common(50)]
+    # codes are named in the log only when the server knew its pool; otherwise they are left out on both sides
+    with_codes = any(r.get("unseen_codes") is not None for r in cur)
+    codes = [c for c, _ in common.most_common(50)] if with_codes else []
     X = np.vstack([_features(ref, systems, codes), _features(cur, systems, codes)])
+    if not with_codes:
+        X[:, 5] = 0.0  # the unseen-code share
     y = np.r_[np.zeros(len(ref)), np.ones(len(cur))]
-    clf = HistGradientBoostingClassifier(max_iter=60, max_leaf_nodes=15, learning_rate=0.1, random_state=seed)
+    clf = LGBMClassifier(
+        n_estimators=60, num_leaves=15, learning_rate=0.1, min_child_samples=10, random_state=seed, verbose=-1, n_jobs=1
+    )
     folds = StratifiedKFold(n_splits=3, shuffle=True, random_state=seed)
     p = cross_val_predict(clf, X, y, cv=folds, method="predict_proba")[:, 1]
     return float(roc_auc_score(y, p))

@@ -188,14 +188,15 @@ def read_calibration(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarr
         try:
             rec = json.loads(line)
             prob = float(rec["probability"])
-        except (ValueError, KeyError, TypeError):
+            label = None if rec.get("label") is None else int(rec["label"])
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise ConfigError(
                 f"{path}, line {no}: not a prediction record (expected a JSON object with `probability` and "
-                "`label`, as `icl predict` writes)."
+                "`label` 0 or 1, as `icl predict` writes)."
             ) from None
-        if rec.get("label") is not None:
+        if label is not None:
             p.append(prob)
-            y.append(int(rec["label"]))
+            y.append(label)
     if len(y) < 30 or len(set(y)) < 2:
         raise ConfigError(
             f"{path}: {len(y)} predictions with a known outcome ({sum(y)} positive); the calibrator needs at least "
@@ -309,8 +310,6 @@ def _drift(row: dict[str, Any], rows: list[dict[str, Any]], ref: Reference, sett
     votes = [r["demo_vote"] for r in rows if r.get("demo_vote") is not None]
     ref_sims = [n["demo_similarity"] for n in ref.neighbours if n.get("demo_similarity") is not None]
     ref_votes = [n["demo_vote"] for n in ref.neighbours if n.get("demo_vote") is not None]
-    row["mean_demo_similarity"] = float(np.mean(sims)) if sims else None
-    row["mean_demo_vote"] = float(np.mean(votes)) if votes else None
     row["similarity_drop"] = shift_in_sd(ref_sims, sims) if ref_sims else None
     row["demo_vote_shift"] = float(np.mean(votes) - np.mean(ref_votes)) if votes and ref_votes else None
 
@@ -379,6 +378,9 @@ def monitor_report(
                 mean_history_years=float(np.mean([r["history_days"] for r in rows])) / 365.25,
                 mean_probability=float(probs.mean()),
             )
+            for key in ("demo_vote", "demo_similarity"):  # logged since the retrieval signals were added
+                values = [r[key] for r in rows if r.get(key) is not None]
+                row[f"mean_{key}"] = float(np.mean(values)) if values else None
             if len(rows) >= settings.min_outcomes:
                 row.update(estimate_performance(probs, calibrator, resamples=settings.estimate_resamples, seed=w))
                 _drift(row, rows, ref, settings)
