@@ -210,7 +210,7 @@ monitor-demo: $(STAMP)
 
 # Simulated deployments, one per stream (stable, coding change, shorter histories at a site, older patients, a
 # mismatched pool), replayed through the service with the embedded model, then icl monitor before and after the
-# outcomes arrive (about 25 min on 2 cores; resumable). Results: results/monitor_streams (docs: monitoring page).
+# outcomes arrive (about 50 min on 2 cores; resumable). Results: results/monitor_streams (docs: monitoring page).
 monitor-streams: $(STAMP)
 	$(PY) recipes/monitor_streams.py --out monitor_streams_out --results results/monitor_streams
 
