@@ -8,7 +8,7 @@ the first half of the year, and a calibration file; then times the whole ``icl m
 reading the log, every window's estimates and drift tests, the page and the JSON).
 
     .venv/bin/python benchmarks/monitor_scale.py                        # 100,000 predictions
-    .venv/bin/python benchmarks/monitor_scale.py --predictions 3000     # seconds, for the smoke test
+    .venv/bin/python benchmarks/monitor_scale.py --quick                # 3,000 predictions, for the smoke test
 
 Writes monitor_scale.csv (seconds, windows, log size, peak memory, machine).
 """
@@ -81,8 +81,11 @@ def write_log(folder: Path, n: int, seed: int = 0) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--predictions", type=int, default=100_000)
+    ap.add_argument("--quick", action="store_true", help="3,000 predictions (the smoke test)")
     ap.add_argument("--out", type=Path, default=RESULTS / "monitor_scale.csv")
     args = ap.parse_args()
+    if args.quick:
+        args.predictions = 3000
     where = machine()
     print(f"machine: {where}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:

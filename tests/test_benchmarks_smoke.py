@@ -258,3 +258,11 @@ def test_metrics_scrape_quick(tmp_path: Path, tiny_model_dir: Path) -> None:
     _quick("metrics_scrape.py", "--model", str(tiny_model_dir), "--out", str(out))
     (row,) = list(csv.DictReader(out.open()))
     assert int(row["scrapes"]) == 160 and float(row["server_ms_per_scrape"]) > 0 and int(row["exposition_bytes"]) > 0
+
+
+def test_monitor_scale_quick(tmp_path: Path) -> None:
+    out = tmp_path / "monitor_scale.csv"
+    _quick("monitor_scale.py", "--out", str(out))
+    (row,) = list(csv.DictReader(out.open()))
+    assert int(row["predictions"]) == 3000 and int(row["outcomes"]) == 1500 and int(row["windows"]) >= 10
+    assert float(row["seconds"]) > 0 and float(row["log_mb"]) > 0
