@@ -433,6 +433,11 @@ def test_monitor_log_feedback_and_card_over_http(service, small_cohort, tmp_path
         assert r.status_code == 200
         info = c.get("/v1/info", headers=AUTH).json()
         assert info["model_card"]["owner"] == "ADRD team" and info["monitor"]["predictions_logged"] == 4
+        # written once the service loaded: the pool summary icl monitor compares with, without ids
+        reference = json.loads((tmp_path / "mon" / "reference.json").read_text())
+        assert reference["patients"] == 100 and len(reference["rows"]) == 100 and reference["neighbours"]
+        assert all(set(n) == {"demo_vote", "demo_similarity"} for n in reference["neighbours"])
+        assert small_cohort[0].patient_id not in json.dumps(reference)
         fb = {"outcomes": [{"patient_id": patients[0].patient_id, "outcome": 1, "date": "2027-02-01"},
                            {"patient_id": patients[1].patient_id, "outcome": 0, "date": "2027-02-01"}]}
         assert c.post("/v1/feedback", json=fb).status_code == 401  # authenticated like the rest of /v1/*
