@@ -51,6 +51,7 @@ def test_alert_matrix_of_the_simulated_streams(recipe, tmp_path, monkeypatch):
     assert after["calibrated_on"]["patients"] == 200
     assert (results / "stable" / "page" / "index.html").exists()
     # resumed: a second run sends nothing again (every patient is already in the log) and records no outcome twice
+    monkeypatch.setattr(sys, "argv", [*argv, "--streams", "stable"])
     recipe.main()
     lines = (out / "stable" / "predictions.jsonl").read_text().splitlines()
     assert len(lines) == 300
