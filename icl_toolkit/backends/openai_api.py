@@ -5,12 +5,18 @@ encoded locally with the model's own tokenizer (the same rule as the other
 backends) and sent as token ids to the completions endpoint, so the server
 reads exactly the tokens the transformers backend would.
 
-Scoring is exact, not read off a top-k list: each (prompt, choice) pair is sent
-as prompt + choice tokens with ``echo: true, logprobs: 0, max_tokens: 1``, and
-the server returns the log-probability of every prompt token; the choice's
-log-probability is the sum over its tokens. The server's prefix cache makes the
-shared prompt of the two choices cost one pass. Sequences go in batches
-(``batch_size`` per request), which the server batches again.
+Scoring is exact, not read off a top-k list. When every choice of a prompt is one
+distinct token (the usual yes/no), the prompt is sent once with ``max_tokens: 1,
+logprobs: 1`` and ``logprob_token_ids`` set to the choices' tokens (vLLM's
+completions field, 0.32 and later): the server returns those tokens'
+log-probabilities at the next position, one pass over the prompt, with no prompt
+log-probabilities (which vLLM computes without its prefix cache). Otherwise, or
+on a server that does not answer that field, each (prompt, choice) pair is sent
+as prompt + choice tokens with ``echo: true, logprobs: 0, max_tokens: 1``, and the
+server returns the log-probability of every prompt token; the choice's
+log-probability is the sum over its tokens (two full passes per prompt). The
+first fallback is said once. Sequences go in batches (``batch_size`` per
+request), which the server batches again.
 
 The API key, when the server wants one (``vllm serve --api-key``), comes from
 the environment: ``ICL_OPENAI_API_KEY``, else ``OPENAI_API_KEY``.
@@ -18,6 +24,7 @@ the environment: ``ICL_OPENAI_API_KEY``, else ``OPENAI_API_KEY``.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -28,6 +35,8 @@ from icl_toolkit.core.errors import ConfigError
 from icl_toolkit.core.progress import progress_bar
 
 __all__ = ["OpenAIBackend"]
+
+log = logging.getLogger("icl.backends")
 
 
 class OpenAIBackend(BaseBackend):
@@ -94,6 +103,7 @@ class OpenAIBackend(BaseBackend):
         self.served_model = str(served_model)
         entry = served[names.index(served_model)]
         self.max_context = int(max_context or entry.get("max_model_len") or 2048)
+        self.next_token_scoring: bool | None = None  # None: not tried yet; False: the server did not answer it
 
     # ------------------------------------------------------------------ HTTP
 
@@ -143,14 +153,75 @@ class OpenAIBackend(BaseBackend):
     # ------------------------------------------------------------------ contract
 
     def _score(self, plan: ScoringPlan, n_choices: int) -> list[list[float]]:
-        """Choice log-probs from the server's echoed prompt log-probs."""
+        """Choice log-probs: next-token log-probs of the choice tokens where every choice is one token and the
+        server answers ``logprob_token_ids``, else the server's echoed prompt log-probs."""
+        out: list[list[float]] = [[0.0] * n_choices for _ in plan.ctxs]
+        echo = list(range(len(plan.ctxs)))
+        if plan.fast and self.next_token_scoring is not False:
+            got = self._score_next_token(plan, plan.fast)
+            if got is not None:
+                for i, row in zip(plan.fast, got):
+                    out[i] = row
+                fast = set(plan.fast)
+                echo = [i for i in echo if i not in fast]
+        if echo:
+            for i, row in zip(echo, self._score_echo(plan, echo)):
+                out[i] = row
+        return out
+
+    def _score_next_token(self, plan: ScoringPlan, rows: list[int]) -> list[list[float]] | None:
+        """The choice tokens' log-probs at the next position, one pass per prompt; None (and a note, once) when the
+        server does not answer ``logprob_token_ids``."""
+        wanted = sorted({cont[0] for i in rows for cont in plan.conts[i]})
+        try:
+            results = self._complete(
+                [plan.ctxs[i] for i in rows],
+                max_tokens=1,
+                temperature=0.0,
+                logprobs=1,
+                logprob_token_ids=wanted,
+                return_tokens_as_token_ids=True,
+            )
+        except ConfigError as exc:
+            if " answered 400" not in str(exc) or self.next_token_scoring:
+                raise
+            self._fall_back(f"it refused the field ({str(exc)[:160]})")
+            return None
+        out = []
+        for i, res in zip(rows, results):
+            tops = (res.get("logprobs") or {}).get("top_logprobs") or [None]
+            first = tops[0] if isinstance(tops[0], dict) else {}
+            row = [first.get(f"token_id:{cont[0]}") for cont in plan.conts[i]]
+            if any(v is None for v in row):
+                if self.next_token_scoring:
+                    raise ConfigError(
+                        f"The model server at {self.url} stopped returning the requested tokens' log-probabilities."
+                    )
+                self._fall_back("its answer does not carry the requested tokens' log-probabilities")
+                return None
+            out.append([float(v) for v in row if v is not None])
+        self.next_token_scoring = True
+        return out
+
+    def _fall_back(self, why: str) -> None:
+        self.next_token_scoring = False
+        log.warning(
+            "The model server at %s does not answer `logprob_token_ids` (%s): scoring each choice from echoed "
+            "prompt log-probabilities instead, two full passes per prompt (vLLM 0.32 or later answers it).",
+            self.url,
+            why,
+        )
+
+    def _score_echo(self, plan: ScoringPlan, rows: list[int]) -> list[list[float]]:
+        """Choice log-probs of ``rows`` from the server's echoed prompt log-probs."""
         seqs, where = [], []
-        for i, (ctx, conts) in enumerate(zip(plan.ctxs, plan.conts)):
+        for k, i in enumerate(rows):
+            ctx, conts = plan.ctxs[i], plan.conts[i]
             for j, cont in enumerate(conts):
                 seqs.append(ctx + cont)
-                where.append((i, j, len(ctx)))
+                where.append((k, j, len(ctx)))
         results = self._complete(seqs, max_tokens=1, temperature=0.0, echo=True, logprobs=0)
-        out: list[list[float]] = [[0.0] * n_choices for _ in plan.ctxs]
+        out: list[list[float]] = [[0.0] * len(plan.conts[i]) for i in rows]
         for (i, j, start), seq, res in zip(where, seqs, results):
             lps = (res.get("logprobs") or {}).get("token_logprobs")
             if not isinstance(lps, list) or len(lps) < len(seq) or any(v is None for v in lps[start : len(seq)]):

@@ -2,9 +2,11 @@
 
 The real server (vllm serve) is exercised by ``make test-vllm``. Here a reference
 server, written in the test over the tiny random Llama, answers the completions
-protocol the way vLLM documents it (prompt token ids, echo with logprobs), so the
-client's request layout and response reading are checked against exact numbers,
-and its errors are checked against a closed port and bad answers.
+protocol the way vLLM documents it (prompt token ids; echo with logprobs; the
+next position's log-probabilities of ``logprob_token_ids``, keyed ``token_id:N``),
+so the client's request layout and response reading are checked against exact
+numbers, and its errors against a closed port and bad answers. ``legacy`` plays a
+server that ignores ``logprob_token_ids`` and ``reject`` one that refuses it.
 """
 
 from __future__ import annotations
@@ -50,9 +52,25 @@ class ReferenceServer:
         if self.broken == "no-echo":
             return httpx.Response(200, json={"choices": [{"index": i, "text": "x", "logprobs": None}
                                                          for i in range(len(body["prompt"]))]})
+        if self.broken == "reject" and "logprob_token_ids" in body:
+            return httpx.Response(400, json={"error": "extra inputs are not permitted: logprob_token_ids"})
         choices = []
         for i, ids in enumerate(body["prompt"]):
-            if body.get("echo"):
+            if body.get("logprob_token_ids") and self.broken != "legacy":
+                with torch.no_grad():
+                    logp = torch.log_softmax(self.model(torch.tensor([ids])).logits[0, -1].float(), -1)
+                nxt = int(logp.argmax())
+                tops = {f"token_id:{t}": float(logp[t]) for t in body["logprob_token_ids"]}
+                choices.append({"index": i, "text": f"token_id:{nxt}",
+                                "logprobs": {"tokens": [f"token_id:{nxt}"], "token_logprobs": [float(logp[nxt])],
+                                             "top_logprobs": [tops]}})
+            elif body.get("logprobs") is not None and not body.get("echo"):  # a server without the field
+                with torch.no_grad():
+                    logp = torch.log_softmax(self.model(torch.tensor([ids])).logits[0, -1].float(), -1)
+                nxt = int(logp.argmax())
+                choices.append({"index": i, "text": self.tok.decode([nxt]),
+                                "logprobs": {"top_logprobs": [{self.tok.decode([nxt]): float(logp[nxt])}]}})
+            elif body.get("echo"):
                 echoed, nxt, lp = self._token_logprobs(ids)
                 choices.append({"index": i, "text": self.tok.decode([nxt]),
                                 "logprobs": {"token_logprobs": echoed + [lp]}})
@@ -84,20 +102,47 @@ PROMPTS = ["Question: will this patient develop dementia?\nAnswer:", "History: 2
            "A longer prompt about falls, depression and hearing loss.\nAnswer:"]
 
 
-def test_scores_are_the_exact_echoed_logprobs_of_the_choice_tokens(client, tiny_backend_obj):
+def test_one_token_choices_are_scored_in_one_pass_per_prompt(client, tiny_backend_obj):
     backend, server = client
     got = np.array(backend.score(PROMPTS, [" Yes", " No"]))
     ref = np.array(tiny_backend_obj.score(PROMPTS, [" Yes", " No"]))
     np.testing.assert_allclose(got, ref, atol=1e-4)
-    # two sequences per prompt (prompt + each choice), sent as token ids with echo, in batches of 3
-    sent = [seq for body in server.requests for seq in body["prompt"]]
-    assert len(sent) == 6 and [len(b["prompt"]) for b in server.requests] == [3, 3]
-    assert all(b["echo"] is True and b["logprobs"] == 0 and b["model"] == SERVED for b in server.requests)
-    assert sent[0][:-1] == backend.encode(PROMPTS[0])
-    # multi-token choices: the sum over their tokens
+    # each prompt once, as token ids, asking for the choice tokens' log-probs at the next position: no echo
+    (body,) = server.requests
+    yes, no = (backend.encode(c)[0] for c in (" Yes", " No"))
+    assert body["prompt"] == [backend.encode(p) for p in PROMPTS] and body["max_tokens"] == 1
+    assert sorted(body["logprob_token_ids"]) == sorted({yes, no}) and body["logprobs"] == 1 and "echo" not in body
+    assert body["return_tokens_as_token_ids"] is True and backend.next_token_scoring is True
+
+
+def test_multi_token_choices_are_scored_from_echoed_logprobs(client, tiny_backend_obj):
+    backend, server = client
     multi = backend.score(PROMPTS[0], [" Yes, within five years", " No"])
     np.testing.assert_allclose(multi, tiny_backend_obj.score(PROMPTS[0], [" Yes, within five years", " No"]),
                                atol=1e-4)
+    # two sequences (prompt + each choice), sent with echo: the sum over each choice's tokens
+    (body,) = server.requests
+    assert len(body["prompt"]) == 2 and body["echo"] is True and body["logprobs"] == 0 and body["model"] == SERVED
+    assert body["prompt"][0][: len(backend.encode(PROMPTS[0]))] == backend.encode(PROMPTS[0])
+
+
+@pytest.mark.parametrize("broken", ["legacy", "reject"])
+def test_servers_without_the_field_fall_back_to_echo_once(tiny, tiny_model_dir, tiny_backend_obj, broken, caplog):
+    from icl_toolkit.backends.openai_api import OpenAIBackend
+
+    server = ReferenceServer(*tiny, broken=broken)
+    backend = OpenAIBackend(str(tiny_model_dir), url="http://m/v1", batch_size=3, progress=False,
+                            transport=httpx.MockTransport(server))
+    with caplog.at_level("WARNING", logger="icl.backends"):
+        got = np.array(backend.score(PROMPTS, [" Yes", " No"]))
+        again = np.array(backend.score(PROMPTS, [" Yes", " No"]))
+    ref = np.array(tiny_backend_obj.score(PROMPTS, [" Yes", " No"]))
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+    np.testing.assert_allclose(again, ref, atol=1e-4)
+    assert backend.next_token_scoring is False
+    assert sum("does not answer `logprob_token_ids`" in r.getMessage() for r in caplog.records) == 1  # said once
+    tried = [b for b in server.requests if "logprob_token_ids" in b]
+    assert len(tried) == 1 and all(b["echo"] for b in server.requests if b not in tried)
 
 
 def test_generation_matches_greedy_transformers_and_is_cut_at_stop(client, tiny_backend_obj):
@@ -135,7 +180,7 @@ def test_server_problems_are_one_line_errors(tiny, tiny_model_dir):
     with pytest.raises(ConfigError, match="does not serve 'c'"):
         OpenAIBackend(str(tiny_model_dir), url="http://m/v1", served_model="c", transport=httpx.MockTransport(two))
 
-    for broken, message in (("count", "returned 0 completions for 2 prompts"), ("no-echo", "did not echo")):
+    for broken, message in (("count", "returned 0 completions for 1 prompts"), ("no-echo", "did not echo")):
         server = ReferenceServer(*tiny, broken=broken)
         backend = OpenAIBackend(str(tiny_model_dir), url="http://m/v1", transport=httpx.MockTransport(server),
                                 progress=False)

@@ -225,6 +225,12 @@ def test_openai_backend_against_a_real_vllm_serve(engines, prompts):
         print(f"\nopenai backend on vllm serve: max |P(yes) hf - server| = {np.abs(a - b).max():.2e}, "
               f"Spearman = {rho:.5f} on {len(prompts)} prompts")
         assert np.abs(a - b).max() <= 0.02 and rho > 0.99
+        assert client.next_token_scoring is True  # one pass per prompt: the server answered logprob_token_ids
+        echo = OpenAIBackend("default", url=url, batch_size=16, progress=False)
+        echo.next_token_scoring = False  # the earlier path, two full passes: the same numbers
+        c = _p_yes(echo, prompts)
+        print(f"one pass against echo: max |P(yes)| difference = {np.abs(b - c).max():.2e}")
+        assert np.abs(b - c).max() <= 1e-4
         params = GenerationParams(max_new_tokens=16, stop=("\n",))
         out, ref = client.generate(prompts[:4], params), hf.generate(prompts[:4], params)
         assert sum(x.split()[:3] == y.split()[:3] for x, y in zip(out, ref)) >= 3
