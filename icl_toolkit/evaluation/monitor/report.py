@@ -547,16 +547,8 @@ def _plot(report: dict[str, Any], path: Path) -> None:
         "calibration error (mean p - rate)",
         {"estimated": "estimated_calibration_error", "observed": "calibration_error"},
     )
-    panel(
-        f"input drift (Wasserstein, SD) against the {report['reference']}",
-        {k: f"drift_{k}" for k in INPUTS},
-        s["input_drift_max"],
-    )
-    panel(
-        f"prediction drift (Wasserstein, SD) against {report['reference_predictions']}",
-        {"probabilities": "prediction_drift"},
-        s["prediction_drift_max"],
-    )
+    panel("input drift (Wasserstein, SD)", {k: f"drift_{k}" for k in INPUTS}, s["input_drift_max"])
+    panel("prediction drift (Wasserstein, SD)", {"probabilities": "prediction_drift"}, s["prediction_drift_max"])
     panel("codes with a shifted share (BH-adjusted)", {"codes": "shifted_codes"}, s["shifted_codes_max"] + 0.5)
     panel("share of codes never in the pool", {"unseen": "unseen_share"}, s["unseen_codes_max"])
     panel("vocabulary mix (Jensen-Shannon distance)", {"vocabularies": "vocabulary_distance"}, s["vocabulary_max"])
@@ -568,13 +560,20 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     )
     a = panel("demos' vote: shift from the pool's own", {"shift": "demo_vote_shift"}, s["demo_vote_shift_max"])
     a.axhline(-s["demo_vote_shift_max"], color="red", linestyle="--", linewidth=1)
+    from matplotlib.ticker import MaxNLocator
+
+    fig.suptitle(f"against the {report['reference']}; predictions against {report['reference_predictions']}")
     for a in axes.flat:
+        if len(x) <= 12:
+            a.set_xticks(x)
+        else:
+            a.xaxis.set_major_locator(MaxNLocator(integer=True))
         a.grid(alpha=0.3)
         if a.get_legend_handles_labels()[0]:
             a.legend(fontsize=7)
-    for alert in report["alerts"]:
+    for w in sorted({alert["window"] for alert in report["alerts"]}):  # each alerted window shaded once
         for a in axes.flat:
-            a.axvspan(alert["window"] - 0.4, alert["window"] + 0.4, color="red", alpha=0.04)
+            a.axvspan(w - 0.4, w + 0.4, color="red", alpha=0.06)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
