@@ -46,7 +46,7 @@ def main() -> None:
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
-    from icl_toolkit.data.cohort import _PATIENT
+    from icl_toolkit.data.cohort import patient_to_dict
     from icl_toolkit.serve.launch import start_local_server
 
     _, test = demo_cohort(n_test=args.predictions, quick=args.quick)
@@ -55,7 +55,7 @@ def main() -> None:
         base = server.base
         with httpx.Client(timeout=600) as c:
             for p in test[: args.predictions]:
-                body = {"patients": [json.loads(_PATIENT.dump_json(p, warnings=False))], "options": {"k": 0}}
+                body = {"patients": [patient_to_dict(p)], "options": {"k": 0}}
                 assert c.post(base + "/v1/predict", json=body).status_code == 200
 
         def server_time() -> tuple[float, float]:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import tempfile
 import time
@@ -236,9 +235,9 @@ def main() -> None:
     where = machine()
     print(f"machine: {where}", flush=True)
 
-    from icl_toolkit.data.cohort import _PATIENT, write_cohort
+    from icl_toolkit.data.cohort import patient_to_dict, write_cohort
     pool, test = demo_cohort(quick=args.quick)
-    bodies = [{"patients": [json.loads(_PATIENT.dump_json(test[i % len(test)], warnings=False))],
+    bodies = [{"patients": [patient_to_dict(test[i % len(test)])],
                "options": {"k": args.k, "demos": "label" if args.k else "none"}} for i in range(n)]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -39,6 +39,14 @@ __all__ = ["OpenAIBackend"]
 log = logging.getLogger("icl.backends")
 
 
+class ServerAnswered(ConfigError):
+    """The model server answered an HTTP error status (:attr:`status`)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class OpenAIBackend(BaseBackend):
     """A model served by an OpenAI-compatible completions API (vLLM's ``vllm serve``).
 
@@ -121,7 +129,9 @@ class OpenAIBackend(BaseBackend):
                 "to the key it was started with."
             )
         if resp.status_code >= 400:
-            raise ConfigError(f"The model server at {self.url}{path} answered {resp.status_code}: {resp.text[:400]}")
+            raise ServerAnswered(
+                f"The model server at {self.url}{path} answered {resp.status_code}: {resp.text[:400]}", resp.status_code
+            )
         try:
             data = resp.json()
         except ValueError:
@@ -182,8 +192,8 @@ class OpenAIBackend(BaseBackend):
                 logprob_token_ids=wanted,
                 return_tokens_as_token_ids=True,
             )
-        except ConfigError as exc:
-            if " answered 400" not in str(exc) or self.next_token_scoring:
+        except ServerAnswered as exc:
+            if exc.status != 400 or self.next_token_scoring:
                 raise
             self._fall_back(f"it refused the field ({str(exc)[:160]})")
             return None

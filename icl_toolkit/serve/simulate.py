@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from icl_toolkit.core.errors import IclError
-from icl_toolkit.data.cohort import Patient
+from icl_toolkit.data.cohort import Patient, patient_to_dict
 from icl_toolkit.evaluation.monitor.log import MonitorLog
 from icl_toolkit.serve.app import create_app
 from icl_toolkit.serve.config import ServerSettings
@@ -25,14 +25,6 @@ from icl_toolkit.serve.schemas import PredictOptions
 from icl_toolkit.serve.service import PredictionService
 
 __all__ = ["SimulatedDeployment"]
-
-
-def _as_json(p: Patient) -> dict[str, Any]:
-    import json
-
-    from icl_toolkit.data.cohort import _PATIENT
-
-    return dict(json.loads(_PATIENT.dump_json(p, warnings=False)))
 
 
 class SimulatedDeployment:
@@ -104,7 +96,7 @@ class SimulatedDeployment:
             self.now = base + self.window * (0.9 * (len(patients) - len(todo) + i) / max(len(patients), 1))
             r = self._client.post(
                 "/v1/predict",
-                json={"patients": [_as_json(p) for p in chunk], "options": self.options.model_dump()},
+                json={"patients": [patient_to_dict(p) for p in chunk], "options": self.options.model_dump()},
             )
             if r.status_code != 200:
                 raise IclError(f"the simulated service answered {r.status_code}: {r.text[:500]}")

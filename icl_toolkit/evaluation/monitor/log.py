@@ -39,7 +39,7 @@ from typing import Any
 
 from icl_toolkit.core.errors import ConfigError
 from icl_toolkit.core.files import os_error
-from icl_toolkit.data.cohort import Patient
+from icl_toolkit.data.cohort import Event, Patient
 from icl_toolkit.evaluation.fairness import age_band
 
 __all__ = [
@@ -101,10 +101,11 @@ def load_key(key_file: str | os.PathLike[str] | None) -> bytes:
         raise os_error(exc, path, "reading the monitor key") from None
 
 
-def input_features(p: Patient) -> dict[str, int]:
+def input_features(p: Patient, hist: Sequence[Event] | None = None) -> dict[str, int]:
     """What the monitor records of a patient's input, and what its drift check compares with the pool: age in
-    whole years, events in the history, and the history's length in days."""
-    hist = p.history()
+    whole years, events in the history, and the history's length in days (``hist``: ``p.history()`` when the
+    caller has it already)."""
+    hist = p.history() if hist is None else hist
     return {
         "age": int(p.age_at_index),
         "events": len(hist),
@@ -133,7 +134,7 @@ def patient_row(p: Patient, pool_codes: Mapping[str, int] | None, min_code_patie
     hist = p.history()
     distinct = {code_key(e.system, e.code) for e in hist}
     row: dict[str, Any] = {
-        **input_features(p),
+        **input_features(p, hist),
         "age_band": age_band(p.age_at_index),
         "sex": p.sex,
         "groups": dict(p.groups),

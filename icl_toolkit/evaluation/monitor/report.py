@@ -35,6 +35,7 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -165,12 +166,18 @@ class Reference:
     def from_rows(cls, rows: list[dict[str, Any]], name: str) -> Reference:
         return cls(name=name, rows=rows, code_patients=dict(Counter(c for r in rows for c in r.get("codes") or ())))
 
-    @property
+    @cached_property
     def vocab(self) -> Counter[str]:
+        """Events per vocabulary over the reference rows (computed once, read by every window)."""
         total: Counter[str] = Counter()
         for r in self.rows:
             total.update(r.get("vocab") or {})
         return total
+
+    @cached_property
+    def inputs(self) -> dict[str, list[float]]:
+        """Each numeric input's values over the reference rows (computed once, read by every window)."""
+        return {k: [r[k] for r in self.rows] for k in INPUTS}
 
 
 def read_calibration(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -271,14 +278,13 @@ def _reference(folder: Path, pool: list[Patient] | None, first: list[dict[str, A
 
 def _calibrator(
     calibration: str | os.PathLike[str] | None,
+    calibration_set: tuple[np.ndarray, np.ndarray] | None,
     by_window: dict[int, list[dict[str, Any]]],
     outcomes: dict[str, dict[str, Any]],
     settings: AlertSettings,
-    ref: Reference,
 ) -> tuple[Callable[[np.ndarray], np.ndarray] | None, dict[str, Any]]:
-    if calibration is not None:
-        p, y = read_calibration(calibration)
-        ref.predictions, ref.predictions_name = p, f"calibration predictions ({len(p)})"
+    if calibration_set is not None:
+        p, y = calibration_set
         return fit_calibrator(p, y), {"source": str(calibration), "patients": len(y), "prevalence": float(y.mean())}
     for w in sorted(by_window):
         latest = {r["id"]: r for r in by_window[w]}
@@ -293,7 +299,7 @@ def _calibrator(
 def _drift(row: dict[str, Any], rows: list[dict[str, Any]], ref: Reference, settings: AlertSettings) -> None:
     """The window's drift tests against the reference, into ``row``."""
     for k in INPUTS:
-        row[f"drift_{k}"], row[f"drift_{k}_p"] = numeric_drift([r[k] for r in ref.rows], [r[k] for r in rows])
+        row[f"drift_{k}"], row[f"drift_{k}_p"] = numeric_drift(ref.inputs[k], [r[k] for r in rows])
     if ref.predictions is not None:
         row["prediction_drift"], row["prediction_drift_p"] = numeric_drift(
             ref.predictions, [r["probability"] for r in rows]
@@ -348,23 +354,28 @@ def monitor_report(
     folder = Path(folder)
     preds, bad_p = read_log(folder / PREDICTIONS)
     feedback, bad_f = read_log(folder / FEEDBACK)
+    stamped = sorted(((_ts(r), r) for r in preds), key=lambda tr: tr[0])  # each time stamp parsed once
     if as_of is not None:
-        preds = [r for r in preds if _ts(r) <= as_of]
+        stamped = [(t, r) for t, r in stamped if t <= as_of]
         feedback = [r for r in feedback if _ts(r) <= as_of]
-    if not preds:
+    if not stamped:
         raise ConfigError(
             f"{folder / PREDICTIONS}: no predictions logged yet (start `icl serve --monitor-dir "
             f"{folder}` and send requests)."
         )
+    preds = [r for _, r in stamped]
     outcomes = {r["id"]: r for r in feedback}
-    preds.sort(key=_ts)
-    start = _ts(preds[0])
+    start = stamped[0][0]
     by_window: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for r in preds:
-        by_window[int((_ts(r) - start) / window)].append(r)
+    for t, r in stamped:
+        by_window[int((t - start) / window)].append(r)
     ref = _reference(folder, pool, by_window[min(by_window)])
-    calibrator, calibrated_on = _calibrator(calibration, by_window, outcomes, settings, ref)
-    if ref.predictions is None:
+    calibration_set = read_calibration(calibration) if calibration is not None else None
+    calibrator, calibrated_on = _calibrator(calibration, calibration_set, by_window, outcomes, settings)
+    if calibration_set is not None:  # the reference of prediction drift: the calibration predictions ...
+        ref.predictions = calibration_set[0]
+        ref.predictions_name = f"calibration predictions ({len(calibration_set[0])})"
+    else:  # ... else the first window's
         ref.predictions = np.array([r["probability"] for r in by_window[min(by_window)]])
     windows, alerts = [], []
     for w in range(max(by_window) + 1):
