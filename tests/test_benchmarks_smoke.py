@@ -266,3 +266,34 @@ def test_monitor_scale_quick(tmp_path: Path) -> None:
     (row,) = list(csv.DictReader(out.open()))
     assert int(row["predictions"]) == 3000 and int(row["outcomes"]) == 1500 and int(row["windows"]) >= 10
     assert float(row["seconds"]) > 0 and float(row["log_mb"]) > 0
+
+
+def test_gpu_check_prepares_here_and_runs_in_cpu_mode_without_the_toolkit(tmp_path: Path) -> None:
+    """benchmarks/gpu_check.py: prepare (the real retriever, a small model, CPU results), then the run step on the
+    CPU, once as the GPU machine may have it (torch, transformers and peft only: pydantic made unimportable, so the
+    toolkit's backend is not) and once with the toolkit."""
+    import json
+
+    script = str(ROOT / "benchmarks" / "gpu_check.py")
+    r = subprocess.run([sys.executable, script, "prepare", "--small", "--n", "4", "--out", str(tmp_path / "in")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    size = sum(p.stat().st_size for p in (tmp_path / "in").rglob("*") if p.is_file())
+    assert size < 32 * 2**20  # well inside the 64 MiB a GPU call carries
+    (tmp_path / "block").mkdir()
+    (tmp_path / "block" / "pydantic.py").write_text("raise ImportError('no pydantic on this machine')\n")
+    for name, env in (("bare", {"PYTHONPATH": str(tmp_path / "block")}), ("toolkit", {})):
+        r = subprocess.run([sys.executable, script, "run", "--small", "--device", "cpu", "--inputs",
+                            str(tmp_path / "in"), "--out", str(tmp_path / name)], capture_output=True, text=True,
+                           timeout=600, env={**__import__("os").environ, **env})
+        assert r.returncode == 0, r.stderr[-3000:]
+        res = json.loads((tmp_path / name / "gpu_check.json").read_text())
+        parity = res["parity"]
+        assert parity["prompts"] == 4 and parity["max_abs_diff_fp32_torch"] < 1e-5 and parity["target_met"]
+        assert ("max_abs_diff_fp32_hf_backend" in parity) == (name == "toolkit")
+        if name == "toolkit":
+            assert parity["max_abs_diff_fp32_hf_backend"] < 1e-5
+        else:
+            assert parity["hf_backend"].startswith("not importable here")
+        assert res["lora"]["loss_fell"] and res["lora"]["seconds_per_step"] > 0
+        assert all(row["tokens_per_s"] > 0 for row in res["throughput"]) and res["speedup_vs_cpu"] > 0

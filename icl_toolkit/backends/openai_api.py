@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -94,24 +95,64 @@ class OpenAIBackend(BaseBackend):
         self.batch_size = max(int(batch_size or 32), 1)
         self.progress = progress
         served = self._request("GET", "/models").get("data")
-        if not isinstance(served, list) or not served:
+        if not isinstance(served, list) or not served or not all(isinstance(m, dict) for m in served):
             raise ConfigError(f"The server at {self.url} lists no models at /models.")
-        names = [m.get("id") for m in served]
-        if served_model is None:
-            if len(names) > 1:
-                raise ConfigError(
-                    f"The server at {self.url} serves {len(names)} models ({', '.join(map(str, names))});"
-                    " choose one with --served-model."
-                )
-            served_model = names[0]
-        elif served_model not in names:
-            raise ConfigError(
-                f"The server at {self.url} does not serve {served_model!r}; it serves {', '.join(map(str, names))}."
-            )
-        self.served_model = str(served_model)
-        entry = served[names.index(served_model)]
-        self.max_context = int(max_context or entry.get("max_model_len") or 2048)
+        entry = self._choose(served, model, served_model)
+        self.served_model = str(entry.get("id"))
+        self.adapter_of = entry.get("parent")  # the base model's name on the server when this is a LoRA adapter
+        base = next((m for m in served if m.get("id") == self.adapter_of), entry)
+        self.max_context = int(max_context or entry.get("max_model_len") or base.get("max_model_len") or 2048)
         self.next_token_scoring: bool | None = None  # None: not tried yet; False: the server did not answer it
+
+    def _choose(self, served: list[dict[str, Any]], model: str, served_model: str | None) -> dict[str, Any]:
+        """The server's model entry for ``model``: the one named ``served_model``; else, for a LoRA adapter folder,
+        the adapter the server loaded from that folder (``vllm serve --enable-lora --lora-modules NAME=PATH``, matched
+        by path, else by the folder's name); else the only model, or the only base model beside adapters.
+
+        Raises:
+            ConfigError: no entry or several fit, or the entry is an adapter where ``model`` is not (or the
+                reverse), which would put the wrong model in every record.
+        """
+        from icl_toolkit.core.models import is_adapter
+
+        names = [str(m.get("id")) for m in served]
+        listing = ", ".join(f"{n} (adapter of {m['parent']})" if m.get("parent") else n for n, m in zip(names, served))
+        local = Path(model).expanduser()
+        adapter = local.resolve() if model != "default" and local.is_dir() and is_adapter(local) else None
+        if served_model is not None:
+            if served_model not in names:
+                raise ConfigError(f"The server at {self.url} does not serve {served_model!r}; it serves {listing}.")
+            entry = served[names.index(served_model)]
+        elif adapter is not None:
+            fits = [m for m in served if m.get("parent") and _same_folder(m.get("root"), adapter)]
+            fits = fits or [m for m in served if m.get("parent") and m.get("id") == adapter.name]
+            if len(fits) != 1:
+                raise ConfigError(
+                    f"The server at {self.url} serves no adapter loaded from {adapter} (it serves {listing}). Start it "
+                    f"with --enable-lora --lora-modules {adapter.name}={adapter}, or name the adapter with "
+                    "--served-model."
+                )
+            entry = fits[0]
+        else:
+            bases = [m for m in served if not m.get("parent")]
+            if len(served) > 1 and len(bases) != 1:
+                raise ConfigError(
+                    f"The server at {self.url} serves {len(served)} models ({listing}); choose one with --served-model."
+                )
+            entry = served[0] if len(served) == 1 else bases[0]
+        name = entry.get("id")
+        if adapter is not None and not entry.get("parent"):
+            raise ConfigError(
+                f"--model {model} is a LoRA adapter, but the server's {name!r} is a base model: the adapter would not "
+                f"be applied. Serve it with --enable-lora --lora-modules {adapter.name}={adapter} and choose that name."
+            )
+        if adapter is None and entry.get("parent"):
+            raise ConfigError(
+                f"The server's {name!r} is a LoRA adapter of {entry['parent']!r}, but --model {model} is not that "
+                f"adapter: give its folder as --model (the records name the model that answered), here "
+                f"{entry.get('root') or 'the folder it was loaded from'}."
+            )
+        return entry
 
     # ------------------------------------------------------------------ HTTP
 
@@ -255,3 +296,14 @@ class OpenAIBackend(BaseBackend):
             **extra,
         )
         return [str(r.get("text", "")) for r in results]
+
+
+def _same_folder(root: Any, folder: Path) -> bool:
+    """Whether the server's ``root`` of an adapter is ``folder`` on this machine (a server in a container sees other
+    paths; those match by name instead)."""
+    if not isinstance(root, str) or not root:
+        return False
+    try:
+        return Path(root).expanduser().resolve() == folder
+    except OSError:
+        return False

