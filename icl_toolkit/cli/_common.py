@@ -133,7 +133,7 @@ SPEC = (
 
 RAY = FlagGroup(
     RayOptions,
-    fields=("address", "replicas", "gpus_per_replica", "cpus_per_replica", "shard_size"),
+    fields=("address", "replicas", "gpus_per_replica", "cpus_per_replica", "shard_size", "max_restarts"),
     rename={"address": "ray_address"},
     prefix="ray: ",
 )

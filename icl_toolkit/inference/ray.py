@@ -10,14 +10,21 @@ predictions, so probabilities, demonstrations and prompt hashes are the same). `
 What a worker does is the caller's: :func:`predict_ray` here, teacher rationales in
 :mod:`icl_toolkit.rationales.teacher`.
 
-Faults: a replica process that dies is restarted by Ray and its batch retried (``max_restarts``,
-``max_task_retries``); a record that fails (a malformed line, a prompt that cannot be built or scored) is written
-as ``{"patient_id", "error"}`` and the run goes on. Results stream back to the driver, which writes them as shards
+Faults: a replica process that dies, or a node that leaves the cluster with replicas on it, is restarted by Ray
+(``max_restarts`` times) and its batch retried on the restarted replica (``max_task_retries=-1``: a batch waits for
+its replica rather than failing while the replica is rescheduled); a record that fails (a malformed line, a prompt
+that cannot be built or scored) is written as ``{"patient_id", "error"}`` and the run goes on. Results stream back to the driver, which writes them as shards
 with a manifest (:class:`~icl_toolkit.inference.output.ShardedOutput`): resuming skips every patient in a listed
-shard and never writes one twice.
+shard and never writes one twice. A run Ray itself gives up on (more failures than restarts, or no node left
+that fits a replica) keeps what came back and stops with a one-line error that says to resume.
 
-On GPUs with vLLM, ``ray.data.llm`` (``build_processor`` with ``vLLMEngineProcessorConfig``) is Ray's own engine
-for replicas; :func:`vllm_processor_config` gives the settings this toolkit's prompts need there.
+vLLM replicas: with ``--backend vllm`` each replica opens the toolkit's own vLLM backend (one engine per actor,
+``gpus_per_replica`` GPUs each). That is the tested path (``make test-vllm`` runs it on vLLM's CPU build: equal to
+the single-process run), chosen over ``ray.data.llm``'s processor because the records then come from the same
+:class:`~icl_toolkit.inference.predictor.Predictor` as everywhere else: the same demos, prompt hashes,
+provenance, adapters and checkpoints, error records and resume; ``ray.data.llm`` would run the engine call only,
+with prompts and records assembled around it a second way. :func:`vllm_processor_config` gives the settings this
+toolkit's prompts need in a team's own ``ray.data.llm`` pipeline.
 """
 
 from __future__ import annotations
@@ -275,23 +282,32 @@ def run_on_ray(
             num_cpus=options.cpus_per_replica,
             num_gpus=options.gpus_per_replica or None,
             max_restarts=options.max_restarts,
-            max_task_retries=options.max_restarts,
+            max_task_retries=-1,  # a batch waits for its restarted replica, up to max_restarts restarts
         )
         start = time.perf_counter()
         first: float | None = None
         pending: list[dict[str, Any]] = []
         n = 0
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            if first is None:
-                first = time.perf_counter() - start
-            recs = [json.loads(r) for r in batch["record"]]
-            pending += recs
-            n += len(recs)
-            if advance is not None:
-                advance(len(recs))
-            while len(pending) >= options.shard_size:
-                output.write(pending[: options.shard_size])
-                pending = pending[options.shard_size :]
+        try:
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                if first is None:
+                    first = time.perf_counter() - start
+                recs = [json.loads(r) for r in batch["record"]]
+                pending += recs
+                n += len(recs)
+                if advance is not None:
+                    advance(len(recs))
+                while len(pending) >= options.shard_size:
+                    output.write(pending[: options.shard_size])
+                    pending = pending[options.shard_size :]
+        except ray_mod.exceptions.RayError as exc:  # the cluster lost more than Ray could restart or retry
+            if pending:
+                output.write(pending)  # what came back is kept: --resume skips it
+            raise IclError(
+                f"The Ray run stopped after {n} records this time ({type(exc).__name__}: {_first_line(exc)}). What came "
+                f"back is written to {output.folder}; run the same command with --resume to predict the rest "
+                "(every patient once)."
+            ) from None
         if pending:
             output.write(pending)
         output.finish()
@@ -299,6 +315,12 @@ def run_on_ray(
         if started:
             ray_mod.shutdown()
     return RayRunStats(n, time.perf_counter() - start, first or 0.0)
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's first line, at most 300 characters (Ray's messages run to dozens of lines)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else ""
 
 
 def _predictor_worker(
@@ -435,9 +457,9 @@ def vllm_processor_config(
         "concurrency": replicas,
         "batch_size": batch_size,
         "engine_kwargs": engine_kwargs,
-        "apply_chat_template": False,
-        "tokenize": False,
-        "detokenize": False,
+        "chat_template_stage": False,
+        "tokenize_stage": False,
+        "detokenize_stage": False,
     }
     ids = list(choice_token_ids)
 

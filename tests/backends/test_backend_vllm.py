@@ -258,7 +258,37 @@ def test_full_checkpoint_gets_its_own_engine(engines, prompts, small_cohort, tmp
 
 
 @pytest.mark.vllm
-def test_icl_predict_backend_vllm(small_cohort, tmp_path):
+def test_ray_data_llm_processor_scores_as_transformers(engines, prompts):
+    """vllm_processor_config through Ray's own ray.data.llm processor (build_processor), run on vLLM's CPU build:
+    the answer slot's P(yes) equals the transformers backend's within 1e-4."""
+    import ray
+    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+
+    from icl_toolkit.core.models import resolve_lm
+    from icl_toolkit.inference.ray import vllm_processor_config
+
+    hf, _ = engines
+    ids = [hf.encode(c)[-1] for c in (" Yes", " No")]
+    kwargs, pre, post = vllm_processor_config(str(resolve_lm("default")), ids, batch_size=8, max_model_len=2048)
+    # this machine: no GPU (one CPU bundle), float32, a small share of host memory, no Ray Serve for engine metrics
+    kwargs["engine_kwargs"].update(dtype="float32", enforce_eager=True, gpu_memory_utilization=0.15)
+    kwargs.update(placement_group_config={"bundles": [{"CPU": 1}]}, log_engine_metrics=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        processor = build_processor(vLLMEngineProcessorConfig(**kwargs), preprocess=pre, postprocess=post)
+        rows = processor(ray.data.from_items([{"prompt": t, "i": i} for i, t in enumerate(prompts)])).take_all()
+    finally:
+        ray.shutdown()
+    got = np.array([r["probability"] for r in sorted(rows, key=lambda r: r["i"])])
+    ref = _p_yes(hf, prompts)
+    print(f"\nray.data.llm processor vs hf: max |P(yes)| difference {np.abs(got - ref).max():.2e} on {len(rows)}")
+    assert len(rows) == len(prompts) and np.abs(got - ref).max() <= 1e-4
+
+
+@pytest.mark.vllm
+def test_icl_predict_backend_vllm_single_process_and_on_ray_replicas(small_cohort, tmp_path):
+    """icl predict with label demos: transformers (float32), vLLM in this process, and vLLM replicas on Ray (the
+    toolkit's vLLM backend in each actor, --engine ray): the same demos and prompts, P(yes) within 1e-4."""
     import json
     import subprocess
     import sys
@@ -266,19 +296,32 @@ def test_icl_predict_backend_vllm(small_cohort, tmp_path):
 
     from icl_toolkit.backends.vllm import release_engine
     from icl_toolkit.data.cohort import write_cohort
+    from icl_toolkit.inference.output import read_sharded_records
 
     release_engine()  # the CLI starts its own
-    write_cohort(small_cohort[:4], tmp_path / "c.jsonl")
+    write_cohort(small_cohort[:60], tmp_path / "pool.jsonl")
+    write_cohort(small_cohort[200:206], tmp_path / "c.jsonl")
     icl = Path(sys.executable).parent / "icl"
-    common = ["predict", "--cohort", str(tmp_path / "c.jsonl"), "--demos", "none", "--max-context", "2048",
-              "--query-tokens", "200"]
-    for backend, extra in (("vllm", ["--dtype", "float32"]), ("hf", [])):
-        res = subprocess.run([str(icl), *common, "--backend", backend, "--out", str(tmp_path / f"{backend}.jsonl"),
-                              *extra], capture_output=True, text=True, timeout=900)
+    common = ["predict", "--cohort", str(tmp_path / "c.jsonl"), "--pool", str(tmp_path / "pool.jsonl"), "--k", "2",
+              "--demos", "label", "--max-context", "2048", "--query-tokens", "200", "--demo-tokens", "120",
+              "--dtype", "float32"]
+    runs = {"hf": ["--backend", "hf"], "vllm": ["--backend", "vllm"],
+            "ray": ["--backend", "vllm", "--engine", "ray", "--replicas", "1", "--chunk-size", "3"]}
+    for name, extra in runs.items():
+        res = subprocess.run([str(icl), *common, *extra, "--out", str(tmp_path / name)], capture_output=True,
+                             text=True, timeout=1200)
         assert res.returncode == 0, res.stderr[-3000:]
-    rows = {b: [json.loads(x) for x in open(tmp_path / f"{b}.jsonl")] for b in ("vllm", "hf")}
-    assert len(rows["vllm"]) == 4
-    assert [r["prompt_hash"] for r in rows["vllm"]] == [r["prompt_hash"] for r in rows["hf"]]
-    diff = max(abs(a["probability"] - b["probability"]) for a, b in zip(rows["vllm"], rows["hf"]))
-    print(f"\nicl predict --backend vllm vs hf: max |P(yes)| difference {diff:.2e}")
-    assert diff <= 0.02
+    rows = {b: [json.loads(x) for x in open(tmp_path / b)] for b in ("hf", "vllm")}
+    rows["ray"] = sorted(read_sharded_records(tmp_path / "ray"), key=[r["patient_id"] for r in rows["hf"]].index)
+    assert len(rows["ray"]) == 6 and not any("error" in r for r in rows["ray"])
+    for name in ("vllm", "ray"):
+        assert [r["prompt_hash"] for r in rows[name]] == [r["prompt_hash"] for r in rows["hf"]]
+        assert [[d["patient_id"] for d in r["demos"]] for r in rows[name]] == [
+            [d["patient_id"] for d in r["demos"]] for r in rows["hf"]]
+        diff = max(abs(a["probability"] - b["probability"]) for a, b in zip(rows[name], rows["hf"]))
+        print(f"\nicl predict --backend vllm{' --engine ray' if name == 'ray' else ''} vs hf: max |P(yes)| "
+              f"difference {diff:.2e}")
+        assert diff <= 1e-4
+    single = max(abs(a["probability"] - b["probability"]) for a, b in zip(rows["ray"], rows["vllm"]))
+    print(f"ray replicas vs single process (both vLLM): {single:.2e}")
+    assert single <= 1e-4

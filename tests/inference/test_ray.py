@@ -157,6 +157,82 @@ def test_a_replica_killed_mid_run_is_restarted_and_its_batch_retried(files, tiny
     assert not any("error" in x for x in recs)
 
 
+def _replicas() -> list[tuple[int, int]]:
+    """(pid, parent pid) of every replica process on this machine."""
+    out = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
+    return [(int(line.split()[0]), int(line.split()[1])) for line in out.splitlines() if "MapBatches(_Replica)" in line]
+
+
+def _once(folder: Path, n: int) -> list[dict]:
+    recs = _records(folder)
+    ids = [x["patient_id"] for x in recs]
+    assert len(ids) == len(set(ids)) == n and not any("error" in x for x in recs)
+    return recs
+
+
+@pytest.mark.ray
+def test_a_worker_node_killed_mid_run_on_a_multi_node_cluster(files, tiny_model_dir, tmp_path):
+    """Three Ray nodes on this machine (Ray's own test cluster: a head and two worker nodes, each its own raylet
+    and object store); icl predict joins with --ray-address, two replicas; the node that holds a replica is killed
+    mid-run. Ray restarts the replica on a surviving node and the run finishes, or, if Ray gives up, the run says
+    to resume and --resume finishes it: either way every patient once."""
+    import ray._private.ray_constants as ray_constants
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        workers = [cluster.add_node(num_cpus=2) for _ in range(2)]
+        cluster.wait_for_nodes()
+        args = ["predict", "--cohort", files / "long.jsonl", *_common(files, tiny_model_dir), "--out", tmp_path / "ray",
+                "--engine", "ray", "--ray-address", cluster.address, "--replicas", 2, "--chunk-size", 1,
+                "--shard-size", 1]
+        proc = subprocess.Popen([ICL, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        try:
+            _wait_for(lambda: _shards(tmp_path / "ray") >= 3 or proc.poll() is not None, every=0.05)
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            raylets = {n.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid: n for n in workers}
+            hosts = [raylets[parent] for _, parent in _replicas() if parent in raylets]
+            assert hosts, "no replica on a worker node"
+            cluster.remove_node(hosts[0], allow_graceful=False)  # its raylet, object store and workers: gone
+            assert _shards(tmp_path / "ray") < 100  # killed while work was left
+            out, err = proc.communicate(timeout=600)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        if proc.returncode != 0:  # Ray gave up: the message says to resume, and resuming finishes the run
+            assert "--resume" in err and "bug in icl-toolkit" not in err, err[-2000:]
+            r = _run(*args, "--resume")
+            assert r.returncode == 0, r.stderr[-2000:]
+        print(f"\nworker node killed mid-run: {'finished' if proc.returncode == 0 else 'resumed'}")
+        _once(tmp_path / "ray", 100)
+    finally:
+        cluster.shutdown()
+
+
+@pytest.mark.ray
+def test_when_ray_gives_up_the_run_keeps_its_records_and_says_to_resume(files, tiny_model_dir, tmp_path):
+    args = ["predict", "--cohort", files / "long.jsonl", *_common(files, tiny_model_dir), "--out", tmp_path / "ray",
+            "--engine", "ray", "--chunk-size", 1, "--shard-size", 1, "--max-restarts", 0]
+    proc = subprocess.Popen([ICL, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _wait_for(lambda: _shards(tmp_path / "ray") >= 1 or proc.poll() is not None, every=0.05)
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        os.kill(_replicas()[0][0], signal.SIGKILL)  # no restart allowed: Ray gives up on the run
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 1 and "bug in icl-toolkit" not in err, err[-2000:]  # (Ray logs its traceback above)
+    assert "error: The Ray run stopped after" in err and "run the same command with --resume" in err
+    kept = _shards(tmp_path / "ray")
+    assert 0 < kept < 100
+    r = _run(*args, "--resume")
+    assert r.returncode == 0, r.stderr[-2000:]
+    _once(tmp_path / "ray", 100)
+
+
 def test_without_ray_the_error_names_the_install_command(monkeypatch, small_cohort, tmp_path, invoke):
     import builtins
 
@@ -284,7 +360,7 @@ def test_vllm_processor_settings_score_the_answer_slot():
     from icl_toolkit.inference.ray import vllm_processor_config
 
     kwargs, pre, post = vllm_processor_config("/models/m", [9642, 2309], replicas=4, max_model_len=4096)
-    assert kwargs["concurrency"] == 4 and kwargs["apply_chat_template"] is False
+    assert kwargs["concurrency"] == 4 and kwargs["chat_template_stage"] is False and kwargs["tokenize_stage"] is False
     assert kwargs["engine_kwargs"]["max_model_len"] == 4096
     row = pre({"prompt": "... ADRD within 5 years:", "patient_id": "P1"})
     assert row["sampling_params"] == {"max_tokens": 1, "temperature": 0.0, "detokenize": False,
