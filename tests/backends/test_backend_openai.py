@@ -271,3 +271,21 @@ def test_an_adapter_in_a_container_is_matched_by_name_and_mismatches_are_refused
                       transport=httpx.MockTransport(other))
     with pytest.raises(ConfigError, match="is a LoRA adapter, but the server's 'tiny' is a base model"):
         OpenAIBackend(str(folder), url="http://m/v1", served_model=SERVED, transport=httpx.MockTransport(other))
+
+
+def test_compare_checkpoints_open_their_served_adapters_through_the_engine_options(tiny, tiny_model_dir,
+                                                                                   tiny_adapter, monkeypatch):
+    """What icl compare's default backend factory calls for each [checkpoints] entry with [engine] backend =
+    "openai": the base checkpoint gets the server's base model, the adapter folder its served adapter."""
+    from icl_toolkit.backends import openai_api
+    from icl_toolkit.backends.options import EngineOptions, open_backend
+
+    folder, merged = tiny_adapter
+    server = ReferenceServer(*tiny, adapters={"label": (merged, folder)})
+    real = httpx.Client
+    monkeypatch.setattr(openai_api.httpx, "Client",  # the backend's own client, answered by the reference server
+                        lambda *a, transport=None, **kw: real(*a, transport=httpx.MockTransport(server), **kw))
+    engine = EngineOptions(backend="openai", url="http://m/v1")
+    opened = {name: open_backend(model, engine, progress=False)
+              for name, model in {"base": str(tiny_model_dir), "label_sft": str(folder)}.items()}
+    assert {k: b.served_model for k, b in opened.items()} == {"base": SERVED, "label_sft": "label"}
