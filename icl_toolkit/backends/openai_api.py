@@ -271,7 +271,17 @@ class OpenAIBackend(BaseBackend):
             for j, cont in enumerate(conts):
                 seqs.append(ctx + cont)
                 where.append((k, j, len(ctx)))
-        results = self._complete(seqs, max_tokens=1, temperature=0.0, echo=True, logprobs=0)
+        try:
+            results = self._complete(seqs, max_tokens=1, temperature=0.0, echo=True, logprobs=0)
+        except ServerAnswered as exc:
+            if exc.status < 500:
+                raise
+            raise ServerAnswered(
+                f"{exc} (scoring by echoed prompt log-probabilities, which multi-token answer choices or a server "
+                "without `logprob_token_ids` need: a vLLM server started with --enable-lora fails on them, vLLM "
+                "issues #16668 and #29955; use one-token answer choices, or a server without LoRA)",
+                exc.status,
+            ) from None
         out: list[list[float]] = [[0.0] * len(plan.conts[i]) for i in rows]
         for (i, j, start), seq, res in zip(where, seqs, results):
             lps = (res.get("logprobs") or {}).get("token_logprobs")

@@ -57,6 +57,8 @@ class ReferenceServer:
         if self.broken == "no-echo":
             return httpx.Response(200, json={"choices": [{"index": i, "text": "x", "logprobs": None}
                                                          for i in range(len(body["prompt"]))]})
+        if self.broken == "echo-500" and body.get("echo"):  # vLLM with --enable-lora on prompt log-probs
+            return httpx.Response(500, json={"error": {"message": "EngineCore encountered an issue."}})
         if self.broken == "reject" and "logprob_token_ids" in body:
             return httpx.Response(400, json={"error": "extra inputs are not permitted: logprob_token_ids"})
         choices = []
@@ -191,6 +193,11 @@ def test_server_problems_are_one_line_errors(tiny, tiny_model_dir):
                                 progress=False)
         with pytest.raises(ConfigError, match=message):
             backend.score(PROMPTS[0], [" Yes", " No"])
+    lora = OpenAIBackend(str(tiny_model_dir), url="http://m/v1", progress=False,
+                         transport=httpx.MockTransport(ReferenceServer(*tiny, broken="echo-500")))
+    lora.score(PROMPTS[0], [" Yes", " No"])  # one-token choices: one pass, no prompt log-probs, fine
+    with pytest.raises(ConfigError, match=r"answered 500.*--enable-lora fails on them.*one-token answer choices"):
+        lora.score(PROMPTS[0], [" Yes, within five years", " No"])
 
 
 def test_engine_options_reach_the_openai_backend_and_predict_runs_on_it(tiny, tiny_model_dir, small_cohort,

@@ -199,11 +199,8 @@ def test_openai_backend_against_a_real_vllm_serve_with_adapters(engines, prompts
               f"{len(prompts)} prompts")
         assert np.abs(a - b).max() <= 1e-4
         assert client.next_token_scoring is True  # one pass per prompt: the server answered logprob_token_ids
-        echo = OpenAIBackend("default", url=url, batch_size=16, progress=False)
-        echo.next_token_scoring = False  # the earlier path, two full passes: the same numbers
-        c = _p_yes(echo, prompts)
-        print(f"one pass against echo: max |P(yes)| difference = {np.abs(b - c).max():.2e}")
-        assert np.abs(b - c).max() <= 1e-4
+        # (the echo path is compared on a server without LoRA, in the benchmark test below: with LoRA enabled,
+        # vLLM 0.32's engine fails on prompt log-probabilities, as vLLM issues #16668 and #29955 report)
         params = GenerationParams(max_new_tokens=16, stop=("\n",))
         out, ref = client.generate(prompts[:4], params), hf.generate(prompts[:4], params)
         assert sum(x.split()[:3] == y.split()[:3] for x, y in zip(out, ref)) >= 3
@@ -235,7 +232,8 @@ def test_one_pass_computes_at_most_half_the_prompt_tokens_of_echo(tmp_path):
     (summary,) = list(csv.DictReader(open(tmp_path / "openai_passes_summary.csv")))
     print(f"\nprompt tokens computed per prediction: echo {summary['tokens_computed_echo']}, one pass "
           f"{summary['tokens_computed_one_pass']} (ratio {float(summary['computed_ratio']):.3f})")
-    assert float(summary["computed_ratio"]) <= 0.5 and float(summary["max_p_yes_difference"]) <= 1e-4
+    assert float(summary["computed_ratio"]) <= 0.5
+    assert float(summary["max_p_yes_difference"]) <= 1e-4  # the one-pass and echo paths: the same P(yes)
 
 
 @pytest.mark.vllm
@@ -312,7 +310,8 @@ def test_icl_predict_backend_vllm_single_process_and_on_ray_replicas(small_cohor
                              text=True, timeout=1200)
         assert res.returncode == 0, res.stderr[-3000:]
     rows = {b: [json.loads(x) for x in open(tmp_path / b)] for b in ("hf", "vllm")}
-    rows["ray"] = sorted(read_sharded_records(tmp_path / "ray"), key=[r["patient_id"] for r in rows["hf"]].index)
+    order = [r["patient_id"] for r in rows["hf"]]
+    rows["ray"] = sorted(read_sharded_records(tmp_path / "ray"), key=lambda r: order.index(r["patient_id"]))
     assert len(rows["ray"]) == 6 and not any("error" in r for r in rows["ray"])
     for name in ("vllm", "ray"):
         assert [r["prompt_hash"] for r in rows[name]] == [r["prompt_hash"] for r in rows["hf"]]
