@@ -111,7 +111,7 @@ def start_local_server(
             (it is killed then); the message ends with the tail of its output.
     """
     icl = Path(sys.executable).parent / "icl"
-    return _launch([str(icl), "serve", *args], "icl serve", timeout_s, env, capture_output)
+    return _launch([str(icl), "serve", *args], f"icl serve {' '.join(args)}", timeout_s, env, capture_output)
 
 
 def start_vllm_server(
@@ -155,13 +155,13 @@ def start_vllm_server(
         flags += [f"{name}={Path(folder).resolve()}" for name, folder in lora_modules.items()]
     env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_LOGGING_LEVEL=os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"))
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *flags, *args]
-    return _launch(command, "vllm serve", timeout_s, env, capture_output)
+    return _launch(command, f"vllm serve {' '.join([*flags, *args])}", timeout_s, env, capture_output)
 
 
 def _launch(
     command: list[str], what: str, timeout_s: float, env: Mapping[str, str] | None, capture_output: bool
 ) -> LocalServer:
-    """Start ``command --host 127.0.0.1 --port <free>`` and wait for its ``/health``."""
+    """Start ``command --host 127.0.0.1 --port <free>`` and wait for its ``/health``; ``what`` names it in errors."""
     port = free_port()
     log = tempfile.TemporaryFile("w+", encoding="utf-8") if capture_output else None
     process = subprocess.Popen(
@@ -177,10 +177,7 @@ def _launch(
     except ServerStartError as exc:
         server.stop(timeout_s=5)
         tail = server.output()[-2000:] if capture_output else "(its output is above)"
-        raise ServerStartError(
-            f"{what} {' '.join(command[2:] if what == 'icl serve' else command[3:])}: {exc} "
-            f"(exit status {process.returncode}): {tail}"
-        ) from None
+        raise ServerStartError(f"{what}: {exc} (exit status {process.returncode}): {tail}") from None
     return server
 
 

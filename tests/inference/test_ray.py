@@ -106,6 +106,19 @@ def _shards(folder: Path) -> int:
         return 0
 
 
+def _replicas() -> list[tuple[int, int]]:
+    """(pid, parent pid) of every replica process on this machine."""
+    out = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
+    return [(int(line.split()[0]), int(line.split()[1])) for line in out.splitlines() if "MapBatches(_Replica)" in line]
+
+
+def _once(folder: Path, n: int) -> list[dict]:
+    recs = _records(folder)
+    ids = [x["patient_id"] for x in recs]
+    assert len(ids) == len(set(ids)) == n and not any("error" in x for x in recs)
+    return recs
+
+
 @pytest.mark.ray
 def test_resume_after_the_driver_is_killed_gives_every_patient_once(files, tiny_model_dir, tmp_path):
     args = ["predict", "--cohort", files / "long.jsonl", *_common(files, tiny_model_dir), "--out", tmp_path / "ray",
@@ -124,9 +137,7 @@ def test_resume_after_the_driver_is_killed_gives_every_patient_once(files, tiny_
     r = _run(*args, "--resume")
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"resuming {tmp_path / 'ray'}: {before} done" in r.stderr
-    recs = _records(tmp_path / "ray")
-    ids = [x["patient_id"] for x in recs]
-    assert len(ids) == len(set(ids)) == 100 and not any("error" in x for x in recs)
+    _once(tmp_path / "ray", 100)
 
 
 @pytest.mark.ray
@@ -135,39 +146,18 @@ def test_a_replica_killed_mid_run_is_restarted_and_its_batch_retried(files, tiny
             "--engine", "ray", "--chunk-size", 1, "--shard-size", 1]
     proc = subprocess.Popen([ICL, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-
-    def replica() -> int | None:
-        out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-        pids = [int(line.split()[0]) for line in out.splitlines() if "MapBatches(_Replica)" in line]
-        return pids[0] if pids else None
-
     try:
         assert _wait_for(lambda: _shards(tmp_path / "ray") >= 1, every=0.05), "no shard written"
-        pid = replica()
-        assert pid is not None
-        os.kill(pid, signal.SIGKILL)
+        replicas = _replicas()
+        assert replicas
+        os.kill(replicas[0][0], signal.SIGKILL)
         assert _shards(tmp_path / "ray") < 100          # killed while work was left for it
         out, err = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, err[-2000:]
-    recs = _records(tmp_path / "ray")
-    assert sorted(x["patient_id"] for x in recs) == sorted({x["patient_id"] for x in recs}) and len(recs) == 100
-    assert not any("error" in x for x in recs)
-
-
-def _replicas() -> list[tuple[int, int]]:
-    """(pid, parent pid) of every replica process on this machine."""
-    out = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
-    return [(int(line.split()[0]), int(line.split()[1])) for line in out.splitlines() if "MapBatches(_Replica)" in line]
-
-
-def _once(folder: Path, n: int) -> list[dict]:
-    recs = _records(folder)
-    ids = [x["patient_id"] for x in recs]
-    assert len(ids) == len(set(ids)) == n and not any("error" in x for x in recs)
-    return recs
+    _once(tmp_path / "ray", 100)
 
 
 @pytest.mark.ray
@@ -219,7 +209,9 @@ def test_when_ray_gives_up_the_run_keeps_its_records_and_says_to_resume(files, t
     try:
         _wait_for(lambda: _shards(tmp_path / "ray") >= 1 or proc.poll() is not None, every=0.05)
         assert proc.poll() is None, proc.communicate()[1][-2000:]
-        os.kill(_replicas()[0][0], signal.SIGKILL)  # no restart allowed: Ray gives up on the run
+        replicas = _replicas()
+        assert replicas
+        os.kill(replicas[0][0], signal.SIGKILL)  # no restart allowed: Ray gives up on the run
         out, err = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
